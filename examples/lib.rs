@@ -1,0 +1,1 @@
+//! Runnable examples of `fanout-core` and `relay-rules`; see the `[[example]]` targets.
