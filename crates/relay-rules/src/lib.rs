@@ -3,3 +3,9 @@
 //! (Crate documentation is completed with the crate.)
 
 #![forbid(unsafe_code)]
+
+pub mod interface;
+pub mod rule;
+
+pub use interface::{InterfaceFacts, Interfaces};
+pub use rule::{Input, Limits, Output, Rule, RuleKey};

@@ -1,0 +1,101 @@
+//! The rule model: what a rule matches and where it sends what it matched.
+//!
+//! These are plain values as an operator writes them (interfaces by name, optional fields left
+//! out). [`crate::validate`] checks a set of them against the interfaces it will run on, and
+//! [`crate::table`] compiles the checked set into the table the data path looks packets up in.
+
+use std::fmt;
+use std::net::Ipv4Addr;
+
+/// A forwarding rule: frames matching `input` are re-sent to every one of `outputs`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Rule {
+    /// Unique name, used in errors, counters and the control protocol.
+    pub name: String,
+    /// What the rule matches.
+    pub input: Input,
+    /// Where matched packets go: at least one, at most [`Limits::max_outputs`].
+    pub outputs: Vec<Output>,
+}
+
+/// What a rule matches: UDP datagrams arriving on an interface for an address and port.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Input {
+    /// Name of the interface the frames arrive on.
+    pub interface: String,
+    /// Destination address: a multicast group, or a unicast address of `interface`
+    /// (unicast to multicast).
+    pub destination: Ipv4Addr,
+    /// UDP destination port, never 0.
+    pub port: u16,
+    /// For source-specific multicast: only datagrams from this source match. A source-specific
+    /// rule takes precedence over an any-source rule on the same interface, address and port.
+    pub source: Option<Ipv4Addr>,
+}
+
+/// One destination of a rule.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Output {
+    /// Name of the interface the rewritten datagram leaves on.
+    pub interface: String,
+    /// Destination address: a multicast group, or a unicast receiver (head-end replication).
+    pub destination: Ipv4Addr,
+    /// UDP destination port, never 0.
+    pub port: u16,
+    /// IP time to live of the rewritten datagram, never 0.
+    pub ttl: u8,
+    /// Source address; `None` takes the output interface's first IPv4 address.
+    pub source: Option<Ipv4Addr>,
+    /// DiffServ code point (0..=63) to write; `None` keeps the incoming one.
+    pub dscp: Option<u8>,
+    /// 802.1Q VLAN id (1..=4094) to tag the output frame with, for trunk ports.
+    pub vlan: Option<u16>,
+}
+
+/// The match of a rule, by interface name: two rules with equal keys cannot coexist.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct RuleKey {
+    /// Input interface name.
+    pub interface: String,
+    /// Destination address.
+    pub destination: Ipv4Addr,
+    /// UDP destination port.
+    pub port: u16,
+    /// Source address of a source-specific rule.
+    pub source: Option<Ipv4Addr>,
+}
+
+impl Input {
+    /// The key this input is matched and deduplicated by.
+    pub fn key(&self) -> RuleKey {
+        RuleKey {
+            interface: self.interface.clone(),
+            destination: self.destination,
+            port: self.port,
+            source: self.source,
+        }
+    }
+}
+
+impl fmt::Display for RuleKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}:{}:{}", self.interface, self.destination, self.port)?;
+        if let Some(source) = self.source {
+            write!(f, " from {source}")?;
+        }
+        Ok(())
+    }
+}
+
+/// Limits a rule set is validated against.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// Most outputs a single rule may have.
+    pub max_outputs: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits { max_outputs: 64 }
+    }
+}
