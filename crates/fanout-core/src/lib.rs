@@ -3,3 +3,5 @@
 //! (Crate documentation is completed with the crate.)
 
 #![deny(unsafe_code)]
+pub mod igmp;
+pub mod udp_batch;

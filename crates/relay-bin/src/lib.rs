@@ -1,3 +1,4 @@
 //! The parts of the `fanout-relay` binary, as a library so tests and embedders can call them.
 
 pub mod cli;
+pub mod config;

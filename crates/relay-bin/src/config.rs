@@ -1,0 +1,368 @@
+//! The configuration file: its TOML shape, and its translation into the rule model.
+//!
+//! ```toml
+//! [relay]
+//! workers = "all"          # or a count (2), or CPUs ("0-1,4")
+//! fanout = "cpu"           # cpu | hash | lb | qm | rollover
+//!
+//! [ring]                   # optional: receive and transmit ring geometry
+//! version = "v3"           # v3 (throughput) | v2 (latency: frames handed over one by one)
+//! block_size = 1048576
+//! block_count = 8
+//! frame_size = 2048
+//! retire_timeout_ms = 2
+//!
+//! [[rule]]
+//! name = "camera-1"
+//! input = { interface = "eth0", destination = "239.1.1.1", port = 5000 }
+//! outputs = [
+//!   { interface = "eth1", destination = "239.2.2.2", port = 6000, ttl = 8 },
+//! ]
+//! ```
+//!
+//! Parsing checks the shape of the file (types, unknown keys, address syntax) and says where in the
+//! file a mistake is; [`relay_rules`] validation then checks the meaning of the rules against the
+//! interfaces of the host.
+
+use relay_rules::{Input, Output, Rule};
+use serde::Deserialize;
+use std::net::Ipv4Addr;
+use std::path::{Path, PathBuf};
+
+/// The TTL of an output that does not set one: enough to cross a campus, not the world.
+pub const DEFAULT_TTL: u8 = 16;
+
+/// A whole configuration file as written.
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct ConfigFile {
+    /// Process-wide settings.
+    #[serde(default)]
+    pub relay: RelaySection,
+    /// Ring geometry.
+    #[serde(default)]
+    pub ring: RingSection,
+    /// Forwarding rules, in the order written.
+    #[serde(default, rename = "rule")]
+    pub rules: Vec<RuleEntry>,
+}
+
+/// The `[relay]` section.
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct RelaySection {
+    /// Which CPUs get a worker.
+    #[serde(default)]
+    pub workers: WorkersSetting,
+    /// How the kernel spreads an input's packets over the workers.
+    #[serde(default)]
+    pub fanout: FanoutSetting,
+}
+
+/// Which CPUs get a worker: all online CPUs, the first N of them, or a list.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum WorkersSetting {
+    /// One worker per online CPU.
+    #[default]
+    All,
+    /// One worker on each of the first N online CPUs.
+    Count(u32),
+    /// One worker on each listed CPU.
+    Cpus(Vec<u32>),
+}
+
+impl WorkersSetting {
+    /// Parses `all`, a count (`2`) or a CPU list in the kernel's syntax (`0-3,6`).
+    pub fn parse(text: &str) -> Result<Self, String> {
+        let text = text.trim();
+        if text == "all" {
+            return Ok(WorkersSetting::All);
+        }
+        if let Ok(count) = text.parse::<u32>() {
+            if count == 0 {
+                return Err("a relay needs at least one worker".into());
+            }
+            return Ok(WorkersSetting::Count(count));
+        }
+        let mut cpus = Vec::new();
+        for part in text.split(',') {
+            let bad = || format!("`{part}` is not a CPU or a range of CPUs (expected e.g. `0-3,6`)");
+            match part.split_once('-') {
+                Some((low, high)) => {
+                    let low: u32 = low.trim().parse().map_err(|_| bad())?;
+                    let high: u32 = high.trim().parse().map_err(|_| bad())?;
+                    if low > high || high - low > 4095 {
+                        return Err(bad());
+                    }
+                    cpus.extend(low..=high);
+                }
+                None => cpus.push(part.trim().parse().map_err(|_| bad())?),
+            }
+        }
+        cpus.sort_unstable();
+        cpus.dedup();
+        Ok(WorkersSetting::Cpus(cpus))
+    }
+}
+
+impl<'de> Deserialize<'de> for WorkersSetting {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            Count(u32),
+            Text(String),
+        }
+        match Raw::deserialize(deserializer)? {
+            Raw::Count(0) => Err(serde::de::Error::custom(
+                "a relay needs at least one worker",
+            )),
+            Raw::Count(count) => Ok(WorkersSetting::Count(count)),
+            Raw::Text(text) => WorkersSetting::parse(&text).map_err(serde::de::Error::custom),
+        }
+    }
+}
+
+/// How the kernel spreads an input interface's packets over the workers.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum FanoutSetting {
+    /// The worker pinned to the CPU that received the packet serves it (no cross-CPU traffic).
+    #[default]
+    Cpu,
+    /// A flow (addresses and ports) always goes to the same worker.
+    Hash,
+    /// Round robin over the workers.
+    Lb,
+    /// By the NIC's receive queue.
+    Qm,
+    /// Fill one worker's ring, then the next.
+    Rollover,
+}
+
+/// Receive ring version.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RingVersionSetting {
+    /// TPACKET_V3: blocks of frames, the fewest wake-ups (throughput).
+    #[default]
+    V3,
+    /// TPACKET_V2: every frame handed over as it arrives (latency).
+    V2,
+}
+
+/// The `[ring]` section: geometry of every worker's rings.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RingSection {
+    /// Receive ring version.
+    pub version: RingVersionSetting,
+    /// Bytes per receive block (a multiple of the page size).
+    pub block_size: u32,
+    /// Receive blocks per ring.
+    pub block_count: u32,
+    /// Bytes per frame slot (V2 receive and transmit rings; a multiple of 16).
+    pub frame_size: u32,
+    /// Milliseconds after which the kernel hands over a V3 block that is not full.
+    pub retire_timeout_ms: u32,
+    /// Frame slots of each transmit ring.
+    pub tx_frames: u32,
+}
+
+impl Default for RingSection {
+    fn default() -> Self {
+        RingSection {
+            version: RingVersionSetting::V3,
+            block_size: 1 << 20,
+            block_count: 8,
+            frame_size: 2048,
+            retire_timeout_ms: 2,
+            tx_frames: 4096,
+        }
+    }
+}
+
+/// One `[[rule]]` as written.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct RuleEntry {
+    /// Unique name.
+    pub name: String,
+    /// What the rule matches.
+    pub input: InputEntry,
+    /// Where it sends what it matched.
+    pub outputs: Vec<OutputEntry>,
+}
+
+/// A rule's `input` table.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct InputEntry {
+    /// Interface the frames arrive on.
+    pub interface: String,
+    /// Multicast group, or a unicast address of the interface.
+    pub destination: Ipv4Addr,
+    /// UDP destination port.
+    pub port: u16,
+    /// Only this source (source-specific multicast).
+    #[serde(default)]
+    pub source: Option<Ipv4Addr>,
+}
+
+/// One entry of a rule's `outputs`.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct OutputEntry {
+    /// Interface the rewritten datagram leaves on.
+    pub interface: String,
+    /// Multicast group or unicast receiver.
+    pub destination: Ipv4Addr,
+    /// UDP destination port.
+    pub port: u16,
+    /// IP time to live; [`DEFAULT_TTL`] when left out.
+    #[serde(default)]
+    pub ttl: Option<u8>,
+    /// Source address; the interface's first address when left out.
+    #[serde(default)]
+    pub source: Option<Ipv4Addr>,
+    /// DiffServ code point to write; the incoming one is kept when left out.
+    #[serde(default)]
+    pub dscp: Option<u8>,
+    /// 802.1Q VLAN id to tag the frame with.
+    #[serde(default)]
+    pub vlan: Option<u16>,
+}
+
+/// A configuration file that could not be read or parsed.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("{path}: cannot read: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The file is not valid TOML or does not have the expected shape.
+    #[error("{path}: {message}")]
+    Parse {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong and where (line and column).
+        message: String,
+    },
+}
+
+impl ConfigFile {
+    /// Reads and parses `path`.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        Self::parse(&text).map_err(|message| ConfigError::Parse {
+            path: path.to_owned(),
+            message,
+        })
+    }
+
+    /// Parses the text of a configuration file; the error says where the mistake is.
+    pub fn parse(text: &str) -> Result<Self, String> {
+        toml::from_str(text).map_err(|error| error.to_string().trim_end().to_owned())
+    }
+
+    /// The rules in the relay-rules model, defaults filled in.
+    pub fn to_rules(&self) -> Vec<Rule> {
+        self.rules.iter().map(RuleEntry::to_rule).collect()
+    }
+}
+
+impl RuleEntry {
+    /// This rule in the relay-rules model, defaults filled in.
+    pub fn to_rule(&self) -> Rule {
+        Rule {
+            name: self.name.clone(),
+            input: Input {
+                interface: self.input.interface.clone(),
+                destination: self.input.destination,
+                port: self.input.port,
+                source: self.input.source,
+            },
+            outputs: self
+                .outputs
+                .iter()
+                .map(|output| Output {
+                    interface: output.interface.clone(),
+                    destination: output.destination,
+                    port: output.port,
+                    ttl: output.ttl.unwrap_or(DEFAULT_TTL),
+                    source: output.source,
+                    dscp: output.dscp,
+                    vlan: output.vlan,
+                })
+                .collect(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const EXAMPLE: &str = r#"
+        [relay]
+        workers = "0-1"
+        fanout = "hash"
+
+        [ring]
+        block_count = 4
+
+        [[rule]]
+        name = "cam"
+        input = { interface = "in0", destination = "239.1.1.1", port = 5000, source = "192.0.2.10" }
+        outputs = [
+            { interface = "out0", destination = "239.2.2.2", port = 6000, ttl = 4, dscp = 46 },
+            { interface = "out1", destination = "10.0.0.2", port = 7000 },
+        ]
+    "#;
+
+    #[test]
+    fn parses_every_section() {
+        let config = ConfigFile::parse(EXAMPLE).expect("the example is valid");
+        assert_eq!(config.relay.workers, WorkersSetting::Cpus(vec![0, 1]));
+        assert_eq!(config.relay.fanout, FanoutSetting::Hash);
+        assert_eq!(config.ring.block_count, 4);
+        assert_eq!(config.ring.block_size, RingSection::default().block_size);
+        let rules = config.to_rules();
+        assert_eq!(rules.len(), 1);
+        assert_eq!(rules[0].input.source, Some(Ipv4Addr::new(192, 0, 2, 10)));
+        assert_eq!(rules[0].outputs[0].ttl, 4);
+        assert_eq!(rules[0].outputs[0].dscp, Some(46));
+        assert_eq!(rules[0].outputs[1].ttl, DEFAULT_TTL);
+        assert_eq!(rules[0].outputs[1].destination, Ipv4Addr::new(10, 0, 0, 2));
+    }
+
+    #[test]
+    fn mistakes_are_located() {
+        let error = ConfigFile::parse("[[rule]]\nname = \"a\"\ninput = { interface = \"x\", destination = \"239.1.1.300\", port = 1 }\noutputs = []\n")
+            .expect_err("300 is not an octet");
+        assert!(error.contains("line 3"), "{error}");
+        let error = ConfigFile::parse("[relay]\nworkrs = 2\n").expect_err("typo");
+        assert!(error.contains("workrs"), "{error}");
+        let error = ConfigFile::parse("[relay]\nworkers = 0\n").expect_err("zero workers");
+        assert!(error.contains("at least one worker"), "{error}");
+    }
+
+    #[test]
+    fn workers_setting_forms() {
+        assert_eq!(WorkersSetting::parse("all"), Ok(WorkersSetting::All));
+        assert_eq!(WorkersSetting::parse("3"), Ok(WorkersSetting::Count(3)));
+        assert_eq!(
+            WorkersSetting::parse("0-2,6,1"),
+            Ok(WorkersSetting::Cpus(vec![0, 1, 2, 6]))
+        );
+        assert!(WorkersSetting::parse("2-1").is_err());
+        assert!(WorkersSetting::parse("x").is_err());
+    }
+}
