@@ -1,0 +1,299 @@
+//! Writing output frames from precomputed header templates.
+//!
+//! Every output of a rule gets a [`FrameTemplate`] when the rule table is built: the Ethernet
+//! header (and 802.1Q tag), the IPv4 header and the UDP ports, already in wire order, plus the
+//! parts of both checksums that never change. Per packet, [`FrameTemplate::write`] copies the
+//! header and the payload into the caller's buffer (a TX ring slot) and patches what depends on
+//! the packet: IPv4 total length, identification, (TOS), header checksum, UDP length and
+//! checksum. The payload is copied once and never summed: the UDP checksum is updated from the
+//! incoming one (RFC 1624).
+//!
+//! ```
+//! use std::net::Ipv4Addr;
+//! use relay_rules::replicate::{FrameTemplate, TemplateSpec, multicast_mac};
+//! use relay_rules::wire;
+//!
+//! let group = Ipv4Addr::new(239, 10, 0, 1);
+//! let template = FrameTemplate::new(&TemplateSpec {
+//!     src_mac: [0x02, 0, 0, 0, 0, 0x01],
+//!     dst_mac: multicast_mac(group),
+//!     vlan: None,
+//!     source: Ipv4Addr::new(10, 1, 0, 1),
+//!     destination: group,
+//!     source_port: None,
+//!     destination_port: 5004,
+//!     ttl: 8,
+//!     dscp: None,
+//!     mtu: 1500,
+//! });
+//!
+//! // Ethernet II, IPv4 10.0.0.1 -> 239.1.1.1, UDP 1234 -> 5004, no UDP checksum, "hi".
+//! let frame = [
+//!     0x01, 0x00, 0x5e, 0x01, 0x01, 0x01, 0x02, 0x00, 0x00, 0x00, 0x00, 0x01, 0x08, 0x00,
+//!     0x45, 0x00, 0x00, 0x1e, 0x00, 0x00, 0x00, 0x00, 0x01, 0x11, 0xbf, 0xcc,
+//!     0x0a, 0x00, 0x00, 0x01, 0xef, 0x01, 0x01, 0x01,
+//!     0x04, 0xd2, 0x13, 0x8c, 0x00, 0x0a, 0x00, 0x00, b'h', b'i',
+//! ];
+//! let input = wire::parse(&frame, None)?;
+//!
+//! let mut slot = [0u8; 2048];
+//! let len = template.write(&input, 7, &mut slot)?;
+//! let output = wire::parse(&slot[..len], None)?;
+//! assert_eq!((output.destination, output.destination_port), (group, 5004));
+//! assert_eq!(output.source_port, 1234);
+//! assert_eq!(output.payload, b"hi");
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+
+use std::net::Ipv4Addr;
+
+use crate::wire::checksum::addr_sum;
+use crate::wire::{
+    Datagram, EtherType, EthernetFrame, Ipv4Packet, PROTOCOL_UDP, UdpPacket, VlanHeader, adjust,
+    fold, sum,
+};
+
+/// The Ethernet destination of an IPv4 multicast group (RFC 1112 section 6.4): 01:00:5e followed
+/// by the low 23 bits of the group.
+///
+/// 32 groups share each MAC, so receivers still filter on the IP destination.
+pub fn multicast_mac(group: Ipv4Addr) -> [u8; 6] {
+    let o = group.octets();
+    [0x01, 0x00, 0x5e, o[1] & 0x7f, o[2], o[3]]
+}
+
+/// What an output frame looks like, as the rule table derives it from a rule's output and the
+/// output interface's facts.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TemplateSpec {
+    /// Source MAC: the output interface's address.
+    pub src_mac: [u8; 6],
+    /// Destination MAC: [`multicast_mac`] of the group for a multicast output.
+    pub dst_mac: [u8; 6],
+    /// 802.1Q VLAN id to tag the output with (1..=4094, checked by rule validation; only the low
+    /// 12 bits are written), or `None` for an untagged frame.
+    pub vlan: Option<u16>,
+    /// IPv4 source address of the output.
+    pub source: Ipv4Addr,
+    /// IPv4 destination address of the output.
+    pub destination: Ipv4Addr,
+    /// UDP source port; `None` keeps the incoming source port, so receivers see the sender's.
+    pub source_port: Option<u16>,
+    /// UDP destination port.
+    pub destination_port: u16,
+    /// IPv4 time to live of the output.
+    pub ttl: u8,
+    /// DiffServ code point (0..=63) to write; `None` keeps the incoming DSCP.
+    pub dscp: Option<u8>,
+    /// Largest IP packet (header included) the output interface carries.
+    pub mtu: u32,
+}
+
+/// Length of an 802.1Q tag (TPID and TCI).
+const VLAN_TAG_LEN: usize = 4;
+const IPV4_HEADER_LEN: usize = 20;
+const UDP_HEADER_LEN: usize = 8;
+/// Largest header a template writes: Ethernet, one VLAN tag, IPv4 without options, UDP.
+const MAX_HEADER_LEN: usize = 14 + VLAN_TAG_LEN + IPV4_HEADER_LEN + UDP_HEADER_LEN;
+
+/// The precomputed output headers of one rule output.
+///
+/// Immutable once built and shared by every packet of the rule: `write` reads it and patches
+/// only the per-packet fields in the output buffer.
+#[derive(Debug, Clone)]
+pub struct FrameTemplate {
+    spec: TemplateSpec,
+    header: [u8; MAX_HEADER_LEN],
+    header_len: usize,
+    /// Offset of the IPv4 header (after Ethernet and an optional tag).
+    ip_offset: usize,
+    /// One's complement sum of the IPv4 header with total length, ID and checksum zero (and the
+    /// TOS zero when the incoming DSCP is kept).
+    ip_partial: u64,
+    /// Sum of the output's pseudo-header addresses and ports that replace the incoming ones
+    /// (the source port only when it is rewritten).
+    udp_added: u64,
+}
+
+/// Why an output frame could not be written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum RewriteError {
+    /// The IP packet would be larger than the output's MTU (or than IPv4 allows). The relay
+    /// does not fragment: counted and dropped.
+    #[error("IP packet of {packet} bytes exceeds the output MTU of {mtu}")]
+    ExceedsMtu {
+        /// Length the IP packet would have.
+        packet: usize,
+        /// The output's MTU.
+        mtu: u32,
+    },
+    /// The caller's buffer (a TX ring slot) cannot hold the frame.
+    #[error("output frame of {needed} bytes does not fit a buffer of {available}")]
+    BufferTooSmall {
+        /// Length of the whole frame.
+        needed: usize,
+        /// Length of the buffer given.
+        available: usize,
+    },
+}
+
+impl FrameTemplate {
+    /// Builds the header bytes and partial checksums of an output.
+    ///
+    /// The IPv4 header has no options, DF clear (the relay never fragments and refuses what does
+    /// not fit, so DF would change nothing on the first hop and only stop routers further on),
+    /// protocol UDP, and the TTL, addresses and TOS of the spec.
+    pub fn new(spec: &TemplateSpec) -> FrameTemplate {
+        let mut header = [0u8; MAX_HEADER_LEN];
+        let mut ethernet = EthernetFrame::new_unchecked(&mut header[..]);
+        ethernet.set_dst_addr(spec.dst_mac);
+        ethernet.set_src_addr(spec.src_mac);
+        let ip_offset = match spec.vlan {
+            Some(vid) => {
+                ethernet.set_ethertype(EtherType::VLAN);
+                let mut tag = VlanHeader::new_unchecked(ethernet.payload_mut());
+                tag.set_tci(vid & 0x0fff);
+                tag.set_ethertype(EtherType::IPV4);
+                EthernetFrame::<&[u8]>::HEADER_LEN + VLAN_TAG_LEN
+            }
+            None => {
+                ethernet.set_ethertype(EtherType::IPV4);
+                EthernetFrame::<&[u8]>::HEADER_LEN
+            }
+        };
+        let header_len = ip_offset + IPV4_HEADER_LEN + UDP_HEADER_LEN;
+
+        let mut ip = Ipv4Packet::new_unchecked(&mut header[ip_offset..ip_offset + IPV4_HEADER_LEN]);
+        ip.set_version_and_header_len(IPV4_HEADER_LEN);
+        ip.set_tos(spec.dscp.map_or(0, |dscp| (dscp & 0x3f) << 2));
+        ip.set_flags_and_offset(false, false, 0);
+        ip.set_ttl(spec.ttl);
+        ip.set_protocol(PROTOCOL_UDP);
+        ip.set_src_addr(spec.source);
+        ip.set_dst_addr(spec.destination);
+        let ip_partial = sum(&header[ip_offset..ip_offset + IPV4_HEADER_LEN]);
+
+        let udp_offset = ip_offset + IPV4_HEADER_LEN;
+        let mut udp = UdpPacket::new_unchecked(&mut header[udp_offset..header_len]);
+        udp.set_src_port(spec.source_port.unwrap_or(0));
+        udp.set_dst_port(spec.destination_port);
+        let udp_added = addr_sum(spec.source)
+            + addr_sum(spec.destination)
+            + u64::from(spec.destination_port)
+            + spec.source_port.map_or(0, u64::from);
+
+        FrameTemplate {
+            spec: spec.clone(),
+            header,
+            header_len,
+            ip_offset,
+            ip_partial,
+            udp_added,
+        }
+    }
+
+    /// The spec this template was built from.
+    pub fn spec(&self) -> &TemplateSpec {
+        &self.spec
+    }
+
+    /// Length of the headers written before the payload: Ethernet (+ VLAN tag), IPv4 (20), UDP (8).
+    pub fn header_len(&self) -> usize {
+        self.header_len
+    }
+
+    /// Length of the whole output frame for a payload of `payload_len` bytes (no Ethernet
+    /// padding is added: the driver pads short frames).
+    pub fn frame_len(&self, payload_len: usize) -> usize {
+        self.header_len + payload_len
+    }
+
+    /// Writes the whole output frame for `input` into `out` and returns its length.
+    ///
+    /// `ip_id` is the IPv4 identification to use (a per-worker counter: the relay originates
+    /// these packets). `input` must come from [`crate::wire::parse`], whose checks this relies on.
+    ///
+    /// The UDP checksum: when the incoming one is non-zero it is updated incrementally for the
+    /// changed addresses and ports (RFC 1624 eqn. 3); the UDP length, and so the pseudo-header
+    /// length, is unchanged because the payload is. A correct checksum stays correct and a
+    /// corrupt one stays corrupt, so receivers still catch damage done before the relay. When it
+    /// is zero (the sender computed none, legal in IPv4) the output carries none either:
+    /// computing one would cost a pass over the payload on every output.
+    ///
+    /// With [`TemplateSpec::dscp`] `None` the incoming DSCP is kept and ECN is cleared: the relay
+    /// ends the sender's transport path, so its ECN capability does not carry over.
+    pub fn write(
+        &self,
+        input: &Datagram<'_>,
+        ip_id: u16,
+        out: &mut [u8],
+    ) -> Result<usize, RewriteError> {
+        let payload_len = input.payload.len();
+        let packet = IPV4_HEADER_LEN + UDP_HEADER_LEN + payload_len;
+        if packet > self.spec.mtu as usize || packet > usize::from(u16::MAX) {
+            return Err(RewriteError::ExceedsMtu {
+                packet,
+                mtu: self.spec.mtu,
+            });
+        }
+        let frame_len = self.header_len + payload_len;
+        let available = out.len();
+        let Some(out) = out.get_mut(..frame_len) else {
+            return Err(RewriteError::BufferTooSmall {
+                needed: frame_len,
+                available,
+            });
+        };
+        let (headers, payload) = out.split_at_mut(self.header_len);
+        headers.copy_from_slice(&self.header[..self.header_len]);
+        payload.copy_from_slice(input.payload);
+
+        // Both fit in u16: checked against u16::MAX above.
+        let total_len = packet as u16;
+        let udp_len = (UDP_HEADER_LEN + payload_len) as u16;
+
+        let (ip_bytes, udp_bytes) = headers[self.ip_offset..].split_at_mut(IPV4_HEADER_LEN);
+        let mut ip = Ipv4Packet::new_unchecked(ip_bytes);
+        ip.set_total_len(total_len);
+        ip.set_ident(ip_id);
+        let mut ip_sum = self.ip_partial + u64::from(total_len) + u64::from(ip_id);
+        if self.spec.dscp.is_none() {
+            let tos = input.tos & 0xfc;
+            ip.set_tos(tos);
+            // The TOS is the low byte of the header's first word (version and IHL are the high).
+            ip_sum += u64::from(tos);
+        }
+        ip.set_checksum(!fold(ip_sum));
+
+        let mut udp = UdpPacket::new_unchecked(udp_bytes);
+        udp.set_len(udp_len);
+        if self.spec.source_port.is_none() {
+            udp.set_src_port(input.source_port);
+        }
+        udp.set_checksum(self.udp_checksum(input));
+        Ok(frame_len)
+    }
+
+    /// The output's UDP checksum, from the incoming one (see [`FrameTemplate::write`]).
+    fn udp_checksum(&self, input: &Datagram<'_>) -> u16 {
+        if input.udp_checksum == 0 {
+            return 0;
+        }
+        // The words the output replaces: both addresses, the destination port, and the source
+        // port when it is rewritten (a kept one is in both sums and cancels out, so it is left out).
+        let mut removed = addr_sum(input.source)
+            + addr_sum(input.destination)
+            + u64::from(input.destination_port);
+        if self.spec.source_port.is_some() {
+            removed += u64::from(input.source_port);
+        }
+        match adjust(input.udp_checksum, removed, self.udp_added) {
+            // 0 on the wire means "no checksum"; its one's complement twin 0xffff is the same value.
+            0 => 0xffff,
+            other => other,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,194 @@
+//! Bounds-checked views of the frames the relay receives and writes: Ethernet II, up to two VLAN
+//! tags, IPv4 and UDP.
+//!
+//! Each layer is a view in the style of smoltcp's wire types: a newtype over any buffer
+//! (`T: AsRef<[u8]>`) with `new_unchecked`, `check_len` (after which no accessor panics) and
+//! `new_checked`; getters need `AsRef<[u8]>`, setters `AsMut<[u8]>`. Views never allocate or copy.
+//!
+//! The data path does not use the views one by one: [`parse`] walks them once over a received
+//! frame and returns a [`Datagram`] that borrows the payload, or the [`DropReason`] the worker
+//! counts the frame under. A malformed frame is always a `DropReason`, never a panic.
+//!
+//! ```
+//! use relay_rules::wire::{self, DropReason};
+//!
+//! // A frame too short to hold an Ethernet header is refused, with the layer that was short.
+//! assert_eq!(wire::parse(&[0u8; 10], None).unwrap_err(), DropReason::EthernetTruncated);
+//! ```
+
+pub(crate) mod checksum;
+mod datagram;
+mod ethernet;
+mod ipv4;
+mod udp;
+
+pub use checksum::{adjust, fold, pseudo_header_sum, sum};
+pub use datagram::{Datagram, parse};
+pub use ethernet::{EtherType, EthernetFrame, VlanHeader};
+pub use ipv4::{Ipv4Packet, PROTOCOL_UDP};
+pub use udp::UdpPacket;
+
+/// A VLAN tag as it appeared on the wire or in the ring's frame header.
+///
+/// The TPID is kept (not just the VID) because 802.1Q (0x8100) and 802.1ad (0x88a8) tags mean
+/// different things on a trunk, and an offloaded tag reports its own TPID.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct VlanTag {
+    /// Tag protocol identifier: 0x8100 (802.1Q) or 0x88a8 (802.1ad).
+    pub tpid: u16,
+    /// Tag control information: priority (3 bits), drop eligible (1 bit), VLAN id (12 bits).
+    pub tci: u16,
+}
+
+impl VlanTag {
+    /// The VLAN id (low 12 bits of the TCI), which is what rules and interfaces are keyed by.
+    pub const fn vid(self) -> u16 {
+        self.tci & 0x0fff
+    }
+
+    /// The priority code point (top 3 bits of the TCI).
+    pub const fn pcp(self) -> u8 {
+        (self.tci >> 13) as u8
+    }
+}
+
+/// Why a received frame was refused.
+///
+/// One variant per reason, each cheap to copy, so that a worker keeps one counter per reason
+/// (indexed by [`DropReason::index`]) and exports it with the label [`DropReason::as_str`].
+/// Truncation is reported per layer: a capture length too small for the ring's frame size shows
+/// up as `Ipv4PacketTruncated`, a broken sender as a length or checksum reason.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, thiserror::Error)]
+#[non_exhaustive]
+pub enum DropReason {
+    /// The frame is shorter than an Ethernet II header (14 bytes).
+    #[error("frame shorter than an Ethernet header")]
+    EthernetTruncated,
+    /// An ethertype announced a VLAN tag but fewer than 4 bytes follow it.
+    #[error("frame ends inside a VLAN tag")]
+    VlanTruncated,
+    /// More than two VLAN tags, counting a tag offloaded into the ring's frame header.
+    #[error("more than two VLAN tags")]
+    TooManyVlanTags,
+    /// The ethertype after the VLAN tags is not IPv4 (0x0800).
+    #[error("ethertype is not IPv4")]
+    NotIpv4,
+    /// Fewer bytes than the IPv4 header needs (20, or the header length the IHL announces).
+    #[error("frame ends inside the IPv4 header")]
+    Ipv4Truncated,
+    /// The IP version nibble is not 4.
+    #[error("IP version is not 4")]
+    Ipv4BadVersion,
+    /// The IHL is below 5 (a header shorter than 20 bytes).
+    #[error("IPv4 header length (IHL) below 5")]
+    Ipv4BadIhl,
+    /// The IPv4 total length is smaller than the header length.
+    #[error("IPv4 total length smaller than its header")]
+    Ipv4BadTotalLength,
+    /// The IPv4 total length is larger than what was captured (a short capture or a lying sender).
+    #[error("IPv4 total length larger than the captured frame")]
+    Ipv4PacketTruncated,
+    /// The IPv4 header checksum does not verify.
+    #[error("IPv4 header checksum does not verify")]
+    Ipv4BadChecksum,
+    /// A fragment (more-fragments set or a non-zero offset): the relay forwards whole datagrams
+    /// only, and reassembly would need state and memory per flow.
+    #[error("IPv4 fragment")]
+    Ipv4Fragment,
+    /// The IPv4 protocol is not UDP (17).
+    #[error("IP protocol is not UDP")]
+    NotUdp,
+    /// The IPv4 payload is shorter than a UDP header (8 bytes).
+    #[error("IPv4 payload shorter than a UDP header")]
+    UdpTruncated,
+    /// The UDP length field is below 8 or differs from the IPv4 payload length.
+    #[error("UDP length inconsistent with the IPv4 total length")]
+    UdpBadLength,
+}
+
+impl DropReason {
+    /// Every reason, in [`DropReason::index`] order, for building counter arrays and labels.
+    pub const ALL: [DropReason; 14] = [
+        DropReason::EthernetTruncated,
+        DropReason::VlanTruncated,
+        DropReason::TooManyVlanTags,
+        DropReason::NotIpv4,
+        DropReason::Ipv4Truncated,
+        DropReason::Ipv4BadVersion,
+        DropReason::Ipv4BadIhl,
+        DropReason::Ipv4BadTotalLength,
+        DropReason::Ipv4PacketTruncated,
+        DropReason::Ipv4BadChecksum,
+        DropReason::Ipv4Fragment,
+        DropReason::NotUdp,
+        DropReason::UdpTruncated,
+        DropReason::UdpBadLength,
+    ];
+
+    /// How many reasons there are: the length of a per-reason counter array.
+    pub const COUNT: usize = DropReason::ALL.len();
+
+    /// Position of this reason in [`DropReason::ALL`], so a counter array needs no hashing.
+    pub const fn index(self) -> usize {
+        self as usize
+    }
+
+    /// A stable snake_case label for metrics (`reason="ipv4_fragment"`).
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            DropReason::EthernetTruncated => "ethernet_truncated",
+            DropReason::VlanTruncated => "vlan_truncated",
+            DropReason::TooManyVlanTags => "too_many_vlan_tags",
+            DropReason::NotIpv4 => "not_ipv4",
+            DropReason::Ipv4Truncated => "ipv4_truncated",
+            DropReason::Ipv4BadVersion => "ipv4_bad_version",
+            DropReason::Ipv4BadIhl => "ipv4_bad_ihl",
+            DropReason::Ipv4BadTotalLength => "ipv4_bad_total_length",
+            DropReason::Ipv4PacketTruncated => "ipv4_packet_truncated",
+            DropReason::Ipv4BadChecksum => "ipv4_bad_checksum",
+            DropReason::Ipv4Fragment => "ipv4_fragment",
+            DropReason::NotUdp => "not_udp",
+            DropReason::UdpTruncated => "udp_truncated",
+            DropReason::UdpBadLength => "udp_bad_length",
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn index_matches_position_in_all() {
+        for (i, reason) in DropReason::ALL.iter().enumerate() {
+            assert_eq!(reason.index(), i, "{reason:?}");
+        }
+        assert_eq!(DropReason::COUNT, 14);
+    }
+
+    #[test]
+    fn labels_are_unique_snake_case() {
+        let mut labels: Vec<&str> = DropReason::ALL.iter().map(|r| r.as_str()).collect();
+        for label in &labels {
+            assert!(
+                label
+                    .bytes()
+                    .all(|b| b.is_ascii_lowercase() || b == b'_' || b.is_ascii_digit()),
+                "{label}"
+            );
+        }
+        labels.sort_unstable();
+        labels.dedup();
+        assert_eq!(labels.len(), DropReason::COUNT);
+    }
+
+    #[test]
+    fn vlan_tag_fields() {
+        let tag = VlanTag {
+            tpid: 0x8100,
+            tci: 0xa00a,
+        };
+        assert_eq!(tag.vid(), 10);
+        assert_eq!(tag.pcp(), 5);
+    }
+}
