@@ -1,1 +1,203 @@
 //! Support for the end-to-end tests: network namespaces and veth pairs that clean up after themselves.
+//!
+//! Every test that touches the network builds its own world from these pieces, so a test never
+//! sees another test's traffic and leaves nothing behind, even when it panics:
+//!
+//! - [`privileged`] decides whether a namespace test can run here (skip, or fail under `CI=true`);
+//! - [`Netns`] owns a named network namespace and deletes it (and kills what runs in it) on drop;
+//!   [`Netns::run`] runs a closure on a thread that lives in the namespace, so sockets it opens
+//!   belong there, and [`Netns::run_with_sysfs`] also gives that thread a `/sys` of the namespace;
+//! - [`veth_pair`] links two namespaces; [`Topology`] is the sender ↔ relay ↔ receiver world the
+//!   relay's end-to-end tests need.
+//!
+//! ```no_run
+//! use fanout_relay_tests::{privileged, veth_pair, Netns};
+//!
+//! if !privileged("example") {
+//!     return;
+//! }
+//! let a = Netns::new("ex");
+//! let b = Netns::new("ex");
+//! let _link = veth_pair(&a, "va", &b, "vb");
+//! a.add_addr("va", "10.9.0.1/24");
+//! b.add_addr("vb", "10.9.0.2/24");
+//! let out = a.exec(&["ping", "-c", "1", "-W", "1", "10.9.0.2"]);
+//! assert!(out.status.success());
+//! ```
+//!
+//! Interface names inside a fresh namespace need only be unique in that namespace, so the fixed
+//! names of [`Topology`] are safe; use [`unique_ifname`] for interfaces in the root namespace.
+
+mod netns;
+mod topology;
+mod veth;
+
+pub use netns::Netns;
+pub use topology::Topology;
+pub use veth::{Veth, veth_pair};
+
+use std::ffi::OsStr;
+use std::process::{Command, Output};
+use std::sync::atomic::{AtomicU32, Ordering};
+
+/// Shared by namespace and interface names so that no two objects made by one process collide.
+static COUNTER: AtomicU32 = AtomicU32::new(0);
+
+fn next_id() -> u32 {
+    COUNTER.fetch_add(1, Ordering::Relaxed)
+}
+
+/// Says whether a test that needs root and network namespaces can run on this machine.
+///
+/// A namespace test calls this first and returns when it says `false`, so that `cargo test` as an
+/// ordinary user passes while saying on stderr what it skipped (`skipping <test>: <why>`). With the
+/// environment variable `CI=true` a skip would hide a broken setup, so this panics with the reason
+/// instead.
+pub fn privileged(test: &str) -> bool {
+    match why_unprivileged() {
+        None => true,
+        Some(why) => {
+            skip(test, &why);
+            false
+        }
+    }
+}
+
+/// Reports that `test` cannot run because of `why`, for a test that then returns early; with
+/// `CI=true` it panics instead, because there a skip would hide a broken setup.
+///
+/// Use it for any missing prerequisite (a tool such as `ping`, a device such as
+/// `/dev/net/tun`), so every skip looks and behaves the same.
+pub fn skip(test: &str, why: &str) {
+    if std::env::var("CI").is_ok_and(|v| v == "true") {
+        panic!("{test} cannot run and CI=true: {why}");
+    }
+    // Written to the process's stderr directly, not through eprintln!, which the test
+    // harness captures: a skip must be visible in an ordinary `cargo test` run.
+    use std::io::Write as _;
+    let _ = writeln!(std::io::stderr(), "skipping {test}: {why}");
+}
+
+fn why_unprivileged() -> Option<String> {
+    if !nix::unistd::geteuid().is_root() {
+        return Some(
+            "not running as root (namespace tests need CAP_NET_ADMIN and CAP_NET_RAW)".into(),
+        );
+    }
+    // Root in a container may lack the capabilities; namespaces need all three.
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let cap_eff = status
+        .lines()
+        .find_map(|l| l.strip_prefix("CapEff:"))
+        .and_then(|hex| u64::from_str_radix(hex.trim(), 16).ok())
+        .unwrap_or(0);
+    for (bit, cap) in [
+        (12, "CAP_NET_ADMIN"),
+        (13, "CAP_NET_RAW"),
+        (21, "CAP_SYS_ADMIN"),
+    ] {
+        if cap_eff & (1u64 << bit) == 0 {
+            return Some(format!("{cap} is not in the effective capabilities"));
+        }
+    }
+    match Command::new("ip").args(["netns", "list"]).output() {
+        Err(e) => Some(format!("cannot run `ip` (install iproute2): {e}")),
+        Ok(out) if !out.status.success() => Some(format!(
+            "`ip netns list` failed: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        )),
+        Ok(_) => None,
+    }
+}
+
+/// Says whether `program` can be started, for tests that need an optional tool (`ping`, `ethtool`).
+pub fn have_program(program: &str) -> bool {
+    use std::os::unix::fs::PermissionsExt as _;
+    let path = std::env::var_os("PATH").unwrap_or_else(|| "/usr/sbin:/usr/bin:/sbin:/bin".into());
+    std::env::split_paths(&path).any(|dir| {
+        std::fs::metadata(dir.join(program))
+            .is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+    })
+}
+
+/// Runs a setup command and returns its stdout; panics with the command and its stderr on failure.
+///
+/// Setup that fails leaves the test meaningless, so a panic naming the exact command is the most
+/// useful outcome (the guards still clean up what was made so far).
+pub fn run_checked(cmd: &mut Command) -> String {
+    let out = cmd
+        .output()
+        .unwrap_or_else(|e| panic!("cannot start {cmd:?}: {e}"));
+    check_output(&format!("{cmd:?}"), &out)
+}
+
+fn check_output(what: &str, out: &Output) -> String {
+    if !out.status.success() {
+        panic!(
+            "{what} failed ({}): {}{}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr).trim(),
+            String::from_utf8_lossy(&out.stdout).trim()
+        );
+    }
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Runs `ip` with `args` in the current namespace, checked (see [`run_checked`]).
+pub fn ip<S: AsRef<OsStr>>(args: &[S]) -> String {
+    run_checked(Command::new("ip").args(args))
+}
+
+/// Makes an interface name that no other test (in this or another process) uses at the same time.
+///
+/// The kernel limits interface names to 15 bytes, so the name is `fr`, at most 6 bytes of `tag`,
+/// the pid in 5 base-36 digits and a 2-digit base-36 counter. The suffix has a fixed width, so
+/// two names are equal only if tag, pid and counter are; the counter wraps after 1296 names per
+/// process, far more than a test keeps alive at once.
+pub fn unique_ifname(tag: &str) -> String {
+    let tag: String = tag
+        .chars()
+        .filter(|c| c.is_ascii_alphanumeric())
+        .take(6)
+        .collect();
+    let name = format!(
+        "fr{tag}{}{}",
+        base36(std::process::id(), 5),
+        base36(next_id() % (36 * 36), 2)
+    );
+    debug_assert!(name.len() <= 15, "interface names are at most 15 bytes");
+    name
+}
+
+fn base36(mut n: u32, width: usize) -> String {
+    const DIGITS: &[u8; 36] = b"0123456789abcdefghijklmnopqrstuvwxyz";
+    let mut out = vec![b'0'; width];
+    for slot in out.iter_mut().rev() {
+        *slot = DIGITS[(n % 36) as usize];
+        n /= 36;
+    }
+    String::from_utf8(out).expect("base-36 digits are ASCII")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ifnames_fit_and_differ() {
+        let a = unique_ifname("a-very-long-tag");
+        let b = unique_ifname("a-very-long-tag");
+        assert!(a.len() <= 15, "{a}");
+        assert!(a.starts_with("fraveryl"), "{a}");
+        assert_ne!(a, b);
+    }
+
+    #[test]
+    fn base36_is_fixed_width() {
+        assert_eq!(base36(0, 5), "00000");
+        assert_eq!(base36(35, 2), "0z");
+        assert_eq!(base36(36 * 36 - 1, 2), "zz");
+        // pid_max is at most 2^22, which needs 5 digits.
+        assert_eq!(base36(1 << 22, 5).len(), 5);
+    }
+}

@@ -1,7 +1,73 @@
 //! Safe Linux AF_PACKET rings, fanout groups and the facts around them.
 //!
-//! (Crate documentation is completed with the crate.)
+//! fanout-core gets packets off the wire at line rate without unsafe code in the caller:
+//! memory-mapped receive rings (TPACKET_V3 blocks for throughput, TPACKET_V2 frames for latency)
+//! read in place, a transmit ring kicked once per batch, PACKET_FANOUT groups that spread one
+//! interface's traffic over worker threads or processes, classic BPF filters and steering
+//! programs, ring statistics, and hand-off of a ring between processes. It knows nothing of rules
+//! or multicast.
+//!
+//! ```text
+//!                    RxRingBuilder ──build──▶ RxRing ──next_block──▶ Block ──frames──▶ Frame
+//!  PacketSocket ◀──owns──┘   │ (version, ring, mmap,   │  wait (poll)     │ Drop: block back    (borrows
+//!  (socket.rs: bind,         │  filter, bind, fanout)  │  statistics      │ to the kernel        the Block)
+//!   options, memberships)    │                         │  into_handle ──▶ RingHandle ──send_ring/recv_ring──▶ worker: map()
+//!                    TxRingBuilder ──build──▶ TxRing ──reserve──▶ TxSlot ──commit──▶ flush (one send per batch)
+//!  fanout.rs: FanoutConfig/Mode/Flags   bpf.rs: BpfInstruction, filters   stats.rs: RingStats deltas
+//! ```
+//!
+//! Unsafe code lives only in the small modules that wrap syscalls and kernel-shared memory
+//! (`sys`, `ring::mmap`, `ring::v3`, `ring::v2`, `ring::tx`, `handoff`), each stating the
+//! invariants it keeps.
+//!
+//! Open a ring and read frames (needs CAP_NET_RAW):
+//!
+//! ```no_run
+//! use std::time::Duration;
+//! use fanout_core::ring::{RingVersion, RxRingBuilder};
+//!
+//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let mut ring = RxRingBuilder::new("eth0")
+//!     .version(RingVersion::V3) // or V2 for per-frame latency
+//!     .block_size(1 << 20)
+//!     .block_count(16)
+//!     .build()?;
+//! for _ in 0..100 {
+//!     ring.wait(Duration::from_millis(100))?;
+//!     while let Some(block) = ring.next_block() {
+//!         for frame in block.frames() {
+//!             println!("{} bytes at {:?}", frame.original_len(), frame.timestamp());
+//!         }
+//!     } // each block goes back to the kernel here
+//! }
+//! # Ok(()) }
+//! ```
 
 #![deny(unsafe_code)]
+
+pub mod bpf;
+pub mod fanout;
+pub mod handoff;
 pub mod igmp;
+pub mod ring;
+pub mod socket;
+pub mod stats;
+mod sys;
 pub mod udp_batch;
+
+pub use bpf::{BpfError, BpfInstruction, BpfProgram};
+pub use fanout::{
+    FanoutConfig, FanoutError, FanoutFlags, FanoutGroupId, FanoutMembership, FanoutMode,
+};
+pub use handoff::{HandoffError, RingDescriptor, RingHandle};
+pub use ring::{Frame, RingError, RingVersion, RxRing, RxRingBuilder, TxRing, TxRingBuilder};
+pub use socket::{PacketSocket, Protocol, SocketError};
+pub use stats::RingStats;
+
+pub mod cpu;
+pub mod iface;
+pub mod steering;
+
+pub use cpu::{CpuError, CpuSet};
+pub use iface::{IfaceError, InterfaceInfo};
+pub use steering::{Steering, SteeringError, SteeringReport};

@@ -25,7 +25,7 @@
 //! interfaces of the host.
 
 use relay_rules::{Input, Output, Rule};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 
@@ -86,7 +86,8 @@ impl WorkersSetting {
         }
         let mut cpus = Vec::new();
         for part in text.split(',') {
-            let bad = || format!("`{part}` is not a CPU or a range of CPUs (expected e.g. `0-3,6`)");
+            let bad =
+                || format!("`{part}` is not a CPU or a range of CPUs (expected e.g. `0-3,6`)");
             match part.split_once('-') {
                 Some((low, high)) => {
                     let low: u32 = low.trim().parse().map_err(|_| bad())?;
@@ -141,7 +142,7 @@ pub enum FanoutSetting {
 }
 
 /// Receive ring version.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum RingVersionSetting {
     /// TPACKET_V3: blocks of frames, the fewest wake-ups (throughput).
@@ -152,7 +153,7 @@ pub enum RingVersionSetting {
 }
 
 /// The `[ring]` section: geometry of every worker's rings.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct RingSection {
     /// Receive ring version.
@@ -183,7 +184,7 @@ impl Default for RingSection {
 }
 
 /// One `[[rule]]` as written.
-#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Deserialize, PartialEq, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct RuleEntry {
     /// Unique name.
@@ -195,7 +196,7 @@ pub struct RuleEntry {
 }
 
 /// A rule's `input` table.
-#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Deserialize, PartialEq, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct InputEntry {
     /// Interface the frames arrive on.
@@ -210,7 +211,7 @@ pub struct InputEntry {
 }
 
 /// One entry of a rule's `outputs`.
-#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Deserialize, PartialEq, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct OutputEntry {
     /// Interface the rewritten datagram leaves on.
@@ -306,6 +307,33 @@ impl RuleEntry {
     }
 }
 
+impl From<&Rule> for RuleEntry {
+    fn from(rule: &Rule) -> Self {
+        RuleEntry {
+            name: rule.name.clone(),
+            input: InputEntry {
+                interface: rule.input.interface.clone(),
+                destination: rule.input.destination,
+                port: rule.input.port,
+                source: rule.input.source,
+            },
+            outputs: rule
+                .outputs
+                .iter()
+                .map(|output| OutputEntry {
+                    interface: output.interface.clone(),
+                    destination: output.destination,
+                    port: output.port,
+                    ttl: Some(output.ttl),
+                    source: output.source,
+                    dscp: output.dscp,
+                    vlan: output.vlan,
+                })
+                .collect(),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -341,6 +369,7 @@ mod tests {
         assert_eq!(rules[0].outputs[0].dscp, Some(46));
         assert_eq!(rules[0].outputs[1].ttl, DEFAULT_TTL);
         assert_eq!(rules[0].outputs[1].destination, Ipv4Addr::new(10, 0, 0, 2));
+        assert_eq!(RuleEntry::from(&rules[0]).to_rule(), rules[0]);
     }
 
     #[test]

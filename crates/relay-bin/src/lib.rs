@@ -1,4 +1,15 @@
 //! The parts of the `fanout-relay` binary, as a library so tests and embedders can call them.
+//!
+//! `main.rs` only parses the command line; everything else is here: the configuration file
+//! ([`config`]), the supervisor that owns the rings and keeps workers running ([`supervisor`]),
+//! the worker processes and their data path ([`worker`]), the messages between them
+//! ([`protocol`]), their counters ([`counters`]), and the self-contained [`demo`].
 
 pub mod cli;
 pub mod config;
+pub mod counters;
+pub mod demo;
+pub mod protocol;
+pub mod rings;
+pub mod supervisor;
+pub mod worker;

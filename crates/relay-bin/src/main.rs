@@ -1,18 +1,54 @@
-//! `fanout-relay`: entry point; the work happens in the library.
+//! `fanout-relay`: parses the command line and hands over to the library.
 
 use clap::Parser;
 use relay_bin::cli::{Cli, Command};
+use relay_bin::supervisor::{self, Overrides, Plan, RunOptions};
 use std::process::ExitCode;
+use std::time::Duration;
 
 fn main() -> ExitCode {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
     let cli = Cli::parse();
-    match cli.command {
-        Command::CheckConfig { file } => {
-            eprintln!(
-                "fanout-relay: check-config {}: configuration files arrive with the relay",
-                file.display()
-            );
+    let result = match cli.command {
+        Command::CheckConfig { file } => Plan::load(&file, &Overrides::default())
+            .map(|plan| {
+                println!(
+                    "{}: ok: {} rule(s), {} interface(s), workers on cpus {:?}",
+                    file.display(),
+                    plan.set.len(),
+                    plan.set.interfaces().iter().count(),
+                    plan.cpus
+                );
+            })
+            .map_err(|error| error.to_string()),
+        Command::Run(args) => {
+            let overrides = Overrides {
+                workers: args.workers,
+                fanout: args.fanout,
+            };
+            let options = RunOptions {
+                stats_every: (args.stats_every > 0).then(|| Duration::from_secs(args.stats_every)),
+            };
+            Plan::load(&args.config, &overrides)
+                .map_err(supervisor::RunError::from)
+                .and_then(|plan| supervisor::run(plan, &options))
+                .map(|summary| eprint!("{}", summary.render()))
+                .map_err(|error| error.to_string())
+        }
+        Command::Worker {
+            cpu,
+            supervisor,
+            rings,
+        } => relay_bin::worker::run(cpu, supervisor, rings)
+            .map_err(|error| format!("worker on cpu {cpu}: {error}")),
+        Command::Demo(args) => {
+            relay_bin::demo::run(&args).map_err(|error| format!("demo: {error}"))
+        }
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("fanout-relay: {error}");
             ExitCode::FAILURE
         }
     }

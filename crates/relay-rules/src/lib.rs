@@ -6,13 +6,18 @@
 
 pub mod interface;
 pub mod rule;
+pub mod wire;
+pub mod replicate;
+pub mod counters;
+pub mod bpf;
+pub mod shard;
+pub mod table;
+pub mod validate;
 
 pub use interface::{InterfaceFacts, Interfaces};
 pub use rule::{Input, Limits, Output, Rule, RuleKey};
-pub mod counters;
-pub mod replicate;
-pub mod wire;
-
 pub use counters::RuleCounters;
 pub use replicate::{FrameTemplate, RewriteError, TemplateSpec};
 pub use wire::{Datagram, DropReason, VlanTag};
+pub use table::{CompiledOutput, CompiledRule, RuleId, RuleTable};
+pub use validate::{RuleSet, ValidationError, ValidationErrors};

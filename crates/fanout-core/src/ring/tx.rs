@@ -1,0 +1,533 @@
+//! The transmit ring: reserve a slot, write a frame, commit, and kick the kernel once per batch.
+//!
+//! TPACKET_V3 transmit (kernel ≥ 4.11) is frame based like V2: each slot starts with a
+//! `tpacket3_hdr` whose `tp_next_offset` must be 0, and the ring request must have
+//! `tp_retire_blk_tov`, `tp_sizeof_priv` and `tp_feature_req_word` all 0. Frame data starts at
+//! `TPACKET3_HDRLEN - sizeof(struct sockaddr_ll)` (48) in V3 and `TPACKET2_HDRLEN -
+//! sizeof(struct sockaddr_ll)` (32) in V2.
+//!
+//! The kernel's `tpacket_snd()` walks slots from its own position and stops at the first slot not
+//! marked TP_STATUS_SEND_REQUEST, so slots are filled strictly in ring order: when the next one
+//! is still in flight the ring is full (counted), never skipped.
+//!
+//! # Safety
+//!
+//! A slot's bytes are written only while its status, read with acquire ordering, is
+//! TP_STATUS_AVAILABLE or TP_STATUS_WRONG_FORMAT: the kernel neither reads nor writes such a
+//! slot (it looks only at the status word) until user space stores TP_STATUS_SEND_REQUEST with
+//! release ordering, which `commit` does after the last write through the slot's slice, whose
+//! borrow has then ended. The one exception is moving committed frames up past a refused one
+//! (`drop_refused`): the kernel reads committed slots only inside `send()` (`tpacket_snd()` runs
+//! in the sender's context, and stopped at the refused slot), and no `send()` runs while the ring
+//! is borrowed mutably.
+#![allow(unsafe_code, reason = "writes into kernel-shared transmit slots")]
+
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
+use std::time::{Duration, Instant};
+
+use nix::errno::Errno;
+use nix::sys::socket::MsgFlags;
+
+use super::frame::{u32_at, v2 as h2, v3 as h3};
+use super::geometry::{Constraints, Geometry};
+use super::mmap::Mapping;
+use super::{RingError, RingVersion, v2};
+use crate::socket::{self, PacketSocket, Protocol, SocketError};
+use crate::sys;
+
+/// Which transmit ring version to use.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TxVersion {
+    /// V3 where the kernel supports it (≥ 4.11), else V2.
+    Auto,
+    /// TPACKET_V3 only.
+    V3,
+    /// TPACKET_V2 only.
+    V2,
+}
+
+/// Transmit counters, for the socket's life.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct TxCounters {
+    /// Frames committed to the ring.
+    pub committed: u64,
+    /// Frames the kernel sent and returned (TP_STATUS_AVAILABLE again).
+    pub completed: u64,
+    /// Times a slot was asked for while the next slot was still in flight.
+    pub ring_full: u64,
+    /// Frames the kernel refused (TP_STATUS_WRONG_FORMAT: bad length or header).
+    pub wrong_format: u64,
+    /// `send` kicks issued.
+    pub kicks: u64,
+}
+
+/// Settings of a transmit ring. Defaults: `Auto` version, 32 blocks of 64 KiB, 2048-byte slots,
+/// protocol 0 (the socket never receives).
+#[derive(Debug, Clone)]
+pub struct TxRingBuilder {
+    interface: String,
+    geometry: Geometry,
+    version: TxVersion,
+    protocol: Protocol,
+    qdisc_bypass: bool,
+    loss: bool,
+    populate: bool,
+    dont_fork: bool,
+}
+
+impl TxRingBuilder {
+    /// A ring sending on `interface`.
+    pub fn new(interface: impl Into<String>) -> Self {
+        Self {
+            interface: interface.into(),
+            geometry: Geometry::new(1 << 16, 32, 2048),
+            version: TxVersion::Auto,
+            protocol: Protocol::NONE,
+            qdisc_bypass: false,
+            loss: false,
+            populate: true,
+            dont_fork: false,
+        }
+    }
+
+    /// The layout: slots of `frame_size` bytes, `block_size / frame_size` per block.
+    pub fn geometry(mut self, geometry: Geometry) -> Self {
+        self.geometry = geometry;
+        self
+    }
+
+    /// Ring version.
+    pub fn version(mut self, version: TxVersion) -> Self {
+        self.version = version;
+        self
+    }
+
+    /// The protocol the socket is bound with (0: it never receives).
+    pub fn protocol(mut self, protocol: Protocol) -> Self {
+        self.protocol = protocol;
+        self
+    }
+
+    /// Bypass the qdisc (`PACKET_QDISC_BYPASS`): faster, no qdisc backpressure, and other packet
+    /// sockets do not see the frames.
+    pub fn qdisc_bypass(mut self, on: bool) -> Self {
+        self.qdisc_bypass = on;
+        self
+    }
+
+    /// Skip refused frames instead of stopping at them (`PACKET_LOSS`).
+    pub fn loss(mut self, on: bool) -> Self {
+        self.loss = on;
+        self
+    }
+
+    /// Pre-fault the ring's pages at mmap (default on).
+    pub fn populate(mut self, on: bool) -> Self {
+        self.populate = on;
+        self
+    }
+
+    /// Keep forked children from inheriting the mapping (`MADV_DONTFORK`).
+    pub fn dont_fork(mut self, on: bool) -> Self {
+        self.dont_fork = on;
+        self
+    }
+
+    /// Validates, then sets up: version, loss, ring, mmap, bind, qdisc bypass.
+    pub fn build(&self) -> Result<TxRing, RingError> {
+        let interface = self.interface.clone();
+        let page_size = u32::try_from(sys::page_size()).unwrap_or(u32::MAX);
+        let constraints = |version| Constraints {
+            version,
+            page_size,
+            reserve: 0,
+            private_size: 0,
+        };
+        // V3 frames need the larger header: check against it unless V2 is forced.
+        let check = if self.version == TxVersion::V2 {
+            RingVersion::V2
+        } else {
+            RingVersion::V3
+        };
+        self.geometry
+            .validate(&constraints(check))
+            .map_err(|source| RingError::Geometry {
+                interface: interface.clone(),
+                source,
+            })?;
+        let ifindex = socket::interface_index(&self.interface)?;
+        let mut socket = PacketSocket::open()?.intended_for(&self.interface);
+        if self.loss {
+            socket.set_packet_int("PACKET_LOSS", libc::PACKET_LOSS, 1)?;
+        }
+        let version = match self.version {
+            TxVersion::V2 => self.create_ring(&socket, RingVersion::V2)?,
+            TxVersion::V3 => self.create_ring(&socket, RingVersion::V3)?,
+            TxVersion::Auto => match self.create_ring(&socket, RingVersion::V3) {
+                Ok(version) => version,
+                Err(RingError::Create {
+                    errno: Errno::EINVAL,
+                    ..
+                })
+                | Err(RingError::Socket(SocketError::SetOption {
+                    errno: Errno::EINVAL,
+                    ..
+                })) => {
+                    log::info!(
+                        "TPACKET_V3 transmit refused on {interface} (kernel < 4.11?); using V2"
+                    );
+                    self.create_ring(&socket, RingVersion::V2)?
+                }
+                Err(other) => return Err(other),
+            },
+        };
+        let len = usize::try_from(self.geometry.ring_bytes())
+            .expect("validated: ring fits the address space");
+        let map =
+            Mapping::map(socket.as_fd(), len, self.populate, self.dont_fork).map_err(|errno| {
+                RingError::Map {
+                    interface: interface.clone(),
+                    len: self.geometry.ring_bytes(),
+                    errno,
+                }
+            })?;
+        socket.bind_resolved(ifindex, interface, self.protocol)?;
+        if self.qdisc_bypass {
+            socket.set_qdisc_bypass(true)?;
+        }
+        Ok(TxRing {
+            socket,
+            map,
+            geometry: self.geometry,
+            version,
+            head: 0,
+            tail: 0,
+            in_flight: 0,
+            unkicked: 0,
+            counters: TxCounters::default(),
+        })
+    }
+
+    fn create_ring(
+        &self,
+        socket: &PacketSocket,
+        version: RingVersion,
+    ) -> Result<RingVersion, RingError> {
+        socket.set_packet_int("PACKET_VERSION", libc::PACKET_VERSION, version.raw())?;
+        let g = self.geometry;
+        let frame_nr = u32::try_from(g.frame_count()).expect("validated: tp_frame_nr fits u32");
+        // For V3 the extra fields must be zero on a transmit ring.
+        let req = libc::tpacket_req3 {
+            tp_block_size: g.block_size(),
+            tp_block_nr: g.block_count(),
+            tp_frame_size: g.frame_size(),
+            tp_frame_nr: frame_nr,
+            tp_retire_blk_tov: 0,
+            tp_sizeof_priv: 0,
+            tp_feature_req_word: 0,
+        };
+        let result = match version {
+            RingVersion::V3 => {
+                socket.set_packet_option("PACKET_TX_RING", libc::PACKET_TX_RING, &req)
+            }
+            RingVersion::V2 => {
+                let req = libc::tpacket_req {
+                    tp_block_size: req.tp_block_size,
+                    tp_block_nr: req.tp_block_nr,
+                    tp_frame_size: req.tp_frame_size,
+                    tp_frame_nr: req.tp_frame_nr,
+                };
+                socket.set_packet_option("PACKET_TX_RING", libc::PACKET_TX_RING, &req)
+            }
+        };
+        result.map(|()| version).map_err(|error| match error {
+            SocketError::SetOption { errno, .. } => RingError::Create {
+                option: "PACKET_TX_RING",
+                interface: self.interface.clone(),
+                version,
+                geometry: g,
+                errno,
+            },
+            other => other.into(),
+        })
+    }
+}
+
+/// A transmit ring on a bound packet socket.
+#[derive(Debug)]
+pub struct TxRing {
+    socket: PacketSocket,
+    map: Mapping,
+    geometry: Geometry,
+    version: RingVersion,
+    /// Next slot to hand out.
+    head: u32,
+    /// Oldest committed slot not yet seen returned.
+    tail: u32,
+    in_flight: u32,
+    unkicked: u32,
+    counters: TxCounters,
+}
+
+/// A reserved transmit slot; write the frame into [`TxSlot::buffer`] and [`TxSlot::commit`] it.
+/// Dropping it uncommitted leaves the slot free for the next reservation.
+#[derive(Debug)]
+pub struct TxSlot<'r> {
+    ring: &'r mut TxRing,
+    index: u32,
+}
+
+impl TxRing {
+    fn frame_count(&self) -> u32 {
+        u32::try_from(self.geometry.frame_count())
+            .expect("validated: tp_frame_nr fits u32")
+            .max(1)
+    }
+
+    fn data_offset(&self) -> usize {
+        match self.version {
+            RingVersion::V2 => h2::SLL,
+            RingVersion::V3 => h3::SLL,
+        }
+    }
+
+    fn status_offset(&self, index: u32) -> usize {
+        let header = match self.version {
+            RingVersion::V2 => h2::STATUS,
+            RingVersion::V3 => h3::STATUS,
+        };
+        v2::frame_offset(&self.geometry, index) + header
+    }
+
+    /// Largest frame a slot holds.
+    pub fn max_frame_len(&self) -> usize {
+        self.geometry.frame_size() as usize - self.data_offset()
+    }
+
+    /// The version the kernel accepted.
+    pub fn version(&self) -> RingVersion {
+        self.version
+    }
+
+    /// Counters so far.
+    pub fn counters(&self) -> TxCounters {
+        self.counters
+    }
+
+    /// Frames committed and not yet returned by the kernel.
+    pub fn in_flight(&self) -> u32 {
+        self.in_flight
+    }
+
+    /// Takes back slots the kernel has finished with, oldest first; stops at the first slot
+    /// still queued or being sent. Refused frames are counted in [`TxCounters::wrong_format`].
+    pub fn reclaim(&mut self) -> u32 {
+        let mut reclaimed = 0;
+        while self.in_flight > 0 {
+            let offset = self.status_offset(self.tail);
+            let status = self.map.load_status(offset);
+            if status & (libc::TP_STATUS_SEND_REQUEST | libc::TP_STATUS_SENDING) != 0 {
+                break;
+            }
+            if status & libc::TP_STATUS_WRONG_FORMAT != 0 {
+                self.counters.wrong_format += 1;
+                self.drop_refused();
+                continue;
+            }
+            self.counters.completed += 1;
+            self.in_flight -= 1;
+            self.tail = (self.tail + 1) % self.frame_count();
+            reclaimed += 1;
+        }
+        reclaimed
+    }
+
+    /// Removes the refused frame at `tail`. Without `PACKET_LOSS` the kernel stays at a refused
+    /// slot (its head does not move) until user space resubmits it, stranding every frame behind
+    /// it; so the frames behind it move up one slot, in order, and the last slot is freed. The
+    /// kernel touches committed slots only inside `send()` (`tpacket_snd()` runs in the caller's
+    /// context), and none is running while `&mut self` is held.
+    fn drop_refused(&mut self) {
+        let count = self.frame_count();
+        let size = self.geometry.frame_size() as usize;
+        let mut slot = self.tail;
+        let mut moved = Vec::new();
+        for _ in 1..self.in_flight {
+            let next = (slot + 1) % count;
+            let from = v2::frame_offset(&self.geometry, next);
+            let to = v2::frame_offset(&self.geometry, slot);
+            moved.clear();
+            // SAFETY: slot `next` is committed and not yet taken by the kernel (it stopped at
+            // the refused slot before it), and no send() runs while `&mut self` is held, so the
+            // kernel neither reads nor writes it; the slice ends with this statement.
+            let source = unsafe { self.map.user_bytes_mut(from, size) };
+            moved.extend_from_slice(source);
+            // SAFETY: slot `slot` is the refused one or one already moved up; the kernel does
+            // not touch it for the same reason.
+            unsafe { self.map.user_bytes_mut(to, size) }.copy_from_slice(&moved);
+            self.map.store_status(self.status_offset(slot), libc::TP_STATUS_SEND_REQUEST);
+            slot = next;
+        }
+        self.map.store_status(self.status_offset(slot), libc::TP_STATUS_AVAILABLE);
+        self.head = slot;
+        self.in_flight -= 1;
+        if self.in_flight > 0 {
+            self.unkicked = self.unkicked.max(1);
+        }
+    }
+
+    /// Reserves the next slot in ring order, or `None` (counted as ring full) when it is still
+    /// in flight.
+    pub fn reserve(&mut self) -> Option<TxSlot<'_>> {
+        self.reclaim();
+        if self.in_flight >= self.frame_count() {
+            self.counters.ring_full += 1;
+            return None;
+        }
+        let index = self.head;
+        Some(TxSlot { ring: self, index })
+    }
+
+    /// Copies `frame` into the next slot and commits it; `Ok(false)` when the ring is full.
+    pub fn send(&mut self, frame: &[u8]) -> Result<bool, RingError> {
+        let max = self.max_frame_len();
+        if frame.len() > max {
+            return Err(RingError::Io {
+                syscall: "tx slot (frame longer than the slot)",
+                interface: self.socket.interface_label(),
+                errno: Errno::EMSGSIZE,
+            });
+        }
+        let Some(mut slot) = self.reserve() else {
+            return Ok(false);
+        };
+        slot.buffer()[..frame.len()].copy_from_slice(frame);
+        slot.commit(frame.len());
+        Ok(true)
+    }
+
+    /// Kicks the kernel to send every committed frame: one `send(fd, NULL, 0, MSG_DONTWAIT)`
+    /// per batch. EAGAIN/ENOBUFS leave the frames queued for the next kick. A refused frame
+    /// (EMSGSIZE, EINVAL) is not an error here: [`TxRing::reclaim`] counts and removes it, and
+    /// the frames behind it go out on the next kick.
+    pub fn flush(&mut self) -> Result<(), RingError> {
+        if self.unkicked == 0 {
+            return Ok(());
+        }
+        self.counters.kicks += 1;
+        match nix::sys::socket::send(self.socket.as_fd().as_raw_fd(), &[], MsgFlags::MSG_DONTWAIT) {
+            Ok(_) => {
+                self.unkicked = 0;
+                Ok(())
+            }
+            Err(Errno::EAGAIN | Errno::ENOBUFS | Errno::EINTR) => Ok(()),
+            Err(Errno::EMSGSIZE | Errno::EINVAL) => {
+                self.unkicked = 0;
+                self.reclaim();
+                Ok(())
+            }
+            Err(errno) => {
+                self.unkicked = 0;
+                Err(RingError::Io {
+                    syscall: "send(MSG_DONTWAIT) kick",
+                    interface: self.socket.interface_label(),
+                    errno,
+                })
+            }
+        }
+    }
+
+    /// Flushes and reclaims until nothing is in flight or `timeout` passes; true when done.
+    pub fn drain(&mut self, timeout: Duration) -> Result<bool, RingError> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            self.flush()?;
+            self.reclaim();
+            if self.in_flight == 0 {
+                return Ok(true);
+            }
+            if Instant::now() >= deadline {
+                return Ok(false);
+            }
+            std::thread::sleep(Duration::from_micros(200));
+        }
+    }
+
+    /// The socket, for options that may change at any time.
+    pub fn socket(&self) -> &PacketSocket {
+        &self.socket
+    }
+}
+
+impl AsFd for TxRing {
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        self.socket.as_fd()
+    }
+}
+
+impl TxSlot<'_> {
+    fn slot_range(&self) -> (usize, usize) {
+        let offset = v2::frame_offset(&self.ring.geometry, self.index);
+        (offset, self.ring.geometry.frame_size() as usize)
+    }
+
+    /// The slot's frame buffer ([`TxRing::max_frame_len`] bytes), starting at the Ethernet
+    /// header.
+    pub fn buffer(&mut self) -> &mut [u8] {
+        let (offset, len) = self.slot_range();
+        let data = self.ring.data_offset();
+        // SAFETY: `reserve` reclaimed up to this slot, so it is not in flight: its status is
+        // AVAILABLE or WRONG_FORMAT and the kernel does not touch its bytes; the slice borrows
+        // the slot (and through it the ring) mutably, so it ends before `commit` stores the
+        // status.
+        let slot = unsafe { self.ring.map.user_bytes_mut(offset, len) };
+        &mut slot[data..]
+    }
+
+    /// Marks the first `len` bytes of the buffer as a frame to send (TP_STATUS_SEND_REQUEST,
+    /// release); it leaves on the next [`TxRing::flush`]. `len` is clamped to the slot.
+    pub fn commit(self, len: usize) {
+        let len = len.min(self.ring.max_frame_len());
+        let (offset, size) = self.slot_range();
+        let version = self.ring.version;
+        {
+            // SAFETY: as in `buffer`: the slot is not in flight and no other borrow of it exists.
+            let slot = unsafe { self.ring.map.user_bytes_mut(offset, size) };
+            let len32 = u32::try_from(len).expect("clamped to the slot size, a u32");
+            let put = |slot: &mut [u8], at: usize, value: u32| {
+                slot[at..at + 4].copy_from_slice(&value.to_ne_bytes())
+            };
+            match version {
+                RingVersion::V2 => {
+                    put(slot, h2::LEN, len32);
+                    put(slot, h2::SNAPLEN, len32);
+                }
+                RingVersion::V3 => {
+                    put(slot, h3::NEXT_OFFSET, 0);
+                    put(slot, h3::LEN, len32);
+                    put(slot, h3::SNAPLEN, len32);
+                }
+            }
+            debug_assert_eq!(
+                u32_at(
+                    slot,
+                    if version == RingVersion::V2 {
+                        h2::LEN
+                    } else {
+                        h3::LEN
+                    }
+                ),
+                Some(len32)
+            );
+        }
+        let status_offset = self.ring.status_offset(self.index);
+        self.ring
+            .map
+            .store_status(status_offset, libc::TP_STATUS_SEND_REQUEST);
+        let ring = self.ring;
+        ring.head = (ring.head + 1) % ring.frame_count();
+        ring.in_flight += 1;
+        ring.unkicked += 1;
+        ring.counters.committed += 1;
+    }
+}

@@ -1,0 +1,173 @@
+//! The counters a worker keeps, and their sum over workers.
+//!
+//! A worker is the only writer of its counters: plain integers in its own memory, incremented
+//! on the hot path without atomics or locks. The supervisor asks for a copy over the control
+//! socket (at most every second, and once more when the worker stops), so publishing them costs
+//! the data path nothing per packet.
+
+use relay_rules::wire::DropReason;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+
+/// One worker's counters since it started.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct WorkerCounters {
+    /// CPU the worker is pinned to.
+    pub cpu: u32,
+    /// Frames taken off the receive rings.
+    pub received: u64,
+    /// Frames written to an output (one per output).
+    pub forwarded: u64,
+    /// Well-formed UDP frames that matched no rule.
+    pub no_rule: u64,
+    /// Refused frames, by reason (the reason's metric label).
+    pub malformed: BTreeMap<String, u64>,
+    /// Output frames dropped because the transmit ring had no free slot.
+    pub tx_full: u64,
+    /// Output frames that would exceed the output's MTU or slot.
+    pub too_big: u64,
+    /// Datagrams a socket output refused.
+    pub socket_errors: u64,
+    /// Frames the kernel dropped because the receive ring was full (PACKET_STATISTICS).
+    pub kernel_drops: u64,
+    /// Times the kernel froze the receive queue (PACKET_STATISTICS, V3).
+    pub freezes: u64,
+    /// Frames the transmit ring rejected as malformed.
+    pub tx_wrong_format: u64,
+    /// Per rule: (packets, bytes), by rule name.
+    pub rules: BTreeMap<String, RuleCount>,
+}
+
+/// Packets and bytes of one rule.
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct RuleCount {
+    /// Packets matched.
+    pub packets: u64,
+    /// Bytes of UDP payload matched.
+    pub bytes: u64,
+}
+
+impl WorkerCounters {
+    /// Frames refused for any reason.
+    pub fn malformed_total(&self) -> u64 {
+        self.malformed.values().sum()
+    }
+
+    /// Adds a malformed frame count under its reason's label.
+    pub fn set_malformed(&mut self, reasons: &[u64; DropReason::COUNT]) {
+        self.malformed.clear();
+        for reason in DropReason::ALL {
+            let count = reasons[reason.index()];
+            if count > 0 {
+                self.malformed.insert(reason.as_str().to_owned(), count);
+            }
+        }
+    }
+
+    /// Adds `other` into `self` (for totals over workers and over restarts of one worker).
+    pub fn absorb(&mut self, other: &WorkerCounters) {
+        self.received += other.received;
+        self.forwarded += other.forwarded;
+        self.no_rule += other.no_rule;
+        for (reason, count) in &other.malformed {
+            *self.malformed.entry(reason.clone()).or_default() += count;
+        }
+        self.tx_full += other.tx_full;
+        self.too_big += other.too_big;
+        self.socket_errors += other.socket_errors;
+        self.kernel_drops += other.kernel_drops;
+        self.freezes += other.freezes;
+        self.tx_wrong_format += other.tx_wrong_format;
+        for (rule, count) in &other.rules {
+            let total = self.rules.entry(rule.clone()).or_default();
+            total.packets += count.packets;
+            total.bytes += count.bytes;
+        }
+    }
+}
+
+/// A human summary of per-worker counters: one line per worker, then one per rule.
+pub fn summary(workers: &[(u32, WorkerCounters, u32)]) -> String {
+    let mut text = String::new();
+    let _ = writeln!(
+        text,
+        "{:>4} {:>12} {:>12} {:>10} {:>10} {:>9} {:>12} {:>8}",
+        "cpu",
+        "received",
+        "forwarded",
+        "no_rule",
+        "malformed",
+        "tx_full",
+        "kernel_drops",
+        "restarts"
+    );
+    let mut total = WorkerCounters::default();
+    for (cpu, counters, restarts) in workers {
+        let _ = writeln!(
+            text,
+            "{:>4} {:>12} {:>12} {:>10} {:>10} {:>9} {:>12} {:>8}",
+            cpu,
+            counters.received,
+            counters.forwarded,
+            counters.no_rule,
+            counters.malformed_total(),
+            counters.tx_full,
+            counters.kernel_drops,
+            restarts
+        );
+        total.absorb(counters);
+    }
+    if !total.rules.is_empty() {
+        let _ = writeln!(text, "{:<32} {:>12} {:>14}", "rule", "packets", "bytes");
+        for (rule, count) in &total.rules {
+            let _ = writeln!(
+                text,
+                "{:<32} {:>12} {:>14}",
+                rule, count.packets, count.bytes
+            );
+        }
+    }
+    text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn absorb_adds_every_counter() {
+        let mut one = WorkerCounters {
+            received: 5,
+            forwarded: 4,
+            ..Default::default()
+        };
+        one.malformed.insert("fragment".into(), 1);
+        one.rules.insert(
+            "a".into(),
+            RuleCount {
+                packets: 4,
+                bytes: 40,
+            },
+        );
+        let mut total = WorkerCounters::default();
+        total.absorb(&one);
+        total.absorb(&one);
+        assert_eq!(total.received, 10);
+        assert_eq!(total.forwarded, 8);
+        assert_eq!(total.malformed["fragment"], 2);
+        assert_eq!(
+            total.rules["a"],
+            RuleCount {
+                packets: 8,
+                bytes: 80
+            }
+        );
+        let text = summary(&[(0, one.clone(), 1), (1, one, 0)]);
+        assert!(
+            text.lines()
+                .any(|line| line.starts_with("a ") && line.contains(" 8 ")),
+            "{text}"
+        );
+    }
+}

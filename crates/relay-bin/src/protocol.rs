@@ -1,0 +1,232 @@
+//! The messages between the supervisor and its workers, one JSON object per line.
+//!
+//! Each worker's standard input is one end of a Unix stream socket pair; the supervisor holds the
+//! other. The receive ring sockets travel over the same socket with `SCM_RIGHTS` before the first
+//! line, so the supervisor keeps them (and with them the fanout group's membership order) while
+//! workers come and go.
+
+use crate::config::RuleEntry;
+use crate::counters::WorkerCounters;
+use serde::{Deserialize, Serialize};
+use std::io::{self, BufRead, Read, Write};
+use std::net::Ipv4Addr;
+
+/// Longest line either side accepts: a table of 100,000 rules fits with room to spare.
+pub const MAX_LINE: usize = 256 << 20;
+
+/// Supervisor to worker.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum ToWorker {
+    /// Everything a worker needs before it may serve a packet; answered with [`FromWorker::Ready`].
+    Start(Box<WorkerStart>),
+    /// Send the counters now; answered with [`FromWorker::Counters`].
+    Counters,
+    /// Finish the batch in hand, send the final counters and exit.
+    Stop,
+}
+
+/// Worker to supervisor.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum FromWorker {
+    /// The table is built and the rings are mapped: the worker serves traffic from now on.
+    Ready {
+        /// Generation of the table the worker built.
+        generation: u64,
+        /// Content checksum of that table, for the supervisor to compare with its own.
+        checksum: u64,
+    },
+    /// The worker's counters since it started.
+    Counters(Box<WorkerCounters>),
+    /// The worker could not start; it exits after this message.
+    Failed {
+        /// What went wrong, for the log.
+        error: String,
+    },
+}
+
+/// The start message: the worker's identity, its share of the rules, the interface facts the
+/// rules were checked against, and the geometry of the rings it is handed.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct WorkerStart {
+    /// The CPU the worker pins itself to.
+    pub cpu: u32,
+    /// Generation of the rule set.
+    pub generation: u64,
+    /// The rules this worker holds.
+    pub rules: Vec<RuleEntry>,
+    /// Facts of every interface the rules name.
+    pub interfaces: Vec<InterfaceEntry>,
+    /// Geometry of the rings.
+    pub ring: crate::config::RingSection,
+}
+
+/// The facts of one interface, as the supervisor found them.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct InterfaceEntry {
+    /// Name.
+    pub name: String,
+    /// Kernel index.
+    pub index: u32,
+    /// Hardware address, if the interface has Ethernet headers.
+    pub mac: Option<[u8; 6]>,
+    /// MTU.
+    pub mtu: u32,
+    /// IPv4 addresses.
+    pub ipv4: Vec<Ipv4Addr>,
+}
+
+impl From<&relay_rules::InterfaceFacts> for InterfaceEntry {
+    fn from(facts: &relay_rules::InterfaceFacts) -> Self {
+        InterfaceEntry {
+            name: facts.name.clone(),
+            index: facts.index,
+            mac: facts.mac,
+            mtu: facts.mtu,
+            ipv4: facts.ipv4.clone(),
+        }
+    }
+}
+
+impl From<&InterfaceEntry> for relay_rules::InterfaceFacts {
+    fn from(entry: &InterfaceEntry) -> Self {
+        relay_rules::InterfaceFacts {
+            name: entry.name.clone(),
+            index: entry.index,
+            mac: entry.mac,
+            mtu: entry.mtu,
+            ipv4: entry.ipv4.clone(),
+        }
+    }
+}
+
+/// Writes one message as a line.
+pub fn send<W: Write, M: Serialize>(writer: &mut W, message: &M) -> io::Result<()> {
+    let mut line = serde_json::to_vec(message).map_err(io::Error::other)?;
+    line.push(b'\n');
+    writer.write_all(&line)?;
+    writer.flush()
+}
+
+/// Reads one message; `Ok(None)` at end of stream. A line that is too long or not a message is
+/// an error that says so.
+pub fn receive<R: BufRead, M: for<'de> Deserialize<'de>>(reader: &mut R) -> io::Result<Option<M>> {
+    let mut line = Vec::new();
+    let read = reader
+        .take(MAX_LINE as u64 + 1)
+        .read_until(b'\n', &mut line)?;
+    if read == 0 {
+        return Ok(None);
+    }
+    if line.len() > MAX_LINE {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("message longer than {MAX_LINE} bytes"),
+        ));
+    }
+    serde_json::from_slice(&line)
+        .map(Some)
+        .map_err(|error| io::Error::new(io::ErrorKind::InvalidData, error))
+}
+
+/// Collects bytes from a non-blocking stream and hands out the complete lines as messages.
+#[derive(Debug, Default)]
+pub struct LineBuffer {
+    pending: Vec<u8>,
+}
+
+impl LineBuffer {
+    /// Reads what is available from `reader` and returns the messages completed by it (possibly
+    /// none); `Ok(None)` at end of stream.
+    pub fn read_from<R: Read, M: for<'de> Deserialize<'de>>(
+        &mut self,
+        reader: &mut R,
+    ) -> io::Result<Option<Vec<M>>> {
+        let mut chunk = [0u8; 4096];
+        loop {
+            match reader.read(&mut chunk) {
+                Ok(0) => return Ok(None),
+                Ok(n) => {
+                    self.pending.extend_from_slice(&chunk[..n]);
+                    if self.pending.len() > MAX_LINE {
+                        return Err(io::Error::new(
+                            io::ErrorKind::InvalidData,
+                            format!("message longer than {MAX_LINE} bytes"),
+                        ));
+                    }
+                    if n < chunk.len() {
+                        break;
+                    }
+                }
+                Err(error) if error.kind() == io::ErrorKind::WouldBlock => break,
+                Err(error) if error.kind() == io::ErrorKind::Interrupted => {}
+                Err(error) => return Err(error),
+            }
+        }
+        let mut messages = Vec::new();
+        while let Some(end) = self.pending.iter().position(|&byte| byte == b'\n') {
+            let line: Vec<u8> = self.pending.drain(..=end).collect();
+            let message = serde_json::from_slice(&line)
+                .map_err(|error| io::Error::new(io::ErrorKind::InvalidData, error))?;
+            messages.push(message);
+        }
+        Ok(Some(messages))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn messages_round_trip_as_lines() {
+        let mut buffer = Vec::new();
+        send(&mut buffer, &ToWorker::Counters).expect("write to a Vec");
+        send(
+            &mut buffer,
+            &FromWorker::Ready {
+                generation: 7,
+                checksum: 0xfeed,
+            },
+        )
+        .expect("write to a Vec");
+        let mut reader = io::Cursor::new(buffer);
+        let first: Option<ToWorker> = receive(&mut reader).expect("valid line");
+        assert_eq!(first, Some(ToWorker::Counters));
+        let second: Option<FromWorker> = receive(&mut reader).expect("valid line");
+        assert_eq!(
+            second,
+            Some(FromWorker::Ready {
+                generation: 7,
+                checksum: 0xfeed
+            })
+        );
+        let end: Option<FromWorker> = receive(&mut reader).expect("end of stream");
+        assert_eq!(end, None);
+    }
+
+    #[test]
+    fn line_buffer_waits_for_whole_lines() {
+        let mut buffer = LineBuffer::default();
+        let mut first = io::Cursor::new(b"{\"type\":\"counters\"}\n{\"type\":".to_vec());
+        let messages: Vec<ToWorker> = buffer.read_from(&mut first).expect("valid").expect("data");
+        assert_eq!(messages, vec![ToWorker::Counters]);
+        let mut second = io::Cursor::new(b"\"stop\"}\n".to_vec());
+        let messages: Vec<ToWorker> = buffer.read_from(&mut second).expect("valid").expect("data");
+        assert_eq!(messages, vec![ToWorker::Stop]);
+        let mut end = io::Cursor::new(Vec::new());
+        let messages: Option<Vec<ToWorker>> = buffer.read_from(&mut end).expect("end");
+        assert_eq!(messages, None);
+    }
+
+    #[test]
+    fn garbage_is_an_error_not_a_panic() {
+        let mut reader = io::Cursor::new(b"{\"type\":\"nonsense\"}\n".to_vec());
+        let result: io::Result<Option<ToWorker>> = receive(&mut reader);
+        assert_eq!(
+            result.expect_err("unknown type").kind(),
+            io::ErrorKind::InvalidData
+        );
+    }
+}

@@ -1,0 +1,96 @@
+//! The relay's use of the two libraries: interface facts, rule checking, ring sockets.
+
+use crate::config::{FanoutSetting, RingSection, RingVersionSetting};
+use fanout_core::handoff::RingHandle;
+use fanout_core::iface::InterfaceInfo;
+use fanout_core::ring::{Geometry, RetireTimeout};
+use fanout_core::{FanoutConfig, FanoutFlags, FanoutMode, RingVersion, RxRingBuilder};
+use relay_rules::{InterfaceFacts, Interfaces, Limits, Rule, RuleSet, RuleTable};
+
+/// The facts of interface `name` as the rules need them, or `None` when it does not exist.
+pub fn interface_facts(name: &str) -> Option<InterfaceFacts> {
+    let info = InterfaceInfo::lookup(name).ok()?;
+    Some(InterfaceFacts {
+        name: info.name,
+        index: info.index,
+        mac: info.mac,
+        mtu: info.mtu,
+        ipv4: info.ipv4.iter().map(|prefix| prefix.addr).collect(),
+    })
+}
+
+/// Checks `rules` against `interfaces`; on refusal, one line per problem.
+pub fn validate(rules: &[Rule], interfaces: &Interfaces) -> Result<RuleSet, Vec<String>> {
+    RuleSet::new(rules.to_vec(), interfaces.clone(), Limits::default())
+        .map_err(|errors| errors.into_iter().map(ToString::to_string).collect())
+}
+
+/// The table a worker holding every rule builds, for its generation and checksum.
+pub fn table(set: &RuleSet, generation: u64) -> RuleTable {
+    RuleTable::build(set, generation)
+}
+
+/// The receive ring geometry of the configuration.
+pub fn rx_geometry(ring: &RingSection) -> Geometry {
+    Geometry::new(ring.block_size, ring.block_count, ring.frame_size)
+}
+
+/// The transmit ring geometry of the configuration: `tx_frames` slots of `frame_size` bytes in
+/// blocks of (at least) one page.
+pub fn tx_geometry(ring: &RingSection) -> Geometry {
+    let page = 4096u32.max(ring.frame_size);
+    let per_block = (page / ring.frame_size).max(1);
+    let blocks = ring.tx_frames.div_ceil(per_block).max(1);
+    Geometry::new(per_block * ring.frame_size, blocks, ring.frame_size)
+}
+
+/// Creates `members` receive rings on `interface`, joined in order to one new fanout group, and
+/// returns them as handles for workers to map.
+///
+/// The group gets a kernel-chosen unique id, so another program's fixed id cannot clash with it.
+/// Every member ignores outgoing frames, so the relay's own output on an interface that is also
+/// an input is never relayed again; with the rollover flag a member whose ring is full (a worker
+/// that died or stalls) spills to the others instead of dropping.
+pub fn open_fanout_members(
+    interface: &str,
+    members: usize,
+    fanout: FanoutSetting,
+    ring: &RingSection,
+) -> Result<Vec<RingHandle>, String> {
+    let (mode, flags) = match fanout {
+        FanoutSetting::Cpu => (FanoutMode::Cpu, FanoutFlags::ROLLOVER),
+        FanoutSetting::Hash => (FanoutMode::Hash, FanoutFlags::ROLLOVER),
+        FanoutSetting::Lb => (FanoutMode::Lb, FanoutFlags::NONE),
+        FanoutSetting::Qm => (FanoutMode::Qm, FanoutFlags::ROLLOVER),
+        FanoutSetting::Rollover => (FanoutMode::Rollover, FanoutFlags::NONE),
+    };
+    let version = match ring.version {
+        RingVersionSetting::V3 => RingVersion::V3,
+        RingVersionSetting::V2 => RingVersion::V2,
+    };
+    let mut group = None;
+    let mut handles = Vec::with_capacity(members);
+    for member in 0..members {
+        let config = match group {
+            None => FanoutConfig::unique(mode).flags(flags),
+            Some(id) => FanoutConfig::new(id, mode).flags(flags),
+        };
+        let rx = RxRingBuilder::new(interface)
+            .version(version)
+            .geometry(rx_geometry(ring))
+            .retire_timeout(RetireTimeout::Millis(ring.retire_timeout_ms.max(1)))
+            .ignore_outgoing(true)
+            .populate(false)
+            .fanout(config)
+            .build()
+            .map_err(|error| format!("member {member}: {error}"))?;
+        if group.is_none() {
+            let joined = rx
+                .fanout()
+                .ok_or_else(|| format!("member {member}: joined no fanout group"))?;
+            group = Some(joined.group);
+        }
+        handles.push(rx.into_handle());
+    }
+    Ok(handles)
+}

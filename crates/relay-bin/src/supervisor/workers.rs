@@ -1,0 +1,203 @@
+//! Worker processes: spawning one, handing it its rings and rules, and restarting it with backoff.
+
+use crate::counters::WorkerCounters;
+use crate::protocol::{self, FromWorker, ToWorker, WorkerStart};
+use fanout_core::handoff::{self, RingHandle};
+use std::io::{self, BufReader};
+use std::os::fd::{AsFd, OwnedFd};
+use std::os::unix::net::UnixStream;
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc::Sender;
+use std::time::{Duration, Instant};
+
+/// First wait before restarting a worker that died; doubled on each quick death.
+const FIRST_BACKOFF: Duration = Duration::from_millis(100);
+/// Longest wait before a restart.
+const MAX_BACKOFF: Duration = Duration::from_secs(5);
+/// A worker that ran this long before dying is restarted after [`FIRST_BACKOFF`] again.
+const HEALTHY_RUN: Duration = Duration::from_secs(30);
+
+/// What a worker's reader thread reports to the supervisor's loop.
+#[derive(Debug)]
+pub enum WorkerEvent {
+    /// A message from worker `slot`.
+    Message {
+        /// Index of the worker slot.
+        slot: usize,
+        /// Process id the message came from (a restarted slot has a new one).
+        pid: u32,
+        /// The message.
+        message: FromWorker,
+    },
+    /// The worker process of `slot` closed its control socket: it exited or is about to.
+    Gone {
+        /// Index of the worker slot.
+        slot: usize,
+        /// Process id that went away.
+        pid: u32,
+        /// Why the stream ended, if it ended with an error.
+        error: Option<String>,
+    },
+}
+
+/// The state of one worker slot (a CPU with its rings), across restarts of its process.
+#[derive(Debug)]
+pub struct WorkerSlot {
+    /// Index of the slot.
+    pub slot: usize,
+    /// CPU the slot's worker is pinned to.
+    pub cpu: u32,
+    /// The receive rings this slot's worker serves (the supervisor keeps their sockets open, so
+    /// the fanout group keeps its membership while the process is replaced).
+    pub rings: Vec<RingHandle>,
+    /// The running process, if any.
+    pub process: Option<WorkerProcess>,
+    /// Times the process was restarted.
+    pub restarts: u32,
+    /// Counters of processes of this slot that have exited, added together.
+    pub retired: WorkerCounters,
+    /// When the next start may happen after a death.
+    pub restart_at: Option<Instant>,
+    backoff: Duration,
+}
+
+/// A live worker process.
+#[derive(Debug)]
+pub struct WorkerProcess {
+    /// The child.
+    pub child: Child,
+    /// The supervisor's end of the control socket.
+    pub control: UnixStream,
+    /// When it was started.
+    pub started: Instant,
+    /// Whether it reported `Ready`.
+    pub ready: bool,
+    /// Its latest counters.
+    pub counters: WorkerCounters,
+}
+
+impl WorkerSlot {
+    /// A slot for `cpu` serving `rings`, with no process yet.
+    pub fn new(slot: usize, cpu: u32, rings: Vec<RingHandle>) -> Self {
+        WorkerSlot {
+            slot,
+            cpu,
+            rings,
+            process: None,
+            restarts: 0,
+            retired: WorkerCounters::default(),
+            restart_at: None,
+            backoff: FIRST_BACKOFF,
+        }
+    }
+
+    /// Counters of every process this slot has run, the live one included.
+    pub fn counters(&self) -> WorkerCounters {
+        let mut total = self.retired.clone();
+        if let Some(process) = &self.process {
+            total.absorb(&process.counters);
+        }
+        total.cpu = self.cpu;
+        total
+    }
+
+    /// Starts the slot's worker process: hands it the rings and `start`, and starts a thread
+    /// that forwards its messages to `events`.
+    pub fn spawn(&mut self, start: &WorkerStart, events: Sender<WorkerEvent>) -> io::Result<()> {
+        let (ours, theirs) = UnixStream::pair()?;
+        let exe = std::env::current_exe()?;
+        let child = Command::new(exe)
+            .arg("worker")
+            .arg("--cpu")
+            .arg(self.cpu.to_string())
+            .arg("--supervisor")
+            .arg(std::process::id().to_string())
+            .arg("--rings")
+            .arg(self.rings.len().to_string())
+            .stdin(Stdio::from(OwnedFd::from(theirs)))
+            .spawn()?;
+        let pid = child.id();
+        let mut writer = ours.try_clone()?;
+        let handed = self
+            .rings
+            .iter()
+            .try_for_each(|ring| handoff::send_ring(ours.as_fd(), ring).map_err(io::Error::other))
+            .and_then(|()| protocol::send(&mut writer, &ToWorker::Start(Box::new(start.clone()))));
+        if let Err(error) = handed {
+            let mut child = child;
+            let _ = child.kill();
+            let _ = child.wait();
+            return Err(error);
+        }
+        let reader = ours.try_clone()?;
+        let slot = self.slot;
+        std::thread::Builder::new()
+            .name(format!("worker-{slot}-reader"))
+            .spawn(move || forward_messages(slot, pid, reader, events))?;
+        self.process = Some(WorkerProcess {
+            child,
+            control: ours,
+            started: Instant::now(),
+            ready: false,
+            counters: WorkerCounters::default(),
+        });
+        self.restart_at = None;
+        Ok(())
+    }
+
+    /// Reaps the slot's process after it went away, keeps its counters and schedules a restart.
+    pub fn reap(&mut self) -> Option<std::process::ExitStatus> {
+        let mut process = self.process.take()?;
+        let _ = process.child.kill();
+        let status = process.child.wait().ok();
+        self.retired.absorb(&process.counters);
+        let ran = process.started.elapsed();
+        self.backoff = if ran >= HEALTHY_RUN {
+            FIRST_BACKOFF
+        } else {
+            (self.backoff * 2).min(MAX_BACKOFF)
+        };
+        self.restart_at = Some(Instant::now() + self.backoff);
+        status
+    }
+
+    /// Sends `message` to the live process, if any; a failure means it is going away.
+    pub fn tell(&mut self, message: &ToWorker) -> io::Result<()> {
+        match &mut self.process {
+            Some(process) => protocol::send(&mut process.control, message),
+            None => Ok(()),
+        }
+    }
+}
+
+fn forward_messages(slot: usize, pid: u32, stream: UnixStream, events: Sender<WorkerEvent>) {
+    let mut reader = BufReader::new(stream);
+    loop {
+        match protocol::receive::<_, FromWorker>(&mut reader) {
+            Ok(Some(message)) => {
+                if events
+                    .send(WorkerEvent::Message { slot, pid, message })
+                    .is_err()
+                {
+                    return;
+                }
+            }
+            Ok(None) => {
+                let _ = events.send(WorkerEvent::Gone {
+                    slot,
+                    pid,
+                    error: None,
+                });
+                return;
+            }
+            Err(error) => {
+                let _ = events.send(WorkerEvent::Gone {
+                    slot,
+                    pid,
+                    error: Some(error.to_string()),
+                });
+                return;
+            }
+        }
+    }
+}

@@ -1,0 +1,166 @@
+//! What a worker does with one frame, apart from the rings: parse, look up, write every output,
+//! count. Kept free of I/O behind [`Outputs`] so it is tested on plain bytes.
+
+use crate::counters::{RuleCount, WorkerCounters};
+use relay_rules::table::{CompiledOutput, RuleTable};
+use relay_rules::wire::{self, DropReason, VlanTag};
+use relay_rules::{RewriteError, RuleCounters};
+use std::net::SocketAddrV4;
+
+/// What became of an output frame handed to [`Outputs::write_frame`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Written {
+    /// Written into a transmit slot, to be sent with the next kick.
+    Queued,
+    /// The transmit ring on that interface had no free slot (or the worker has none there).
+    RingFull,
+    /// The frame could not be written (too big for the MTU or the slot).
+    Refused,
+}
+
+/// Where output frames go: transmit ring slots and socket batches.
+pub trait Outputs {
+    /// Lets `write` fill the next free slot of the transmit ring on `ifindex` and commits the
+    /// length it returns.
+    fn write_frame<F>(&mut self, ifindex: u32, write: F) -> Written
+    where
+        F: FnOnce(&mut [u8]) -> Result<usize, RewriteError>;
+    /// Queues `payload` for a socket output; `false` when it could not be queued.
+    fn queue(&mut self, output: &CompiledOutput, destination: SocketAddrV4, payload: &[u8])
+    -> bool;
+}
+
+/// The per-frame work of a worker and its counters.
+#[derive(Debug)]
+pub struct Datapath {
+    table: RuleTable,
+    rules: Vec<RuleCounters>,
+    received: u64,
+    forwarded: u64,
+    no_rule: u64,
+    malformed: [u64; DropReason::COUNT],
+    tx_full: u64,
+    too_big: u64,
+    socket_errors: u64,
+    ip_id: u16,
+}
+
+impl Datapath {
+    /// A data path serving `table`, counters at zero.
+    pub fn new(table: RuleTable) -> Self {
+        let rules = vec![RuleCounters::default(); table.len()];
+        Datapath {
+            table,
+            rules,
+            received: 0,
+            forwarded: 0,
+            no_rule: 0,
+            malformed: [0; DropReason::COUNT],
+            tx_full: 0,
+            too_big: 0,
+            socket_errors: 0,
+            ip_id: 0,
+        }
+    }
+
+    /// The table being served.
+    pub fn table(&self) -> &RuleTable {
+        &self.table
+    }
+
+    /// Handles one frame received on `ifindex`: `vlan` is the tag the kernel took off, if any,
+    /// and `checksum_partial` says the UDP checksum field holds only the pseudo-header sum (a
+    /// frame sent by this host, seen before the checksum offload filled it in).
+    ///
+    /// A partial checksum cannot be updated incrementally, so such a datagram leaves with no
+    /// UDP checksum (0, which IPv4 allows) rather than a wrong one; frames from the wire always
+    /// carry a complete checksum and keep it.
+    #[inline]
+    pub fn handle<O: Outputs>(
+        &mut self,
+        ifindex: u32,
+        frame: &[u8],
+        vlan: Option<VlanTag>,
+        checksum_partial: bool,
+        now_ns: u64,
+        outputs: &mut O,
+    ) {
+        self.received += 1;
+        let mut datagram = match wire::parse(frame, vlan) {
+            Ok(datagram) => datagram,
+            Err(reason) => {
+                self.malformed[reason.index()] += 1;
+                return;
+            }
+        };
+        if checksum_partial {
+            datagram.udp_checksum = 0;
+        }
+        let Some(rule) = self.table.lookup(
+            ifindex,
+            datagram.destination,
+            datagram.destination_port,
+            datagram.source,
+        ) else {
+            self.no_rule += 1;
+            return;
+        };
+        self.rules[rule.id.index()].record(datagram.payload.len(), now_ns);
+        for output in &rule.outputs {
+            match output {
+                CompiledOutput::Ring { ifindex, template } => {
+                    self.ip_id = self.ip_id.wrapping_add(1);
+                    let ip_id = self.ip_id;
+                    match outputs
+                        .write_frame(*ifindex, |slot| template.write(&datagram, ip_id, slot))
+                    {
+                        Written::Queued => self.forwarded += 1,
+                        Written::RingFull => self.tx_full += 1,
+                        Written::Refused => self.too_big += 1,
+                    }
+                }
+                CompiledOutput::Socket { destination, .. } => {
+                    if outputs.queue(output, *destination, datagram.payload) {
+                        self.forwarded += 1;
+                    } else {
+                        self.socket_errors += 1;
+                    }
+                }
+            }
+        }
+    }
+
+    /// Counts datagrams a socket output refused after they were queued.
+    pub fn count_socket_errors(&mut self, failed: usize) {
+        self.socket_errors += failed as u64;
+        self.forwarded = self.forwarded.saturating_sub(failed as u64);
+    }
+
+    /// A copy of the counters, for the supervisor.
+    pub fn counters(&self, cpu: u32) -> WorkerCounters {
+        let mut counters = WorkerCounters {
+            cpu,
+            received: self.received,
+            forwarded: self.forwarded,
+            no_rule: self.no_rule,
+            tx_full: self.tx_full,
+            too_big: self.too_big,
+            socket_errors: self.socket_errors,
+            ..WorkerCounters::default()
+        };
+        counters.set_malformed(&self.malformed);
+        for rule in self.table.rules() {
+            let count = &self.rules[rule.id.index()];
+            if count.packets > 0 {
+                counters.rules.insert(
+                    rule.name.clone(),
+                    RuleCount {
+                        packets: count.packets,
+                        bytes: count.bytes,
+                    },
+                );
+            }
+        }
+        counters
+    }
+}

@@ -1,0 +1,438 @@
+//! Tests of rule validation: one refusal per test, and the set's change operations.
+
+use super::*;
+
+pub(crate) fn interfaces() -> Interfaces {
+    let facts = |name: &str, index, mac: Option<[u8; 6]>, ipv4: &[Ipv4Addr]| InterfaceFacts {
+        name: name.to_owned(),
+        index,
+        mac,
+        mtu: 1500,
+        ipv4: ipv4.to_vec(),
+    };
+    [
+        facts(
+            "eth0",
+            2,
+            Some([2, 0, 0, 0, 0, 2]),
+            &[Ipv4Addr::new(10, 0, 0, 1), Ipv4Addr::new(10, 0, 0, 2)],
+        ),
+        facts(
+            "eth1",
+            3,
+            Some([2, 0, 0, 0, 0, 3]),
+            &[Ipv4Addr::new(10, 1, 0, 1)],
+        ),
+        facts("wg0", 4, None, &[Ipv4Addr::new(10, 2, 0, 1)]),
+        facts("bare", 5, Some([2, 0, 0, 0, 0, 5]), &[]),
+    ]
+    .into_iter()
+    .collect()
+}
+
+pub(crate) fn output(interface: &str, destination: [u8; 4], port: u16) -> Output {
+    Output {
+        interface: interface.to_owned(),
+        destination: destination.into(),
+        port,
+        ttl: 16,
+        source: None,
+        dscp: None,
+        vlan: None,
+    }
+}
+
+/// A valid rule: eth0 239.1.1.1:5000 → eth1 239.2.2.2:6000.
+pub(crate) fn rule(name: &str) -> Rule {
+    Rule {
+        name: name.to_owned(),
+        input: Input {
+            interface: "eth0".to_owned(),
+            destination: Ipv4Addr::new(239, 1, 1, 1),
+            port: 5000,
+            source: None,
+        },
+        outputs: vec![output("eth1", [239, 2, 2, 2], 6000)],
+    }
+}
+
+/// The single error `rules` produce, as (rule, field, problem).
+fn only_error(rules: &[Rule]) -> (String, Field, Problem) {
+    let errors = validate(rules, &interfaces(), &Limits::default()).expect_err("must be refused");
+    assert_eq!(errors.len(), 1, "expected one error, got: {errors}");
+    let error = errors.into_errors().remove(0);
+    (error.rule, error.field, error.problem)
+}
+
+fn refused(change: impl FnOnce(&mut Rule)) -> (Field, Problem) {
+    let mut r = rule("r");
+    change(&mut r);
+    let expected_name = r.name.clone();
+    let (name, field, problem) = only_error(&[r]);
+    assert_eq!(name, expected_name, "the error names the rule as given");
+    (field, problem)
+}
+
+const fn out(index: usize, field: OutputField) -> Field {
+    Field::Output { index, field }
+}
+
+#[test]
+fn a_valid_rule_passes() {
+    let mut r = rule("cam-1.main_feed");
+    r.input.source = Some(Ipv4Addr::new(192, 168, 1, 50));
+    r.outputs.push(Output {
+        vlan: Some(100),
+        dscp: Some(46),
+        ..output("eth1", [239, 3, 3, 3], 6000)
+    });
+    r.outputs.push(Output {
+        source: Some(Ipv4Addr::new(10, 2, 0, 1)),
+        ..output("wg0", [10, 9, 9, 9], 7000)
+    });
+    assert_eq!(validate(&[r], &interfaces(), &Limits::default()), Ok(()));
+}
+
+#[test]
+fn error_message_names_rule_field_and_problem() {
+    let mut r = rule("cam1");
+    r.outputs.push(Output {
+        ttl: 0,
+        ..output("eth1", [239, 2, 2, 3], 6000)
+    });
+    let errors = validate(&[r], &interfaces(), &Limits::default()).expect_err("TTL 0");
+    assert_eq!(
+        errors.to_string(),
+        r#"rule "cam1": outputs[1].ttl: TTL 0 would never leave the host"#
+    );
+}
+
+#[test]
+fn names_must_be_short_and_plain() {
+    assert_eq!(
+        refused(|r| r.name.clear()),
+        (Field::Name, Problem::EmptyName)
+    );
+    assert_eq!(
+        refused(|r| r.name = "a".repeat(65)),
+        (Field::Name, Problem::NameTooLong(65))
+    );
+    assert_eq!(
+        refused(|r| r.name = "cam 1".into()),
+        (Field::Name, Problem::NameCharacter(' '))
+    );
+    assert_eq!(
+        refused(|r| r.name = "cam\"1".into()),
+        (Field::Name, Problem::NameCharacter('"'))
+    );
+    let long_ok = rule(&"a".repeat(64));
+    assert_eq!(
+        validate(&[long_ok], &interfaces(), &Limits::default()),
+        Ok(())
+    );
+}
+
+#[test]
+fn input_checks() {
+    let unknown = refused(|r| r.input.interface = "eth9".into());
+    assert_eq!(
+        unknown,
+        (
+            Field::Input(InputField::Interface),
+            Problem::UnknownInterface("eth9".into())
+        )
+    );
+    let foreign = refused(|r| r.input.destination = Ipv4Addr::new(10, 1, 0, 1));
+    assert_eq!(
+        foreign,
+        (
+            Field::Input(InputField::Destination),
+            Problem::NotMulticastOrLocal {
+                address: Ipv4Addr::new(10, 1, 0, 1),
+                interface: "eth0".into()
+            }
+        )
+    );
+    let local = |r: &mut Rule| r.input.destination = Ipv4Addr::new(10, 0, 0, 2);
+    let mut r = rule("r");
+    local(&mut r);
+    assert_eq!(
+        validate(&[r], &interfaces(), &Limits::default()),
+        Ok(()),
+        "unicast to multicast"
+    );
+    let dest = Field::Input(InputField::Destination);
+    let link_local = Ipv4Addr::new(224, 0, 0, 251);
+    assert_eq!(
+        refused(|r| r.input.destination = link_local),
+        (dest, Problem::LinkLocalGroup(link_local))
+    );
+    assert_eq!(
+        refused(|r| r.input.destination = Ipv4Addr::BROADCAST),
+        (dest, Problem::Broadcast)
+    );
+    assert_eq!(
+        refused(|r| r.input.destination = Ipv4Addr::UNSPECIFIED),
+        (dest, Problem::Unspecified)
+    );
+    assert_eq!(
+        refused(|r| r.input.port = 0),
+        (Field::Input(InputField::Port), Problem::PortZero)
+    );
+    let group_source = Ipv4Addr::new(239, 0, 0, 1);
+    assert_eq!(
+        refused(|r| r.input.source = Some(group_source)),
+        (
+            Field::Input(InputField::Source),
+            Problem::SourceNotUnicast(group_source)
+        )
+    );
+    // 224.0.1.0 is the first routable group.
+    let mut r = rule("r");
+    r.input.destination = Ipv4Addr::new(224, 0, 1, 0);
+    assert_eq!(validate(&[r], &interfaces(), &Limits::default()), Ok(()));
+}
+
+#[test]
+fn output_checks() {
+    use OutputField as O;
+    let unknown = refused(|r| r.outputs[0].interface = "eth9".into());
+    assert_eq!(
+        unknown,
+        (
+            out(0, O::Interface),
+            Problem::UnknownInterface("eth9".into())
+        )
+    );
+    let link_local = Ipv4Addr::new(224, 0, 0, 1);
+    let dest = out(0, O::Destination);
+    assert_eq!(
+        refused(|r| r.outputs[0].destination = link_local),
+        (dest, Problem::LinkLocalGroup(link_local))
+    );
+    assert_eq!(
+        refused(|r| r.outputs[0].destination = Ipv4Addr::BROADCAST),
+        (dest, Problem::Broadcast)
+    );
+    assert_eq!(
+        refused(|r| r.outputs[0].destination = Ipv4Addr::UNSPECIFIED),
+        (dest, Problem::Unspecified)
+    );
+    assert_eq!(
+        refused(|r| r.outputs[0].port = 0),
+        (out(0, O::Port), Problem::PortZero)
+    );
+    assert_eq!(
+        refused(|r| r.outputs[0].ttl = 0),
+        (out(0, O::Ttl), Problem::TtlZero)
+    );
+    assert_eq!(
+        refused(|r| r.outputs[0].dscp = Some(64)),
+        (out(0, O::Dscp), Problem::DscpOutOfRange(64))
+    );
+    assert_eq!(
+        refused(|r| r.outputs[0].vlan = Some(0)),
+        (out(0, O::Vlan), Problem::VlanOutOfRange(0))
+    );
+    assert_eq!(
+        refused(|r| r.outputs[0].vlan = Some(4095)),
+        (out(0, O::Vlan), Problem::VlanOutOfRange(4095))
+    );
+    let unicast_tagged = |r: &mut Rule| {
+        r.outputs[0].destination = Ipv4Addr::new(10, 1, 0, 9);
+        r.outputs[0].vlan = Some(10);
+    };
+    assert_eq!(
+        refused(unicast_tagged),
+        (out(0, O::Vlan), Problem::VlanOnSocketOutput)
+    );
+    let tun_tagged = |r: &mut Rule| {
+        r.outputs[0].interface = "wg0".into();
+        r.outputs[0].vlan = Some(10);
+    };
+    assert_eq!(
+        refused(tun_tagged),
+        (out(0, O::Vlan), Problem::VlanOnSocketOutput)
+    );
+    let foreign = Ipv4Addr::new(10, 0, 0, 1);
+    assert_eq!(
+        refused(|r| r.outputs[0].source = Some(foreign)),
+        (
+            out(0, O::Source),
+            Problem::SourceNotLocal {
+                address: foreign,
+                interface: "eth1".into()
+            }
+        )
+    );
+    assert_eq!(
+        refused(|r| r.outputs[0].interface = "bare".into()),
+        (
+            out(0, O::Source),
+            Problem::NoSourceAddress {
+                interface: "bare".into()
+            }
+        )
+    );
+}
+
+#[test]
+fn output_count_is_bounded() {
+    assert_eq!(
+        refused(|r| r.outputs.clear()),
+        (Field::Outputs, Problem::NoOutputs)
+    );
+    let mut r = rule("r");
+    r.outputs = (0..3)
+        .map(|i| output("eth1", [239, 2, 2, i], 6000))
+        .collect();
+    let limits = Limits { max_outputs: 2 };
+    let errors = validate(&[r], &interfaces(), &limits).expect_err("3 > 2");
+    assert_eq!(
+        errors.errors()[0].problem,
+        Problem::TooManyOutputs { count: 3, max: 2 }
+    );
+}
+
+#[test]
+fn names_and_keys_are_unique() {
+    let mut second = rule("a");
+    second.input.port = 5001;
+    let (name, field, problem) = only_error(&[rule("a"), second]);
+    assert_eq!(
+        (name.as_str(), field, problem),
+        ("a", Field::Name, Problem::DuplicateName)
+    );
+
+    let (name, field, problem) = only_error(&[rule("a"), rule("b")]);
+    assert_eq!(name, "b");
+    assert_eq!(field, Field::Input(InputField::Destination));
+    assert_eq!(
+        problem,
+        Problem::DuplicateKey {
+            other: "a".into(),
+            key: "eth0:239.1.1.1:5000".into()
+        }
+    );
+
+    // The same group and port with a source is another key, and so is another interface.
+    let mut ssm = rule("ssm");
+    ssm.input.source = Some(Ipv4Addr::new(192, 168, 0, 1));
+    let mut other_if = rule("other-if");
+    other_if.input.interface = "eth1".into();
+    other_if.outputs[0].interface = "eth0".into();
+    assert_eq!(
+        validate(
+            &[rule("a"), ssm, other_if],
+            &interfaces(),
+            &Limits::default()
+        ),
+        Ok(())
+    );
+}
+
+#[test]
+fn outputs_must_not_feed_any_input() {
+    // Onto its own input.
+    let (field, problem) = refused(|r| r.outputs[0] = output("eth0", [239, 1, 1, 1], 5000));
+    assert_eq!(field, out(0, OutputField::Destination));
+    assert_eq!(
+        problem,
+        Problem::LoopsBack {
+            rule: "r".into(),
+            interface: "eth0".into(),
+            destination: Ipv4Addr::new(239, 1, 1, 1),
+            port: 5000
+        }
+    );
+    // Onto another rule's input, even a source-specific one.
+    let mut b = rule("b");
+    b.input = Input {
+        interface: "eth1".into(),
+        destination: Ipv4Addr::new(239, 2, 2, 2),
+        port: 6000,
+        source: Some(Ipv4Addr::new(192, 168, 0, 1)),
+    };
+    b.outputs[0] = output("eth0", [239, 5, 5, 5], 5000);
+    let (name, field, problem) = only_error(&[rule("a"), b]);
+    assert_eq!(
+        (name.as_str(), field),
+        ("a", out(0, OutputField::Destination))
+    );
+    assert!(matches!(problem, Problem::LoopsBack { rule, .. } if rule == "b"));
+    // Same group, other port or other interface: no loop.
+    let ok = |o: Output| {
+        let mut r = rule("r");
+        r.outputs[0] = o;
+        validate(&[r], &interfaces(), &Limits::default())
+    };
+    assert_eq!(ok(output("eth0", [239, 1, 1, 1], 5001)), Ok(()));
+    assert_eq!(ok(output("eth1", [239, 1, 1, 1], 5000)), Ok(()));
+}
+
+#[test]
+fn every_problem_is_reported_at_once() {
+    let mut r = rule("bad name");
+    r.input.port = 0;
+    r.outputs[0].ttl = 0;
+    r.outputs[0].dscp = Some(99);
+    let errors = validate(&[r, rule("")], &interfaces(), &Limits::default()).expect_err("many");
+    let fields: Vec<String> = errors
+        .errors()
+        .iter()
+        .map(|e| format!("{}/{}", e.rule, e.field))
+        .collect();
+    assert_eq!(
+        fields,
+        [
+            "bad name/name",
+            "bad name/input.port",
+            "bad name/outputs[0].ttl",
+            "bad name/outputs[0].dscp",
+            "/name"
+        ]
+    );
+}
+
+#[test]
+fn set_changes_leave_the_old_set_untouched() {
+    let set = RuleSet::new(vec![rule("a")], interfaces(), Limits::default()).expect("valid");
+    let mut b = rule("b");
+    b.input.port = 5001;
+    let bigger = set.with(b).expect("b is valid");
+    assert_eq!((set.len(), bigger.len()), (1, 2));
+    assert_eq!(bigger.get("b").map(|r| r.input.port), Some(5001));
+
+    let refused = bigger.with(rule("c")).expect_err("same key as a");
+    assert_eq!(refused.errors()[0].rule, "c");
+    assert_eq!(bigger.len(), 2);
+
+    let smaller = bigger.without("a").expect("a exists");
+    assert_eq!(
+        smaller
+            .rules()
+            .iter()
+            .map(|r| r.name.as_str())
+            .collect::<Vec<_>>(),
+        ["b"]
+    );
+    assert!(smaller.get("a").is_none());
+    assert_eq!(bigger.len(), 2);
+    assert!(bigger.without("zz").is_none());
+    // With "a" gone, its key is free again.
+    assert!(smaller.with(rule("c")).is_ok());
+}
+
+#[test]
+fn new_interface_facts_are_checked_again() {
+    let set = RuleSet::new(vec![rule("a")], interfaces(), Limits::default()).expect("valid");
+    let mut fewer = interfaces();
+    let mut eth1 = fewer.get("eth1").expect("fixture has eth1").clone();
+    eth1.ipv4.clear();
+    fewer.insert(eth1);
+    let errors = set
+        .with_interfaces(fewer)
+        .expect_err("eth1 lost its address");
+    assert_eq!(errors.errors()[0].field, out(0, OutputField::Source));
+    assert!(RuleSet::empty(interfaces(), Limits::default()).is_empty());
+}

@@ -1,0 +1,166 @@
+//! The shard function and the steering program agree, bit for bit, on random packets.
+//!
+//! Each proptest case draws a worker count `n` and a seed, then checks a batch of
+//! [`KEYS_PER_CASE`] random (group, port) keys, each in a random IPv4/UDP header (IHL 5..=15
+//! with random option bytes, random flags with a zero fragment offset, random payload length,
+//! received or outgoing skb). With proptest's default 256 cases that is 1,048,576 keys; set
+//! `PROPTEST_CASES` to check more (or fewer).
+
+use proptest::prelude::*;
+use relay_rules::bpf::interp::{Interpreter, Skb};
+use relay_rules::bpf::{Program, steering_program};
+use relay_rules::shard::shard;
+use std::net::Ipv4Addr;
+
+/// Keys checked per proptest case: 256 default cases × 4096 = 1,048,576 keys.
+const KEYS_PER_CASE: usize = 4096;
+/// An Ethernet header for outgoing skbs, whose data starts before the network header.
+const ETHERNET: [u8; 14] = [1, 0, 0x5e, 1, 2, 3, 2, 0, 0, 0, 0, 1, 0x08, 0x00];
+
+/// SplitMix64: a small deterministic generator, so a batch is reproducible from its seed.
+struct SplitMix(u64);
+
+impl SplitMix {
+    fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    }
+
+    fn below(&mut self, bound: u64) -> u64 {
+        self.next() % bound
+    }
+}
+
+/// A packet under construction, reused between keys to avoid allocating per key.
+struct PacketBuilder {
+    bytes: Vec<u8>,
+}
+
+impl PacketBuilder {
+    /// Writes an IPv4/UDP packet for `group:port` with random IHL, options, flags and payload
+    /// length, and returns its length. `protocol` and `fragment` let callers break it.
+    fn write(
+        &mut self,
+        rng: &mut SplitMix,
+        group: Ipv4Addr,
+        port: u16,
+        protocol: u8,
+        fragment: u16,
+    ) -> usize {
+        let ihl = 5 + rng.below(11) as usize;
+        let payload = rng.below(32) as usize;
+        let len = ihl * 4 + 8 + payload;
+        self.bytes.clear();
+        self.bytes.resize(len, 0);
+        let p = &mut self.bytes;
+        p[0] = 0x40 | ihl as u8;
+        p[1] = rng.next() as u8; // TOS
+        p[2..4].copy_from_slice(&(len as u16).to_be_bytes());
+        p[4..6].copy_from_slice(&(rng.next() as u16).to_be_bytes());
+        // Random DF/MF flags (the reserved bit too: the program must ignore flags) and offset.
+        let flags = (rng.next() as u16) & 0xe000;
+        p[6..8].copy_from_slice(&(flags | fragment).to_be_bytes());
+        p[8] = rng.next() as u8;
+        p[9] = protocol;
+        p[12..16].copy_from_slice(&(rng.next() as u32).to_be_bytes());
+        p[16..20].copy_from_slice(&group.octets());
+        for chunk in p[20..ihl * 4].chunks_mut(8) {
+            let random = rng.next().to_le_bytes();
+            chunk.copy_from_slice(&random[..chunk.len()]);
+        }
+        let udp = ihl * 4;
+        p[udp..udp + 2].copy_from_slice(&(rng.next() as u16).to_be_bytes());
+        p[udp + 2..udp + 4].copy_from_slice(&port.to_be_bytes());
+        len
+    }
+}
+
+/// Runs `program` on `packet`, as a received or (with an Ethernet header) an outgoing skb.
+fn steer(interpreter: &Interpreter<'_>, packet: &[u8], outgoing: bool, protocol: u16) -> u32 {
+    let skb = if outgoing {
+        Skb::outgoing(&ETHERNET, packet, protocol)
+    } else {
+        Skb::received(packet, protocol)
+    };
+    interpreter
+        .run(&skb)
+        .expect("the steering program needs no unmodelled ancillary load")
+}
+
+/// Worker counts: mostly small, as deployed, sometimes any non-zero `u32`.
+fn worker_count() -> impl Strategy<Value = u32> {
+    prop_oneof![
+        4 => 1u32..=16,
+        2 => 17u32..=4096,
+        1 => 1u32..=u32::MAX,
+    ]
+}
+
+fn program_for(n: u32) -> Program {
+    let program = steering_program(n);
+    relay_rules::bpf::validate_program(&program).expect("the emitter writes valid programs");
+    program
+}
+
+proptest! {
+    #[test]
+    fn program_and_function_agree(n in worker_count(), seed in any::<u64>()) {
+        let program = program_for(n);
+        let interpreter = Interpreter::new(&program).expect("validated above");
+        let mut rng = SplitMix(seed);
+        let mut builder = PacketBuilder { bytes: Vec::with_capacity(128) };
+        for _ in 0..KEYS_PER_CASE {
+            let group = Ipv4Addr::from(rng.next() as u32);
+            let port = rng.next() as u16;
+            let len = builder.write(&mut rng, group, port, 17, 0);
+            let outgoing = rng.below(2) == 1;
+            let got = steer(&interpreter, &builder.bytes[..len], outgoing, 0x0800);
+            let expected = shard(group, port, n);
+            prop_assert_eq!(got, expected, "group {} port {} n {} packet {:02x?}", group, port, n, &builder.bytes[..len]);
+        }
+    }
+
+    #[test]
+    fn other_protocols_and_later_fragments_go_to_zero(
+        n in 2u32..=64,
+        seed in any::<u64>(),
+        protocol in any::<u8>().prop_filter("not UDP", |&p| p != 17),
+        fragment in 1u16..=0x1fff,
+        ethertype in any::<u16>().prop_filter("not IPv4", |&e| e != 0x0800),
+    ) {
+        let program = program_for(n);
+        let interpreter = Interpreter::new(&program).expect("validated above");
+        let mut rng = SplitMix(seed);
+        let mut builder = PacketBuilder { bytes: Vec::with_capacity(128) };
+        for _ in 0..64 {
+            let group = Ipv4Addr::from(rng.next() as u32);
+            let port = rng.next() as u16;
+            let len = builder.write(&mut rng, group, port, protocol, 0);
+            prop_assert_eq!(steer(&interpreter, &builder.bytes[..len], false, 0x0800), 0, "protocol {}", protocol);
+            let len = builder.write(&mut rng, group, port, 17, fragment);
+            prop_assert_eq!(steer(&interpreter, &builder.bytes[..len], false, 0x0800), 0, "fragment {}", fragment);
+            let len = builder.write(&mut rng, group, port, 17, 0);
+            prop_assert_eq!(steer(&interpreter, &builder.bytes[..len], true, ethertype), 0, "ethertype {:#x}", ethertype);
+        }
+    }
+
+    #[test]
+    fn truncated_packets_never_fail(n in 1u32..=64, seed in any::<u64>(), cut in 0usize..=80) {
+        let program = program_for(n);
+        let interpreter = Interpreter::new(&program).expect("validated above");
+        let mut rng = SplitMix(seed);
+        let mut builder = PacketBuilder { bytes: Vec::with_capacity(128) };
+        let group = Ipv4Addr::from(rng.next() as u32);
+        let port = rng.next() as u16;
+        let len = builder.write(&mut rng, group, port, 17, 0);
+        let ihl = usize::from(builder.bytes[0] & 0xf) * 4;
+        let kept = cut.min(len);
+        let got = steer(&interpreter, &builder.bytes[..kept], false, 0x0800);
+        // With the UDP destination port present the shard is computed; without it, 0.
+        let expected = if kept >= ihl + 4 { shard(group, port, n) } else { 0 };
+        prop_assert_eq!(got, expected, "kept {} of {} bytes, IHL {}", kept, len, ihl);
+    }
+}
