@@ -9,9 +9,12 @@
 use std::fmt;
 use std::ops::BitOr;
 use std::os::fd::{AsRawFd, BorrowedFd};
-use std::sync::Mutex;
 
 use nix::errno::Errno;
+
+mod mismatch;
+
+use mismatch::GroupRecord;
 
 use crate::bpf::{self, BpfInstruction};
 use crate::socket::{PacketSocket, Protocol, SocketError};
@@ -271,78 +274,6 @@ pub enum FanoutError {
     Bpf(#[from] bpf::BpfError),
 }
 
-/// What this process joined a group with, to explain a later EINVAL.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct GroupRecord {
-    netns: u64,
-    group: u16,
-    mode: FanoutMode,
-    flags: FanoutFlags,
-    max_members: Option<u32>,
-    protocol: Protocol,
-    ifindex: u32,
-}
-
-static JOINED: Mutex<Vec<GroupRecord>> = Mutex::new(Vec::new());
-
-/// The calling thread's network namespace (groups are per namespace).
-fn current_netns() -> u64 {
-    std::fs::metadata("/proc/thread-self/ns/net")
-        .map(|m| std::os::unix::fs::MetadataExt::ino(&m))
-        .unwrap_or(0)
-}
-
-fn explain_mismatch(attempt: &GroupRecord) -> String {
-    let known = JOINED
-        .lock()
-        .map(|list| {
-            list.iter()
-                .rev()
-                .find(|r| r.netns == attempt.netns && r.group == attempt.group)
-                .copied()
-        })
-        .unwrap_or(None);
-    let Some(known) = known else {
-        return "the group exists with a different mode, flags, max_num_members, bound protocol or \
-                interface, or this socket's interface is not running"
-            .to_owned();
-    };
-    let mut diffs = Vec::new();
-    if known.mode != attempt.mode {
-        diffs.push(format!("mode {:?} (group: {:?})", attempt.mode, known.mode));
-    }
-    if known.flags != attempt.flags {
-        diffs.push(format!(
-            "flags {:#06x} (group: {:#06x})",
-            attempt.flags.0, known.flags.0
-        ));
-    }
-    if attempt.max_members.is_some() && known.max_members != attempt.max_members {
-        diffs.push(format!(
-            "max_num_members {:?} (group: {:?})",
-            attempt.max_members, known.max_members
-        ));
-    }
-    if known.protocol != attempt.protocol {
-        diffs.push(format!(
-            "protocol {} (group: {})",
-            attempt.protocol, known.protocol
-        ));
-    }
-    if known.ifindex != attempt.ifindex {
-        diffs.push(format!(
-            "interface #{} (group: #{})",
-            attempt.ifindex, known.ifindex
-        ));
-    }
-    if diffs.is_empty() {
-        "same properties as this process's earlier join: the interface is probably not running"
-            .to_owned()
-    } else {
-        format!("differs from the group in {}", diffs.join(", "))
-    }
-}
-
 /// Joins the group; the socket must be bound (the ring builders guarantee it).
 pub(crate) fn join(
     socket: &PacketSocket,
@@ -382,7 +313,7 @@ pub(crate) fn join(
         }
     };
     let record = GroupRecord {
-        netns: current_netns(),
+        netns: mismatch::current_netns(),
         group: id.0,
         mode: config.mode,
         flags: config.flags,
@@ -397,7 +328,7 @@ pub(crate) fn join(
                 Errno::EINVAL => FanoutError::Mismatch {
                     group: id,
                     interface,
-                    reason: explain_mismatch(&record),
+                    reason: mismatch::explain(&record),
                 },
                 Errno::EALREADY => FanoutError::AlreadyMember { interface },
                 Errno::ENOSPC => FanoutError::GroupFull {
@@ -418,12 +349,10 @@ pub(crate) fn join(
         interface,
         errno: Errno::ENOENT,
     })?;
-    if let Ok(mut list) = JOINED.lock() {
-        list.push(GroupRecord {
-            group: membership.group.0,
-            ..record
-        });
-    }
+    mismatch::remember(GroupRecord {
+        group: membership.group.0,
+        ..record
+    });
     if let Some(program) = config.program() {
         set_cbpf_program(socket, program)?;
     }
@@ -527,35 +456,5 @@ mod tests {
             assert_eq!(FanoutMode::from_raw(raw).map(FanoutMode::raw), Some(raw));
         }
         assert_eq!(FanoutMode::from_raw(8), None);
-    }
-
-    #[test]
-    fn mismatch_names_the_differing_property() {
-        let base = GroupRecord {
-            netns: 77,
-            group: 9,
-            mode: FanoutMode::Hash,
-            flags: FanoutFlags::NONE,
-            max_members: None,
-            protocol: Protocol::ALL,
-            ifindex: 3,
-        };
-        JOINED.lock().expect("not poisoned").push(base);
-        let reason = explain_mismatch(&GroupRecord {
-            mode: FanoutMode::Cpu,
-            ..base
-        });
-        assert!(reason.contains("mode Cpu (group: Hash)"), "{reason}");
-        let reason = explain_mismatch(&GroupRecord {
-            ifindex: 4,
-            protocol: Protocol::IPV4,
-            ..base
-        });
-        assert!(
-            reason.contains("interface #4") && reason.contains("protocol 0x0800"),
-            "{reason}"
-        );
-        let reason = explain_mismatch(&GroupRecord { group: 10, ..base });
-        assert!(reason.contains("different mode, flags"), "{reason}");
     }
 }

@@ -57,6 +57,9 @@ pub enum Command {
     /// between them with live counters, print what was sent, relayed and received, and remove
     /// everything (also on Ctrl-C or failure). Needs root.
     Demo(DemoArgs),
+    /// Talk to a running relay through its control socket: list, add and remove rules, see
+    /// counters and workers, reload the configuration. Exits 1 when the relay refuses.
+    Ctl(CtlArgs),
     /// Serve as one worker of a supervisor (started by `run`, not by hand).
     #[command(hide = true)]
     Worker {
@@ -90,14 +93,75 @@ pub struct RunArgs {
     pub stats_every: u64,
 }
 
+/// Options and command of `ctl`.
+#[derive(Debug, Args)]
+pub struct CtlArgs {
+    /// The relay's control socket. Default: the socket of `--config`, or the only socket in
+    /// /run/fanout-relay.
+    #[arg(long, global = true, value_name = "PATH")]
+    pub socket: Option<PathBuf>,
+    /// Find the control socket from this configuration file.
+    #[arg(long, global = true, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Print the relay's answer as JSON (for scripts).
+    #[arg(long, global = true)]
+    pub json: bool,
+    /// What to ask.
+    #[command(subcommand)]
+    pub command: CtlCommand,
+}
+
+/// The `ctl` commands.
+#[derive(Debug, Subcommand)]
+pub enum CtlCommand {
+    /// The running rules and their outputs.
+    List,
+    /// Add a rule, given compactly or as TOML.
+    ///
+    /// Compact form: NAME INPUT OUTPUT..., where INPUT is IFACE:ADDRESS:PORT[@SOURCE] and each
+    /// OUTPUT is IFACE:ADDRESS:PORT[,ttl=N][,source=ADDRESS][,dscp=N][,vlan=N]. Example:
+    /// `fanout-relay ctl add cam1 eth0:239.1.1.1:5000 eth1:239.2.2.2:6000,ttl=8`
+    Add {
+        /// Rule name.
+        name: Option<String>,
+        /// What it matches: IFACE:ADDRESS:PORT[@SOURCE].
+        input: Option<String>,
+        /// Where it sends: IFACE:ADDRESS:PORT[,ttl=N][,source=A][,dscp=N][,vlan=N].
+        outputs: Vec<String>,
+        /// Read one [[rule]] table from this TOML file instead (`-` for standard input).
+        #[arg(long, value_name = "FILE", conflicts_with_all = ["name", "input", "outputs"])]
+        toml: Option<PathBuf>,
+    },
+    /// Remove a rule by name, or by its match key with --key IFACE:ADDRESS:PORT[@SOURCE].
+    Remove {
+        /// Rule name.
+        #[arg(required_unless_present = "key", conflicts_with = "key")]
+        name: Option<String>,
+        /// Match key instead of a name.
+        #[arg(long)]
+        key: Option<String>,
+    },
+    /// Write the running rules as a configuration file (that check-config accepts).
+    Save {
+        /// Where to write it.
+        file: PathBuf,
+    },
+    /// Counters and rates per rule and per worker, and the load imbalance.
+    Stats,
+    /// The workers: CPU, pid, state, restarts, table generation, counters.
+    Workers,
+    /// Re-read the configuration file and apply only what changed.
+    Reload,
+}
+
 /// Options of `demo`.
 #[derive(Debug, Args)]
 pub struct DemoArgs {
     /// Packets to send per input stream.
-    #[arg(long, default_value_t = 2000)]
+    #[arg(long, default_value_t = 2000, value_parser = clap::value_parser!(u32).range(1..))]
     pub packets: u32,
     /// Packets per second per stream.
-    #[arg(long, default_value_t = 500)]
+    #[arg(long, default_value_t = 500, value_parser = clap::value_parser!(u32).range(1..))]
     pub rate: u32,
 }
 

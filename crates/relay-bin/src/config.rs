@@ -33,7 +33,7 @@ use std::path::{Path, PathBuf};
 pub const DEFAULT_TTL: u8 = 16;
 
 /// A whole configuration file as written.
-#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Default, Deserialize, PartialEq, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct ConfigFile {
     /// Process-wide settings.
@@ -48,7 +48,7 @@ pub struct ConfigFile {
 }
 
 /// The `[relay]` section.
-#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Default, Deserialize, PartialEq, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct RelaySection {
     /// Which CPUs get a worker.
@@ -57,6 +57,42 @@ pub struct RelaySection {
     /// How the kernel spreads an input's packets over the workers.
     #[serde(default)]
     pub fanout: FanoutSetting,
+    /// Path of the control socket; by default `/run/fanout-relay/<config name>.sock`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub control_socket: Option<PathBuf>,
+    /// Where the running rule set is kept across restarts; by default
+    /// `/var/lib/fanout-relay/<config name>.state.toml`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub state_file: Option<PathBuf>,
+}
+
+/// Directory of the default control sockets.
+pub const RUN_DIR: &str = "/run/fanout-relay";
+/// Directory of the default state files.
+pub const STATE_DIR: &str = "/var/lib/fanout-relay";
+
+impl RelaySection {
+    /// The control socket of the relay run from the configuration file `config`.
+    pub fn control_socket_for(&self, config: &Path) -> PathBuf {
+        self.control_socket
+            .clone()
+            .unwrap_or_else(|| Path::new(RUN_DIR).join(format!("{}.sock", config_name(config))))
+    }
+
+    /// The state file of the relay run from the configuration file `config`.
+    pub fn state_file_for(&self, config: &Path) -> PathBuf {
+        self.state_file.clone().unwrap_or_else(|| {
+            Path::new(STATE_DIR).join(format!("{}.state.toml", config_name(config)))
+        })
+    }
+}
+
+/// The file name of `config` without its extension: `relay` for `/etc/fanout-relay/relay.toml`.
+fn config_name(config: &Path) -> String {
+    config.file_stem().map_or_else(
+        || "fanout-relay".to_owned(),
+        |stem| stem.to_string_lossy().into_owned(),
+    )
 }
 
 /// Which CPUs get a worker: all online CPUs, the first N of them, or a list.
@@ -106,6 +142,19 @@ impl WorkersSetting {
     }
 }
 
+impl Serialize for WorkersSetting {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        match self {
+            WorkersSetting::All => serializer.serialize_str("all"),
+            WorkersSetting::Count(count) => serializer.serialize_u32(*count),
+            WorkersSetting::Cpus(cpus) => {
+                let list: Vec<String> = cpus.iter().map(ToString::to_string).collect();
+                serializer.serialize_str(&list.join(","))
+            }
+        }
+    }
+}
+
 impl<'de> Deserialize<'de> for WorkersSetting {
     fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
         #[derive(Deserialize)]
@@ -125,7 +174,7 @@ impl<'de> Deserialize<'de> for WorkersSetting {
 }
 
 /// How the kernel spreads an input interface's packets over the workers.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
 pub enum FanoutSetting {
     /// The worker pinned to the CPU that received the packet serves it (no cross-CPU traffic).
@@ -206,7 +255,7 @@ pub struct InputEntry {
     /// UDP destination port.
     pub port: u16,
     /// Only this source (source-specific multicast).
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub source: Option<Ipv4Addr>,
 }
 
@@ -221,16 +270,16 @@ pub struct OutputEntry {
     /// UDP destination port.
     pub port: u16,
     /// IP time to live; [`DEFAULT_TTL`] when left out.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ttl: Option<u8>,
     /// Source address; the interface's first address when left out.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub source: Option<Ipv4Addr>,
     /// DiffServ code point to write; the incoming one is kept when left out.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub dscp: Option<u8>,
     /// 802.1Q VLAN id to tag the frame with.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub vlan: Option<u16>,
 }
 
@@ -266,6 +315,11 @@ impl ConfigFile {
             path: path.to_owned(),
             message,
         })
+    }
+
+    /// The file's text: what `ctl save` writes, and what [`ConfigFile::parse`] reads back.
+    pub fn to_toml(&self) -> String {
+        toml::to_string_pretty(self).expect("a configuration always has a TOML form")
     }
 
     /// Parses the text of a configuration file; the error says where the mistake is.
@@ -381,6 +435,17 @@ mod tests {
         assert!(error.contains("workrs"), "{error}");
         let error = ConfigFile::parse("[relay]\nworkers = 0\n").expect_err("zero workers");
         assert!(error.contains("at least one worker"), "{error}");
+    }
+
+    #[test]
+    fn saved_files_read_back_the_same() {
+        let config = ConfigFile::parse(EXAMPLE).expect("the example is valid");
+        let text = config.to_toml();
+        assert_eq!(
+            ConfigFile::parse(&text).expect("saved text parses"),
+            config,
+            "{text}"
+        );
     }
 
     #[test]

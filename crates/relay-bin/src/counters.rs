@@ -37,6 +37,12 @@ pub struct WorkerCounters {
     pub tx_wrong_format: u64,
     /// Per rule: (packets, bytes), by rule name.
     pub rules: BTreeMap<String, RuleCount>,
+    /// Generation of the table the worker serves (not summed: the latest).
+    #[serde(default)]
+    pub table_generation: u64,
+    /// Checksum of that table, for drift detection.
+    #[serde(default)]
+    pub table_checksum: u64,
 }
 
 /// Packets and bytes of one rule.

@@ -7,8 +7,12 @@
 
 pub mod cli;
 pub mod config;
+pub mod control;
 pub mod counters;
+pub mod ctl;
+pub mod ctl_tables;
 pub mod demo;
+pub mod netns;
 pub mod protocol;
 pub mod rings;
 pub mod supervisor;

@@ -10,7 +10,8 @@ fn main() -> ExitCode {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
     let cli = Cli::parse();
     let result = match cli.command {
-        Command::CheckConfig { file } => Plan::load(&file, &Overrides::default())
+        Command::Ctl(args) => relay_bin::ctl::run(&args),
+        Command::CheckConfig { file } => Plan::load(&file, &Overrides::default(), false)
             .map(|plan| {
                 println!(
                     "{}: ok: {} rule(s), {} interface(s), workers on cpus {:?}",
@@ -29,7 +30,7 @@ fn main() -> ExitCode {
             let options = RunOptions {
                 stats_every: (args.stats_every > 0).then(|| Duration::from_secs(args.stats_every)),
             };
-            Plan::load(&args.config, &overrides)
+            Plan::load(&args.config, &overrides, true)
                 .map_err(supervisor::RunError::from)
                 .and_then(|plan| supervisor::run(plan, &options))
                 .map(|summary| eprint!("{}", summary.render()))

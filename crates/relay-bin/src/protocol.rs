@@ -20,10 +20,33 @@ pub const MAX_LINE: usize = 256 << 20;
 pub enum ToWorker {
     /// Everything a worker needs before it may serve a packet; answered with [`FromWorker::Ready`].
     Start(Box<WorkerStart>),
+    /// Apply a change to the table; answered with [`FromWorker::Applied`].
+    Update {
+        /// Generation of the set after the change.
+        generation: u64,
+        /// Names of rules to remove.
+        remove: Vec<String>,
+        /// Rules to add.
+        add: Vec<RuleEntry>,
+        /// Facts of interfaces the worker may not know yet.
+        interfaces: Vec<InterfaceEntry>,
+    },
+    /// Replace the whole table (a resync after drift); answered with [`FromWorker::Applied`].
+    Table {
+        /// Generation of the set.
+        generation: u64,
+        /// Every rule the worker holds.
+        rules: Vec<RuleEntry>,
+        /// Facts of every interface the rules name.
+        interfaces: Vec<InterfaceEntry>,
+    },
     /// Send the counters now; answered with [`FromWorker::Counters`].
     Counters,
     /// Finish the batch in hand, send the final counters and exit.
     Stop,
+    /// Damage the table without changing its generation, to test drift repair. Only obeyed by
+    /// workers built with the `drift-test` feature.
+    CorruptTable,
 }
 
 /// Worker to supervisor.
@@ -37,7 +60,14 @@ pub enum FromWorker {
         /// Content checksum of that table, for the supervisor to compare with its own.
         checksum: u64,
     },
-    /// The worker's counters since it started.
+    /// The table now has `generation` and `checksum` (after an update or a resync).
+    Applied {
+        /// Generation of the table.
+        generation: u64,
+        /// Content checksum of the table.
+        checksum: u64,
+    },
+    /// The worker's counters since it started, and the table it serves.
     Counters(Box<WorkerCounters>),
     /// The worker could not start; it exits after this message.
     Failed {

@@ -1,23 +1,89 @@
-//! Sans-IO logic of a UDP multicast relay.
+//! Sans-IO logic of a UDP multicast relay: everything a relay decides, nothing it does.
 //!
-//! (Crate documentation is completed with the crate.)
+//! A relay takes UDP frames off an interface, finds the forwarding rule they match, and sends
+//! each output a rewritten copy. This crate holds the deciding half, on plain byte slices and
+//! plain values, with no syscalls and no unsafe code, so that every part can be tested, fuzzed and
+//! simulated without a network:
+//!
+//! ```text
+//!  Rule (rule) ──validate──▶ RuleSet ──build / build_shard──▶ RuleTable (table)
+//!   + Interfaces (facts the caller supplies)                      │ lookup(ifindex, dst, port, src)
+//!                                                                 ▼
+//!  frame bytes ──wire::parse──▶ Datagram ──────────────▶ CompiledRule.outputs
+//!                                 │                       │ Ring { template } ─ FrameTemplate::write ─▶ TX slot
+//!                                 └─ DropReason (counted)  └ Socket { destination } ─ payload ─▶ UDP socket
+//!  shard(group, port, n) ═ bpf::steering_program(n): the kernel steers each packet to the
+//!  worker whose shard holds its rule
+//! ```
+//!
+//! - [`wire`]: checked views of Ethernet, 802.1Q/802.1ad, IPv4 and UDP, and [`wire::parse`],
+//!   which refuses a frame with a [`DropReason`] a worker can count.
+//! - [`rule`], [`interface`], [`validate`]: the rule model, the interface facts it is checked
+//!   against, and a [`RuleSet`] that can only exist validated.
+//! - [`table`]: the compiled [`RuleTable`], one hash probe per lookup, with a generation and an
+//!   order-independent checksum for drift detection.
+//! - [`shard`] and [`bpf`]: the shard function and the classic BPF program that computes it in
+//!   the kernel (`PACKET_FANOUT_CBPF`), with a checker and an interpreter that prove they agree.
+//! - [`replicate`]: output frames written from precomputed header templates, the UDP checksum
+//!   updated incrementally.
+//! - [`counters`]: per-rule counters for a single writer.
+//!
+//! ```
+//! use relay_rules::{wire, Input, InterfaceFacts, Interfaces, Limits, Output, Rule, RuleSet, RuleTable};
+//! use std::net::Ipv4Addr;
+//!
+//! let interfaces: Interfaces = [
+//!     InterfaceFacts { name: "in0".into(), index: 2, mac: Some([2, 0, 0, 0, 0, 1]), mtu: 1500, ipv4: vec![] },
+//!     InterfaceFacts { name: "out0".into(), index: 3, mac: Some([2, 0, 0, 0, 0, 2]), mtu: 1500,
+//!                      ipv4: vec![Ipv4Addr::new(10, 1, 1, 1)] },
+//! ].into_iter().collect();
+//! let rule = Rule {
+//!     name: "camera".into(),
+//!     input: Input { interface: "in0".into(), destination: Ipv4Addr::new(239, 1, 1, 1), port: 5000, source: None },
+//!     outputs: vec![Output {
+//!         interface: "out0".into(), destination: Ipv4Addr::new(239, 2, 2, 2), port: 6000,
+//!         ttl: 8, source: None, dscp: None, vlan: None,
+//!     }],
+//! };
+//! let set = RuleSet::new(vec![rule], interfaces, Limits::default()).expect("a valid rule");
+//! let table = RuleTable::build(&set, 1);
+//!
+//! // A frame from 192.0.2.10 to 239.1.1.1:5000 carrying "hello", as it arrives on in0.
+//! let mut frame = vec![0x01, 0x00, 0x5e, 0x01, 0x01, 0x01, 2, 0, 0, 0, 0, 9, 0x08, 0x00];
+//! frame.extend_from_slice(&[0x45, 0, 0, 33, 0, 1, 0, 0, 5, 17, 0, 0, 192, 0, 2, 10, 239, 1, 1, 1]);
+//! wire::Ipv4Packet::new_unchecked(&mut frame[14..]).fill_checksum();
+//! frame.extend_from_slice(&[0x13, 0x88, 0x13, 0x88, 0, 13, 0, 0]);
+//! frame.extend_from_slice(b"hello");
+//!
+//! let datagram = wire::parse(&frame, None).expect("a well-formed frame");
+//! let rule = table
+//!     .lookup(2, datagram.destination, datagram.destination_port, datagram.source)
+//!     .expect("the rule matches");
+//! let relay_rules::CompiledOutput::Ring { template, .. } = &rule.outputs[0] else { unreachable!() };
+//! let mut slot = [0u8; 2048];
+//! let len = template.write(&datagram, 1, &mut slot).expect("fits the MTU");
+//! let out = wire::parse(&slot[..len], None).expect("the output parses");
+//! assert_eq!((out.destination, out.destination_port), (Ipv4Addr::new(239, 2, 2, 2), 6000));
+//! assert_eq!(out.payload, b"hello");
+//! ```
 
 #![forbid(unsafe_code)]
 
-pub mod interface;
-pub mod rule;
-pub mod wire;
-pub mod replicate;
-pub mod counters;
 pub mod bpf;
+pub mod counters;
+pub mod interface;
+pub mod replicate;
+pub mod rule;
 pub mod shard;
 pub mod table;
 pub mod validate;
+pub mod wire;
 
-pub use interface::{InterfaceFacts, Interfaces};
-pub use rule::{Input, Limits, Output, Rule, RuleKey};
 pub use counters::RuleCounters;
+pub use interface::{InterfaceFacts, Interfaces};
 pub use replicate::{FrameTemplate, RewriteError, TemplateSpec};
-pub use wire::{Datagram, DropReason, VlanTag};
+pub use rule::{Input, Limits, Output, Rule, RuleKey};
 pub use table::{CompiledOutput, CompiledRule, RuleId, RuleTable};
+pub use table::{Insertion, TableError};
 pub use validate::{RuleSet, ValidationError, ValidationErrors};
+pub use wire::{Datagram, DropReason, VlanTag};

@@ -1,8 +1,8 @@
 //! Checking rules against the interfaces they will run on, before anything uses them.
 //!
 //! A [`RuleSet`] can only be built validated, and changing it ([`RuleSet::with`],
-//! [`RuleSet::without`]) returns a new set, so a refused change leaves the running set exactly as
-//! it was. Every problem found is reported at once ([`ValidationErrors`]), each naming the rule
+//! [`RuleSet::without`], [`RuleSet::with_changes`] for a batch) returns a new set, so a refused
+//! change leaves the running set exactly as it was. Every problem found is reported at once ([`ValidationErrors`]), each naming the rule
 //! and the field: `rule "cam1": outputs[1].ttl: TTL 0 would never leave the host`.
 
 mod error;
@@ -252,27 +252,79 @@ impl RuleSet {
         limits: Limits,
     ) -> Result<Self, ValidationErrors> {
         validate(&rules, &interfaces, &limits)?;
+        Ok(RuleSet::from_valid(rules, interfaces, limits))
+    }
+
+    /// Keeps `rules`, which passed [`validate`] against `interfaces` and `limits`.
+    fn from_valid(rules: Vec<Rule>, interfaces: Interfaces, limits: Limits) -> Self {
         let by_name = rules
             .iter()
             .enumerate()
             .map(|(i, rule)| (rule.name.clone(), i))
             .collect();
-        Ok(RuleSet {
+        RuleSet {
             rules,
             by_name,
             interfaces,
             limits,
-        })
+        }
     }
 
     /// This set plus `rule` (appended), or why it cannot be added; `self` is unchanged either
     /// way. Costs a validation of the whole new set (O(rules)), so that interactions with every
-    /// existing rule (names, keys, loops) are checked exactly as a fresh set would be.
+    /// existing rule (names, keys, loops) are checked exactly as a fresh set would be; for
+    /// several rules, [`RuleSet::with_changes`] validates once for all of them.
     pub fn with(&self, rule: Rule) -> Result<Self, ValidationErrors> {
-        let mut rules = Vec::with_capacity(self.rules.len() + 1);
-        rules.extend_from_slice(&self.rules);
-        rules.push(rule);
-        RuleSet::new(rules, self.interfaces.clone(), self.limits)
+        self.with_changes(vec![rule], &[])
+    }
+
+    /// This set without the rules named in `remove`, then with `add` appended, or every
+    /// problem of the change; `self` is unchanged either way.
+    ///
+    /// The change is validated once, as a whole, so a batch costs one validation (O(rules))
+    /// instead of one per rule, and is accepted or refused entirely. Removes apply first,
+    /// which is also the order a worker applies the change to its table in: a batch that
+    /// removes `cam1` and adds a new `cam1` replaces the rule, and a key or name freed by a
+    /// remove is free for the adds. A name in `remove` that the set does not have, or that
+    /// `remove` lists a second time, is refused ([`Problem::NoSuchRule`], on the name): a
+    /// remove that silently did nothing would hide a mistyped name.
+    pub fn with_changes(
+        &self,
+        add: Vec<Rule>,
+        remove: &[String],
+    ) -> Result<Self, ValidationErrors> {
+        let mut errors = Vec::new();
+        let mut removed = vec![false; self.rules.len()];
+        for name in remove {
+            match self.by_name.get(name.as_str()) {
+                Some(&position) if !removed[position] => removed[position] = true,
+                _ => errors.push(ValidationError {
+                    rule: name.clone(),
+                    field: Field::Name,
+                    problem: Problem::NoSuchRule,
+                }),
+            }
+        }
+        let mut rules = Vec::with_capacity(self.rules.len() + add.len());
+        rules.extend(
+            self.rules
+                .iter()
+                .zip(&removed)
+                .filter(|&(_, &gone)| !gone)
+                .map(|(rule, _)| rule.clone()),
+        );
+        rules.extend(add);
+        if let Err(invalid) = validate(&rules, &self.interfaces, &self.limits) {
+            errors.extend(invalid.into_errors());
+        }
+        match ValidationErrors::from_vec(errors) {
+            Some(errors) => Err(errors),
+            None => Ok(RuleSet::from_valid(
+                rules,
+                self.interfaces.clone(),
+                self.limits,
+            )),
+        }
     }
 
     /// This set without the rule called `name`, or `None` if there is no such rule. Removing
@@ -281,17 +333,11 @@ impl RuleSet {
         let position = *self.by_name.get(name)?;
         let mut rules = self.rules.clone();
         rules.remove(position);
-        let by_name = rules
-            .iter()
-            .enumerate()
-            .map(|(i, rule)| (rule.name.clone(), i))
-            .collect();
-        Some(RuleSet {
+        Some(RuleSet::from_valid(
             rules,
-            by_name,
-            interfaces: self.interfaces.clone(),
-            limits: self.limits,
-        })
+            self.interfaces.clone(),
+            self.limits,
+        ))
     }
 
     /// The same rules checked against new interface facts (an address or interface changed),

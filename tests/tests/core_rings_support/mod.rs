@@ -2,7 +2,10 @@
 //! veth pair `va` ↔ `vb`, test frames of a private EtherType, and bounded collection from rings.
 
 #![allow(dead_code, reason = "each test binary uses a different subset")]
-#![allow(unreachable_pub, reason = "shared by several test binaries through `mod`")]
+#![allow(
+    unreachable_pub,
+    reason = "shared by several test binaries through `mod`"
+)]
 
 use std::time::{Duration, Instant};
 
@@ -101,6 +104,9 @@ pub fn pin_to(cpu: usize) {
 
 /// Number of CPUs this process may run on.
 pub fn usable_cpus() -> Vec<usize> {
-    let set = nix::sched::sched_getaffinity(nix::unistd::Pid::from_raw(0)).expect("sched_getaffinity");
-    (0..nix::sched::CpuSet::count()).filter(|&c| set.is_set(c).unwrap_or(false)).collect()
+    let set =
+        nix::sched::sched_getaffinity(nix::unistd::Pid::from_raw(0)).expect("sched_getaffinity");
+    (0..nix::sched::CpuSet::count())
+        .filter(|&c| set.is_set(c).unwrap_or(false))
+        .collect()
 }

@@ -156,6 +156,11 @@ impl RxRingBuilder {
     }
 
     /// Do not receive frames this host sends (`PACKET_IGNORE_OUTGOING`).
+    ///
+    /// Inside a fanout group the kernel consults only the group's flag, not the socket option
+    /// (the group's hook replaces the socket's), so with [`RxRingBuilder::fanout`] this also adds
+    /// [`FanoutFlags::IGNORE_OUTGOING`](crate::FanoutFlags::IGNORE_OUTGOING) to the group's
+    /// flags: every member of the group must then be built with the same setting.
     pub fn ignore_outgoing(mut self, on: bool) -> Self {
         self.ignore_outgoing = on;
         self
@@ -257,7 +262,14 @@ impl RxRingBuilder {
         let fanout = self
             .fanout
             .as_ref()
-            .map(|config| fanout::join(&socket, config))
+            .map(|config| {
+                if self.ignore_outgoing {
+                    let config = config.clone().flags(fanout::FanoutFlags::IGNORE_OUTGOING);
+                    fanout::join(&socket, &config)
+                } else {
+                    fanout::join(&socket, config)
+                }
+            })
             .transpose()?;
         Ok(RxRing {
             socket,

@@ -228,6 +228,13 @@ impl<'a> Frame<'a> {
         self.rx_hash
     }
 
+    /// Whether the UDP/TCP checksum is only partly computed (`TP_STATUS_CSUMNOTREADY`): the
+    /// frame was sent by this host and seen before the device's checksum offload filled it in.
+    /// Such a checksum cannot be updated incrementally; it must be computed in full, or cleared.
+    pub fn checksum_partial(&self) -> bool {
+        self.status & libc::TP_STATUS_CSUMNOTREADY != 0
+    }
+
     /// The raw `tp_status` bits (e.g. `TP_STATUS_CSUM_VALID`, `TP_STATUS_LOSING`).
     pub fn status(&self) -> u32 {
         self.status

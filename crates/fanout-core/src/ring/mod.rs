@@ -10,6 +10,7 @@ pub mod geometry;
 mod mmap;
 mod rx;
 mod tx;
+mod tx_builder;
 mod v2;
 mod v3;
 
@@ -19,7 +20,8 @@ pub use builder::{RetireTimeout, RxRingBuilder};
 pub use frame::{Frame, PacketType};
 pub use geometry::{Geometry, GeometryError};
 pub use rx::{Block, Frames, Readiness, RxCounters, RxRing};
-pub use tx::{TxCounters, TxRing, TxRingBuilder, TxSlot, TxVersion};
+pub use tx::{TxCounters, TxRing, TxSlot};
+pub use tx_builder::{TxRingBuilder, TxVersion};
 
 use std::os::fd::BorrowedFd;
 

@@ -112,7 +112,7 @@ impl RxRing {
     ///
     /// Frames borrow the block, so none can be used once the block went back:
     ///
-    /// ```compile_fail
+    /// ```compile_fail,E0597
     /// # fn f(ring: &mut fanout_core::ring::RxRing) {
     /// let data = {
     ///     let block = ring.next_block().unwrap();
@@ -324,7 +324,9 @@ pub struct Block<'r> {
 
 impl Block<'_> {
     fn lent(&self) -> &Lent {
-        self.lent.as_ref().expect("a Block holds its lent memory until Drop")
+        self.lent
+            .as_ref()
+            .expect("a Block holds its lent memory until Drop")
     }
 
     /// The frames, in arrival order, read in place.

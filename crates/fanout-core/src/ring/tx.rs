@@ -29,22 +29,10 @@ use nix::errno::Errno;
 use nix::sys::socket::MsgFlags;
 
 use super::frame::{u32_at, v2 as h2, v3 as h3};
-use super::geometry::{Constraints, Geometry};
+use super::geometry::Geometry;
 use super::mmap::Mapping;
 use super::{RingError, RingVersion, v2};
-use crate::socket::{self, PacketSocket, Protocol, SocketError};
-use crate::sys;
-
-/// Which transmit ring version to use.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum TxVersion {
-    /// V3 where the kernel supports it (≥ 4.11), else V2.
-    Auto,
-    /// TPACKET_V3 only.
-    V3,
-    /// TPACKET_V2 only.
-    V2,
-}
+use crate::socket::PacketSocket;
 
 /// Transmit counters, for the socket's life.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -61,212 +49,20 @@ pub struct TxCounters {
     pub kicks: u64,
 }
 
-/// Settings of a transmit ring. Defaults: `Auto` version, 32 blocks of 64 KiB, 2048-byte slots,
-/// protocol 0 (the socket never receives).
-#[derive(Debug, Clone)]
-pub struct TxRingBuilder {
-    interface: String,
-    geometry: Geometry,
-    version: TxVersion,
-    protocol: Protocol,
-    qdisc_bypass: bool,
-    loss: bool,
-    populate: bool,
-    dont_fork: bool,
-}
-
-impl TxRingBuilder {
-    /// A ring sending on `interface`.
-    pub fn new(interface: impl Into<String>) -> Self {
-        Self {
-            interface: interface.into(),
-            geometry: Geometry::new(1 << 16, 32, 2048),
-            version: TxVersion::Auto,
-            protocol: Protocol::NONE,
-            qdisc_bypass: false,
-            loss: false,
-            populate: true,
-            dont_fork: false,
-        }
-    }
-
-    /// The layout: slots of `frame_size` bytes, `block_size / frame_size` per block.
-    pub fn geometry(mut self, geometry: Geometry) -> Self {
-        self.geometry = geometry;
-        self
-    }
-
-    /// Ring version.
-    pub fn version(mut self, version: TxVersion) -> Self {
-        self.version = version;
-        self
-    }
-
-    /// The protocol the socket is bound with (0: it never receives).
-    pub fn protocol(mut self, protocol: Protocol) -> Self {
-        self.protocol = protocol;
-        self
-    }
-
-    /// Bypass the qdisc (`PACKET_QDISC_BYPASS`): faster, no qdisc backpressure, and other packet
-    /// sockets do not see the frames.
-    pub fn qdisc_bypass(mut self, on: bool) -> Self {
-        self.qdisc_bypass = on;
-        self
-    }
-
-    /// Skip refused frames instead of stopping at them (`PACKET_LOSS`).
-    pub fn loss(mut self, on: bool) -> Self {
-        self.loss = on;
-        self
-    }
-
-    /// Pre-fault the ring's pages at mmap (default on).
-    pub fn populate(mut self, on: bool) -> Self {
-        self.populate = on;
-        self
-    }
-
-    /// Keep forked children from inheriting the mapping (`MADV_DONTFORK`).
-    pub fn dont_fork(mut self, on: bool) -> Self {
-        self.dont_fork = on;
-        self
-    }
-
-    /// Validates, then sets up: version, loss, ring, mmap, bind, qdisc bypass.
-    pub fn build(&self) -> Result<TxRing, RingError> {
-        let interface = self.interface.clone();
-        let page_size = u32::try_from(sys::page_size()).unwrap_or(u32::MAX);
-        let constraints = |version| Constraints {
-            version,
-            page_size,
-            reserve: 0,
-            private_size: 0,
-        };
-        // V3 frames need the larger header: check against it unless V2 is forced.
-        let check = if self.version == TxVersion::V2 {
-            RingVersion::V2
-        } else {
-            RingVersion::V3
-        };
-        self.geometry
-            .validate(&constraints(check))
-            .map_err(|source| RingError::Geometry {
-                interface: interface.clone(),
-                source,
-            })?;
-        let ifindex = socket::interface_index(&self.interface)?;
-        let mut socket = PacketSocket::open()?.intended_for(&self.interface);
-        if self.loss {
-            socket.set_packet_int("PACKET_LOSS", libc::PACKET_LOSS, 1)?;
-        }
-        let version = match self.version {
-            TxVersion::V2 => self.create_ring(&socket, RingVersion::V2)?,
-            TxVersion::V3 => self.create_ring(&socket, RingVersion::V3)?,
-            TxVersion::Auto => match self.create_ring(&socket, RingVersion::V3) {
-                Ok(version) => version,
-                Err(RingError::Create {
-                    errno: Errno::EINVAL,
-                    ..
-                })
-                | Err(RingError::Socket(SocketError::SetOption {
-                    errno: Errno::EINVAL,
-                    ..
-                })) => {
-                    log::info!(
-                        "TPACKET_V3 transmit refused on {interface} (kernel < 4.11?); using V2"
-                    );
-                    self.create_ring(&socket, RingVersion::V2)?
-                }
-                Err(other) => return Err(other),
-            },
-        };
-        let len = usize::try_from(self.geometry.ring_bytes())
-            .expect("validated: ring fits the address space");
-        let map =
-            Mapping::map(socket.as_fd(), len, self.populate, self.dont_fork).map_err(|errno| {
-                RingError::Map {
-                    interface: interface.clone(),
-                    len: self.geometry.ring_bytes(),
-                    errno,
-                }
-            })?;
-        socket.bind_resolved(ifindex, interface, self.protocol)?;
-        if self.qdisc_bypass {
-            socket.set_qdisc_bypass(true)?;
-        }
-        Ok(TxRing {
-            socket,
-            map,
-            geometry: self.geometry,
-            version,
-            head: 0,
-            tail: 0,
-            in_flight: 0,
-            unkicked: 0,
-            counters: TxCounters::default(),
-        })
-    }
-
-    fn create_ring(
-        &self,
-        socket: &PacketSocket,
-        version: RingVersion,
-    ) -> Result<RingVersion, RingError> {
-        socket.set_packet_int("PACKET_VERSION", libc::PACKET_VERSION, version.raw())?;
-        let g = self.geometry;
-        let frame_nr = u32::try_from(g.frame_count()).expect("validated: tp_frame_nr fits u32");
-        // For V3 the extra fields must be zero on a transmit ring.
-        let req = libc::tpacket_req3 {
-            tp_block_size: g.block_size(),
-            tp_block_nr: g.block_count(),
-            tp_frame_size: g.frame_size(),
-            tp_frame_nr: frame_nr,
-            tp_retire_blk_tov: 0,
-            tp_sizeof_priv: 0,
-            tp_feature_req_word: 0,
-        };
-        let result = match version {
-            RingVersion::V3 => {
-                socket.set_packet_option("PACKET_TX_RING", libc::PACKET_TX_RING, &req)
-            }
-            RingVersion::V2 => {
-                let req = libc::tpacket_req {
-                    tp_block_size: req.tp_block_size,
-                    tp_block_nr: req.tp_block_nr,
-                    tp_frame_size: req.tp_frame_size,
-                    tp_frame_nr: req.tp_frame_nr,
-                };
-                socket.set_packet_option("PACKET_TX_RING", libc::PACKET_TX_RING, &req)
-            }
-        };
-        result.map(|()| version).map_err(|error| match error {
-            SocketError::SetOption { errno, .. } => RingError::Create {
-                option: "PACKET_TX_RING",
-                interface: self.interface.clone(),
-                version,
-                geometry: g,
-                errno,
-            },
-            other => other.into(),
-        })
-    }
-}
-
 /// A transmit ring on a bound packet socket.
 #[derive(Debug)]
 pub struct TxRing {
-    socket: PacketSocket,
-    map: Mapping,
-    geometry: Geometry,
-    version: RingVersion,
+    pub(super) socket: PacketSocket,
+    pub(super) map: Mapping,
+    pub(super) geometry: Geometry,
+    pub(super) version: RingVersion,
     /// Next slot to hand out.
-    head: u32,
+    pub(super) head: u32,
     /// Oldest committed slot not yet seen returned.
-    tail: u32,
-    in_flight: u32,
-    unkicked: u32,
-    counters: TxCounters,
+    pub(super) tail: u32,
+    pub(super) in_flight: u32,
+    pub(super) unkicked: u32,
+    pub(super) counters: TxCounters,
 }
 
 /// A reserved transmit slot; write the frame into [`TxSlot::buffer`] and [`TxSlot::commit`] it.
@@ -365,10 +161,12 @@ impl TxRing {
             // SAFETY: slot `slot` is the refused one or one already moved up; the kernel does
             // not touch it for the same reason.
             unsafe { self.map.user_bytes_mut(to, size) }.copy_from_slice(&moved);
-            self.map.store_status(self.status_offset(slot), libc::TP_STATUS_SEND_REQUEST);
+            self.map
+                .store_status(self.status_offset(slot), libc::TP_STATUS_SEND_REQUEST);
             slot = next;
         }
-        self.map.store_status(self.status_offset(slot), libc::TP_STATUS_AVAILABLE);
+        self.map
+            .store_status(self.status_offset(slot), libc::TP_STATUS_AVAILABLE);
         self.head = slot;
         self.in_flight -= 1;
         if self.in_flight > 0 {

@@ -36,7 +36,9 @@ pub(crate) struct Run {
 
 /// Slots in the ring (validated to fit `u32`).
 pub(crate) fn frame_count(geometry: &Geometry) -> u32 {
-    u32::try_from(geometry.frame_count()).expect("validated: tp_frame_nr fits u32").max(1)
+    u32::try_from(geometry.frame_count())
+        .expect("validated: tp_frame_nr fits u32")
+        .max(1)
 }
 
 /// The run of user-owned slots starting at `first`, at most `limit` long, or `None`.
@@ -55,7 +57,10 @@ pub(crate) fn release(map: &Mapping, geometry: &Geometry, run: Run) {
     let total = frame_count(geometry);
     for i in 0..run.count {
         let index = (run.first + i) % total;
-        map.store_status(frame_offset(geometry, index) + frame::v2::STATUS, libc::TP_STATUS_KERNEL);
+        map.store_status(
+            frame_offset(geometry, index) + frame::v2::STATUS,
+            libc::TP_STATUS_KERNEL,
+        );
     }
 }
 
@@ -81,7 +86,13 @@ pub(crate) struct V2Frames<'b> {
 /// Walks the slots of `run`, which must come from [`ready_run`] on this same mapping and
 /// geometry (the only caller, `RxRing`, owns all three together).
 pub(crate) fn frames<'b>(map: &'b Mapping, geometry: &Geometry, run: &'b Run) -> V2Frames<'b> {
-    V2Frames { map, _run: run, geometry: *geometry, next: run.first, remaining: run.count }
+    V2Frames {
+        map,
+        _run: run,
+        geometry: *geometry,
+        next: run.first,
+        remaining: run.count,
+    }
 }
 
 impl<'b> Iterator for V2Frames<'b> {

@@ -58,7 +58,10 @@ pub(crate) fn ready_block(map: &Mapping, geometry: &Geometry, index: u32) -> Opt
 /// Hands block `index` back to the kernel (release), pairing with the kernel's `smp_rmb()` in
 /// `prb_dispatch_next_block()` before it reuses the block.
 pub(crate) fn release(map: &Mapping, geometry: &Geometry, block: BlockInfo) {
-    map.store_status(block_offset(geometry, block.index) + frame::v3::BLOCK_STATUS, libc::TP_STATUS_KERNEL);
+    map.store_status(
+        block_offset(geometry, block.index) + frame::v3::BLOCK_STATUS,
+        libc::TP_STATUS_KERNEL,
+    );
 }
 
 /// Where a new owner of a running ring resumes: the user-owned block with the lowest sequence
@@ -93,7 +96,12 @@ pub(crate) struct V3Frames<'b> {
 
 /// Starts walking the frames of `info`, which must come from [`ready_block`] on this same
 /// mapping and geometry (the only caller, `RxRing`, owns all three together).
-pub(crate) fn frames<'b>(map: &'b Mapping, geometry: &Geometry, info: &'b BlockInfo, rx_hash: bool) -> V3Frames<'b> {
+pub(crate) fn frames<'b>(
+    map: &'b Mapping,
+    geometry: &Geometry,
+    info: &'b BlockInfo,
+    rx_hash: bool,
+) -> V3Frames<'b> {
     // SAFETY: `info` exists only for a block ready_block saw TP_STATUS_USER (acquire), and the
     // block goes back only through `release(info)`, which cannot run while `info` is borrowed
     // for `'b`; so the kernel does not write the block while the slice lives.

@@ -1,27 +1,37 @@
-//! The supervisor: sets up what outlives workers, starts one worker per CPU, keeps them running.
+//! The supervisor: sets up what outlives workers, starts one worker per CPU, keeps them running,
+//! and answers the control socket.
 //!
 //! The supervisor owns everything whose identity must survive a worker's death: the receive ring
 //! sockets (and so each fanout group's membership order, which decides which CPU's packets reach
-//! which ring), the IGMP memberships, and the sockets that keep unicast inputs from being answered
-//! with ICMP port-unreachable. Workers are processes of the same executable; each receives its
-//! rings over `SCM_RIGHTS` and its rules as a message, builds its table and says `Ready` with the
-//! table's checksum before it reads a single frame. Until then its ring fills and waits, so no
-//! packet is ever looked up in a partial table.
+//! which ring), the IGMP memberships, the sockets that keep unicast inputs from being answered
+//! with ICMP port-unreachable, and the authoritative rule set with its generation. Workers are
+//! processes of the same executable; each receives its rings over `SCM_RIGHTS` and its rules as a
+//! message, builds its table and says `Ready` with the table's checksum before it reads a single
+//! frame. Until then its ring fills and waits, so no packet is ever looked up in a partial table.
+//!
+//! Everything happens on one thread, in [`run`]'s loop: worker messages, signals and control
+//! requests arrive over one channel and are handled one at a time, so there are no locks.
 
+mod changes;
+mod inputs;
 mod setup;
+mod state;
+mod stats;
 mod workers;
 
 pub use setup::{Overrides, Plan, SetupError};
+pub use state::{Change, write_atomically};
 pub use workers::{WorkerEvent, WorkerSlot};
 
+use crate::control::{ControlServer, Pending};
 use crate::counters::{self, WorkerCounters};
 use crate::protocol::{FromWorker, ToWorker, WorkerStart};
 use nix::sys::signal::{SigSet, Signal};
 use nix::sys::signalfd::SignalFd;
-use std::sync::mpsc::{self, RecvTimeoutError};
+use std::sync::mpsc::{self, RecvTimeoutError, Sender};
 use std::time::{Duration, Instant};
 
-/// How often workers are asked for their counters.
+/// How often workers are asked for their counters (and their table checksum).
 const COUNTER_INTERVAL: Duration = Duration::from_secs(1);
 /// How long a worker may take to stop before it is killed.
 const STOP_GRACE: Duration = Duration::from_secs(3);
@@ -32,6 +42,9 @@ pub enum RunError {
     /// Configuration, interfaces or rings could not be set up.
     #[error(transparent)]
     Setup(#[from] SetupError),
+    /// The control socket could not be opened.
+    #[error(transparent)]
+    Control(#[from] crate::control::ControlError),
     /// A system call of the supervisor itself failed.
     #[error("{what}: {source}")]
     System {
@@ -53,6 +66,7 @@ pub struct RunOptions {
 enum Event {
     Worker(WorkerEvent),
     Signal(Signal),
+    Control(Pending),
 }
 
 /// The counters of the run, per worker slot, when it ended.
@@ -87,51 +101,26 @@ pub fn run(plan: Plan, options: &RunOptions) -> Result<RunSummary, RunError> {
         what: "signalfd",
         source: errno.into(),
     })?;
+    if plan.restored {
+        log::info!(
+            "restored {} rule(s) from the state file of {}",
+            plan.set.len(),
+            plan.path.display()
+        );
+    }
+    let control_path = plan.config.relay.control_socket_for(&plan.path);
     let mut world = plan.build()?;
-
     let (event_tx, events) = mpsc::channel::<Event>();
-    let signal_tx = event_tx.clone();
-    std::thread::Builder::new()
-        .name("signals".into())
-        .spawn(move || {
-            while let Ok(Some(info)) = signals.read_signal() {
-                if let Ok(signal) = Signal::try_from(info.ssi_signo as i32)
-                    && signal_tx.send(Event::Signal(signal)).is_err()
-                {
-                    return;
-                }
-            }
-        })
-        .map_err(|source| RunError::System {
-            what: "starting the signal thread",
-            source,
-        })?;
-    let (worker_tx, worker_events) = mpsc::channel::<WorkerEvent>();
-    std::thread::Builder::new()
-        .name("worker-events".into())
-        .spawn(move || {
-            for event in worker_events {
-                if event_tx.send(Event::Worker(event)).is_err() {
-                    return;
-                }
-            }
-        })
-        .map_err(|source| RunError::System {
-            what: "starting the worker event thread",
-            source,
-        })?;
+    let (worker_tx, control_tx) = start_forwarders(signals, event_tx)?;
+    let _control = ControlServer::start(&control_path, control_tx)?;
+    log::info!("control socket {}", control_path.display());
 
     for index in 0..world.slots.len() {
-        let start = world.start_message(world.slots[index].cpu);
-        let slot = &mut world.slots[index];
-        if let Err(error) = slot.spawn(&start, worker_tx.clone()) {
-            log::error!("worker on cpu {}: cannot start: {error}", slot.cpu);
-            slot.restart_at = Some(Instant::now() + Duration::from_millis(100));
-        }
+        world.spawn(index, &worker_tx);
     }
     log::info!(
         "relaying with {} rule(s) on {} worker(s) (cpus {:?}), fanout {:?}",
-        world.rule_count(),
+        world.state.set().len(),
         world.slots.len(),
         world.slots.iter().map(|slot| slot.cpu).collect::<Vec<_>>(),
         world.fanout
@@ -148,11 +137,8 @@ pub fn run(plan: Plan, options: &RunOptions) -> Result<RunSummary, RunError> {
             next_print = Some(now + every);
         }
         if now >= next_poll {
-            for slot in &mut world.slots {
-                if slot.process.as_ref().is_some_and(|process| process.ready) {
-                    let _ = slot.tell(&ToWorker::Counters);
-                }
-            }
+            world.sample_rates();
+            world.poll_counters();
             next_poll = now + COUNTER_INTERVAL;
         }
         let due: Vec<usize> = (0..world.slots.len())
@@ -162,46 +148,91 @@ pub fn run(plan: Plan, options: &RunOptions) -> Result<RunSummary, RunError> {
             })
             .collect();
         for index in due {
-            let start = world.start_message(world.slots[index].cpu);
-            let slot = &mut world.slots[index];
-            {
-                slot.restarts += 1;
-                match slot.spawn(&start, worker_tx.clone()) {
-                    Ok(()) => log::warn!(
-                        "worker on cpu {} restarted (restart #{})",
-                        slot.cpu,
-                        slot.restarts
-                    ),
-                    Err(error) => {
-                        log::error!("worker on cpu {}: cannot restart: {error}", slot.cpu);
-                        slot.restart_at = Some(now + Duration::from_secs(1));
-                    }
-                }
-            }
+            world.slots[index].restarts += 1;
+            world.spawn(index, &worker_tx);
         }
+        world.expire_changes(now);
         let wait = world
             .slots
             .iter()
             .filter_map(|slot| slot.restart_at)
+            .chain(world.change_deadlines())
             .chain([next_poll])
             .chain(next_print)
             .min()
             .map_or(COUNTER_INTERVAL, |at| at.saturating_duration_since(now));
         match events.recv_timeout(wait) {
             Ok(Event::Signal(Signal::SIGHUP)) => {
-                log::info!("SIGHUP: configuration reload arrives with the control plane; ignored");
+                log::info!("SIGHUP: reloading {}", world.config_path.display());
+                world.reload(None);
             }
             Ok(Event::Signal(signal)) => {
                 log::info!("{signal}: stopping workers");
                 break;
             }
             Ok(Event::Worker(event)) => world.handle(event),
+            Ok(Event::Control(pending)) => world.command(pending),
             Err(RecvTimeoutError::Timeout) => {}
             Err(RecvTimeoutError::Disconnected) => break,
         }
     }
     world.stop(&events);
     Ok(world.summary())
+}
+
+/// Starts the threads that turn signals and worker messages into events, and returns where
+/// worker reader threads and the control server send theirs.
+fn start_forwarders(
+    signals: SignalFd,
+    events: Sender<Event>,
+) -> Result<(Sender<WorkerEvent>, Sender<Pending>), RunError> {
+    let spawn = |name: &str, body: Box<dyn FnOnce() + Send>| {
+        std::thread::Builder::new()
+            .name(name.into())
+            .spawn(body)
+            .map(drop)
+            .map_err(|source| RunError::System {
+                what: "starting a supervisor thread",
+                source,
+            })
+    };
+    let signal_tx = events.clone();
+    spawn(
+        "signals",
+        Box::new(move || {
+            while let Ok(Some(info)) = signals.read_signal() {
+                if let Ok(signal) = Signal::try_from(info.ssi_signo as i32)
+                    && signal_tx.send(Event::Signal(signal)).is_err()
+                {
+                    return;
+                }
+            }
+        }),
+    )?;
+    let (worker_tx, worker_events) = mpsc::channel::<WorkerEvent>();
+    let worker_event_tx = events.clone();
+    spawn(
+        "worker-events",
+        Box::new(move || {
+            for event in worker_events {
+                if worker_event_tx.send(Event::Worker(event)).is_err() {
+                    return;
+                }
+            }
+        }),
+    )?;
+    let (control_tx, control_requests) = mpsc::channel::<Pending>();
+    spawn(
+        "control-events",
+        Box::new(move || {
+            for pending in control_requests {
+                if events.send(Event::Control(pending)).is_err() {
+                    return;
+                }
+            }
+        }),
+    )?;
+    Ok((worker_tx, control_tx))
 }
 
 impl setup::World {
@@ -215,39 +246,35 @@ impl setup::World {
         }
     }
 
+    /// Starts slot `index`'s worker with the current rule set.
+    fn spawn(&mut self, index: usize, events: &Sender<WorkerEvent>) {
+        let start = self.start_message(self.slots[index].cpu);
+        let slot = &mut self.slots[index];
+        match slot.spawn(&start, events.clone()) {
+            Ok(()) if slot.restarts > 0 => log::warn!(
+                "worker on cpu {} restarted (restart #{})",
+                slot.cpu,
+                slot.restarts
+            ),
+            Ok(()) => {}
+            Err(error) => {
+                log::error!("worker on cpu {}: cannot start: {error}", slot.cpu);
+                slot.restart_at = Some(Instant::now() + Duration::from_secs(1));
+            }
+        }
+    }
+
+    fn poll_counters(&mut self) {
+        for slot in &mut self.slots {
+            if slot.process.as_ref().is_some_and(|process| process.ready) {
+                let _ = slot.tell(&ToWorker::Counters);
+            }
+        }
+    }
+
     fn handle(&mut self, event: WorkerEvent) {
         match event {
-            WorkerEvent::Message { slot, pid, message } => {
-                let expected = self.checksum;
-                let generation = self.generation;
-                let Some(worker) = self.slots.get_mut(slot) else {
-                    return;
-                };
-                let cpu = worker.cpu;
-                let Some(process) = worker.process.as_mut().filter(|p| p.child.id() == pid) else {
-                    return;
-                };
-                match message {
-                    FromWorker::Ready {
-                        generation: their_generation,
-                        checksum,
-                    } => {
-                        if checksum != expected || their_generation != generation {
-                            log::error!(
-                                "worker on cpu {cpu} built generation {their_generation} checksum {checksum:#x}, expected generation {generation} checksum {expected:#x}: restarting it"
-                            );
-                            let _ = process.child.kill();
-                        } else {
-                            log::debug!("worker on cpu {cpu} (pid {pid}) ready");
-                            process.ready = true;
-                        }
-                    }
-                    FromWorker::Counters(counters) => process.counters = *counters,
-                    FromWorker::Failed { error } => {
-                        log::error!("worker on cpu {cpu} failed to start: {error}");
-                    }
-                }
-            }
+            WorkerEvent::Message { slot, pid, message } => self.message(slot, pid, message),
             WorkerEvent::Gone { slot, pid, error } => {
                 let Some(worker) = self.slots.get_mut(slot) else {
                     return;
@@ -262,8 +289,65 @@ impl setup::World {
                     status.map_or_else(|| "status unknown".to_owned(), |s| s.to_string()),
                     error.map(|e| format!(": {e}")).unwrap_or_default()
                 );
+                self.settle_changes();
             }
         }
+    }
+
+    fn message(&mut self, slot: usize, pid: u32, message: FromWorker) {
+        let generation = self.state.generation();
+        let expected = self.state.set().checksum();
+        let Some(worker) = self.slots.get_mut(slot) else {
+            return;
+        };
+        let cpu = worker.cpu;
+        let Some(process) = worker.process.as_mut().filter(|p| p.child.id() == pid) else {
+            return;
+        };
+        let (their_generation, checksum) = match message {
+            FromWorker::Ready {
+                generation,
+                checksum,
+            } => {
+                log::debug!("worker on cpu {cpu} (pid {pid}) ready with generation {generation}");
+                process.ready = true;
+                (generation, checksum)
+            }
+            FromWorker::Applied {
+                generation,
+                checksum,
+            } => (generation, checksum),
+            FromWorker::Counters(counters) => {
+                let seen = (counters.table_generation, counters.table_checksum);
+                process.counters = *counters;
+                seen
+            }
+            FromWorker::Failed { error } => {
+                log::error!("worker on cpu {cpu} failed to start: {error}");
+                return;
+            }
+        };
+        if their_generation == generation && checksum != expected {
+            log::warn!(
+                "worker on cpu {cpu}: table of generation {generation} has checksum {checksum:#x}, expected {expected:#x}: drift, resyncing"
+            );
+            worker.drift_repairs += 1;
+            worker.acked_generation = 0;
+            let table = self.table_message();
+            let _ = self.slots[slot].tell(&table);
+        } else if their_generation == generation {
+            worker.acked_generation = generation;
+        } else if their_generation < generation && process.ready && !worker.resyncing {
+            // A worker that started (or missed an update) before the latest change: send it the
+            // whole current set.
+            worker.resyncing = true;
+            let table = self.table_message();
+            let _ = self.slots[slot].tell(&table);
+        }
+        if self.slots[slot].acked_generation == generation {
+            self.slots[slot].resyncing = false;
+        }
+        self.settle_changes();
     }
 
     /// Asks every worker to stop, collects their final counters, and kills any that lingers.
@@ -295,6 +379,11 @@ impl setup::World {
                         worker.reap();
                     }
                 }
+                Ok(Event::Control(pending)) => {
+                    let _ = pending.reply.send(crate::control::proto::Response::refused(
+                        "the relay is stopping",
+                    ));
+                }
                 Ok(Event::Signal(_)) | Err(RecvTimeoutError::Timeout) => {}
                 Err(RecvTimeoutError::Disconnected) => break,
             }
@@ -311,10 +400,31 @@ impl setup::World {
     fn start_message(&self, cpu: u32) -> WorkerStart {
         WorkerStart {
             cpu,
-            generation: self.generation,
-            rules: self.rules.clone(),
-            interfaces: self.interfaces.clone(),
+            generation: self.state.generation(),
+            rules: self.rule_entries(),
+            interfaces: self.interface_entries(),
             ring: self.ring,
         }
+    }
+
+    fn table_message(&self) -> ToWorker {
+        ToWorker::Table {
+            generation: self.state.generation(),
+            rules: self.rule_entries(),
+            interfaces: self.interface_entries(),
+        }
+    }
+
+    fn rule_entries(&self) -> Vec<crate::config::RuleEntry> {
+        self.state.set().rules().iter().map(Into::into).collect()
+    }
+
+    fn interface_entries(&self) -> Vec<crate::protocol::InterfaceEntry> {
+        self.state
+            .set()
+            .interfaces()
+            .iter()
+            .map(Into::into)
+            .collect()
     }
 }

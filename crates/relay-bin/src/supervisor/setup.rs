@@ -1,16 +1,13 @@
 //! From a configuration file to a checked plan, and from a plan to the sockets that outlive workers.
 
+use super::inputs::Inputs;
+use super::state::{self, RuleState};
 use super::workers::WorkerSlot;
-use crate::config::{
-    ConfigError, ConfigFile, FanoutSetting, RingSection, RuleEntry, WorkersSetting,
-};
-use crate::protocol::InterfaceEntry;
+use crate::config::{ConfigError, ConfigFile, FanoutSetting, RingSection, WorkersSetting};
 use crate::rings;
-use fanout_core::igmp::{Membership, Memberships};
-use relay_rules::{Interfaces, Rule, RuleSet};
+use relay_rules::{Interfaces, RuleSet};
 use std::collections::BTreeSet;
 use std::fmt;
-use std::net::UdpSocket;
 use std::path::{Path, PathBuf};
 
 /// Why a relay could not be set up; each says what to fix.
@@ -22,7 +19,7 @@ pub enum SetupError {
     /// Rules that fail validation, every one listed.
     #[error("{}", InvalidList { path, errors })]
     Invalid {
-        /// The configuration file.
+        /// The configuration (or state) file.
         path: PathBuf,
         /// One line per problem, naming the rule and the field.
         errors: Vec<String>,
@@ -38,7 +35,7 @@ pub enum SetupError {
     /// A socket, ring or membership could not be set up.
     #[error("{what}: {error}")]
     System {
-        /// What was being set up (interface, member, group).
+        /// What was being set up.
         what: String,
         /// The error, with its syscall and errno.
         error: String,
@@ -54,7 +51,7 @@ impl fmt::Display for InvalidList<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
-            "{}: {} invalid rule field(s):",
+            "{}: {} problem(s):",
             self.path.display(),
             self.errors.len()
         )?;
@@ -70,10 +67,15 @@ impl fmt::Display for InvalidList<'_> {
 pub struct Plan {
     /// The file it came from.
     pub path: PathBuf,
+    /// The file's text, whose digest ties the state file to it.
+    pub text: String,
     /// The file's content.
     pub config: ConfigFile,
-    /// The checked rules, with the facts of every interface they name.
+    /// The checked rules, with the facts of every interface they name: the file's rules, or the
+    /// state file's when it belongs to this configuration.
     pub set: RuleSet,
+    /// Whether `set` came from the state file.
+    pub restored: bool,
     /// CPUs that get a worker, ascending.
     pub cpus: Vec<u32>,
 }
@@ -88,157 +90,107 @@ pub struct Overrides {
 }
 
 impl Plan {
-    /// Reads `path` and checks it against this host, without opening a socket.
-    pub fn load(path: &Path, overrides: &Overrides) -> Result<Plan, SetupError> {
-        let mut config = ConfigFile::load(path)?;
+    /// Reads `path` and checks it against this host, without opening a socket. With
+    /// `use_state`, the rules of the configuration's state file replace the file's own when the
+    /// state file was written from this very configuration.
+    pub fn load(path: &Path, overrides: &Overrides, use_state: bool) -> Result<Plan, SetupError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        let mut config = ConfigFile::parse(&text).map_err(|message| ConfigError::Parse {
+            path: path.to_owned(),
+            message,
+        })?;
         if let Some(workers) = &overrides.workers {
             config.relay.workers = workers.clone();
         }
         if let Some(fanout) = overrides.fanout {
             config.relay.fanout = fanout;
         }
-        let rules = config.to_rules();
-        let names: BTreeSet<&str> = rules
-            .iter()
-            .flat_map(|rule| {
-                std::iter::once(rule.input.interface.as_str())
-                    .chain(rule.outputs.iter().map(|output| output.interface.as_str()))
-            })
-            .collect();
-        // An interface that does not exist is left out of the facts: validation then names every
-        // rule and field that refers to it.
-        let interfaces: Interfaces = names
-            .into_iter()
-            .filter_map(rings::interface_facts)
-            .collect();
-        let set = rings::validate(&rules, &interfaces).map_err(|errors| SetupError::Invalid {
-            path: path.to_owned(),
-            errors,
-        })?;
+        let mut rules_from = (path.to_owned(), config.to_rules());
+        let mut restored = false;
+        if use_state {
+            let state_path = config.relay.state_file_for(path);
+            match state::restore(&state_path, &text) {
+                Ok(Some(saved)) => {
+                    rules_from = (state_path, saved.to_rules());
+                    restored = true;
+                }
+                Ok(None) => {}
+                Err(error) => log::warn!("ignoring the state file: {error}"),
+            }
+        }
+        let (rules_path, rules) = rules_from;
+        let set = check_rules(&rules_path, &rules)?;
         let cpus = choose_cpus(&config.relay.workers).map_err(|problem| SetupError::Workers {
             path: path.to_owned(),
             problem,
         })?;
         Ok(Plan {
             path: path.to_owned(),
+            text,
             config,
             set,
+            restored,
             cpus,
         })
     }
 
     /// Opens what outlives workers: receive rings in their fanout groups, memberships, sinks.
     pub(super) fn build(self) -> Result<World, SetupError> {
-        let generation = 1;
-        let checksum = rings::table(&self.set, generation).checksum();
-        let fanout = self.config.relay.fanout;
-        let ring = self.config.ring;
-        let interfaces = self.set.interfaces();
-        let inputs: BTreeSet<&str> = self
-            .set
-            .rules()
-            .iter()
-            .map(|rule| rule.input.interface.as_str())
-            .collect();
-        let members = member_cpus(fanout, &self.cpus);
+        let mut inputs = Inputs::new(
+            self.config.relay.fanout,
+            self.config.ring,
+            self.cpus.clone(),
+        );
+        let rings = inputs.sync(&self.set).map_err(|error| SetupError::System {
+            what: "setting up the inputs".into(),
+            error,
+        })?;
         let mut slots: Vec<WorkerSlot> = self
             .cpus
             .iter()
             .enumerate()
             .map(|(index, &cpu)| WorkerSlot::new(index, cpu, Vec::new()))
             .collect();
-        for &interface in &inputs {
-            let handles = rings::open_fanout_members(interface, members.len(), fanout, &ring)
-                .map_err(|error| SetupError::System {
-                    what: format!("receive rings on {interface}"),
-                    error,
-                })?;
-            for (member, handle) in handles.into_iter().enumerate() {
-                slots[serving_slot(member, &members, &self.cpus)]
-                    .rings
-                    .push(handle);
-            }
+        for (slot, handle) in rings {
+            slots[slot].rings.push(handle);
         }
-        let mut memberships = Memberships::new();
-        let mut sinks = Vec::new();
-        for rule in self.set.rules() {
-            let Some(facts) = interfaces.get(&rule.input.interface) else {
-                continue;
-            };
-            if rule.input.destination.is_multicast() {
-                let membership = Membership {
-                    ifindex: facts.index,
-                    group: rule.input.destination,
-                    source: rule.input.source,
-                };
-                memberships
-                    .join(membership)
-                    .map_err(|error| SetupError::System {
-                        what: format!("rule {:?}: joining {}", rule.name, rule.input.destination),
-                        error: error.to_string(),
-                    })?;
-            } else {
-                sinks.push(unicast_sink(rule)?);
-            }
-        }
+        let state_file = self.config.relay.state_file_for(&self.path);
         Ok(World {
             slots,
-            rules: self.set.rules().iter().map(RuleEntry::from).collect(),
-            interfaces: interfaces.iter().map(InterfaceEntry::from).collect(),
-            generation,
-            checksum,
-            ring,
-            fanout,
-            _memberships: memberships,
-            _sinks: sinks,
+            state: RuleState::new(self.set, self.config.clone(), Some(state_file), &self.text),
+            config_path: self.path,
+            ring: self.config.ring,
+            fanout: self.config.relay.fanout,
+            inputs,
+            pending: Vec::new(),
+            rates: super::stats::RateWindow::default(),
         })
     }
 }
 
-/// A socket bound to a unicast input's address and port that takes nothing: with it the kernel
-/// finds a listener and does not answer the datagrams the relay takes with ICMP port-unreachable;
-/// its filter drops every datagram before it is queued.
-fn unicast_sink(rule: &Rule) -> Result<UdpSocket, SetupError> {
-    let what = || {
-        format!(
-            "rule {:?}: binding {}:{}",
-            rule.name, rule.input.destination, rule.input.port
-        )
-    };
-    let socket = UdpSocket::bind((rule.input.destination, rule.input.port)).map_err(|error| {
-        SetupError::System {
-            what: what(),
-            error: error.to_string(),
-        }
-    })?;
-    fanout_core::bpf::attach_filter(
-        std::os::fd::AsFd::as_fd(&socket),
-        &fanout_core::bpf::BpfProgram::reject_all(),
-    )
-    .map_err(|error| SetupError::System {
-        what: what(),
-        error: error.to_string(),
-    })?;
-    Ok(socket)
-}
-
-/// The CPU whose packets each fanout member receives, in join order. With fanout `cpu` the kernel
-/// picks member `cpu % members`, so there is one member per CPU number up to the highest chosen
-/// CPU: member k then receives exactly CPU k's packets. Other modes need one member per worker.
-fn member_cpus(fanout: FanoutSetting, cpus: &[u32]) -> Vec<u32> {
-    match fanout {
-        FanoutSetting::Cpu => (0..=cpus.iter().copied().max().unwrap_or(0)).collect(),
-        _ => cpus.to_vec(),
-    }
-}
-
-/// The worker slot that serves member `member`: the worker on that member's CPU when there is
-/// one, otherwise (a CPU without a worker, under fanout `cpu`) one chosen round robin.
-fn serving_slot(member: usize, members: &[u32], cpus: &[u32]) -> usize {
-    let cpu = members[member];
-    cpus.iter()
-        .position(|&chosen| chosen == cpu)
-        .unwrap_or(member % cpus.len())
+/// Validates `rules` against the facts of the interfaces they name; `path` is where they came
+/// from, for the error.
+pub(super) fn check_rules(path: &Path, rules: &[relay_rules::Rule]) -> Result<RuleSet, SetupError> {
+    let names: BTreeSet<&str> = rules
+        .iter()
+        .flat_map(|rule| {
+            std::iter::once(rule.input.interface.as_str())
+                .chain(rule.outputs.iter().map(|output| output.interface.as_str()))
+        })
+        .collect();
+    // An interface that does not exist is left out of the facts: validation then names every
+    // rule and field that refers to it.
+    let interfaces: Interfaces = names
+        .into_iter()
+        .filter_map(rings::interface_facts)
+        .collect();
+    rings::validate(rules, &interfaces).map_err(|errors| SetupError::Invalid {
+        path: path.to_owned(),
+        errors,
+    })
 }
 
 fn choose_cpus(setting: &WorkersSetting) -> Result<Vec<u32>, String> {
@@ -271,37 +223,11 @@ fn choose_cpus(setting: &WorkersSetting) -> Result<Vec<u32>, String> {
 #[derive(Debug)]
 pub(super) struct World {
     pub(super) slots: Vec<WorkerSlot>,
-    pub(super) rules: Vec<RuleEntry>,
-    pub(super) interfaces: Vec<InterfaceEntry>,
-    pub(super) generation: u64,
-    pub(super) checksum: u64,
+    pub(super) state: RuleState,
+    pub(super) config_path: PathBuf,
     pub(super) ring: RingSection,
     pub(super) fanout: FanoutSetting,
-    _memberships: Memberships,
-    _sinks: Vec<UdpSocket>,
-}
-
-impl World {
-    pub(super) fn rule_count(&self) -> usize {
-        self.rules.len()
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn cpu_fanout_has_a_member_per_cpu_number() {
-        assert_eq!(member_cpus(FanoutSetting::Cpu, &[0, 1]), vec![0, 1]);
-        assert_eq!(member_cpus(FanoutSetting::Cpu, &[1, 3]), vec![0, 1, 2, 3]);
-        assert_eq!(member_cpus(FanoutSetting::Hash, &[1, 3]), vec![1, 3]);
-        let members = member_cpus(FanoutSetting::Cpu, &[1, 3]);
-        let served: Vec<usize> = (0..members.len())
-            .map(|member| serving_slot(member, &members, &[1, 3]))
-            .collect();
-        // CPU 1's member goes to the worker on CPU 1 (slot 0), CPU 3's to slot 1, and the CPUs
-        // without workers are spread over both.
-        assert_eq!(served, vec![0, 0, 0, 1]);
-    }
+    pub(super) inputs: Inputs,
+    pub(super) pending: Vec<super::changes::PendingChange>,
+    pub(super) rates: super::stats::RateWindow,
 }

@@ -58,6 +58,14 @@ pub struct WorkerSlot {
     pub retired: WorkerCounters,
     /// When the next start may happen after a death.
     pub restart_at: Option<Instant>,
+    /// Generation the worker last confirmed (0: none yet).
+    pub acked_generation: u64,
+    /// Times its table drifted and was resynced.
+    pub drift_repairs: u32,
+    /// Whether a whole-table resync is on its way to it.
+    pub resyncing: bool,
+    /// Restart without backoff when the process exits (it was asked to stop to take new rings).
+    pub restart_now: bool,
     backoff: Duration,
 }
 
@@ -87,7 +95,21 @@ impl WorkerSlot {
             restarts: 0,
             retired: WorkerCounters::default(),
             restart_at: None,
+            acked_generation: 0,
+            drift_repairs: 0,
+            resyncing: false,
+            restart_now: false,
             backoff: FIRST_BACKOFF,
+        }
+    }
+
+    /// `ready`, `starting` (started, table not confirmed yet) or `restarting` (no process).
+    pub fn state_name(&self) -> &'static str {
+        match &self.process {
+            Some(process) if process.ready && self.resyncing => "resyncing",
+            Some(process) if process.ready => "ready",
+            Some(_) => "starting",
+            None => "restarting",
         }
     }
 
@@ -157,7 +179,13 @@ impl WorkerSlot {
         } else {
             (self.backoff * 2).min(MAX_BACKOFF)
         };
-        self.restart_at = Some(Instant::now() + self.backoff);
+        self.acked_generation = 0;
+        self.resyncing = false;
+        if std::mem::take(&mut self.restart_now) {
+            self.restart_at = Some(Instant::now());
+        } else {
+            self.restart_at = Some(Instant::now() + self.backoff);
+        }
         status
     }
 

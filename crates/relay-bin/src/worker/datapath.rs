@@ -2,9 +2,11 @@
 //! count. Kept free of I/O behind [`Outputs`] so it is tested on plain bytes.
 
 use crate::counters::{RuleCount, WorkerCounters};
+use relay_rules::table::Insertion;
 use relay_rules::table::{CompiledOutput, RuleTable};
 use relay_rules::wire::{self, DropReason, VlanTag};
-use relay_rules::{RewriteError, RuleCounters};
+use relay_rules::{Interfaces, RewriteError, Rule, RuleCounters};
+use std::collections::HashMap;
 use std::net::SocketAddrV4;
 
 /// What became of an output frame handed to [`Outputs::write_frame`].
@@ -48,7 +50,7 @@ pub struct Datapath {
 impl Datapath {
     /// A data path serving `table`, counters at zero.
     pub fn new(table: RuleTable) -> Self {
-        let rules = vec![RuleCounters::default(); table.len()];
+        let rules = vec![RuleCounters::default(); table.id_capacity()];
         Datapath {
             table,
             rules,
@@ -128,6 +130,58 @@ impl Datapath {
                 }
             }
         }
+    }
+
+    /// Removes the rule called `name`, if there is one.
+    pub fn remove(&mut self, name: &str) {
+        self.table.remove(name);
+    }
+
+    /// Compiles and adds `rule`, whose interfaces `interfaces` describes, and returns its
+    /// outputs; its counters start at zero. A rule of another shard is not this worker's: it is
+    /// skipped and has no outputs here.
+    pub fn insert(
+        &mut self,
+        rule: &Rule,
+        interfaces: &Interfaces,
+    ) -> Result<&[CompiledOutput], String> {
+        match self.table.insert(rule, interfaces) {
+            Ok(Insertion::Inserted(id)) => {
+                let capacity = self.table.id_capacity();
+                if self.rules.len() < capacity {
+                    self.rules.resize(capacity, RuleCounters::default());
+                }
+                self.rules[id.index()] = RuleCounters::default();
+                Ok(self
+                    .table
+                    .get(id)
+                    .map_or(&[], |rule| rule.outputs.as_slice()))
+            }
+            Ok(Insertion::OtherShard(_)) => Ok(&[]),
+            Err(error) => Err(error.to_string()),
+        }
+    }
+
+    /// Sets the generation of the table after a change.
+    pub fn set_generation(&mut self, generation: u64) {
+        self.table.set_generation(generation);
+    }
+
+    /// Serves `table` from now on; rules of the same name keep their counters.
+    pub fn replace(&mut self, table: RuleTable) {
+        let old: HashMap<&str, usize> = self
+            .table
+            .rules()
+            .map(|rule| (rule.name.as_str(), rule.id.index()))
+            .collect();
+        let mut rules = vec![RuleCounters::default(); table.id_capacity()];
+        for rule in table.rules() {
+            if let Some(&index) = old.get(rule.name.as_str()) {
+                rules[rule.id.index()] = self.rules[index];
+            }
+        }
+        self.table = table;
+        self.rules = rules;
     }
 
     /// Counts datagrams a socket output refused after they were queued.

@@ -2,6 +2,8 @@
 
 use super::WorkerError;
 use super::datapath::{Datapath, Outputs, Written};
+use crate::config::{RingSection, RuleEntry};
+use crate::protocol::InterfaceEntry;
 use crate::protocol::{self, FromWorker, LineBuffer, ToWorker, WorkerStart};
 use crate::rings;
 use fanout_core::handoff::RingHandle;
@@ -10,6 +12,7 @@ use fanout_core::{RingStats, RxRing, TxRing, TxRingBuilder};
 use nix::poll::{PollFd, PollFlags, PollTimeout};
 use relay_rules::table::CompiledOutput;
 use relay_rules::{Interfaces, RewriteError, RuleSet, VlanTag};
+use smallvec::SmallVec;
 use std::net::{Ipv4Addr, SocketAddrV4, UdpSocket};
 use std::os::fd::AsFd;
 use std::os::unix::net::UnixStream;
@@ -38,6 +41,8 @@ struct Sinks {
 /// A worker with everything set up.
 pub(super) struct WorkerIo {
     cpu: u32,
+    ring: RingSection,
+    interfaces: Interfaces,
     rx: Vec<(u32, RxRing)>,
     datapath: Datapath,
     sinks: Sinks,
@@ -51,7 +56,7 @@ impl WorkerIo {
             .map_err(|error| format!("pinning to cpu {}: {error}", start.cpu))?;
         let interfaces: Interfaces = start.interfaces.iter().map(Into::into).collect();
         let rules = start.rules.iter().map(|entry| entry.to_rule()).collect();
-        let set = RuleSet::new(rules, interfaces, relay_rules::Limits::default())
+        let set = RuleSet::new(rules, interfaces.clone(), relay_rules::Limits::default())
             .map_err(|errors| format!("the rules handed over do not validate here: {errors}"))?;
         let table = rings::table(&set, start.generation);
         let mut rx = Vec::with_capacity(handles.len());
@@ -69,11 +74,13 @@ impl WorkerIo {
         };
         for rule in table.rules() {
             for output in &rule.outputs {
-                sinks.open(output, &set, start)?;
+                sinks.open(output, &interfaces, &start.ring)?;
             }
         }
         Ok(WorkerIo {
             cpu: start.cpu,
+            ring: start.ring,
+            interfaces,
             rx,
             datapath: Datapath::new(table),
             sinks,
@@ -124,6 +131,26 @@ impl WorkerIo {
                             protocol::send(&mut writer, &FromWorker::Counters(Box::new(counters)))?;
                             return Ok(());
                         }
+                        ToWorker::Update {
+                            generation,
+                            remove,
+                            add,
+                            interfaces,
+                        } => {
+                            self.update(generation, &remove, &add, &interfaces);
+                            self.send_applied(&mut writer)?;
+                        }
+                        ToWorker::Table {
+                            generation,
+                            rules,
+                            interfaces,
+                        } => {
+                            if let Err(error) = self.replace(generation, &rules, &interfaces) {
+                                log::error!("worker on cpu {}: resync refused: {error}", self.cpu);
+                            }
+                            self.send_applied(&mut writer)?;
+                        }
+                        ToWorker::CorruptTable => self.corrupt(),
                         ToWorker::Start(_) => {
                             log::warn!("worker on cpu {}: ignoring a second start", self.cpu);
                         }
@@ -133,9 +160,109 @@ impl WorkerIo {
         }
     }
 
+    fn send_applied(&self, writer: &mut UnixStream) -> Result<(), WorkerError> {
+        protocol::send(
+            writer,
+            &FromWorker::Applied {
+                generation: self.generation(),
+                checksum: self.checksum(),
+            },
+        )?;
+        Ok(())
+    }
+
+    /// Applies a change rule by rule: each insert and remove costs O(1), so the rings wait no
+    /// longer than the change itself takes.
+    fn update(
+        &mut self,
+        generation: u64,
+        remove: &[String],
+        add: &[RuleEntry],
+        interfaces: &[InterfaceEntry],
+    ) {
+        for entry in interfaces {
+            if self.interfaces.get(&entry.name) != Some(&entry.into()) {
+                self.interfaces.insert(entry.into());
+            }
+        }
+        for name in remove {
+            self.datapath.remove(name);
+        }
+        for entry in add {
+            let rule = entry.to_rule();
+            match self.datapath.insert(&rule, &self.interfaces) {
+                Ok(outputs) => {
+                    for output in outputs {
+                        if let Err(error) = self.sinks.open(output, &self.interfaces, &self.ring) {
+                            log::error!(
+                                "worker on cpu {}: rule {:?}: {error}",
+                                self.cpu,
+                                rule.name
+                            );
+                        }
+                    }
+                }
+                Err(error) => {
+                    log::error!(
+                        "worker on cpu {}: cannot add rule {:?}: {error}",
+                        self.cpu,
+                        rule.name
+                    )
+                }
+            }
+        }
+        self.datapath.set_generation(generation);
+    }
+
+    /// Replaces the whole table (a resync); counters of rules that stay are kept.
+    fn replace(
+        &mut self,
+        generation: u64,
+        rules: &[RuleEntry],
+        interfaces: &[InterfaceEntry],
+    ) -> Result<(), String> {
+        let interfaces: Interfaces = interfaces.iter().map(Into::into).collect();
+        let rules = rules.iter().map(RuleEntry::to_rule).collect();
+        let set = RuleSet::new(rules, interfaces.clone(), relay_rules::Limits::default())
+            .map_err(|errors| errors.to_string())?;
+        let table = rings::table(&set, generation);
+        for rule in table.rules() {
+            for output in &rule.outputs {
+                self.sinks.open(output, &interfaces, &self.ring)?;
+            }
+        }
+        self.interfaces = interfaces;
+        self.datapath.replace(table);
+        Ok(())
+    }
+
+    /// Damages the table without changing its generation, so that drift repair can be tested.
+    fn corrupt(&mut self) {
+        if cfg!(feature = "drift-test") {
+            let first = self
+                .datapath
+                .table()
+                .rules()
+                .next()
+                .map(|rule| rule.name.clone());
+            if let Some(name) = first {
+                log::warn!(
+                    "worker on cpu {}: dropping rule {name:?} to simulate drift",
+                    self.cpu
+                );
+                self.datapath.remove(&name);
+            }
+        } else {
+            log::warn!(
+                "worker on cpu {}: ignoring a table corruption request",
+                self.cpu
+            );
+        }
+    }
+
     /// Waits for a ring or the control socket; says which are readable.
     fn wait(&self, control: &UnixStream) -> Result<(bool, bool), WorkerError> {
-        let mut fds: Vec<PollFd<'_>> = Vec::with_capacity(self.rx.len() + 1);
+        let mut fds: SmallVec<[PollFd<'_>; 8]> = SmallVec::new();
         fds.push(PollFd::new(control.as_fd(), PollFlags::POLLIN));
         for (_, ring) in &self.rx {
             fds.push(PollFd::new(ring.socket().as_fd(), PollFlags::POLLIN));
@@ -166,7 +293,7 @@ impl WorkerIo {
                         tpid: frame.vlan_tpid().unwrap_or(0x8100),
                         tci,
                     });
-                    let partial = frame.status() & libc::TP_STATUS_CSUMNOTREADY != 0;
+                    let partial = frame.checksum_partial();
                     let now = frame.timestamp().as_nanos() as u64;
                     datapath.handle(*ifindex, frame.data(), vlan, partial, now, sinks);
                 }
@@ -204,12 +331,11 @@ impl Sinks {
     fn open(
         &mut self,
         output: &CompiledOutput,
-        set: &RuleSet,
-        start: &WorkerStart,
+        interfaces: &Interfaces,
+        ring: &RingSection,
     ) -> Result<(), String> {
         let ifindex = output.ifindex();
-        let name = set
-            .interfaces()
+        let name = interfaces
             .by_index(ifindex)
             .map(|facts| facts.name.clone())
             .ok_or_else(|| {
@@ -221,7 +347,7 @@ impl Sinks {
                     return Ok(());
                 }
                 let ring = TxRingBuilder::new(name.as_str())
-                    .geometry(rings::tx_geometry(&start.ring))
+                    .geometry(rings::tx_geometry(ring))
                     .dont_fork(true)
                     .build()
                     .map_err(|error| format!("transmit ring on {name}: {error}"))?;
@@ -241,7 +367,7 @@ impl Sinks {
                     batch: UdpBatch::new(
                         socket,
                         SOCKET_BATCH,
-                        MAX_PAYLOAD.min(start.ring.frame_size as usize * 32),
+                        MAX_PAYLOAD.min(ring.frame_size as usize * 32),
                     ),
                 });
             }

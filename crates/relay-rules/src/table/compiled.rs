@@ -1,18 +1,21 @@
 //! A rule as the data path uses it: interfaces resolved to indices, outputs to frame templates
 //! or socket destinations.
 
+use super::error::TableError;
 use crate::interface::{InterfaceFacts, Interfaces};
 use crate::replicate::{FrameTemplate, TemplateSpec, multicast_mac};
-use crate::rule::{Output, Rule, RuleKey};
-use crate::validate::is_ring_output;
+use crate::rule::{Rule, RuleKey};
+use crate::validate::{Field, InputField, OutputField, is_ring_output};
 use smallvec::SmallVec;
 use std::net::{Ipv4Addr, SocketAddrV4};
 
-/// Dense index of a rule in one [`super::RuleTable`] (`0..len`), for indexing per-rule counter
-/// arrays without hashing.
+/// Index of a rule in one [`super::RuleTable`], below [`super::RuleTable::id_capacity`], for
+/// indexing per-rule counter arrays without hashing.
 ///
-/// Ids follow the order of the rule set and are only meaningful within one table: a rule keeps
-/// its name across tables, not necessarily its id (a shard table numbers its own rules).
+/// A rule keeps its id for as long as it stays in its table; an id freed by
+/// [`super::RuleTable::remove`] is given to a later insert, whose rule then owns it (the
+/// caller resets the counters at that index). Ids are only meaningful within one table: a rule
+/// keeps its name across tables, not necessarily its id (a shard table numbers its own rules).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct RuleId(pub u32);
 
@@ -26,7 +29,7 @@ impl RuleId {
 /// A rule compiled for the data path.
 #[derive(Debug, Clone)]
 pub struct CompiledRule {
-    /// Dense index of the rule in its table.
+    /// Index of the rule in its table, stable while the rule stays.
     pub id: RuleId,
     /// The rule's name, for counters and the control protocol.
     pub name: String,
@@ -76,20 +79,43 @@ impl CompiledOutput {
     }
 }
 
-/// The facts of `name`, which validation guaranteed exist.
-fn facts<'a>(interfaces: &'a Interfaces, name: &str) -> &'a InterfaceFacts {
+/// The facts of interface `name`, which `rule` names at `field`.
+fn facts<'a>(
+    interfaces: &'a Interfaces,
+    rule: &Rule,
+    name: &str,
+    field: Field,
+) -> Result<&'a InterfaceFacts, TableError> {
     interfaces
         .get(name)
-        .expect("a RuleSet only holds rules whose interfaces are in its own facts")
+        .ok_or_else(|| TableError::UnknownInterface {
+            rule: rule.name.clone(),
+            field,
+            interface: name.to_owned(),
+        })
 }
 
-fn compile_output(output: &Output, interfaces: &Interfaces) -> CompiledOutput {
-    let facts = facts(interfaces, &output.interface);
-    let source = output
-        .source
-        .or_else(|| facts.ipv4.first().copied())
-        .expect("validation refuses an output without a source on an interface without an address");
-    match facts.mac {
+fn compile_output(
+    rule: &Rule,
+    index: usize,
+    interfaces: &Interfaces,
+) -> Result<CompiledOutput, TableError> {
+    let output = &rule.outputs[index];
+    let at = |field| Field::Output { index, field };
+    let facts = facts(
+        interfaces,
+        rule,
+        &output.interface,
+        at(OutputField::Interface),
+    )?;
+    let Some(source) = output.source.or_else(|| facts.ipv4.first().copied()) else {
+        return Err(TableError::NoSourceAddress {
+            rule: rule.name.clone(),
+            field: at(OutputField::Source),
+            interface: facts.name.clone(),
+        });
+    };
+    Ok(match facts.mac {
         Some(src_mac) if is_ring_output(output, facts) => {
             let spec = TemplateSpec {
                 src_mac,
@@ -115,20 +141,48 @@ fn compile_output(output: &Output, interfaces: &Interfaces) -> CompiledOutput {
             ttl: output.ttl,
             dscp: output.dscp,
         },
-    }
+    })
 }
 
-/// Compiles a rule of a validated set.
-pub(super) fn compile(id: RuleId, rule: &Rule, interfaces: &Interfaces) -> CompiledRule {
-    CompiledRule {
+/// Compiles `rule` against `interfaces` under id `id`, or says which interface it names that
+/// the facts lack (or lack an address of). A rule of a [`crate::RuleSet`] compiled against the
+/// set's own facts always compiles: validation checked the same things.
+pub(super) fn compile(
+    id: RuleId,
+    rule: &Rule,
+    interfaces: &Interfaces,
+) -> Result<CompiledRule, TableError> {
+    let input = facts(
+        interfaces,
+        rule,
+        &rule.input.interface,
+        Field::Input(InputField::Interface),
+    )?;
+    let mut outputs = SmallVec::with_capacity(rule.outputs.len());
+    for index in 0..rule.outputs.len() {
+        outputs.push(compile_output(rule, index, interfaces)?);
+    }
+    Ok(CompiledRule {
         id,
         name: rule.name.clone(),
         key: rule.input.key(),
-        ifindex: facts(interfaces, &rule.input.interface).index,
-        outputs: rule
-            .outputs
-            .iter()
-            .map(|output| compile_output(output, interfaces))
-            .collect(),
+        ifindex: input.index,
+        outputs,
+    })
+}
+
+/// What a freed id holds until an insert reuses it: no name, no outputs, no heap memory.
+pub(super) fn vacant(id: RuleId) -> CompiledRule {
+    CompiledRule {
+        id,
+        name: String::new(),
+        key: RuleKey {
+            interface: String::new(),
+            destination: Ipv4Addr::UNSPECIFIED,
+            port: 0,
+            source: None,
+        },
+        ifindex: 0,
+        outputs: SmallVec::new(),
     }
 }

@@ -177,6 +177,10 @@ pub enum Problem {
         /// The output port.
         port: u16,
     },
+    /// A change removes a rule the set does not have (or removes one rule twice): refused
+    /// rather than ignored, so that a mistyped name is noticed.
+    #[error("there is no rule with this name to remove")]
+    NoSuchRule,
     /// A rule without outputs would drop what it matches.
     #[error("the rule has no output")]
     NoOutputs,

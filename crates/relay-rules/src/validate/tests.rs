@@ -424,6 +424,61 @@ fn set_changes_leave_the_old_set_untouched() {
 }
 
 #[test]
+fn a_batch_of_changes_is_validated_as_a_whole() {
+    let mut b = rule("b");
+    b.input.port = 5001;
+    let set = RuleSet::new(vec![rule("a"), b], interfaces(), Limits::default()).expect("valid");
+    let names =
+        |set: &RuleSet| -> Vec<String> { set.rules().iter().map(|r| r.name.clone()).collect() };
+
+    // Removes apply first: "a" is replaced, and "c" may take the key "a" had before.
+    let mut new_a = rule("a");
+    new_a.input.port = 5002;
+    let mut c = rule("c");
+    c.outputs[0].port = 6001;
+    let changed = set
+        .with_changes(vec![new_a.clone(), c], &["a".into()])
+        .expect("a replaced, c on a's old key");
+    assert_eq!(names(&changed), ["b", "a", "c"]);
+    assert_eq!(changed.get("a"), Some(&new_a));
+
+    // Every problem at once, unknown and repeated removes named; nothing changes.
+    let errors = set
+        .with_changes(vec![rule("dup")], &["zz".into(), "b".into(), "b".into()])
+        .expect_err("zz is unknown, b is removed twice, dup has a's key");
+    let found: Vec<(String, Field, Problem)> = errors
+        .into_errors()
+        .into_iter()
+        .map(|e| (e.rule, e.field, e.problem))
+        .collect();
+    let no_such = |name: &str| (name.to_owned(), Field::Name, Problem::NoSuchRule);
+    let duplicate = (
+        "dup".to_owned(),
+        Field::Input(InputField::Destination),
+        Problem::DuplicateKey {
+            other: "a".into(),
+            key: "eth0:239.1.1.1:5000".into(),
+        },
+    );
+    assert_eq!(found, [no_such("zz"), no_such("b"), duplicate]);
+    assert_eq!(names(&set), ["a", "b"]);
+    let error = set
+        .with_changes(Vec::new(), &["zz".into()])
+        .expect_err("unknown");
+    assert_eq!(
+        error.to_string(),
+        r#"rule "zz": name: there is no rule with this name to remove"#
+    );
+
+    // An empty change is the same set; `with` is a batch of one.
+    assert_eq!(
+        names(&set.with_changes(Vec::new(), &[]).expect("no change")),
+        ["a", "b"]
+    );
+    assert!(set.with(rule("dup")).is_err());
+}
+
+#[test]
 fn new_interface_facts_are_checked_again() {
     let set = RuleSet::new(vec![rule("a")], interfaces(), Limits::default()).expect("valid");
     let mut fewer = interfaces();

@@ -1,0 +1,288 @@
+//! The control protocol, version 1: one JSON object per line each way, every request answered.
+//!
+//! A request names the protocol version and a command:
+//!
+//! ```json
+//! {"version": 1, "command": "list"}
+//! {"version": 1, "command": "add", "rule": {"name": "cam", "input": {...}, "outputs": [...]}}
+//! {"version": 1, "command": "remove", "name": "cam"}
+//! {"version": 1, "command": "remove", "key": {"interface": "eth0", "destination": "239.1.1.1", "port": 5000}}
+//! {"version": 1, "command": "save", "path": "/etc/fanout-relay/saved.toml"}
+//! {"version": 1, "command": "stats"}
+//! {"version": 1, "command": "workers"}
+//! {"version": 1, "command": "reload"}
+//! ```
+//!
+//! The answer is `{"ok": true, "result": ...}` or `{"ok": false, "error": "what was wrong"}`. A
+//! line that is not valid JSON, names another version or an unknown command, or is longer than
+//! [`MAX_REQUEST`] bytes is answered with an error, and the connection stays usable.
+
+use crate::config::RuleEntry;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::net::Ipv4Addr;
+
+/// The protocol version this build speaks.
+pub const VERSION: u32 = 1;
+/// Longest request line accepted.
+pub const MAX_REQUEST: usize = 1 << 20;
+
+/// A request as sent on the wire.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Request {
+    /// Protocol version; must be [`VERSION`].
+    pub version: u32,
+    /// What to do.
+    #[serde(flatten)]
+    pub command: Command,
+}
+
+/// The commands.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(tag = "command", rename_all = "snake_case", deny_unknown_fields)]
+pub enum Command {
+    /// Add one rule.
+    Add {
+        /// The rule, as in a configuration file.
+        rule: RuleEntry,
+    },
+    /// Remove one rule, by name or by match key.
+    Remove {
+        /// Name of the rule.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        name: Option<String>,
+        /// Match key of the rule.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        key: Option<KeyEntry>,
+    },
+    /// The running rules with their outputs.
+    List,
+    /// Write the running rules as a configuration file.
+    Save {
+        /// Where to write it (on the relay's host).
+        path: String,
+    },
+    /// Counters and rates, per rule and per worker.
+    Stats,
+    /// The workers.
+    Workers,
+    /// Re-read the configuration file and apply the difference.
+    Reload,
+}
+
+/// A rule's match key, to remove by.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct KeyEntry {
+    /// Input interface.
+    pub interface: String,
+    /// Destination address.
+    pub destination: Ipv4Addr,
+    /// UDP port.
+    pub port: u16,
+    /// Source, for a source-specific rule.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source: Option<Ipv4Addr>,
+}
+
+/// An answer as sent on the wire.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Response {
+    /// Whether the request was carried out.
+    pub ok: bool,
+    /// What it produced, when it did.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub result: Option<Reply>,
+    /// Why not, when it did not.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+impl Response {
+    /// A success carrying `reply`.
+    pub fn ok(reply: Reply) -> Self {
+        Response {
+            ok: true,
+            result: Some(reply),
+            error: None,
+        }
+    }
+
+    /// A refusal saying why.
+    pub fn refused(error: impl Into<String>) -> Self {
+        Response {
+            ok: false,
+            result: None,
+            error: Some(error.into()),
+        }
+    }
+}
+
+/// What a successful command produced.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Reply {
+    /// A change was applied.
+    Changed(ChangeReport),
+    /// The running rules.
+    Rules {
+        /// Generation of the running set.
+        generation: u64,
+        /// The rules, by name.
+        rules: Vec<RuleEntry>,
+    },
+    /// The file was written.
+    Saved {
+        /// Where.
+        path: String,
+        /// How many rules.
+        rules: usize,
+    },
+    /// Counters and rates.
+    Stats(StatsReport),
+    /// The workers.
+    Workers {
+        /// One entry per worker slot.
+        workers: Vec<WorkerReport>,
+    },
+}
+
+/// The outcome of add, remove or reload.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ChangeReport {
+    /// Generation of the running set after the change.
+    pub generation: u64,
+    /// Rules added.
+    pub added: Vec<String>,
+    /// Rules removed.
+    pub removed: Vec<String>,
+    /// CPUs of live workers that had not confirmed the generation when the answer was sent;
+    /// the supervisor keeps resyncing them.
+    pub unconfirmed: Vec<u32>,
+}
+
+/// Counters of one rule or one worker over the relay's life, with rates over the last interval.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct Rates {
+    /// Packets per second (rules: matched; workers: received).
+    pub packets_per_second: f64,
+    /// Rules: payload bits per second. Workers: frames forwarded per second.
+    pub bits_per_second: f64,
+}
+
+/// Per rule and per worker counters.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct StatsReport {
+    /// Seconds the rates were measured over.
+    pub interval_seconds: f64,
+    /// Per rule, by name.
+    pub rules: BTreeMap<String, RuleStats>,
+    /// Per worker slot.
+    pub workers: Vec<WorkerStats>,
+}
+
+/// One rule's counters.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct RuleStats {
+    /// Packets matched since start.
+    pub packets: u64,
+    /// Payload bytes matched since start.
+    pub bytes: u64,
+    /// Rates over the last interval.
+    pub rates: Rates,
+}
+
+/// One worker's counters.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct WorkerStats {
+    /// CPU of the worker.
+    pub cpu: u32,
+    /// Every counter since start (all processes of this slot).
+    pub counters: crate::counters::WorkerCounters,
+    /// Received packets per second and received bits per second over the last interval.
+    pub rates: Rates,
+    /// This worker's share of the packets all workers received in the interval (0..=1).
+    pub share: f64,
+}
+
+/// One worker slot.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct WorkerReport {
+    /// CPU it is pinned to.
+    pub cpu: u32,
+    /// Process id, when running.
+    pub pid: Option<u32>,
+    /// `starting`, `ready`, `restarting`, `resyncing`.
+    pub state: String,
+    /// Restarts so far.
+    pub restarts: u32,
+    /// Generation of the table the worker confirmed.
+    pub generation: u64,
+    /// Times its table was found to differ from the supervisor's and was repaired.
+    pub drift_repairs: u32,
+    /// Frames received.
+    pub received: u64,
+    /// Frames forwarded.
+    pub forwarded: u64,
+}
+
+/// Parses one request line; the error says what is wrong with it.
+pub fn parse_request(line: &[u8]) -> Result<Request, String> {
+    if line.len() > MAX_REQUEST {
+        return Err(format!("request longer than {MAX_REQUEST} bytes"));
+    }
+    let value: serde_json::Value =
+        serde_json::from_slice(line).map_err(|error| format!("not a JSON object: {error}"))?;
+    match value.get("version").and_then(serde_json::Value::as_u64) {
+        Some(version) if version == u64::from(VERSION) => {}
+        Some(version) => {
+            return Err(format!(
+                "protocol version {version} is not spoken here (this relay speaks {VERSION})"
+            ));
+        }
+        None => return Err(format!("missing \"version\": {VERSION}")),
+    }
+    serde_json::from_value(value).map_err(|error| format!("bad request: {error}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn requests_parse_and_refuse_with_reasons() {
+        assert_eq!(
+            parse_request(br#"{"version":1,"command":"list"}"#),
+            Ok(Request {
+                version: 1,
+                command: Command::List
+            })
+        );
+        let remove = parse_request(br#"{"version":1,"command":"remove","name":"cam"}"#)
+            .expect("valid remove");
+        assert!(matches!(remove.command, Command::Remove { name: Some(ref n), .. } if n == "cam"));
+        let error = parse_request(br#"{"version":2,"command":"list"}"#).expect_err("version 2");
+        assert!(error.contains("version 2"), "{error}");
+        let error = parse_request(br#"{"command":"list"}"#).expect_err("no version");
+        assert!(error.contains("version"), "{error}");
+        let error = parse_request(br#"{"version":1,"command":"explode"}"#).expect_err("unknown");
+        assert!(error.contains("explode"), "{error}");
+        let error = parse_request(b"\x00\xff garbage").expect_err("garbage");
+        assert!(error.contains("JSON"), "{error}");
+        let error = parse_request(br#"{"version":1,"command":"add","rule":{"name":"x"}}"#)
+            .expect_err("incomplete rule");
+        assert!(error.contains("input"), "{error}");
+    }
+
+    #[test]
+    fn responses_round_trip() {
+        let response = Response::ok(Reply::Changed(ChangeReport {
+            generation: 3,
+            added: vec!["a".into()],
+            ..ChangeReport::default()
+        }));
+        let text = serde_json::to_string(&response).expect("serialisable");
+        let back: Response = serde_json::from_str(&text).expect("parses back");
+        assert_eq!(back, response);
+    }
+}

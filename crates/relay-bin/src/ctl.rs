@@ -1,0 +1,287 @@
+//! `fanout-relay ctl`: the control socket's client, with human tables or JSON.
+
+use crate::cli::{CtlArgs, CtlCommand};
+use crate::config::{ConfigFile, InputEntry, OutputEntry, RUN_DIR, RuleEntry};
+use crate::control::proto::{Command, KeyEntry, Reply, Request, Response, VERSION};
+use std::fmt::Write as _;
+use std::net::Ipv4Addr;
+use std::path::{Path, PathBuf};
+
+/// Runs one `ctl` command; `Err` carries the message to print and means exit status 1.
+pub fn run(args: &CtlArgs) -> Result<(), String> {
+    let socket = socket_path(args)?;
+    let command = command(&args.command)?;
+    let response = crate::control::call(
+        &socket,
+        &Request {
+            version: VERSION,
+            command,
+        },
+    )
+    .map_err(|error| format!("{}: {error}", socket.display()))?;
+    if args.json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&response).map_err(|error| error.to_string())?
+        );
+    } else if let Some(reply) = &response.result {
+        print!("{}", render(reply));
+    }
+    match response {
+        Response { ok: true, .. } => Ok(()),
+        Response { error, .. } => Err(error.unwrap_or_else(|| "refused".into())),
+    }
+}
+
+/// The socket to talk to: `--socket`, else the one of `--config`, else the only socket in the
+/// default directory.
+fn socket_path(args: &CtlArgs) -> Result<PathBuf, String> {
+    if let Some(path) = &args.socket {
+        return Ok(path.clone());
+    }
+    if let Some(config) = &args.config {
+        let file = ConfigFile::load(config).map_err(|error| error.to_string())?;
+        return Ok(file.relay.control_socket_for(config));
+    }
+    let sockets: Vec<PathBuf> = std::fs::read_dir(RUN_DIR)
+        .map(|entries| {
+            entries
+                .filter_map(Result::ok)
+                .map(|entry| entry.path())
+                .filter(|path| path.extension().is_some_and(|ext| ext == "sock"))
+                .collect()
+        })
+        .unwrap_or_default();
+    match sockets.as_slice() {
+        [one] => Ok(one.clone()),
+        [] => Err(format!(
+            "no relay control socket in {RUN_DIR}: is the relay running? (or give --socket / --config)"
+        )),
+        _ => Err(format!(
+            "several relays run here ({}): say which with --socket or --config",
+            sockets
+                .iter()
+                .map(|path| path.display().to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
+        )),
+    }
+}
+
+fn command(command: &CtlCommand) -> Result<Command, String> {
+    Ok(match command {
+        CtlCommand::List => Command::List,
+        CtlCommand::Stats => Command::Stats,
+        CtlCommand::Workers => Command::Workers,
+        CtlCommand::Reload => Command::Reload,
+        CtlCommand::Save { file } => Command::Save {
+            path: absolute(file)?.display().to_string(),
+        },
+        CtlCommand::Remove { name, key } => Command::Remove {
+            name: name.clone(),
+            key: key.as_deref().map(parse_key).transpose()?,
+        },
+        CtlCommand::Add {
+            name,
+            input,
+            outputs,
+            toml,
+        } => Command::Add {
+            rule: match (toml, name, input) {
+                (Some(path), None, None) if outputs.is_empty() => rule_from_toml(path)?,
+                (None, Some(name), Some(input)) if !outputs.is_empty() => RuleEntry {
+                    name: name.clone(),
+                    input: parse_input(input)?,
+                    outputs: outputs
+                        .iter()
+                        .map(|o| parse_output(o))
+                        .collect::<Result<_, _>>()?,
+                },
+                _ => {
+                    return Err(
+                        "add takes NAME INPUT OUTPUT... or --toml FILE (see `ctl add --help`)"
+                            .into(),
+                    );
+                }
+            },
+        },
+    })
+}
+
+fn absolute(path: &Path) -> Result<PathBuf, String> {
+    std::path::absolute(path).map_err(|error| format!("{}: {error}", path.display()))
+}
+
+/// Reads one `[[rule]]` from a TOML file (`-`: standard input).
+fn rule_from_toml(path: &Path) -> Result<RuleEntry, String> {
+    let text = if path == Path::new("-") {
+        std::io::read_to_string(std::io::stdin()).map_err(|error| format!("stdin: {error}"))?
+    } else {
+        std::fs::read_to_string(path).map_err(|error| format!("{}: {error}", path.display()))?
+    };
+    let file = ConfigFile::parse(&text).map_err(|error| format!("{}: {error}", path.display()))?;
+    match <[RuleEntry; 1]>::try_from(file.rules) {
+        Ok([rule]) => Ok(rule),
+        Err(rules) => Err(format!(
+            "{}: expected exactly one [[rule]], found {}",
+            path.display(),
+            rules.len()
+        )),
+    }
+}
+
+/// `IFACE:DESTINATION:PORT[@SOURCE]`.
+pub fn parse_input(text: &str) -> Result<InputEntry, String> {
+    let (main, source) = match text.split_once('@') {
+        Some((main, source)) => (main, Some(parse_addr(source, "source")?)),
+        None => (text, None),
+    };
+    let (interface, destination, port) = parse_endpoint(main)?;
+    Ok(InputEntry {
+        interface,
+        destination,
+        port,
+        source,
+    })
+}
+
+/// `IFACE:DESTINATION:PORT[,ttl=N][,source=A][,dscp=N][,vlan=N]`.
+pub fn parse_output(text: &str) -> Result<OutputEntry, String> {
+    let mut parts = text.split(',');
+    let (interface, destination, port) = parse_endpoint(parts.next().unwrap_or_default())?;
+    let mut output = OutputEntry {
+        interface,
+        destination,
+        port,
+        ttl: None,
+        source: None,
+        dscp: None,
+        vlan: None,
+    };
+    for option in parts {
+        let (key, value) = option
+            .split_once('=')
+            .ok_or_else(|| format!("`{option}`: expected key=value (ttl, source, dscp, vlan)"))?;
+        let bad = |what: &str| format!("`{option}`: {what} must be a number in range");
+        match key {
+            "ttl" => output.ttl = Some(value.parse().map_err(|_| bad("ttl"))?),
+            "dscp" => output.dscp = Some(value.parse().map_err(|_| bad("dscp"))?),
+            "vlan" => output.vlan = Some(value.parse().map_err(|_| bad("vlan"))?),
+            "source" => output.source = Some(parse_addr(value, "source")?),
+            _ => {
+                return Err(format!(
+                    "`{option}`: unknown output option (ttl, source, dscp, vlan)"
+                ));
+            }
+        }
+    }
+    Ok(output)
+}
+
+fn parse_key(text: &str) -> Result<KeyEntry, String> {
+    let input = parse_input(text)?;
+    Ok(KeyEntry {
+        interface: input.interface,
+        destination: input.destination,
+        port: input.port,
+        source: input.source,
+    })
+}
+
+fn parse_endpoint(text: &str) -> Result<(String, Ipv4Addr, u16), String> {
+    let mut parts = text.splitn(3, ':');
+    match (parts.next(), parts.next(), parts.next()) {
+        (Some(interface), Some(address), Some(port)) if !interface.is_empty() => Ok((
+            interface.to_owned(),
+            parse_addr(address, "address")?,
+            port.parse()
+                .map_err(|_| format!("`{text}`: `{port}` is not a UDP port"))?,
+        )),
+        _ => Err(format!("`{text}`: expected INTERFACE:ADDRESS:PORT")),
+    }
+}
+
+fn parse_addr(text: &str, what: &str) -> Result<Ipv4Addr, String> {
+    text.parse()
+        .map_err(|_| format!("`{text}` is not an IPv4 {what}"))
+}
+
+/// The human form of a reply.
+pub fn render(reply: &Reply) -> String {
+    let mut out = String::new();
+    match reply {
+        Reply::Changed(report) => {
+            let _ = writeln!(
+                out,
+                "generation {}: added {:?}, removed {:?}",
+                report.generation, report.added, report.removed
+            );
+            if !report.unconfirmed.is_empty() {
+                let _ = writeln!(
+                    out,
+                    "not yet confirmed by the workers on cpus {:?} (being resynced)",
+                    report.unconfirmed
+                );
+            }
+        }
+        Reply::Rules { generation, rules } => {
+            let _ = writeln!(out, "generation {generation}, {} rule(s)", rules.len());
+            for rule in rules {
+                let input = &rule.input;
+                let source = input.source.map(|s| format!("@{s}")).unwrap_or_default();
+                let _ = writeln!(
+                    out,
+                    "{:<24} {}:{}:{}{source}",
+                    rule.name, input.interface, input.destination, input.port
+                );
+                for output in &rule.outputs {
+                    let _ = writeln!(
+                        out,
+                        "{:<24}   -> {}:{}:{} ttl {}{}{}",
+                        "",
+                        output.interface,
+                        output.destination,
+                        output.port,
+                        output.ttl.unwrap_or(crate::config::DEFAULT_TTL),
+                        output
+                            .source
+                            .map(|s| format!(" from {s}"))
+                            .unwrap_or_default(),
+                        output
+                            .dscp
+                            .map(|d| format!(" dscp {d}"))
+                            .unwrap_or_default()
+                    );
+                }
+            }
+        }
+        Reply::Saved { path, rules } => {
+            let _ = writeln!(out, "wrote {rules} rule(s) to {path}");
+        }
+        Reply::Stats(stats) => out.push_str(&crate::ctl_tables::stats(stats)),
+        Reply::Workers { workers } => out.push_str(&crate::ctl_tables::workers(workers)),
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn compact_rules_parse() {
+        let input = parse_input("eth0:239.1.1.1:5000@192.0.2.10").expect("valid input");
+        assert_eq!(input.interface, "eth0");
+        assert_eq!(input.port, 5000);
+        assert_eq!(input.source, Some(Ipv4Addr::new(192, 0, 2, 10)));
+        let output = parse_output("eth1:239.2.2.2:6000,ttl=4,dscp=46,source=10.0.0.1")
+            .expect("valid output");
+        assert_eq!(output.ttl, Some(4));
+        assert_eq!(output.dscp, Some(46));
+        assert_eq!(output.source, Some(Ipv4Addr::new(10, 0, 0, 1)));
+        assert!(parse_output("eth1:239.2.2.2:6000,color=red").is_err());
+        assert!(parse_input("eth0:239.1.1:5000").is_err());
+        assert!(parse_input("eth0:239.1.1.1:99999").is_err());
+        assert!(parse_input(":239.1.1.1:1").is_err());
+    }
+}

@@ -1,0 +1,125 @@
+//! The human tables of `ctl stats` and `ctl workers`.
+
+use crate::control::proto::{StatsReport, WorkerReport};
+use std::fmt::Write as _;
+
+/// Per-rule and per-worker counters with rates, and how evenly the workers share the load.
+pub fn stats(stats: &StatsReport) -> String {
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "{:<24} {:>12} {:>14} {:>10} {:>12}",
+        "rule", "packets", "bytes", "pps", "bit/s"
+    );
+    for (name, rule) in &stats.rules {
+        let _ = writeln!(
+            out,
+            "{:<24} {:>12} {:>14} {:>10.0} {:>12}",
+            name,
+            rule.packets,
+            rule.bytes,
+            rule.rates.packets_per_second,
+            si(rule.rates.bits_per_second)
+        );
+    }
+    let _ = writeln!(
+        out,
+        "\n{:>4} {:>12} {:>12} {:>9} {:>9} {:>8} {:>9} {:>10} {:>6}",
+        "cpu",
+        "received",
+        "forwarded",
+        "no_rule",
+        "malformed",
+        "tx_full",
+        "drops",
+        "rx pps",
+        "share"
+    );
+    for worker in &stats.workers {
+        let counters = &worker.counters;
+        let _ = writeln!(
+            out,
+            "{:>4} {:>12} {:>12} {:>9} {:>9} {:>8} {:>9} {:>10.0} {:>5.1}%",
+            worker.cpu,
+            counters.received,
+            counters.forwarded,
+            counters.no_rule,
+            counters.malformed_total(),
+            counters.tx_full,
+            counters.kernel_drops,
+            worker.rates.packets_per_second,
+            worker.share * 100.0
+        );
+    }
+    let shares: Vec<f64> = stats.workers.iter().map(|worker| worker.share).collect();
+    if let Some(imbalance) = imbalance(&shares) {
+        let _ = writeln!(
+            out,
+            "imbalance (max share / mean share) over the last {:.1} s: {imbalance:.2}",
+            stats.interval_seconds
+        );
+    }
+    out
+}
+
+/// The worker slots.
+pub fn workers(workers: &[WorkerReport]) -> String {
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "{:>4} {:>8} {:<10} {:>8} {:>10} {:>6} {:>12} {:>12}",
+        "cpu", "pid", "state", "restarts", "generation", "drift", "received", "forwarded"
+    );
+    for worker in workers {
+        let _ = writeln!(
+            out,
+            "{:>4} {:>8} {:<10} {:>8} {:>10} {:>6} {:>12} {:>12}",
+            worker.cpu,
+            worker
+                .pid
+                .map_or_else(|| "-".to_owned(), |pid| pid.to_string()),
+            worker.state,
+            worker.restarts,
+            worker.generation,
+            worker.drift_repairs,
+            worker.received,
+            worker.forwarded
+        );
+    }
+    out
+}
+
+/// Max share over mean share (1.0 is perfectly even), when any packet arrived.
+pub fn imbalance(shares: &[f64]) -> Option<f64> {
+    let total: f64 = shares.iter().sum();
+    if shares.is_empty() || total <= 0.0 {
+        return None;
+    }
+    let mean = total / shares.len() as f64;
+    let max = shares.iter().copied().fold(0.0, f64::max);
+    Some(max / mean)
+}
+
+/// `1.5M`, `20k`: rates read at a glance.
+fn si(value: f64) -> String {
+    match value {
+        v if v >= 1e9 => format!("{:.2}G", v / 1e9),
+        v if v >= 1e6 => format!("{:.2}M", v / 1e6),
+        v if v >= 1e3 => format!("{:.1}k", v / 1e3),
+        v => format!("{v:.0}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn imbalance_is_max_over_mean() {
+        assert_eq!(imbalance(&[0.5, 0.5]), Some(1.0));
+        assert_eq!(imbalance(&[1.0, 0.0]), Some(2.0));
+        assert_eq!(imbalance(&[0.0, 0.0]), None);
+        assert_eq!(si(1_500_000.0), "1.50M");
+        assert_eq!(si(999.0), "999");
+    }
+}

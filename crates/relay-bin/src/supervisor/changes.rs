@@ -1,0 +1,268 @@
+//! Control commands, and changes to the rule set applied to every worker with acknowledgement.
+
+use super::setup::{World, check_rules};
+use super::state::Change;
+use crate::config::{ConfigFile, RuleEntry};
+use crate::control::Pending;
+use crate::control::proto::{ChangeReport, Command, KeyEntry, Reply, Response, WorkerReport};
+use crate::protocol::{InterfaceEntry, ToWorker};
+use std::path::Path;
+use std::sync::mpsc::Sender;
+use std::time::{Duration, Instant};
+
+/// How long a change waits for every live worker to confirm it before answering anyway.
+const CONFIRM_WITHIN: Duration = Duration::from_secs(3);
+
+/// A change that was applied and is waiting for the workers' confirmations.
+#[derive(Debug)]
+pub(super) struct PendingChange {
+    report: ChangeReport,
+    reply: Option<Sender<Response>>,
+    deadline: Instant,
+}
+
+impl World {
+    /// Carries out one control request and answers it (now, or once the workers confirmed).
+    pub(super) fn command(&mut self, pending: Pending) {
+        let Pending { request, reply } = pending;
+        let answer = match request.command {
+            Command::List => Response::ok(Reply::Rules {
+                generation: self.state.generation(),
+                rules: self.rule_entries(),
+            }),
+            Command::Save { path } => match self.state.save(Path::new(&path)) {
+                Ok(()) => Response::ok(Reply::Saved {
+                    path,
+                    rules: self.state.set().len(),
+                }),
+                Err(error) => Response::refused(format!("cannot write {path}: {error}")),
+            },
+            Command::Stats => Response::ok(Reply::Stats(self.stats_report())),
+            Command::Workers => Response::ok(Reply::Workers {
+                workers: self.worker_reports(),
+            }),
+            Command::Add { rule } => {
+                let change = Change {
+                    remove: Vec::new(),
+                    add: vec![rule.to_rule()],
+                };
+                return self.apply(change, Some(reply));
+            }
+            Command::Remove { name, key } => match self.resolve(name, key) {
+                Ok(name) => {
+                    let change = Change {
+                        remove: vec![name],
+                        add: Vec::new(),
+                    };
+                    return self.apply(change, Some(reply));
+                }
+                Err(error) => Response::refused(error),
+            },
+            Command::Reload => return self.reload(Some(reply)),
+        };
+        let _ = reply.send(answer);
+    }
+
+    /// Re-reads the configuration file and applies the difference to the running rules. A file
+    /// that does not parse or validate changes nothing and is reported.
+    pub(super) fn reload(&mut self, reply: Option<Sender<Response>>) {
+        let path = self.config_path.clone();
+        let loaded = ConfigFile::load(&path)
+            .map_err(|error| error.to_string())
+            .and_then(|config| {
+                let rules = config.to_rules();
+                check_rules(&path, &rules)
+                    .map(|_| rules)
+                    .map_err(|error| error.to_string())
+            });
+        match loaded {
+            Ok(rules) => {
+                let change = Change::between(self.state.set().rules(), &rules);
+                self.apply(change, reply);
+            }
+            Err(error) => {
+                log::error!("reload refused, nothing changed: {error}");
+                if let Some(reply) = reply {
+                    let _ = reply.send(Response::refused(format!("reload refused: {error}")));
+                }
+            }
+        }
+    }
+
+    /// Validates `change` as a whole, makes it the running set, tells the workers, and answers
+    /// once they confirmed. A refused change leaves everything as it was.
+    fn apply(&mut self, change: Change, reply: Option<Sender<Response>>) {
+        let refuse = |reply: Option<Sender<Response>>, error: String| {
+            log::warn!("change refused, nothing changed: {error}");
+            if let Some(reply) = reply {
+                let _ = reply.send(Response::refused(error));
+            }
+        };
+        let set = match self.state.check(&change) {
+            Ok(set) => set,
+            Err(error) => return refuse(reply, error),
+        };
+        let new_rings = match self.inputs.sync(&set) {
+            Ok(rings) => rings,
+            Err(error) => return refuse(reply, error),
+        };
+        let previous = self.state.set().clone();
+        let generation = match self.state.commit(set) {
+            Ok(generation) => generation,
+            Err(error) => {
+                // Put the memberships back as they were for the set that keeps running.
+                let _ = self.inputs.sync(&previous);
+                return refuse(reply, format!("cannot write the state file: {error}"));
+            }
+        };
+        let report = ChangeReport {
+            generation,
+            added: change.add.iter().map(|rule| rule.name.clone()).collect(),
+            removed: change.remove.clone(),
+            unconfirmed: Vec::new(),
+        };
+        log::info!(
+            "generation {generation}: added {:?}, removed {:?}",
+            report.added,
+            report.removed
+        );
+        if new_rings.is_empty() {
+            let update = ToWorker::Update {
+                generation,
+                remove: change.remove,
+                add: change.add.iter().map(RuleEntry::from).collect(),
+                interfaces: self
+                    .state
+                    .set()
+                    .interfaces()
+                    .iter()
+                    .map(InterfaceEntry::from)
+                    .collect(),
+            };
+            for slot in &mut self.slots {
+                if slot.process.as_ref().is_some_and(|process| process.ready) {
+                    let _ = slot.tell(&update);
+                }
+            }
+        } else {
+            // A new input interface: its rings go to the workers, which take rings only when
+            // they start, so each worker is restarted in turn. The rings keep filling meanwhile.
+            for (slot, handle) in new_rings {
+                self.slots[slot].rings.push(handle);
+            }
+            for slot in &mut self.slots {
+                if slot.process.is_some() {
+                    let _ = slot.tell(&ToWorker::Stop);
+                    slot.restart_now = true;
+                }
+            }
+        }
+        self.pending.push(PendingChange {
+            report,
+            reply,
+            deadline: Instant::now() + CONFIRM_WITHIN,
+        });
+        self.settle_changes();
+    }
+
+    /// Answers every pending change that all live, ready workers have confirmed.
+    pub(super) fn settle_changes(&mut self) {
+        let confirmed = |world: &World, generation: u64| {
+            world
+                .slots
+                .iter()
+                .filter(|slot| slot.process.as_ref().is_some_and(|process| process.ready))
+                .all(|slot| slot.acked_generation >= generation)
+        };
+        let mut index = 0;
+        while index < self.pending.len() {
+            if confirmed(self, self.pending[index].report.generation) {
+                let change = self.pending.remove(index);
+                if let Some(reply) = change.reply {
+                    let _ = reply.send(Response::ok(Reply::Changed(change.report)));
+                }
+            } else {
+                index += 1;
+            }
+        }
+    }
+
+    /// Answers pending changes whose confirmation took too long, naming the workers that did not
+    /// confirm (they are resynced when they next report).
+    pub(super) fn expire_changes(&mut self, now: Instant) {
+        let mut index = 0;
+        while index < self.pending.len() {
+            if self.pending[index].deadline <= now {
+                let mut change = self.pending.remove(index);
+                change.report.unconfirmed = self
+                    .slots
+                    .iter()
+                    .filter(|slot| slot.acked_generation < change.report.generation)
+                    .map(|slot| slot.cpu)
+                    .collect();
+                log::warn!(
+                    "generation {}: workers on cpus {:?} did not confirm in time; resyncing them",
+                    change.report.generation,
+                    change.report.unconfirmed
+                );
+                if let Some(reply) = change.reply {
+                    let _ = reply.send(Response::ok(Reply::Changed(change.report)));
+                }
+            } else {
+                index += 1;
+            }
+        }
+    }
+
+    /// When the loop must wake up for a pending change's deadline.
+    pub(super) fn change_deadlines(&self) -> impl Iterator<Item = Instant> + '_ {
+        self.pending.iter().map(|change| change.deadline)
+    }
+
+    fn resolve(&self, name: Option<String>, key: Option<KeyEntry>) -> Result<String, String> {
+        match (name, key) {
+            (Some(name), None) => Ok(name),
+            (None, Some(key)) => self
+                .state
+                .set()
+                .rules()
+                .iter()
+                .find(|rule| {
+                    rule.input.interface == key.interface
+                        && rule.input.destination == key.destination
+                        && rule.input.port == key.port
+                        && rule.input.source == key.source
+                })
+                .map(|rule| rule.name.clone())
+                .ok_or_else(|| {
+                    format!(
+                        "no rule matches {}:{}:{}{}",
+                        key.interface,
+                        key.destination,
+                        key.port,
+                        key.source.map(|s| format!(" from {s}")).unwrap_or_default()
+                    )
+                }),
+            _ => Err("remove takes either \"name\" or \"key\", not both or neither".into()),
+        }
+    }
+
+    fn worker_reports(&self) -> Vec<WorkerReport> {
+        self.slots
+            .iter()
+            .map(|slot| {
+                let counters = slot.counters();
+                WorkerReport {
+                    cpu: slot.cpu,
+                    pid: slot.process.as_ref().map(|process| process.child.id()),
+                    state: slot.state_name().into(),
+                    restarts: slot.restarts,
+                    generation: slot.acked_generation,
+                    drift_repairs: slot.drift_repairs,
+                    received: counters.received,
+                    forwarded: counters.forwarded,
+                }
+            })
+            .collect()
+    }
+}

@@ -1,0 +1,122 @@
+//! Rates: counters sampled once per counter interval, and the difference between two samples.
+
+use super::setup::World;
+use crate::control::proto::{Rates, RuleStats, StatsReport, WorkerStats};
+use crate::counters::WorkerCounters;
+use std::collections::BTreeMap;
+use std::time::Instant;
+
+/// The two latest samples of every worker slot's counters.
+#[derive(Debug, Default)]
+pub(crate) struct RateWindow {
+    previous: Option<(Instant, Vec<WorkerCounters>)>,
+    latest: Option<(Instant, Vec<WorkerCounters>)>,
+}
+
+impl RateWindow {
+    /// Records a sample.
+    pub(crate) fn sample(&mut self, now: Instant, counters: Vec<WorkerCounters>) {
+        self.previous = self.latest.take();
+        self.latest = Some((now, counters));
+    }
+}
+
+impl World {
+    /// Samples the counters for the rates (called once per counter interval).
+    pub(super) fn sample_rates(&mut self) {
+        let counters = self.slots.iter().map(|slot| slot.counters()).collect();
+        self.rates.sample(Instant::now(), counters);
+    }
+
+    /// Counters per rule and per worker, with rates over the last interval and each worker's
+    /// share of the packets received in it.
+    pub(super) fn stats_report(&self) -> StatsReport {
+        let current: Vec<WorkerCounters> = self.slots.iter().map(|slot| slot.counters()).collect();
+        let (interval, before) = match (&self.rates.previous, &self.rates.latest) {
+            (Some((then, before)), Some((now, _))) => {
+                (now.duration_since(*then).as_secs_f64(), Some(before))
+            }
+            _ => (0.0, None),
+        };
+        let after: Vec<WorkerCounters> = match &self.rates.latest {
+            Some((_, latest)) => latest.clone(),
+            None => current.clone(),
+        };
+        let after = after.as_slice();
+        let per_second = |delta: u64| {
+            if interval > 0.0 {
+                delta as f64 / interval
+            } else {
+                0.0
+            }
+        };
+        let mut rules: BTreeMap<String, RuleStats> = BTreeMap::new();
+        for counters in &current {
+            for (name, count) in &counters.rules {
+                let entry = rules.entry(name.clone()).or_default();
+                entry.packets += count.packets;
+                entry.bytes += count.bytes;
+            }
+        }
+        for rule in self.state.set().rules() {
+            rules.entry(rule.name.clone()).or_default();
+        }
+        let rule_total = |sample: &[WorkerCounters], name: &str| -> (u64, u64) {
+            sample
+                .iter()
+                .filter_map(|counters| counters.rules.get(name))
+                .fold((0, 0), |(p, b), count| (p + count.packets, b + count.bytes))
+        };
+        for (name, stats) in &mut rules {
+            if let Some(before) = before {
+                let (p1, b1) = rule_total(after, name);
+                let (p0, b0) = rule_total(before, name);
+                stats.rates = Rates {
+                    packets_per_second: per_second(p1.saturating_sub(p0)),
+                    bits_per_second: per_second(b1.saturating_sub(b0) * 8),
+                };
+            }
+        }
+        let received_in_interval: Vec<u64> = match before {
+            Some(before) => after
+                .iter()
+                .zip(before)
+                .map(|(a, b)| a.received.saturating_sub(b.received))
+                .collect(),
+            None => vec![0; after.len()],
+        };
+        let total: u64 = received_in_interval.iter().sum();
+        let workers = current
+            .into_iter()
+            .enumerate()
+            .map(|(index, counters)| {
+                let delta = received_in_interval.get(index).copied().unwrap_or(0);
+                let forwarded = match before {
+                    Some(before) => after
+                        .get(index)
+                        .zip(before.get(index))
+                        .map_or(0, |(a, b)| a.forwarded.saturating_sub(b.forwarded)),
+                    None => 0,
+                };
+                WorkerStats {
+                    cpu: counters.cpu,
+                    rates: Rates {
+                        packets_per_second: per_second(delta),
+                        bits_per_second: per_second(forwarded),
+                    },
+                    share: if total > 0 {
+                        delta as f64 / total as f64
+                    } else {
+                        0.0
+                    },
+                    counters,
+                }
+            })
+            .collect();
+        StatsReport {
+            interval_seconds: interval,
+            rules,
+            workers,
+        }
+    }
+}
