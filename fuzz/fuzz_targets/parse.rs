@@ -19,8 +19,14 @@ fuzz_target!(|frame: &[u8]| {
 
     // A tag the kernel took out of the frame, varied with the input so both TPIDs and many
     // TCIs are seen.
-    let tpid = if frame.len() % 2 == 0 { 0x8100 } else { 0x88a8 };
-    let tci = frame.first().map_or(0, |&b| u16::from(b) << 8 | (frame.len() as u16 & 0xff));
+    let tpid = if frame.len().is_multiple_of(2) {
+        0x8100
+    } else {
+        0x88a8
+    };
+    let tci = frame
+        .first()
+        .map_or(0, |&b| u16::from(b) << 8 | (frame.len() as u16 & 0xff));
     let offloaded = VlanTag { tpid, tci };
     let tagged = wire::parse(frame, Some(offloaded));
     match &tagged {
@@ -28,7 +34,11 @@ fuzz_target!(|frame: &[u8]| {
         // The offloaded tag only uses up one of the two tag slots: the frame is refused for
         // too many tags, or exactly as without it.
         Err(DropReason::TooManyVlanTags) => {}
-        Err(reason) => assert_eq!(plain.as_ref().err(), Some(reason), "offloaded tag changed the reason"),
+        Err(reason) => assert_eq!(
+            plain.as_ref().err(),
+            Some(reason),
+            "offloaded tag changed the reason"
+        ),
     }
     if let (Ok(with), Ok(without)) = (&tagged, &plain) {
         assert_eq!(with.vlans[1], without.vlans[0]);
@@ -60,14 +70,26 @@ fn check(frame: &[u8], offloaded: Option<VlanTag>, d: &Datagram<'_>) {
     let offset = (d.payload.as_ptr() as usize)
         .checked_sub(start)
         .expect("payload starts inside the frame");
-    assert!(offset + d.payload.len() <= frame.len(), "payload ends inside the frame");
+    assert!(
+        offset + d.payload.len() <= frame.len(),
+        "payload ends inside the frame"
+    );
 
     // Tags: the offloaded one first, no gap, at most two, and the in-frame ones as on the wire.
-    assert!(d.vlans[0].is_some() || d.vlans[1].is_none(), "a None before a Some");
+    assert!(
+        d.vlans[0].is_some() || d.vlans[1].is_none(),
+        "a None before a Some"
+    );
     if let Some(tag) = offloaded {
         assert_eq!(d.vlans[0], Some(tag));
     }
-    let in_frame: Vec<VlanTag> = d.vlans.iter().flatten().copied().skip(usize::from(offloaded.is_some())).collect();
+    let in_frame: Vec<VlanTag> = d
+        .vlans
+        .iter()
+        .flatten()
+        .copied()
+        .skip(usize::from(offloaded.is_some()))
+        .collect();
     let mut at = 12;
     for tag in &in_frame {
         assert_eq!(be16(frame, at), tag.tpid);
@@ -85,7 +107,11 @@ fn check(frame: &[u8], offloaded: Option<VlanTag>, d: &Datagram<'_>) {
     let total = usize::from(be16(frame, ip + 2));
     assert_eq!(total, ihl + 8 + d.payload.len(), "IPv4 total length");
     assert!(ip + total <= frame.len(), "IP packet inside the frame");
-    assert_eq!(folded_sum(&frame[ip..ip + ihl]), 0xffff, "header checksum verifies");
+    assert_eq!(
+        folded_sum(&frame[ip..ip + ihl]),
+        0xffff,
+        "header checksum verifies"
+    );
     assert_eq!(be16(frame, ip + 6) & 0x3fff, 0, "not a fragment");
     assert_eq!(frame[ip + 9], 17, "UDP");
     assert_eq!(frame[ip + 1], d.tos);
@@ -99,7 +125,11 @@ fn check(frame: &[u8], offloaded: Option<VlanTag>, d: &Datagram<'_>) {
     assert_eq!(offset, udp + 8, "payload offset");
     assert_eq!(be16(frame, udp), d.source_port);
     assert_eq!(be16(frame, udp + 2), d.destination_port);
-    assert_eq!(usize::from(be16(frame, udp + 4)), 8 + d.payload.len(), "UDP length");
+    assert_eq!(
+        usize::from(be16(frame, udp + 4)),
+        8 + d.payload.len(),
+        "UDP length"
+    );
     assert_eq!(be16(frame, udp + 6), d.udp_checksum);
     assert_eq!(d.udp_len(), 8 + d.payload.len());
 }

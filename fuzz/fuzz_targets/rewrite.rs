@@ -21,7 +21,9 @@ const CONTROL_LEN: usize = 40;
 const MAX_OUT: usize = 4096;
 
 fuzz_target!(|data: &[u8]| {
-    let Some((control, frame)) = data.split_at_checked(CONTROL_LEN) else { return };
+    let Some((control, frame)) = data.split_at_checked(CONTROL_LEN) else {
+        return;
+    };
     let c = |at: usize| control[at];
     let be16 = |at: usize| u16::from_be_bytes([c(at), c(at + 1)]);
     let ipv4 = |at: usize| Ipv4Addr::new(c(at), c(at + 1), c(at + 2), c(at + 3));
@@ -40,9 +42,14 @@ fuzz_target!(|data: &[u8]| {
     };
     let ip_id = be16(31);
     let out_len = usize::from(be16(33)) % (MAX_OUT + 1);
-    let offloaded = (flags & 8 != 0).then(|| VlanTag { tpid: be16(35), tci: be16(37) });
+    let offloaded = (flags & 8 != 0).then(|| VlanTag {
+        tpid: be16(35),
+        tci: be16(37),
+    });
 
-    let Ok(input) = wire::parse(frame, offloaded) else { return };
+    let Ok(input) = wire::parse(frame, offloaded) else {
+        return;
+    };
     let template = FrameTemplate::new(&spec);
     let mut buffer = [0u8; MAX_OUT];
     let out = &mut buffer[..out_len];
@@ -50,7 +57,10 @@ fuzz_target!(|data: &[u8]| {
     let packet = 20 + 8 + payload;
     let frame_len = template.frame_len(payload);
     assert_eq!(frame_len, template.header_len() + payload);
-    assert_eq!(template.header_len(), if spec.vlan.is_some() { 46 } else { 42 });
+    assert_eq!(
+        template.header_len(),
+        if spec.vlan.is_some() { 46 } else { 42 }
+    );
 
     match template.write(&input, ip_id, out) {
         Err(RewriteError::ExceedsMtu { packet: p, mtu }) => {
@@ -77,11 +87,17 @@ fn check_output(spec: &TemplateSpec, input: &Datagram<'_>, ip_id: u16, written: 
     };
     assert_eq!(&written[0..6], &spec.dst_mac);
     assert_eq!(&written[6..12], &spec.src_mac);
-    let tag = spec.vlan.map(|vid| VlanTag { tpid: 0x8100, tci: vid & 0x0fff });
+    let tag = spec.vlan.map(|vid| VlanTag {
+        tpid: 0x8100,
+        tci: vid & 0x0fff,
+    });
     assert_eq!(output.vlans, [tag, None]);
     assert_eq!(output.source, spec.source);
     assert_eq!(output.destination, spec.destination);
-    assert_eq!(output.source_port, spec.source_port.unwrap_or(input.source_port));
+    assert_eq!(
+        output.source_port,
+        spec.source_port.unwrap_or(input.source_port)
+    );
     assert_eq!(output.destination_port, spec.destination_port);
     assert_eq!(output.ttl, spec.ttl);
     assert_eq!(output.ip_id, ip_id);
@@ -92,7 +108,10 @@ fn check_output(spec: &TemplateSpec, input: &Datagram<'_>, ip_id: u16, written: 
     if input.udp_checksum == 0 {
         assert_eq!(output.udp_checksum, 0, "no checksum in, none out");
     } else {
-        assert_ne!(output.udp_checksum, 0, "a computed checksum is never sent as 0");
+        assert_ne!(
+            output.udp_checksum, 0,
+            "a computed checksum is never sent as 0"
+        );
         assert_eq!(
             udp_verifies(&output),
             udp_verifies(input),
@@ -110,7 +129,10 @@ fn udp_verifies(d: &Datagram<'_>) -> bool {
         u32::from(u16::from_be_bytes([o[0], o[1]])) + u32::from(u16::from_be_bytes([o[2], o[3]]))
     };
     let mut sum: u64 = u64::from(words(d.source) + words(d.destination) + 17 + len);
-    sum += u64::from(d.source_port) + u64::from(d.destination_port) + u64::from(len) + u64::from(d.udp_checksum);
+    sum += u64::from(d.source_port)
+        + u64::from(d.destination_port)
+        + u64::from(len)
+        + u64::from(d.udp_checksum);
     for pair in d.payload.chunks(2) {
         sum += u64::from(pair[0]) << 8 | u64::from(pair.get(1).copied().unwrap_or(0));
     }

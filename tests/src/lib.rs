@@ -29,6 +29,7 @@
 //! names of [`Topology`] are safe; use [`unique_ifname`] for interfaces in the root namespace.
 
 mod netns;
+pub mod relay;
 mod topology;
 mod veth;
 

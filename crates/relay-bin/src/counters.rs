@@ -21,7 +21,10 @@ pub struct WorkerCounters {
     pub forwarded: u64,
     /// Well-formed UDP frames that matched no rule.
     pub no_rule: u64,
-    /// Refused frames, by reason (the reason's metric label).
+    /// Frames that are not IPv4 UDP (ARP, IPv6, ...) that reached the ring anyway.
+    #[serde(default)]
+    pub not_udp: u64,
+    /// Malformed frames, by reason (the reason's metric label).
     pub malformed: BTreeMap<String, u64>,
     /// Output frames dropped because the transmit ring had no free slot.
     pub tx_full: u64,
@@ -60,12 +63,16 @@ impl WorkerCounters {
         self.malformed.values().sum()
     }
 
-    /// Adds a malformed frame count under its reason's label.
-    pub fn set_malformed(&mut self, reasons: &[u64; DropReason::COUNT]) {
+    /// Sets the refused-frame counters from per-reason counts: frames that are not IPv4 UDP go
+    /// to `not_udp`, the others to `malformed` under their reason's label.
+    pub fn set_refused(&mut self, reasons: &[u64; DropReason::COUNT]) {
         self.malformed.clear();
+        self.not_udp = 0;
         for reason in DropReason::ALL {
             let count = reasons[reason.index()];
-            if count > 0 {
+            if reason.is_foreign() {
+                self.not_udp += count;
+            } else if count > 0 {
                 self.malformed.insert(reason.as_str().to_owned(), count);
             }
         }
@@ -76,6 +83,7 @@ impl WorkerCounters {
         self.received += other.received;
         self.forwarded += other.forwarded;
         self.no_rule += other.no_rule;
+        self.not_udp += other.not_udp;
         for (reason, count) in &other.malformed {
             *self.malformed.entry(reason.clone()).or_default() += count;
         }
@@ -98,11 +106,12 @@ pub fn summary(workers: &[(u32, WorkerCounters, u32)]) -> String {
     let mut text = String::new();
     let _ = writeln!(
         text,
-        "{:>4} {:>12} {:>12} {:>10} {:>10} {:>9} {:>12} {:>8}",
+        "{:>4} {:>12} {:>12} {:>10} {:>10} {:>10} {:>9} {:>12} {:>8}",
         "cpu",
         "received",
         "forwarded",
         "no_rule",
+        "not_udp",
         "malformed",
         "tx_full",
         "kernel_drops",
@@ -112,11 +121,12 @@ pub fn summary(workers: &[(u32, WorkerCounters, u32)]) -> String {
     for (cpu, counters, restarts) in workers {
         let _ = writeln!(
             text,
-            "{:>4} {:>12} {:>12} {:>10} {:>10} {:>9} {:>12} {:>8}",
+            "{:>4} {:>12} {:>12} {:>10} {:>10} {:>10} {:>9} {:>12} {:>8}",
             cpu,
             counters.received,
             counters.forwarded,
             counters.no_rule,
+            counters.not_udp,
             counters.malformed_total(),
             counters.tx_full,
             counters.kernel_drops,
@@ -132,6 +142,12 @@ pub fn summary(workers: &[(u32, WorkerCounters, u32)]) -> String {
                 "{:<32} {:>12} {:>14}",
                 rule, count.packets, count.bytes
             );
+        }
+    }
+    if !total.malformed.is_empty() {
+        let _ = writeln!(text, "{:<32} {:>12}", "malformed", "frames");
+        for (reason, count) in &total.malformed {
+            let _ = writeln!(text, "{:<32} {:>12}", reason, count);
         }
     }
     text

@@ -4,7 +4,9 @@ use crate::config::{FanoutSetting, RingSection, RingVersionSetting};
 use fanout_core::handoff::RingHandle;
 use fanout_core::iface::InterfaceInfo;
 use fanout_core::ring::{Geometry, RetireTimeout};
-use fanout_core::{FanoutConfig, FanoutFlags, FanoutMode, RingVersion, RxRingBuilder};
+use fanout_core::{
+    BpfInstruction, BpfProgram, FanoutConfig, FanoutFlags, FanoutMode, RingVersion, RxRingBuilder,
+};
 use relay_rules::{InterfaceFacts, Interfaces, Limits, Rule, RuleSet, RuleTable};
 
 /// The facts of interface `name` as the rules need them, or `None` when it does not exist.
@@ -28,6 +30,22 @@ pub fn validate(rules: &[Rule], interfaces: &Interfaces) -> Result<RuleSet, Vec<
 /// The table a worker holding every rule builds, for its generation and checksum.
 pub fn table(set: &RuleSet, generation: u64) -> RuleTable {
     RuleTable::build(set, generation)
+}
+
+/// The relay-rules pre-filter in the kernel's form: only IPv4 UDP (and still-tagged) frames
+/// reach the rings.
+fn udp_prefilter() -> Result<BpfProgram, String> {
+    let instructions = relay_rules::bpf::udp_prefilter()
+        .instructions()
+        .iter()
+        .map(|instruction| BpfInstruction {
+            code: instruction.code,
+            jt: instruction.jt,
+            jf: instruction.jf,
+            k: instruction.k,
+        })
+        .collect();
+    BpfProgram::new(instructions).map_err(|error| format!("the UDP pre-filter: {error}"))
 }
 
 /// The receive ring geometry of the configuration.
@@ -76,6 +94,7 @@ pub fn open_fanout_members(
             Some(id) => FanoutConfig::new(id, mode).flags(flags),
         };
         let rx = RxRingBuilder::new(interface)
+            .filter(udp_prefilter()?)
             .version(version)
             .geometry(rx_geometry(ring))
             .retire_timeout(RetireTimeout::Millis(ring.retire_timeout_ms.max(1)))

@@ -222,6 +222,7 @@ impl FrameTemplate {
     ///
     /// With [`TemplateSpec::dscp`] `None` the incoming DSCP is kept and ECN is cleared: the relay
     /// ends the sender's transport path, so its ECN capability does not carry over.
+    #[inline]
     pub fn write(
         &self,
         input: &Datagram<'_>,
@@ -275,6 +276,7 @@ impl FrameTemplate {
     }
 
     /// The output's UDP checksum, from the incoming one (see [`FrameTemplate::write`]).
+    #[inline]
     fn udp_checksum(&self, input: &Datagram<'_>) -> u16 {
         if input.udp_checksum == 0 {
             return 0;

@@ -68,6 +68,13 @@ pub enum Command {
     Workers,
     /// Re-read the configuration file and apply the difference.
     Reload,
+    /// Damage the table of the worker on `cpu` without changing its generation, to test drift
+    /// repair. Only in builds with the `drift-test` feature.
+    #[cfg(feature = "drift-test")]
+    DebugCorruptTable {
+        /// CPU of the worker.
+        cpu: u32,
+    },
 }
 
 /// A rule's match key, to remove by.

@@ -57,7 +57,7 @@ pub enum DemoError {
     /// A socket of the sender or a receiver could not be made.
     #[error("opening sockets: {0}")]
     Socket(#[from] SocketError),
-    /// The relay could not be started or stopped unexpectedly.
+    /// The relay could not be started, or stopped before the demo ended.
     #[error(transparent)]
     Relay(#[from] RelayError),
     /// Something local failed (the configuration file, the signal mask, ...).
@@ -99,8 +99,8 @@ pub fn run(args: &DemoArgs) -> Result<(), DemoError> {
     }
     let signals = SignalWatch::start()?;
     let interrupted = || signals.interrupted();
-    // Everything below is dropped, in reverse order, before this returns: relay, sockets,
-    // configuration file, namespaces.
+    // Whatever happens inside, everything it made (relay, sockets, configuration file,
+    // namespaces) is dropped, in that order, before it returns.
     let result = demonstrate(args, &interrupted);
     match result {
         Err(_) if interrupted() => Err(DemoError::Interrupted),
@@ -205,7 +205,9 @@ fn relay_through(
         outcome
     });
 
-    println!("\nstopping the relay (SIGTERM)");
+    if relay.check_running().is_ok() {
+        println!("\nstopping the relay (SIGTERM)");
+    }
     let end = relay.stop()?;
     let seen = snapshot(&tally);
     println!("\n{}", report::final_table(&seen, &end.counters));

@@ -172,15 +172,26 @@ pub(super) fn final_table(seen: &Seen, relay: &RelayCounters) -> String {
         );
     }
     let total = relay.total();
+    let reasons: Vec<String> = relay
+        .malformed
+        .iter()
+        .map(|(reason, count)| format!("{reason} {count}"))
+        .collect();
     let _ = writeln!(
         text,
-        "\nrelay workers ({}): received {}, forwarded {}, no rule {}, malformed {}, tx full {}, \
-         kernel drops {}, restarts {}",
+        "\nrelay workers ({}): received {}, forwarded {}, no rule {}, not IPv4 UDP {}, \
+         malformed {}{}, tx full {}, kernel drops {}, restarts {}",
         relay.workers.len(),
         total.received,
         total.forwarded,
         total.no_rule,
+        total.not_udp,
         total.malformed,
+        if reasons.is_empty() {
+            String::new()
+        } else {
+            format!(" ({})", reasons.join(", "))
+        },
         total.tx_full,
         total.kernel_drops,
         total.restarts
@@ -280,6 +291,11 @@ mod tests {
             numbers(&table, "fanout", "239.4.4.4:7000 on rx2"),
             ["200", "200", "200", "0"]
         );
+        assert!(table.contains("malformed 0, tx full"), "{table}");
+        let mut damaged = relay(200, 200);
+        damaged.malformed.insert("ipv4_bad_checksum".into(), 3);
+        let table = final_table(&seen(200, [200; 3]), &damaged);
+        assert!(table.contains("(ipv4_bad_checksum 3)"), "{table}");
         let unknown = final_table(&seen(5, [5, 5, 5]), &RelayCounters::default());
         assert_eq!(
             numbers(&unknown, "rewrite", "239.2.2.2"),

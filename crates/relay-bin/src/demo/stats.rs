@@ -2,7 +2,8 @@
 //! its standard error.
 //!
 //! The tables are [`crate::counters::summary`]'s: a header line naming the worker columns, one
-//! line per worker, then `rule packets bytes` and one line per rule. Columns are found by their
+//! line per worker, then `malformed frames` and one line per drop reason, then
+//! `rule packets bytes` and one line per rule. Columns are found by their
 //! header name, so a new column does not break the demo, and rule lines are recognised by the
 //! demo's own rule names, so a log line that happens to end in two numbers is never taken for
 //! one. Counters only grow, so each table simply overwrites what the previous one said.
@@ -18,6 +19,8 @@ pub(super) struct WorkerRow {
     pub(super) forwarded: u64,
     /// UDP frames that matched no rule.
     pub(super) no_rule: u64,
+    /// Frames that are not IPv4 UDP (IGMP, ARP, ...): not the relay's business.
+    pub(super) not_udp: u64,
     /// Frames refused as malformed.
     pub(super) malformed: u64,
     /// Output frames dropped for a full transmit ring.
@@ -33,6 +36,7 @@ impl WorkerRow {
         self.received += other.received;
         self.forwarded += other.forwarded;
         self.no_rule += other.no_rule;
+        self.not_udp += other.not_udp;
         self.malformed += other.malformed;
         self.tx_full += other.tx_full;
         self.kernel_drops += other.kernel_drops;
@@ -47,6 +51,8 @@ pub(super) struct RelayCounters {
     pub(super) workers: BTreeMap<u64, WorkerRow>,
     /// Packets matched, per rule name.
     pub(super) rules: BTreeMap<String, u64>,
+    /// Malformed frames over all workers, per reason.
+    pub(super) malformed: BTreeMap<String, u64>,
     /// Tables seen so far.
     pub(super) tables: u64,
 }
@@ -90,7 +96,20 @@ impl StatsParser {
                 self.counters.tables += 1;
                 true
             }
-            ["rule", "packets", "bytes"] => true,
+            ["rule", "packets", "bytes"] | ["malformed", "frames"] => true,
+            [reason, count]
+                if relay_rules::DropReason::ALL
+                    .iter()
+                    .any(|known| known.as_str() == *reason) =>
+            {
+                match count.parse::<u64>() {
+                    Ok(count) => {
+                        self.counters.malformed.insert((*reason).to_owned(), count);
+                        true
+                    }
+                    Err(_) => false,
+                }
+            }
             [name, packets, _bytes] if self.rules.iter().any(|rule| rule == name) => {
                 match packets.parse::<u64>() {
                     Ok(packets) => {
@@ -125,6 +144,7 @@ impl StatsParser {
             received: column("received"),
             forwarded: column("forwarded"),
             no_rule: column("no_rule"),
+            not_udp: column("not_udp"),
             malformed: column("malformed"),
             tx_full: column("tx_full"),
             kernel_drops: column("kernel_drops"),
@@ -146,11 +166,12 @@ mod tests {
             received,
             forwarded: received * 2,
             no_rule: 3,
+            not_udp: 6,
             tx_full: 1,
             kernel_drops: 7,
             ..Default::default()
         };
-        counters.malformed.insert("not_ipv4".into(), 5);
+        counters.malformed.insert("ipv4_fragment".into(), 5);
         for (name, packets) in rules {
             counters.rules.insert(
                 (*name).to_owned(),
@@ -196,6 +217,7 @@ mod tests {
                 received: 120,
                 forwarded: 240,
                 no_rule: 3,
+                not_udp: 6,
                 malformed: 5,
                 tx_full: 1,
                 kernel_drops: 7,
@@ -205,6 +227,8 @@ mod tests {
         let total = counters.total();
         assert_eq!((total.received, total.forwarded), (230, 460));
         assert_eq!(total.restarts, 2);
+        assert_eq!(total.not_udp, 12);
+        assert_eq!(counters.malformed["ipv4_fragment"], 10);
     }
 
     #[test]

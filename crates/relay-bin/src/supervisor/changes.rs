@@ -59,6 +59,18 @@ impl World {
                 Err(error) => Response::refused(error),
             },
             Command::Reload => return self.reload(Some(reply)),
+            #[cfg(feature = "drift-test")]
+            Command::DebugCorruptTable { cpu } => {
+                match self.slots.iter_mut().find(|slot| slot.cpu == cpu) {
+                    Some(slot) => match slot.tell(&ToWorker::CorruptTable) {
+                        Ok(()) => Response::ok(Reply::Workers {
+                            workers: Vec::new(),
+                        }),
+                        Err(error) => Response::refused(error.to_string()),
+                    },
+                    None => Response::refused(format!("no worker on cpu {cpu}")),
+                }
+            }
         };
         let _ = reply.send(answer);
     }

@@ -202,7 +202,7 @@ impl Datapath {
             socket_errors: self.socket_errors,
             ..WorkerCounters::default()
         };
-        counters.set_malformed(&self.malformed);
+        counters.set_refused(&self.malformed);
         for rule in self.table.rules() {
             let count = &self.rules[rule.id.index()];
             if count.packets > 0 {

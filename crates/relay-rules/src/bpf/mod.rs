@@ -24,9 +24,11 @@
 
 mod check;
 pub mod interp;
+mod prefilter;
 mod steering;
 
 pub use check::{ProgramError, validate_program};
+pub use prefilter::udp_prefilter;
 pub use steering::steering_program;
 
 // Instruction classes (`BPF_CLASS(code)`), as in `linux/bpf_common.h`.

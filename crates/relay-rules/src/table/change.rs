@@ -98,4 +98,6 @@ impl RuleTable {
 }
 
 #[cfg(test)]
+mod model;
+#[cfg(test)]
 mod tests;

@@ -10,6 +10,7 @@ use std::net::Ipv4Addr;
 ///
 /// An odd trailing byte is padded with a zero byte, as RFC 768 and RFC 791 specify. Combine sums
 /// by adding them, then [`fold`].
+#[inline]
 pub fn sum(data: &[u8]) -> u64 {
     let mut chunks = data.chunks_exact(2);
     let mut acc: u64 = 0;
@@ -23,6 +24,7 @@ pub fn sum(data: &[u8]) -> u64 {
 }
 
 /// Folds an unfolded sum into 16 bits with end-around carry (the sum, not yet complemented).
+#[inline]
 pub fn fold(mut acc: u64) -> u16 {
     while acc > 0xffff {
         acc = (acc & 0xffff) + (acc >> 16);
@@ -60,12 +62,14 @@ pub fn pseudo_header_sum(
 /// let after = adjust(before, removed, sum(&data[2..4]));
 /// assert_eq!(after, !fold(sum(&data)));
 /// ```
+#[inline]
 pub fn adjust(checksum: u16, removed: u64, added: u64) -> u16 {
     let acc = u64::from(!checksum) + u64::from(!fold(removed)) + added;
     !fold(acc)
 }
 
 /// The sum of an address's two 16-bit words.
+#[inline]
 pub(crate) fn addr_sum(addr: Ipv4Addr) -> u64 {
     let o = addr.octets();
     u64::from(u16::from_be_bytes([o[0], o[1]])) + u64::from(u16::from_be_bytes([o[2], o[3]]))

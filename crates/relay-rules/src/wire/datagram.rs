@@ -81,6 +81,7 @@ impl Datagram<'_> {
 /// assert_eq!(wire::parse(&frame[..40], None).unwrap_err(), DropReason::Ipv4PacketTruncated);
 /// # Ok::<(), DropReason>(())
 /// ```
+#[inline]
 pub fn parse(frame: &[u8], offloaded_vlan: Option<VlanTag>) -> Result<Datagram<'_>, DropReason> {
     let ethernet = EthernetFrame::new_checked(frame)?;
     let mut ethertype = ethernet.ethertype();

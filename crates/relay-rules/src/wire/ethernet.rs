@@ -96,6 +96,7 @@ impl<T: AsRef<[u8]>> EthernetFrame<T> {
 
 impl<'a> EthernetFrame<&'a [u8]> {
     /// Everything after the header, borrowed for as long as the frame is.
+    #[inline]
     pub fn into_payload(self) -> &'a [u8] {
         &self.buffer[field::PAYLOAD..]
     }
@@ -173,6 +174,7 @@ impl<T: AsRef<[u8]>> VlanHeader<T> {
 
 impl<'a> VlanHeader<&'a [u8]> {
     /// Everything after the tag, borrowed for as long as the frame is.
+    #[inline]
     pub fn into_payload(self) -> &'a [u8] {
         &self.buffer[field::TAG_PAYLOAD..]
     }

@@ -158,6 +158,7 @@ impl<T: AsRef<[u8]>> Ipv4Packet<T> {
     }
 
     /// Whether the header checksum verifies: one pass over the 20–60 header bytes.
+    #[inline]
     pub fn verify_checksum(&self) -> bool {
         let header = &self.buffer.as_ref()[..self.header_len()];
         checksum::fold(checksum::sum(header)) == 0xffff
@@ -171,6 +172,7 @@ impl<T: AsRef<[u8]>> Ipv4Packet<T> {
 
 impl<'a> Ipv4Packet<&'a [u8]> {
     /// The payload (padding excluded), borrowed for as long as the packet is.
+    #[inline]
     pub fn into_payload(self) -> &'a [u8] {
         let range = self.header_len()..usize::from(self.total_len());
         &self.buffer[range]

@@ -133,6 +133,12 @@ impl DropReason {
         self as usize
     }
 
+    /// Whether the frame is simply not IPv4 UDP (ARP, IPv6, TCP, ...): traffic a UDP relay does
+    /// not serve, as opposed to a malformed frame.
+    pub const fn is_foreign(self) -> bool {
+        matches!(self, DropReason::NotIpv4 | DropReason::NotUdp)
+    }
+
     /// A stable snake_case label for metrics (`reason="ipv4_fragment"`).
     pub const fn as_str(self) -> &'static str {
         match self {

@@ -105,6 +105,7 @@ impl<T: AsRef<[u8]>> UdpPacket<T> {
 
 impl<'a> UdpPacket<&'a [u8]> {
     /// The payload, borrowed for as long as the datagram is.
+    #[inline]
     pub fn into_payload(self) -> &'a [u8] {
         &self.buffer[field::PAYLOAD..]
     }

@@ -1,0 +1,446 @@
+//! Numbered datagrams: sending them at a steady rate from a namespace, and collecting what arrives
+//! (through a UDP socket, or a packet socket that sees every frame) until a deadline.
+
+use std::collections::BTreeMap;
+use std::io::IoSliceMut;
+use std::net::{Ipv4Addr, SocketAddrV4, UdpSocket};
+use std::ops::Range;
+use std::os::fd::AsRawFd as _;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use fanout_core::{PacketSocket, Protocol};
+use nix::errno::Errno;
+use nix::sys::socket::{ControlMessageOwned, MsgFlags, SockaddrIn, recvmsg, setsockopt, sockopt};
+
+use crate::Netns;
+
+/// How long a collector waits in one receive call, so it notices its deadline and `stop`.
+const TICK: Duration = Duration::from_millis(100);
+/// How long a collector keeps listening after the expected count arrived, to see extras.
+const LINGER: Duration = Duration::from_millis(500);
+
+/// The payload of datagram `seq` of stream `tag`: `FR`, the tag, `0xa5`, the sequence number
+/// (big endian) and filler derived from both. Lengths vary with `seq` (24 to 423 bytes), so a
+/// relay that mixes up lengths or bytes cannot produce a payload that still matches.
+pub fn payload(tag: u8, seq: u32) -> Vec<u8> {
+    let len = 24 + (seq as usize * 37) % 400;
+    let mut bytes = vec![b'F', b'R', tag, 0xa5];
+    bytes.extend_from_slice(&seq.to_be_bytes());
+    bytes.extend((8..len).map(|i| (i as u32 * 7 + seq * 31 + u32::from(tag)) as u8));
+    bytes
+}
+
+/// The (tag, sequence number) of a payload made by [`payload`], or `None` for anything else.
+pub fn payload_id(bytes: &[u8]) -> Option<(u8, u32)> {
+    match bytes {
+        [b'F', b'R', tag, 0xa5, a, b, c, d, ..] => {
+            Some((*tag, u32::from_be_bytes([*a, *b, *c, *d])))
+        }
+        _ => None,
+    }
+}
+
+fn addr(text: &str) -> SocketAddrV4 {
+    text.parse()
+        .unwrap_or_else(|e| panic!("{text:?} is not an IPv4 address and port: {e}"))
+}
+
+fn ip(text: &str) -> Ipv4Addr {
+    text.parse()
+        .unwrap_or_else(|e| panic!("{text:?} is not an IPv4 address: {e}"))
+}
+
+/// A UDP socket in a namespace that sends numbered datagrams.
+#[derive(Debug)]
+pub struct UdpSender {
+    socket: UdpSocket,
+}
+
+impl UdpSender {
+    /// A socket in `ns` bound to `source` (an address of the namespace), sending with `ttl`
+    /// (unicast and multicast). Multicast leaves by the namespace's route for 224.0.0.0/4.
+    pub fn new(ns: &Netns, source: &str, ttl: u32) -> UdpSender {
+        let source = ip(source);
+        let socket = ns.run(|| UdpSocket::bind((source, 0)));
+        let socket = socket.unwrap_or_else(|e| panic!("bind {source}:0 in {}: {e}", ns.name()));
+        socket.set_ttl(ttl).expect("IP_TTL on a UDP socket");
+        socket
+            .set_multicast_ttl_v4(ttl)
+            .expect("IP_MULTICAST_TTL on a UDP socket");
+        socket
+            .set_multicast_loop_v4(false)
+            .expect("IP_MULTICAST_LOOP on a UDP socket");
+        UdpSender { socket }
+    }
+
+    /// The socket, e.g. to `connect` it.
+    pub fn socket(&self) -> &UdpSocket {
+        &self.socket
+    }
+
+    /// Sends [`payload`]`(tag, seq)` for each `seq` to `destination`, `pps` per second (paced by
+    /// the clock, not by sleeps that add up). Panics if a send fails.
+    pub fn send_numbered(&self, destination: &str, tag: u8, seqs: Range<u32>, pps: u32) {
+        if let Err((seq, e)) = self.try_send_numbered(destination, tag, seqs, pps) {
+            panic!("send datagram {seq} to {destination}: {e}");
+        }
+    }
+
+    /// Like [`UdpSender::send_numbered`], but stops at the first failed send and returns its
+    /// sequence number and error (a connected socket reports an ICMP error this way).
+    pub fn try_send_numbered(
+        &self,
+        destination: &str,
+        tag: u8,
+        seqs: Range<u32>,
+        pps: u32,
+    ) -> Result<(), (u32, std::io::Error)> {
+        let destination = addr(destination);
+        let start = Instant::now();
+        for (i, seq) in seqs.enumerate() {
+            let due = start + Duration::from_secs_f64(i as f64 / f64::from(pps.max(1)));
+            if let Some(wait) = due.checked_duration_since(Instant::now()) {
+                std::thread::sleep(wait);
+            }
+            self.socket
+                .send_to(&payload(tag, seq), destination)
+                .map_err(|e| (seq, e))?;
+        }
+        Ok(())
+    }
+
+    /// Like [`UdpSender::send_numbered`], from a thread pinned to `cpu` (a frame sent on veth is
+    /// received on the sending CPU, so this chooses the CPU the relay receives it on).
+    pub fn send_numbered_on_cpu(
+        &self,
+        cpu: usize,
+        destination: &str,
+        tag: u8,
+        seqs: Range<u32>,
+        pps: u32,
+    ) {
+        std::thread::scope(|s| {
+            s.spawn(|| {
+                fanout_core::cpu::pin_current_thread(cpu)
+                    .unwrap_or_else(|e| panic!("pin the sending thread to cpu {cpu}: {e}"));
+                self.send_numbered(destination, tag, seqs, pps);
+            });
+        });
+    }
+}
+
+/// A datagram as it arrived.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Datagram {
+    /// The UDP payload.
+    pub payload: Vec<u8>,
+    /// The IPv4 TTL it arrived with, when known.
+    pub ttl: Option<u8>,
+    /// The sender's address and port, when known.
+    pub from: Option<SocketAddrV4>,
+}
+
+/// A UDP socket in a namespace that receives datagrams with their TTL (`IP_RECVTTL`).
+#[derive(Debug)]
+pub struct UdpReceiver {
+    socket: UdpSocket,
+    label: String,
+}
+
+impl UdpReceiver {
+    /// A socket in `ns` bound to `group` (`"239.2.2.2:6000"`) and joined to it on the interface
+    /// that has address `local`. Bound to the group, it receives no other group's datagrams.
+    pub fn join(ns: &Netns, group: &str, local: &str) -> UdpReceiver {
+        let (group, local) = (addr(group), ip(local));
+        let socket = ns.run(|| {
+            let socket = UdpSocket::bind(group)?;
+            socket.join_multicast_v4(group.ip(), &local)?;
+            Ok::<_, std::io::Error>(socket)
+        });
+        let socket = socket.unwrap_or_else(|e| panic!("join {group} on {local}: {e}"));
+        Self::ready(socket, format!("receiver of {group} in {}", ns.name()))
+    }
+
+    /// A socket in `ns` bound to the unicast `address` (`"203.0.113.2:7000"`).
+    pub fn bind(ns: &Netns, address: &str) -> UdpReceiver {
+        let address = addr(address);
+        let socket = ns.run(|| UdpSocket::bind(address));
+        let socket = socket.unwrap_or_else(|e| panic!("bind {address} in {}: {e}", ns.name()));
+        Self::ready(socket, format!("receiver on {address} in {}", ns.name()))
+    }
+
+    fn ready(socket: UdpSocket, label: String) -> UdpReceiver {
+        setsockopt(&socket, sockopt::Ipv4RecvTtl, &true).expect("IP_RECVTTL on a UDP socket");
+        socket
+            .set_read_timeout(Some(TICK))
+            .expect("SO_RCVTIMEO on a UDP socket");
+        UdpReceiver { socket, label }
+    }
+
+    /// Receives on a thread until `expect` datagrams arrived (and then a little longer, to
+    /// catch extras) or `timeout` passed.
+    pub fn collect(self, expect: usize, timeout: Duration) -> Collector {
+        let label = self.label.clone();
+        Collector::spawn(label, expect, timeout, move || self.next())
+    }
+
+    fn next(&self) -> Option<Datagram> {
+        let mut buf = vec![0u8; 65_536];
+        let mut cmsg = nix::cmsg_space!(libc::c_int);
+        let mut iov = [IoSliceMut::new(&mut buf)];
+        let (len, ttl, from) = match recvmsg::<SockaddrIn>(
+            self.socket.as_raw_fd(),
+            &mut iov,
+            Some(&mut cmsg),
+            MsgFlags::empty(),
+        ) {
+            Ok(msg) => {
+                let ttl = msg.cmsgs().ok().and_then(|mut cmsgs| {
+                    cmsgs.find_map(|c| match c {
+                        ControlMessageOwned::Ipv4Ttl(ttl) => u8::try_from(ttl).ok(),
+                        _ => None,
+                    })
+                });
+                let from = msg.address.map(|a| SocketAddrV4::new(a.ip(), a.port()));
+                (msg.bytes, ttl, from)
+            }
+            Err(Errno::EAGAIN | Errno::EINTR) => return None,
+            Err(e) => panic!("{}: recvmsg: {e}", self.label),
+        };
+        Some(Datagram {
+            payload: buf[..len].to_vec(),
+            ttl,
+            from,
+        })
+    }
+}
+
+/// A packet socket on an interface of a namespace that picks out the UDP datagrams sent to one
+/// destination, whether or not the host would accept them (no group membership needed).
+#[derive(Debug)]
+pub struct Capture {
+    socket: PacketSocket,
+    destination: SocketAddrV4,
+    label: String,
+}
+
+impl Capture {
+    /// Captures IPv4 frames on `ifname` in `ns` (both directions) addressed to `destination`.
+    pub fn open(ns: &Netns, ifname: &str, destination: &str) -> Capture {
+        let destination = addr(destination);
+        let socket = ns.run(|| {
+            let mut socket = PacketSocket::open()?;
+            socket.bind(ifname, Protocol::IPV4)?;
+            Ok::<_, fanout_core::SocketError>(socket)
+        });
+        let socket = socket.unwrap_or_else(|e| panic!("capture on {ifname}: {e}"));
+        let label = format!("capture of {destination} on {ifname} in {}", ns.name());
+        Capture {
+            socket,
+            destination,
+            label,
+        }
+    }
+
+    /// Collects on a thread, like [`UdpReceiver::collect`].
+    pub fn collect(self, expect: usize, timeout: Duration) -> Collector {
+        let label = self.label.clone();
+        Collector::spawn(label, expect, timeout, move || self.next())
+    }
+
+    fn next(&self) -> Option<Datagram> {
+        use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
+        let mut fds = [PollFd::new(
+            std::os::fd::AsFd::as_fd(&self.socket),
+            PollFlags::POLLIN,
+        )];
+        let _ = poll(&mut fds, PollTimeout::from(TICK.as_millis() as u16));
+        let mut frame = vec![0u8; 65_536];
+        let len = match self.socket.try_recv(&mut frame) {
+            Ok(Some(len)) => len,
+            Ok(None) => return None,
+            Err(e) => panic!("{}: {e}", self.label),
+        };
+        udp_in_frame(&frame[..len], self.destination)
+    }
+}
+
+/// The UDP datagram to `destination` in an Ethernet frame, or `None` if it holds anything else.
+fn udp_in_frame(frame: &[u8], destination: SocketAddrV4) -> Option<Datagram> {
+    let ip = frame.get(14..)?;
+    let ihl = usize::from(*ip.first()? & 0x0f) * 4;
+    let total = usize::from(u16::from_be_bytes([*ip.get(2)?, *ip.get(3)?]));
+    if ip[0] >> 4 != 4 || *ip.get(9)? != 17 || ihl < 20 || total < ihl + 8 {
+        return None;
+    }
+    // Every index below is inside `ip[..total]`, which this checks is there.
+    let udp = ip.get(ihl..total)?;
+    let dst = Ipv4Addr::new(ip[16], ip[17], ip[18], ip[19]);
+    let dst_port = u16::from_be_bytes([udp[2], udp[3]]);
+    if SocketAddrV4::new(dst, dst_port) != destination {
+        return None;
+    }
+    let src = Ipv4Addr::new(ip[12], ip[13], ip[14], ip[15]);
+    Some(Datagram {
+        payload: udp[8..].to_vec(),
+        ttl: Some(ip[8]),
+        from: Some(SocketAddrV4::new(src, u16::from_be_bytes([udp[0], udp[1]]))),
+    })
+}
+
+/// A thread collecting datagrams; [`Collector::finish`] waits for it, [`Collector::stop`] ends it.
+#[derive(Debug)]
+pub struct Collector {
+    handle: JoinHandle<Vec<Datagram>>,
+    stop: Arc<AtomicBool>,
+}
+
+impl Collector {
+    fn spawn(
+        label: String,
+        expect: usize,
+        timeout: Duration,
+        mut next: impl FnMut() -> Option<Datagram> + Send + 'static,
+    ) -> Collector {
+        let stop = Arc::new(AtomicBool::new(false));
+        let stopped = Arc::clone(&stop);
+        let handle = std::thread::Builder::new()
+            .name(label)
+            .spawn(move || {
+                let deadline = Instant::now() + timeout;
+                let mut got = Vec::new();
+                let mut complete_at = None;
+                while !stopped.load(Ordering::Relaxed) {
+                    let now = Instant::now();
+                    if now >= deadline || complete_at.is_some_and(|at| now >= at + LINGER) {
+                        break;
+                    }
+                    if let Some(datagram) = next() {
+                        got.push(datagram);
+                        if got.len() >= expect && complete_at.is_none() {
+                            complete_at = Some(Instant::now());
+                        }
+                    }
+                }
+                got
+            })
+            .expect("start a collector thread");
+        Collector { handle, stop }
+    }
+
+    /// Waits until the expected count arrived (plus a short linger) or the deadline passed.
+    pub fn finish(self) -> Vec<Datagram> {
+        self.handle
+            .join()
+            .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+    }
+
+    /// Ends collecting now and returns what arrived.
+    pub fn stop(self) -> Vec<Datagram> {
+        self.stop.store(true, Ordering::Relaxed);
+        self.finish()
+    }
+}
+
+/// Checks that `got` holds stream `tag` complete: every `seq` in `seqs` exactly once, each
+/// payload byte for byte as [`payload`] made it, and nothing else of that tag. Datagrams of
+/// other tags are ignored. The error lists what is wrong.
+pub fn check_stream(got: &[Datagram], tag: u8, seqs: Range<u32>) -> Result<(), String> {
+    let mut seen: BTreeMap<u32, usize> = BTreeMap::new();
+    let mut problems = Vec::new();
+    for datagram in got {
+        match payload_id(&datagram.payload) {
+            Some((t, seq)) if t == tag => {
+                *seen.entry(seq).or_default() += 1;
+                if !seqs.contains(&seq) {
+                    problems.push(format!("unexpected seq {seq}"));
+                } else if datagram.payload != payload(tag, seq) {
+                    problems.push(format!(
+                        "seq {seq}: payload differs ({} bytes, expected {})",
+                        datagram.payload.len(),
+                        payload(tag, seq).len()
+                    ));
+                }
+            }
+            _ => {}
+        }
+    }
+    let missing: Vec<u32> = seqs.clone().filter(|s| !seen.contains_key(s)).collect();
+    if !missing.is_empty() {
+        problems.push(format!(
+            "{} of {} missing (first: {:?})",
+            missing.len(),
+            seqs.len(),
+            &missing[..missing.len().min(10)]
+        ));
+    }
+    let duplicated = seen.values().filter(|&&n| n > 1).count();
+    if duplicated > 0 {
+        problems.push(format!("{duplicated} seqs arrived more than once"));
+    }
+    problems.truncate(20);
+    if problems.is_empty() {
+        Ok(())
+    } else {
+        Err(format!("stream {tag}: {}", problems.join("; ")))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn datagram(bytes: Vec<u8>) -> Datagram {
+        Datagram {
+            payload: bytes,
+            ttl: None,
+            from: None,
+        }
+    }
+
+    #[test]
+    fn payloads_carry_their_id_and_differ() {
+        assert_eq!(payload_id(&payload(7, 123_456)), Some((7, 123_456)));
+        assert_ne!(payload(1, 5)[8..], payload(2, 5)[8..]);
+        assert_eq!(payload(1, 0).len(), 24);
+        assert_eq!(payload_id(b"FR"), None);
+    }
+
+    #[test]
+    fn stream_check_finds_loss_damage_and_duplicates() {
+        let good: Vec<Datagram> = (0..5).map(|s| datagram(payload(1, s))).collect();
+        assert_eq!(check_stream(&good, 1, 0..5), Ok(()));
+        assert!(check_stream(&good[1..], 1, 0..5).is_err_and(|e| e.contains("1 of 5 missing")));
+        let mut damaged = good.clone();
+        damaged[2].payload[10] ^= 1;
+        assert!(check_stream(&damaged, 1, 0..5).is_err_and(|e| e.contains("seq 2")));
+        let mut twice = good.clone();
+        twice.push(datagram(payload(1, 3)));
+        assert!(check_stream(&twice, 1, 0..5).is_err_and(|e| e.contains("more than once")));
+        // Another tag is not this stream's business.
+        twice.pop();
+        twice.push(datagram(payload(2, 3)));
+        assert_eq!(check_stream(&twice, 1, 0..5), Ok(()));
+    }
+
+    #[test]
+    fn frames_are_picked_by_destination() {
+        let body = payload(3, 9);
+        let total = 20 + 8 + body.len();
+        let mut frame = vec![0u8; 14];
+        frame[12..14].copy_from_slice(&[0x08, 0x00]);
+        frame.extend_from_slice(&[0x45, 0, (total >> 8) as u8, total as u8, 0, 0, 0, 0, 7, 17]);
+        frame.extend_from_slice(&[0, 0, 10, 0, 0, 1, 239, 2, 2, 2]);
+        frame.extend_from_slice(&[0x13, 0x88, 0x17, 0x70]);
+        frame.extend_from_slice(&[((8 + body.len()) >> 8) as u8, (8 + body.len()) as u8, 0, 0]);
+        frame.extend_from_slice(&body);
+        let got = udp_in_frame(&frame, addr("239.2.2.2:6000")).expect("the frame matches");
+        assert_eq!(got.payload, body);
+        assert_eq!(got.ttl, Some(7));
+        assert_eq!(got.from, Some(addr("10.0.0.1:5000")));
+        assert_eq!(udp_in_frame(&frame, addr("239.2.2.2:6001")), None);
+    }
+}

@@ -1,0 +1,67 @@
+//! Frames the relay sends on an interface that is also one of its inputs are not received (and
+//! so never relayed) again: the receive rings ignore outgoing frames.
+
+use std::time::Duration;
+
+use fanout_relay_tests::relay::{
+    Capture, RelayProcess, UdpReceiver, UdpSender, check_stream, quiet_topology,
+};
+use fanout_relay_tests::{Topology, privileged};
+
+/// Rule `back` sends every datagram out of its own input interface (to a group and port no rule
+/// takes, which validation allows) and to the receiver.
+const CONFIG: &str = r#"
+[[rule]]
+name = "back"
+input = { interface = "rin0", destination = "239.1.1.1", port = 5000 }
+outputs = [
+    { interface = "rin0", destination = "239.4.4.4", port = 7000, ttl = 3 },
+    { interface = "rout0", destination = "239.2.2.2", port = 6000, ttl = 3 },
+]
+"#;
+
+const N: u32 = 500;
+const PPS: u32 = 500;
+
+#[test]
+fn output_on_an_input_interface_is_not_received_again() {
+    if !privileged("output_on_an_input_interface_is_not_received_again") {
+        return;
+    }
+    let topo = quiet_topology("loop");
+    let relay = RelayProcess::start(&topo.relay, CONFIG, &[]);
+    // The frames the relay sends back out of rin0 arrive at the sender's end of the link.
+    let echoed = Capture::open(&topo.sender, Topology::SENDER_IF, "239.4.4.4:7000")
+        .collect(N as usize, Duration::from_secs(30));
+    let receiver = UdpReceiver::join(&topo.receiver, "239.2.2.2:6000", Topology::RECEIVER_ADDR)
+        .collect(N as usize, Duration::from_secs(30));
+    UdpSender::new(&topo.sender, Topology::SENDER_ADDR, 4).send_numbered(
+        "239.1.1.1:5000",
+        1,
+        0..N,
+        PPS,
+    );
+    let (echoed, received) = (echoed.finish(), receiver.finish());
+    let exit = relay.stop();
+
+    // The relay did send on its input interface (else the counters below prove nothing).
+    if let Err(problem) = check_stream(&echoed, 1, 0..N) {
+        panic!("frames sent back out of rin0: {problem}");
+    }
+    if let Err(problem) = check_stream(&received, 1, 0..N) {
+        panic!("frames sent out of rout0: {problem}");
+    }
+    let summary = &exit.summary;
+    let total = summary.total();
+    assert_eq!(
+        (total.received, total.no_rule, total.malformed),
+        (u64::from(N), 0, 0),
+        "(received, no_rule, malformed): the relay must receive only the sender's {N} frames, \
+         not its own {N} on rin0; {summary:#?}"
+    );
+    assert_eq!(
+        (summary.rule_packets("back"), total.forwarded),
+        (u64::from(N), 2 * u64::from(N)),
+        "{summary:#?}"
+    );
+}
