@@ -28,7 +28,9 @@
 //! Interface names inside a fresh namespace need only be unique in that namespace, so the fixed
 //! names of [`Topology`] are safe; use [`unique_ifname`] for interfaces in the root namespace.
 
+pub mod ctl;
 mod netns;
+pub mod obs;
 pub mod relay;
 mod topology;
 mod veth;
@@ -41,7 +43,7 @@ use std::ffi::OsStr;
 use std::process::{Command, Output};
 use std::sync::atomic::{AtomicU32, Ordering};
 
-/// Shared by namespace and interface names so that no two objects made by one process collide.
+/// Shared by the interface names and files this crate makes, so that no two of one process collide.
 static COUNTER: AtomicU32 = AtomicU32::new(0);
 
 fn next_id() -> u32 {

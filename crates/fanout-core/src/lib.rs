@@ -4,8 +4,10 @@
 //! memory-mapped receive rings (TPACKET_V3 blocks for throughput, TPACKET_V2 frames for latency)
 //! read in place, a transmit ring kicked once per batch, PACKET_FANOUT groups that spread one
 //! interface's traffic over worker threads or processes, classic BPF filters and steering
-//! programs, ring statistics, and hand-off of a ring between processes. It knows nothing of rules
-//! or multicast.
+//! programs, ring statistics, and hand-off of a ring between processes. Around them: CPU pinning
+//! ([`cpu`]), interface facts ([`iface`]), the RSS, RPS and IRQ facts that decide which CPU a
+//! packet lands on ([`steering`]), IGMP memberships by interface index ([`igmp`]) and UDP sends
+//! batched with `sendmmsg` ([`udp_batch`]). It knows nothing of rules.
 //!
 //! ```text
 //!                    RxRingBuilder ──build──▶ RxRing ──next_block──▶ Block ──frames──▶ Frame
@@ -17,8 +19,8 @@
 //! ```
 //!
 //! Unsafe code lives only in the small modules that wrap syscalls and kernel-shared memory
-//! (`sys`, `ring::mmap`, `ring::v3`, `ring::v2`, `ring::tx`, `handoff`), each stating the
-//! invariants it keeps.
+//! (`sys`, `ring::mmap`, `ring::v3`, `ring::v2`, `ring::tx`, `handoff`, `iface::ioctl`, `igmp`,
+//! `udp_batch`), each stating the invariants it keeps.
 //!
 //! Open a ring and read frames (needs CAP_NET_RAW):
 //!
@@ -46,28 +48,26 @@
 #![deny(unsafe_code)]
 
 pub mod bpf;
+pub mod cpu;
 pub mod fanout;
 pub mod handoff;
+pub mod iface;
 pub mod igmp;
 pub mod ring;
 pub mod socket;
 pub mod stats;
+pub mod steering;
 mod sys;
 pub mod udp_batch;
 
 pub use bpf::{BpfError, BpfInstruction, BpfProgram};
+pub use cpu::{CpuError, CpuSet};
 pub use fanout::{
     FanoutConfig, FanoutError, FanoutFlags, FanoutGroupId, FanoutMembership, FanoutMode,
 };
 pub use handoff::{HandoffError, RingDescriptor, RingHandle};
+pub use iface::{IfaceError, InterfaceInfo};
 pub use ring::{Frame, RingError, RingVersion, RxRing, RxRingBuilder, TxRing, TxRingBuilder};
 pub use socket::{PacketSocket, Protocol, SocketError};
 pub use stats::RingStats;
-
-pub mod cpu;
-pub mod iface;
-pub mod steering;
-
-pub use cpu::{CpuError, CpuSet};
-pub use iface::{IfaceError, InterfaceInfo};
 pub use steering::{Steering, SteeringError, SteeringReport};

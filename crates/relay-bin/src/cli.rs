@@ -1,7 +1,13 @@
 //! The command line of `fanout-relay`.
 
-use crate::config::{FanoutSetting, WorkersSetting};
+#![allow(
+    rustdoc::broken_intra_doc_links,
+    reason = "doc comments here are --help text; brackets mean optional parts, not links"
+)]
+
+use crate::config::{FanoutSetting, RpsSetting, WorkersSetting};
 use clap::{Args, Parser, Subcommand};
+use std::net::SocketAddr;
 use std::path::PathBuf;
 
 /// Relay UDP multicast at line rate, rewriting groups and ports.
@@ -37,6 +43,10 @@ EXAMPLES:
     See it work in namespaces of its own (root; removes everything afterwards):
         fanout-relay demo
 
+    Will eth0's packets reach every worker? And watch the load live:
+        fanout-relay check-steering eth0 --workers 2-3
+        fanout-relay ctl top
+
 EXIT STATUS:
     0 after a clean stop, 1 when the configuration is refused or the relay cannot start.";
 
@@ -60,6 +70,10 @@ pub enum Command {
     /// Talk to a running relay through its control socket: list, add and remove rules, see
     /// counters and workers, reload the configuration. Exits 1 when the relay refuses.
     Ctl(CtlArgs),
+    /// Show how the kernel spreads an interface's packets over CPUs (RX queues, RSS, RPS,
+    /// interrupts and their affinity) and whether they will reach every worker, with advice
+    /// when they will not. Run it in the relay's network namespace.
+    CheckSteering(CheckSteeringArgs),
     /// Serve as one worker of a supervisor (started by `run`, not by hand).
     #[command(hide = true)]
     Worker {
@@ -91,6 +105,34 @@ pub struct RunArgs {
     /// Print per-worker and per-rule counters to standard error every SECONDS (0: only at exit).
     #[arg(long, value_name = "SECONDS", default_value_t = 0)]
     pub stats_every: u64,
+    /// Serve Prometheus metrics on http://ADDR/metrics (e.g. 127.0.0.1:9469). Overrides
+    /// `relay.metrics`; without either, no listener.
+    #[arg(long, value_name = "ADDR")]
+    pub metrics: Option<SocketAddr>,
+    /// `auto`: turn RPS on across the workers' CPUs on inputs with one RX queue and no RPS,
+    /// and put the previous masks back at exit. Overrides `relay.rps` (default off).
+    #[arg(long, value_enum)]
+    pub rps: Option<RpsSetting>,
+}
+
+/// Options of `check-steering`.
+#[derive(Debug, Args)]
+pub struct CheckSteeringArgs {
+    /// The interface, in the network namespace this command runs in.
+    pub interface: String,
+    /// Print the facts and the verdict as JSON.
+    #[arg(long)]
+    pub json: bool,
+    /// Workers to judge for, as `run --workers`. Default: the configuration's, else every
+    /// online CPU.
+    #[arg(long, value_name = "N|LIST", value_parser = parse_workers)]
+    pub workers: Option<WorkersSetting>,
+    /// Fanout mode to judge for. Default: the configuration's, else cpu.
+    #[arg(long, value_enum)]
+    pub fanout: Option<FanoutSetting>,
+    /// Take the workers and the fanout mode from this configuration file.
+    #[arg(short, long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
 }
 
 /// Options and command of `ctl`.
@@ -148,6 +190,13 @@ pub enum CtlCommand {
     },
     /// Counters and rates per rule and per worker, and the load imbalance.
     Stats,
+    /// The stats table, refreshed every second until Ctrl-C (successive tables, or JSON lines
+    /// with --json, when standard output is not a terminal).
+    Top {
+        /// Stop after this many refreshes.
+        #[arg(long, value_name = "N")]
+        count: Option<u64>,
+    },
     /// The workers: CPU, pid, state, restarts, table generation, counters.
     Workers,
     /// Re-read the configuration file and apply only what changed.
@@ -197,6 +246,23 @@ mod tests {
         };
         assert_eq!(args.workers, Some(WorkersSetting::Cpus(vec![0, 1])));
         assert_eq!(args.fanout, Some(FanoutSetting::Hash));
+        assert_eq!((args.metrics, args.rps), (None, None));
+        let cli = Cli::try_parse_from([
+            "fanout-relay",
+            "run",
+            "-c",
+            "x.toml",
+            "--metrics",
+            "127.0.0.1:9469",
+            "--rps",
+            "auto",
+        ])
+        .expect("valid command line");
+        let Command::Run(args) = cli.command else {
+            panic!("parsed as run")
+        };
+        assert_eq!(args.metrics, Some(([127, 0, 0, 1], 9469).into()));
+        assert_eq!(args.rps, Some(RpsSetting::Auto));
         assert!(
             Cli::try_parse_from(["fanout-relay", "run", "--config", "x", "--workers", "z"])
                 .is_err()

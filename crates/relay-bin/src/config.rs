@@ -4,6 +4,8 @@
 //! [relay]
 //! workers = "all"          # or a count (2), or CPUs ("0-1,4")
 //! fanout = "cpu"           # cpu | hash | lb | qm | rollover
+//! metrics = "127.0.0.1:9469" # optional: serve Prometheus metrics on GET /metrics
+//! rps = "off"              # or "auto": turn RPS on for single-queue inputs while running
 //!
 //! [ring]                   # optional: receive and transmit ring geometry
 //! version = "v3"           # v3 (throughput) | v2 (latency: frames handed over one by one)
@@ -26,7 +28,7 @@
 
 use relay_rules::{Input, Output, Rule};
 use serde::{Deserialize, Serialize};
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 
 /// The TTL of an output that does not set one: enough to cross a campus, not the world.
@@ -64,6 +66,33 @@ pub struct RelaySection {
     /// `/var/lib/fanout-relay/<config name>.state.toml`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub state_file: Option<PathBuf>,
+    /// Address of the Prometheus metrics listener; none (no listener) by default.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub metrics: Option<SocketAddr>,
+    /// Whether the relay turns RPS on for input interfaces that need it.
+    #[serde(default, skip_serializing_if = "RpsSetting::is_off")]
+    pub rps: RpsSetting,
+}
+
+/// Whether the relay spreads single-queue inputs over the workers' CPUs with RPS.
+///
+/// An interface with one receive queue and no RPS hands every packet to one CPU, so under fanout
+/// `cpu` only one worker sees traffic. `auto` sets the RPS mask of such an interface to the
+/// workers' CPUs while the relay runs and puts the previous mask back when it stops.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum RpsSetting {
+    /// Leave every interface's RPS masks as they are.
+    #[default]
+    Off,
+    /// Turn RPS on across the workers' CPUs where an input has one RX queue and no RPS.
+    Auto,
+}
+
+impl RpsSetting {
+    fn is_off(&self) -> bool {
+        *self == RpsSetting::Off
+    }
 }
 
 /// Directory of the default control sockets.
@@ -396,6 +425,8 @@ mod tests {
         [relay]
         workers = "0-1"
         fanout = "hash"
+        metrics = "127.0.0.1:9469"
+        rps = "auto"
 
         [ring]
         block_count = 4
@@ -414,6 +445,9 @@ mod tests {
         let config = ConfigFile::parse(EXAMPLE).expect("the example is valid");
         assert_eq!(config.relay.workers, WorkersSetting::Cpus(vec![0, 1]));
         assert_eq!(config.relay.fanout, FanoutSetting::Hash);
+        assert_eq!(config.relay.metrics, Some(([127, 0, 0, 1], 9469).into()));
+        assert_eq!(config.relay.rps, RpsSetting::Auto);
+        assert_eq!(ConfigFile::default().relay.rps, RpsSetting::Off);
         assert_eq!(config.ring.block_count, 4);
         assert_eq!(config.ring.block_size, RingSection::default().block_size);
         let rules = config.to_rules();

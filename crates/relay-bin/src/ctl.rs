@@ -10,6 +10,9 @@ use std::path::{Path, PathBuf};
 /// Runs one `ctl` command; `Err` carries the message to print and means exit status 1.
 pub fn run(args: &CtlArgs) -> Result<(), String> {
     let socket = socket_path(args)?;
+    if let CtlCommand::Top { count } = args.command {
+        return crate::top::run(&socket, args.json, count);
+    }
     let command = command(&args.command)?;
     let response = crate::control::call(
         &socket,
@@ -71,7 +74,7 @@ fn socket_path(args: &CtlArgs) -> Result<PathBuf, String> {
 fn command(command: &CtlCommand) -> Result<Command, String> {
     Ok(match command {
         CtlCommand::List => Command::List,
-        CtlCommand::Stats => Command::Stats,
+        CtlCommand::Stats | CtlCommand::Top { .. } => Command::Stats,
         CtlCommand::Workers => Command::Workers,
         CtlCommand::Reload => Command::Reload,
         CtlCommand::Save { file } => Command::Save {

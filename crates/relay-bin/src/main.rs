@@ -6,11 +6,19 @@ use relay_bin::supervisor::{self, Overrides, Plan, RunOptions};
 use std::process::ExitCode;
 use std::time::Duration;
 
+#[cfg(feature = "count-allocs")]
+mod alloc_count;
+
+#[cfg(feature = "count-allocs")]
+#[global_allocator]
+static ALLOCATOR: alloc_count::Counting = alloc_count::Counting;
+
 fn main() -> ExitCode {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Ctl(args) => relay_bin::ctl::run(&args),
+        Command::CheckSteering(args) => relay_bin::steering::run(&args),
         Command::CheckConfig { file } => Plan::load(&file, &Overrides::default(), false)
             .map(|plan| {
                 println!(
@@ -26,6 +34,8 @@ fn main() -> ExitCode {
             let overrides = Overrides {
                 workers: args.workers,
                 fanout: args.fanout,
+                metrics: args.metrics,
+                rps: args.rps,
             };
             let options = RunOptions {
                 stats_every: (args.stats_every > 0).then(|| Duration::from_secs(args.stats_every)),
@@ -40,8 +50,16 @@ fn main() -> ExitCode {
             cpu,
             supervisor,
             rings,
-        } => relay_bin::worker::run(cpu, supervisor, rings)
-            .map_err(|error| format!("worker on cpu {cpu}: {error}")),
+        } => {
+            let result = relay_bin::worker::run(cpu, supervisor, rings)
+                .map_err(|error| format!("worker on cpu {cpu}: {error}"));
+            #[cfg(feature = "count-allocs")]
+            {
+                let (allocations, bytes) = alloc_count::totals();
+                log::info!("worker on cpu {cpu}: allocations={allocations} bytes={bytes}");
+            }
+            result
+        }
         Command::Demo(args) => {
             relay_bin::demo::run(&args).map_err(|error| format!("demo: {error}"))
         }

@@ -266,11 +266,14 @@ impl Drop for TempConfig {
             log::warn!("cannot remove {}: {error}", self.path.display());
         }
         // The relay names its default control socket and state file after the configuration
-        // file (`/run/fanout-relay/<name>.sock`, `/var/lib/fanout-relay/<name>.state.toml`);
-        // they belong to this run, so they go with it. Usually they do not exist.
-        if let Some(name) = self.path.file_stem().and_then(|stem| stem.to_str()) {
-            let _ = std::fs::remove_file(format!("/run/fanout-relay/{name}.sock"));
-            let _ = std::fs::remove_file(format!("/var/lib/fanout-relay/{name}.state.toml"));
+        // file; they belong to this run, so they go with it (the relay itself removes its
+        // socket when it stops, and writes a state file only for run-time changes).
+        let defaults = crate::config::RelaySection::default();
+        for derived in [
+            defaults.control_socket_for(&self.path),
+            defaults.state_file_for(&self.path),
+        ] {
+            let _ = std::fs::remove_file(derived);
         }
     }
 }

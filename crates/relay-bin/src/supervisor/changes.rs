@@ -5,7 +5,9 @@ use super::state::Change;
 use crate::config::{ConfigFile, RuleEntry};
 use crate::control::Pending;
 use crate::control::proto::{ChangeReport, Command, KeyEntry, Reply, Response, WorkerReport};
+use crate::notices::{NO_WORKER, Notices};
 use crate::protocol::{InterfaceEntry, ToWorker};
+use crate::ratelimit::Kind;
 use std::path::Path;
 use std::sync::mpsc::Sender;
 use std::time::{Duration, Instant};
@@ -93,7 +95,9 @@ impl World {
                 self.apply(change, reply);
             }
             Err(error) => {
-                log::error!("reload refused, nothing changed: {error}");
+                if let Some(held) = self.notices.allow(Kind::Refused, NO_WORKER) {
+                    log::error!("reload refused, nothing changed: {error}{held}");
+                }
                 if let Some(reply) = reply {
                     let _ = reply.send(Response::refused(format!("reload refused: {error}")));
                 }
@@ -104,19 +108,21 @@ impl World {
     /// Validates `change` as a whole, makes it the running set, tells the workers, and answers
     /// once they confirmed. A refused change leaves everything as it was.
     fn apply(&mut self, change: Change, reply: Option<Sender<Response>>) {
-        let refuse = |reply: Option<Sender<Response>>, error: String| {
-            log::warn!("change refused, nothing changed: {error}");
+        let refuse = |notices: &mut Notices, reply: Option<Sender<Response>>, error: String| {
+            if let Some(held) = notices.allow(Kind::Refused, NO_WORKER) {
+                log::warn!("change refused, nothing changed: {error}{held}");
+            }
             if let Some(reply) = reply {
                 let _ = reply.send(Response::refused(error));
             }
         };
         let set = match self.state.check(&change) {
             Ok(set) => set,
-            Err(error) => return refuse(reply, error),
+            Err(error) => return refuse(&mut self.notices, reply, error),
         };
         let new_rings = match self.inputs.sync(&set) {
             Ok(rings) => rings,
-            Err(error) => return refuse(reply, error),
+            Err(error) => return refuse(&mut self.notices, reply, error),
         };
         let previous = self.state.set().clone();
         let generation = match self.state.commit(set) {
@@ -124,7 +130,11 @@ impl World {
             Err(error) => {
                 // Put the memberships back as they were for the set that keeps running.
                 let _ = self.inputs.sync(&previous);
-                return refuse(reply, format!("cannot write the state file: {error}"));
+                return refuse(
+                    &mut self.notices,
+                    reply,
+                    format!("cannot write the state file: {error}"),
+                );
             }
         };
         let report = ChangeReport {

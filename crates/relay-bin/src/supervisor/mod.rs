@@ -19,6 +19,7 @@ mod state;
 mod stats;
 mod workers;
 
+pub(crate) use setup::choose_cpus;
 pub use setup::{Overrides, Plan, SetupError};
 pub use state::{Change, write_atomically};
 pub use workers::{WorkerEvent, WorkerSlot};
@@ -26,6 +27,7 @@ pub use workers::{WorkerEvent, WorkerSlot};
 use crate::control::{ControlServer, Pending};
 use crate::counters::{self, WorkerCounters};
 use crate::protocol::{FromWorker, ToWorker, WorkerStart};
+use crate::ratelimit::Kind;
 use nix::sys::signal::{SigSet, Signal};
 use nix::sys::signalfd::SignalFd;
 use std::sync::mpsc::{self, RecvTimeoutError, Sender};
@@ -45,6 +47,9 @@ pub enum RunError {
     /// The control socket could not be opened.
     #[error(transparent)]
     Control(#[from] crate::control::ControlError),
+    /// The metrics listener could not be opened.
+    #[error(transparent)]
+    Metrics(#[from] crate::metrics::MetricsError),
     /// A system call of the supervisor itself failed.
     #[error("{what}: {source}")]
     System {
@@ -109,11 +114,27 @@ pub fn run(plan: Plan, options: &RunOptions) -> Result<RunSummary, RunError> {
         );
     }
     let control_path = plan.config.relay.control_socket_for(&plan.path);
+    // Dropped last: the masks go back once the workers are gone, on every way out of here.
+    let _rps = crate::steering::RpsFallback::apply(
+        plan.config.relay.rps,
+        plan.set
+            .rules()
+            .iter()
+            .map(|rule| rule.input.interface.as_str()),
+        &plan.cpus,
+    );
+    let metrics_addr = plan.config.relay.metrics;
     let mut world = plan.build()?;
     let (event_tx, events) = mpsc::channel::<Event>();
     let (worker_tx, control_tx) = start_forwarders(signals, event_tx)?;
+    let metrics = metrics_addr
+        .map(|addr| crate::metrics::MetricsServer::start(addr, control_tx.clone()))
+        .transpose()?;
     let _control = ControlServer::start(&control_path, control_tx)?;
     log::info!("control socket {}", control_path.display());
+    if let Some(metrics) = &metrics {
+        log::info!("metrics on http://{}/metrics", metrics.local_addr());
+    }
 
     for index in 0..world.slots.len() {
         world.spawn(index, &worker_tx);
@@ -139,6 +160,13 @@ pub fn run(plan: Plan, options: &RunOptions) -> Result<RunSummary, RunError> {
         if now >= next_poll {
             world.sample_rates();
             world.poll_counters();
+            world.notices.tick(
+                now,
+                world.slots.iter().map(|slot| {
+                    let counters = slot.counters();
+                    (slot.cpu, counters.kernel_drops, counters.freezes)
+                }),
+            );
             next_poll = now + COUNTER_INTERVAL;
         }
         let due: Vec<usize> = (0..world.slots.len())
@@ -251,14 +279,21 @@ impl setup::World {
         let start = self.start_message(self.slots[index].cpu);
         let slot = &mut self.slots[index];
         match slot.spawn(&start, events.clone()) {
-            Ok(()) if slot.restarts > 0 => log::warn!(
-                "worker on cpu {} restarted (restart #{})",
-                slot.cpu,
-                slot.restarts
-            ),
+            Ok(()) if slot.restarts > 0 => {
+                if let Some(held) = self.notices.allow(Kind::Restart, slot.cpu) {
+                    log::warn!(
+                        "worker on cpu {} restarted (restart #{}, pid {}){held}",
+                        slot.cpu,
+                        slot.restarts,
+                        slot.process.as_ref().map_or(0, |p| p.child.id())
+                    );
+                }
+            }
             Ok(()) => {}
             Err(error) => {
-                log::error!("worker on cpu {}: cannot start: {error}", slot.cpu);
+                if let Some(held) = self.notices.allow(Kind::StartFailure, slot.cpu) {
+                    log::error!("worker on cpu {}: cannot start: {error}{held}", slot.cpu);
+                }
                 slot.restart_at = Some(Instant::now() + Duration::from_secs(1));
             }
         }
@@ -283,12 +318,22 @@ impl setup::World {
                     return;
                 }
                 let status = worker.reap();
-                log::warn!(
-                    "worker on cpu {} (pid {pid}) exited ({}){}; restarting",
-                    worker.cpu,
-                    status.map_or_else(|| "status unknown".to_owned(), |s| s.to_string()),
-                    error.map(|e| format!(": {e}")).unwrap_or_default()
-                );
+                if let Some(held) = self.notices.allow(Kind::Exit, worker.cpu) {
+                    let counters = worker.counters();
+                    log::warn!(
+                        "worker on cpu {} (pid {pid}) exited ({}){}; restarting in {} ms \
+                         (restarts so far: {}; received {}, forwarded {}){held}",
+                        worker.cpu,
+                        status.map_or_else(|| "status unknown".to_owned(), |s| s.to_string()),
+                        error.map(|e| format!(": {e}")).unwrap_or_default(),
+                        worker.restart_at.map_or(0, |at| {
+                            at.saturating_duration_since(Instant::now()).as_millis()
+                        }),
+                        worker.restarts,
+                        counters.received,
+                        counters.forwarded
+                    );
+                }
                 self.settle_changes();
             }
         }
@@ -323,15 +368,21 @@ impl setup::World {
                 seen
             }
             FromWorker::Failed { error } => {
-                log::error!("worker on cpu {cpu} failed to start: {error}");
+                if let Some(held) = self.notices.allow(Kind::StartFailure, cpu) {
+                    log::error!("worker on cpu {cpu} failed to start: {error}{held}");
+                }
                 return;
             }
         };
         if their_generation == generation && checksum != expected {
-            log::warn!(
-                "worker on cpu {cpu}: table of generation {generation} has checksum {checksum:#x}, expected {expected:#x}: drift, resyncing"
-            );
             worker.drift_repairs += 1;
+            if let Some(held) = self.notices.allow(Kind::Drift, cpu) {
+                log::warn!(
+                    "worker on cpu {cpu}: table of generation {generation} has checksum \
+                     {checksum:#x}, expected {expected:#x}: drift, resyncing (repair #{}){held}",
+                    worker.drift_repairs
+                );
+            }
             worker.acked_generation = 0;
             let table = self.table_message();
             let _ = self.slots[slot].tell(&table);

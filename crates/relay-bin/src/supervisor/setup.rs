@@ -3,7 +3,9 @@
 use super::inputs::Inputs;
 use super::state::{self, RuleState};
 use super::workers::WorkerSlot;
-use crate::config::{ConfigError, ConfigFile, FanoutSetting, RingSection, WorkersSetting};
+use crate::config::{
+    ConfigError, ConfigFile, FanoutSetting, RingSection, RpsSetting, WorkersSetting,
+};
 use crate::rings;
 use relay_rules::{Interfaces, RuleSet};
 use std::collections::BTreeSet;
@@ -87,6 +89,10 @@ pub struct Overrides {
     pub workers: Option<WorkersSetting>,
     /// `--fanout`.
     pub fanout: Option<FanoutSetting>,
+    /// `--metrics`.
+    pub metrics: Option<std::net::SocketAddr>,
+    /// `--rps`.
+    pub rps: Option<RpsSetting>,
 }
 
 impl Plan {
@@ -107,6 +113,12 @@ impl Plan {
         }
         if let Some(fanout) = overrides.fanout {
             config.relay.fanout = fanout;
+        }
+        if let Some(metrics) = overrides.metrics {
+            config.relay.metrics = Some(metrics);
+        }
+        if let Some(rps) = overrides.rps {
+            config.relay.rps = rps;
         }
         let mut rules_from = (path.to_owned(), config.to_rules());
         let mut restored = false;
@@ -167,6 +179,7 @@ impl Plan {
             inputs,
             pending: Vec::new(),
             rates: super::stats::RateWindow::default(),
+            notices: crate::notices::Notices::default(),
         })
     }
 }
@@ -193,7 +206,8 @@ pub(super) fn check_rules(path: &Path, rules: &[relay_rules::Rule]) -> Result<Ru
     })
 }
 
-fn choose_cpus(setting: &WorkersSetting) -> Result<Vec<u32>, String> {
+/// The CPUs that get a worker under `setting`, ascending; the error says why none can.
+pub(crate) fn choose_cpus(setting: &WorkersSetting) -> Result<Vec<u32>, String> {
     let online: Vec<u32> = fanout_core::cpu::online_cpus()
         .map_err(|error| format!("cannot list online CPUs: {error}"))?
         .iter()
@@ -230,4 +244,6 @@ pub(super) struct World {
     pub(super) inputs: Inputs,
     pub(super) pending: Vec<super::changes::PendingChange>,
     pub(super) rates: super::stats::RateWindow,
+    /// Rate-limited log lines about workers, and the ring drop detection.
+    pub(super) notices: crate::notices::Notices,
 }

@@ -118,6 +118,9 @@ impl WorkerSlot {
         let mut total = self.retired.clone();
         if let Some(process) = &self.process {
             total.absorb(&process.counters);
+            // Not sums: the table the live process serves now.
+            total.table_generation = process.counters.table_generation;
+            total.table_checksum = process.counters.table_checksum;
         }
         total.cpu = self.cpu;
         total

@@ -1,0 +1,396 @@
+//! The relay's counters in the Prometheus text exposition format 0.0.4.
+//!
+//! Names follow the Prometheus conventions: `fanout_relay_` first, counters end in `_total`,
+//! bytes are bytes, a gauge has no suffix. Labels: `rule` (its name), `cpu` (the worker's CPU),
+//! `reason` (why a frame was refused), `interface`. Counters are the relay's since it started:
+//! a worker's restart does not reset them (the supervisor keeps what its earlier processes
+//! counted), so only a restart of the relay does, which Prometheus' `rate()` handles.
+//!
+//! | metric | type | labels |
+//! |---|---|---|
+//! | `fanout_relay_generation`, `fanout_relay_rules` | gauge | |
+//! | `fanout_relay_rule_packets_total`, `fanout_relay_rule_bytes_total` | counter | rule |
+//! | `fanout_relay_worker_{received,forwarded,no_rule,not_udp,tx_full,too_big,socket_errors,tx_wrong_format,kernel_drops,freezes,restarts,drift_repairs}_total` | counter | cpu |
+//! | `fanout_relay_worker_malformed_total` | counter | cpu, reason |
+//! | `fanout_relay_worker_ready`, `fanout_relay_worker_table_generation` | gauge | cpu |
+//! | `fanout_relay_interface_{receive,transmit}_{packets,bytes,dropped}_total` | counter | interface |
+//!
+//! The interface counters are the kernel's (`/proc/net/dev` of the relay's namespace) for every
+//! interface a rule names, so a dashboard can set what reached an input against what the
+//! workers received.
+
+use super::netdev::InterfaceCounters;
+use crate::config::RuleEntry;
+use crate::control::proto::{StatsReport, WorkerReport};
+use crate::counters::WorkerCounters;
+use std::fmt::Write as _;
+
+/// Everything one scrape shows, as the supervisor answered it.
+#[derive(Debug, Clone, Default)]
+pub struct Snapshot {
+    /// Counters per rule and per worker.
+    pub stats: StatsReport,
+    /// The worker slots: restarts, confirmed generation, state.
+    pub workers: Vec<WorkerReport>,
+    /// Generation of the running rule set.
+    pub generation: u64,
+    /// The running rules.
+    pub rules: Vec<RuleEntry>,
+    /// The kernel's counters of the interfaces the rules name.
+    pub interfaces: Vec<InterfaceCounters>,
+}
+
+/// A metric type.
+#[derive(Debug, Clone, Copy)]
+enum Kind {
+    Counter,
+    Gauge,
+}
+
+/// Renders `snapshot` as an exposition.
+pub fn render(snapshot: &Snapshot) -> String {
+    let mut out = Exposition::default();
+    out.family(
+        "fanout_relay_generation",
+        Kind::Gauge,
+        "Generation of the running rule set; every applied change raises it.",
+        vec![(String::new(), snapshot.generation)],
+    );
+    out.family(
+        "fanout_relay_rules",
+        Kind::Gauge,
+        "Rules in the running set.",
+        vec![(String::new(), snapshot.rules.len() as u64)],
+    );
+    let rules = &snapshot.stats.rules;
+    let by_rule = |value: fn(&crate::control::proto::RuleStats) -> u64| {
+        rules
+            .iter()
+            .map(|(name, stats)| (labels(&[("rule", name)]), value(stats)))
+            .collect()
+    };
+    out.family(
+        "fanout_relay_rule_packets_total",
+        Kind::Counter,
+        "Packets the rule matched.",
+        by_rule(|stats| stats.packets),
+    );
+    out.family(
+        "fanout_relay_rule_bytes_total",
+        Kind::Counter,
+        "UDP payload bytes of the packets the rule matched.",
+        by_rule(|stats| stats.bytes),
+    );
+    workers(&mut out, snapshot);
+    interfaces(&mut out, &snapshot.interfaces);
+    out.text
+}
+
+type CounterOf = fn(&WorkerCounters) -> u64;
+type InterfaceCounterOf = fn(&InterfaceCounters) -> u64;
+
+fn workers(out: &mut Exposition, snapshot: &Snapshot) {
+    let workers = &snapshot.stats.workers;
+    let cpu = |cpu: u32| labels(&[("cpu", &cpu.to_string())]);
+    let counters: [(&str, &str, CounterOf); 10] = [
+        (
+            "received",
+            "Frames the worker took off its receive rings.",
+            |c| c.received,
+        ),
+        (
+            "forwarded",
+            "Frames the worker wrote to an output, one per output of each matched packet.",
+            |c| c.forwarded,
+        ),
+        (
+            "no_rule",
+            "Well-formed UDP frames that matched no rule.",
+            |c| c.no_rule,
+        ),
+        (
+            "not_udp",
+            "Frames that are not IPv4 UDP (ARP, IPv6, ...) that reached the worker anyway.",
+            |c| c.not_udp,
+        ),
+        (
+            "tx_full",
+            "Output frames dropped because the transmit ring had no free slot.",
+            |c| c.tx_full,
+        ),
+        (
+            "too_big",
+            "Output frames dropped because they would exceed the output's MTU or ring slot.",
+            |c| c.too_big,
+        ),
+        ("socket_errors", "Datagrams a socket output refused.", |c| {
+            c.socket_errors
+        }),
+        (
+            "tx_wrong_format",
+            "Frames the transmit ring rejected as malformed.",
+            |c| c.tx_wrong_format,
+        ),
+        (
+            "kernel_drops",
+            "Frames the kernel dropped because the worker's receive ring was full \
+             (PACKET_STATISTICS).",
+            |c| c.kernel_drops,
+        ),
+        (
+            "freezes",
+            "Times the kernel froze the worker's receive queue (PACKET_STATISTICS, TPACKET_V3).",
+            |c| c.freezes,
+        ),
+    ];
+    for (name, help, value) in counters {
+        out.family(
+            &format!("fanout_relay_worker_{name}_total"),
+            Kind::Counter,
+            help,
+            workers
+                .iter()
+                .map(|w| (cpu(w.cpu), value(&w.counters)))
+                .collect(),
+        );
+    }
+    out.family(
+        "fanout_relay_worker_malformed_total",
+        Kind::Counter,
+        "Malformed frames the worker counted and dropped, by reason.",
+        workers
+            .iter()
+            .flat_map(|w| {
+                let cpu = w.cpu.to_string();
+                w.counters.malformed.iter().map(move |(reason, &count)| {
+                    (labels(&[("cpu", &cpu), ("reason", reason)]), count)
+                })
+            })
+            .collect(),
+    );
+    let slots = &snapshot.workers;
+    let by_slot = |value: fn(&WorkerReport) -> u64| {
+        slots
+            .iter()
+            .map(|slot| (cpu(slot.cpu), value(slot)))
+            .collect()
+    };
+    out.family(
+        "fanout_relay_worker_restarts_total",
+        Kind::Counter,
+        "Times the supervisor restarted the worker's process.",
+        by_slot(|slot| u64::from(slot.restarts)),
+    );
+    out.family(
+        "fanout_relay_worker_drift_repairs_total",
+        Kind::Counter,
+        "Times the worker's rule table differed from the supervisor's and was resent.",
+        by_slot(|slot| u64::from(slot.drift_repairs)),
+    );
+    out.family(
+        "fanout_relay_worker_table_generation",
+        Kind::Gauge,
+        "Generation of the rule table the worker confirmed (0: none yet).",
+        by_slot(|slot| slot.generation),
+    );
+    out.family(
+        "fanout_relay_worker_ready",
+        Kind::Gauge,
+        "1 when the worker's process runs with its table, 0 while it starts or restarts.",
+        by_slot(|slot| u64::from(slot.state == "ready" || slot.state == "resyncing")),
+    );
+}
+
+fn interfaces(out: &mut Exposition, interfaces: &[InterfaceCounters]) {
+    let families: [(&str, &str, InterfaceCounterOf); 6] = [
+        ("receive_packets", "Packets the interface received", |i| {
+            i.receive_packets
+        }),
+        ("receive_bytes", "Bytes the interface received", |i| {
+            i.receive_bytes
+        }),
+        (
+            "receive_dropped",
+            "Received packets the kernel dropped on the interface",
+            |i| i.receive_dropped,
+        ),
+        ("transmit_packets", "Packets the interface sent", |i| {
+            i.transmit_packets
+        }),
+        ("transmit_bytes", "Bytes the interface sent", |i| {
+            i.transmit_bytes
+        }),
+        (
+            "transmit_dropped",
+            "Packets the kernel dropped on their way out of the interface",
+            |i| i.transmit_dropped,
+        ),
+    ];
+    for (name, help, value) in families {
+        out.family(
+            &format!("fanout_relay_interface_{name}_total"),
+            Kind::Counter,
+            &format!(
+                "{help}, as the kernel counts it (/proc/net/dev), for interfaces the rules name."
+            ),
+            interfaces
+                .iter()
+                .map(|i| (labels(&[("interface", &i.name)]), value(i)))
+                .collect(),
+        );
+    }
+}
+
+/// The text being written.
+#[derive(Debug, Default)]
+struct Exposition {
+    text: String,
+}
+
+impl Exposition {
+    /// Writes one metric family: HELP, TYPE and its samples (`labels` already rendered). A
+    /// family without samples is left out.
+    fn family(&mut self, name: &str, kind: Kind, help: &str, samples: Vec<(String, u64)>) {
+        if samples.is_empty() {
+            return;
+        }
+        let kind = match kind {
+            Kind::Counter => "counter",
+            Kind::Gauge => "gauge",
+        };
+        let help = help.replace('\\', "\\\\").replace('\n', "\\n");
+        let _ = writeln!(self.text, "# HELP {name} {help}");
+        let _ = writeln!(self.text, "# TYPE {name} {kind}");
+        for (labels, value) in samples {
+            let _ = writeln!(self.text, "{name}{labels} {value}");
+        }
+    }
+}
+
+/// `{a="x",b="y"}`, values escaped as the format requires (`\\`, `\"`, `\n`).
+fn labels(pairs: &[(&str, &str)]) -> String {
+    let inner: Vec<String> = pairs
+        .iter()
+        .map(|(key, value)| {
+            let value = value
+                .replace('\\', "\\\\")
+                .replace('"', "\\\"")
+                .replace('\n', "\\n");
+            format!("{key}=\"{value}\"")
+        })
+        .collect();
+    format!("{{{}}}", inner.join(","))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::InputEntry;
+    use crate::control::proto::{RuleStats, WorkerStats};
+    use std::collections::BTreeSet;
+
+    fn snapshot() -> Snapshot {
+        let mut snapshot = Snapshot {
+            generation: 3,
+            ..Snapshot::default()
+        };
+        snapshot.stats.rules.insert(
+            "cam \"1\"\\".into(),
+            RuleStats {
+                packets: 10,
+                bytes: 1000,
+                ..RuleStats::default()
+            },
+        );
+        let mut counters = WorkerCounters {
+            cpu: 1,
+            received: 12,
+            forwarded: 20,
+            kernel_drops: 2,
+            ..WorkerCounters::default()
+        };
+        counters.malformed.insert("bad_checksum".into(), 2);
+        snapshot.stats.workers.push(WorkerStats {
+            cpu: 1,
+            counters,
+            ..WorkerStats::default()
+        });
+        snapshot.workers.push(WorkerReport {
+            cpu: 1,
+            state: "ready".into(),
+            restarts: 4,
+            generation: 3,
+            ..WorkerReport::default()
+        });
+        snapshot.rules.push(RuleEntry {
+            name: "cam".into(),
+            input: InputEntry {
+                interface: "in0".into(),
+                destination: [239, 1, 1, 1].into(),
+                port: 5000,
+                source: None,
+            },
+            outputs: Vec::new(),
+        });
+        snapshot.interfaces.push(InterfaceCounters {
+            name: "in0".into(),
+            receive_packets: 15,
+            ..InterfaceCounters::default()
+        });
+        snapshot
+    }
+
+    #[test]
+    fn every_family_has_help_type_and_samples() {
+        let text = render(&snapshot());
+        for line in [
+            "fanout_relay_generation 3",
+            "fanout_relay_rules 1",
+            "fanout_relay_rule_packets_total{rule=\"cam \\\"1\\\"\\\\\"} 10",
+            "fanout_relay_rule_bytes_total{rule=\"cam \\\"1\\\"\\\\\"} 1000",
+            "fanout_relay_worker_received_total{cpu=\"1\"} 12",
+            "fanout_relay_worker_forwarded_total{cpu=\"1\"} 20",
+            "fanout_relay_worker_kernel_drops_total{cpu=\"1\"} 2",
+            "fanout_relay_worker_malformed_total{cpu=\"1\",reason=\"bad_checksum\"} 2",
+            "fanout_relay_worker_restarts_total{cpu=\"1\"} 4",
+            "fanout_relay_worker_table_generation{cpu=\"1\"} 3",
+            "fanout_relay_worker_ready{cpu=\"1\"} 1",
+            "fanout_relay_interface_receive_packets_total{interface=\"in0\"} 15",
+            "# TYPE fanout_relay_worker_tx_full_total counter",
+            "# TYPE fanout_relay_worker_ready gauge",
+        ] {
+            assert!(
+                text.lines().any(|l| l == line),
+                "{line:?} missing from:\n{text}"
+            );
+        }
+        // Each family is introduced exactly once, right before its samples.
+        let mut seen = BTreeSet::new();
+        let mut current = String::new();
+        for line in text.lines() {
+            if let Some(rest) = line.strip_prefix("# TYPE ") {
+                let name = rest.split(' ').next().expect("a name").to_owned();
+                assert!(seen.insert(name.clone()), "{name} twice");
+                current = name;
+            } else if !line.starts_with('#') {
+                let name = line.split(['{', ' ']).next().expect("a name");
+                assert_eq!(name, current, "{line} outside its family");
+                if name.ends_with("_total") {
+                    assert!(!name.ends_with("_total_total"));
+                }
+            }
+        }
+        assert_eq!(
+            text.lines().filter(|l| l.starts_with("# HELP ")).count(),
+            seen.len()
+        );
+    }
+
+    #[test]
+    fn empty_families_are_left_out() {
+        let text = render(&Snapshot::default());
+        assert!(text.contains("fanout_relay_generation 0\n"), "{text}");
+        assert!(!text.contains("fanout_relay_rule_packets_total"), "{text}");
+        assert!(!text.contains("malformed"), "{text}");
+    }
+}
