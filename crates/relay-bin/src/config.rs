@@ -9,8 +9,8 @@
 //!
 //! [ring]                   # optional: receive and transmit ring geometry
 //! version = "v3"           # v3 (throughput) | v2 (latency: frames handed over one by one)
-//! block_size = 1048576
-//! block_count = 8
+//! block_size = 262144
+//! block_count = 64
 //! frame_size = 2048
 //! retire_timeout_ms = 2
 //!
@@ -59,6 +59,9 @@ pub struct RelaySection {
     /// How the kernel spreads an input's packets over the workers.
     #[serde(default)]
     pub fanout: FanoutSetting,
+    /// Which workers hold which rules.
+    #[serde(default, skip_serializing_if = "PlacementSetting::is_replicate")]
+    pub placement: PlacementSetting,
     /// Path of the control socket; by default `/run/fanout-relay/<config name>.sock`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub control_socket: Option<PathBuf>,
@@ -217,6 +220,28 @@ pub enum FanoutSetting {
     Qm,
     /// Fill one worker's ring, then the next.
     Rollover,
+    /// A classic BPF program computes each packet's rule shard from its group and port
+    /// (`relay_rules::shard`), so a packet always reaches the worker that holds its rule.
+    Steer,
+}
+
+/// Which workers hold which rules.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum PlacementSetting {
+    /// Every worker holds every rule: any fanout mode works, and a dead worker's packets can be
+    /// served by the others.
+    #[default]
+    Replicate,
+    /// Worker k holds only the rules of shard k: memory and rule traffic O(rules) instead of
+    /// O(rules × workers). Needs fanout `steer`, so each packet reaches its rule's worker.
+    Shard,
+}
+
+impl PlacementSetting {
+    fn is_replicate(&self) -> bool {
+        *self == PlacementSetting::Replicate
+    }
 }
 
 /// Receive ring version.
@@ -252,8 +277,11 @@ impl Default for RingSection {
     fn default() -> Self {
         RingSection {
             version: RingVersionSetting::V3,
-            block_size: 1 << 20,
-            block_count: 8,
+            // 16 MiB per ring. At a trickle every block is handed over by its timer with a few
+            // frames in it, so the ring holds block_count × retire_timeout of traffic while a
+            // worker is off its CPU: 64 blocks give 128 ms, 8 blocks only 16 ms.
+            block_size: 1 << 18,
+            block_count: 64,
             frame_size: 2048,
             retire_timeout_ms: 2,
             tx_frames: 4096,

@@ -90,6 +90,19 @@ pub struct WorkerStart {
     pub interfaces: Vec<InterfaceEntry>,
     /// Geometry of the rings.
     pub ring: crate::config::RingSection,
+    /// Under shard placement, this worker's shard: it holds only the rules whose
+    /// `relay_rules::shard(group, port, count)` is `index`.
+    #[serde(default)]
+    pub shard: Option<ShardEntry>,
+}
+
+/// One worker's shard of the rules.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ShardEntry {
+    /// This worker's shard.
+    pub index: u32,
+    /// How many shards (workers) there are.
+    pub count: u32,
 }
 
 /// The facts of one interface, as the supervisor found them.

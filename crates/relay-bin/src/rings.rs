@@ -1,6 +1,7 @@
 //! The relay's use of the two libraries: interface facts, rule checking, ring sockets.
 
 use crate::config::{FanoutSetting, RingSection, RingVersionSetting};
+use crate::protocol::ShardEntry;
 use fanout_core::handoff::RingHandle;
 use fanout_core::iface::InterfaceInfo;
 use fanout_core::ring::{Geometry, RetireTimeout};
@@ -27,15 +28,32 @@ pub fn validate(rules: &[Rule], interfaces: &Interfaces) -> Result<RuleSet, Vec<
         .map_err(|errors| errors.into_iter().map(ToString::to_string).collect())
 }
 
-/// The table a worker holding every rule builds, for its generation and checksum.
-pub fn table(set: &RuleSet, generation: u64) -> RuleTable {
-    RuleTable::build(set, generation)
+/// The table a worker builds: every rule, or only its shard's.
+pub fn table(set: &RuleSet, generation: u64, shard: Option<ShardEntry>) -> RuleTable {
+    match shard {
+        None => RuleTable::build(set, generation),
+        Some(shard) => RuleTable::build_shard(set, generation, shard.index, shard.count),
+    }
+}
+
+/// Whether `rule` belongs to `shard` (every rule belongs to a worker without one).
+pub fn in_shard(rule: &Rule, shard: Option<ShardEntry>) -> bool {
+    shard.is_none_or(|shard| {
+        relay_rules::shard::shard(rule.input.destination, rule.input.port, shard.count)
+            == shard.index
+    })
 }
 
 /// The relay-rules pre-filter in the kernel's form: only IPv4 UDP (and still-tagged) frames
 /// reach the rings.
 fn udp_prefilter() -> Result<BpfProgram, String> {
-    let instructions = relay_rules::bpf::udp_prefilter()
+    BpfProgram::new(kernel_instructions(&relay_rules::bpf::udp_prefilter()))
+        .map_err(|error| format!("the UDP pre-filter: {error}"))
+}
+
+/// A relay-rules program as the kernel's `sock_filter` instructions (the same layout).
+fn kernel_instructions(program: &relay_rules::bpf::Program) -> Vec<BpfInstruction> {
+    program
         .instructions()
         .iter()
         .map(|instruction| BpfInstruction {
@@ -44,8 +62,7 @@ fn udp_prefilter() -> Result<BpfProgram, String> {
             jf: instruction.jf,
             k: instruction.k,
         })
-        .collect();
-    BpfProgram::new(instructions).map_err(|error| format!("the UDP pre-filter: {error}"))
+        .collect()
 }
 
 /// The receive ring geometry of the configuration.
@@ -81,6 +98,8 @@ pub fn open_fanout_members(
         FanoutSetting::Lb => (FanoutMode::Lb, FanoutFlags::NONE),
         FanoutSetting::Qm => (FanoutMode::Qm, FanoutFlags::ROLLOVER),
         FanoutSetting::Rollover => (FanoutMode::Rollover, FanoutFlags::NONE),
+        // No rollover: a packet must reach the worker holding its rule or be dropped there.
+        FanoutSetting::Steer => (FanoutMode::Cbpf, FanoutFlags::NONE),
     };
     let version = match ring.version {
         RingVersionSetting::V3 => RingVersion::V3,
@@ -89,10 +108,17 @@ pub fn open_fanout_members(
     let mut group = None;
     let mut handles = Vec::with_capacity(members);
     for member in 0..members {
-        let config = match group {
+        let mut config = match group {
             None => FanoutConfig::unique(mode).flags(flags),
             Some(id) => FanoutConfig::new(id, mode).flags(flags),
         };
+        if fanout == FanoutSetting::Steer && member + 1 == members {
+            // The program belongs to the group; set once every member has joined, it computes
+            // `shard(group, port, members)`, the member index of the worker holding the rule.
+            config = config.cbpf_program(kernel_instructions(&relay_rules::bpf::steering_program(
+                members as u32,
+            )));
+        }
         let rx = RxRingBuilder::new(interface)
             .filter(udp_prefilter()?)
             .version(version)

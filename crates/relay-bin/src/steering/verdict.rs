@@ -117,6 +117,20 @@ pub fn verdict(report: &SteeringReport, workers: &[u32], fanout: FanoutSetting) 
                 workers_reached: Some(workers.to_vec()),
             }
         }
+        FanoutSetting::Steer => Verdict {
+            level: Level::Good,
+            summary: format!(
+                "fanout steer sends each packet to the worker that holds its rule (its shard of \
+                 group and port) among all {n} workers, whichever CPU took it"
+            ),
+            advice: Vec::new(),
+            notes: vec![
+                "the load per worker follows the traffic per shard, not the CPUs: a heavy \
+                 stream loads one worker"
+                    .to_owned(),
+            ],
+            workers_reached: Some(workers.to_vec()),
+        },
         FanoutSetting::Rollover => Verdict {
             level: Level::Warning,
             summary: "fanout rollover gives every packet to one worker until its ring is full, \

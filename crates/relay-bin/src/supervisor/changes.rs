@@ -8,6 +8,7 @@ use crate::control::proto::{ChangeReport, Command, KeyEntry, Reply, Response, Wo
 use crate::notices::{NO_WORKER, Notices};
 use crate::protocol::{InterfaceEntry, ToWorker};
 use crate::ratelimit::Kind;
+use crate::rings;
 use std::path::Path;
 use std::sync::mpsc::Sender;
 use std::time::{Duration, Instant};
@@ -30,7 +31,7 @@ impl World {
         let answer = match request.command {
             Command::List => Response::ok(Reply::Rules {
                 generation: self.state.generation(),
-                rules: self.rule_entries(),
+                rules: self.rule_entries(None),
             }),
             Command::Save { path } => match self.state.save(Path::new(&path)) {
                 Ok(()) => Response::ok(Reply::Saved {
@@ -149,21 +150,40 @@ impl World {
             report.removed
         );
         if new_rings.is_empty() {
-            let update = ToWorker::Update {
-                generation,
-                remove: change.remove,
-                add: change.add.iter().map(RuleEntry::from).collect(),
-                interfaces: self
-                    .state
-                    .set()
-                    .interfaces()
+            let interfaces: Vec<InterfaceEntry> = self
+                .state
+                .set()
+                .interfaces()
+                .iter()
+                .map(InterfaceEntry::from)
+                .collect();
+            for index in 0..self.slots.len() {
+                // Under shard placement a worker hears only of its own rules.
+                let shard = self.shard_of(index);
+                let remove: Vec<String> = change
+                    .remove
                     .iter()
-                    .map(InterfaceEntry::from)
-                    .collect(),
-            };
-            for slot in &mut self.slots {
+                    .filter(|name| {
+                        previous
+                            .get(name)
+                            .is_none_or(|rule| rings::in_shard(rule, shard))
+                    })
+                    .cloned()
+                    .collect();
+                let add: Vec<RuleEntry> = change
+                    .add
+                    .iter()
+                    .filter(|rule| rings::in_shard(rule, shard))
+                    .map(RuleEntry::from)
+                    .collect();
+                let slot = &mut self.slots[index];
                 if slot.process.as_ref().is_some_and(|process| process.ready) {
-                    let _ = slot.tell(&update);
+                    let _ = slot.tell(&ToWorker::Update {
+                        generation,
+                        remove,
+                        add,
+                        interfaces: interfaces.clone(),
+                    });
                 }
             }
         } else {

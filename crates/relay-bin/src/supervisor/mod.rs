@@ -24,10 +24,12 @@ pub use setup::{Overrides, Plan, SetupError};
 pub use state::{Change, write_atomically};
 pub use workers::{WorkerEvent, WorkerSlot};
 
+use crate::config::PlacementSetting;
 use crate::control::{ControlServer, Pending};
 use crate::counters::{self, WorkerCounters};
-use crate::protocol::{FromWorker, ToWorker, WorkerStart};
+use crate::protocol::{FromWorker, ShardEntry, ToWorker, WorkerStart};
 use crate::ratelimit::Kind;
+use crate::rings;
 use nix::sys::signal::{SigSet, Signal};
 use nix::sys::signalfd::SignalFd;
 use std::sync::mpsc::{self, RecvTimeoutError, Sender};
@@ -276,7 +278,7 @@ impl setup::World {
 
     /// Starts slot `index`'s worker with the current rule set.
     fn spawn(&mut self, index: usize, events: &Sender<WorkerEvent>) {
-        let start = self.start_message(self.slots[index].cpu);
+        let start = self.start_message(index);
         let slot = &mut self.slots[index];
         match slot.spawn(&start, events.clone()) {
             Ok(()) if slot.restarts > 0 => {
@@ -341,7 +343,7 @@ impl setup::World {
 
     fn message(&mut self, slot: usize, pid: u32, message: FromWorker) {
         let generation = self.state.generation();
-        let expected = self.state.set().checksum();
+        let expected = self.expected_checksum(slot);
         let Some(worker) = self.slots.get_mut(slot) else {
             return;
         };
@@ -384,7 +386,7 @@ impl setup::World {
                 );
             }
             worker.acked_generation = 0;
-            let table = self.table_message();
+            let table = self.table_message(slot);
             let _ = self.slots[slot].tell(&table);
         } else if their_generation == generation {
             worker.acked_generation = generation;
@@ -392,7 +394,7 @@ impl setup::World {
             // A worker that started (or missed an update) before the latest change: send it the
             // whole current set.
             worker.resyncing = true;
-            let table = self.table_message();
+            let table = self.table_message(slot);
             let _ = self.slots[slot].tell(&table);
         }
         if self.slots[slot].acked_generation == generation {
@@ -448,26 +450,57 @@ impl setup::World {
         }
     }
 
-    fn start_message(&self, cpu: u32) -> WorkerStart {
+    fn start_message(&self, slot: usize) -> WorkerStart {
         WorkerStart {
-            cpu,
+            cpu: self.slots[slot].cpu,
             generation: self.state.generation(),
-            rules: self.rule_entries(),
+            shard: self.shard_of(slot),
+            rules: self.rule_entries(self.shard_of(slot)),
             interfaces: self.interface_entries(),
             ring: self.ring,
         }
     }
 
-    fn table_message(&self) -> ToWorker {
+    fn table_message(&self, slot: usize) -> ToWorker {
         ToWorker::Table {
             generation: self.state.generation(),
-            rules: self.rule_entries(),
+            rules: self.rule_entries(self.shard_of(slot)),
             interfaces: self.interface_entries(),
         }
     }
 
-    fn rule_entries(&self) -> Vec<crate::config::RuleEntry> {
-        self.state.set().rules().iter().map(Into::into).collect()
+    /// The rules of `shard` (all of them without one), as the workers receive them.
+    pub(super) fn rule_entries(&self, shard: Option<ShardEntry>) -> Vec<crate::config::RuleEntry> {
+        self.state
+            .set()
+            .rules()
+            .iter()
+            .filter(|rule| rings::in_shard(rule, shard))
+            .map(Into::into)
+            .collect()
+    }
+
+    /// The shard slot `slot`'s worker holds under shard placement (fanout `steer` joins one
+    /// member per worker, in slot order, so member k, shard k and slot k coincide).
+    pub(super) fn shard_of(&self, slot: usize) -> Option<ShardEntry> {
+        (self.placement == PlacementSetting::Shard).then_some(ShardEntry {
+            index: slot as u32,
+            count: self.slots.len() as u32,
+        })
+    }
+
+    /// The checksum slot `slot`'s table must have at the current generation.
+    fn expected_checksum(&self, slot: usize) -> u64 {
+        match self.shard_of(slot) {
+            None => self.state.set().checksum(),
+            Some(shard) => relay_rules::table::checksum_of(
+                self.state
+                    .set()
+                    .rules()
+                    .iter()
+                    .filter(|rule| rings::in_shard(rule, Some(shard))),
+            ),
+        }
     }
 
     fn interface_entries(&self) -> Vec<crate::protocol::InterfaceEntry> {

@@ -4,7 +4,8 @@ use super::inputs::Inputs;
 use super::state::{self, RuleState};
 use super::workers::WorkerSlot;
 use crate::config::{
-    ConfigError, ConfigFile, FanoutSetting, RingSection, RpsSetting, WorkersSetting,
+    ConfigError, ConfigFile, FanoutSetting, PlacementSetting, RingSection, RpsSetting,
+    WorkersSetting,
 };
 use crate::rings;
 use relay_rules::{Interfaces, RuleSet};
@@ -133,6 +134,20 @@ impl Plan {
                 Err(error) => log::warn!("ignoring the state file: {error}"),
             }
         }
+        if config.relay.placement == PlacementSetting::Shard
+            && config.relay.fanout != FanoutSetting::Steer
+        {
+            return Err(SetupError::Invalid {
+                path: path.to_owned(),
+                errors: vec![format!(
+                    "relay.placement: \"shard\" needs relay.fanout = \"steer\" (it is {:?}): a \
+                     worker holds only its shard's rules, so only the steering program, which \
+                     sends each packet to the worker of its shard, delivers every packet to a \
+                     worker that can relay it",
+                    config.relay.fanout
+                )],
+            });
+        }
         let (rules_path, rules) = rules_from;
         let set = check_rules(&rules_path, &rules)?;
         let cpus = choose_cpus(&config.relay.workers).map_err(|problem| SetupError::Workers {
@@ -176,6 +191,7 @@ impl Plan {
             config_path: self.path,
             ring: self.config.ring,
             fanout: self.config.relay.fanout,
+            placement: self.config.relay.placement,
             inputs,
             pending: Vec::new(),
             rates: super::stats::RateWindow::default(),
@@ -241,6 +257,7 @@ pub(super) struct World {
     pub(super) config_path: PathBuf,
     pub(super) ring: RingSection,
     pub(super) fanout: FanoutSetting,
+    pub(super) placement: PlacementSetting,
     pub(super) inputs: Inputs,
     pub(super) pending: Vec<super::changes::PendingChange>,
     pub(super) rates: super::stats::RateWindow,

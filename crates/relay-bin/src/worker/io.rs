@@ -3,8 +3,8 @@
 use super::WorkerError;
 use super::datapath::{Datapath, Outputs, Written};
 use crate::config::{RingSection, RuleEntry};
-use crate::protocol::InterfaceEntry;
 use crate::protocol::{self, FromWorker, LineBuffer, ToWorker, WorkerStart};
+use crate::protocol::{InterfaceEntry, ShardEntry};
 use crate::rings;
 use fanout_core::handoff::RingHandle;
 use fanout_core::udp_batch::UdpBatch;
@@ -42,6 +42,7 @@ struct Sinks {
 pub(super) struct WorkerIo {
     cpu: u32,
     ring: RingSection,
+    shard: Option<ShardEntry>,
     interfaces: Interfaces,
     rx: Vec<(u32, RxRing)>,
     datapath: Datapath,
@@ -58,7 +59,7 @@ impl WorkerIo {
         let rules = start.rules.iter().map(|entry| entry.to_rule()).collect();
         let set = RuleSet::new(rules, interfaces.clone(), relay_rules::Limits::default())
             .map_err(|errors| format!("the rules handed over do not validate here: {errors}"))?;
-        let table = rings::table(&set, start.generation);
+        let table = rings::table(&set, start.generation, start.shard);
         let mut rx = Vec::with_capacity(handles.len());
         for handle in handles {
             let ifindex = handle.descriptor().ifindex;
@@ -80,6 +81,7 @@ impl WorkerIo {
         Ok(WorkerIo {
             cpu: start.cpu,
             ring: start.ring,
+            shard: start.shard,
             interfaces,
             rx,
             datapath: Datapath::new(table),
@@ -225,7 +227,7 @@ impl WorkerIo {
         let rules = rules.iter().map(RuleEntry::to_rule).collect();
         let set = RuleSet::new(rules, interfaces.clone(), relay_rules::Limits::default())
             .map_err(|errors| errors.to_string())?;
-        let table = rings::table(&set, generation);
+        let table = rings::table(&set, generation, self.shard);
         for rule in table.rules() {
             for output in &rule.outputs {
                 self.sinks.open(output, &interfaces, &self.ring)?;
