@@ -7,11 +7,9 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 #[cfg(feature = "count-allocs")]
-mod alloc_count;
-
-#[cfg(feature = "count-allocs")]
 #[global_allocator]
-static ALLOCATOR: alloc_count::Counting = alloc_count::Counting;
+static ALLOCATOR: fanout_core::alloc_count::CountingAllocator =
+    fanout_core::alloc_count::CountingAllocator;
 
 fn main() -> ExitCode {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
@@ -55,8 +53,12 @@ fn main() -> ExitCode {
                 .map_err(|error| format!("worker on cpu {cpu}: {error}"));
             #[cfg(feature = "count-allocs")]
             {
-                let (allocations, bytes) = alloc_count::totals();
-                log::info!("worker on cpu {cpu}: allocations={allocations} bytes={bytes}");
+                let counted = fanout_core::alloc_count::snapshot();
+                log::info!(
+                    "worker on cpu {cpu}: allocations={} bytes={}",
+                    counted.allocations,
+                    counted.bytes
+                );
             }
             result
         }

@@ -14,10 +14,9 @@
 //!
 //! Run with `cargo bench -p relay-rules --bench datapath`.
 
-use std::alloc::{GlobalAlloc, Layout, System};
+use fanout_core::alloc_count::{self, CountingAllocator};
 use std::hint::black_box;
 use std::net::Ipv4Addr;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use criterion::{BenchmarkId, Criterion, Throughput};
@@ -28,65 +27,8 @@ use relay_rules::{
     Rule, RuleSet, RuleTable,
 };
 
-/// The system allocator, counting the bytes currently allocated and the peak.
-struct Counting;
-
-static LIVE: AtomicUsize = AtomicUsize::new(0);
-static PEAK: AtomicUsize = AtomicUsize::new(0);
-static ALLOCATIONS: AtomicUsize = AtomicUsize::new(0);
-
-fn grew(bytes: usize) {
-    ALLOCATIONS.fetch_add(1, Ordering::Relaxed);
-    let live = LIVE.fetch_add(bytes, Ordering::Relaxed) + bytes;
-    PEAK.fetch_max(live, Ordering::Relaxed);
-}
-
-fn shrank(bytes: usize) {
-    LIVE.fetch_sub(bytes, Ordering::Relaxed);
-}
-
-// SAFETY: every method forwards to `System` with the caller's arguments unchanged, so the
-// `GlobalAlloc` contract holds exactly as it does for `System`; the counters do not allocate.
-unsafe impl GlobalAlloc for Counting {
-    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        // SAFETY: the caller guarantees `layout` has a non-zero size, as `System.alloc` requires.
-        let ptr = unsafe { System.alloc(layout) };
-        if !ptr.is_null() {
-            grew(layout.size());
-        }
-        ptr
-    }
-
-    unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
-        // SAFETY: as for `alloc`.
-        let ptr = unsafe { System.alloc_zeroed(layout) };
-        if !ptr.is_null() {
-            grew(layout.size());
-        }
-        ptr
-    }
-
-    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        // SAFETY: the caller guarantees `ptr` came from this allocator (so from `System`) with
-        // `layout`.
-        unsafe { System.dealloc(ptr, layout) };
-        shrank(layout.size());
-    }
-
-    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        // SAFETY: the caller guarantees `ptr` came from this allocator with `layout` and that
-        // `new_size` is non-zero and does not overflow when rounded to the alignment.
-        let new = unsafe { System.realloc(ptr, layout, new_size) };
-        if !new.is_null() {
-            shrank(layout.size());
-            grew(new_size);
-        }
-        new
-    }
-}
-
 #[global_allocator]
-static ALLOCATOR: Counting = Counting;
+static ALLOCATOR: CountingAllocator = CountingAllocator;
 
 /// Frames per timed batch; times are reported per frame.
 const BATCH: usize = 1024;
@@ -275,13 +217,13 @@ fn write(
 /// figure is the cost of a drop, and that forwarding allocates nothing.
 fn assert_all_forwarded(table: &RuleTable, batch: &Batch, payload: usize) {
     let mut out = [0u8; 2048];
-    let allocations = ALLOCATIONS.load(Ordering::Relaxed);
+    let allocations = alloc_count::snapshot().allocations;
     let written: usize = batch
         .iter()
         .map(|frame| forward(table, frame, 1, &mut out))
         .sum();
     assert_eq!(
-        ALLOCATIONS.load(Ordering::Relaxed),
+        alloc_count::snapshot().allocations,
         allocations,
         "parse, lookup and rewrite allocate nothing"
     );
@@ -383,13 +325,13 @@ fn bench_build(c: &mut Criterion, set: &RuleSet) {
 
 /// Prints the heap bytes a 100,000-rule table holds per rule, and the size of its parts.
 fn report_memory(set: &RuleSet) {
-    let before = LIVE.load(Ordering::Relaxed);
-    PEAK.store(before, Ordering::Relaxed);
+    let before = alloc_count::snapshot().live;
+    alloc_count::reset_peak();
     let started = Instant::now();
     let table = RuleTable::build(set, 1);
     let took = started.elapsed();
-    let after = LIVE.load(Ordering::Relaxed);
-    let peak = PEAK.load(Ordering::Relaxed);
+    let after = alloc_count::snapshot().live;
+    let peak = alloc_count::snapshot().peak;
     let rules = table.len();
     let held = after.saturating_sub(before);
     println!(
@@ -408,9 +350,9 @@ fn report_memory(set: &RuleSet) {
     drop(table);
 
     // One worker's table under `shard` placement over 8 workers: it holds an eighth of the rules.
-    let before = LIVE.load(Ordering::Relaxed);
+    let before = alloc_count::snapshot().live;
     let shard = RuleTable::build_shard(set, 1, 0, 8);
-    let held = LIVE.load(Ordering::Relaxed).saturating_sub(before);
+    let held = alloc_count::snapshot().live.saturating_sub(before);
     println!(
         "shard 0 of 8: {} rules, {held} heap bytes held = {:.1} bytes/rule of the shard",
         shard.len(),
