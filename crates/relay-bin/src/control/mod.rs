@@ -176,11 +176,15 @@ pub fn call(path: &Path, request: &Request) -> io::Result<Response> {
     let mut stream = UnixStream::connect(path)?;
     let mut line = serde_json::to_vec(request).map_err(io::Error::other)?;
     line.push(b'\n');
-    stream.write_all(&line)?;
+    // A relay that refuses the connection answers before reading and closes, so the write may
+    // fail with a broken pipe while its answer waits to be read: read it anyway.
+    let written = stream.write_all(&line);
     let mut reader = BufReader::new(stream);
     let mut answer = Vec::new();
-    reader.read_until(b'\n', &mut answer)?;
+    let read = reader.read_until(b'\n', &mut answer);
     if answer.is_empty() {
+        written?;
+        read?;
         return Err(io::Error::new(
             io::ErrorKind::UnexpectedEof,
             "the relay closed the connection without answering",

@@ -49,7 +49,8 @@ impl World {
                     remove: Vec::new(),
                     add: vec![rule.to_rule()],
                 };
-                return self.apply(change, Some(reply));
+                self.apply(change, Some(reply));
+                return;
             }
             Command::Remove { name, key } => match self.resolve(name, key) {
                 Ok(name) => {
@@ -57,7 +58,8 @@ impl World {
                         remove: vec![name],
                         add: Vec::new(),
                     };
-                    return self.apply(change, Some(reply));
+                    self.apply(change, Some(reply));
+                    return;
                 }
                 Err(error) => Response::refused(error),
             },
@@ -82,18 +84,25 @@ impl World {
     /// that does not parse or validate changes nothing and is reported.
     pub(super) fn reload(&mut self, reply: Option<Sender<Response>>) {
         let path = self.config_path.clone();
-        let loaded = ConfigFile::load(&path)
-            .map_err(|error| error.to_string())
-            .and_then(|config| {
+        let loaded = std::fs::read_to_string(&path)
+            .map_err(|error| format!("{}: cannot read: {error}", path.display()))
+            .and_then(|text| {
+                let config = ConfigFile::parse(&text)
+                    .map_err(|error| format!("{}: {error}", path.display()))?;
                 let rules = config.to_rules();
-                check_rules(&path, &rules)
-                    .map(|_| rules)
-                    .map_err(|error| error.to_string())
+                check_rules(&path, &rules).map_err(|error| error.to_string())?;
+                Ok((text, rules))
             });
         match loaded {
-            Ok(rules) => {
+            Ok((text, rules)) => {
                 let change = Change::between(self.state.set().rules(), &rules);
-                self.apply(change, reply);
+                if self.apply(change, reply) {
+                    // The state file now grew from this text: a restart with this file keeps
+                    // the changes made at run time after it.
+                    if let Err(error) = self.state.adopt_config_text(&text) {
+                        log::error!("cannot write the state file: {error}");
+                    }
+                }
             }
             Err(error) => {
                 if let Some(held) = self.notices.allow(Kind::Refused, NO_WORKER) {
@@ -107,8 +116,9 @@ impl World {
     }
 
     /// Validates `change` as a whole, makes it the running set, tells the workers, and answers
-    /// once they confirmed. A refused change leaves everything as it was.
-    fn apply(&mut self, change: Change, reply: Option<Sender<Response>>) {
+    /// once they confirmed; says whether it was applied. A refused change leaves everything as
+    /// it was.
+    fn apply(&mut self, change: Change, reply: Option<Sender<Response>>) -> bool {
         let refuse = |notices: &mut Notices, reply: Option<Sender<Response>>, error: String| {
             if let Some(held) = notices.allow(Kind::Refused, NO_WORKER) {
                 log::warn!("change refused, nothing changed: {error}{held}");
@@ -119,11 +129,17 @@ impl World {
         };
         let set = match self.state.check(&change) {
             Ok(set) => set,
-            Err(error) => return refuse(&mut self.notices, reply, error),
+            Err(error) => {
+                refuse(&mut self.notices, reply, error);
+                return false;
+            }
         };
         let new_rings = match self.inputs.sync(&set) {
             Ok(rings) => rings,
-            Err(error) => return refuse(&mut self.notices, reply, error),
+            Err(error) => {
+                refuse(&mut self.notices, reply, error);
+                return false;
+            }
         };
         let previous = self.state.set().clone();
         let generation = match self.state.commit(set) {
@@ -131,11 +147,12 @@ impl World {
             Err(error) => {
                 // Put the memberships back as they were for the set that keeps running.
                 let _ = self.inputs.sync(&previous);
-                return refuse(
+                refuse(
                     &mut self.notices,
                     reply,
                     format!("cannot write the state file: {error}"),
                 );
+                return false;
             }
         };
         let report = ChangeReport {
@@ -205,6 +222,7 @@ impl World {
             deadline: Instant::now() + CONFIRM_WITHIN,
         });
         self.settle_changes();
+        true
     }
 
     /// Answers every pending change that all live, ready workers have confirmed.

@@ -141,6 +141,13 @@ impl RuleState {
         }
     }
 
+    /// Ties the state to the configuration text `text` (after a reload of an edited file) and
+    /// writes the state file again, so the next start with that file restores the state.
+    pub(crate) fn adopt_config_text(&mut self, text: &str) -> io::Result<()> {
+        self.config_digest = digest(text.as_bytes());
+        self.persist()
+    }
+
     /// Writes the running set to `path` as a configuration file, atomically.
     pub(crate) fn save(&self, path: &Path) -> io::Result<()> {
         write_atomically(path, self.as_config().to_toml().as_bytes())

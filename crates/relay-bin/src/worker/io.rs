@@ -324,6 +324,9 @@ impl WorkerIo {
             .iter()
             .map(|(_, ring)| ring.counters().wrong_format)
             .sum();
+        // The supervisor compares these with its own to find drift.
+        counters.table_generation = self.generation();
+        counters.table_checksum = self.checksum();
         counters
     }
 }
