@@ -204,7 +204,7 @@ fn a_drifted_table_is_found_and_repaired() {
     }
     // Every worker reports the repaired table: the generation and one checksum, the same on
     // every worker since every worker holds every rule.
-    let stats = ctl.wait_stats(
+    ctl.wait_stats(
         "every worker to report one table checksum",
         Duration::from_secs(5),
         |s| {
@@ -215,7 +215,6 @@ fn a_drifted_table_is_found_and_repaired() {
             })
         },
     );
-    drop(stats);
     let exit = relay.stop();
     for n in 1..=4 {
         assert_eq!(exit.summary.rule_packets(&format!("r{n}")), 100);
