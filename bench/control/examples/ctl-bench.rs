@@ -1,7 +1,7 @@
 //! `ctl-bench`: measures fanout-relay's control plane in network namespaces (run as root).
 //!
 //! ```text
-//! ctl-bench stall   [--rules 10000] [--pps 20000] [--quiet-seconds 10] [--sender-cpu 1]
+//! ctl-bench stall   [--rules 10000] [--per-group 1] [--pps 20000] [--quiet-seconds 10] [--sender-cpu 1]
 //!                   [--supervisor-cpu C]
 //! ctl-bench restart [--rules 1,10000,100000] [--pps 10000] [--quick]
 //! ```
@@ -30,6 +30,7 @@ fn main() {
         Some("stall") => {
             let options = stall::Options {
                 rules: value(&args, "--rules", 10_000),
+                per_group: value(&args, "--per-group", 1),
                 pps: value(&args, "--pps", 20_000),
                 quiet_seconds: value(&args, "--quiet-seconds", 10),
                 sender_cpu: value(&args, "--sender-cpu", 1),
@@ -55,7 +56,7 @@ fn main() {
         }
         _ => {
             eprintln!(
-                "usage: ctl-bench stall [--rules N] [--pps N] [--quiet-seconds S] [--sender-cpu C] [--supervisor-cpu C]\n\
+                "usage: ctl-bench stall [--rules N] [--per-group N] [--pps N] [--quiet-seconds S] [--sender-cpu C] [--supervisor-cpu C]\n\
                  \x20      ctl-bench restart [--rules N,N,...] [--pps N] [--quick]"
             );
             std::process::exit(2);

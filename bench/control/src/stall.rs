@@ -23,6 +23,9 @@ use crate::{extra_rule, percentile};
 pub struct Options {
     /// Rules to add.
     pub rules: u32,
+    /// Added rules per input group (1: a group each, so every add joins one; more: ports of
+    /// a shared group).
+    pub per_group: u32,
     /// Datagrams per second of the stream.
     pub pps: u32,
     /// Seconds of the windows without changes (before and after).
@@ -57,6 +60,10 @@ pub struct Report {
     pub kernel_drops: (u64, u64),
     /// Add time per thousand rules (s), to see whether adds slow down as the table grows.
     pub add_seconds_per_thousand: Vec<f64>,
+    /// Worker restarts during the run.
+    pub restarts: u32,
+    /// The relay's warnings and errors (first few), which explain pauses.
+    pub warnings: Vec<String>,
 }
 
 /// Runs the measurement.
@@ -103,7 +110,7 @@ pub fn run(options: Options) -> Report {
     for i in 0..options.rules {
         let asked = Instant::now();
         let response = control.call(Command::Add {
-            rule: extra_rule(i, 1),
+            rule: extra_rule(i, options.per_group),
         });
         answers.push(asked.elapsed().as_secs_f64() * 1e3);
         match response {
@@ -131,8 +138,15 @@ pub fn run(options: Options) -> Report {
     let arrivals = receiver.stop();
     std::thread::sleep(Duration::from_millis(1500));
     let drops_total = kernel_drops(&control.stats());
+    let restarts = control.workers().iter().map(|w| w.restarts).sum();
     drop(control);
-    relay.stop();
+    let exit = relay.stop();
+    let warnings: Vec<String> = exit
+        .log
+        .lines()
+        .filter(|line| line.contains(" WARN ") || line.contains(" ERROR "))
+        .map(str::to_owned)
+        .collect();
 
     let p50 = percentile(&mut answers, 50.0);
     let p99 = percentile(&mut answers, 99.0);
@@ -148,6 +162,8 @@ pub fn run(options: Options) -> Report {
         lost: loss(&arrivals, sent.count),
         kernel_drops: (drops_adding, drops_total),
         add_seconds_per_thousand: per_thousand,
+        restarts,
+        warnings,
     }
 }
 
@@ -155,18 +171,20 @@ pub fn run(options: Options) -> Report {
 pub fn render(options: &Options, report: &Report) -> String {
     let line = |name: &str, w: &Window| {
         format!(
-            "  {name:<9} arrivals {:>8}  max gap {:>8.2} ms  p99.9 gap {:>6.2} ms  latency p50 {:>6.2} ms max {:>8.2} ms  gaps>10ms {}\n",
+            "  {name:<9} arrivals {:>8}  max gap {:>8.2} ms  p99.9 gap {:>6.2} ms  latency p50 {:>6.2} p99.9 {:>7.2} max {:>8.2} ms  gaps>10ms {}\n",
             w.arrivals,
             w.max_gap_ms,
             w.p999_gap_ms,
             w.latency_p50_ms,
+            w.latency_p999_ms,
             w.latency_max_ms,
             w.long_gaps.len()
         )
     };
     let mut text = format!(
-        "stall: {} rules added one by one, stream {} pps (worker cpu 0, sender cpu {}, supervisor {})\n",
+        "stall: {} rules added one by one ({} per group), stream {} pps (worker cpu 0, sender cpu {}, supervisor {})\n",
         options.rules,
+        options.per_group,
         options.pps,
         options.sender_cpu,
         options
@@ -202,6 +220,14 @@ pub fn render(options: &Options, report: &Report) -> String {
         report.kernel_drops.0,
         report.kernel_drops.1
     );
+    text += &format!(
+        "  worker restarts {}; relay warnings and errors {}\n",
+        report.restarts,
+        report.warnings.len()
+    );
+    for line in report.warnings.iter().take(8) {
+        text += &format!("    {line}\n");
+    }
     let mut gaps = report.adding.long_gaps.clone();
     gaps.sort_by(|a, b| b.1.total_cmp(&a.1));
     if !gaps.is_empty() {

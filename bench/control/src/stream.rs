@@ -221,7 +221,9 @@ pub struct Window {
     pub p999_gap_ms: f64,
     /// Median and maximum of receive time minus send time (ms).
     pub latency_p50_ms: f64,
-    /// Highest latency (ms).
+    /// 99.9th percentile of the latency (ms).
+    pub latency_p999_ms: f64,
+    /// Highest latency (ms): the longest a datagram waited, in the relay's ring above all.
     pub latency_max_ms: f64,
     /// Gaps longer than 10 ms: (end of the gap in ns, length in ms).
     pub long_gaps: Vec<(u64, f64)>,
@@ -262,6 +264,9 @@ pub fn window(arrivals: &[Arrival], from_ns: u64, to_ns: u64) -> Window {
     latencies.sort_unstable();
     if let Some(&p) = latencies.get(latencies.len() / 2) {
         result.latency_p50_ms = p as f64 / 1e6;
+    }
+    if let Some(&p) = latencies.get(latencies.len().saturating_sub(1) * 999 / 1000) {
+        result.latency_p999_ms = p as f64 / 1e6;
     }
     if let Some(&p) = latencies.last() {
         result.latency_max_ms = p as f64 / 1e6;
