@@ -71,6 +71,76 @@ pub fn shard_hash(group: Ipv4Addr, port: u16) -> u32 {
     h
 }
 
+/// Some of the `count` shards: what one worker holds when it serves several fanout members.
+///
+/// Under `shard` placement the steering program sends a packet to fanout member
+/// `shard(group, port, count)`, and the member count stays fixed while the relay runs; a worker
+/// that serves members 0 and 2 of 4 holds the rules of shards 0 and 2. Changing which worker
+/// serves a member moves that shard's rules, never the program.
+///
+/// ```
+/// use relay_rules::shard::{ShardSet, shard};
+/// use std::net::Ipv4Addr;
+///
+/// let both = ShardSet::new(2, [0, 1]).unwrap();
+/// let group = Ipv4Addr::new(239, 1, 2, 3);
+/// assert!(both.holds(group, 5000));
+/// let mine = ShardSet::one(shard(group, 5000, 2), 2);
+/// let other = ShardSet::one(1 - shard(group, 5000, 2), 2);
+/// assert!(mine.holds(group, 5000) && !other.holds(group, 5000));
+/// assert!(ShardSet::new(2, [2]).is_none());
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct ShardSet {
+    count: u32,
+    /// Ascending, without repeats, each below `count`.
+    owned: Vec<u32>,
+}
+
+impl ShardSet {
+    /// The shards `owned` of `count`; `None` when one is not below `count` or none is given
+    /// (a worker with no shard holds nothing and should not exist).
+    pub fn new(count: u32, owned: impl IntoIterator<Item = u32>) -> Option<Self> {
+        let mut owned: Vec<u32> = owned.into_iter().collect();
+        owned.sort_unstable();
+        owned.dedup();
+        if owned.is_empty() || owned.last().is_some_and(|&last| last >= count) {
+            return None;
+        }
+        Some(ShardSet { count, owned })
+    }
+
+    /// Shard `index` of `count` alone (`index` is reduced modulo `count`, as the kernel reduces
+    /// the steering program's answer).
+    pub fn one(index: u32, count: u32) -> Self {
+        let count = count.max(1);
+        ShardSet {
+            count,
+            owned: vec![index % count],
+        }
+    }
+
+    /// How many shards there are in all.
+    pub fn count(&self) -> u32 {
+        self.count
+    }
+
+    /// The shards held, ascending.
+    pub fn indices(&self) -> &[u32] {
+        &self.owned
+    }
+
+    /// Whether shard `index` is held.
+    pub fn owns(&self, index: u32) -> bool {
+        self.owned.binary_search(&index).is_ok()
+    }
+
+    /// Whether the rule for (`group`, `port`) belongs here.
+    pub fn holds(&self, group: Ipv4Addr, port: u16) -> bool {
+        self.owns(shard(group, port, self.count))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

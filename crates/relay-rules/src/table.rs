@@ -41,7 +41,7 @@ pub use compiled::{CompiledOutput, CompiledRule, RuleId};
 pub use error::TableError;
 
 use crate::rule::Rule;
-use crate::shard::shard;
+use crate::shard::ShardSet;
 use crate::validate::RuleSet;
 use smallvec::SmallVec;
 use std::collections::HashMap;
@@ -123,7 +123,7 @@ fn hasher() -> ahash::RandomState {
 pub struct RuleTable {
     generation: u64,
     checksum: u64,
-    shard: Option<(u32, u32)>,
+    shard: Option<ShardSet>,
     /// Indexed by id. A freed id holds a vacant rule that owns no memory and that no slot
     /// refers to, so that lookups read this list exactly as they did before ids could be freed.
     rules: Vec<CompiledRule>,
@@ -149,18 +149,25 @@ impl RuleTable {
     /// the table of one worker under `shard` placement. `shards == 0` puts every rule in
     /// shard 0, as the shard function does. [`RuleTable::insert`] keeps to the same shard.
     pub fn build_shard(set: &RuleSet, generation: u64, shard_index: u32, shards: u32) -> Self {
+        Self::build_shards(set, generation, &ShardSet::one(shard_index, shards))
+    }
+
+    /// Compiles only the rules of `set` in the shards of `shards`: the table of a worker that
+    /// serves several fanout members under `shard` placement. [`RuleTable::insert`] keeps to
+    /// the same shards.
+    pub fn build_shards(set: &RuleSet, generation: u64, shards: &ShardSet) -> Self {
         let mine = set
             .rules()
             .iter()
-            .filter(|rule| shard(rule.input.destination, rule.input.port, shards) == shard_index);
-        Self::compile(set, generation, mine, Some((shard_index, shards)))
+            .filter(|rule| shards.holds(rule.input.destination, rule.input.port));
+        Self::compile(set, generation, mine, Some(shards.clone()))
     }
 
     fn compile<'a>(
         set: &RuleSet,
         generation: u64,
         selected: impl Iterator<Item = &'a Rule>,
-        shard: Option<(u32, u32)>,
+        shard: Option<ShardSet>,
     ) -> Self {
         let selected: Vec<&Rule> = selected.collect();
         let count = selected.len();
@@ -285,9 +292,10 @@ impl RuleTable {
         self.checksum
     }
 
-    /// `(shard, shards)` for a table built with [`RuleTable::build_shard`], `None` for a full one.
-    pub fn shard(&self) -> Option<(u32, u32)> {
-        self.shard
+    /// The shards of a table built with [`RuleTable::build_shard`] or
+    /// [`RuleTable::build_shards`], `None` for a full one.
+    pub fn shards(&self) -> Option<&ShardSet> {
+        self.shard.as_ref()
     }
 
     /// Number of rules.

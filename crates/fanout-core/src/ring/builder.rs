@@ -252,7 +252,14 @@ impl RxRingBuilder {
         if let Some(source) = self.timestamp {
             socket.set_timestamp_source(source)?;
         }
-        if let Some(program) = &self.filter {
+        // Between bind and joining a fanout group the socket receives every frame on its own,
+        // copies of frames the group also delivers: a member joining a live group would see them
+        // twice. So it binds rejecting everything and takes its real filter once it is a member;
+        // the price is that frames the group steers to it in between (one setsockopt) are lost.
+        let joining = self.fanout.is_some();
+        if joining {
+            bpf::attach_filter(socket.as_fd(), &BpfProgram::reject_all())?;
+        } else if let Some(program) = &self.filter {
             bpf::attach_filter(socket.as_fd(), program)?;
         }
         socket.bind_resolved(ifindex, interface, self.protocol)?;
@@ -271,6 +278,12 @@ impl RxRingBuilder {
                 }
             })
             .transpose()?;
+        if joining {
+            match &self.filter {
+                Some(program) => bpf::attach_filter(socket.as_fd(), program)?,
+                None => bpf::detach_filter(socket.as_fd())?,
+            }
+        }
         Ok(RxRing {
             socket,
             map,

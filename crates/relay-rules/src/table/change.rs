@@ -46,9 +46,9 @@ impl RuleTable {
         rule: &Rule,
         interfaces: &Interfaces,
     ) -> Result<Insertion, TableError> {
-        if let Some((index, shards)) = self.shard {
-            let theirs = shard(rule.input.destination, rule.input.port, shards);
-            if theirs != index {
+        if let Some(shards) = &self.shard {
+            let theirs = shard(rule.input.destination, rule.input.port, shards.count());
+            if !shards.owns(theirs) {
                 return Ok(Insertion::OtherShard(theirs));
             }
         }

@@ -4,6 +4,7 @@ use super::*;
 use crate::interface::Interfaces;
 use crate::replicate::multicast_mac;
 use crate::rule::{Input, Limits, Output};
+use crate::shard::shard;
 use crate::validate::tests::{interfaces, output, rule};
 use std::net::SocketAddrV4;
 
@@ -148,7 +149,7 @@ fn ids_generation_and_checksum() {
     let forward = set(rules.clone());
     let table = RuleTable::build(&forward, 42);
     assert_eq!(
-        (table.generation(), table.len(), table.shard()),
+        (table.generation(), table.len(), table.shards()),
         (42, 10, None)
     );
     let ids: Vec<u32> = table.rules().map(|r| r.id.0).collect();
@@ -184,6 +185,25 @@ fn many_rules(count: u32) -> Vec<Rule> {
 }
 
 #[test]
+fn a_table_of_several_shards_holds_their_union() {
+    let rules = set(many_rules(2_000));
+    let two = ShardSet::new(3, [2, 0]).expect("shards 0 and 2 of 3");
+    let table = RuleTable::build_shards(&rules, 9, &two);
+    let alone: Vec<RuleTable> = [0, 2]
+        .into_iter()
+        .map(|k| RuleTable::build_shard(&rules, 9, k, 3))
+        .collect();
+    assert_eq!(table.len(), alone[0].len() + alone[1].len());
+    assert_eq!(
+        table.checksum(),
+        alone[0].checksum().wrapping_add(alone[1].checksum())
+    );
+    for compiled in table.rules() {
+        assert_ne!(shard(compiled.key.destination, compiled.key.port, 3), 1);
+    }
+}
+
+#[test]
 fn shards_partition_the_rules() {
     let rules = set(many_rules(2_000));
     let full = RuleTable::build(&rules, 5);
@@ -197,7 +217,7 @@ fn shards_partition_the_rules() {
         .fold(0u64, u64::wrapping_add);
     assert_eq!(sum, full.checksum(), "shard checksums add up to the whole");
     for (k, table) in shards.iter().enumerate() {
-        assert_eq!(table.shard(), Some((k as u32, 3)));
+        assert_eq!(table.shards(), Some(&ShardSet::one(k as u32, 3)));
         assert!(
             table.len() > 500,
             "shard {k} has only {} of 2000 rules",

@@ -270,5 +270,5 @@ fn a_shard_table_takes_only_its_own_rules() {
     assert!(!mine.is_empty() && mine.len() < rules.len());
     assert_eq!(table.len(), mine.len());
     assert_eq!(table.checksum(), checksum_of(mine.iter().copied()));
-    assert_eq!(table.shard(), Some((1, 3)));
+    assert_eq!(table.shards(), Some(&crate::shard::ShardSet::one(1, 3)));
 }
