@@ -230,7 +230,17 @@ fn rps_mask_round_trip_on_veth() {
         assert_eq!(replaced, online);
         assert_eq!(s.rps_cpus("ra0", 0).expect("rx-0"), CpuSet::new());
         assert_eq!(s.rps_flow_cnt("ra0", 0).expect("rps_flow_cnt"), 0);
-        let state = iface::operstate_in(std::path::Path::new("/sys"), "ra0").expect("operstate");
+        // The kernel's link watcher reports the carrier a moment after the veth went up (seconds
+        // on a busy machine): wait for it, bounded.
+        let since = Instant::now();
+        let state = loop {
+            let state =
+                iface::operstate_in(std::path::Path::new("/sys"), "ra0").expect("operstate");
+            if state == iface::OperState::Up || since.elapsed() > Duration::from_secs(10) {
+                break state;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        };
         assert_eq!(state, iface::OperState::Up);
         assert!(matches!(
             s.rps_cpus("ra0", 1),

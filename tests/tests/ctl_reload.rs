@@ -119,8 +119,7 @@ fn a_bad_reload_changes_nothing() {
 
     // Valid TOML, invalid rules: an unknown interface and a key used twice; `keep` goes away
     // and a good rule comes in, and neither may happen. Through SIGHUP first: the log is the
-    // only place its refusal is told (refusals are logged once per 10 s at most, so the
-    // SIGHUP's goes before the others).
+    // only place its refusal is told.
     let invalid = relay_section(&dir, "")
         + &rule("other", "239.1.1.5", 5005, "239.2.2.5", 6005)
         + &rule("fresh", "239.1.1.8", 5008, "239.2.2.8", 6008)
@@ -187,4 +186,95 @@ fn a_bad_reload_changes_nothing() {
     assert_eq!(ctl.rule_names(), ["keep"]);
     let exit = relay.stop();
     assert_eq!(exit.summary.rule_packets("keep"), 400);
+}
+
+#[test]
+fn every_refused_sighup_reload_is_logged_with_its_reason() {
+    if !privileged("every_refused_sighup_reload_is_logged_with_its_reason") {
+        return;
+    }
+    let topo = quiet_topology("ctlhup");
+    let dir = Workdir::new("hupreasons");
+    let relay = RelayProcess::start(&topo.relay, &(relay_section(&dir, "") + &keep()), &[]);
+    let ctl = Ctl::new(&dir);
+    let file = config_path(&relay);
+    let before = ctl.rules();
+    // Two refusals in a row, well within any rate-limiting window, for different reasons: the
+    // log is the only place a SIGHUP's refusal is told, so each must be there with its reason.
+    for (round, interface) in ["nosuch1", "nosuch2"].into_iter().enumerate() {
+        let bad = relay_section(&dir, "")
+            + &keep()
+            + &rule("bad", "239.1.1.9", 5009, "239.2.2.9", 6009).replace("rin0", interface);
+        std::fs::write(&file, &bad).expect("rewrite the configuration");
+        signal(relay.pid(), Signal::SIGHUP);
+        let wanted = format!("no interface named \"{interface}\"");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !relay.log().contains(&wanted) {
+            assert!(
+                Instant::now() < deadline,
+                "refused SIGHUP reload #{} is not logged with its reason ({wanted}):\n{}",
+                round + 1,
+                relay.log()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        assert_eq!(
+            ctl.rules(),
+            before,
+            "a refused SIGHUP reload changed the rules"
+        );
+    }
+    let refusals = relay
+        .log()
+        .lines()
+        .filter(|line| line.contains("reload refused, nothing changed"))
+        .count();
+    assert_eq!(refusals, 2, "log:\n{}", relay.log());
+    relay.stop();
+}
+
+#[test]
+fn a_reload_names_the_rules_that_existed_only_at_run_time() {
+    if !privileged("a_reload_names_the_rules_that_existed_only_at_run_time") {
+        return;
+    }
+    let topo = quiet_topology("ctlrto");
+    let dir = Workdir::new("runtimeonly");
+    let first =
+        relay_section(&dir, "") + &keep() + &rule("old", "239.1.1.5", 5005, "239.2.2.5", 6005);
+    let relay = RelayProcess::start(&topo.relay, &first, &[]);
+    let ctl = Ctl::new(&dir);
+    let file = config_path(&relay);
+    ctl.ok(&[
+        "add",
+        "extra",
+        "rin0:239.1.1.3:5003",
+        "rout0:239.2.2.3:6003",
+    ]);
+    assert_eq!(ctl.rule_names(), ["extra", "keep", "old"]);
+
+    // The file drops `old`; `extra` was never in it. Both go, and only `extra` is named as a
+    // rule that existed only at run time.
+    std::fs::write(&file, relay_section(&dir, "") + &keep()).expect("rewrite the configuration");
+    let out = ctl.ok(&["reload"]);
+    assert!(
+        out.contains("removed [\"extra\", \"old\"]"),
+        "ctl reload printed: {out}"
+    );
+    let line = out
+        .lines()
+        .find(|line| line.contains("only at run time"))
+        .unwrap_or_else(|| panic!("ctl reload does not name the run-time rules: {out}"));
+    assert!(
+        line.contains("[\"extra\"]") && !line.contains("old"),
+        "ctl reload printed: {out}"
+    );
+    assert!(out.contains("ctl save"), "no hint to keep them: {out}");
+    assert_eq!(ctl.rule_names(), ["keep"]);
+    relay.wait_for_log(
+        "the reload's log line naming the run-time rules",
+        Duration::from_secs(5),
+        |line| line.contains("only at run time") && line.contains("[\"extra\"]"),
+    );
+    relay.stop();
 }

@@ -171,4 +171,16 @@ fn added_rules_relay_removed_rules_stop_and_list_and_stats_show_it() {
     let total = exit.summary.total();
     assert_eq!(total.forwarded, u64::from(N), "{:#?}", exit.summary);
     assert_eq!(total.no_rule, 2 * u64::from(N), "{:#?}", exit.summary);
+    // The rule removed at run time keeps its counters in the exit summary, marked as removed.
+    assert_eq!(
+        exit.summary.rules.get("added"),
+        Some(&(u64::from(N), bytes)),
+        "{:#?}",
+        exit.summary
+    );
+    assert!(
+        exit.summary.removed.contains("added"),
+        "not marked removed: {:#?}",
+        exit.summary
+    );
 }

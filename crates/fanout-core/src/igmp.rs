@@ -10,21 +10,14 @@
 //! default) and the sources per group (`net.ipv4.igmp_max_msf`, 10), so the memberships are
 //! spread over as many UDP sockets as needed, each never receiving anything (they are not bound).
 //!
-//! # Safety
-//!
-//! `setsockopt(MCAST_JOIN_GROUP …)` takes `group_req` / `group_source_req` structures by pointer;
-//! the only unsafe code passes a pointer to a local, initialised structure with its exact size.
+//! The only unsafe code, the `setsockopt` calls, is in the submodule `sockopt`.
 
-#![allow(
-    unsafe_code,
-    reason = "setsockopt with the group_req structures that nix does not wrap"
-)]
+mod sockopt;
 
-use std::collections::HashMap;
+use sockopt::setsockopt_membership;
+use std::collections::{BTreeSet, HashMap};
 use std::io;
-use std::mem;
 use std::net::{Ipv4Addr, UdpSocket};
-use std::os::fd::AsRawFd;
 
 /// The default of `net.ipv4.igmp_max_memberships`, used when the sysctl cannot be read.
 const DEFAULT_MAX_MEMBERSHIPS: usize = 20;
@@ -66,18 +59,37 @@ pub enum IgmpError {
     },
 }
 
+/// Any-source (`None`) or the joined sources of one group on one socket.
+type Sources = Option<Vec<Ipv4Addr>>;
+
+/// A group on an interface: (ifindex, group).
+type GroupKey = (u32, Ipv4Addr);
+
 /// A socket and the memberships it holds.
 #[derive(Debug)]
 struct Holder {
     socket: UdpSocket,
     /// Per (ifindex, group): `None` for an any-source join, else the joined sources.
-    groups: HashMap<(u32, Ipv4Addr), Option<Vec<Ipv4Addr>>>,
+    groups: HashMap<GroupKey, Sources>,
 }
 
 /// The set of multicast memberships a process holds; every one is left on drop.
+///
+/// Finding the socket that holds a membership, or one with room for a new one, costs O(1)
+/// whatever the number of groups: a relay that joins one group per rule joins thousands, one
+/// control request at a time, and a scan over every socket per join made each request slower
+/// than the last.
 #[derive(Debug)]
 pub struct Memberships {
-    holders: Vec<Holder>,
+    /// Sockets by slot; `None` is a free slot (its socket was closed when it emptied).
+    holders: Vec<Option<Holder>>,
+    /// Free slots of `holders`, reused before the vector grows.
+    free: Vec<usize>,
+    /// The slots holding each group (one for an any-source join, one per batch of up to
+    /// `max_sources` sources for source-specific joins).
+    by_group: HashMap<GroupKey, Vec<usize>>,
+    /// Slots whose socket can take another group, lowest first so that sockets fill up.
+    with_room: BTreeSet<usize>,
     max_groups: usize,
     max_sources: usize,
 }
@@ -91,18 +103,29 @@ impl Default for Memberships {
 impl Memberships {
     /// An empty set, sized by the kernel's per-socket limits.
     pub fn new() -> Self {
+        Memberships::with_limits(
+            read_sysctl("/proc/sys/net/ipv4/igmp_max_memberships")
+                .unwrap_or(DEFAULT_MAX_MEMBERSHIPS),
+            read_sysctl("/proc/sys/net/ipv4/igmp_max_msf").unwrap_or(DEFAULT_MAX_SOURCES),
+        )
+    }
+
+    fn with_limits(max_groups: usize, max_sources: usize) -> Self {
         Memberships {
             holders: Vec::new(),
-            max_groups: read_sysctl("/proc/sys/net/ipv4/igmp_max_memberships")
-                .unwrap_or(DEFAULT_MAX_MEMBERSHIPS),
-            max_sources: read_sysctl("/proc/sys/net/ipv4/igmp_max_msf")
-                .unwrap_or(DEFAULT_MAX_SOURCES),
+            free: Vec::new(),
+            by_group: HashMap::new(),
+            with_room: BTreeSet::new(),
+            // A limit of 0 (a sysctl set to nothing useful) would make every join open a socket
+            // that then refuses it; 1 at least lets the kernel say why.
+            max_groups: max_groups.max(1),
+            max_sources: max_sources.max(1),
         }
     }
 
     /// Whether `membership` is held.
     pub fn contains(&self, membership: &Membership) -> bool {
-        self.holders.iter().any(|holder| holder.holds(membership))
+        self.holder_of(membership).is_some()
     }
 
     /// Every membership held, sorted.
@@ -110,6 +133,7 @@ impl Memberships {
         let mut all: Vec<Membership> = self
             .holders
             .iter()
+            .flatten()
             .flat_map(|holder| {
                 holder
                     .groups
@@ -142,40 +166,38 @@ impl Memberships {
             return Ok(());
         }
         let key = (membership.ifindex, membership.group);
-        let (max_groups, max_sources) = (self.max_groups, self.max_sources);
-        // An any-source and a source-specific join of one group cannot share a socket, and each
-        // socket holds a bounded number of groups and of sources per group.
-        let slot = self.holders.iter().position(|holder| {
-            match (holder.groups.get(&key), membership.source) {
-                (Some(Some(sources)), Some(_)) => sources.len() < max_sources,
-                (Some(_), _) => false,
-                (None, _) => holder.groups.len() < max_groups,
-            }
-        });
-        let index = match slot {
+        let index = match self.slot_for(membership) {
             Some(index) => index,
-            None => {
-                let socket =
-                    UdpSocket::bind((Ipv4Addr::UNSPECIFIED, 0)).map_err(IgmpError::Socket)?;
-                self.holders.push(Holder {
-                    socket,
-                    groups: HashMap::new(),
-                });
-                self.holders.len() - 1
+            None => self.open_holder()?,
+        };
+        let holder = self.holders[index]
+            .as_mut()
+            .expect("slot_for and open_holder name live slots");
+        if let Err(error) = setsockopt_membership(&holder.socket, membership, true) {
+            if holder.groups.is_empty() {
+                self.close_holder(index);
+            }
+            return Err(error);
+        }
+        let new_group = match membership.source {
+            None => holder.groups.insert(key, None).is_none(),
+            Some(source) => {
+                let new_group = !holder.groups.contains_key(&key);
+                holder
+                    .groups
+                    .entry(key)
+                    .or_insert_with(|| Some(Vec::new()))
+                    .get_or_insert_with(Vec::new)
+                    .push(source);
+                new_group
             }
         };
-        let holder = &mut self.holders[index];
-        setsockopt_membership(&holder.socket, membership, true)?;
-        match membership.source {
-            None => {
-                holder.groups.insert(key, None);
-            }
-            Some(source) => holder
-                .groups
-                .entry(key)
-                .or_insert_with(|| Some(Vec::new()))
-                .get_or_insert_with(Vec::new)
-                .push(source),
+        let full = holder.groups.len() >= self.max_groups;
+        if new_group {
+            self.by_group.entry(key).or_default().push(index);
+        }
+        if full {
+            self.with_room.remove(&index);
         }
         Ok(())
     }
@@ -183,26 +205,100 @@ impl Memberships {
     /// Leaves `membership`; leaving one not held does nothing.
     pub fn leave(&mut self, membership: Membership) -> Result<(), IgmpError> {
         let key = (membership.ifindex, membership.group);
-        let Some(holder) = self
-            .holders
-            .iter_mut()
-            .find(|holder| holder.holds(&membership))
-        else {
+        let Some(index) = self.holder_of(&membership) else {
             return Ok(());
         };
+        let holder = self.holders[index]
+            .as_mut()
+            .expect("holder_of names live slots");
         setsockopt_membership(&holder.socket, membership, false)?;
-        let now_empty = match (holder.groups.get_mut(&key), membership.source) {
+        let group_gone = match (holder.groups.get_mut(&key), membership.source) {
             (Some(Some(sources)), Some(source)) => {
                 sources.retain(|&held| held != source);
                 sources.is_empty()
             }
             _ => true,
         };
-        if now_empty {
-            holder.groups.remove(&key);
+        if !group_gone {
+            return Ok(());
         }
-        self.holders.retain(|holder| !holder.groups.is_empty());
+        holder.groups.remove(&key);
+        let now_empty = holder.groups.is_empty();
+        if let Some(slots) = self.by_group.get_mut(&key) {
+            slots.retain(|&slot| slot != index);
+            if slots.is_empty() {
+                self.by_group.remove(&key);
+            }
+        }
+        if now_empty {
+            self.close_holder(index);
+        } else {
+            self.with_room.insert(index);
+        }
         Ok(())
+    }
+
+    /// The slot whose socket holds `membership`.
+    fn holder_of(&self, membership: &Membership) -> Option<usize> {
+        let slots = self.by_group.get(&(membership.ifindex, membership.group))?;
+        slots.iter().copied().find(|&slot| {
+            self.holders[slot]
+                .as_ref()
+                .is_some_and(|holder| holder.holds(membership))
+        })
+    }
+
+    /// A live slot that can take `membership` (not held yet), if any. An any-source and a
+    /// source-specific join of one group cannot share a socket, and each socket holds a bounded
+    /// number of groups and of sources per group.
+    fn slot_for(&self, membership: Membership) -> Option<usize> {
+        let key = (membership.ifindex, membership.group);
+        let holding: &[usize] = self.by_group.get(&key).map_or(&[], Vec::as_slice);
+        if membership.source.is_some() {
+            let with_source_room = holding.iter().copied().find(|&slot| {
+                matches!(
+                    self.holders[slot].as_ref().and_then(|h| h.groups.get(&key)),
+                    Some(Some(sources)) if sources.len() < self.max_sources
+                )
+            });
+            if with_source_room.is_some() {
+                return with_source_room;
+            }
+        }
+        // A socket that has room and does not hold the group yet; those that hold it are few
+        // (one per batch of sources), so this looks at a handful of slots at most.
+        self.with_room
+            .iter()
+            .copied()
+            .find(|slot| !holding.contains(slot))
+    }
+
+    /// Opens a socket for memberships in a free slot and returns the slot.
+    fn open_holder(&mut self) -> Result<usize, IgmpError> {
+        let socket = UdpSocket::bind((Ipv4Addr::UNSPECIFIED, 0)).map_err(IgmpError::Socket)?;
+        let holder = Holder {
+            socket,
+            groups: HashMap::new(),
+        };
+        let index = match self.free.pop() {
+            Some(index) => {
+                self.holders[index] = Some(holder);
+                index
+            }
+            None => {
+                self.holders.push(Some(holder));
+                self.holders.len() - 1
+            }
+        };
+        self.with_room.insert(index);
+        Ok(index)
+    }
+
+    /// Closes the (empty) socket of slot `index`.
+    fn close_holder(&mut self, index: usize) {
+        self.holders[index] = None;
+        self.with_room.remove(&index);
+        self.free.push(index);
     }
 }
 
@@ -223,148 +319,5 @@ fn read_sysctl(path: &str) -> Option<usize> {
     std::fs::read_to_string(path).ok()?.trim().parse().ok()
 }
 
-fn sockaddr_in(address: Ipv4Addr) -> libc::sockaddr_storage {
-    // SAFETY: sockaddr_storage is plain old data for which all-zero bytes are a valid value.
-    let mut storage: libc::sockaddr_storage = unsafe { mem::zeroed() };
-    let sin = libc::sockaddr_in {
-        sin_family: libc::AF_INET as libc::sa_family_t,
-        sin_port: 0,
-        sin_addr: libc::in_addr {
-            s_addr: u32::from(address).to_be(),
-        },
-        sin_zero: [0; 8],
-    };
-    // SAFETY: sockaddr_storage is larger than and at least as aligned as sockaddr_in, so the
-    // write stays inside `storage`.
-    unsafe { std::ptr::write((&raw mut storage).cast::<libc::sockaddr_in>(), sin) };
-    storage
-}
-
-fn setsockopt_membership(
-    socket: &UdpSocket,
-    membership: Membership,
-    join: bool,
-) -> Result<(), IgmpError> {
-    let fd = socket.as_raw_fd();
-    let (name, result) = match membership.source {
-        None => {
-            let request = libc::group_req {
-                gr_interface: membership.ifindex,
-                gr_group: sockaddr_in(membership.group),
-            };
-            let (option, name) = if join {
-                (libc::MCAST_JOIN_GROUP, "MCAST_JOIN_GROUP")
-            } else {
-                (libc::MCAST_LEAVE_GROUP, "MCAST_LEAVE_GROUP")
-            };
-            // SAFETY: `fd` is an open socket borrowed from `socket` for this call; the pointer and
-            // length describe `request`, a live, initialised group_req.
-            let result = unsafe {
-                libc::setsockopt(
-                    fd,
-                    libc::IPPROTO_IP,
-                    option,
-                    (&raw const request).cast(),
-                    size_of::<libc::group_req>() as libc::socklen_t,
-                )
-            };
-            (name, result)
-        }
-        Some(source) => {
-            let request = libc::group_source_req {
-                gsr_interface: membership.ifindex,
-                gsr_group: sockaddr_in(membership.group),
-                gsr_source: sockaddr_in(source),
-            };
-            let (option, name) = if join {
-                (libc::MCAST_JOIN_SOURCE_GROUP, "MCAST_JOIN_SOURCE_GROUP")
-            } else {
-                (libc::MCAST_LEAVE_SOURCE_GROUP, "MCAST_LEAVE_SOURCE_GROUP")
-            };
-            // SAFETY: as above, with a live, initialised group_source_req.
-            let result = unsafe {
-                libc::setsockopt(
-                    fd,
-                    libc::IPPROTO_IP,
-                    option,
-                    (&raw const request).cast(),
-                    size_of::<libc::group_source_req>() as libc::socklen_t,
-                )
-            };
-            (name, result)
-        }
-    };
-    if result == 0 {
-        Ok(())
-    } else {
-        Err(IgmpError::Setsockopt {
-            option: name,
-            membership,
-            source: io::Error::last_os_error(),
-        })
-    }
-}
-
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn loopback_index() -> u32 {
-        nix::net::if_::if_nametoindex("lo").expect("every Linux host has lo")
-    }
-
-    #[test]
-    fn refuses_unicast_groups() {
-        let mut set = Memberships::new();
-        let error = set
-            .join(Membership {
-                ifindex: 1,
-                group: Ipv4Addr::new(10, 0, 0, 1),
-                source: None,
-            })
-            .expect_err("10.0.0.1 is unicast");
-        assert!(matches!(error, IgmpError::NotMulticast { .. }));
-    }
-
-    #[test]
-    fn joins_spread_over_sockets_and_leave() {
-        let ifindex = loopback_index();
-        let mut set = Memberships::new();
-        set.max_groups = 3;
-        let joins: Vec<Membership> = (1..=7)
-            .map(|n| Membership {
-                ifindex,
-                group: Ipv4Addr::new(239, 77, 0, n),
-                source: None,
-            })
-            .chain((1..=2).map(|n| Membership {
-                ifindex,
-                group: Ipv4Addr::new(232, 77, 0, 1),
-                source: Some(Ipv4Addr::new(192, 0, 2, n)),
-            }))
-            .collect();
-        for &membership in &joins {
-            set.join(membership).expect("join on lo");
-            set.join(membership)
-                .expect("a second join of the same is a no-op");
-        }
-        let mut expected = joins.clone();
-        expected.sort();
-        assert_eq!(set.list(), expected);
-        assert_eq!(
-            set.holders.len(),
-            3,
-            "7 any-source groups + 1 SSM group over 3 per socket"
-        );
-        let igmp = std::fs::read_to_string("/proc/net/igmp").unwrap_or_default();
-        if !igmp.is_empty() {
-            // /proc/net/igmp lists groups as little-endian hex on x86; 239.77.0.7 is 07004DEF.
-            assert!(igmp.contains("07004DEF"), "{igmp}");
-        }
-        for &membership in &joins {
-            set.leave(membership).expect("leave");
-            assert!(!set.contains(&membership));
-        }
-        assert!(set.holders.is_empty());
-    }
-}
+mod tests;

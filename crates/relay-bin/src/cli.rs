@@ -55,7 +55,9 @@ EXIT STATUS:
 pub enum Command {
     /// Run the relay described by a configuration file until SIGINT or SIGTERM.
     ///
-    /// Prints a summary of per-worker and per-rule counters when it stops.
+    /// Prints a summary of per-worker and per-rule counters when it stops; a rule removed at
+    /// run time keeps its line, marked `(removed)`. SIGHUP re-reads the configuration file as
+    /// `ctl reload` does (see `ctl reload --help`), and logs why when it refuses it.
     Run(RunArgs),
     /// Check a configuration file against this host's interfaces and CPUs, without opening a
     /// socket. Prints every problem, naming the rule and the field; exits 1 if there is one.
@@ -185,7 +187,8 @@ pub enum CtlCommand {
     },
     /// Write the running rules as a configuration file (that check-config accepts).
     Save {
-        /// Where to write it.
+        /// Where to write it, on the relay's host (a relative path is taken from the current
+        /// directory).
         file: PathBuf,
     },
     /// Counters and rates per rule and per worker, and the load imbalance.
@@ -197,10 +200,36 @@ pub enum CtlCommand {
         #[arg(long, value_name = "N")]
         count: Option<u64>,
     },
-    /// The workers: CPU, pid, state, restarts, table generation, counters.
-    Workers,
-    /// Re-read the configuration file and apply only what changed.
+    /// The workers: CPU, pid, state, restarts, table generation, counters; `workers set` changes
+    /// the worker set while the relay runs.
+    Workers {
+        /// What to do; without one, list the workers.
+        #[command(subcommand)]
+        action: Option<WorkersAction>,
+    },
+    /// Re-read the configuration file and apply only what changed; rules added at run time that
+    /// the file lacks are removed (run `save FILE` first to keep them).
+    ///
+    /// The file is the truth after a reload, as after a restart with an edited file: rules added
+    /// with `ctl add` that it does not have are removed, and rules removed with `ctl remove` that
+    /// it still has come back. The answer names the rules removed because they existed only at
+    /// run time. To keep run-time changes, write the running set into the file first with
+    /// `ctl save FILE`.
     Reload,
+}
+
+/// `ctl workers` actions.
+#[derive(Debug, Subcommand)]
+pub enum WorkersAction {
+    /// Change the worker set: a count (`2`: keeps the current CPUs first, adds the lowest free
+    /// ones), a CPU list (`0,2-3`) or `all`. Workers whose share of the rings does not change
+    /// keep relaying; the others stop and start again with their new share, their rings
+    /// queueing meanwhile. Lasts until the relay restarts (set `relay.workers` to keep it).
+    Set {
+        /// N, a CPU list, or `all`.
+        #[arg(value_parser = check_workers)]
+        workers: String,
+    },
 }
 
 /// Options of `demo`.
@@ -212,6 +241,11 @@ pub struct DemoArgs {
     /// Packets per second per stream.
     #[arg(long, default_value_t = 500, value_parser = clap::value_parser!(u32).range(1..))]
     pub rate: u32,
+}
+
+/// Checks a worker set here, and passes the text on as the relay parses it.
+fn check_workers(text: &str) -> Result<String, String> {
+    WorkersSetting::parse(text).map(|_| text.trim().to_owned())
 }
 
 fn parse_workers(text: &str) -> Result<WorkersSetting, String> {

@@ -13,6 +13,17 @@
 //! block_count = 64
 //! frame_size = 2048
 //! retire_timeout_ms = 2
+//! tx_frames = 4096
+//! busy_poll_us = 0         # low latency (v2 only): spin on the ring this long before sleeping
+//! qdisc_bypass = false     # transmit rings skip the qdisc (PACKET_QDISC_BYPASS)
+//! tx_linear = false        # frames copied whole into the kernel, not lent as ring pages
+//!
+//! [autoscale]              # optional: the worker set follows the load, on relay.workers' CPUs
+//! min_workers = 1          # start with, and never go below
+//! busy_above = 0.75        # add a worker when the mean busy fraction stays at or above
+//! idle_below = 0.25        # remove one when the load over one fewer stays below
+//! sustain_s = 5            # for this many one-second samples
+//! cooldown_s = 10          # between changes
 //!
 //! [[rule]]
 //! name = "camera-1"
@@ -22,6 +33,11 @@
 //! ]
 //! ```
 //!
+//! The low-latency mode is `version = "v2"` with `busy_poll_us` above the longest gap between
+//! frames that should not pay a wake-up (e.g. `2000` for flows of 1,000 packets per second and
+//! more): a worker then relays each frame as it lands, at the price of one CPU kept 100 % busy
+//! while traffic flows (see `bench/README.md` for the figures).
+//!
 //! Parsing checks the shape of the file (types, unknown keys, address syntax) and says where in the
 //! file a mistake is; [`relay_rules`] validation then checks the meaning of the rules against the
 //! interfaces of the host.
@@ -30,6 +46,9 @@ use relay_rules::{Input, Output, Rule};
 use serde::{Deserialize, Serialize};
 use std::net::{Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
+
+mod autoscale;
+pub use autoscale::AutoscaleSection;
 
 /// The TTL of an output that does not set one: enough to cross a campus, not the world.
 pub const DEFAULT_TTL: u8 = 16;
@@ -44,6 +63,9 @@ pub struct ConfigFile {
     /// Ring geometry.
     #[serde(default)]
     pub ring: RingSection,
+    /// Growing and shrinking the worker set with load; absent, it changes only when told.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub autoscale: Option<AutoscaleSection>,
     /// Forwarding rules, in the order written.
     #[serde(default, rename = "rule")]
     pub rules: Vec<RuleEntry>,
@@ -148,7 +170,11 @@ impl WorkersSetting {
         }
         if let Ok(count) = text.parse::<u32>() {
             if count == 0 {
-                return Err("a relay needs at least one worker".into());
+                return Err(
+                    "`0` is a count of workers, and a relay needs at least one (for a worker on \
+                     CPU 0 alone, write the range `0-0`)"
+                        .into(),
+                );
             }
             return Ok(WorkersSetting::Count(count));
         }
@@ -195,12 +221,15 @@ impl<'de> Deserialize<'de> for WorkersSetting {
             Count(u32),
             Text(String),
         }
+        // Only `relay.workers` has this type, so its errors name that field.
         match Raw::deserialize(deserializer)? {
             Raw::Count(0) => Err(serde::de::Error::custom(
-                "a relay needs at least one worker",
+                "relay.workers = 0: a relay needs at least one worker",
             )),
             Raw::Count(count) => Ok(WorkersSetting::Count(count)),
-            Raw::Text(text) => WorkersSetting::parse(&text).map_err(serde::de::Error::custom),
+            Raw::Text(text) => WorkersSetting::parse(&text).map_err(|error| {
+                serde::de::Error::custom(format!("relay.workers = {text:?}: {error}"))
+            }),
         }
     }
 }
@@ -255,9 +284,13 @@ pub enum RingVersionSetting {
     V2,
 }
 
-/// The `[ring]` section: geometry of every worker's rings.
+/// Longest `busy_poll_us` accepted: past a second a worker would stay deaf to an idle ring's
+/// first frame's wake-up for no latency gain, and a typo (`2000000`) is likelier than intent.
+pub const MAX_BUSY_POLL_US: u32 = 1_000_000;
+
+/// The `[ring]` section: geometry of every worker's rings, and how workers wait on them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
-#[serde(deny_unknown_fields, default)]
+#[serde(try_from = "RingFields")]
 pub struct RingSection {
     /// Receive ring version.
     pub version: RingVersionSetting,
@@ -271,6 +304,91 @@ pub struct RingSection {
     pub retire_timeout_ms: u32,
     /// Frame slots of each transmit ring.
     pub tx_frames: u32,
+    /// Microseconds a worker spins on its rings' next frame before it sleeps in `poll(2)`;
+    /// 0 (the default) never spins. Spinning saves the wake-up of a sleeping worker (tens of
+    /// microseconds) on every frame that arrives within the window, and keeps a CPU busy for
+    /// the whole window. Only with `version = "v2"`: a V3 block reaches the worker when it is
+    /// full or retired, which no spinning hastens.
+    #[serde(skip_serializing_if = "is_zero")]
+    pub busy_poll_us: u32,
+    /// Transmit rings bypass the interface's qdisc (`PACKET_QDISC_BYPASS`): a shorter transmit
+    /// path, but no traffic shaping or qdisc backpressure on the relay's output, and packet
+    /// sockets on the output interface (tcpdump) no longer see it.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub qdisc_bypass: bool,
+    /// Transmit rings hand each frame to the kernel whole (copied into the socket buffer)
+    /// instead of lending it the ring's pages. On veth, which must copy lent pages when a frame
+    /// crosses into another namespace, this saves a page allocation and copy per frame; a NIC
+    /// that could send from the ring by DMA pays a copy instead.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub tx_linear: bool,
+}
+
+fn is_zero(value: &u32) -> bool {
+    *value == 0
+}
+
+/// The `[ring]` section as written, checked by [`RingSection`]'s `TryFrom`.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RingFields {
+    version: RingVersionSetting,
+    block_size: u32,
+    block_count: u32,
+    frame_size: u32,
+    retire_timeout_ms: u32,
+    tx_frames: u32,
+    busy_poll_us: u32,
+    qdisc_bypass: bool,
+    tx_linear: bool,
+}
+
+impl Default for RingFields {
+    fn default() -> Self {
+        let ring = RingSection::default();
+        RingFields {
+            version: ring.version,
+            block_size: ring.block_size,
+            block_count: ring.block_count,
+            frame_size: ring.frame_size,
+            retire_timeout_ms: ring.retire_timeout_ms,
+            tx_frames: ring.tx_frames,
+            busy_poll_us: ring.busy_poll_us,
+            qdisc_bypass: ring.qdisc_bypass,
+            tx_linear: ring.tx_linear,
+        }
+    }
+}
+
+impl TryFrom<RingFields> for RingSection {
+    type Error = String;
+
+    fn try_from(fields: RingFields) -> Result<Self, String> {
+        if fields.busy_poll_us > MAX_BUSY_POLL_US {
+            return Err(format!(
+                "[ring] busy_poll_us = {} is more than {MAX_BUSY_POLL_US} (one second)",
+                fields.busy_poll_us
+            ));
+        }
+        if fields.busy_poll_us > 0 && fields.version == RingVersionSetting::V3 {
+            return Err(format!(
+                "[ring] busy_poll_us = {} needs version = \"v2\": a V3 block reaches the worker \
+                 only when it is full or its retire timer fires, which spinning does not hasten",
+                fields.busy_poll_us
+            ));
+        }
+        Ok(RingSection {
+            version: fields.version,
+            block_size: fields.block_size,
+            block_count: fields.block_count,
+            frame_size: fields.frame_size,
+            retire_timeout_ms: fields.retire_timeout_ms,
+            tx_frames: fields.tx_frames,
+            busy_poll_us: fields.busy_poll_us,
+            qdisc_bypass: fields.qdisc_bypass,
+            tx_linear: fields.tx_linear,
+        })
+    }
 }
 
 impl Default for RingSection {
@@ -285,6 +403,9 @@ impl Default for RingSection {
             frame_size: 2048,
             retire_timeout_ms: 2,
             tx_frames: 4096,
+            busy_poll_us: 0,
+            qdisc_bypass: false,
+            tx_linear: false,
         }
     }
 }
@@ -496,7 +617,25 @@ mod tests {
         let error = ConfigFile::parse("[relay]\nworkrs = 2\n").expect_err("typo");
         assert!(error.contains("workrs"), "{error}");
         let error = ConfigFile::parse("[relay]\nworkers = 0\n").expect_err("zero workers");
-        assert!(error.contains("at least one worker"), "{error}");
+        assert!(
+            error.contains("relay.workers = 0: a relay needs at least one worker"),
+            "{error}"
+        );
+        let error = ConfigFile::parse("[relay]\nworkers = \"0\"\n").expect_err("zero, quoted");
+        assert!(
+            error.contains("relay.workers = \"0\": `0` is a count of workers")
+                && error.contains("`0-0`"),
+            "{error}"
+        );
+        let error = ConfigFile::parse("[relay]\nworkers = \"0-x\"\n").expect_err("not a list");
+        assert!(error.contains("relay.workers = \"0-x\": `0-x`"), "{error}");
+        assert_eq!(
+            ConfigFile::parse("[relay]\nworkers = \"0-0\"\n")
+                .expect("CPU 0 alone")
+                .relay
+                .workers,
+            WorkersSetting::Cpus(vec![0])
+        );
     }
 
     #[test]
@@ -508,6 +647,44 @@ mod tests {
             config,
             "{text}"
         );
+    }
+
+    #[test]
+    fn the_low_latency_keys_parse_and_read_back() {
+        let config = ConfigFile::parse(
+            "[ring]\nversion = \"v2\"\nbusy_poll_us = 2000\nqdisc_bypass = true\ntx_linear = true\n",
+        )
+        .expect("v2 with busy polling is valid");
+        assert_eq!(config.ring.version, RingVersionSetting::V2);
+        assert_eq!(config.ring.busy_poll_us, 2000);
+        assert!(config.ring.qdisc_bypass);
+        assert!(config.ring.tx_linear);
+        assert_eq!(config.ring.block_count, RingSection::default().block_count);
+        let text = config.to_toml();
+        assert!(text.contains("busy_poll_us = 2000"), "{text}");
+        assert_eq!(ConfigFile::parse(&text), Ok(config));
+        // Defaults are not written out, so files saved without the keys stay as they were.
+        let plain = ConfigFile::default().to_toml();
+        assert!(!plain.contains("busy_poll_us"), "{plain}");
+        assert!(!plain.contains("qdisc_bypass"), "{plain}");
+        assert!(!plain.contains("tx_linear"), "{plain}");
+        assert_eq!(ConfigFile::default().ring.busy_poll_us, 0);
+    }
+
+    #[test]
+    fn busy_polling_is_refused_on_v3_and_past_a_second() {
+        let error =
+            ConfigFile::parse("[ring]\nbusy_poll_us = 50\n").expect_err("the default ring is V3");
+        assert!(error.contains("busy_poll_us = 50"), "{error}");
+        assert!(error.contains(r#"version = "v2""#), "{error}");
+        assert!(error.contains("line 1"), "{error}");
+        let error = ConfigFile::parse("[ring]\nversion = \"v2\"\nbusy_poll_us = 1000001\n")
+            .expect_err("more than a second");
+        assert!(error.contains("busy_poll_us = 1000001"), "{error}");
+        ConfigFile::parse("[ring]\nversion = \"v2\"\nbusy_poll_us = 1000000\n")
+            .expect("exactly a second is allowed");
+        let error = ConfigFile::parse("[ring]\nbusy_pol_us = 5\n").expect_err("typo");
+        assert!(error.contains("busy_pol_us"), "{error}");
     }
 
     #[test]

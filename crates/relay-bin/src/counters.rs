@@ -7,7 +7,7 @@
 
 use relay_rules::wire::DropReason;
 use serde::{Deserialize, Serialize};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
 
 /// One worker's counters since it started.
@@ -101,8 +101,40 @@ impl WorkerCounters {
     }
 }
 
+/// Takes a live worker's `latest` counters in place of its `current` ones. A worker forgets a
+/// rule's counters when the rule is removed (and counts from zero if it is added again), so the
+/// counts `latest` no longer has, or has lower, go to `kept` (the slot's counters of the past),
+/// and the relay's totals per rule never go backwards.
+pub fn update_keeping_rules(
+    current: &mut WorkerCounters,
+    latest: WorkerCounters,
+    kept: &mut WorkerCounters,
+) {
+    for (name, count) in &current.rules {
+        let forgotten = latest
+            .rules
+            .get(name)
+            .is_none_or(|now| now.packets < count.packets || now.bytes < count.bytes);
+        if forgotten {
+            let total = kept.rules.entry(name.clone()).or_default();
+            total.packets += count.packets;
+            total.bytes += count.bytes;
+        }
+    }
+    *current = latest;
+}
+
 /// A human summary of per-worker counters: one line per worker, then one per rule.
 pub fn summary(workers: &[(u32, WorkerCounters, u32)]) -> String {
+    summary_marking(workers, &BTreeSet::new())
+}
+
+/// [`summary`], with the lines of the rules in `removed` (rules removed at run time, whose
+/// counters the summary keeps) marked `(removed)`.
+pub fn summary_marking(
+    workers: &[(u32, WorkerCounters, u32)],
+    removed: &BTreeSet<String>,
+) -> String {
     let mut text = String::new();
     let _ = writeln!(
         text,
@@ -137,9 +169,14 @@ pub fn summary(workers: &[(u32, WorkerCounters, u32)]) -> String {
     if !total.rules.is_empty() {
         let _ = writeln!(text, "{:<32} {:>12} {:>14}", "rule", "packets", "bytes");
         for (rule, count) in &total.rules {
+            let mark = if removed.contains(rule) {
+                " (removed)"
+            } else {
+                ""
+            };
             let _ = writeln!(
                 text,
-                "{:<32} {:>12} {:>14}",
+                "{:<32} {:>12} {:>14}{mark}",
                 rule, count.packets, count.bytes
             );
         }
@@ -191,5 +228,66 @@ mod tests {
                 .any(|line| line.starts_with("a ") && line.contains(" 8 ")),
             "{text}"
         );
+    }
+
+    fn with_rules(rules: &[(&str, u64)]) -> WorkerCounters {
+        WorkerCounters {
+            rules: rules
+                .iter()
+                .map(|&(name, packets)| {
+                    (
+                        name.to_owned(),
+                        RuleCount {
+                            packets,
+                            bytes: 10 * packets,
+                        },
+                    )
+                })
+                .collect(),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn counts_of_rules_a_worker_forgot_are_kept() {
+        let mut kept = WorkerCounters::default();
+        let mut current = with_rules(&[("stays", 5), ("gone", 7), ("again", 9)]);
+        // `gone` was removed; `again` was removed and added back, and counts from zero.
+        update_keeping_rules(
+            &mut current,
+            with_rules(&[("stays", 6), ("again", 2)]),
+            &mut kept,
+        );
+        assert_eq!(current, with_rules(&[("stays", 6), ("again", 2)]));
+        assert_eq!(kept, with_rules(&[("gone", 7), ("again", 9)]));
+        let mut total = kept.clone();
+        total.absorb(&current);
+        assert_eq!(
+            total.rules,
+            with_rules(&[("stays", 6), ("gone", 7), ("again", 11)]).rules
+        );
+        // Counters that only grew leave nothing behind.
+        update_keeping_rules(
+            &mut current,
+            with_rules(&[("stays", 8), ("again", 3)]),
+            &mut kept,
+        );
+        assert_eq!(kept, with_rules(&[("gone", 7), ("again", 9)]));
+    }
+
+    #[test]
+    fn rules_removed_at_run_time_are_marked_in_the_summary() {
+        let counters = with_rules(&[("live", 3), ("gone", 7)]);
+        let removed: BTreeSet<String> = ["gone".to_owned()].into();
+        let text = summary_marking(&[(0, counters, 0)], &removed);
+        let line = |name: &str| {
+            text.lines()
+                .find(|line| line.starts_with(&format!("{name} ")))
+                .unwrap_or_else(|| panic!("no line for {name}:\n{text}"))
+                .split_whitespace()
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(line("gone"), ["gone", "7", "70", "(removed)"]);
+        assert_eq!(line("live"), ["live", "3", "30"]);
     }
 }

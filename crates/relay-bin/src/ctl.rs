@@ -1,6 +1,6 @@
 //! `fanout-relay ctl`: the control socket's client, with human tables or JSON.
 
-use crate::cli::{CtlArgs, CtlCommand};
+use crate::cli::{CtlArgs, CtlCommand, WorkersAction};
 use crate::config::{ConfigFile, InputEntry, OutputEntry, RUN_DIR, RuleEntry};
 use crate::control::proto::{Command, KeyEntry, Reply, Request, Response, VERSION};
 use std::fmt::Write as _;
@@ -75,7 +75,12 @@ fn command(command: &CtlCommand) -> Result<Command, String> {
     Ok(match command {
         CtlCommand::List => Command::List,
         CtlCommand::Stats | CtlCommand::Top { .. } => Command::Stats,
-        CtlCommand::Workers => Command::Workers,
+        CtlCommand::Workers { action: None } => Command::Workers,
+        CtlCommand::Workers {
+            action: Some(WorkersAction::Set { workers }),
+        } => Command::SetWorkers {
+            workers: workers.clone(),
+        },
         CtlCommand::Reload => Command::Reload,
         CtlCommand::Save { file } => Command::Save {
             path: absolute(file)?.display().to_string(),
@@ -219,6 +224,14 @@ pub fn render(reply: &Reply) -> String {
                 "generation {}: added {:?}, removed {:?}",
                 report.generation, report.added, report.removed
             );
+            if !report.runtime_only.is_empty() {
+                let _ = writeln!(
+                    out,
+                    "removed because they existed only at run time (not in the configuration \
+                     file): {:?}; `fanout-relay ctl save FILE` before a reload keeps such rules",
+                    report.runtime_only
+                );
+            }
             if !report.unconfirmed.is_empty() {
                 let _ = writeln!(
                     out,
@@ -286,5 +299,47 @@ mod tests {
         assert!(parse_input("eth0:239.1.1:5000").is_err());
         assert!(parse_input("eth0:239.1.1.1:99999").is_err());
         assert!(parse_input(":239.1.1.1:1").is_err());
+    }
+
+    #[test]
+    fn save_sends_the_path_resolved_against_the_working_directory() {
+        let Ok(Command::Save { path }) = command(&CtlCommand::Save {
+            file: PathBuf::from("saved.toml"),
+        }) else {
+            panic!("save is a save request");
+        };
+        let cwd = std::env::current_dir().expect("a working directory");
+        assert_eq!(PathBuf::from(&path), cwd.join("saved.toml"));
+        let request = format!(r#"{{"version":1,"command":"save","path":{path:?}}}"#);
+        assert!(
+            crate::control::proto::parse_request(request.as_bytes()).is_ok(),
+            "the relay takes what the client sends: {request}"
+        );
+    }
+
+    #[test]
+    fn a_reload_that_removed_run_time_rules_says_so() {
+        let report = crate::control::proto::ChangeReport {
+            generation: 4,
+            removed: vec!["extra".into(), "old".into()],
+            runtime_only: vec!["extra".into()],
+            ..Default::default()
+        };
+        let text = render(&Reply::Changed(report));
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(
+            lines[0],
+            "generation 4: added [], removed [\"extra\", \"old\"]"
+        );
+        assert!(
+            lines[1].starts_with("removed because they existed only at run time")
+                && lines[1].contains(": [\"extra\"];")
+                && lines[1].contains("ctl save FILE"),
+            "{text}"
+        );
+        let plain = render(&Reply::Changed(
+            crate::control::proto::ChangeReport::default(),
+        ));
+        assert_eq!(plain.lines().count(), 1, "{plain}");
     }
 }

@@ -67,13 +67,24 @@ pub fn workers(workers: &[WorkerReport]) -> String {
     let mut out = String::new();
     let _ = writeln!(
         out,
-        "{:>4} {:>8} {:<10} {:>8} {:>10} {:>6} {:>12} {:>12}",
-        "cpu", "pid", "state", "restarts", "generation", "drift", "received", "forwarded"
+        "{:>4} {:>8} {:<10} {:>8} {:>10} {:>6} {:>12} {:>12} {:>8} {:>9} {:<8}",
+        "cpu",
+        "pid",
+        "state",
+        "restarts",
+        "generation",
+        "drift",
+        "received",
+        "forwarded",
+        "down_ms",
+        "unserved",
+        "members"
     );
     for worker in workers {
+        let members: Vec<String> = worker.members.iter().map(ToString::to_string).collect();
         let _ = writeln!(
             out,
-            "{:>4} {:>8} {:<10} {:>8} {:>10} {:>6} {:>12} {:>12}",
+            "{:>4} {:>8} {:<10} {:>8} {:>10} {:>6} {:>12} {:>12} {:>8} {:>9} {:<8}",
             worker.cpu,
             worker
                 .pid
@@ -83,7 +94,10 @@ pub fn workers(workers: &[WorkerReport]) -> String {
             worker.generation,
             worker.drift_repairs,
             worker.received,
-            worker.forwarded
+            worker.forwarded,
+            worker.down_ms,
+            worker.unserved_rules,
+            members.join(",")
         );
     }
     out

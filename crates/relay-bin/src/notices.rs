@@ -1,7 +1,12 @@
 //! The supervisor's log lines about workers, rate-limited: exits, restarts, start failures,
 //! table drift and ring drop bursts each produce one line with the facts, at most one per kind
 //! and worker every [`WINDOW`] (see [`crate::ratelimit`]); lines about no worker in particular
-//! (a refused change) use [`NO_WORKER`].
+//! use [`NO_WORKER`].
+//!
+//! A refused change is another matter: its line is the only place the reason is told (for a
+//! SIGHUP reload, the only answer there is), so it is held back only when it repeats the
+//! previous refusal word for word within [`WINDOW`] ([`Notices::allow_unrepeated`]). A refused
+//! reload is never held back.
 //!
 //! A ring drop burst is an increase of a worker's kernel drop counter (PACKET_STATISTICS: frames
 //! the kernel could not put in the full receive ring) between two counter polls, one second
@@ -23,6 +28,16 @@ pub struct Notices {
     limiter: RateLimiter,
     /// Per worker CPU: kernel drops and freezes at the previous poll, and when.
     last: BTreeMap<u32, (u64, u64, Instant)>,
+    /// Per kind limited by its text: the last line written.
+    repeats: BTreeMap<Kind, Repeat>,
+}
+
+/// A line written, and how many identical ones were held back since.
+#[derive(Debug)]
+struct Repeat {
+    text: String,
+    logged_at: Instant,
+    held: u64,
 }
 
 impl Default for Notices {
@@ -30,6 +45,7 @@ impl Default for Notices {
         Notices {
             limiter: RateLimiter::new(WINDOW),
             last: BTreeMap::new(),
+            repeats: BTreeMap::new(),
         }
     }
 }
@@ -52,6 +68,45 @@ impl Notices {
                 )
             }
         })
+    }
+
+    /// Whether a line of `kind` saying `text` may be written now: always, unless it repeats the
+    /// previous line of that kind word for word within [`WINDOW`]. If so, what to append to it
+    /// (how many repeats were held back before it).
+    pub fn allow_unrepeated(&mut self, kind: Kind, text: &str) -> Option<String> {
+        self.allow_unrepeated_at(kind, text, Instant::now())
+    }
+
+    fn allow_unrepeated_at(&mut self, kind: Kind, text: &str, now: Instant) -> Option<String> {
+        if let Some(last) = self.repeats.get_mut(&kind)
+            && last.text == text
+            && now < last.logged_at + WINDOW
+        {
+            last.held += 1;
+            return None;
+        }
+        let suffix = match self.repeats.get(&kind) {
+            Some(last) if last.held > 0 && last.text == text => format!(
+                " ({} more like it suppressed in the last {} s)",
+                last.held,
+                WINDOW.as_secs()
+            ),
+            Some(last) if last.held > 0 => format!(
+                " (the previous {} line was repeated {} more time(s))",
+                kind.describe(),
+                last.held
+            ),
+            _ => String::new(),
+        };
+        self.repeats.insert(
+            kind,
+            Repeat {
+                text: text.to_owned(),
+                logged_at: now,
+                held: 0,
+            },
+        );
+        Some(suffix)
     }
 
     /// Called after each counter poll with every worker's (CPU, kernel drops, freezes) since the
@@ -90,6 +145,18 @@ impl Notices {
                         String::new()
                     }
                 ));
+            }
+        }
+        for (kind, repeat) in &mut self.repeats {
+            if repeat.held > 0 && now >= repeat.logged_at + WINDOW {
+                lines.push(format!(
+                    "{} more {} line(s) identical to the last one suppressed in the last {} s",
+                    repeat.held,
+                    kind.describe(),
+                    WINDOW.as_secs()
+                ));
+                repeat.held = 0;
+                repeat.logged_at = now;
             }
         }
         for (kind, cpu, held) in self.limiter.expired(now) {
@@ -153,6 +220,38 @@ mod tests {
             "{}",
             logged[1]
         );
+    }
+
+    #[test]
+    fn refusals_are_held_back_only_when_they_repeat_word_for_word() {
+        let start = Instant::now();
+        let at = |millis: u64| start + Duration::from_millis(millis);
+        let mut notices = Notices::default();
+        let mut allow =
+            |text: &str, millis: u64| notices.allow_unrepeated_at(Kind::Refused, text, at(millis));
+        assert_eq!(allow("no interface a", 0), Some(String::new()));
+        // Another reason, at once: written.
+        assert_eq!(allow("no interface b", 1), Some(String::new()));
+        // The same reason again within the window: held back.
+        assert_eq!(allow("no interface b", 2), None);
+        assert_eq!(allow("no interface b", 3), None);
+        // Another reason: written, and says the previous one repeated.
+        assert_eq!(
+            allow("no interface a", 4),
+            Some(" (the previous refused change line was repeated 2 more time(s))".into())
+        );
+        assert_eq!(allow("no interface a", 5), None);
+        // The same reason after the window: written, with the count.
+        assert_eq!(
+            allow("no interface a", 10_004),
+            Some(" (1 more like it suppressed in the last 10 s)".into())
+        );
+        assert_eq!(allow("no interface a", 10_005), None);
+        assert_eq!(
+            notices.lines_at(at(20_005), []),
+            ["1 more refused change line(s) identical to the last one suppressed in the last 10 s"]
+        );
+        assert!(notices.lines_at(at(40_000), []).is_empty());
     }
 
     #[test]

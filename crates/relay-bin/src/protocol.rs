@@ -90,19 +90,27 @@ pub struct WorkerStart {
     pub interfaces: Vec<InterfaceEntry>,
     /// Geometry of the rings.
     pub ring: crate::config::RingSection,
-    /// Under shard placement, this worker's shard: it holds only the rules whose
-    /// `relay_rules::shard(group, port, count)` is `index`.
+    /// Under shard placement, this worker's shards: it holds only the rules whose
+    /// `relay_rules::shard(group, port, count)` is one of `indices`.
     #[serde(default)]
     pub shard: Option<ShardEntry>,
 }
 
-/// One worker's shard of the rules.
-#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+/// One worker's shards of the rules: the fanout members it serves.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct ShardEntry {
-    /// This worker's shard.
-    pub index: u32,
-    /// How many shards (workers) there are.
+    /// The shards (fanout members) this worker serves, ascending.
+    pub indices: Vec<u32>,
+    /// How many shards (fanout members) there are.
     pub count: u32,
+}
+
+impl ShardEntry {
+    /// The shards as relay-rules takes them; `None` if the entry names no shard or one past
+    /// `count` (a message the supervisor would never send).
+    pub fn to_set(&self) -> Option<relay_rules::shard::ShardSet> {
+        relay_rules::shard::ShardSet::new(self.count, self.indices.iter().copied())
+    }
 }
 
 /// The facts of one interface, as the supervisor found them.

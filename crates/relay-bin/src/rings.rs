@@ -6,8 +6,10 @@ use fanout_core::handoff::RingHandle;
 use fanout_core::iface::InterfaceInfo;
 use fanout_core::ring::{Geometry, RetireTimeout};
 use fanout_core::{
-    BpfInstruction, BpfProgram, FanoutConfig, FanoutFlags, FanoutMode, RingVersion, RxRingBuilder,
+    BpfInstruction, BpfProgram, FanoutConfig, FanoutFlags, FanoutGroupId, FanoutMode, RingVersion,
+    RxRingBuilder,
 };
+use relay_rules::shard::ShardSet;
 use relay_rules::{InterfaceFacts, Interfaces, Limits, Rule, RuleSet, RuleTable};
 
 /// The facts of interface `name` as the rules need them, or `None` when it does not exist.
@@ -28,19 +30,20 @@ pub fn validate(rules: &[Rule], interfaces: &Interfaces) -> Result<RuleSet, Vec<
         .map_err(|errors| errors.into_iter().map(ToString::to_string).collect())
 }
 
-/// The table a worker builds: every rule, or only its shard's.
-pub fn table(set: &RuleSet, generation: u64, shard: Option<ShardEntry>) -> RuleTable {
-    match shard {
+/// The table a worker builds: every rule, or only its shards'.
+pub fn table(set: &RuleSet, generation: u64, shards: Option<&ShardSet>) -> RuleTable {
+    match shards {
         None => RuleTable::build(set, generation),
-        Some(shard) => RuleTable::build_shard(set, generation, shard.index, shard.count),
+        Some(shards) => RuleTable::build_shards(set, generation, shards),
     }
 }
 
 /// Whether `rule` belongs to `shard` (every rule belongs to a worker without one).
-pub fn in_shard(rule: &Rule, shard: Option<ShardEntry>) -> bool {
+pub fn in_shard(rule: &Rule, shard: Option<&ShardEntry>) -> bool {
     shard.is_none_or(|shard| {
-        relay_rules::shard::shard(rule.input.destination, rule.input.port, shard.count)
-            == shard.index
+        let theirs =
+            relay_rules::shard::shard(rule.input.destination, rule.input.port, shard.count);
+        shard.indices.contains(&theirs)
     })
 }
 
@@ -79,44 +82,60 @@ pub fn tx_geometry(ring: &RingSection) -> Geometry {
     Geometry::new(per_block * ring.frame_size, blocks, ring.frame_size)
 }
 
-/// Creates `members` receive rings on `interface`, joined in order to one new fanout group, and
-/// returns them as handles for workers to map.
+/// A fanout group on one interface and the receive rings that joined it.
+#[derive(Debug)]
+pub struct FanoutMembers {
+    /// The group id the kernel chose.
+    pub group: FanoutGroupId,
+    /// The new members' rings, in join order.
+    pub rings: Vec<RingHandle>,
+}
+
+/// Creates `count` receive rings on `interface` and joins them, in order, to fanout group
+/// `group`, or to a new one when `group` is `None`; returns them as handles for workers to map.
 ///
-/// The group gets a kernel-chosen unique id, so another program's fixed id cannot clash with it.
-/// Every member ignores outgoing frames, so the relay's own output on an interface that is also
-/// an input is never relayed again; with the rollover flag a member whose ring is full (a worker
-/// that died or stalls) spills to the others instead of dropping.
+/// A new group gets a kernel-chosen unique id, so another program's fixed id cannot clash with
+/// it. Every member ignores outgoing frames, so the relay's own output on an interface that is
+/// also an input is never relayed again; with the rollover flag a member whose ring is full (a
+/// worker that died or stalls) spills to the others instead of dropping. Under `steer`, the
+/// steering program over `count` members is set once the last has joined: the group then has
+/// exactly one member per shard, and it must never grow.
 pub fn open_fanout_members(
     interface: &str,
-    members: usize,
+    group: Option<FanoutGroupId>,
+    count: usize,
     fanout: FanoutSetting,
     ring: &RingSection,
-) -> Result<Vec<RingHandle>, String> {
+) -> Result<FanoutMembers, String> {
     let (mode, flags) = match fanout {
         FanoutSetting::Cpu => (FanoutMode::Cpu, FanoutFlags::ROLLOVER),
         FanoutSetting::Hash => (FanoutMode::Hash, FanoutFlags::ROLLOVER),
-        FanoutSetting::Lb => (FanoutMode::Lb, FanoutFlags::NONE),
+        // Rollover also lets a member that joins a live group pass frames on until it is ready.
+        FanoutSetting::Lb => (FanoutMode::Lb, FanoutFlags::ROLLOVER),
         FanoutSetting::Qm => (FanoutMode::Qm, FanoutFlags::ROLLOVER),
         FanoutSetting::Rollover => (FanoutMode::Rollover, FanoutFlags::NONE),
         // No rollover: a packet must reach the worker holding its rule or be dropped there.
         FanoutSetting::Steer => (FanoutMode::Cbpf, FanoutFlags::NONE),
     };
+    if fanout == FanoutSetting::Steer && group.is_some() {
+        return Err("a steer group's members are fixed: each is a shard of the rules".into());
+    }
     let version = match ring.version {
         RingVersionSetting::V3 => RingVersion::V3,
         RingVersionSetting::V2 => RingVersion::V2,
     };
-    let mut group = None;
-    let mut handles = Vec::with_capacity(members);
-    for member in 0..members {
+    let mut group = group;
+    let mut handles = Vec::with_capacity(count);
+    for member in 0..count {
         let mut config = match group {
             None => FanoutConfig::unique(mode).flags(flags),
             Some(id) => FanoutConfig::new(id, mode).flags(flags),
         };
-        if fanout == FanoutSetting::Steer && member + 1 == members {
+        if fanout == FanoutSetting::Steer && member + 1 == count {
             // The program belongs to the group; set once every member has joined, it computes
-            // `shard(group, port, members)`, the member index of the worker holding the rule.
+            // `shard(group, port, count)`, the member index of the worker holding the rule.
             config = config.cbpf_program(kernel_instructions(&relay_rules::bpf::steering_program(
-                members as u32,
+                count as u32,
             )));
         }
         let rx = RxRingBuilder::new(interface)
@@ -137,5 +156,9 @@ pub fn open_fanout_members(
         }
         handles.push(rx.into_handle());
     }
-    Ok(handles)
+    let group = group.ok_or_else(|| format!("no member joined a fanout group on {interface}"))?;
+    Ok(FanoutMembers {
+        group,
+        rings: handles,
+    })
 }

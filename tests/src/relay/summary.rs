@@ -9,11 +9,14 @@
 //!    0          500          500          0          0         0            0        0
 //! rule                                  packets          bytes
 //! cam                                       500          57000
+//! old                                        20           2280 (removed)
 //! ```
+//!
+//! A rule removed at run time keeps its line, marked `(removed)`.
 //!
 //! Columns are found by their header names, so a column added later does not break the reading.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 /// One worker's line of the table.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -43,6 +46,8 @@ pub struct Summary {
     pub workers: Vec<WorkerRow>,
     /// (packets, bytes) per rule that matched anything; a rule not listed matched nothing.
     pub rules: BTreeMap<String, (u64, u64)>,
+    /// The rules of `rules` marked as removed at run time.
+    pub removed: BTreeSet<String>,
     /// Malformed frames per reason, summed over workers (the `malformed frames` section that
     /// follows the rules when any frame was malformed).
     pub malformed_by_reason: BTreeMap<String, u64>,
@@ -91,10 +96,21 @@ impl Summary {
                 && rule_header.starts_with(&["rule", "packets", "bytes"])
             {
                 lines.next();
-                while let Some((name, counts)) = lines.peek().and_then(|l| {
+                while let Some((name, counts, removed)) = lines.peek().and_then(|l| {
                     let (name, rest) = l.split_once(char::is_whitespace)?;
-                    Some((name.to_owned(), numbers(rest, rule_header.len() - 1)?))
+                    let (rest, removed) = match rest.trim_end().strip_suffix("(removed)") {
+                        Some(rest) => (rest, true),
+                        None => (rest, false),
+                    };
+                    Some((
+                        name.to_owned(),
+                        numbers(rest, rule_header.len() - 1)?,
+                        removed,
+                    ))
                 }) {
+                    if removed {
+                        table.removed.insert(name.clone());
+                    }
                     table.rules.insert(name, (counts[0], counts[1]));
                     lines.next();
                 }
@@ -208,6 +224,7 @@ impl Summary {
         Summary {
             workers,
             rules,
+            removed: self.removed.clone(),
             malformed_by_reason,
         }
     }
@@ -249,6 +266,7 @@ mod tests {
    1            7            6          0          0         1            2        1
 rule                                  packets          bytes
 cam                                         7            700
+gone                                        3            300 (removed)
 two                                         7           1400
 ";
 
@@ -275,6 +293,8 @@ two                                         7           1400
         assert_eq!(last.rule_packets("two"), 7);
         assert_eq!(last.rule_bytes("two"), 1400);
         assert_eq!(last.rule_packets("none"), 0);
+        assert_eq!(last.rule_bytes("gone"), 300);
+        assert_eq!(last.removed, BTreeSet::from(["gone".to_owned()]));
         let total = last.total();
         assert_eq!(
             (total.received, total.forwarded, total.malformed),

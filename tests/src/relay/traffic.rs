@@ -150,6 +150,9 @@ pub struct UdpReceiver {
     label: String,
 }
 
+/// Receive buffer of a test receiver's socket.
+const RECEIVE_BUFFER: usize = 16 << 20;
+
 impl UdpReceiver {
     /// A socket in `ns` bound to `group` (`"239.2.2.2:6000"`) and joined to it on the interface
     /// that has address `local`. Bound to the group, it receives no other group's datagrams.
@@ -174,6 +177,12 @@ impl UdpReceiver {
 
     fn ready(socket: UdpSocket, label: String) -> UdpReceiver {
         setsockopt(&socket, sockopt::Ipv4RecvTtl, &true).expect("IP_RECVTTL on a UDP socket");
+        // Room for a burst: a relay worker that restarts sends what queued in its ring at once,
+        // faster than this test thread reads, and the default buffer holds only a few hundred
+        // datagrams. Forced past rmem_max, as root.
+        if setsockopt(&socket, sockopt::RcvBufForce, &RECEIVE_BUFFER).is_err() {
+            let _ = setsockopt(&socket, sockopt::RcvBuf, &RECEIVE_BUFFER);
+        }
         socket
             .set_read_timeout(Some(TICK))
             .expect("SO_RCVTIMEO on a UDP socket");

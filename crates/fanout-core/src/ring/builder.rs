@@ -252,12 +252,15 @@ impl RxRingBuilder {
         if let Some(source) = self.timestamp {
             socket.set_timestamp_source(source)?;
         }
-        // Between bind and joining a fanout group the socket receives every frame on its own,
-        // copies of frames the group also delivers: a member joining a live group would see them
-        // twice. So it binds rejecting everything and takes its real filter once it is a member;
-        // the price is that frames the group steers to it in between (one setsockopt) are lost.
+        // Between bind and joining a fanout group the socket receives every frame on its own:
+        // copies of frames the group also delivers, so a member joining a live group would see
+        // them twice. It binds rejecting everything, and takes its real filter once it is a
+        // member. In between, its ring looks full (every status word user-owned), so a group
+        // with the rollover flag passes the frames it steers to the newcomer on to the others
+        // instead of handing them to a filter that drops them.
         let joining = self.fanout.is_some();
         if joining {
+            self.set_every_status(&map, libc::TP_STATUS_USER);
             bpf::attach_filter(socket.as_fd(), &BpfProgram::reject_all())?;
         } else if let Some(program) = &self.filter {
             bpf::attach_filter(socket.as_fd(), program)?;
@@ -283,6 +286,7 @@ impl RxRingBuilder {
                 Some(program) => bpf::attach_filter(socket.as_fd(), program)?,
                 None => bpf::detach_filter(socket.as_fd())?,
             }
+            self.set_every_status(&map, libc::TP_STATUS_KERNEL);
         }
         Ok(RxRing {
             socket,
@@ -296,6 +300,13 @@ impl RxRingBuilder {
             stats: StatsTracker::default(),
             fanout,
         })
+    }
+
+    fn set_every_status(&self, map: &Mapping, status: u32) {
+        match self.version {
+            RingVersion::V3 => super::v3::set_every_status(map, &self.geometry, status),
+            RingVersion::V2 => super::v2::set_every_status(map, &self.geometry, status),
+        }
     }
 
     fn create_ring(&self, socket: &PacketSocket) -> Result<(), RingError> {

@@ -156,7 +156,11 @@ impl RxRing {
         v2::ready_run(&self.map, &self.geometry, self.cursor, V2_BATCH).map(Lent::V2)
     }
 
-    fn ready(&self) -> bool {
+    /// True when the kernel has handed over the next block (V3) or frame (V2), so that
+    /// [`RxRing::next_block`] would lend something out. One acquire load of the next status
+    /// word and no syscall: cheap enough to spin on (busy polling) and to skip a `poll(2)` that
+    /// would return at once.
+    pub fn has_pending(&self) -> bool {
         match self.version {
             RingVersion::V3 => {
                 v3::status(&self.map, &self.geometry, self.cursor) & libc::TP_STATUS_USER != 0
@@ -168,7 +172,7 @@ impl RxRing {
     /// Waits up to `timeout` for the kernel to hand something over (`poll(2)`); returns at once
     /// if something is already waiting. An interface that went down is reported, not spun on.
     pub fn wait(&mut self, timeout: Duration) -> Result<Readiness, RingError> {
-        if self.ready() {
+        if self.has_pending() {
             return Ok(Readiness::Readable);
         }
         let interface = self.socket.interface_label();
@@ -176,7 +180,7 @@ impl RxRing {
         let timeout = PollTimeout::try_from(timeout).unwrap_or(PollTimeout::MAX);
         let revents = match nix::poll::poll(&mut fds, timeout) {
             Ok(0) => {
-                return Ok(if self.ready() {
+                return Ok(if self.has_pending() {
                     Readiness::Readable
                 } else {
                     Readiness::TimedOut

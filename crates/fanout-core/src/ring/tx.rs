@@ -34,6 +34,12 @@ use super::mmap::Mapping;
 use super::{RingError, RingVersion, v2};
 use crate::socket::PacketSocket;
 
+/// Bytes of the `virtio_net_hdr` in front of each frame of a linear ring (see
+/// [`TxRingBuilder::linear`](super::TxRingBuilder::linear)).
+pub(super) const VNET_HDR_LEN: usize = 10;
+/// Offset of `hdr_len` (u16, native byte order for the legacy header `vio_le()` reads) in it.
+const VNET_HDR_LEN_FIELD: usize = 2;
+
 /// Transmit counters, for the socket's life.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct TxCounters {
@@ -56,6 +62,8 @@ pub struct TxRing {
     pub(super) map: Mapping,
     pub(super) geometry: Geometry,
     pub(super) version: RingVersion,
+    /// Each slot starts with a `virtio_net_hdr` asking for the whole frame to be copied linear.
+    pub(super) linear: bool,
     /// Next slot to hand out.
     pub(super) head: u32,
     /// Oldest committed slot not yet seen returned.
@@ -80,11 +88,18 @@ impl TxRing {
             .max(1)
     }
 
-    fn data_offset(&self) -> usize {
+    /// Where the kernel reads a slot's data (`tp_hdrlen - sizeof(struct sockaddr_ll)`): the
+    /// vnet header of a linear ring, else the frame.
+    fn header_end(&self) -> usize {
         match self.version {
             RingVersion::V2 => h2::SLL,
             RingVersion::V3 => h3::SLL,
         }
+    }
+
+    /// Where a slot's frame starts.
+    fn data_offset(&self) -> usize {
+        self.header_end() + if self.linear { VNET_HDR_LEN } else { 0 }
     }
 
     fn status_offset(&self, index: u32) -> usize {
@@ -288,13 +303,25 @@ impl TxSlot<'_> {
         let len = len.min(self.ring.max_frame_len());
         let (offset, size) = self.slot_range();
         let version = self.ring.version;
+        let vnet = self.ring.linear.then(|| self.ring.header_end());
         {
             // SAFETY: as in `buffer`: the slot is not in flight and no other borrow of it exists.
             let slot = unsafe { self.ring.map.user_bytes_mut(offset, size) };
-            let len32 = u32::try_from(len).expect("clamped to the slot size, a u32");
             let put = |slot: &mut [u8], at: usize, value: u32| {
                 slot[at..at + 4].copy_from_slice(&value.to_ne_bytes())
             };
+            // tp_len counts the vnet header; its hdr_len (the bytes the kernel copies linear,
+            // `__packet_snd_vnet_parse()` refuses more than the frame) is the whole frame, and
+            // every other field is 0: no checksum or segmentation offload asked for.
+            let mut wire_len = len;
+            if let Some(at) = vnet {
+                let hdr_len = u16::try_from(len).unwrap_or(u16::MAX);
+                slot[at..at + VNET_HDR_LEN].fill(0);
+                slot[at + VNET_HDR_LEN_FIELD..at + VNET_HDR_LEN_FIELD + 2]
+                    .copy_from_slice(&hdr_len.to_ne_bytes());
+                wire_len += VNET_HDR_LEN;
+            }
+            let len32 = u32::try_from(wire_len).expect("clamped to the slot size, a u32");
             match version {
                 RingVersion::V2 => {
                     put(slot, h2::LEN, len32);

@@ -1,6 +1,6 @@
-//! The transmit ring builder: validate, then version, loss, ring, mmap, bind, qdisc bypass, in
-//! the order the kernel accepts (`PACKET_VERSION` and `PACKET_LOSS` must precede
-//! `PACKET_TX_RING`).
+//! The transmit ring builder: validate, then version, loss, vnet header, ring, mmap, bind, qdisc
+//! bypass, in the order the kernel accepts (`PACKET_VERSION`, `PACKET_LOSS` and
+//! `PACKET_VNET_HDR` must precede `PACKET_TX_RING`).
 
 use std::os::fd::AsFd;
 
@@ -8,10 +8,13 @@ use nix::errno::Errno;
 
 use super::geometry::{Constraints, Geometry};
 use super::mmap::Mapping;
-use super::tx::{TxCounters, TxRing};
+use super::tx::{TxCounters, TxRing, VNET_HDR_LEN};
 use super::{RingError, RingVersion};
 use crate::socket::{self, PacketSocket, Protocol, SocketError};
 use crate::sys;
+
+/// `PACKET_VNET_HDR` (linux/if_packet.h); not exported by libc for every target.
+const PACKET_VNET_HDR: libc::c_int = 15;
 
 /// Which transmit ring version to use.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -34,6 +37,7 @@ pub struct TxRingBuilder {
     protocol: Protocol,
     qdisc_bypass: bool,
     loss: bool,
+    linear: bool,
     populate: bool,
     dont_fork: bool,
 }
@@ -48,6 +52,7 @@ impl TxRingBuilder {
             protocol: Protocol::NONE,
             qdisc_bypass: false,
             loss: false,
+            linear: false,
             populate: true,
             dont_fork: false,
         }
@@ -84,6 +89,21 @@ impl TxRingBuilder {
         self
     }
 
+    /// Hand each frame to the kernel whole, copied into the socket buffer's linear part, instead
+    /// of lending the ring's pages to it (the default).
+    ///
+    /// `tpacket_snd()` copies only the link-layer header and attaches the rest of a slot as page
+    /// fragments; a device that must own its data (veth, when a frame crosses into another
+    /// namespace: `skb_orphan_frags_rx()` then `skb_copy_ubufs()`) copies those fragments into
+    /// freshly allocated pages, and the receiving stack pulls headers out of them again. With
+    /// this set the socket gets `PACKET_VNET_HDR` and every slot a `virtio_net_hdr` (no offloads)
+    /// whose `hdr_len` is the frame's length, which the kernel copies linear in one go. A NIC
+    /// that could have sent from the ring's pages by DMA pays a copy per frame instead.
+    pub fn linear(mut self, on: bool) -> Self {
+        self.linear = on;
+        self
+    }
+
     /// Pre-fault the ring's pages at mmap (default on).
     pub fn populate(mut self, on: bool) -> Self {
         self.populate = on;
@@ -112,8 +132,13 @@ impl TxRingBuilder {
         } else {
             RingVersion::V3
         };
+        // The vnet header sits where the frame would start: count it as reserved room.
+        let mut constraints = constraints(check);
+        if self.linear {
+            constraints.reserve = VNET_HDR_LEN as u32;
+        }
         self.geometry
-            .validate(&constraints(check))
+            .validate(&constraints)
             .map_err(|source| RingError::Geometry {
                 interface: interface.clone(),
                 source,
@@ -122,6 +147,9 @@ impl TxRingBuilder {
         let mut socket = PacketSocket::open()?.intended_for(&self.interface);
         if self.loss {
             socket.set_packet_int("PACKET_LOSS", libc::PACKET_LOSS, 1)?;
+        }
+        if self.linear {
+            socket.set_packet_int("PACKET_VNET_HDR", PACKET_VNET_HDR, 1)?;
         }
         let version = match self.version {
             TxVersion::V2 => self.create_ring(&socket, RingVersion::V2)?,
@@ -163,6 +191,7 @@ impl TxRingBuilder {
             map,
             geometry: self.geometry,
             version,
+            linear: self.linear,
             head: 0,
             tail: 0,
             in_flight: 0,

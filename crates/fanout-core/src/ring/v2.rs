@@ -51,6 +51,13 @@ pub(crate) fn ready_run(map: &Mapping, geometry: &Geometry, first: u32, limit: u
     (count > 0).then_some(Run { first, count })
 }
 
+/// Writes `status` into every frame's status word (see [`super::v3::set_every_status`]).
+pub(crate) fn set_every_status(map: &Mapping, geometry: &Geometry, status: u32) {
+    for index in 0..frame_count(geometry) {
+        map.store_status(frame_offset(geometry, index) + frame::v2::STATUS, status);
+    }
+}
+
 /// Hands a run back (release), pairing with the kernel's `smp_rmb()` after it reads `tp_status`
 /// in `packet_current_frame()`.
 pub(crate) fn release(map: &Mapping, geometry: &Geometry, run: Run) {

@@ -55,6 +55,18 @@ pub(crate) fn ready_block(map: &Mapping, geometry: &Geometry, index: u32) -> Opt
     })
 }
 
+/// Writes `status` into every block's status word: [`libc::TP_STATUS_USER`] makes the ring look
+/// full to the kernel (a fanout group with the rollover flag then passes the ring over), and
+/// [`libc::TP_STATUS_KERNEL`] hands every block back. Only for a ring nobody reads yet.
+pub(crate) fn set_every_status(map: &Mapping, geometry: &Geometry, status: u32) {
+    for index in 0..geometry.block_count() {
+        map.store_status(
+            block_offset(geometry, index) + frame::v3::BLOCK_STATUS,
+            status,
+        );
+    }
+}
+
 /// Hands block `index` back to the kernel (release), pairing with the kernel's `smp_rmb()` in
 /// `prb_dispatch_next_block()` before it reuses the block.
 pub(crate) fn release(map: &Mapping, geometry: &Geometry, block: BlockInfo) {

@@ -4,18 +4,55 @@
 //! connection is checked again with the peer's credentials (`SO_PEERCRED`): only root or the
 //! relay's own user may talk to it. Each connection gets a thread that reads request lines and
 //! passes them to the supervisor's loop, which owns all state and answers one request at a time.
+//!
+//! What a client can cost the relay is bounded whatever it sends: at most [`MAX_CONNECTIONS`]
+//! connections are served at once (the next one is told why and closed), a connection that sends
+//! nothing for [`IDLE_TIMEOUT`] is closed, and a line longer than [`proto::MAX_REQUEST`] is
+//! refused while the rest of it is read and thrown away in small chunks, never held in memory.
 
+mod connection;
 pub mod proto;
 
+use connection::{Seat, serve, turn_away};
 use proto::{Request, Response};
-use std::io::{self, BufRead, BufReader, Read, Write};
+use std::io::{self, BufRead, BufReader, Write};
 use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
-use std::sync::mpsc::{self, Sender};
+use std::sync::Arc;
+use std::sync::atomic::AtomicUsize;
+use std::sync::mpsc::Sender;
+use std::time::Duration;
 
 /// The default control socket path.
 pub const DEFAULT_SOCKET: &str = "/run/fanout-relay/control.sock";
+
+/// A connection that sends nothing for this long (or does not take its answer for this long) is
+/// closed, so a forgotten client does not keep a thread of the relay forever.
+pub const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Connections served at once; each costs a thread and up to [`proto::MAX_REQUEST`] bytes of
+/// buffer. The next one is answered with an error saying so and closed.
+pub const MAX_CONNECTIONS: usize = 64;
+
+/// What the control socket allows its clients: [`IDLE_TIMEOUT`] and [`MAX_CONNECTIONS`] unless
+/// a test asks for less.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// How long a connection may stay silent.
+    pub idle_timeout: Duration,
+    /// How many connections are served at once.
+    pub max_connections: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            idle_timeout: IDLE_TIMEOUT,
+            max_connections: MAX_CONNECTIONS,
+        }
+    }
+}
 
 /// A request from a connection, with where its answer goes.
 #[derive(Debug)]
@@ -49,6 +86,15 @@ impl ControlServer {
     /// to `requests`. A live relay already listening there is an error; a stale socket file is
     /// replaced.
     pub fn start(path: &Path, requests: Sender<Pending>) -> Result<Self, ControlError> {
+        Self::start_with(path, requests, Limits::default())
+    }
+
+    /// [`ControlServer::start`] with other limits.
+    pub fn start_with(
+        path: &Path,
+        requests: Sender<Pending>,
+        limits: Limits,
+    ) -> Result<Self, ControlError> {
         let fail = |what, source| ControlError {
             path: path.to_owned(),
             what,
@@ -77,12 +123,20 @@ impl ControlServer {
         std::thread::Builder::new()
             .name("control".into())
             .spawn(move || {
+                let open = Arc::new(AtomicUsize::new(0));
                 for stream in listener.incoming() {
                     let Ok(stream) = stream else { continue };
+                    let Some(seat) = Seat::take(&open, limits.max_connections) else {
+                        turn_away(stream, limits.max_connections);
+                        continue;
+                    };
                     let requests = requests.clone();
                     let _ = std::thread::Builder::new()
                         .name("control-conn".into())
-                        .spawn(move || serve(stream, owner, &requests));
+                        .spawn(move || {
+                            serve(stream, owner, &requests, limits.idle_timeout);
+                            drop(seat);
+                        });
                 }
             })
             .map_err(|error| fail("starting its thread", error))?;
@@ -101,74 +155,6 @@ impl Drop for ControlServer {
     fn drop(&mut self) {
         let _ = std::fs::remove_file(&self.path);
     }
-}
-
-fn serve(stream: UnixStream, owner: u32, requests: &Sender<Pending>) {
-    let mut writer = match stream.try_clone() {
-        Ok(writer) => writer,
-        Err(_) => return,
-    };
-    let peer = nix::sys::socket::getsockopt(&stream, nix::sys::socket::sockopt::PeerCredentials);
-    let allowed = peer
-        .as_ref()
-        .is_ok_and(|creds| creds.uid() == 0 || creds.uid() == owner);
-    if !allowed {
-        let who = peer.map_or_else(
-            |_| "unknown".to_owned(),
-            |creds| format!("uid {}", creds.uid()),
-        );
-        log::warn!("control: refused a connection from {who}");
-        let _ = answer(
-            &mut writer,
-            &Response::refused(format!(
-                "permission denied: only root or uid {owner} may control this relay"
-            )),
-        );
-        return;
-    }
-    let mut reader = BufReader::new(stream);
-    loop {
-        let mut line = Vec::new();
-        let read = (&mut reader)
-            .take(proto::MAX_REQUEST as u64 + 1)
-            .read_until(b'\n', &mut line);
-        match read {
-            Ok(0) | Err(_) => return,
-            Ok(_) => {}
-        }
-        if line.len() > proto::MAX_REQUEST && !line.ends_with(b"\n") {
-            // Skip the rest of the oversized line so the next request starts clean.
-            let mut rest = Vec::new();
-            if reader.read_until(b'\n', &mut rest).is_err() {
-                return;
-            }
-        }
-        if line.iter().all(u8::is_ascii_whitespace) {
-            continue;
-        }
-        let response = match proto::parse_request(line.trim_ascii_end()) {
-            Err(error) => Response::refused(error),
-            Ok(request) => {
-                let (reply, answer_rx) = mpsc::channel();
-                if requests.send(Pending { request, reply }).is_err() {
-                    Response::refused("the relay is shutting down")
-                } else {
-                    answer_rx
-                        .recv()
-                        .unwrap_or_else(|_| Response::refused("the relay is shutting down"))
-                }
-            }
-        };
-        if answer(&mut writer, &response).is_err() {
-            return;
-        }
-    }
-}
-
-fn answer(writer: &mut UnixStream, response: &Response) -> io::Result<()> {
-    let mut line = serde_json::to_vec(response).map_err(io::Error::other)?;
-    line.push(b'\n');
-    writer.write_all(&line)
 }
 
 /// Sends `request` to the relay listening at `path` and returns its answer.
@@ -198,6 +184,7 @@ pub fn call(path: &Path, request: &Request) -> io::Result<Response> {
 mod tests {
     use super::proto::{Command, Reply, VERSION};
     use super::*;
+    use std::sync::mpsc;
 
     #[test]
     fn answers_requests_and_survives_garbage() {
@@ -243,5 +230,109 @@ mod tests {
         );
         drop(server);
         assert!(!path.exists());
+    }
+
+    /// A server at a fresh path whose requests are all answered with an empty worker list.
+    fn answering_server(limits: Limits) -> (tempfile::TempDir, ControlServer) {
+        let dir = tempfile::tempdir().expect("a temporary directory");
+        let (tx, rx) = mpsc::channel::<Pending>();
+        let server = ControlServer::start_with(&dir.path().join("control.sock"), tx, limits)
+            .expect("socket created");
+        std::thread::spawn(move || {
+            for pending in rx {
+                let _ = pending
+                    .reply
+                    .send(Response::ok(Reply::Workers { workers: vec![] }));
+            }
+        });
+        (dir, server)
+    }
+
+    /// A client connection whose reads and writes give up after 20 s instead of hanging.
+    fn client(path: &Path) -> (UnixStream, BufReader<UnixStream>) {
+        let stream = UnixStream::connect(path).expect("connects");
+        stream
+            .set_read_timeout(Some(Duration::from_secs(20)))
+            .expect("SO_RCVTIMEO");
+        stream
+            .set_write_timeout(Some(Duration::from_secs(20)))
+            .expect("SO_SNDTIMEO");
+        let reader = BufReader::new(stream.try_clone().expect("clone"));
+        (stream, reader)
+    }
+
+    fn read_response(reader: &mut BufReader<UnixStream>) -> Option<Response> {
+        let mut line = Vec::new();
+        reader
+            .read_until(b'\n', &mut line)
+            .expect("a line or the end");
+        (!line.is_empty()).then(|| serde_json::from_slice(&line).expect("a response"))
+    }
+
+    const WORKERS: &[u8] = b"{\"version\":1,\"command\":\"workers\"}\n";
+
+    #[test]
+    fn a_connection_over_the_cap_is_told_why_and_closed() {
+        let limits = Limits {
+            max_connections: 2,
+            ..Limits::default()
+        };
+        let (_dir, server) = answering_server(limits);
+        let mut open = Vec::new();
+        for _ in 0..limits.max_connections {
+            let (mut stream, mut reader) = client(server.path());
+            stream.write_all(WORKERS).expect("write");
+            assert!(read_response(&mut reader).is_some_and(|r| r.ok));
+            open.push((stream, reader));
+        }
+        let (_stream, mut reader) = client(server.path());
+        let refusal = read_response(&mut reader).expect("an answer before the close");
+        assert!(!refusal.ok);
+        let reason = refusal.error.unwrap_or_default();
+        assert!(
+            reason.contains("too many control connections (2 are open)"),
+            "{reason}"
+        );
+        assert_eq!(read_response(&mut reader), None, "closed after the answer");
+        let request = Request {
+            version: VERSION,
+            command: Command::Workers,
+        };
+        let answer = call(server.path(), &request).expect("answered");
+        assert!(!answer.ok, "the client reads the refusal: {answer:?}");
+
+        // The connections already served go on.
+        let (stream, reader) = &mut open[0];
+        stream.write_all(WORKERS).expect("write");
+        assert!(read_response(reader).is_some_and(|r| r.ok));
+
+        // A closed connection gives its seat back (once its thread saw the end of the stream).
+        drop(open.pop());
+        let mut served = false;
+        for _ in 0..200 {
+            if call(server.path(), &request).is_ok_and(|answer| answer.ok) {
+                served = true;
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        assert!(served, "no seat came free after a connection closed");
+    }
+
+    #[test]
+    fn a_silent_connection_is_told_why_and_closed() {
+        let (_dir, server) = answering_server(Limits {
+            idle_timeout: Duration::from_millis(100),
+            ..Limits::default()
+        });
+        let (mut stream, mut reader) = client(server.path());
+        // A request answered first: the timeout is about silence, not the connection's age.
+        stream.write_all(WORKERS).expect("write");
+        assert!(read_response(&mut reader).is_some_and(|r| r.ok));
+        let closing = read_response(&mut reader).expect("an answer before the close");
+        assert!(!closing.ok);
+        let reason = closing.error.unwrap_or_default();
+        assert!(reason.contains("nothing received for 0.1 s"), "{reason}");
+        assert_eq!(read_response(&mut reader), None, "closed after the answer");
     }
 }

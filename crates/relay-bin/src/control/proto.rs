@@ -14,13 +14,24 @@
 //! ```
 //!
 //! The answer is `{"ok": true, "result": ...}` or `{"ok": false, "error": "what was wrong"}`. A
-//! line that is not valid JSON, names another version or an unknown command, or is longer than
-//! [`MAX_REQUEST`] bytes is answered with an error, and the connection stays usable.
+//! line that is not valid JSON, names another version or an unknown command, has a field its
+//! command does not take, or is longer than [`MAX_REQUEST`] bytes is answered with an error, and
+//! the connection stays usable. `save` takes an absolute path (the relay's working directory is
+//! not the client's; `fanout-relay ctl save` resolves a relative one before sending it).
+//!
+//! `reload` makes the configuration file the truth: rules added at run time that the file does
+//! not have are removed, and the answer names them in `runtime_only` (besides `removed`), so an
+//! operator sees what a reload threw away. `save` first keeps them.
+//!
+//! The relay serves at most [`super::MAX_CONNECTIONS`] connections at once: the next one is
+//! answered with an error saying so and closed. A connection that sends nothing for
+//! [`super::IDLE_TIMEOUT`] is answered with an error saying so and closed.
 
 use crate::config::RuleEntry;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
+use std::path::Path;
 
 /// The protocol version this build speaks.
 pub const VERSION: u32 = 1;
@@ -66,6 +77,13 @@ pub enum Command {
     Stats,
     /// The workers.
     Workers,
+    /// Change the worker set while the relay runs: a count (`2`), a CPU list (`0,2-3`) or
+    /// `all`, as `relay.workers` in the configuration. Answered with the workers once every
+    /// worker whose share changed serves again.
+    SetWorkers {
+        /// The new worker set.
+        workers: String,
+    },
     /// Re-read the configuration file and apply the difference.
     Reload,
     /// Damage the table of the worker on `cpu` without changing its generation, to test drift
@@ -163,6 +181,10 @@ pub struct ChangeReport {
     pub added: Vec<String>,
     /// Rules removed.
     pub removed: Vec<String>,
+    /// Of `removed`, the rules a reload removed because they existed only at run time (added
+    /// with `add`, not in the configuration file). Empty for add and remove.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub runtime_only: Vec<String>,
     /// CPUs of live workers that had not confirmed the generation when the answer was sent;
     /// the supervisor keeps resyncing them.
     pub unconfirmed: Vec<u32>,
@@ -231,6 +253,47 @@ pub struct WorkerReport {
     pub received: u64,
     /// Frames forwarded.
     pub forwarded: u64,
+    /// The fanout members whose rings it serves; under shard placement, its shards.
+    #[serde(default)]
+    pub members: Vec<u32>,
+    /// Under shard placement, rules of its shards that no worker serves right now (its worker
+    /// is not serving: their packets wait in its rings).
+    #[serde(default)]
+    pub unserved_rules: u64,
+    /// Times its worker exited or was killed.
+    #[serde(default)]
+    pub outages: u32,
+    /// Milliseconds its worker was not serving (starting, restarting), in all.
+    #[serde(default)]
+    pub down_ms: u64,
+}
+
+/// The fields a request of `command` may have besides `version` and `command`.
+fn fields(command: &Command) -> &'static [&'static str] {
+    match command {
+        Command::Add { .. } => &["rule"],
+        Command::Remove { .. } => &["name", "key"],
+        Command::Save { .. } => &["path"],
+        Command::SetWorkers { .. } => &["workers"],
+        Command::List | Command::Stats | Command::Workers | Command::Reload => &[],
+        #[cfg(feature = "drift-test")]
+        Command::DebugCorruptTable { .. } => &["cpu"],
+    }
+}
+
+/// A JSON value as an error message shows it: itself when short, else what kind it is (a
+/// refusal never echoes a megabyte back).
+fn describe(value: &serde_json::Value) -> String {
+    let text = value.to_string();
+    if text.len() <= 40 {
+        return text;
+    }
+    match value {
+        serde_json::Value::Array(_) => "an array".into(),
+        serde_json::Value::Object(_) => "an object".into(),
+        serde_json::Value::String(_) => "a long string".into(),
+        _ => "a long number".into(),
+    }
 }
 
 /// Parses one request line; the error says what is wrong with it.
@@ -240,16 +303,57 @@ pub fn parse_request(line: &[u8]) -> Result<Request, String> {
     }
     let value: serde_json::Value =
         serde_json::from_slice(line).map_err(|error| format!("not a JSON object: {error}"))?;
-    match value.get("version").and_then(serde_json::Value::as_u64) {
-        Some(version) if version == u64::from(VERSION) => {}
-        Some(version) => {
-            return Err(format!(
-                "protocol version {version} is not spoken here (this relay speaks {VERSION})"
-            ));
-        }
+    let Some(object) = value.as_object() else {
+        return Err(format!("not a JSON object: {}", describe(&value)));
+    };
+    match object.get("version") {
         None => return Err(format!("missing \"version\": {VERSION}")),
+        Some(version) => match version.as_u64() {
+            Some(version) if version == u64::from(VERSION) => {}
+            Some(version) => {
+                return Err(format!(
+                    "protocol version {version} is not spoken here (this relay speaks {VERSION})"
+                ));
+            }
+            None => {
+                return Err(format!(
+                    "\"version\" must be the integer {VERSION}, not {}",
+                    describe(version)
+                ));
+            }
+        },
     }
-    serde_json::from_value(value).map_err(|error| format!("bad request: {error}"))
+    let request = Request::deserialize(&value).map_err(|error| format!("bad request: {error}"))?;
+    let allowed = fields(&request.command);
+    if let Some(unknown) = object.keys().find(|key| {
+        !matches!(key.as_str(), "version" | "command") && !allowed.contains(&key.as_str())
+    }) {
+        let takes = if allowed.is_empty() {
+            "no other field".to_owned()
+        } else {
+            allowed
+                .iter()
+                .map(|field| format!("\"{field}\""))
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        let command = object
+            .get("command")
+            .and_then(serde_json::Value::as_str)
+            .unwrap_or_default();
+        return Err(format!(
+            "bad request: unknown field \"{unknown}\": \"{command}\" takes {takes}"
+        ));
+    }
+    if let Command::Save { path } = &request.command
+        && !Path::new(path).is_absolute()
+    {
+        return Err(format!(
+            "bad request: save: \"{path}\" is not an absolute path; the relay's working \
+             directory is not the client's, so give the whole path"
+        ));
+    }
+    Ok(request)
 }
 
 #[cfg(test)]
@@ -282,6 +386,64 @@ mod tests {
     }
 
     #[test]
+    fn unknown_fields_are_refused_in_every_request() {
+        for command in ["list", "workers", "stats", "reload"] {
+            let line = format!(r#"{{"version":1,"command":"{command}","colour":"red"}}"#);
+            let error = parse_request(line.as_bytes()).expect_err("an unknown field");
+            assert_eq!(
+                error,
+                format!(
+                    "bad request: unknown field \"colour\": \"{command}\" takes no other field"
+                )
+            );
+        }
+        let error = parse_request(br#"{"version":1,"command":"remove","name":"a","colour":1}"#)
+            .expect_err("an unknown field");
+        assert!(error.contains("colour"), "{error}");
+        let error = parse_request(br#"{"version":1,"command":"save","path":"/x","mode":1}"#)
+            .expect_err("an unknown field");
+        assert!(
+            error.contains("`mode`") && error.contains("`path`"),
+            "{error}"
+        );
+        // What each command does take still parses.
+        assert!(parse_request(br#"{"version":1,"command":"remove","key":{"interface":"e","destination":"239.1.1.1","port":1}}"#).is_ok());
+        assert!(parse_request(br#"{"version":1,"command":"save","path":"/tmp/x.toml"}"#).is_ok());
+    }
+
+    #[test]
+    fn a_version_of_the_wrong_type_is_told_apart_from_a_missing_one() {
+        let error = parse_request(br#"{"version":"1","command":"list"}"#).expect_err("a string");
+        assert_eq!(error, "\"version\" must be the integer 1, not \"1\"");
+        let error = parse_request(br#"{"version":1.5,"command":"list"}"#).expect_err("a float");
+        assert_eq!(error, "\"version\" must be the integer 1, not 1.5");
+        let error = parse_request(br#"{"version":-1,"command":"list"}"#).expect_err("negative");
+        assert_eq!(error, "\"version\" must be the integer 1, not -1");
+        let error = parse_request(br#"{"version":null,"command":"list"}"#).expect_err("null");
+        assert_eq!(error, "\"version\" must be the integer 1, not null");
+        let error = parse_request(br#"{"command":"list"}"#).expect_err("absent");
+        assert_eq!(error, "missing \"version\": 1");
+        let error = parse_request(b"[1,2,3]").expect_err("an array");
+        assert_eq!(error, "not a JSON object: [1,2,3]");
+        let long = format!("[{}1]", "1,".repeat(100));
+        let error = parse_request(long.as_bytes()).expect_err("a long array");
+        assert_eq!(error, "not a JSON object: an array");
+    }
+
+    #[test]
+    fn save_takes_only_absolute_paths() {
+        let error = parse_request(br#"{"version":1,"command":"save","path":"saved.toml"}"#)
+            .expect_err("relative");
+        assert!(
+            error.contains("\"saved.toml\" is not an absolute path"),
+            "{error}"
+        );
+        let error =
+            parse_request(br#"{"version":1,"command":"save","path":""}"#).expect_err("empty");
+        assert!(error.contains("not an absolute path"), "{error}");
+    }
+
+    #[test]
     fn responses_round_trip() {
         let response = Response::ok(Reply::Changed(ChangeReport {
             generation: 3,
@@ -289,7 +451,18 @@ mod tests {
             ..ChangeReport::default()
         }));
         let text = serde_json::to_string(&response).expect("serialisable");
+        assert!(!text.contains("runtime_only"), "empty, so left out: {text}");
         let back: Response = serde_json::from_str(&text).expect("parses back");
         assert_eq!(back, response);
+        let reload = Response::ok(Reply::Changed(ChangeReport {
+            generation: 4,
+            removed: vec!["extra".into()],
+            runtime_only: vec!["extra".into()],
+            ..ChangeReport::default()
+        }));
+        let text = serde_json::to_string(&reload).expect("serialisable");
+        assert!(text.contains(r#""runtime_only":["extra"]"#), "{text}");
+        let back: Response = serde_json::from_str(&text).expect("parses back");
+        assert_eq!(back, reload);
     }
 }

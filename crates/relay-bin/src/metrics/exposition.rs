@@ -13,6 +13,8 @@
 //! | `fanout_relay_worker_{received,forwarded,no_rule,not_udp,tx_full,too_big,socket_errors,tx_wrong_format,kernel_drops,freezes,restarts,drift_repairs}_total` | counter | cpu |
 //! | `fanout_relay_worker_malformed_total` | counter | cpu, reason |
 //! | `fanout_relay_worker_ready`, `fanout_relay_worker_table_generation` | gauge | cpu |
+//! | `fanout_relay_worker_outages_total`, `fanout_relay_worker_down_seconds_total` | counter | cpu |
+//! | `fanout_relay_worker_unserved_rules` | gauge | cpu |
 //! | `fanout_relay_interface_{receive,transmit}_{packets,bytes,dropped}_total` | counter | interface |
 //!
 //! The interface counters are the kernel's (`/proc/net/dev` of the relay's namespace) for every
@@ -199,6 +201,27 @@ fn workers(out: &mut Exposition, snapshot: &Snapshot) {
         "1 when the worker's process runs with its table, 0 while it starts or restarts.",
         by_slot(|slot| u64::from(slot.state == "ready" || slot.state == "resyncing")),
     );
+    out.family(
+        "fanout_relay_worker_outages_total",
+        Kind::Counter,
+        "Times the worker's process exited or was killed (not counting resizes).",
+        by_slot(|slot| u64::from(slot.outages)),
+    );
+    out.family(
+        "fanout_relay_worker_down_seconds_total",
+        Kind::Counter,
+        "Time the worker was not serving (starting or restarting), in seconds.",
+        slots
+            .iter()
+            .map(|slot| (cpu(slot.cpu), slot.down_ms as f64 / 1000.0))
+            .collect(),
+    );
+    out.family(
+        "fanout_relay_worker_unserved_rules",
+        Kind::Gauge,
+        "Under shard placement, rules of the worker's shards that no worker serves right now.",
+        by_slot(|slot| slot.unserved_rules),
+    );
 }
 
 fn interfaces(out: &mut Exposition, interfaces: &[InterfaceCounters]) {
@@ -250,7 +273,13 @@ struct Exposition {
 impl Exposition {
     /// Writes one metric family: HELP, TYPE and its samples (`labels` already rendered). A
     /// family without samples is left out.
-    fn family(&mut self, name: &str, kind: Kind, help: &str, samples: Vec<(String, u64)>) {
+    fn family<V: std::fmt::Display>(
+        &mut self,
+        name: &str,
+        kind: Kind,
+        help: &str,
+        samples: Vec<(String, V)>,
+    ) {
         if samples.is_empty() {
             return;
         }

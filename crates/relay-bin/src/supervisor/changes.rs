@@ -4,13 +4,14 @@ use super::setup::{World, check_rules};
 use super::state::Change;
 use crate::config::{ConfigFile, RuleEntry};
 use crate::control::Pending;
-use crate::control::proto::{ChangeReport, Command, KeyEntry, Reply, Response, WorkerReport};
-use crate::notices::{NO_WORKER, Notices};
+use crate::control::proto::{ChangeReport, Command, KeyEntry, Reply, Response};
+use crate::notices::Notices;
 use crate::protocol::{InterfaceEntry, ToWorker};
 use crate::ratelimit::Kind;
 use crate::rings;
+use std::collections::BTreeSet;
 use std::path::Path;
-use std::sync::mpsc::Sender;
+use std::sync::mpsc::{self, Sender};
 use std::time::{Duration, Instant};
 
 /// How long a change waits for every live worker to confirm it before answering anyway.
@@ -64,6 +65,7 @@ impl World {
                 Err(error) => Response::refused(error),
             },
             Command::Reload => return self.reload(Some(reply)),
+            Command::SetWorkers { workers } => return self.set_workers(&workers, reply),
             #[cfg(feature = "drift-test")]
             Command::DebugCorruptTable { cpu } => {
                 match self.slots.iter_mut().find(|slot| slot.cpu == cpu) {
@@ -80,8 +82,11 @@ impl World {
         let _ = reply.send(answer);
     }
 
-    /// Re-reads the configuration file and applies the difference to the running rules. A file
-    /// that does not parse or validate changes nothing and is reported.
+    /// Re-reads the configuration file and applies the difference to the running rules: the
+    /// file is the truth afterwards, so rules added at run time that it does not have are
+    /// removed, and the answer and the log name them. A file that does not parse or validate
+    /// changes nothing, and every such refusal is logged with its reason (for a SIGHUP the log
+    /// is the only answer).
     pub(super) fn reload(&mut self, reply: Option<Sender<Response>>) {
         let path = self.config_path.clone();
         let loaded = std::fs::read_to_string(&path)
@@ -93,25 +98,86 @@ impl World {
                 check_rules(&path, &rules).map_err(|error| error.to_string())?;
                 Ok((text, rules))
             });
-        match loaded {
-            Ok((text, rules)) => {
-                let change = Change::between(self.state.set().rules(), &rules);
-                if self.apply(change, reply) {
-                    // The state file now grew from this text: a restart with this file keeps
-                    // the changes made at run time after it.
-                    if let Err(error) = self.state.adopt_config_text(&text) {
-                        log::error!("cannot write the state file: {error}");
-                    }
-                }
-            }
+        let (text, rules) = match loaded {
+            Ok(loaded) => loaded,
             Err(error) => {
-                if let Some(held) = self.notices.allow(Kind::Refused, NO_WORKER) {
-                    log::error!("reload refused, nothing changed: {error}{held}");
-                }
+                log::error!("reload refused, nothing changed: {error}");
                 if let Some(reply) = reply {
                     let _ = reply.send(Response::refused(format!("reload refused: {error}")));
                 }
+                return;
             }
+        };
+        let change = Change::between(self.state.set().rules(), &rules);
+        let file_rules: BTreeSet<String> = rules.iter().map(|rule| rule.name.clone()).collect();
+        let runtime_only: Vec<String> = change
+            .remove
+            .iter()
+            .filter(|name| !file_rules.contains(*name) && !self.file_rules.contains(*name))
+            .cloned()
+            .collect();
+        let added: Vec<String> = change.add.iter().map(|rule| rule.name.clone()).collect();
+        let removed = change.remove.clone();
+        // The answer goes through this channel first, to name the run-time rules in it.
+        let (report_tx, report_rx) = mpsc::channel();
+        if !self.apply(change, Some(report_tx)) {
+            let error = report_rx
+                .try_recv()
+                .ok()
+                .and_then(|refusal| refusal.error)
+                .unwrap_or_else(|| "the change was refused".into());
+            log::error!("reload refused, nothing changed: {error}");
+            if let Some(reply) = reply {
+                let _ = reply.send(Response::refused(format!("reload refused: {error}")));
+            }
+            return;
+        }
+        self.file_rules = file_rules;
+        // The state file now grew from this text: a restart with this file keeps the changes
+        // made at run time after it.
+        if let Err(error) = self.state.adopt_config_text(&text) {
+            log::error!("cannot write the state file: {error}");
+        }
+        if !runtime_only.is_empty() {
+            log::warn!(
+                "reload of {}: removed rule(s) {runtime_only:?} that existed only at run time \
+                 (added by `ctl add`, not in the file); `ctl save FILE` before a reload keeps them",
+                path.display()
+            );
+        }
+        let generation = self.state.generation();
+        match report_rx.try_recv() {
+            // Answered at once: no worker had to confirm.
+            Ok(mut response) => {
+                if let Some(Reply::Changed(report)) = &mut response.result {
+                    report.runtime_only = runtime_only;
+                }
+                if let Some(reply) = reply {
+                    let _ = reply.send(response);
+                }
+            }
+            // Waiting for the workers: the answer goes straight to the client when they confirm.
+            Err(_) => match self
+                .pending
+                .iter_mut()
+                .find(|pending| pending.report.generation == generation)
+            {
+                Some(pending) => {
+                    pending.report.runtime_only = runtime_only;
+                    pending.reply = reply;
+                }
+                None => {
+                    if let Some(reply) = reply {
+                        let _ = reply.send(Response::ok(Reply::Changed(ChangeReport {
+                            generation,
+                            added,
+                            removed,
+                            runtime_only,
+                            unconfirmed: Vec::new(),
+                        })));
+                    }
+                }
+            },
         }
     }
 
@@ -120,33 +186,35 @@ impl World {
     /// it was.
     fn apply(&mut self, change: Change, reply: Option<Sender<Response>>) -> bool {
         let refuse = |notices: &mut Notices, reply: Option<Sender<Response>>, error: String| {
-            if let Some(held) = notices.allow(Kind::Refused, NO_WORKER) {
+            if let Some(held) = notices.allow_unrepeated(Kind::Refused, &error) {
                 log::warn!("change refused, nothing changed: {error}{held}");
             }
             if let Some(reply) = reply {
                 let _ = reply.send(Response::refused(error));
             }
         };
-        let set = match self.state.check(&change) {
-            Ok(set) => set,
+        // Made in place (no copy of the set), undone below if anything after it fails.
+        let undo = match self.state.apply(&change) {
+            Ok(undo) => undo,
             Err(error) => {
                 refuse(&mut self.notices, reply, error);
                 return false;
             }
         };
-        let new_rings = match self.inputs.sync(&set) {
+        let new_rings = match self.inputs.sync(self.state.set()) {
             Ok(rings) => rings,
             Err(error) => {
+                self.state.revert(undo);
                 refuse(&mut self.notices, reply, error);
                 return false;
             }
         };
-        let previous = self.state.set().clone();
-        let generation = match self.state.commit(set) {
+        let generation = match self.state.commit(&change) {
             Ok(generation) => generation,
             Err(error) => {
+                self.state.revert(undo);
                 // Put the memberships back as they were for the set that keeps running.
-                let _ = self.inputs.sync(&previous);
+                let _ = self.inputs.sync(self.state.set());
                 refuse(
                     &mut self.notices,
                     reply,
@@ -159,6 +227,7 @@ impl World {
             generation,
             added: change.add.iter().map(|rule| rule.name.clone()).collect(),
             removed: change.remove.clone(),
+            runtime_only: Vec::new(),
             unconfirmed: Vec::new(),
         };
         log::info!(
@@ -181,16 +250,15 @@ impl World {
                     .remove
                     .iter()
                     .filter(|name| {
-                        previous
-                            .get(name)
-                            .is_none_or(|rule| rings::in_shard(rule, shard))
+                        undo.removed_rule(name)
+                            .is_none_or(|rule| rings::in_shard(rule, shard.as_ref()))
                     })
                     .cloned()
                     .collect();
                 let add: Vec<RuleEntry> = change
                     .add
                     .iter()
-                    .filter(|rule| rings::in_shard(rule, shard))
+                    .filter(|rule| rings::in_shard(rule, shard.as_ref()))
                     .map(RuleEntry::from)
                     .collect();
                 let slot = &mut self.slots[index];
@@ -206,8 +274,9 @@ impl World {
         } else {
             // A new input interface: its rings go to the workers, which take rings only when
             // they start, so each worker is restarted in turn. The rings keep filling meanwhile.
-            for (slot, handle) in new_rings {
-                self.slots[slot].rings.push(handle);
+            for (member, handle) in new_rings {
+                let slot = self.owners[member as usize];
+                self.slots[slot].rings.push((member, handle));
             }
             for slot in &mut self.slots {
                 if slot.process.is_some() {
@@ -305,24 +374,5 @@ impl World {
                 }),
             _ => Err("remove takes either \"name\" or \"key\", not both or neither".into()),
         }
-    }
-
-    fn worker_reports(&self) -> Vec<WorkerReport> {
-        self.slots
-            .iter()
-            .map(|slot| {
-                let counters = slot.counters();
-                WorkerReport {
-                    cpu: slot.cpu,
-                    pid: slot.process.as_ref().map(|process| process.child.id()),
-                    state: slot.state_name().into(),
-                    restarts: slot.restarts,
-                    generation: slot.acked_generation,
-                    drift_repairs: slot.drift_repairs,
-                    received: counters.received,
-                    forwarded: counters.forwarded,
-                }
-            })
-            .collect()
     }
 }

@@ -3,6 +3,7 @@
 
 use crate::config::{FanoutSetting, RingSection};
 use crate::rings;
+use fanout_core::FanoutGroupId;
 use fanout_core::bpf::{self, BpfProgram};
 use fanout_core::handoff::RingHandle;
 use fanout_core::igmp::{Membership, Memberships};
@@ -16,23 +17,26 @@ use std::os::fd::AsFd;
 pub(super) struct Inputs {
     fanout: FanoutSetting,
     ring: RingSection,
-    cpus: Vec<u32>,
-    with_rings: BTreeSet<String>,
+    /// Fanout members per input interface; every interface has the same count, so member k of
+    /// each is served by the same worker (and under `steer`, is shard k).
+    members: u32,
+    /// The fanout group of each input interface that has rings.
+    groups: BTreeMap<String, FanoutGroupId>,
     memberships: Memberships,
     sinks: BTreeMap<(Ipv4Addr, u16), UdpSocket>,
 }
 
-/// New receive rings, each with the worker slot that must serve it.
-pub(super) type NewRings = Vec<(usize, RingHandle)>;
+/// New receive rings, each with its fanout member index.
+pub(super) type NewRings = Vec<(u32, RingHandle)>;
 
 impl Inputs {
-    /// Nothing held yet, for workers on `cpus`.
-    pub(super) fn new(fanout: FanoutSetting, ring: RingSection, cpus: Vec<u32>) -> Self {
+    /// Nothing held yet; each input interface will get `members` fanout members.
+    pub(super) fn new(fanout: FanoutSetting, ring: RingSection, members: u32) -> Self {
         Inputs {
             fanout,
             ring,
-            cpus,
-            with_rings: BTreeSet::new(),
+            members,
+            groups: BTreeMap::new(),
             memberships: Memberships::new(),
             sinks: BTreeMap::new(),
         }
@@ -96,9 +100,16 @@ impl Inputs {
             }
         }
         let mut new_rings = Vec::new();
-        for interface in wanted_rings.difference(&self.with_rings) {
-            match self.open_rings(interface) {
-                Ok(rings) => new_rings.extend(rings),
+        let mut new_groups = Vec::new();
+        for interface in wanted_rings
+            .iter()
+            .filter(|name| !self.groups.contains_key(*name))
+        {
+            match self.open_rings(interface, None, 0..self.members) {
+                Ok((group, rings)) => {
+                    new_groups.push((interface.clone(), group));
+                    new_rings.extend(rings);
+                }
                 Err(error) => {
                     undo(self, &joined, &bound);
                     return Err(error);
@@ -114,19 +125,55 @@ impl Inputs {
             }
         }
         self.sinks.retain(|key, _| wanted_sinks.contains(key));
-        self.with_rings.extend(wanted_rings);
+        self.groups.extend(new_groups);
         Ok(new_rings)
     }
 
-    fn open_rings(&self, interface: &str) -> Result<NewRings, String> {
-        let members = member_cpus(self.fanout, &self.cpus);
-        let handles = rings::open_fanout_members(interface, members.len(), self.fanout, &self.ring)
-            .map_err(|error| format!("receive rings on {interface}: {error}"))?;
-        Ok(handles
-            .into_iter()
-            .enumerate()
-            .map(|(member, handle)| (serving_slot(member, &members, &self.cpus), handle))
-            .collect())
+    /// Fanout members per input interface.
+    pub(super) fn members(&self) -> u32 {
+        self.members
+    }
+
+    /// Adds members to every input's fanout group until each has `members`, for more workers
+    /// than members. All or nothing: on error the members added here are closed again.
+    pub(super) fn grow(&mut self, members: u32) -> Result<NewRings, String> {
+        let mut added = Vec::new();
+        for (interface, &group) in &self.groups {
+            added.extend(
+                self.open_rings(interface, Some(group), self.members..members)?
+                    .1,
+            );
+        }
+        self.members = self.members.max(members);
+        Ok(added)
+    }
+
+    fn open_rings(
+        &self,
+        interface: &str,
+        group: Option<FanoutGroupId>,
+        members: std::ops::Range<u32>,
+    ) -> Result<(FanoutGroupId, NewRings), String> {
+        let first = members.start;
+        let opened =
+            rings::open_fanout_members(interface, group, members.len(), self.fanout, &self.ring)
+                .map_err(|error| format!("receive rings on {interface}: {error}"))?;
+        let rings = (first..).zip(opened.rings).collect();
+        Ok((opened.group, rings))
+    }
+}
+
+/// How many fanout members each input gets when the relay starts with workers on `cpus`
+/// (ascending), out of `online` CPUs. Under `cpu` the kernel picks member `cpu % members`, so
+/// there is one member per CPU number up to the highest chosen CPU: member k then receives
+/// exactly CPU k's packets. Under `steer` the members are the shards, fixed for the relay's
+/// life, so there is one per online CPU and any worker count up to that serves them without
+/// moving the program. Otherwise one member per worker.
+pub(super) fn initial_members(fanout: FanoutSetting, cpus: &[u32], online: usize) -> u32 {
+    match fanout {
+        FanoutSetting::Cpu => cpus.iter().copied().max().map_or(1, |max| max + 1),
+        FanoutSetting::Steer => online.max(cpus.len()).max(1) as u32,
+        _ => cpus.len().max(1) as u32,
     }
 }
 
@@ -142,40 +189,16 @@ fn unicast_sink((address, port): (Ipv4Addr, u16)) -> Result<UdpSocket, String> {
     Ok(socket)
 }
 
-/// The CPU whose packets each fanout member receives, in join order. With fanout `cpu` the kernel
-/// picks member `cpu % members`, so there is one member per CPU number up to the highest chosen
-/// CPU: member k then receives exactly CPU k's packets. Other modes need one member per worker.
-fn member_cpus(fanout: FanoutSetting, cpus: &[u32]) -> Vec<u32> {
-    match fanout {
-        FanoutSetting::Cpu => (0..=cpus.iter().copied().max().unwrap_or(0)).collect(),
-        _ => cpus.to_vec(),
-    }
-}
-
-/// The worker slot that serves member `member`: the worker on that member's CPU when there is
-/// one, otherwise (a CPU without a worker, under fanout `cpu`) one chosen round robin.
-fn serving_slot(member: usize, members: &[u32], cpus: &[u32]) -> usize {
-    let cpu = members[member];
-    cpus.iter()
-        .position(|&chosen| chosen == cpu)
-        .unwrap_or(member % cpus.len())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
-    fn cpu_fanout_has_a_member_per_cpu_number() {
-        assert_eq!(member_cpus(FanoutSetting::Cpu, &[0, 1]), vec![0, 1]);
-        assert_eq!(member_cpus(FanoutSetting::Cpu, &[1, 3]), vec![0, 1, 2, 3]);
-        assert_eq!(member_cpus(FanoutSetting::Hash, &[1, 3]), vec![1, 3]);
-        let members = member_cpus(FanoutSetting::Cpu, &[1, 3]);
-        let served: Vec<usize> = (0..members.len())
-            .map(|member| serving_slot(member, &members, &[1, 3]))
-            .collect();
-        // CPU 1's member goes to the worker on CPU 1 (slot 0), CPU 3's to slot 1, and the CPUs
-        // without workers are spread over both.
-        assert_eq!(served, vec![0, 0, 0, 1]);
+    fn members_follow_the_fanout_mode() {
+        assert_eq!(initial_members(FanoutSetting::Cpu, &[0, 1], 2), 2);
+        assert_eq!(initial_members(FanoutSetting::Cpu, &[1, 3], 4), 4);
+        assert_eq!(initial_members(FanoutSetting::Hash, &[1, 3], 4), 2);
+        assert_eq!(initial_members(FanoutSetting::Steer, &[0], 2), 2);
+        assert_eq!(initial_members(FanoutSetting::Lb, &[], 2), 1);
     }
 }

@@ -12,8 +12,10 @@
 //! Everything happens on one thread, in [`run`]'s loop: worker messages, signals and control
 //! requests arrive over one channel and are handled one at a time, so there are no locks.
 
+mod autoscale;
 mod changes;
 mod inputs;
+mod scaling;
 mod setup;
 mod state;
 mod stats;
@@ -81,12 +83,15 @@ enum Event {
 pub struct RunSummary {
     /// (CPU, counters, restarts) per worker.
     pub workers: Vec<(u32, WorkerCounters, u32)>,
+    /// Rules that were counted but are no longer running (removed at run time): their counters
+    /// stay in the summary, marked.
+    pub removed: std::collections::BTreeSet<String>,
 }
 
 impl RunSummary {
     /// The human summary table.
     pub fn render(&self) -> String {
-        counters::summary(&self.workers)
+        counters::summary_marking(&self.workers, &self.removed)
     }
 }
 
@@ -129,6 +134,7 @@ pub fn run(plan: Plan, options: &RunOptions) -> Result<RunSummary, RunError> {
     let mut world = plan.build()?;
     let (event_tx, events) = mpsc::channel::<Event>();
     let (worker_tx, control_tx) = start_forwarders(signals, event_tx)?;
+    world.worker_events = Some(worker_tx.clone());
     let metrics = metrics_addr
         .map(|addr| crate::metrics::MetricsServer::start(addr, control_tx.clone()))
         .transpose()?;
@@ -162,6 +168,7 @@ pub fn run(plan: Plan, options: &RunOptions) -> Result<RunSummary, RunError> {
         if now >= next_poll {
             world.sample_rates();
             world.poll_counters();
+            world.autoscale(now);
             world.notices.tick(
                 now,
                 world.slots.iter().map(|slot| {
@@ -182,16 +189,24 @@ pub fn run(plan: Plan, options: &RunOptions) -> Result<RunSummary, RunError> {
             world.spawn(index, &worker_tx);
         }
         world.expire_changes(now);
+        world.advance_resize();
         let wait = world
             .slots
             .iter()
             .filter_map(|slot| slot.restart_at)
             .chain(world.change_deadlines())
+            .chain(world.resize_deadline())
             .chain([next_poll])
             .chain(next_print)
             .min()
             .map_or(COUNTER_INTERVAL, |at| at.saturating_duration_since(now));
         match events.recv_timeout(wait) {
+            Ok(Event::Signal(Signal::SIGHUP)) if world.resize.is_some() => {
+                log::warn!(
+                    "SIGHUP: not reloading {} while the worker set changes; send it again once                      `workers set` has answered",
+                    world.config_path.display()
+                );
+            }
             Ok(Event::Signal(Signal::SIGHUP)) => {
                 log::info!("SIGHUP: reloading {}", world.config_path.display());
                 world.reload(None);
@@ -201,7 +216,7 @@ pub fn run(plan: Plan, options: &RunOptions) -> Result<RunSummary, RunError> {
                 break;
             }
             Ok(Event::Worker(event)) => world.handle(event),
-            Ok(Event::Control(pending)) => world.command(pending),
+            Ok(Event::Control(pending)) => world.control(pending),
             Err(RecvTimeoutError::Timeout) => {}
             Err(RecvTimeoutError::Disconnected) => break,
         }
@@ -267,12 +282,24 @@ fn start_forwarders(
 
 impl setup::World {
     fn summary(&self) -> RunSummary {
-        RunSummary {
-            workers: self
-                .slots
-                .iter()
-                .map(|slot| (slot.cpu, slot.counters(), slot.restarts))
-                .collect(),
+        let workers: Vec<(u32, WorkerCounters, u32)> = self
+            .slots
+            .iter()
+            .map(|slot| (slot.cpu, slot.counters(), slot.restarts))
+            .collect();
+        let removed = workers
+            .iter()
+            .flat_map(|(_, counters, _)| counters.rules.keys())
+            .filter(|name| self.state.set().get(name.as_str()).is_none())
+            .cloned()
+            .collect();
+        RunSummary { workers, removed }
+    }
+
+    /// Starts slot `index`'s worker now, as a resize does (not counted as a restart).
+    pub(super) fn spawn_now(&mut self, index: usize) {
+        if let Some(events) = self.worker_events.clone() {
+            self.spawn(index, &events);
         }
     }
 
@@ -319,6 +346,10 @@ impl setup::World {
                 if worker.process.as_ref().is_none_or(|p| p.child.id() != pid) {
                     return;
                 }
+                let unexpected = !worker.restart_now && !worker.held && worker.active;
+                if unexpected {
+                    worker.outages += 1;
+                }
                 let status = worker.reap();
                 if let Some(held) = self.notices.allow(Kind::Exit, worker.cpu) {
                     let counters = worker.counters();
@@ -336,7 +367,11 @@ impl setup::World {
                         counters.forwarded
                     );
                 }
+                if unexpected {
+                    self.report_outage(slot);
+                }
                 self.settle_changes();
+                self.advance_resize();
             }
         }
     }
@@ -366,7 +401,11 @@ impl setup::World {
             } => (generation, checksum),
             FromWorker::Counters(counters) => {
                 let seen = (counters.table_generation, counters.table_checksum);
-                process.counters = *counters;
+                counters::update_keeping_rules(
+                    &mut process.counters,
+                    *counters,
+                    &mut worker.retired,
+                );
                 seen
             }
             FromWorker::Failed { error } => {
@@ -400,7 +439,15 @@ impl setup::World {
         if self.slots[slot].acked_generation == generation {
             self.slots[slot].resyncing = false;
         }
+        if self.slots[slot]
+            .process
+            .as_ref()
+            .is_some_and(|process| process.ready)
+        {
+            self.slots[slot].serving();
+        }
         self.settle_changes();
+        self.advance_resize();
     }
 
     /// Asks every worker to stop, collects their final counters, and kills any that lingers.
@@ -422,7 +469,11 @@ impl setup::World {
                         && let Some(process) =
                             worker.process.as_mut().filter(|p| p.child.id() == pid)
                     {
-                        process.counters = *counters;
+                        counters::update_keeping_rules(
+                            &mut process.counters,
+                            *counters,
+                            &mut worker.retired,
+                        );
                     }
                 }
                 Ok(Event::Worker(WorkerEvent::Gone { slot, pid, .. })) => {
@@ -455,7 +506,7 @@ impl setup::World {
             cpu: self.slots[slot].cpu,
             generation: self.state.generation(),
             shard: self.shard_of(slot),
-            rules: self.rule_entries(self.shard_of(slot)),
+            rules: self.rule_entries(self.shard_of(slot).as_ref()),
             interfaces: self.interface_entries(),
             ring: self.ring,
         }
@@ -464,13 +515,13 @@ impl setup::World {
     fn table_message(&self, slot: usize) -> ToWorker {
         ToWorker::Table {
             generation: self.state.generation(),
-            rules: self.rule_entries(self.shard_of(slot)),
+            rules: self.rule_entries(self.shard_of(slot).as_ref()),
             interfaces: self.interface_entries(),
         }
     }
 
     /// The rules of `shard` (all of them without one), as the workers receive them.
-    pub(super) fn rule_entries(&self, shard: Option<ShardEntry>) -> Vec<crate::config::RuleEntry> {
+    pub(super) fn rule_entries(&self, shard: Option<&ShardEntry>) -> Vec<crate::config::RuleEntry> {
         self.state
             .set()
             .rules()
@@ -480,12 +531,12 @@ impl setup::World {
             .collect()
     }
 
-    /// The shard slot `slot`'s worker holds under shard placement (fanout `steer` joins one
-    /// member per worker, in slot order, so member k, shard k and slot k coincide).
+    /// The shards slot `slot`'s worker holds under shard placement: the fanout members whose
+    /// rings it serves (the steering program sends member k the packets of shard k).
     pub(super) fn shard_of(&self, slot: usize) -> Option<ShardEntry> {
-        (self.placement == PlacementSetting::Shard).then_some(ShardEntry {
-            index: slot as u32,
-            count: self.slots.len() as u32,
+        (self.placement == PlacementSetting::Shard).then(|| ShardEntry {
+            indices: self.slots[slot].members(),
+            count: self.inputs.members(),
         })
     }
 
@@ -498,7 +549,7 @@ impl setup::World {
                     .set()
                     .rules()
                     .iter()
-                    .filter(|rule| rings::in_shard(rule, Some(shard))),
+                    .filter(|rule| rings::in_shard(rule, Some(&shard))),
             ),
         }
     }

@@ -1,6 +1,8 @@
 //! From a configuration file to a checked plan, and from a plan to the sockets that outlive workers.
 
-use super::inputs::Inputs;
+mod placement;
+
+use super::inputs::{Inputs, initial_members};
 use super::state::{self, RuleState};
 use super::workers::WorkerSlot;
 use crate::config::{
@@ -79,8 +81,10 @@ pub struct Plan {
     pub set: RuleSet,
     /// Whether `set` came from the state file.
     pub restored: bool,
-    /// CPUs that get a worker, ascending.
+    /// CPUs that get a worker when the relay starts, ascending.
     pub cpus: Vec<u32>,
+    /// With `[autoscale]`: every CPU of `relay.workers`, which it may grow onto.
+    pub pool: Vec<u32>,
 }
 
 /// Settings given on the command line, which win over the file.
@@ -150,10 +154,22 @@ impl Plan {
         }
         let (rules_path, rules) = rules_from;
         let set = check_rules(&rules_path, &rules)?;
-        let cpus = choose_cpus(&config.relay.workers).map_err(|problem| SetupError::Workers {
+        let pool = choose_cpus(&config.relay.workers).map_err(|problem| SetupError::Workers {
             path: path.to_owned(),
             problem,
         })?;
+        let cpus = match &config.autoscale {
+            None => pool.clone(),
+            Some(autoscale) => {
+                autoscale
+                    .check(pool.len(), config.ring.busy_poll_us > 0)
+                    .map_err(|problem| SetupError::Invalid {
+                        path: path.to_owned(),
+                        errors: vec![problem],
+                    })?;
+                pool[..autoscale.min_workers as usize].to_vec()
+            }
+        };
         Ok(Plan {
             path: path.to_owned(),
             text,
@@ -161,16 +177,17 @@ impl Plan {
             set,
             restored,
             cpus,
+            pool,
         })
     }
 
-    /// Opens what outlives workers: receive rings in their fanout groups, memberships, sinks.
+    /// Opens what outlives workers: receive rings in their fanout groups, memberships, sinks;
+    /// and moves the supervisor off the workers' CPUs when there is a spare one.
     pub(super) fn build(self) -> Result<World, SetupError> {
-        let mut inputs = Inputs::new(
-            self.config.relay.fanout,
-            self.config.ring,
-            self.cpus.clone(),
-        );
+        placement::keep_off_worker_cpus(&self.cpus);
+        let online = fanout_core::cpu::online_cpus().map_or(self.cpus.len(), |cpus| cpus.len());
+        let members = initial_members(self.config.relay.fanout, &self.cpus, online);
+        let mut inputs = Inputs::new(self.config.relay.fanout, self.config.ring, members);
         let rings = inputs.sync(&self.set).map_err(|error| SetupError::System {
             what: "setting up the inputs".into(),
             error,
@@ -181,12 +198,20 @@ impl Plan {
             .enumerate()
             .map(|(index, &cpu)| WorkerSlot::new(index, cpu, Vec::new()))
             .collect();
-        for (slot, handle) in rings {
-            slots[slot].rings.push(handle);
+        let active: Vec<(usize, u32)> = slots.iter().map(|slot| (slot.slot, slot.cpu)).collect();
+        let owners = super::scaling::assign_members(
+            members,
+            self.config.relay.fanout == FanoutSetting::Cpu,
+            &active,
+            &[],
+        );
+        for (member, handle) in rings {
+            slots[owners[member as usize]].rings.push((member, handle));
         }
         let state_file = self.config.relay.state_file_for(&self.path);
         Ok(World {
             slots,
+            owners,
             state: RuleState::new(self.set, self.config.clone(), Some(state_file), &self.text),
             config_path: self.path,
             ring: self.config.ring,
@@ -194,8 +219,21 @@ impl Plan {
             placement: self.config.relay.placement,
             inputs,
             pending: Vec::new(),
+            resize: None,
+            autoscaler: self
+                .config
+                .autoscale
+                .clone()
+                .map(|section| super::autoscale::Autoscaler::new(section, self.pool.clone())),
+            worker_events: None,
             rates: super::stats::RateWindow::default(),
             notices: crate::notices::Notices::default(),
+            file_rules: self
+                .config
+                .rules
+                .iter()
+                .map(|rule| rule.name.clone())
+                .collect(),
         })
     }
 }
@@ -253,6 +291,8 @@ pub(crate) fn choose_cpus(setting: &WorkersSetting) -> Result<Vec<u32>, String> 
 #[derive(Debug)]
 pub(super) struct World {
     pub(super) slots: Vec<WorkerSlot>,
+    /// The slot serving each fanout member (the same member index on every input).
+    pub(super) owners: Vec<usize>,
     pub(super) state: RuleState,
     pub(super) config_path: PathBuf,
     pub(super) ring: RingSection,
@@ -260,7 +300,17 @@ pub(super) struct World {
     pub(super) placement: PlacementSetting,
     pub(super) inputs: Inputs,
     pub(super) pending: Vec<super::changes::PendingChange>,
+    /// A change of the worker set in progress.
+    pub(super) resize: Option<super::scaling::Resize>,
+    /// With `[autoscale]`, what decides when the worker set grows or shrinks.
+    pub(super) autoscaler: Option<super::autoscale::Autoscaler>,
+    /// Where worker reader threads send their events, once the loop runs.
+    pub(super) worker_events: Option<std::sync::mpsc::Sender<super::workers::WorkerEvent>>,
     pub(super) rates: super::stats::RateWindow,
     /// Rate-limited log lines about workers, and the ring drop detection.
     pub(super) notices: crate::notices::Notices,
+    /// Names of the rules the configuration file had when it was last read (at start, or by
+    /// the last reload that was applied): a reload tells the rules it removes that were in
+    /// neither file, because they existed only at run time.
+    pub(super) file_rules: BTreeSet<String>,
 }

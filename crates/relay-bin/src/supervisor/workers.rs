@@ -47,9 +47,21 @@ pub struct WorkerSlot {
     pub slot: usize,
     /// CPU the slot's worker is pinned to.
     pub cpu: u32,
-    /// The receive rings this slot's worker serves (the supervisor keeps their sockets open, so
-    /// the fanout group keeps its membership while the process is replaced).
-    pub rings: Vec<RingHandle>,
+    /// The receive rings this slot's worker serves, each with its fanout member index (the
+    /// supervisor keeps their sockets open, so the fanout group keeps its membership while the
+    /// process is replaced, or while the ring moves to another slot).
+    pub rings: Vec<(u32, RingHandle)>,
+    /// Whether the slot is part of the worker set (a slot taken out by a resize keeps its
+    /// counters for the summary, and its index, which worker events carry).
+    pub active: bool,
+    /// Held stopped by a resize: not restarted until its rings have moved.
+    pub held: bool,
+    /// Since when its worker has not been serving (dead, or started and not ready yet).
+    pub down_since: Option<Instant>,
+    /// Time its worker was not serving, over past outages.
+    pub down_total: Duration,
+    /// Outages (a worker that exited or was killed), resizes not included.
+    pub outages: u32,
     /// The running process, if any.
     pub process: Option<WorkerProcess>,
     /// Times the process was restarted.
@@ -85,12 +97,17 @@ pub struct WorkerProcess {
 }
 
 impl WorkerSlot {
-    /// A slot for `cpu` serving `rings`, with no process yet.
-    pub fn new(slot: usize, cpu: u32, rings: Vec<RingHandle>) -> Self {
+    /// A slot for `cpu` serving `rings` (with their member indices), with no process yet.
+    pub fn new(slot: usize, cpu: u32, rings: Vec<(u32, RingHandle)>) -> Self {
         WorkerSlot {
             slot,
             cpu,
             rings,
+            active: true,
+            held: false,
+            down_since: None,
+            down_total: Duration::ZERO,
+            outages: 0,
             process: None,
             restarts: 0,
             retired: WorkerCounters::default(),
@@ -103,9 +120,14 @@ impl WorkerSlot {
         }
     }
 
-    /// `ready`, `starting` (started, table not confirmed yet) or `restarting` (no process).
+    /// `ready`, `starting` (started, table not confirmed yet), `restarting` (no process),
+    /// `resizing` (held stopped while rings move) or `retired` (taken out of the worker set).
     pub fn state_name(&self) -> &'static str {
+        if !self.active {
+            return "retired";
+        }
         match &self.process {
+            None if self.held => "resizing",
             Some(process) if process.ready && self.resyncing => "resyncing",
             Some(process) if process.ready => "ready",
             Some(_) => "starting",
@@ -146,7 +168,9 @@ impl WorkerSlot {
         let handed = self
             .rings
             .iter()
-            .try_for_each(|ring| handoff::send_ring(ours.as_fd(), ring).map_err(io::Error::other))
+            .try_for_each(|(_, ring)| {
+                handoff::send_ring(ours.as_fd(), ring).map_err(io::Error::other)
+            })
             .and_then(|()| protocol::send(&mut writer, &ToWorker::Start(Box::new(start.clone()))));
         if let Err(error) = handed {
             let mut child = child;
@@ -167,7 +191,23 @@ impl WorkerSlot {
             counters: WorkerCounters::default(),
         });
         self.restart_at = None;
+        self.down_since.get_or_insert_with(Instant::now);
         Ok(())
+    }
+
+    /// The fanout members (under `steer`, the shards) this slot serves, ascending.
+    pub fn members(&self) -> Vec<u32> {
+        let mut members: Vec<u32> = self.rings.iter().map(|(member, _)| *member).collect();
+        members.sort_unstable();
+        members.dedup();
+        members
+    }
+
+    /// Notes that the worker serves again (it confirmed its table).
+    pub fn serving(&mut self) {
+        if let Some(since) = self.down_since.take() {
+            self.down_total += since.elapsed();
+        }
     }
 
     /// Reaps the slot's process after it went away, keeps its counters and schedules a restart.
@@ -184,7 +224,11 @@ impl WorkerSlot {
         };
         self.acked_generation = 0;
         self.resyncing = false;
-        if std::mem::take(&mut self.restart_now) {
+        self.down_since.get_or_insert_with(Instant::now);
+        if self.held || !self.active {
+            self.restart_now = false;
+            self.restart_at = None;
+        } else if std::mem::take(&mut self.restart_now) {
             self.restart_at = Some(Instant::now());
         } else {
             self.restart_at = Some(Instant::now() + self.backoff);

@@ -65,6 +65,11 @@ impl Datapath {
         }
     }
 
+    /// Frames handed to [`Datapath::handle`] so far.
+    pub fn received(&self) -> u64 {
+        self.received
+    }
+
     /// The table being served.
     pub fn table(&self) -> &RuleTable {
         &self.table

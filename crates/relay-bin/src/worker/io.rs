@@ -1,52 +1,33 @@
 //! The worker's rings and sockets, and the loop that drives the data path over them.
 
 use super::WorkerError;
-use super::datapath::{Datapath, Outputs, Written};
+use super::datapath::Datapath;
+use super::sinks::Sinks;
+use super::wait::Waiter;
 use crate::config::{RingSection, RuleEntry};
+use crate::protocol::InterfaceEntry;
 use crate::protocol::{self, FromWorker, LineBuffer, ToWorker, WorkerStart};
-use crate::protocol::{InterfaceEntry, ShardEntry};
 use crate::rings;
 use fanout_core::handoff::RingHandle;
-use fanout_core::udp_batch::UdpBatch;
-use fanout_core::{RingStats, RxRing, TxRing, TxRingBuilder};
-use nix::poll::{PollFd, PollFlags, PollTimeout};
-use relay_rules::table::CompiledOutput;
-use relay_rules::{Interfaces, RewriteError, RuleSet, VlanTag};
-use smallvec::SmallVec;
-use std::net::{Ipv4Addr, SocketAddrV4, UdpSocket};
-use std::os::fd::AsFd;
+use fanout_core::{RingStats, RxRing};
+use relay_rules::shard::ShardSet;
+use relay_rules::{Interfaces, RuleSet, VlanTag};
 use std::os::unix::net::UnixStream;
 
-/// How long the loop sleeps in `poll` when nothing arrives, so control messages are never
-/// waited on for long even if their wake-up were missed.
-const POLL_TIMEOUT_MS: u16 = 200;
-/// Datagrams queued per socket output before a `sendmmsg`.
-const SOCKET_BATCH: usize = 64;
-/// Largest UDP payload a socket output carries.
-const MAX_PAYLOAD: usize = 65_507;
-
-/// A socket output's socket, shared by every output with the same interface, source, TTL and DSCP.
-struct SocketOut {
-    key: (u32, Ipv4Addr, u8, Option<u8>),
-    batch: UdpBatch,
-}
-
-/// Transmit rings and socket batches: the [`Outputs`] of a worker.
-struct Sinks {
-    rings: Vec<(u32, TxRing)>,
-    sockets: Vec<SocketOut>,
-    socket_failures: usize,
-}
+/// Most received frames whose output waits for one transmit kick while more frames are already
+/// waiting in the ring: a few microseconds of work, small against the kick itself.
+const KICK_BATCH: usize = 64;
 
 /// A worker with everything set up.
 pub(super) struct WorkerIo {
     cpu: u32,
     ring: RingSection,
-    shard: Option<ShardEntry>,
+    shard: Option<ShardSet>,
     interfaces: Interfaces,
     rx: Vec<(u32, RxRing)>,
     datapath: Datapath,
     sinks: Sinks,
+    waiter: Waiter,
     kernel: RingStats,
 }
 
@@ -59,7 +40,16 @@ impl WorkerIo {
         let rules = start.rules.iter().map(|entry| entry.to_rule()).collect();
         let set = RuleSet::new(rules, interfaces.clone(), relay_rules::Limits::default())
             .map_err(|errors| format!("the rules handed over do not validate here: {errors}"))?;
-        let table = rings::table(&set, start.generation, start.shard);
+        let shard = match &start.shard {
+            None => None,
+            Some(entry) => Some(entry.to_set().ok_or_else(|| {
+                format!(
+                    "shards {:?} of {} name no shard or one past the count",
+                    entry.indices, entry.count
+                )
+            })?),
+        };
+        let table = rings::table(&set, start.generation, shard.as_ref());
         let mut rx = Vec::with_capacity(handles.len());
         for handle in handles {
             let ifindex = handle.descriptor().ifindex;
@@ -68,11 +58,7 @@ impl WorkerIo {
             })?;
             rx.push((ifindex, ring));
         }
-        let mut sinks = Sinks {
-            rings: Vec::new(),
-            sockets: Vec::new(),
-            socket_failures: 0,
-        };
+        let mut sinks = Sinks::default();
         for rule in table.rules() {
             for output in &rule.outputs {
                 sinks.open(output, &interfaces, &start.ring)?;
@@ -81,11 +67,12 @@ impl WorkerIo {
         Ok(WorkerIo {
             cpu: start.cpu,
             ring: start.ring,
-            shard: start.shard,
+            shard,
             interfaces,
             rx,
             datapath: Datapath::new(table),
             sinks,
+            waiter: Waiter::new(start.ring.busy_poll_us),
             kernel: RingStats::default(),
         })
     }
@@ -107,10 +94,13 @@ impl WorkerIo {
         let mut reader = control;
         let mut lines = LineBuffer::default();
         loop {
-            let (control_ready, ring_ready) = self.wait(&reader)?;
-            if ring_ready {
-                self.drain();
-            }
+            let control_ready = self
+                .waiter
+                .wait(&reader, &self.rx)
+                .map_err(|errno| WorkerError::Control(errno.into()))?;
+            // A ring is drained even without a wake-up: a V3 block can be handed over between
+            // the last drain and the poll without the socket becoming readable again.
+            self.drain();
             if control_ready {
                 let messages = match lines.read_from(&mut reader) {
                     Ok(Some(messages)) => messages,
@@ -129,6 +119,7 @@ impl WorkerIo {
                         }
                         ToWorker::Stop => {
                             self.drain();
+                            self.log_syscalls();
                             let counters = self.counters();
                             protocol::send(&mut writer, &FromWorker::Counters(Box::new(counters)))?;
                             return Ok(());
@@ -227,7 +218,7 @@ impl WorkerIo {
         let rules = rules.iter().map(RuleEntry::to_rule).collect();
         let set = RuleSet::new(rules, interfaces.clone(), relay_rules::Limits::default())
             .map_err(|errors| errors.to_string())?;
-        let table = rings::table(&set, generation, self.shard);
+        let table = rings::table(&set, generation, self.shard.as_ref());
         for rule in table.rules() {
             for output in &rule.outputs {
                 self.sinks.open(output, &interfaces, &self.ring)?;
@@ -262,25 +253,11 @@ impl WorkerIo {
         }
     }
 
-    /// Waits for a ring or the control socket; says which are readable.
-    fn wait(&self, control: &UnixStream) -> Result<(bool, bool), WorkerError> {
-        let mut fds: SmallVec<[PollFd<'_>; 8]> = SmallVec::new();
-        fds.push(PollFd::new(control.as_fd(), PollFlags::POLLIN));
-        for (_, ring) in &self.rx {
-            fds.push(PollFd::new(ring.socket().as_fd(), PollFlags::POLLIN));
-        }
-        match nix::poll::poll(&mut fds, PollTimeout::from(POLL_TIMEOUT_MS)) {
-            Ok(_) | Err(nix::errno::Errno::EINTR) => {}
-            Err(errno) => return Err(WorkerError::Control(errno.into())),
-        }
-        let ready = |fd: &PollFd<'_>| !fd.revents().unwrap_or(PollFlags::empty()).is_empty();
-        let control_ready = ready(&fds[0]);
-        // A ring is drained even without a wake-up: a V3 block can be handed over between the
-        // last drain and the poll without the socket becoming readable again.
-        Ok((control_ready, true))
-    }
-
-    /// Serves every block the kernel has handed over, one transmit kick per block.
+    /// Serves every block (V3) or run of frames (V2) the kernel has handed over, with one
+    /// transmit kick per batch: when nothing more is waiting in the ring, so a frame is never
+    /// held back for one that has not arrived, or after [`KICK_BATCH`] frames. A V2 run ends at
+    /// the first slot the kernel has not filled yet, so a burst often arrives as two or three
+    /// runs: kicking per run cost a syscall each.
     fn drain(&mut self) {
         let WorkerIo {
             rx,
@@ -288,8 +265,13 @@ impl WorkerIo {
             sinks,
             ..
         } = self;
+        let mut unsent = 0;
         for (ifindex, ring) in rx.iter_mut() {
-            while let Some(block) = ring.next_block() {
+            loop {
+                let Some(block) = ring.next_block() else {
+                    break;
+                };
+                unsent += block.len();
                 for frame in block.frames() {
                     let vlan = frame.vlan_tci().map(|tci| VlanTag {
                         tpid: frame.vlan_tpid().unwrap_or(0x8100),
@@ -300,13 +282,43 @@ impl WorkerIo {
                     datapath.handle(*ifindex, frame.data(), vlan, partial, now, sinks);
                 }
                 drop(block);
-                sinks.flush();
-                if sinks.socket_failures > 0 {
-                    datapath.count_socket_errors(sinks.socket_failures);
-                    sinks.socket_failures = 0;
+                if unsent >= KICK_BATCH || !ring.has_pending() {
+                    Self::send(sinks, datapath);
+                    unsent = 0;
                 }
             }
         }
+        if unsent > 0 {
+            Self::send(sinks, datapath);
+        }
+    }
+
+    /// Kicks the outputs and counts what their sockets refused.
+    fn send(sinks: &mut Sinks, datapath: &mut Datapath) {
+        sinks.flush();
+        if sinks.socket_failures > 0 {
+            datapath.count_socket_errors(sinks.socket_failures);
+            sinks.socket_failures = 0;
+        }
+    }
+
+    /// Logs the syscalls the loop made, for `bench/run`: waiting (`poll`) and sending
+    /// (transmit kicks, `sendmmsg`), against the frames received.
+    fn log_syscalls(&self) {
+        let waits = self.waiter.counts();
+        let (kicks, sendmmsg) = self.sinks.syscalls();
+        let received = self.datapath.received();
+        log::info!(
+            "worker on cpu {}: syscalls polls={} sleeps={} kicks={} sendmmsg={} received={} \
+             spin_hits={}",
+            self.cpu,
+            waits.polls,
+            waits.sleeps,
+            kicks,
+            sendmmsg,
+            received,
+            waits.spin_hits
+        );
     }
 
     fn counters(&mut self) -> crate::counters::WorkerCounters {
@@ -318,150 +330,10 @@ impl WorkerIo {
         let mut counters = self.datapath.counters(self.cpu);
         counters.kernel_drops = self.kernel.drops;
         counters.freezes = self.kernel.freezes;
-        counters.tx_wrong_format = self
-            .sinks
-            .rings
-            .iter()
-            .map(|(_, ring)| ring.counters().wrong_format)
-            .sum();
+        counters.tx_wrong_format = self.sinks.wrong_format();
         // The supervisor compares these with its own to find drift.
         counters.table_generation = self.generation();
         counters.table_checksum = self.checksum();
         counters
     }
-}
-
-impl Sinks {
-    /// Opens what `output` needs, unless an earlier output already did.
-    fn open(
-        &mut self,
-        output: &CompiledOutput,
-        interfaces: &Interfaces,
-        ring: &RingSection,
-    ) -> Result<(), String> {
-        let ifindex = output.ifindex();
-        let name = interfaces
-            .by_index(ifindex)
-            .map(|facts| facts.name.clone())
-            .ok_or_else(|| {
-                format!("output interface #{ifindex} is not among the interfaces handed over")
-            })?;
-        match output {
-            CompiledOutput::Ring { .. } => {
-                if self.rings.iter().any(|(index, _)| *index == ifindex) {
-                    return Ok(());
-                }
-                let ring = TxRingBuilder::new(name.as_str())
-                    .geometry(rings::tx_geometry(ring))
-                    .dont_fork(true)
-                    .build()
-                    .map_err(|error| format!("transmit ring on {name}: {error}"))?;
-                self.rings.push((ifindex, ring));
-            }
-            CompiledOutput::Socket {
-                source, ttl, dscp, ..
-            } => {
-                let key = (ifindex, *source, *ttl, *dscp);
-                if self.sockets.iter().any(|socket| socket.key == key) {
-                    return Ok(());
-                }
-                let socket = output_socket(&name, *source, *ttl, *dscp)
-                    .map_err(|error| format!("socket output on {name} from {source}: {error}"))?;
-                self.sockets.push(SocketOut {
-                    key,
-                    batch: UdpBatch::new(
-                        socket,
-                        SOCKET_BATCH,
-                        MAX_PAYLOAD.min(ring.frame_size as usize * 32),
-                    ),
-                });
-            }
-        }
-        Ok(())
-    }
-
-    fn flush(&mut self) {
-        for (_, ring) in &mut self.rings {
-            // A failed kick leaves the frames committed; the next kick sends them.
-            let _ = ring.flush();
-        }
-        for socket in &mut self.sockets {
-            let flushed = socket.batch.flush();
-            self.socket_failures += flushed.failed;
-        }
-    }
-}
-
-impl Outputs for Sinks {
-    #[inline]
-    fn write_frame<F>(&mut self, ifindex: u32, write: F) -> Written
-    where
-        F: FnOnce(&mut [u8]) -> Result<usize, RewriteError>,
-    {
-        let Some((_, ring)) = self.rings.iter_mut().find(|(index, _)| *index == ifindex) else {
-            return Written::RingFull;
-        };
-        let Some(mut slot) = ring.reserve() else {
-            return Written::RingFull;
-        };
-        match write(slot.buffer()) {
-            Ok(len) => {
-                slot.commit(len);
-                Written::Queued
-            }
-            Err(_) => Written::Refused,
-        }
-    }
-
-    fn queue(
-        &mut self,
-        output: &CompiledOutput,
-        destination: SocketAddrV4,
-        payload: &[u8],
-    ) -> bool {
-        let CompiledOutput::Socket {
-            ifindex,
-            source,
-            ttl,
-            dscp,
-            ..
-        } = output
-        else {
-            return false;
-        };
-        let key = (*ifindex, *source, *ttl, *dscp);
-        let Some(socket) = self.sockets.iter_mut().find(|socket| socket.key == key) else {
-            return false;
-        };
-        if socket.batch.push(destination, payload).is_ok() {
-            return true;
-        }
-        let flushed = socket.batch.flush();
-        self.socket_failures += flushed.failed;
-        socket.batch.push(destination, payload).is_ok()
-    }
-}
-
-/// A UDP socket sending from `source` out of interface `name` with the output's TTL and DSCP.
-fn output_socket(
-    name: &str,
-    source: Ipv4Addr,
-    ttl: u8,
-    dscp: Option<u8>,
-) -> std::io::Result<UdpSocket> {
-    use nix::sys::socket::{setsockopt, sockopt};
-    let socket = UdpSocket::bind((source, 0))?;
-    setsockopt(
-        &socket,
-        sockopt::BindToDevice,
-        &std::ffi::OsString::from(name),
-    )?;
-    socket.set_ttl(u32::from(ttl))?;
-    socket.set_multicast_ttl_v4(u32::from(ttl))?;
-    socket.set_multicast_loop_v4(false)?;
-    if let Some(dscp) = dscp {
-        setsockopt(&socket, sockopt::Ipv4Tos, &(i32::from(dscp) << 2))?;
-    }
-    socket.set_nonblocking(true)?;
-    Ok(socket)
 }

@@ -8,6 +8,8 @@
 
 mod datapath;
 mod io;
+mod sinks;
+mod wait;
 
 pub use datapath::{Datapath, Outputs, Written};
 

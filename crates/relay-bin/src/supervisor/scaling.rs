@@ -1,0 +1,518 @@
+//! Changing the worker set while the relay runs (`ctl workers set`), and what `workers` reports.
+//!
+//! The fanout groups never lose a member: a member's socket leaving its group would drop what
+//! waits in its ring, and under `steer` the members are the shards the program computes. What
+//! changes is which worker serves which member. A resize computes the new owners, stops the
+//! workers whose members change (their rings keep filling meanwhile), moves the rings, and starts
+//! those workers again; each confirms its whole table, its shards' rules under `shard`
+//! placement, before it reads a frame. So no packet reaches a worker without its rule, and the
+//! other workers keep relaying throughout. More workers than members adds members, except under
+//! `steer`, where there is one member per online CPU from the start.
+
+use super::setup::World;
+use super::workers::WorkerSlot;
+use crate::config::{FanoutSetting, PlacementSetting, WorkersSetting};
+use crate::control::Pending;
+use crate::control::proto::{Command, Reply, Response, WorkerReport};
+use crate::rings;
+use std::collections::BTreeSet;
+use std::sync::mpsc::Sender;
+use std::time::{Duration, Instant};
+
+/// How long the workers of a resize get to stop before they are killed.
+const STOP_WITHIN: Duration = Duration::from_secs(3);
+/// How long a resize waits for its workers to serve before answering anyway.
+const SERVE_WITHIN: Duration = Duration::from_secs(10);
+
+/// A change of the worker set in progress.
+#[derive(Debug)]
+pub(super) struct Resize {
+    /// The CPUs of the new worker set, for the log.
+    cpus: Vec<u32>,
+    /// The slot serving each member once the change is done.
+    owners: Vec<usize>,
+    /// Slots stopped by the change: their members change, or they join or leave.
+    affected: BTreeSet<usize>,
+    /// Slots that leave the worker set.
+    leaving: BTreeSet<usize>,
+    /// Rings of members added for the change, not yet given to a slot.
+    parked: super::inputs::NewRings,
+    reply: Option<Sender<Response>>,
+    started: Instant,
+    moved: bool,
+}
+
+impl World {
+    /// Dispatches a control request; rule changes wait until a resize is over.
+    pub(super) fn control(&mut self, pending: Pending) {
+        let busy = matches!(
+            pending.request.command,
+            Command::Add { .. } | Command::Remove { .. } | Command::Reload
+        );
+        if busy && self.resize.is_some() {
+            let _ = pending.reply.send(Response::refused(
+                "the worker set is changing; try again once `workers set` has answered",
+            ));
+            return;
+        }
+        self.command(pending);
+    }
+
+    /// Starts changing the worker set to `setting`; answers once every new owner serves.
+    pub(super) fn set_workers(&mut self, setting: &str, reply: Sender<Response>) {
+        let begun = WorkersSetting::parse(setting)
+            .map_err(|error| format!("workers: {error}"))
+            .and_then(|setting| self.begin_resize(&setting));
+        match begun {
+            Ok(()) => {
+                if let Some(resize) = &mut self.resize {
+                    resize.reply = Some(reply);
+                    self.advance_resize();
+                } else {
+                    let _ = reply.send(Response::ok(Reply::Workers {
+                        workers: self.worker_reports(),
+                    }));
+                }
+            }
+            Err(error) => {
+                let _ = reply.send(Response::refused(error));
+            }
+        }
+    }
+
+    /// Starts changing the worker set to `setting`; `Ok` with no resize in progress when the
+    /// set is already that.
+    pub(super) fn begin_resize(&mut self, setting: &WorkersSetting) -> Result<(), String> {
+        if self.resize.is_some() {
+            return Err("a change of the worker set is already in progress".into());
+        }
+        if !self.pending.is_empty() {
+            return Err("rule changes are waiting for the workers' confirmation; try again".into());
+        }
+        let online: Vec<u32> = fanout_core::cpu::online_cpus()
+            .map_err(|error| format!("cannot list online CPUs: {error}"))?
+            .iter()
+            .map(|cpu| cpu as u32)
+            .collect();
+        let current: Vec<u32> = self.active_slots().map(|slot| slot.cpu).collect();
+        let cpus = resized_cpus(&current, setting, &online)?;
+        if cpus == current {
+            return Ok(());
+        }
+        let needed = match self.fanout {
+            FanoutSetting::Cpu => cpus.iter().copied().max().map_or(1, |max| max + 1),
+            _ => cpus.len() as u32,
+        };
+        let mut parked = Vec::new();
+        if needed > self.inputs.members() {
+            if self.fanout == FanoutSetting::Steer {
+                return Err(format!(
+                    "fanout steer has {} shards, one per online CPU when the relay started: \
+                     at most {} workers",
+                    self.inputs.members(),
+                    self.inputs.members()
+                ));
+            }
+            parked = self.inputs.grow(needed)?;
+        }
+        let members = self.inputs.members() as usize;
+        let mut joining = Vec::with_capacity(cpus.len());
+        for &cpu in &cpus {
+            let index = match self.slots.iter().position(|slot| slot.cpu == cpu) {
+                Some(index) => index,
+                None => {
+                    let index = self.slots.len();
+                    let mut slot = WorkerSlot::new(index, cpu, Vec::new());
+                    slot.active = false;
+                    self.slots.push(slot);
+                    index
+                }
+            };
+            joining.push((index, cpu));
+        }
+        let mut previous = self.owners.clone();
+        previous.resize(members, usize::MAX);
+        let owners = assign_members(
+            members as u32,
+            self.fanout == FanoutSetting::Cpu,
+            &joining,
+            &previous,
+        );
+        let staying: BTreeSet<usize> = joining.iter().map(|&(index, _)| index).collect();
+        let leaving: BTreeSet<usize> = self
+            .active_slots()
+            .map(|slot| slot.slot)
+            .filter(|index| !staying.contains(index))
+            .collect();
+        let mut affected: BTreeSet<usize> = leaving.clone();
+        affected.extend(staying.iter().filter(|&&index| !self.slots[index].active));
+        for (member, (&before, &after)) in previous.iter().zip(&owners).enumerate() {
+            if before != after || parked.iter().any(|(new, _)| *new as usize == member) {
+                affected.extend(
+                    [before, after]
+                        .into_iter()
+                        .filter(|&s| s < self.slots.len()),
+                );
+            }
+        }
+        log::info!(
+            "workers: cpus {current:?} -> {cpus:?}; stopping the workers on cpus {:?} to move \
+             their rings",
+            affected
+                .iter()
+                .filter(|&&index| self.slots[index].process.is_some())
+                .map(|&index| self.slots[index].cpu)
+                .collect::<Vec<_>>()
+        );
+        for &index in &affected {
+            let slot = &mut self.slots[index];
+            slot.held = true;
+            slot.restart_at = None;
+            let _ = slot.tell(&crate::protocol::ToWorker::Stop);
+        }
+        self.resize = Some(Resize {
+            cpus,
+            owners,
+            affected,
+            leaving,
+            parked,
+            reply: None,
+            started: Instant::now(),
+            moved: false,
+        });
+        Ok(())
+    }
+
+    /// Moves a resize on: once its workers are stopped, moves the rings and starts the new
+    /// owners; once they serve, answers.
+    pub(super) fn advance_resize(&mut self) {
+        let Some(mut resize) = self.resize.take() else {
+            return;
+        };
+        if !resize.moved {
+            if resize.started.elapsed() >= STOP_WITHIN {
+                for &index in &resize.affected {
+                    if let Some(slot) = self.slots.get_mut(index)
+                        && slot.process.is_some()
+                    {
+                        log::warn!("worker on cpu {} did not stop in time: killed", slot.cpu);
+                        slot.reap();
+                    }
+                }
+            }
+            if resize
+                .affected
+                .iter()
+                .any(|&index| self.slots[index].process.is_some())
+            {
+                self.resize = Some(resize);
+                return;
+            }
+            self.move_rings(&mut resize);
+        }
+        let serving = |slot: &WorkerSlot| !slot.active || slot.state_name() == "ready";
+        let all_serve = resize
+            .affected
+            .iter()
+            .all(|&index| serving(&self.slots[index]));
+        if !all_serve && resize.started.elapsed() < SERVE_WITHIN {
+            self.resize = Some(resize);
+            return;
+        }
+        let late: Vec<u32> = resize
+            .affected
+            .iter()
+            .map(|&index| &self.slots[index])
+            .filter(|slot| !serving(slot))
+            .map(|slot| slot.cpu)
+            .collect();
+        let elapsed = resize.started.elapsed().as_millis();
+        let answer = if late.is_empty() {
+            log::info!("workers now on cpus {:?} ({elapsed} ms)", resize.cpus);
+            Response::ok(Reply::Workers {
+                workers: self.worker_reports(),
+            })
+        } else {
+            log::warn!(
+                "workers now on cpus {:?}, but those on cpus {late:?} are not serving after \
+                 {elapsed} ms",
+                resize.cpus
+            );
+            Response::refused(format!(
+                "workers now on cpus {:?}, but those on cpus {late:?} are not serving after \
+                 {elapsed} ms (they are restarted until they do)",
+                resize.cpus
+            ))
+        };
+        if let Some(reply) = resize.reply {
+            let _ = reply.send(answer);
+        }
+    }
+
+    fn move_rings(&mut self, resize: &mut Resize) {
+        let mut loose = std::mem::take(&mut resize.parked);
+        for &index in &resize.affected {
+            loose.append(&mut self.slots[index].rings);
+        }
+        for (member, handle) in loose {
+            self.slots[resize.owners[member as usize]]
+                .rings
+                .push((member, handle));
+        }
+        self.owners = resize.owners.clone();
+        for &index in &resize.affected {
+            let leaving = resize.leaving.contains(&index);
+            let slot = &mut self.slots[index];
+            slot.held = false;
+            slot.active = !leaving;
+            if leaving {
+                slot.down_since = None;
+            }
+        }
+        resize.moved = true;
+        let starting: Vec<usize> = resize
+            .affected
+            .iter()
+            .copied()
+            .filter(|&index| self.slots[index].active)
+            .collect();
+        for index in starting {
+            self.spawn_now(index);
+        }
+    }
+
+    /// When a resize next needs attention.
+    pub(super) fn resize_deadline(&self) -> Option<Instant> {
+        self.resize.as_ref().map(|resize| {
+            resize.started
+                + if resize.moved {
+                    SERVE_WITHIN
+                } else {
+                    STOP_WITHIN
+                }
+        })
+    }
+
+    /// The slots in the worker set, in slot order.
+    pub(super) fn active_slots(&self) -> impl Iterator<Item = &WorkerSlot> + '_ {
+        self.slots.iter().filter(|slot| slot.active)
+    }
+
+    /// Rules of the shards slot `slot` serves, under shard placement (0 otherwise).
+    fn shard_rules(&self, slot: usize) -> u64 {
+        match self.shard_of(slot) {
+            Some(shard) => self
+                .state
+                .set()
+                .rules()
+                .iter()
+                .filter(|rule| rings::in_shard(rule, Some(&shard)))
+                .count() as u64,
+            None => 0,
+        }
+    }
+
+    /// Logs what a worker's death leaves unserved under shard placement.
+    pub(super) fn report_outage(&self, slot: usize) {
+        if self.placement != PlacementSetting::Shard {
+            return;
+        }
+        let worker = &self.slots[slot];
+        log::warn!(
+            "shards {:?} of {} ({} rules) are not served until the worker on cpu {} is back: \
+             their packets wait in its rings and are dropped by the kernel once those are full",
+            worker.members(),
+            self.inputs.members(),
+            self.shard_rules(slot),
+            worker.cpu
+        );
+    }
+
+    /// What `workers` reports: the slots in the worker set.
+    pub(super) fn worker_reports(&self) -> Vec<WorkerReport> {
+        self.slots
+            .iter()
+            .filter(|slot| slot.active)
+            .map(|slot| {
+                let counters = slot.counters();
+                let down_now = slot.down_since.map_or(Duration::ZERO, |at| at.elapsed());
+                let serving = slot.state_name() == "ready";
+                WorkerReport {
+                    cpu: slot.cpu,
+                    pid: slot.process.as_ref().map(|process| process.child.id()),
+                    state: slot.state_name().into(),
+                    restarts: slot.restarts,
+                    generation: slot.acked_generation,
+                    drift_repairs: slot.drift_repairs,
+                    received: counters.received,
+                    forwarded: counters.forwarded,
+                    members: slot.members(),
+                    unserved_rules: if serving {
+                        0
+                    } else {
+                        self.shard_rules(slot.slot)
+                    },
+                    outages: slot.outages,
+                    down_ms: (slot.down_total + down_now).as_millis() as u64,
+                }
+            })
+            .collect()
+    }
+}
+
+/// The CPUs of the worker set after `ctl workers set SETTING`, given the `current` ones: a count
+/// keeps the current CPUs it can (the first ones) and adds the lowest free online CPUs; a list
+/// is taken as it is; `all` is every online CPU.
+pub(super) fn resized_cpus(
+    current: &[u32],
+    setting: &WorkersSetting,
+    online: &[u32],
+) -> Result<Vec<u32>, String> {
+    match setting {
+        WorkersSetting::All => Ok(online.to_vec()),
+        WorkersSetting::Count(0) => Err("a relay needs at least one worker".into()),
+        WorkersSetting::Count(count) => {
+            let count = *count as usize;
+            if count > online.len() {
+                return Err(format!(
+                    "{count} workers asked for, but only {} CPUs are online",
+                    online.len()
+                ));
+            }
+            let mut cpus: Vec<u32> = current.iter().copied().take(count).collect();
+            let free = online.iter().copied().filter(|cpu| !current.contains(cpu));
+            cpus.extend(free.take(count - cpus.len()));
+            Ok(cpus)
+        }
+        WorkersSetting::Cpus(list) => {
+            if list.is_empty() {
+                return Err("no CPU listed".into());
+            }
+            if let Some(cpu) = list.iter().find(|cpu| !online.contains(cpu)) {
+                return Err(format!("CPU {cpu} is not online (online: {online:?})"));
+            }
+            let mut cpus = list.clone();
+            cpus.sort_unstable();
+            cpus.dedup();
+            Ok(cpus)
+        }
+    }
+}
+
+/// The slot that serves each of `members` fanout members, given the `active` slots (index,
+/// CPU) and each member's `previous` owner (`usize::MAX` or an index not in `active`: none).
+///
+/// Under fanout `cpu` (`by_cpu`) member k carries CPU k's packets, so the worker on CPU k serves
+/// it when there is one. Otherwise members stay where they were as long as that keeps the
+/// shares even (no slot more than one member above another), so a resize moves few rings, and
+/// the rest go to the slots with the fewest.
+pub(super) fn assign_members(
+    members: u32,
+    by_cpu: bool,
+    active: &[(usize, u32)],
+    previous: &[usize],
+) -> Vec<usize> {
+    let members = members as usize;
+    let Some(&(first, _)) = active.first() else {
+        return vec![0; members];
+    };
+    let floor = members / active.len();
+    let mut extra = members % active.len();
+    let mut load = vec![0usize; active.len()];
+    let mut owners: Vec<Option<usize>> = vec![None; members];
+    let position = |slot: usize| active.iter().position(|&(index, _)| index == slot);
+    if by_cpu {
+        for (member, owner) in owners.iter_mut().enumerate() {
+            if let Some(at) = active.iter().position(|&(_, cpu)| cpu as usize == member) {
+                *owner = Some(at);
+                load[at] += 1;
+            }
+        }
+    }
+    // Keep previous owners while they hold less than the even share, then up to one more for
+    // as many slots as the remainder allows.
+    for allow_extra in [false, true] {
+        for (member, owner) in owners.iter_mut().enumerate() {
+            if owner.is_some() {
+                continue;
+            }
+            let Some(at) = previous.get(member).and_then(|&slot| position(slot)) else {
+                continue;
+            };
+            if load[at] < floor {
+                *owner = Some(at);
+                load[at] += 1;
+            } else if allow_extra && load[at] == floor && extra > 0 {
+                *owner = Some(at);
+                load[at] += 1;
+                extra -= 1;
+            }
+        }
+    }
+    for owner in owners.iter_mut().filter(|owner| owner.is_none()) {
+        let at = (0..active.len())
+            .min_by_key(|&at| load[at])
+            .unwrap_or_default();
+        *owner = Some(at);
+        load[at] += 1;
+    }
+    owners
+        .into_iter()
+        .map(|owner| owner.map_or(first, |at| active[at].0))
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_count_keeps_the_current_cpus_first() {
+        let online = [0, 1, 2, 3];
+        let grow = resized_cpus(&[2], &WorkersSetting::Count(3), &online);
+        assert_eq!(grow, Ok(vec![2, 0, 1]));
+        let shrink = resized_cpus(&[2, 0, 1], &WorkersSetting::Count(1), &online);
+        assert_eq!(shrink, Ok(vec![2]));
+        assert!(resized_cpus(&[0], &WorkersSetting::Count(5), &online).is_err());
+        assert!(resized_cpus(&[0], &WorkersSetting::Count(0), &online).is_err());
+        let listed = resized_cpus(&[0], &WorkersSetting::Cpus(vec![3, 1]), &online);
+        assert_eq!(listed, Ok(vec![1, 3]));
+        assert!(resized_cpus(&[0], &WorkersSetting::Cpus(vec![7]), &online).is_err());
+    }
+
+    #[test]
+    fn members_spread_evenly_and_stay_where_they_can() {
+        let fresh = assign_members(4, false, &[(0, 0), (1, 1)], &[]);
+        assert_eq!(fresh, vec![0, 1, 0, 1]);
+        // One more slot: one member moves to it, the others stay.
+        let grown = assign_members(4, false, &[(0, 0), (1, 1), (2, 2)], &fresh);
+        let moved = fresh.iter().zip(&grown).filter(|(a, b)| a != b).count();
+        assert_eq!(moved, 1, "{fresh:?} -> {grown:?}");
+        for slot in 0..3 {
+            let held = grown.iter().filter(|&&owner| owner == slot).count();
+            assert!((1..=2).contains(&held), "{grown:?}");
+        }
+        // Slot 1 leaves: its members go to slot 0 and 2, which keep theirs.
+        let shrunk = assign_members(4, false, &[(0, 0), (2, 2)], &grown);
+        for (member, (&before, &after)) in grown.iter().zip(&shrunk).enumerate() {
+            if before != 1 {
+                assert_eq!(
+                    before, after,
+                    "member {member} moved needlessly: {shrunk:?}"
+                );
+            }
+        }
+        assert_eq!(shrunk.iter().filter(|&&owner| owner == 0).count(), 2);
+    }
+
+    #[test]
+    fn by_cpu_a_member_goes_to_its_cpus_worker() {
+        // Workers on CPUs 1 and 3 of 4 members: members 1 and 3 are theirs, 0 and 2 shared.
+        let owners = assign_members(4, true, &[(0, 1), (1, 3)], &[]);
+        assert_eq!(owners[1], 0);
+        assert_eq!(owners[3], 1);
+        assert_ne!(owners[0], owners[2], "the CPUs without a worker are spread");
+        // One worker serves every member.
+        assert_eq!(assign_members(2, true, &[(5, 0)], &[]), vec![5, 5]);
+    }
+}
