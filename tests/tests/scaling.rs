@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use fanout_relay_tests::ctl::{Ctl, Workdir, relay_section, rule, signal};
 use fanout_relay_tests::relay::{
-    RelayProcess, UdpReceiver, UdpSender, check_stream, payload, quiet_topology,
+    Collector, RelayProcess, UdpReceiver, UdpSender, check_stream, payload, quiet_topology,
 };
 use fanout_relay_tests::{Topology, privileged};
 use nix::sys::signal::Signal;
@@ -94,6 +94,21 @@ fn send_at(sender: &UdpSender, flows: &[Flow], count: u32, pps: u32) {
     }
 }
 
+/// A receiver per flow, each expecting `count` datagrams.
+fn receive_all(topo: &Topology, flows: &[Flow], count: u32) -> Vec<Collector> {
+    flows
+        .iter()
+        .map(|flow| {
+            UdpReceiver::join(
+                &topo.receiver,
+                &format!("{}:{}", flow.output.0, flow.output.1),
+                Topology::RECEIVER_ADDR,
+            )
+            .collect(count as usize, Duration::from_secs(30))
+        })
+        .collect()
+}
+
 fn online_cpus() -> usize {
     std::thread::available_parallelism().map_or(1, |n| n.get())
 }
@@ -105,17 +120,7 @@ fn resize_under_traffic(name: &str, extra: &str, flows: &[Flow], steps: &[&str])
     let config = relay_section(&dir, extra) + &rules(flows);
     let relay = RelayProcess::start(&topo.relay, &config, &[]);
     let ctl = Ctl::new(&dir);
-    let receivers: Vec<_> = flows
-        .iter()
-        .map(|flow| {
-            UdpReceiver::join(
-                &topo.receiver,
-                &format!("{}:{}", flow.output.0, flow.output.1),
-                Topology::RECEIVER_ADDR,
-            )
-            .collect(N as usize, Duration::from_secs(30))
-        })
-        .collect();
+    let receivers = receive_all(&topo, flows, N);
     let sender = UdpSender::new(&topo.sender, Topology::SENDER_ADDR, 4);
     let mut answers = Vec::new();
     std::thread::scope(|s| {
@@ -180,17 +185,7 @@ fn resizing_under_shard_loses_nothing_and_moves_the_shards() {
     let one = ctl.workers();
     assert_eq!(one.len(), 1, "{one:#?}");
     assert_eq!(one[0].members, vec![0, 1], "one worker holds both shards");
-    let receivers: Vec<_> = flows
-        .iter()
-        .map(|flow| {
-            UdpReceiver::join(
-                &topo.receiver,
-                &format!("{}:{}", flow.output.0, flow.output.1),
-                Topology::RECEIVER_ADDR,
-            )
-            .collect(N as usize, Duration::from_secs(30))
-        })
-        .collect();
+    let receivers = receive_all(&topo, &flows, N);
     let sender = UdpSender::new(&topo.sender, Topology::SENDER_ADDR, 4);
     let mut seen = Vec::new();
     std::thread::scope(|s| {
@@ -328,17 +323,7 @@ fn autoscale_grows_under_load_and_shrinks_when_idle_without_loss() {
     let relay = RelayProcess::start(&topo.relay, &config, &[]);
     let ctl = Ctl::new(&dir);
     assert_eq!(ctl.workers().len(), 1, "autoscale starts with min_workers");
-    let receivers: Vec<_> = flows
-        .iter()
-        .map(|flow| {
-            UdpReceiver::join(
-                &topo.receiver,
-                &format!("{}:{}", flow.output.0, flow.output.1),
-                Topology::RECEIVER_ADDR,
-            )
-            .collect(LOADED as usize, Duration::from_secs(30))
-        })
-        .collect();
+    let receivers = receive_all(&topo, &flows, LOADED);
     let sender = UdpSender::new(&topo.sender, Topology::SENDER_ADDR, 4);
     let mut grown = None;
     std::thread::scope(|s| {

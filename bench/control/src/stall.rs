@@ -64,6 +64,9 @@ pub struct Report {
     pub restarts: u32,
     /// The relay's warnings and errors (first few), which explain pauses.
     pub warnings: Vec<String>,
+    /// The CPUs the supervisor's main thread may run on, as it placed itself (or was moved
+    /// with `--supervisor-cpu`).
+    pub supervisor_cpus: String,
 }
 
 /// Runs the measurement.
@@ -85,6 +88,7 @@ pub fn run(options: Options) -> Report {
         fanout_core::cpu::pin_current_thread(cpu.parse().expect("a CPU number"))
             .expect("pin the requests to the supervisor's CPU");
     }
+    let supervisor_cpus = allowed_cpus(relay.pid());
     let mut control = Control::connect(&dir.socket());
     let group: SocketAddrV4 = "239.2.2.2:6000".parse().expect("a literal address");
     let receiver = Receiver::start(&topo.receiver, group, Topology::RECEIVER_ADDR);
@@ -164,7 +168,21 @@ pub fn run(options: Options) -> Report {
         add_seconds_per_thousand: per_thousand,
         restarts,
         warnings,
+        supervisor_cpus,
     }
+}
+
+/// The `Cpus_allowed_list` of process `pid`, or `?` when it cannot be read.
+fn allowed_cpus(pid: u32) -> String {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|status| {
+            status
+                .lines()
+                .find_map(|line| line.strip_prefix("Cpus_allowed_list:"))
+                .map(|list| list.trim().to_owned())
+        })
+        .unwrap_or_else(|| "?".into())
 }
 
 /// The report as text.
@@ -182,14 +200,15 @@ pub fn render(options: &Options, report: &Report) -> String {
         )
     };
     let mut text = format!(
-        "stall: {} rules added one by one ({} per group), stream {} pps (worker cpu 0, sender cpu {}, supervisor {})\n",
+        "stall: {} rules added one by one ({} per group), stream {} pps (worker cpu 0, sender cpu {}, supervisor {} on cpus {})\n",
         options.rules,
         options.per_group,
         options.pps,
         options.sender_cpu,
         options
             .supervisor_cpu
-            .map_or_else(|| "on any cpu".to_owned(), |cpu| format!("on cpu {cpu}"))
+            .map_or("placed by the relay", |_| "moved by --supervisor-cpu"),
+        report.supervisor_cpus
     );
     text += &line("baseline", &report.baseline);
     text += &line("adding", &report.adding);

@@ -130,28 +130,21 @@ impl Memberships {
 
     /// Every membership held, sorted.
     pub fn list(&self) -> Vec<Membership> {
-        let mut all: Vec<Membership> = self
-            .holders
-            .iter()
-            .flatten()
-            .flat_map(|holder| {
-                holder
-                    .groups
-                    .iter()
-                    .flat_map(|(&(ifindex, group), sources)| {
-                        let sources: Vec<Option<Ipv4Addr>> = match sources {
-                            None => vec![None],
-                            Some(list) => list.iter().copied().map(Some).collect(),
-                        };
-                        sources.into_iter().map(move |source| Membership {
-                            ifindex,
-                            group,
-                            source,
-                        })
-                    })
-            })
-            .collect();
-        all.sort();
+        let mut all = Vec::with_capacity(self.by_group.len());
+        for holder in self.holders.iter().flatten() {
+            for (&(ifindex, group), sources) in &holder.groups {
+                let membership = |source| Membership {
+                    ifindex,
+                    group,
+                    source,
+                };
+                match sources {
+                    None => all.push(membership(None)),
+                    Some(list) => all.extend(list.iter().map(|&source| membership(Some(source)))),
+                }
+            }
+        }
+        all.sort_unstable();
         all
     }
 

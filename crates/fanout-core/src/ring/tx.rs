@@ -4,7 +4,8 @@
 //! `tpacket3_hdr` whose `tp_next_offset` must be 0, and the ring request must have
 //! `tp_retire_blk_tov`, `tp_sizeof_priv` and `tp_feature_req_word` all 0. Frame data starts at
 //! `TPACKET3_HDRLEN - sizeof(struct sockaddr_ll)` (48) in V3 and `TPACKET2_HDRLEN -
-//! sizeof(struct sockaddr_ll)` (32) in V2.
+//! sizeof(struct sockaddr_ll)` (32) in V2. A linear ring (`PACKET_VNET_HDR`) has a 10-byte
+//! `virtio_net_hdr` there, counted in `tp_len`, and the frame after it.
 //!
 //! The kernel's `tpacket_snd()` walks slots from its own position and stops at the first slot not
 //! marked TP_STATUS_SEND_REQUEST, so slots are filled strictly in ring order: when the next one
