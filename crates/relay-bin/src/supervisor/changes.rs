@@ -262,13 +262,17 @@ impl World {
                     .map(RuleEntry::from)
                     .collect();
                 let slot = &mut self.slots[index];
-                if slot.process.as_ref().is_some_and(|process| process.ready) {
-                    let _ = slot.tell(&ToWorker::Update {
-                        generation,
-                        remove,
-                        add,
-                        interfaces: interfaces.clone(),
-                    });
+                if slot.process.as_ref().is_some_and(|process| process.ready)
+                    && slot
+                        .tell(&ToWorker::Update {
+                            generation,
+                            remove,
+                            add,
+                            interfaces: interfaces.clone(),
+                        })
+                        .is_ok()
+                {
+                    slot.sent_generation = generation;
                 }
             }
         } else {

@@ -307,6 +307,7 @@ impl setup::World {
     fn spawn(&mut self, index: usize, events: &Sender<WorkerEvent>) {
         let start = self.start_message(index);
         let slot = &mut self.slots[index];
+        slot.sent_generation = start.generation;
         match slot.spawn(&start, events.clone()) {
             Ok(()) if slot.restarts > 0 => {
                 if let Some(held) = self.notices.allow(Kind::Restart, slot.cpu) {
@@ -425,14 +426,21 @@ impl setup::World {
                 );
             }
             worker.acked_generation = 0;
+            worker.sent_generation = generation;
             let table = self.table_message(slot);
             let _ = self.slots[slot].tell(&table);
         } else if their_generation == generation {
             worker.acked_generation = generation;
-        } else if their_generation < generation && process.ready && !worker.resyncing {
-            // A worker that started (or missed an update) before the latest change: send it the
-            // whole current set.
+        } else if their_generation < generation
+            && process.ready
+            && !worker.resyncing
+            && worker.sent_generation < generation
+        {
+            // A worker that started (or missed an update) before the latest change, and was
+            // sent nothing since that brings it there: send it the whole current set. A report
+            // that crossed an update on its way is not a reason: the update is in flight.
             worker.resyncing = true;
+            worker.sent_generation = generation;
             let table = self.table_message(slot);
             let _ = self.slots[slot].tell(&table);
         }

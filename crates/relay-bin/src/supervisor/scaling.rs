@@ -276,6 +276,10 @@ impl World {
             .copied()
             .filter(|&index| self.slots[index].active)
             .collect();
+        // The supervisor follows the worker set: off the workers' CPUs while one is spare.
+        if let Some(allowed) = &self.supervisor_cpus {
+            super::setup::keep_off_worker_cpus(allowed, &resize.cpus);
+        }
         for index in starting {
             self.spawn_now(index);
         }

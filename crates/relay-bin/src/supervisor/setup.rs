@@ -2,6 +2,8 @@
 
 mod placement;
 
+pub(super) use placement::keep_off_worker_cpus;
+
 use super::inputs::{Inputs, initial_members};
 use super::state::{self, RuleState};
 use super::workers::WorkerSlot;
@@ -184,7 +186,10 @@ impl Plan {
     /// Opens what outlives workers: receive rings in their fanout groups, memberships, sinks;
     /// and moves the supervisor off the workers' CPUs when there is a spare one.
     pub(super) fn build(self) -> Result<World, SetupError> {
-        placement::keep_off_worker_cpus(&self.cpus);
+        let supervisor_cpus = placement::allowed_cpus();
+        if let Some(allowed) = &supervisor_cpus {
+            keep_off_worker_cpus(allowed, &self.cpus);
+        }
         let online = fanout_core::cpu::online_cpus().map_or(self.cpus.len(), |cpus| cpus.len());
         let members = initial_members(self.config.relay.fanout, &self.cpus, online);
         let mut inputs = Inputs::new(self.config.relay.fanout, self.config.ring, members);
@@ -220,6 +225,7 @@ impl Plan {
             inputs,
             pending: Vec::new(),
             resize: None,
+            supervisor_cpus,
             autoscaler: self
                 .config
                 .autoscale
@@ -302,6 +308,8 @@ pub(super) struct World {
     pub(super) pending: Vec<super::changes::PendingChange>,
     /// A change of the worker set in progress.
     pub(super) resize: Option<super::scaling::Resize>,
+    /// The CPUs the supervisor may use, as it started; it moves off the workers' ones.
+    pub(super) supervisor_cpus: Option<fanout_core::cpu::CpuSet>,
     /// With `[autoscale]`, what decides when the worker set grows or shrinks.
     pub(super) autoscaler: Option<super::autoscale::Autoscaler>,
     /// Where worker reader threads send their events, once the loop runs.

@@ -76,6 +76,9 @@ pub struct WorkerSlot {
     pub drift_repairs: u32,
     /// Whether a whole-table resync is on its way to it.
     pub resyncing: bool,
+    /// The latest generation sent to its process (start, update or table). A report of an
+    /// older one while this is on its way is expected, not a reason for a resync.
+    pub sent_generation: u64,
     /// Restart without backoff when the process exits (it was asked to stop to take new rings).
     pub restart_now: bool,
     backoff: Duration,
@@ -115,6 +118,7 @@ impl WorkerSlot {
             acked_generation: 0,
             drift_repairs: 0,
             resyncing: false,
+            sent_generation: 0,
             restart_now: false,
             backoff: FIRST_BACKOFF,
         }
@@ -224,6 +228,7 @@ impl WorkerSlot {
         };
         self.acked_generation = 0;
         self.resyncing = false;
+        self.sent_generation = 0;
         self.down_since.get_or_insert_with(Instant::now);
         if self.held || !self.active {
             self.restart_now = false;

@@ -19,10 +19,24 @@ pub(super) fn spare_cpus(allowed: &CpuSet, workers: &[u32]) -> CpuSet {
         .collect()
 }
 
-/// Moves every thread of this process to the CPUs it may use that have no worker, if there is
-/// one; says which CPUs it moved them to. Failures are logged and leave the threads where they
-/// were: this is about latency, never a reason not to relay.
-pub(crate) fn keep_off_worker_cpus(workers: &[u32]) -> Option<CpuSet> {
+/// The CPUs the supervisor may use, as it started (before any move): what a later placement,
+/// after the worker set changed, chooses from.
+pub(crate) fn allowed_cpus() -> Option<CpuSet> {
+    match cpu::thread_affinity(0) {
+        Ok(allowed) => Some(allowed),
+        Err(error) => {
+            log::warn!("cannot read the supervisor's CPU affinity: {error}");
+            None
+        }
+    }
+}
+
+/// Moves every thread of this process to the CPUs of `allowed` that have no worker, if there is
+/// one, and otherwise back onto all of `allowed` (after a resize took its spare CPU, the
+/// supervisor shares every CPU rather than one worker's); says where they went. Failures are
+/// logged and leave the threads where they were: this is about latency, never a reason not to
+/// relay.
+pub(crate) fn keep_off_worker_cpus(allowed: &CpuSet, workers: &[u32]) -> Option<CpuSet> {
     let threads = match std::fs::read_dir("/proc/self/task") {
         Ok(entries) => entries
             .filter_map(|entry| entry.ok()?.file_name().to_str()?.parse::<u32>().ok())
@@ -30,7 +44,7 @@ pub(crate) fn keep_off_worker_cpus(workers: &[u32]) -> Option<CpuSet> {
         // Without /proc, at least the calling thread, which starts all the others.
         Err(_) => vec![0],
     };
-    let spare = move_threads(&threads, workers)?;
+    let spare = move_threads(&threads, allowed, workers)?;
     log::info!(
         "supervisor on cpus {:?}, away from the workers' cpus {workers:?}",
         spare.iter().collect::<Vec<_>>()
@@ -38,31 +52,26 @@ pub(crate) fn keep_off_worker_cpus(workers: &[u32]) -> Option<CpuSet> {
     Some(spare)
 }
 
-/// Moves `threads` (0: the calling one) to the CPUs the calling thread may use that have no
-/// worker.
-fn move_threads(threads: &[u32], workers: &[u32]) -> Option<CpuSet> {
-    let allowed = match cpu::thread_affinity(0) {
-        Ok(allowed) => allowed,
-        Err(error) => {
-            log::warn!("cannot read the supervisor's CPU affinity: {error}");
-            return None;
-        }
-    };
-    let spare = spare_cpus(&allowed, workers);
-    if spare.is_empty() {
+/// Moves `threads` (0: the calling one) to the CPUs of `allowed` that have no worker, or back to
+/// all of `allowed` when each has one; `None` in that second case.
+fn move_threads(threads: &[u32], allowed: &CpuSet, workers: &[u32]) -> Option<CpuSet> {
+    let spare = spare_cpus(allowed, workers);
+    let target = if spare.is_empty() {
         log::debug!(
             "every CPU the supervisor may use has a worker ({workers:?}): it shares them with \
              the workers"
         );
-        return None;
-    }
+        allowed
+    } else {
+        &spare
+    };
     for &tid in threads {
-        if let Err(error) = cpu::set_thread_affinity(tid, &spare) {
+        if let Err(error) = cpu::set_thread_affinity(tid, target) {
             log::warn!("cannot move supervisor thread {tid} off the workers' CPUs: {error}");
             return None;
         }
     }
-    Some(spare)
+    (!spare.is_empty()).then_some(spare)
 }
 
 #[cfg(test)]
@@ -91,8 +100,9 @@ mod tests {
             return;
         }
         // Only a thread of its own moves: the test harness's threads keep their affinity.
+        let mine = allowed.clone();
         let (spare, now) = std::thread::spawn(move || {
-            let spare = move_threads(&[0], &[first as u32]);
+            let spare = move_threads(&[0], &mine, &[first as u32]);
             (spare, cpu::thread_affinity(0).expect("sched_getaffinity"))
         })
         .join()
@@ -104,12 +114,22 @@ mod tests {
             spare.iter().collect::<Vec<_>>()
         );
         let every: Vec<u32> = allowed.iter().map(|cpu| cpu as u32).collect();
-        let stays = std::thread::spawn(move || move_threads(&[0], &every))
-            .join()
-            .expect("the thread does not panic");
+        let (stays, back) = std::thread::spawn(move || {
+            let everywhere: CpuSet = every.iter().map(|&cpu| cpu as usize).collect();
+            let _ = move_threads(&[0], &everywhere, &[first as u32]);
+            let stays = move_threads(&[0], &everywhere, &every);
+            (stays, cpu::thread_affinity(0).expect("sched_getaffinity"))
+        })
+        .join()
+        .expect("the thread does not panic");
         assert!(
             stays.is_none(),
             "no CPU is spare when every one has a worker"
+        );
+        assert_eq!(
+            back.iter().collect::<Vec<_>>(),
+            allowed.iter().collect::<Vec<_>>(),
+            "with no spare CPU the thread may run on every allowed one again"
         );
     }
 }
