@@ -38,25 +38,26 @@ fn logged(log: &str, key: &str) -> Option<u64> {
         .and_then(|value| value.parse().ok())
 }
 
-#[test]
-fn the_low_latency_mode_relays_every_datagram_by_spinning() {
-    if !privileged("the_low_latency_mode_relays_every_datagram_by_spinning") {
-        return;
-    }
-    let topo = quiet_topology("lowlat");
-    let relay = RelayProcess::start(&topo.relay, LOW_LATENCY, &["--workers", "1"]);
+/// Runs one stream of [`N`] datagrams tagged `tag` through a relay with `config` (one worker)
+/// and checks that every one arrived byte for byte with the rule's TTL and that the worker
+/// received and forwarded each once, with no transmit or ring drops; returns the relay's log.
+fn relay_one_stream(topology: &str, config: &str, tag: u8) -> String {
+    let topo = quiet_topology(topology);
+    let relay = RelayProcess::start(&topo.relay, config, &["--workers", "1"]);
     let receiver = UdpReceiver::join(&topo.receiver, "239.2.2.2:6000", Topology::RECEIVER_ADDR)
         .collect(N as usize, RECEIVE_TIMEOUT);
     UdpSender::new(&topo.sender, Topology::SENDER_ADDR, 4).send_numbered(
         "239.1.1.1:5000",
-        1,
+        tag,
         0..N,
         PPS,
     );
     let got = receiver.finish();
     let exit = relay.stop();
 
-    if let Err(problem) = check_stream(&got, 1, 0..N) {
+    // check_stream compares every payload byte with what was sent: a vnet header left in the
+    // frame, or a length counting it, would show here.
+    if let Err(problem) = check_stream(&got, tag, 0..N) {
         panic!(
             "receiver of 239.2.2.2:6000: {problem}\nrelay log:\n{}",
             exit.log
@@ -78,16 +79,24 @@ fn the_low_latency_mode_relays_every_datagram_by_spinning() {
         "(received, forwarded, tx_full, kernel_drops) of {:#?}",
         exit.summary
     );
+    exit.log
+}
+
+#[test]
+fn the_low_latency_mode_relays_every_datagram_by_spinning() {
+    if !privileged("the_low_latency_mode_relays_every_datagram_by_spinning") {
+        return;
+    }
+    let log = relay_one_stream("lowlat", LOW_LATENCY, 1);
     // The worker says how it found its frames. Datagrams 2 ms apart fall inside the 5 ms spin,
     // so most are found spinning; a worker that ignored the setting would have found none so.
-    let spin_hits = logged(&exit.log, "spin_hits")
-        .unwrap_or_else(|| panic!("the worker logged no syscall counts:\n{}", exit.log));
-    let received = logged(&exit.log, "received").unwrap_or(0);
-    assert_eq!(received, u64::from(N), "{}", exit.log);
+    let spin_hits = logged(&log, "spin_hits")
+        .unwrap_or_else(|| panic!("the worker logged no syscall counts:\n{log}"));
+    let received = logged(&log, "received").unwrap_or(0);
+    assert_eq!(received, u64::from(N), "{log}");
     assert!(
         spin_hits >= u64::from(N) / 2,
-        "only {spin_hits} of {N} frames were found by spinning:\n{}",
-        exit.log
+        "only {spin_hits} of {N} frames were found by spinning:\n{log}"
     );
 }
 
@@ -107,41 +116,5 @@ fn linear_frames_past_the_qdisc_arrive_byte_exact() {
     if !privileged("linear_frames_past_the_qdisc_arrive_byte_exact") {
         return;
     }
-    let topo = quiet_topology("txopts");
-    let relay = RelayProcess::start(&topo.relay, TX_OPTIONS, &["--workers", "1"]);
-    let receiver = UdpReceiver::join(&topo.receiver, "239.2.2.2:6000", Topology::RECEIVER_ADDR)
-        .collect(N as usize, RECEIVE_TIMEOUT);
-    UdpSender::new(&topo.sender, Topology::SENDER_ADDR, 4).send_numbered(
-        "239.1.1.1:5000",
-        2,
-        0..N,
-        PPS,
-    );
-    let got = receiver.finish();
-    let exit = relay.stop();
-
-    // check_stream compares every payload byte with what was sent: a vnet header left in the
-    // frame, or a length counting it, would show here.
-    if let Err(problem) = check_stream(&got, 2, 0..N) {
-        panic!(
-            "receiver of 239.2.2.2:6000: {problem}\nrelay log:\n{}",
-            exit.log
-        );
-    }
-    assert!(
-        got.iter().all(|datagram| datagram.ttl == Some(7)),
-        "a datagram left without the rule's TTL"
-    );
-    let total = exit.summary.total();
-    assert_eq!(
-        (
-            total.received,
-            total.forwarded,
-            total.tx_full,
-            total.kernel_drops
-        ),
-        (u64::from(N), u64::from(N), 0, 0),
-        "(received, forwarded, tx_full, kernel_drops) of {:#?}",
-        exit.summary
-    );
+    relay_one_stream("txopts", TX_OPTIONS, 2);
 }
