@@ -9,6 +9,10 @@
 //! message, builds its table and says `Ready` with the table's checksum before it reads a single
 //! frame. Until then its ring fills and waits, so no packet is ever looked up in a partial table.
 //!
+//! A worker serves one or more fanout members; the members never change, which worker serves
+//! them may (`ctl workers set`, `[autoscale]`: see `scaling`), and under shard placement the
+//! members a worker serves are the shards whose rules it holds.
+//!
 //! Everything happens on one thread, in [`run`]'s loop: worker messages, signals and control
 //! requests arrive over one channel and are handled one at a time, so there are no locks.
 
