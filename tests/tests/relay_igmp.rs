@@ -111,3 +111,36 @@ fn input_groups_are_joined_while_the_relay_runs() {
         Topology::RELAY_OUT_IF
     );
 }
+
+#[test]
+fn run_time_changes_join_and_leave_only_what_no_other_rule_wants() {
+    if !privileged("run_time_changes_join_and_leave_only_what_no_other_rule_wants") {
+        return;
+    }
+    use fanout_relay_tests::ctl::{Ctl, Workdir, relay_section, rule};
+    let topo = quiet_topology("igmpchg");
+    let dir = Workdir::new("igmpchg");
+    // Two rules share 239.7.7.7 (different ports); a third has 239.8.8.8.
+    let config = relay_section(&dir, "")
+        + &rule("a", "239.7.7.7", 5001, "239.2.2.1", 6001)
+        + &rule("b", "239.7.7.7", 5002, "239.2.2.2", 6002)
+        + &rule("c", "239.8.8.8", 5003, "239.2.2.3", 6003);
+    let relay = RelayProcess::start(&topo.relay, &config, &[]);
+    let ctl = Ctl::new(&dir);
+    let input = Topology::RELAY_IN_IF;
+    let shared = Ipv4Addr::new(239, 7, 7, 7);
+    let single = Ipv4Addr::new(239, 8, 8, 8);
+    let added = Ipv4Addr::new(239, 9, 9, 9);
+    let joined = |group| igmp_groups(&topo.relay, input).contains(&group);
+    assert!(joined(shared) && joined(single));
+    ctl.ok(&["remove", "a"]);
+    assert!(joined(shared), "rule b still wants {shared}");
+    ctl.ok(&["remove", "b"]);
+    assert!(!joined(shared), "no rule wants {shared} any more");
+    assert!(joined(single), "rule c was not touched");
+    ctl.ok(&["add", "d", "rin0:239.9.9.9:5004", "rout0:239.2.2.4:6004"]);
+    assert!(joined(added));
+    ctl.ok(&["remove", "c"]);
+    assert!(!joined(single));
+    relay.stop();
+}

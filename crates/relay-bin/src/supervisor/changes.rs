@@ -201,7 +201,10 @@ impl World {
                 return false;
             }
         };
-        let new_rings = match self.inputs.sync(self.state.set()) {
+        let new_rings = match self
+            .inputs
+            .sync_change(self.state.set(), &change.add, &change.remove)
+        {
             Ok(rings) => rings,
             Err(error) => {
                 self.state.revert(undo);

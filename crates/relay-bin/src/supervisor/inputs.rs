@@ -8,7 +8,7 @@ use fanout_core::bpf::{self, BpfProgram};
 use fanout_core::handoff::RingHandle;
 use fanout_core::igmp::{Membership, Memberships};
 use relay_rules::RuleSet;
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::{Ipv4Addr, UdpSocket};
 use std::os::fd::AsFd;
 
@@ -24,6 +24,36 @@ pub(super) struct Inputs {
     groups: BTreeMap<String, FanoutGroupId>,
     memberships: Memberships,
     sinks: BTreeMap<(Ipv4Addr, u16), UdpSocket>,
+    /// What each rule wants, by name, and how many rules want each membership or sink, so that
+    /// a change touches only what its own rules want ([`Inputs::sync_change`]).
+    wants: HashMap<String, Want>,
+    refs: HashMap<Want, u32>,
+}
+
+/// What one rule's input needs held open.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+enum Want {
+    /// A multicast group joined on the input interface.
+    Group(Membership),
+    /// A socket bound to a unicast input's address and port.
+    Sink((Ipv4Addr, u16)),
+}
+
+impl Want {
+    /// What `rule` wants, with its input interface's name; `None` if `set` has no facts for it.
+    fn of(set: &RuleSet, rule: &relay_rules::Rule) -> Option<(String, Want)> {
+        let facts = set.interfaces().get(&rule.input.interface)?;
+        let want = if rule.input.destination.is_multicast() {
+            Want::Group(Membership {
+                ifindex: facts.index,
+                group: rule.input.destination,
+                source: rule.input.source,
+            })
+        } else {
+            Want::Sink((rule.input.destination, rule.input.port))
+        };
+        Some((facts.name.clone(), want))
+    }
 }
 
 /// New receive rings, each with its fanout member index.
@@ -39,6 +69,112 @@ impl Inputs {
             groups: BTreeMap::new(),
             memberships: Memberships::new(),
             sinks: BTreeMap::new(),
+            wants: HashMap::new(),
+            refs: HashMap::new(),
+        }
+    }
+
+    /// Like [`Inputs::sync`] after a change that added `added` and removed `removed` (by name)
+    /// from the set that is now `set`, in time proportional to the change: only the memberships
+    /// and sinks that no rule wanted before are joined or bound, only those no rule wants any
+    /// more are left or closed. On error, what this call joined, bound or counted is undone.
+    pub(super) fn sync_change(
+        &mut self,
+        set: &RuleSet,
+        added: &[relay_rules::Rule],
+        removed: &[String],
+    ) -> Result<NewRings, String> {
+        let mut counted: Vec<(String, Want)> = Vec::new();
+        let mut opened: Vec<Want> = Vec::new();
+        let mut new_rings = Vec::new();
+        let mut new_groups = Vec::new();
+        let outcome = added.iter().try_for_each(|rule| {
+            let Some((interface, want)) = Want::of(set, rule) else {
+                return Ok(());
+            };
+            if !self.groups.contains_key(&interface)
+                && !new_groups.iter().any(|(name, _)| *name == interface)
+            {
+                let (group, rings) = self.open_rings(&interface, None, 0..self.members)?;
+                new_groups.push((interface.clone(), group));
+                new_rings.extend(rings);
+            }
+            let count = self.refs.entry(want).or_insert(0);
+            *count += 1;
+            counted.push((rule.name.clone(), want));
+            if *count == 1 {
+                self.hold(want)?;
+                opened.push(want);
+            }
+            Ok::<(), String>(())
+        });
+        if let Err(error) = outcome {
+            for want in opened {
+                self.release(want);
+            }
+            for (_, want) in counted {
+                self.forget(want);
+            }
+            return Err(error);
+        }
+        // A rule changed in place is removed and added under one name: its old want goes
+        // before its new one is recorded, and is let go only now that the new one is counted,
+        // so a membership both want is never left and joined again.
+        let gone: Vec<Want> = removed
+            .iter()
+            .filter_map(|name| self.wants.remove(name))
+            .collect();
+        for (name, want) in counted {
+            self.wants.insert(name, want);
+        }
+        for want in gone {
+            if self.forget(want) {
+                self.release(want);
+            }
+        }
+        self.groups.extend(new_groups);
+        Ok(new_rings)
+    }
+
+    /// Joins or binds what `want` needs.
+    fn hold(&mut self, want: Want) -> Result<(), String> {
+        match want {
+            Want::Group(membership) => self
+                .memberships
+                .join(membership)
+                .map_err(|error| error.to_string()),
+            Want::Sink(key) => {
+                let socket = unicast_sink(key)?;
+                self.sinks.insert(key, socket);
+                Ok(())
+            }
+        }
+    }
+
+    /// Leaves or closes what `want` held.
+    fn release(&mut self, want: Want) {
+        match want {
+            Want::Group(membership) => {
+                let _ = self.memberships.leave(membership);
+            }
+            Want::Sink(key) => {
+                self.sinks.remove(&key);
+            }
+        }
+    }
+
+    /// One rule fewer wants `want`; true when none does any more.
+    fn forget(&mut self, want: Want) -> bool {
+        match self.refs.get_mut(&want) {
+            Some(count) if *count > 1 => {
+                *count -= 1;
+                false
+            }
+            Some(_) => {
+                self.refs.remove(&want);
+                true
+            }
+            None => false,
         }
     }
 
@@ -126,6 +262,14 @@ impl Inputs {
         }
         self.sinks.retain(|key, _| wanted_sinks.contains(key));
         self.groups.extend(new_groups);
+        self.wants.clear();
+        self.refs.clear();
+        for rule in set.rules() {
+            if let Some((_, want)) = Want::of(set, rule) {
+                *self.refs.entry(want).or_insert(0) += 1;
+                self.wants.insert(rule.name.clone(), want);
+            }
+        }
         Ok(new_rings)
     }
 
