@@ -366,6 +366,10 @@ fn autoscale_grows_under_load_and_shrinks_when_idle_without_loss() {
     relay.wait_for_log("the decisions", Duration::from_secs(5), |line| {
         line.contains("autoscale: workers busy") && line.contains("shrinking")
     });
-    assert!(grown.is_some());
+    // Growing added a fanout member for the new worker: one member each.
+    let grown = grown.expect("the second worker's report");
+    let mut members: Vec<Vec<u32>> = grown.iter().map(|w| w.members.clone()).collect();
+    members.sort();
+    assert_eq!(members, vec![vec![0], vec![1]], "{grown:#?}");
     relay.stop();
 }

@@ -41,6 +41,12 @@ unsafe impl OptionValue for libc::tpacket_stats_v3 {}
 unsafe impl OptionValue for libc::tpacket_rollover_stats {}
 // SAFETY: repr(C) struct of integers (kernel `struct fanout_args`).
 unsafe impl OptionValue for libc::fanout_args {}
+// SAFETY: repr(C) struct of an interface index and a sockaddr_storage, integers and byte arrays
+// only (kernel `struct group_req`); the kernel only reads it.
+unsafe impl OptionValue for libc::group_req {}
+// SAFETY: repr(C) struct of an interface index and two sockaddr_storage (kernel
+// `struct group_source_req`); the kernel only reads it.
+unsafe impl OptionValue for libc::group_source_req {}
 // SAFETY: repr(C) struct of integers and a byte array (kernel `struct packet_mreq`).
 unsafe impl OptionValue for libc::packet_mreq {}
 // SAFETY: repr(C) struct of a length and a raw pointer the kernel only reads during the call.

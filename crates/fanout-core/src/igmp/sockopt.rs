@@ -1,21 +1,18 @@
 //! The `setsockopt` calls that join and leave groups, with the `group_req` structures nix does
-//! not wrap.
+//! not wrap (passed through [`crate::sys::set_option`]).
 //!
 //! # Safety
 //!
-//! `setsockopt(MCAST_JOIN_GROUP …)` takes `group_req` / `group_source_req` structures by pointer;
-//! the only unsafe code passes a pointer to a local, initialised structure with its exact size.
+//! The only unsafe code builds a `sockaddr_in` inside a zeroed `sockaddr_storage`.
 
-#![allow(
-    unsafe_code,
-    reason = "setsockopt with the group_req structures that nix does not wrap"
-)]
+#![allow(unsafe_code, reason = "a sockaddr_in written into a sockaddr_storage")]
 
 use super::{IgmpError, Membership};
+use crate::sys;
 use std::io;
 use std::mem;
 use std::net::{Ipv4Addr, UdpSocket};
-use std::os::fd::AsRawFd;
+use std::os::fd::AsFd;
 
 fn sockaddr_in(address: Ipv4Addr) -> libc::sockaddr_storage {
     // SAFETY: sockaddr_storage is plain old data for which all-zero bytes are a valid value.
@@ -39,7 +36,7 @@ pub(super) fn setsockopt_membership(
     membership: Membership,
     join: bool,
 ) -> Result<(), IgmpError> {
-    let fd = socket.as_raw_fd();
+    let fd = socket.as_fd();
     let (name, result) = match membership.source {
         None => {
             let request = libc::group_req {
@@ -51,18 +48,10 @@ pub(super) fn setsockopt_membership(
             } else {
                 (libc::MCAST_LEAVE_GROUP, "MCAST_LEAVE_GROUP")
             };
-            // SAFETY: `fd` is an open socket borrowed from `socket` for this call; the pointer and
-            // length describe `request`, a live, initialised group_req.
-            let result = unsafe {
-                libc::setsockopt(
-                    fd,
-                    libc::IPPROTO_IP,
-                    option,
-                    (&raw const request).cast(),
-                    size_of::<libc::group_req>() as libc::socklen_t,
-                )
-            };
-            (name, result)
+            (
+                name,
+                sys::set_option(fd, libc::IPPROTO_IP, option, &request),
+            )
         }
         Some(source) => {
             let request = libc::group_source_req {
@@ -75,26 +64,15 @@ pub(super) fn setsockopt_membership(
             } else {
                 (libc::MCAST_LEAVE_SOURCE_GROUP, "MCAST_LEAVE_SOURCE_GROUP")
             };
-            // SAFETY: as above, with a live, initialised group_source_req.
-            let result = unsafe {
-                libc::setsockopt(
-                    fd,
-                    libc::IPPROTO_IP,
-                    option,
-                    (&raw const request).cast(),
-                    size_of::<libc::group_source_req>() as libc::socklen_t,
-                )
-            };
-            (name, result)
+            (
+                name,
+                sys::set_option(fd, libc::IPPROTO_IP, option, &request),
+            )
         }
     };
-    if result == 0 {
-        Ok(())
-    } else {
-        Err(IgmpError::Setsockopt {
-            option: name,
-            membership,
-            source: io::Error::last_os_error(),
-        })
-    }
+    result.map_err(|errno| IgmpError::Setsockopt {
+        option: name,
+        membership,
+        source: io::Error::from(errno),
+    })
 }

@@ -146,8 +146,9 @@ impl World {
             .collect();
         let mut affected: BTreeSet<usize> = leaving.clone();
         affected.extend(staying.iter().filter(|&&index| !self.slots[index].active));
-        for (member, (&before, &after)) in previous.iter().zip(&owners).enumerate() {
-            if before != after || parked.iter().any(|(new, _)| *new as usize == member) {
+        // A member added for this change has no previous owner (usize::MAX): it counts as moved.
+        for (&before, &after) in previous.iter().zip(&owners) {
+            if before != after {
                 affected.extend(
                     [before, after]
                         .into_iter()
