@@ -177,6 +177,7 @@ impl Relay {
                 dscp: None,
                 vlan: None,
             }],
+            class: None,
         };
         let interfaces = [in_facts, out_facts].into_iter().collect();
         let set = RuleSet::new(vec![rule], interfaces, Limits::default())?;

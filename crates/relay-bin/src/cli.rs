@@ -172,6 +172,9 @@ pub enum CtlCommand {
         input: Option<String>,
         /// Where it sends: IFACE:ADDRESS:PORT[,ttl=N][,source=A][,dscp=N][,vlan=N].
         outputs: Vec<String>,
+        /// The worker class that serves it (a `[[class]]` of the configuration).
+        #[arg(long, value_name = "NAME", conflicts_with = "toml")]
+        class: Option<String>,
         /// Read one [[rule]] table from this TOML file instead (`-` for standard input).
         #[arg(long, value_name = "FILE", conflicts_with_all = ["name", "input", "outputs"])]
         toml: Option<PathBuf>,
@@ -226,9 +229,12 @@ pub enum WorkersAction {
     /// keep relaying; the others stop and start again with their new share, their rings
     /// queueing meanwhile. Lasts until the relay restarts (set `relay.workers` to keep it).
     Set {
-        /// N, a CPU list, or `all`.
+        /// N, a CPU list, or `all` (of the CPUs no other class's workers run on).
         #[arg(value_parser = check_workers)]
         workers: String,
+        /// Change this `[[class]]`'s workers instead of the default class's.
+        #[arg(long, value_name = "NAME")]
+        class: Option<String>,
     },
 }
 

@@ -25,8 +25,13 @@
 //! sustain_s = 5            # for this many one-second samples
 //! cooldown_s = 10          # between changes
 //!
+//! [[class]]               # optional: CPUs with workers of their own, for the rules naming them
+//! name = "video"
+//! cpus = "0-1"             # the other CPUs of relay.workers serve rules that name no class
+//!
 //! [[rule]]
 //! name = "camera-1"
+//! class = "video"          # optional: served only by this class's workers
 //! input = { interface = "eth0", destination = "239.1.1.1", port = 5000 }
 //! outputs = [
 //!   { interface = "eth1", destination = "239.2.2.2", port = 6000, ttl = 8 },
@@ -48,8 +53,10 @@ use std::net::{Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 
 mod autoscale;
+mod class;
 mod ring;
 pub use autoscale::AutoscaleSection;
+pub use class::{ClassEntry, CpuList, check_classes, check_rule_classes};
 pub use ring::{MAX_BUSY_POLL_US, RingSection, RingVersionSetting};
 
 /// The TTL of an output that does not set one: enough to cross a campus, not the world.
@@ -68,6 +75,9 @@ pub struct ConfigFile {
     /// Growing and shrinking the worker set with load; absent, it changes only when told.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub autoscale: Option<AutoscaleSection>,
+    /// Worker classes: named sets of CPUs whose workers serve only the rules that name them.
+    #[serde(default, rename = "class", skip_serializing_if = "Vec::is_empty")]
+    pub classes: Vec<ClassEntry>,
     /// Forwarding rules, in the order written.
     #[serde(default, rename = "rule")]
     pub rules: Vec<RuleEntry>,
@@ -180,25 +190,7 @@ impl WorkersSetting {
             }
             return Ok(WorkersSetting::Count(count));
         }
-        let mut cpus = Vec::new();
-        for part in text.split(',') {
-            let bad =
-                || format!("`{part}` is not a CPU or a range of CPUs (expected e.g. `0-3,6`)");
-            match part.split_once('-') {
-                Some((low, high)) => {
-                    let low: u32 = low.trim().parse().map_err(|_| bad())?;
-                    let high: u32 = high.trim().parse().map_err(|_| bad())?;
-                    if low > high || high - low > 4095 {
-                        return Err(bad());
-                    }
-                    cpus.extend(low..=high);
-                }
-                None => cpus.push(part.trim().parse().map_err(|_| bad())?),
-            }
-        }
-        cpus.sort_unstable();
-        cpus.dedup();
-        Ok(WorkersSetting::Cpus(cpus))
+        CpuList::parse(text).map(|list| WorkersSetting::Cpus(list.0))
     }
 }
 
@@ -285,6 +277,9 @@ pub struct RuleEntry {
     pub input: InputEntry,
     /// Where it sends what it matched.
     pub outputs: Vec<OutputEntry>,
+    /// The `[[class]]` whose workers serve it; the default workers when left out.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub class: Option<String>,
 }
 
 /// A rule's `input` table.
@@ -400,6 +395,7 @@ impl RuleEntry {
                     vlan: output.vlan,
                 })
                 .collect(),
+            class: self.class.clone(),
         }
     }
 }
@@ -427,6 +423,7 @@ impl From<&Rule> for RuleEntry {
                     vlan: output.vlan,
                 })
                 .collect(),
+            class: rule.class.clone(),
         }
     }
 }

@@ -77,9 +77,10 @@ fn command(command: &CtlCommand) -> Result<Command, String> {
         CtlCommand::Stats | CtlCommand::Top { .. } => Command::Stats,
         CtlCommand::Workers { action: None } => Command::Workers,
         CtlCommand::Workers {
-            action: Some(WorkersAction::Set { workers }),
+            action: Some(WorkersAction::Set { workers, class }),
         } => Command::SetWorkers {
             workers: workers.clone(),
+            class: class.clone(),
         },
         CtlCommand::Reload => Command::Reload,
         CtlCommand::Save { file } => Command::Save {
@@ -93,6 +94,7 @@ fn command(command: &CtlCommand) -> Result<Command, String> {
             name,
             input,
             outputs,
+            class,
             toml,
         } => Command::Add {
             rule: match (toml, name, input) {
@@ -104,6 +106,7 @@ fn command(command: &CtlCommand) -> Result<Command, String> {
                         .iter()
                         .map(|o| parse_output(o))
                         .collect::<Result<_, _>>()?,
+                    class: class.clone(),
                 },
                 _ => {
                     return Err(
@@ -245,9 +248,14 @@ pub fn render(reply: &Reply) -> String {
             for rule in rules {
                 let input = &rule.input;
                 let source = input.source.map(|s| format!("@{s}")).unwrap_or_default();
+                let class = rule
+                    .class
+                    .as_ref()
+                    .map(|class| format!(" class {class}"))
+                    .unwrap_or_default();
                 let _ = writeln!(
                     out,
-                    "{:<24} {}:{}:{}{source}",
+                    "{:<24} {}:{}:{}{source}{class}",
                     rule.name, input.interface, input.destination, input.port
                 );
                 for output in &rule.outputs {

@@ -62,12 +62,20 @@ pub fn stats(stats: &StatsReport) -> String {
     out
 }
 
-/// The worker slots.
+/// The worker slots; with a class column when any worker belongs to a `[[class]]`.
 pub fn workers(workers: &[WorkerReport]) -> String {
     let mut out = String::new();
+    let classes = workers.iter().any(|worker| worker.class.is_some());
+    let class_of = |worker: &WorkerReport| {
+        if classes {
+            format!(" {}", worker.class.as_deref().unwrap_or("default"))
+        } else {
+            String::new()
+        }
+    };
     let _ = writeln!(
         out,
-        "{:>4} {:>8} {:<10} {:>8} {:>10} {:>6} {:>12} {:>12} {:>8} {:>9} {:<8}",
+        "{:>4} {:>8} {:<10} {:>8} {:>10} {:>6} {:>12} {:>12} {:>8} {:>9} {:<8}{}",
         "cpu",
         "pid",
         "state",
@@ -78,13 +86,14 @@ pub fn workers(workers: &[WorkerReport]) -> String {
         "forwarded",
         "down_ms",
         "unserved",
-        "members"
+        "members",
+        if classes { " class" } else { "" }
     );
     for worker in workers {
         let members: Vec<String> = worker.members.iter().map(ToString::to_string).collect();
         let _ = writeln!(
             out,
-            "{:>4} {:>8} {:<10} {:>8} {:>10} {:>6} {:>12} {:>12} {:>8} {:>9} {:<8}",
+            "{:>4} {:>8} {:<10} {:>8} {:>10} {:>6} {:>12} {:>12} {:>8} {:>9} {:<8}{}",
             worker.cpu,
             worker
                 .pid
@@ -97,7 +106,8 @@ pub fn workers(workers: &[WorkerReport]) -> String {
             worker.forwarded,
             worker.down_ms,
             worker.unserved_rules,
-            members.join(",")
+            members.join(","),
+            class_of(worker)
         );
     }
     out
@@ -135,5 +145,23 @@ mod tests {
         assert_eq!(imbalance(&[0.0, 0.0]), None);
         assert_eq!(si(1_500_000.0), "1.50M");
         assert_eq!(si(999.0), "999");
+    }
+
+    #[test]
+    fn the_class_column_appears_with_classes_only() {
+        let mut worker = WorkerReport {
+            cpu: 1,
+            state: "ready".into(),
+            ..WorkerReport::default()
+        };
+        let plain = workers(std::slice::from_ref(&worker));
+        assert!(!plain.contains("class"), "{plain}");
+        let default = worker.clone();
+        worker.class = Some("video".into());
+        let classed = workers(&[worker, default]);
+        let lines: Vec<&str> = classed.lines().collect();
+        assert!(lines[0].ends_with(" class"), "{classed}");
+        assert!(lines[1].ends_with(" video"), "{classed}");
+        assert!(lines[2].ends_with(" default"), "{classed}");
     }
 }

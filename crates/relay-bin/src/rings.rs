@@ -9,8 +9,10 @@ use fanout_core::{
     BpfInstruction, BpfProgram, FanoutConfig, FanoutFlags, FanoutGroupId, FanoutMode, RingVersion,
     RxRingBuilder,
 };
+use relay_rules::bpf::KeySense;
 use relay_rules::shard::ShardSet;
 use relay_rules::{InterfaceFacts, Interfaces, Limits, Rule, RuleSet, RuleTable};
+use std::net::Ipv4Addr;
 
 /// The facts of interface `name` as the rules need them, or `None` when it does not exist.
 pub fn interface_facts(name: &str) -> Option<InterfaceFacts> {
@@ -38,7 +40,8 @@ pub fn table(set: &RuleSet, generation: u64, shards: Option<&ShardSet>) -> RuleT
     }
 }
 
-/// Whether `rule` belongs to `shard` (every rule belongs to a worker without one).
+/// Whether `rule` belongs to `shard` (every rule belongs to a worker without one). The shard
+/// count is that of the rule's class.
 pub fn in_shard(rule: &Rule, shard: Option<&ShardEntry>) -> bool {
     shard.is_none_or(|shard| {
         let theirs =
@@ -49,9 +52,18 @@ pub fn in_shard(rule: &Rule, shard: Option<&ShardEntry>) -> bool {
 
 /// The relay-rules pre-filter in the kernel's form: only IPv4 UDP (and still-tagged) frames
 /// reach the rings.
-fn udp_prefilter() -> Result<BpfProgram, String> {
+pub fn udp_prefilter() -> BpfProgram {
     BpfProgram::new(kernel_instructions(&relay_rules::bpf::udp_prefilter()))
-        .map_err(|error| format!("the UDP pre-filter: {error}"))
+        .expect("the UDP pre-filter is a fixed program of 9 instructions")
+}
+
+/// The relay-rules key filter in the kernel's form: the IPv4 UDP frames of `keys` only
+/// ([`KeySense::Listed`]), or every frame the pre-filter takes but those ([`KeySense::Unlisted`]).
+pub fn key_filter(keys: Vec<(Ipv4Addr, u16)>, sense: KeySense) -> Result<BpfProgram, String> {
+    let count = keys.len();
+    let program = relay_rules::bpf::key_filter(keys, sense).map_err(|error| error.to_string())?;
+    BpfProgram::new(kernel_instructions(&program))
+        .map_err(|error| format!("the filter of {count} keys: {error}"))
 }
 
 /// A relay-rules program as the kernel's `sock_filter` instructions (the same layout).
@@ -99,13 +111,14 @@ pub struct FanoutMembers {
 /// also an input is never relayed again; with the rollover flag a member whose ring is full (a
 /// worker that died or stalls) spills to the others instead of dropping. Under `steer`, the
 /// steering program over `count` members is set once the last has joined: the group then has
-/// exactly one member per shard, and it must never grow.
+/// exactly one member per shard, and it must never grow. Every ring gets the socket `filter`.
 pub fn open_fanout_members(
     interface: &str,
     group: Option<FanoutGroupId>,
     count: usize,
     fanout: FanoutSetting,
     ring: &RingSection,
+    filter: &BpfProgram,
 ) -> Result<FanoutMembers, String> {
     let (mode, flags) = match fanout {
         FanoutSetting::Cpu => (FanoutMode::Cpu, FanoutFlags::ROLLOVER),
@@ -139,7 +152,7 @@ pub fn open_fanout_members(
             )));
         }
         let rx = RxRingBuilder::new(interface)
-            .filter(udp_prefilter()?)
+            .filter(filter.clone())
             .version(version)
             .geometry(rx_geometry(ring))
             .retire_timeout(RetireTimeout::Millis(ring.retire_timeout_ms.max(1)))

@@ -83,6 +83,7 @@ fn rule_set(count: usize) -> RuleSet {
                     dscp: None,
                     vlan: None,
                 }],
+                class: None,
             }
         })
         .collect();

@@ -44,6 +44,7 @@
 //!         interface: "out0".into(), destination: Ipv4Addr::new(239, 2, 2, 2), port: 6000,
 //!         ttl: 8, source: None, dscp: None, vlan: None,
 //!     }],
+//!     class: None,
 //! };
 //! let set = RuleSet::new(vec![rule], interfaces, Limits::default()).expect("a valid rule");
 //! let table = RuleTable::build(&set, 1);

@@ -16,6 +16,10 @@ pub struct Rule {
     pub input: Input,
     /// Where matched packets go: at least one, at most [`Limits::max_outputs`].
     pub outputs: Vec<Output>,
+    /// The worker class that serves the rule, by name; `None` for the default workers. The
+    /// library keeps it with the rule (moving a rule to another class changes the rule) and
+    /// leaves its meaning to the application that places rules on workers.
+    pub class: Option<String>,
 }
 
 /// What a rule matches: UDP datagrams arriving on an interface for an address and port.

@@ -83,6 +83,9 @@ pub enum Command {
     SetWorkers {
         /// The new worker set.
         workers: String,
+        /// The `[[class]]` whose workers change; the default class's when left out.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        class: Option<String>,
     },
     /// Re-read the configuration file and apply the difference.
     Reload,
@@ -266,6 +269,9 @@ pub struct WorkerReport {
     /// Milliseconds its worker was not serving (starting, restarting), in all.
     #[serde(default)]
     pub down_ms: u64,
+    /// The `[[class]]` it belongs to; none for the default class.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub class: Option<String>,
 }
 
 /// The fields a request of `command` may have besides `version` and `command`.
@@ -274,7 +280,7 @@ fn fields(command: &Command) -> &'static [&'static str] {
         Command::Add { .. } => &["rule"],
         Command::Remove { .. } => &["name", "key"],
         Command::Save { .. } => &["path"],
-        Command::SetWorkers { .. } => &["workers"],
+        Command::SetWorkers { .. } => &["workers", "class"],
         Command::List | Command::Stats | Command::Workers | Command::Reload => &[],
         #[cfg(feature = "drift-test")]
         Command::DebugCorruptTable { .. } => &["cpu"],

@@ -360,6 +360,7 @@ mod tests {
                 source: None,
             },
             outputs: Vec::new(),
+            class: None,
         });
         snapshot.interfaces.push(InterfaceCounters {
             name: "in0".into(),

@@ -115,12 +115,13 @@ impl World {
             .ok()
             .flatten()
             .map_or(100, |ticks| ticks.max(1) as u64);
+        // Only the default class grows and shrinks: the named ones have the CPUs they name.
         let pids: Vec<u32> = self
-            .active_slots()
+            .class_slots(0)
             .filter(|slot| slot.state_name() == "ready")
             .filter_map(|slot| slot.process.as_ref().map(|p| p.child.id()))
             .collect();
-        let current: Vec<u32> = self.active_slots().map(|slot| slot.cpu).collect();
+        let current: Vec<u32> = self.class_slots(0).map(|slot| slot.cpu).collect();
         let active = current.len();
         let Some(scaler) = self.autoscaler.as_mut() else {
             return;
@@ -150,7 +151,7 @@ impl World {
                 "shrinking"
             }
         );
-        if let Err(error) = self.begin_resize(&WorkersSetting::Cpus(cpus)) {
+        if let Err(error) = self.begin_resize(0, &WorkersSetting::Cpus(cpus)) {
             log::warn!("autoscale: cannot change the worker set: {error}");
         }
         self.advance_resize();

@@ -8,7 +8,6 @@ use crate::control::proto::{ChangeReport, Command, KeyEntry, Reply, Response};
 use crate::notices::Notices;
 use crate::protocol::{InterfaceEntry, ToWorker};
 use crate::ratelimit::Kind;
-use crate::rings;
 use std::collections::BTreeSet;
 use std::path::Path;
 use std::sync::mpsc::{self, Sender};
@@ -32,7 +31,7 @@ impl World {
         let answer = match request.command {
             Command::List => Response::ok(Reply::Rules {
                 generation: self.state.generation(),
-                rules: self.rule_entries(None),
+                rules: self.state.set().rules().iter().map(Into::into).collect(),
             }),
             Command::Save { path } => match self.state.save(Path::new(&path)) {
                 Ok(()) => Response::ok(Reply::Saved {
@@ -65,7 +64,9 @@ impl World {
                 Err(error) => Response::refused(error),
             },
             Command::Reload => return self.reload(Some(reply)),
-            Command::SetWorkers { workers } => return self.set_workers(&workers, reply),
+            Command::SetWorkers { workers, class } => {
+                return self.set_workers(&workers, class.as_deref(), reply);
+            }
             #[cfg(feature = "drift-test")]
             Command::DebugCorruptTable { cpu } => {
                 match self.slots.iter_mut().find(|slot| slot.cpu == cpu) {
@@ -96,6 +97,13 @@ impl World {
                     .map_err(|error| format!("{}: {error}", path.display()))?;
                 let rules = config.to_rules();
                 check_rules(&path, &rules).map_err(|error| error.to_string())?;
+                if config.classes != self.state.classes() {
+                    log::warn!(
+                        "reload of {}: [[class]] changes take effect when the relay restarts; \
+                         the rules are checked against the running classes",
+                        path.display()
+                    );
+                }
                 Ok((text, rules))
             });
         let (text, rules) = match loaded {
@@ -193,6 +201,13 @@ impl World {
                 let _ = reply.send(Response::refused(error));
             }
         };
+        let names: Vec<String> = self.classes.iter().flatten().cloned().collect();
+        let default_workers = self.slots.iter().any(|slot| slot.class == 0 && slot.active);
+        let problems = crate::config::check_rule_classes(&change.add, &names, default_workers);
+        if !problems.is_empty() {
+            refuse(&mut self.notices, reply, problems.join("; "));
+            return false;
+        }
         // Made in place (no copy of the set), undone below if anything after it fails.
         let undo = match self.state.apply(&change) {
             Ok(undo) => undo,
@@ -216,8 +231,17 @@ impl World {
             Ok(generation) => generation,
             Err(error) => {
                 self.state.revert(undo);
-                // Put the memberships back as they were for the set that keeps running.
-                let _ = self.inputs.sync(self.state.set());
+                // Put the memberships back as they were for the set that keeps running: the
+                // change's rules go, the ones it removed or replaced come back.
+                let restored: Vec<relay_rules::Rule> = change
+                    .remove
+                    .iter()
+                    .filter_map(|name| self.state.set().get(name).cloned())
+                    .collect();
+                let added: Vec<String> = change.add.iter().map(|rule| rule.name.clone()).collect();
+                if let Err(error) = self.inputs.sync_change(self.state.set(), &restored, &added) {
+                    log::error!("putting the inputs back after a refused change: {error}");
+                }
                 refuse(
                     &mut self.notices,
                     reply,
@@ -247,21 +271,21 @@ impl World {
                 .map(InterfaceEntry::from)
                 .collect();
             for index in 0..self.slots.len() {
-                // Under shard placement a worker hears only of its own rules.
+                // A worker hears only of the rules it holds: its class's, its shards'.
                 let shard = self.shard_of(index);
                 let remove: Vec<String> = change
                     .remove
                     .iter()
                     .filter(|name| {
                         undo.removed_rule(name)
-                            .is_none_or(|rule| rings::in_shard(rule, shard.as_ref()))
+                            .is_none_or(|rule| self.holds(index, rule, shard.as_ref()))
                     })
                     .cloned()
                     .collect();
                 let add: Vec<RuleEntry> = change
                     .add
                     .iter()
-                    .filter(|rule| rings::in_shard(rule, shard.as_ref()))
+                    .filter(|rule| self.holds(index, rule, shard.as_ref()))
                     .map(RuleEntry::from)
                     .collect();
                 let slot = &mut self.slots[index];
@@ -281,9 +305,11 @@ impl World {
         } else {
             // A new input interface: its rings go to the workers, which take rings only when
             // they start, so each worker is restarted in turn. The rings keep filling meanwhile.
-            for (member, handle) in new_rings {
-                let slot = self.owners[member as usize];
-                self.slots[slot].rings.push((member, handle));
+            for (class, member, handle) in new_rings {
+                let owner = self.owners[class].get(member as usize).copied();
+                if let Some(slot) = owner.and_then(|owner| self.slots.get_mut(owner)) {
+                    slot.rings.push((member, handle));
+                }
             }
             for slot in &mut self.slots {
                 if slot.process.is_some() {

@@ -1,5 +1,12 @@
 //! What the supervisor holds for the rules' inputs, kept in step with the running rule set:
-//! receive rings per input interface, IGMP memberships, and sinks for unicast inputs.
+//! receive rings per worker class and input interface, IGMP memberships, and sinks for unicast
+//! inputs.
+//!
+//! Each class (the default one, then every `[[class]]`) has its own fanout group on each input
+//! interface its rules use. With named classes, each group's socket filter keeps only its
+//! class's traffic: a named class's rings take the (group, port) keys of its rules on that
+//! interface, the default class's take every UDP frame but those, so no worker spends time on
+//! another class's packets. Without named classes every ring has the plain UDP pre-filter.
 
 use crate::config::{FanoutSetting, RingSection};
 use crate::rings;
@@ -8,26 +15,44 @@ use fanout_core::bpf::{self, BpfProgram};
 use fanout_core::handoff::RingHandle;
 use fanout_core::igmp::{Membership, Memberships};
 use relay_rules::RuleSet;
+use relay_rules::bpf::KeySense;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::{Ipv4Addr, UdpSocket};
 use std::os::fd::AsFd;
+
+/// A (destination, port) key, as the class filters match it.
+type Key = (Ipv4Addr, u16);
 
 /// The supervisor's input-side resources.
 #[derive(Debug)]
 pub(super) struct Inputs {
     fanout: FanoutSetting,
     ring: RingSection,
-    /// Fanout members per input interface; every interface has the same count, so member k of
-    /// each is served by the same worker (and under `steer`, is shard k).
-    members: u32,
-    /// The fanout group of each input interface that has rings.
-    groups: BTreeMap<String, FanoutGroupId>,
+    /// The classes by index: the default one (`None`), then the named ones in file order.
+    classes: Vec<Option<String>>,
+    /// Fanout members per input interface, by class; every interface has the same count, so
+    /// member k of each is served by the same worker (and under `steer`, is shard k).
+    members: Vec<u32>,
+    /// The fanout group of each class on each input interface its rules use.
+    groups: BTreeMap<(usize, String), Group>,
     memberships: Memberships,
-    sinks: BTreeMap<(Ipv4Addr, u16), UdpSocket>,
+    sinks: BTreeMap<Key, UdpSocket>,
     /// What each rule wants, by name, and how many rules want each membership or sink, so that
     /// a change touches only what its own rules want ([`Inputs::sync_change`]).
-    wants: HashMap<String, Want>,
+    wants: HashMap<String, RuleInput>,
     refs: HashMap<Want, u32>,
+    /// With named classes: the keys of each named class's rules per input interface, with how
+    /// many rules have each, from which the groups' filters are made.
+    keys: BTreeMap<(String, usize), BTreeMap<Key, u32>>,
+}
+
+/// One class's fanout group on one interface.
+#[derive(Debug)]
+struct Group {
+    id: FanoutGroupId,
+    /// Duplicates of the members' sockets (the rings themselves move between workers), to give
+    /// them a new filter when the class's keys change.
+    sockets: Vec<RingHandle>,
 }
 
 /// What one rule's input needs held open.
@@ -36,13 +61,61 @@ enum Want {
     /// A multicast group joined on the input interface.
     Group(Membership),
     /// A socket bound to a unicast input's address and port.
-    Sink((Ipv4Addr, u16)),
+    Sink(Key),
 }
 
-impl Want {
-    /// What `rule` wants, with its input interface's name; `None` if `set` has no facts for it.
-    fn of(set: &RuleSet, rule: &relay_rules::Rule) -> Option<(String, Want)> {
+/// Where one rule's input comes from, and what it holds open.
+#[derive(Debug, Clone)]
+struct RuleInput {
+    interface: String,
+    class: usize,
+    key: Key,
+    want: Want,
+}
+
+/// New receive rings, each with its class and fanout member index.
+pub(super) type NewRings = Vec<(usize, u32, RingHandle)>;
+
+impl Inputs {
+    /// Nothing held yet; on each input interface class c will get `members[c]` fanout members.
+    /// `classes` are the class names by index, the default class (`None`) first.
+    pub(super) fn new(
+        fanout: FanoutSetting,
+        ring: RingSection,
+        classes: Vec<Option<String>>,
+        members: Vec<u32>,
+    ) -> Self {
+        Inputs {
+            fanout,
+            ring,
+            classes,
+            members,
+            groups: BTreeMap::new(),
+            memberships: Memberships::new(),
+            sinks: BTreeMap::new(),
+            wants: HashMap::new(),
+            refs: HashMap::new(),
+            keys: BTreeMap::new(),
+        }
+    }
+
+    /// The index of the class `rule` names (the default class for none, or an unknown one,
+    /// which validation refuses before a rule gets here).
+    pub(super) fn class_of(&self, rule: &relay_rules::Rule) -> usize {
+        rule.class
+            .as_deref()
+            .and_then(|name| {
+                self.classes
+                    .iter()
+                    .position(|class| class.as_deref() == Some(name))
+            })
+            .unwrap_or(0)
+    }
+
+    /// What `rule` needs, or `None` if `set` has no facts for its input interface.
+    fn input_of(&self, set: &RuleSet, rule: &relay_rules::Rule) -> Option<RuleInput> {
         let facts = set.interfaces().get(&rule.input.interface)?;
+        let key = (rule.input.destination, rule.input.port);
         let want = if rule.input.destination.is_multicast() {
             Want::Group(Membership {
                 ifindex: facts.index,
@@ -50,61 +123,59 @@ impl Want {
                 source: rule.input.source,
             })
         } else {
-            Want::Sink((rule.input.destination, rule.input.port))
+            Want::Sink(key)
         };
-        Some((facts.name.clone(), want))
-    }
-}
-
-/// New receive rings, each with its fanout member index.
-pub(super) type NewRings = Vec<(u32, RingHandle)>;
-
-impl Inputs {
-    /// Nothing held yet; each input interface will get `members` fanout members.
-    pub(super) fn new(fanout: FanoutSetting, ring: RingSection, members: u32) -> Self {
-        Inputs {
-            fanout,
-            ring,
-            members,
-            groups: BTreeMap::new(),
-            memberships: Memberships::new(),
-            sinks: BTreeMap::new(),
-            wants: HashMap::new(),
-            refs: HashMap::new(),
-        }
+        Some(RuleInput {
+            interface: facts.name.clone(),
+            class: self.class_of(rule),
+            key,
+            want,
+        })
     }
 
-    /// Like [`Inputs::sync`] after a change that added `added` and removed `removed` (by name)
-    /// from the set that is now `set`, in time proportional to the change: only the memberships
-    /// and sinks that no rule wanted before are joined or bound, only those no rule wants any
-    /// more are left or closed. On error, what this call joined, bound or counted is undone.
+    /// Makes the held resources follow a change that added `added` and removed `removed` (by
+    /// name) from the set that is now `set`, in time proportional to the change: only the
+    /// memberships and sinks that no rule wanted before are joined or bound, only those no rule
+    /// wants any more are left or closed, and only the filters of interfaces whose class keys
+    /// changed are replaced. Rings are opened for a class on an interface it had none on
+    /// (returned, for the slots that must serve them). On error, what this call joined, bound,
+    /// opened or counted is undone.
     pub(super) fn sync_change(
         &mut self,
         set: &RuleSet,
         added: &[relay_rules::Rule],
         removed: &[String],
     ) -> Result<NewRings, String> {
-        let mut counted: Vec<(String, Want)> = Vec::new();
+        let inputs: Vec<(String, RuleInput)> = added
+            .iter()
+            .filter_map(|rule| Some((rule.name.clone(), self.input_of(set, rule)?)))
+            .collect();
+        let mut touched = BTreeSet::new();
+        // Keys first, so that rings opened below start with filters that take them.
+        for (_, input) in &inputs {
+            if self.count_key(input) {
+                touched.insert(input.interface.clone());
+            }
+        }
+        let mut counted: Vec<Want> = Vec::new();
         let mut opened: Vec<Want> = Vec::new();
         let mut new_rings = Vec::new();
-        let mut new_groups = Vec::new();
-        let outcome = added.iter().try_for_each(|rule| {
-            let Some((interface, want)) = Want::of(set, rule) else {
-                return Ok(());
-            };
-            if !self.groups.contains_key(&interface)
-                && !new_groups.iter().any(|(name, _)| *name == interface)
-            {
-                let (group, rings) = self.open_rings(&interface, None, 0..self.members)?;
-                new_groups.push((interface.clone(), group));
+        let mut new_groups: Vec<((usize, String), Group)> = Vec::new();
+        let outcome = inputs.iter().try_for_each(|(_, input)| {
+            let place = (input.class, input.interface.clone());
+            if !self.groups.contains_key(&place) && !new_groups.iter().any(|(at, _)| *at == place) {
+                let members = 0..self.members[input.class];
+                let (group, rings) =
+                    self.open_rings(input.class, &input.interface, None, members)?;
+                new_groups.push((place, group));
                 new_rings.extend(rings);
             }
-            let count = self.refs.entry(want).or_insert(0);
+            let count = self.refs.entry(input.want).or_insert(0);
             *count += 1;
-            counted.push((rule.name.clone(), want));
+            counted.push(input.want);
             if *count == 1 {
-                self.hold(want)?;
-                opened.push(want);
+                self.hold(input.want)?;
+                opened.push(input.want);
             }
             Ok::<(), String>(())
         });
@@ -112,28 +183,133 @@ impl Inputs {
             for want in opened {
                 self.release(want);
             }
-            for (_, want) in counted {
+            for want in counted {
                 self.forget(want);
+            }
+            for (_, input) in &inputs {
+                self.uncount_key(input);
             }
             return Err(error);
         }
-        // A rule changed in place is removed and added under one name: its old want goes
+        // A rule changed in place is removed and added under one name: its old input goes
         // before its new one is recorded, and is let go only now that the new one is counted,
         // so a membership both want is never left and joined again.
-        let gone: Vec<Want> = removed
+        let gone: Vec<RuleInput> = removed
             .iter()
             .filter_map(|name| self.wants.remove(name))
             .collect();
-        for (name, want) in counted {
-            self.wants.insert(name, want);
+        for (name, input) in inputs {
+            self.wants.insert(name, input);
         }
-        for want in gone {
-            if self.forget(want) {
-                self.release(want);
+        for input in gone {
+            if self.forget(input.want) {
+                self.release(input.want);
+            }
+            if self.uncount_key(&input) {
+                touched.insert(input.interface.clone());
             }
         }
         self.groups.extend(new_groups);
+        for interface in touched {
+            self.refilter(&interface);
+        }
         Ok(new_rings)
+    }
+
+    /// Counts `input`'s key for its named class; true when the class had no rule with it.
+    fn count_key(&mut self, input: &RuleInput) -> bool {
+        if input.class == 0 {
+            return false;
+        }
+        let count = self
+            .keys
+            .entry((input.interface.clone(), input.class))
+            .or_default()
+            .entry(input.key)
+            .or_insert(0);
+        *count += 1;
+        *count == 1
+    }
+
+    /// Takes back one count of `input`'s key; true when no rule of its class has it any more.
+    fn uncount_key(&mut self, input: &RuleInput) -> bool {
+        let place = (input.interface.clone(), input.class);
+        let Some(keys) = self.keys.get_mut(&place) else {
+            return false;
+        };
+        let vanished = match keys.get_mut(&input.key) {
+            Some(count) if *count > 1 => {
+                *count -= 1;
+                false
+            }
+            Some(_) => {
+                keys.remove(&input.key);
+                true
+            }
+            None => false,
+        };
+        if keys.is_empty() {
+            self.keys.remove(&place);
+        }
+        vanished
+    }
+
+    /// The socket filter of class `class`'s rings on `interface`, from the keys counted now.
+    fn filter(&self, class: usize, interface: &str) -> BpfProgram {
+        if self.classes.len() == 1 {
+            return rings::udp_prefilter();
+        }
+        let keys_of = |class: usize| {
+            self.keys
+                .get(&(interface.to_owned(), class))
+                .into_iter()
+                .flat_map(|keys| keys.keys().copied())
+        };
+        let (keys, sense): (Vec<Key>, KeySense) = if class == 0 {
+            let named = (1..self.classes.len()).flat_map(keys_of).collect();
+            (named, KeySense::Unlisted)
+        } else {
+            (keys_of(class).collect(), KeySense::Listed)
+        };
+        match rings::key_filter(keys, sense) {
+            Ok(program) => program,
+            Err(error) => {
+                // Still correct (a worker drops what its class has no rule for), only not
+                // isolated: every class's rings on this interface take all of its UDP.
+                log::warn!(
+                    "class {} on {interface}: {error}; its rings take every UDP frame instead",
+                    self.class_name(class)
+                );
+                rings::udp_prefilter()
+            }
+        }
+    }
+
+    /// Gives every class's rings on `interface` the filter of the keys counted now.
+    fn refilter(&self, interface: &str) {
+        for ((class, _), group) in self
+            .groups
+            .iter()
+            .filter(|((_, name), _)| name == interface)
+        {
+            let program = self.filter(*class, interface);
+            for socket in &group.sockets {
+                if let Err(error) = bpf::attach_filter(socket.as_fd(), &program) {
+                    log::error!(
+                        "class {} on {interface}: cannot replace a ring's filter, which keeps                          its previous keys: {error}",
+                        self.class_name(*class)
+                    );
+                }
+            }
+        }
+    }
+
+    /// A class's name for messages.
+    pub(super) fn class_name(&self, class: usize) -> &str {
+        self.classes
+            .get(class)
+            .and_then(|name| name.as_deref())
+            .unwrap_or("default")
     }
 
     /// Joins or binds what `want` needs.
@@ -178,132 +354,74 @@ impl Inputs {
         }
     }
 
-    /// Makes the held resources match `set`: joins and binds what it needs, leaves and closes
-    /// what it no longer needs, and opens rings on input interfaces that have none yet (returned,
-    /// for the slots that must serve them). On error, what this call joined or bound is undone.
-    pub(super) fn sync(&mut self, set: &RuleSet) -> Result<NewRings, String> {
-        let mut wanted_groups = BTreeSet::new();
-        let mut wanted_sinks = BTreeSet::new();
-        let mut wanted_rings = BTreeSet::new();
-        for rule in set.rules() {
-            let Some(facts) = set.interfaces().get(&rule.input.interface) else {
-                continue;
-            };
-            wanted_rings.insert(facts.name.clone());
-            if rule.input.destination.is_multicast() {
-                wanted_groups.insert(Membership {
-                    ifindex: facts.index,
-                    group: rule.input.destination,
-                    source: rule.input.source,
-                });
-            } else {
-                wanted_sinks.insert((rule.input.destination, rule.input.port));
-            }
-        }
-        let mut joined = Vec::new();
-        let mut bound = Vec::new();
-        let undo = |inputs: &mut Inputs, joined: &[Membership], bound: &[(Ipv4Addr, u16)]| {
-            for membership in joined {
-                let _ = inputs.memberships.leave(*membership);
-            }
-            for key in bound {
-                inputs.sinks.remove(key);
-            }
-        };
-        for &membership in &wanted_groups {
-            if self.memberships.contains(&membership) {
-                continue;
-            }
-            if let Err(error) = self.memberships.join(membership) {
-                undo(self, &joined, &bound);
-                return Err(error.to_string());
-            }
-            joined.push(membership);
-        }
-        for &key in &wanted_sinks {
-            if self.sinks.contains_key(&key) {
-                continue;
-            }
-            match unicast_sink(key) {
-                Ok(socket) => {
-                    self.sinks.insert(key, socket);
-                    bound.push(key);
-                }
-                Err(error) => {
-                    undo(self, &joined, &bound);
-                    return Err(error);
-                }
-            }
-        }
-        let mut new_rings = Vec::new();
-        let mut new_groups = Vec::new();
-        for interface in wanted_rings
-            .iter()
-            .filter(|name| !self.groups.contains_key(*name))
-        {
-            match self.open_rings(interface, None, 0..self.members) {
-                Ok((group, rings)) => {
-                    new_groups.push((interface.clone(), group));
-                    new_rings.extend(rings);
-                }
-                Err(error) => {
-                    undo(self, &joined, &bound);
-                    return Err(error);
-                }
-            }
-        }
-        // Only now that nothing can fail: drop what is no longer wanted. Rings stay (a group
-        // cannot lose members without reshuffling the others); frames for removed rules are
-        // counted as matching no rule.
-        for membership in self.memberships.list() {
-            if !wanted_groups.contains(&membership) {
-                let _ = self.memberships.leave(membership);
-            }
-        }
-        self.sinks.retain(|key, _| wanted_sinks.contains(key));
-        self.groups.extend(new_groups);
-        self.wants.clear();
-        self.refs.clear();
-        for rule in set.rules() {
-            if let Some((_, want)) = Want::of(set, rule) {
-                *self.refs.entry(want).or_insert(0) += 1;
-                self.wants.insert(rule.name.clone(), want);
-            }
-        }
-        Ok(new_rings)
+    /// Fanout members per input interface of class `class`.
+    pub(super) fn members(&self, class: usize) -> u32 {
+        self.members.get(class).copied().unwrap_or(0)
     }
 
-    /// Fanout members per input interface.
-    pub(super) fn members(&self) -> u32 {
-        self.members
-    }
-
-    /// Adds members to every input's fanout group until each has `members`, for more workers
-    /// than members. All or nothing: on error the members added here are closed again.
-    pub(super) fn grow(&mut self, members: u32) -> Result<NewRings, String> {
+    /// Adds members to every input's fanout group of class `class` until each has `members`,
+    /// for more workers than members. All or nothing: on error the members added here are
+    /// closed again.
+    pub(super) fn grow(&mut self, class: usize, members: u32) -> Result<NewRings, String> {
         let mut added = Vec::new();
-        for (interface, &group) in &self.groups {
-            added.extend(
-                self.open_rings(interface, Some(group), self.members..members)?
-                    .1,
-            );
+        let mut sockets = Vec::new();
+        let have = self.members(class);
+        for ((_, interface), group) in self.groups.iter().filter(|((c, _), _)| *c == class) {
+            let (opened, rings) =
+                self.open_rings(class, interface, Some(group.id), have..members)?;
+            sockets.push(((class, interface.clone()), opened.sockets));
+            added.extend(rings);
         }
-        self.members = self.members.max(members);
+        for (place, mut more) in sockets {
+            if let Some(group) = self.groups.get_mut(&place) {
+                group.sockets.append(&mut more);
+            }
+        }
+        self.members[class] = have.max(members);
         Ok(added)
     }
 
     fn open_rings(
         &self,
+        class: usize,
         interface: &str,
         group: Option<FanoutGroupId>,
         members: std::ops::Range<u32>,
-    ) -> Result<(FanoutGroupId, NewRings), String> {
+    ) -> Result<(Group, NewRings), String> {
         let first = members.start;
-        let opened =
-            rings::open_fanout_members(interface, group, members.len(), self.fanout, &self.ring)
-                .map_err(|error| format!("receive rings on {interface}: {error}"))?;
-        let rings = (first..).zip(opened.rings).collect();
-        Ok((opened.group, rings))
+        let opened = rings::open_fanout_members(
+            interface,
+            group,
+            members.len(),
+            self.fanout,
+            &self.ring,
+            &self.filter(class, interface),
+        )
+        .map_err(|error| {
+            format!(
+                "receive rings of class {} on {interface}: {error}",
+                self.class_name(class)
+            )
+        })?;
+        let sockets = opened
+            .rings
+            .iter()
+            .map(|ring| {
+                ring.try_clone()
+                    .map_err(|error| format!("keeping a ring's socket on {interface}: {error}"))
+            })
+            .collect::<Result<_, _>>()?;
+        let rings = (first..)
+            .zip(opened.rings)
+            .map(|(member, ring)| (class, member, ring))
+            .collect();
+        Ok((
+            Group {
+                id: opened.group,
+                sockets,
+            },
+            rings,
+        ))
     }
 }
 

@@ -13,6 +13,11 @@
 //! them may (`ctl workers set`, `[autoscale]`: see `scaling`), and under shard placement the
 //! members a worker serves are the shards whose rules it holds.
 //!
+//! With `[[class]]`es, each class (the default one first) has its own workers, its own fanout
+//! group on each input interface and its own member numbering: a worker serves members of its
+//! class's groups only and holds only its class's rules (see `inputs` for the filters that keep
+//! each class's frames in its own rings).
+//!
 //! Everything happens on one thread, in [`run`]'s loop: worker messages, signals and control
 //! requests arrive over one channel and are handled one at a time, so there are no locks.
 
@@ -38,6 +43,7 @@ use crate::ratelimit::Kind;
 use crate::rings;
 use nix::sys::signal::{SigSet, Signal};
 use nix::sys::signalfd::SignalFd;
+use relay_rules::Rule;
 use std::sync::mpsc::{self, RecvTimeoutError, Sender};
 use std::time::{Duration, Instant};
 
@@ -132,7 +138,7 @@ pub fn run(plan: Plan, options: &RunOptions) -> Result<RunSummary, RunError> {
             .rules()
             .iter()
             .map(|rule| rule.input.interface.as_str()),
-        &plan.cpus,
+        &plan.worker_cpus(),
     );
     let metrics_addr = plan.config.relay.metrics;
     let mut world = plan.build()?;
@@ -518,7 +524,7 @@ impl setup::World {
             cpu: self.slots[slot].cpu,
             generation: self.state.generation(),
             shard: self.shard_of(slot),
-            rules: self.rule_entries(self.shard_of(slot).as_ref()),
+            rules: self.slot_entries(slot),
             interfaces: self.interface_entries(),
             ring: self.ring,
         }
@@ -527,43 +533,47 @@ impl setup::World {
     fn table_message(&self, slot: usize) -> ToWorker {
         ToWorker::Table {
             generation: self.state.generation(),
-            rules: self.rule_entries(self.shard_of(slot).as_ref()),
+            rules: self.slot_entries(slot),
             interfaces: self.interface_entries(),
         }
     }
 
-    /// The rules of `shard` (all of them without one), as the workers receive them.
-    pub(super) fn rule_entries(&self, shard: Option<&ShardEntry>) -> Vec<crate::config::RuleEntry> {
+    /// Whether slot `slot`'s worker holds `rule`, given the shards it serves (`shard_of`): the
+    /// rules of its class, and under shard placement only those of its shards.
+    pub(super) fn holds(&self, slot: usize, rule: &Rule, shard: Option<&ShardEntry>) -> bool {
+        self.inputs.class_of(rule) == self.slots[slot].class && rings::in_shard(rule, shard)
+    }
+
+    /// The rules slot `slot`'s worker holds.
+    pub(super) fn slot_rules(&self, slot: usize) -> impl Iterator<Item = &Rule> + '_ {
+        let shard = self.shard_of(slot);
         self.state
             .set()
             .rules()
             .iter()
-            .filter(|rule| rings::in_shard(rule, shard))
-            .map(Into::into)
-            .collect()
+            .filter(move |rule| self.holds(slot, rule, shard.as_ref()))
     }
 
-    /// The shards slot `slot`'s worker holds under shard placement: the fanout members whose
-    /// rings it serves (the steering program sends member k the packets of shard k).
+    /// The rules slot `slot`'s worker holds, as it receives them.
+    fn slot_entries(&self, slot: usize) -> Vec<crate::config::RuleEntry> {
+        self.slot_rules(slot).map(Into::into).collect()
+    }
+
+    /// The shards slot `slot`'s worker holds under shard placement: the fanout members of its
+    /// class whose rings it serves (the steering program sends member k the packets of shard k).
     pub(super) fn shard_of(&self, slot: usize) -> Option<ShardEntry> {
         (self.placement == PlacementSetting::Shard).then(|| ShardEntry {
             indices: self.slots[slot].members(),
-            count: self.inputs.members(),
+            count: self.inputs.members(self.slots[slot].class),
         })
     }
 
     /// The checksum slot `slot`'s table must have at the current generation.
     fn expected_checksum(&self, slot: usize) -> u64 {
-        match self.shard_of(slot) {
-            None => self.state.set().checksum(),
-            Some(shard) => relay_rules::table::checksum_of(
-                self.state
-                    .set()
-                    .rules()
-                    .iter()
-                    .filter(|rule| rings::in_shard(rule, Some(&shard))),
-            ),
+        if self.classes.len() == 1 && self.placement == PlacementSetting::Replicate {
+            return self.state.set().checksum();
         }
+        relay_rules::table::checksum_of(self.slot_rules(slot))
     }
 
     fn interface_entries(&self) -> Vec<crate::protocol::InterfaceEntry> {

@@ -14,7 +14,6 @@ use super::workers::WorkerSlot;
 use crate::config::{FanoutSetting, PlacementSetting, WorkersSetting};
 use crate::control::Pending;
 use crate::control::proto::{Command, Reply, Response, WorkerReport};
-use crate::rings;
 use std::collections::BTreeSet;
 use std::sync::mpsc::Sender;
 use std::time::{Duration, Instant};
@@ -27,9 +26,11 @@ const SERVE_WITHIN: Duration = Duration::from_secs(10);
 /// A change of the worker set in progress.
 #[derive(Debug)]
 pub(super) struct Resize {
-    /// The CPUs of the new worker set, for the log.
+    /// The class whose workers change (0: the default class).
+    class: usize,
+    /// The CPUs of the class's new worker set, for the log.
     cpus: Vec<u32>,
-    /// The slot serving each member once the change is done.
+    /// The slot serving each of the class's members once the change is done.
     owners: Vec<usize>,
     /// Slots stopped by the change: their members change, or they join or leave.
     affected: BTreeSet<usize>,
@@ -58,11 +59,30 @@ impl World {
         self.command(pending);
     }
 
-    /// Starts changing the worker set to `setting`; answers once every new owner serves.
-    pub(super) fn set_workers(&mut self, setting: &str, reply: Sender<Response>) {
-        let begun = WorkersSetting::parse(setting)
-            .map_err(|error| format!("workers: {error}"))
-            .and_then(|setting| self.begin_resize(&setting));
+    /// Starts changing the workers of class `class` (the default class for none) to `setting`;
+    /// answers once every new owner serves.
+    pub(super) fn set_workers(
+        &mut self,
+        setting: &str,
+        class: Option<&str>,
+        reply: Sender<Response>,
+    ) {
+        let class = match class {
+            None => Ok(0),
+            Some(name) => self
+                .classes
+                .iter()
+                .position(|class| class.as_deref() == Some(name))
+                .ok_or_else(|| {
+                    let names: Vec<&String> = self.classes.iter().flatten().collect();
+                    format!("no class named {name:?} (defined: {names:?})")
+                }),
+        };
+        let begun = class.and_then(|class| {
+            WorkersSetting::parse(setting)
+                .map_err(|error| format!("workers: {error}"))
+                .and_then(|setting| self.begin_resize(class, &setting))
+        });
         match begun {
             Ok(()) => {
                 if let Some(resize) = &mut self.resize {
@@ -80,21 +100,39 @@ impl World {
         }
     }
 
-    /// Starts changing the worker set to `setting`; `Ok` with no resize in progress when the
-    /// set is already that.
-    pub(super) fn begin_resize(&mut self, setting: &WorkersSetting) -> Result<(), String> {
+    /// Starts changing class `class`'s worker set to `setting`; `Ok` with no resize in progress
+    /// when the set is already that. The CPUs of other classes' workers are not available.
+    pub(super) fn begin_resize(
+        &mut self,
+        class: usize,
+        setting: &WorkersSetting,
+    ) -> Result<(), String> {
         if self.resize.is_some() {
             return Err("a change of the worker set is already in progress".into());
         }
         if !self.pending.is_empty() {
             return Err("rule changes are waiting for the workers' confirmation; try again".into());
         }
+        let others: Vec<(u32, usize)> = self
+            .active_slots()
+            .filter(|slot| slot.class != class)
+            .map(|slot| (slot.cpu, slot.class))
+            .collect();
+        if let WorkersSetting::Cpus(list) = setting
+            && let Some(&(cpu, theirs)) = others.iter().find(|(cpu, _)| list.contains(cpu))
+        {
+            return Err(format!(
+                "CPU {cpu} runs a worker of class {}",
+                self.inputs.class_name(theirs)
+            ));
+        }
         let online: Vec<u32> = fanout_core::cpu::online_cpus()
             .map_err(|error| format!("cannot list online CPUs: {error}"))?
             .iter()
             .map(|cpu| cpu as u32)
+            .filter(|cpu| !others.iter().any(|(theirs, _)| theirs == cpu))
             .collect();
-        let current: Vec<u32> = self.active_slots().map(|slot| slot.cpu).collect();
+        let current: Vec<u32> = self.class_slots(class).map(|slot| slot.cpu).collect();
         let cpus = resized_cpus(&current, setting, &online)?;
         if cpus == current {
             return Ok(());
@@ -104,25 +142,29 @@ impl World {
             _ => cpus.len() as u32,
         };
         let mut parked = Vec::new();
-        if needed > self.inputs.members() {
+        let have = self.inputs.members(class);
+        if needed > have {
             if self.fanout == FanoutSetting::Steer {
                 return Err(format!(
-                    "fanout steer has {} shards, one per online CPU when the relay started: \
-                     at most {} workers",
-                    self.inputs.members(),
-                    self.inputs.members()
+                    "fanout steer gives class {} {have} shards, fixed when the relay started: \
+                     at most {have} workers",
+                    self.inputs.class_name(class)
                 ));
             }
-            parked = self.inputs.grow(needed)?;
+            parked = self.inputs.grow(class, needed)?;
         }
-        let members = self.inputs.members() as usize;
+        let members = self.inputs.members(class) as usize;
         let mut joining = Vec::with_capacity(cpus.len());
         for &cpu in &cpus {
-            let index = match self.slots.iter().position(|slot| slot.cpu == cpu) {
+            let known = self
+                .slots
+                .iter()
+                .position(|slot| slot.cpu == cpu && slot.class == class);
+            let index = match known {
                 Some(index) => index,
                 None => {
                     let index = self.slots.len();
-                    let mut slot = WorkerSlot::new(index, cpu, Vec::new());
+                    let mut slot = WorkerSlot::new(index, cpu, class);
                     slot.active = false;
                     self.slots.push(slot);
                     index
@@ -130,7 +172,7 @@ impl World {
             };
             joining.push((index, cpu));
         }
-        let mut previous = self.owners.clone();
+        let mut previous = self.owners[class].clone();
         previous.resize(members, usize::MAX);
         let owners = assign_members(
             members as u32,
@@ -140,7 +182,7 @@ impl World {
         );
         let staying: BTreeSet<usize> = joining.iter().map(|&(index, _)| index).collect();
         let leaving: BTreeSet<usize> = self
-            .active_slots()
+            .class_slots(class)
             .map(|slot| slot.slot)
             .filter(|index| !staying.contains(index))
             .collect();
@@ -172,6 +214,7 @@ impl World {
             let _ = slot.tell(&crate::protocol::ToWorker::Stop);
         }
         self.resize = Some(Resize {
+            class,
             cpus,
             owners,
             affected,
@@ -253,14 +296,19 @@ impl World {
     fn move_rings(&mut self, resize: &mut Resize) {
         let mut loose = std::mem::take(&mut resize.parked);
         for &index in &resize.affected {
-            loose.append(&mut self.slots[index].rings);
+            let rings = std::mem::take(&mut self.slots[index].rings);
+            loose.extend(
+                rings
+                    .into_iter()
+                    .map(|(member, ring)| (resize.class, member, ring)),
+            );
         }
-        for (member, handle) in loose {
-            self.slots[resize.owners[member as usize]]
-                .rings
-                .push((member, handle));
+        for (_, member, handle) in loose {
+            if let Some(&owner) = resize.owners.get(member as usize) {
+                self.slots[owner].rings.push((member, handle));
+            }
         }
-        self.owners = resize.owners.clone();
+        self.owners[resize.class] = resize.owners.clone();
         for &index in &resize.affected {
             let leaving = resize.leaving.contains(&index);
             let slot = &mut self.slots[index];
@@ -279,7 +327,8 @@ impl World {
             .collect();
         // The supervisor follows the worker set: off the workers' CPUs while one is spare.
         if let Some(allowed) = &self.supervisor_cpus {
-            super::setup::keep_off_worker_cpus(allowed, &resize.cpus);
+            let cpus: Vec<u32> = self.active_slots().map(|slot| slot.cpu).collect();
+            super::setup::keep_off_worker_cpus(allowed, &cpus);
         }
         for index in starting {
             self.spawn_now(index);
@@ -303,17 +352,17 @@ impl World {
         self.slots.iter().filter(|slot| slot.active)
     }
 
+    /// The slots of class `class` in the worker set, in slot order.
+    pub(super) fn class_slots(&self, class: usize) -> impl Iterator<Item = &WorkerSlot> + '_ {
+        self.active_slots().filter(move |slot| slot.class == class)
+    }
+
     /// Rules of the shards slot `slot` serves, under shard placement (0 otherwise).
     fn shard_rules(&self, slot: usize) -> u64 {
-        match self.shard_of(slot) {
-            Some(shard) => self
-                .state
-                .set()
-                .rules()
-                .iter()
-                .filter(|rule| rings::in_shard(rule, Some(&shard)))
-                .count() as u64,
-            None => 0,
+        if self.placement == PlacementSetting::Shard {
+            self.slot_rules(slot).count() as u64
+        } else {
+            0
         }
     }
 
@@ -327,7 +376,7 @@ impl World {
             "shards {:?} of {} ({} rules) are not served until the worker on cpu {} is back: \
              their packets wait in its rings and are dropped by the kernel once those are full",
             worker.members(),
-            self.inputs.members(),
+            self.inputs.members(worker.class),
             self.shard_rules(slot),
             worker.cpu
         );
@@ -359,6 +408,7 @@ impl World {
                     },
                     outages: slot.outages,
                     down_ms: (slot.down_total + down_now).as_millis() as u64,
+                    class: self.classes.get(slot.class).cloned().flatten(),
                 }
             })
             .collect()
@@ -405,7 +455,8 @@ pub(super) fn resized_cpus(
 }
 
 /// The slot that serves each of `members` fanout members, given the `active` slots (index,
-/// CPU) and each member's `previous` owner (`usize::MAX` or an index not in `active`: none).
+/// CPU) and each member's `previous` owner (`usize::MAX` or an index not in `active`: none);
+/// `usize::MAX` for every member when no slot is active.
 ///
 /// Under fanout `cpu` (`by_cpu`) member k carries CPU k's packets, so the worker on CPU k serves
 /// it when there is one. Otherwise members stay where they were as long as that keeps the
@@ -419,7 +470,8 @@ pub(super) fn assign_members(
 ) -> Vec<usize> {
     let members = members as usize;
     let Some(&(first, _)) = active.first() else {
-        return vec![0; members];
+        // No worker (a class without CPUs): nobody serves the members.
+        return vec![usize::MAX; members];
     };
     let floor = members / active.len();
     let mut extra = members % active.len();

@@ -83,10 +83,27 @@ pub struct Plan {
     pub set: RuleSet,
     /// Whether `set` came from the state file.
     pub restored: bool,
-    /// CPUs that get a worker when the relay starts, ascending.
+    /// CPUs that get a worker of the default class when the relay starts, ascending: those of
+    /// `relay.workers` that no `[[class]]` takes (with `[autoscale]`, the first `min_workers`).
     pub cpus: Vec<u32>,
-    /// With `[autoscale]`: every CPU of `relay.workers`, which it may grow onto.
+    /// With `[autoscale]`: every CPU of the default class, which it may grow onto.
     pub pool: Vec<u32>,
+    /// The named classes, in file order, with their CPUs.
+    pub classes: Vec<(String, Vec<u32>)>,
+}
+
+impl Plan {
+    /// Every CPU that gets a worker when the relay starts, of any class, ascending.
+    pub fn worker_cpus(&self) -> Vec<u32> {
+        let mut cpus: Vec<u32> = self
+            .cpus
+            .iter()
+            .chain(self.classes.iter().flat_map(|(_, cpus)| cpus))
+            .copied()
+            .collect();
+        cpus.sort_unstable();
+        cpus
+    }
 }
 
 /// Settings given on the command line, which win over the file.
@@ -156,12 +173,36 @@ impl Plan {
         }
         let (rules_path, rules) = rules_from;
         let set = check_rules(&rules_path, &rules)?;
-        let pool = choose_cpus(&config.relay.workers).map_err(|problem| SetupError::Workers {
-            path: path.to_owned(),
-            problem,
-        })?;
+        let classes = check_classes(path, &config)?;
+        let taken: BTreeSet<u32> = classes.iter().flat_map(|(_, cpus)| cpus).copied().collect();
+        let pool: Vec<u32> = choose_cpus(&config.relay.workers)
+            .map_err(|problem| SetupError::Workers {
+                path: path.to_owned(),
+                problem,
+            })?
+            .into_iter()
+            .filter(|cpu| !taken.contains(cpu))
+            .collect();
+        let names: Vec<String> = classes.iter().map(|(name, _)| name.clone()).collect();
+        let problems = crate::config::check_rule_classes(set.rules(), &names, !pool.is_empty());
+        if !problems.is_empty() {
+            return Err(SetupError::Invalid {
+                path: rules_path,
+                errors: problems,
+            });
+        }
         let cpus = match &config.autoscale {
             None => pool.clone(),
+            Some(_) if pool.is_empty() => {
+                return Err(SetupError::Invalid {
+                    path: path.to_owned(),
+                    errors: vec![
+                        "autoscale: every CPU of relay.workers belongs to a [[class]], so there \
+                         are no default workers to scale"
+                            .into(),
+                    ],
+                });
+            }
             Some(autoscale) => {
                 autoscale
                     .check(pool.len(), config.ring.busy_poll_us > 0)
@@ -180,6 +221,7 @@ impl Plan {
             restored,
             cpus,
             pool,
+            classes,
         })
     }
 
@@ -188,30 +230,54 @@ impl Plan {
     pub(super) fn build(self) -> Result<World, SetupError> {
         let supervisor_cpus = placement::allowed_cpus();
         if let Some(allowed) = &supervisor_cpus {
-            keep_off_worker_cpus(allowed, &self.cpus);
+            keep_off_worker_cpus(allowed, &self.worker_cpus());
         }
         let online = fanout_core::cpu::online_cpus().map_or(self.cpus.len(), |cpus| cpus.len());
-        let members = initial_members(self.config.relay.fanout, &self.cpus, online);
-        let mut inputs = Inputs::new(self.config.relay.fanout, self.config.ring, members);
-        let rings = inputs.sync(&self.set).map_err(|error| SetupError::System {
-            what: "setting up the inputs".into(),
-            error,
-        })?;
-        let mut slots: Vec<WorkerSlot> = self
-            .cpus
-            .iter()
-            .enumerate()
-            .map(|(index, &cpu)| WorkerSlot::new(index, cpu, Vec::new()))
-            .collect();
-        let active: Vec<(usize, u32)> = slots.iter().map(|slot| (slot.slot, slot.cpu)).collect();
-        let owners = super::scaling::assign_members(
-            members,
-            self.config.relay.fanout == FanoutSetting::Cpu,
-            &active,
-            &[],
+        let fanout = self.config.relay.fanout;
+        // Class 0 is the default one; under `steer` a named class has one shard per CPU of its
+        // own, the default class one per online CPU.
+        let mut class_cpus = vec![(None, self.cpus.clone(), online)];
+        class_cpus.extend(
+            self.classes
+                .iter()
+                .map(|(name, cpus)| (Some(name.clone()), cpus.clone(), cpus.len())),
         );
-        for (member, handle) in rings {
-            slots[owners[member as usize]].rings.push((member, handle));
+        let members: Vec<u32> = class_cpus
+            .iter()
+            .map(|(_, cpus, online)| initial_members(fanout, cpus, *online))
+            .collect();
+        let names: Vec<Option<String>> = class_cpus.iter().map(|(name, ..)| name.clone()).collect();
+        let mut inputs = Inputs::new(fanout, self.config.ring, names.clone(), members.clone());
+        let rings = inputs
+            .sync_change(&self.set, self.set.rules(), &[])
+            .map_err(|error| SetupError::System {
+                what: "setting up the inputs".into(),
+                error,
+            })?;
+        let mut slots: Vec<WorkerSlot> = Vec::new();
+        let mut owners = Vec::new();
+        for (class, (_, cpus, _)) in class_cpus.iter().enumerate() {
+            let first = slots.len();
+            let active: Vec<(usize, u32)> = (first..).zip(cpus.iter().copied()).collect();
+            slots.extend(
+                active
+                    .iter()
+                    .map(|&(index, cpu)| WorkerSlot::new(index, cpu, class)),
+            );
+            owners.push(super::scaling::assign_members(
+                members[class],
+                fanout == FanoutSetting::Cpu,
+                &active,
+                &[],
+            ));
+        }
+        for (class, member, handle) in rings {
+            let Some(&owner) = owners[class].get(member as usize) else {
+                continue;
+            };
+            if let Some(slot) = slots.get_mut(owner) {
+                slot.rings.push((member, handle));
+            }
         }
         let state_file = self.config.relay.state_file_for(&self.path);
         Ok(World {
@@ -226,6 +292,7 @@ impl Plan {
             pending: Vec::new(),
             resize: None,
             supervisor_cpus,
+            classes: names,
             autoscaler: self
                 .config
                 .autoscale
@@ -266,6 +333,41 @@ pub(super) fn check_rules(path: &Path, rules: &[relay_rules::Rule]) -> Result<Ru
     })
 }
 
+/// The named classes of `config` with their CPUs, checked on their own and against the online
+/// CPUs.
+fn check_classes(path: &Path, config: &ConfigFile) -> Result<Vec<(String, Vec<u32>)>, SetupError> {
+    let mut problems = crate::config::check_classes(&config.classes);
+    if !config.classes.is_empty() {
+        let online: Vec<u32> = fanout_core::cpu::online_cpus()
+            .map_err(|error| SetupError::Workers {
+                path: path.to_owned(),
+                problem: format!("cannot list online CPUs: {error}"),
+            })?
+            .iter()
+            .map(|cpu| cpu as u32)
+            .collect();
+        for class in &config.classes {
+            if let Some(cpu) = class.cpus.0.iter().find(|cpu| !online.contains(cpu)) {
+                problems.push(format!(
+                    "class {:?}: CPU {cpu} is not online (online: {online:?})",
+                    class.name
+                ));
+            }
+        }
+    }
+    if !problems.is_empty() {
+        return Err(SetupError::Invalid {
+            path: path.to_owned(),
+            errors: problems,
+        });
+    }
+    Ok(config
+        .classes
+        .iter()
+        .map(|class| (class.name.clone(), class.cpus.0.clone()))
+        .collect())
+}
+
 /// The CPUs that get a worker under `setting`, ascending; the error says why none can.
 pub(crate) fn choose_cpus(setting: &WorkersSetting) -> Result<Vec<u32>, String> {
     let online: Vec<u32> = fanout_core::cpu::online_cpus()
@@ -297,8 +399,10 @@ pub(crate) fn choose_cpus(setting: &WorkersSetting) -> Result<Vec<u32>, String> 
 #[derive(Debug)]
 pub(super) struct World {
     pub(super) slots: Vec<WorkerSlot>,
-    /// The slot serving each fanout member (the same member index on every input).
-    pub(super) owners: Vec<usize>,
+    /// By class, the slot serving each fanout member (the same member index on every input).
+    pub(super) owners: Vec<Vec<usize>>,
+    /// The class names by index: the default class (`None`), then the `[[class]]`es.
+    pub(super) classes: Vec<Option<String>>,
     pub(super) state: RuleState,
     pub(super) config_path: PathBuf,
     pub(super) ring: RingSection,

@@ -131,6 +131,11 @@ impl RuleState {
         &self.set
     }
 
+    /// The worker classes the relay started with.
+    pub(crate) fn classes(&self) -> &[crate::config::ClassEntry] {
+        &self.config.classes
+    }
+
     /// Its generation.
     pub(crate) fn generation(&self) -> u64 {
         self.generation

@@ -47,6 +47,8 @@ pub struct WorkerSlot {
     pub slot: usize,
     /// CPU the slot's worker is pinned to.
     pub cpu: u32,
+    /// The worker class it belongs to (0: the default class), whose rules and rings it serves.
+    pub class: usize,
     /// The receive rings this slot's worker serves, each with its fanout member index (the
     /// supervisor keeps their sockets open, so the fanout group keeps its membership while the
     /// process is replaced, or while the ring moves to another slot).
@@ -100,12 +102,13 @@ pub struct WorkerProcess {
 }
 
 impl WorkerSlot {
-    /// A slot for `cpu` serving `rings` (with their member indices), with no process yet.
-    pub fn new(slot: usize, cpu: u32, rings: Vec<(u32, RingHandle)>) -> Self {
+    /// A slot for `cpu` in class `class`, with no rings and no process yet.
+    pub fn new(slot: usize, cpu: u32, class: usize) -> Self {
         WorkerSlot {
             slot,
             cpu,
-            rings,
+            class,
+            rings: Vec::new(),
             active: true,
             held: false,
             down_since: None,

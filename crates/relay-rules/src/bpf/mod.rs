@@ -6,6 +6,10 @@
 //! checks instructions: handing them to the kernel is `fanout-core`'s job, which is why
 //! [`Instruction`] has the exact layout of Linux's `struct sock_filter`.
 //!
+//! [`key_filter`] builds the socket filters that keep worker classes apart: a named class's
+//! receive rings get only the frames of its rules' (destination, port) keys, the default class's
+//! rings everything else.
+//!
 //! ```
 //! use relay_rules::bpf::{interp, steering_program, validate_program};
 //!
@@ -24,10 +28,12 @@
 
 mod check;
 pub mod interp;
+mod keys;
 mod prefilter;
 mod steering;
 
 pub use check::{ProgramError, validate_program};
+pub use keys::{KEY_FILTER_MAX_KEYS, KeyFilterError, KeySense, key_filter};
 pub use prefilter::udp_prefilter;
 pub use steering::steering_program;
 

@@ -117,6 +117,7 @@ mod tests {
                 dscp: None,
                 vlan: None,
             }],
+            class: None,
         }
     }
 

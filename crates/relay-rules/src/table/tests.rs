@@ -180,6 +180,7 @@ fn many_rules(count: u32) -> Vec<Rule> {
                 source: None,
             },
             outputs: vec![output("eth1", (base + i).to_be_bytes(), 6000)],
+            class: None,
         })
         .collect()
 }

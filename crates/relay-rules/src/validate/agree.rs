@@ -58,6 +58,7 @@ fn rule() -> impl Strategy<Value = Rule> {
                     source: source.map(Ipv4Addr::from),
                 },
                 outputs,
+                class: None,
             },
         )
 }

@@ -53,6 +53,7 @@ pub(crate) fn rule(name: &str) -> Rule {
             source: None,
         },
         outputs: vec![output("eth1", [239, 2, 2, 2], 6000)],
+        class: None,
     }
 }
 

@@ -164,6 +164,7 @@ mod tests {
                 dscp: None,
                 vlan: None,
             }],
+            class: None,
         }
     }
 

@@ -22,6 +22,7 @@ fn rule(name: &str, port: u16) -> Rule {
             dscp: None,
             vlan: None,
         }],
+        class: None,
     }
 }
 

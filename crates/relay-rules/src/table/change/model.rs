@@ -48,6 +48,7 @@ fn pool_rule(name: usize, key: usize, kind: u8) -> Rule {
             source,
         },
         outputs: vec![out],
+        class: None,
     }
 }
 

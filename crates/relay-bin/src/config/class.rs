@@ -1,0 +1,208 @@
+//! `[[class]]`: named sets of CPUs with workers of their own.
+//!
+//! A rule that names a class is served only by that class's workers: its input goes to the
+//! class's own fanout group on the input interface, whose socket filter keeps only the (group,
+//! port) keys of the class's rules, and every other group on that interface drops them. So
+//! `video` traffic on CPUs 0–1 never waits behind `bulk` traffic on the others, and a burst in
+//! one class fills only that class's rings. Rules that name no class are served by the workers of
+//! `relay.workers` that no class takes.
+
+use relay_rules::Rule;
+use serde::{Deserialize, Serialize};
+use std::collections::{BTreeMap, BTreeSet};
+
+/// One `[[class]]` as written.
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClassEntry {
+    /// The name rules give in their `class` field.
+    pub name: String,
+    /// The CPUs that get one of the class's workers, in the kernel's list syntax (`"0-1,4"`,
+    /// or a single CPU such as `3`). No two classes share a CPU.
+    pub cpus: CpuList,
+}
+
+/// A list of CPUs, written as the kernel writes CPU lists (`"0-3,6"`) or as one CPU number.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CpuList(pub Vec<u32>);
+
+impl CpuList {
+    /// Parses `0-3,6`: ranges and single CPUs, separated by commas; sorted, without repeats.
+    pub fn parse(text: &str) -> Result<Self, String> {
+        let mut cpus = Vec::new();
+        for part in text.trim().split(',') {
+            let bad =
+                || format!("`{part}` is not a CPU or a range of CPUs (expected e.g. `0-3,6`)");
+            match part.split_once('-') {
+                Some((low, high)) => {
+                    let low: u32 = low.trim().parse().map_err(|_| bad())?;
+                    let high: u32 = high.trim().parse().map_err(|_| bad())?;
+                    if low > high || high - low > 4095 {
+                        return Err(bad());
+                    }
+                    cpus.extend(low..=high);
+                }
+                None => cpus.push(part.trim().parse().map_err(|_| bad())?),
+            }
+        }
+        cpus.sort_unstable();
+        cpus.dedup();
+        Ok(CpuList(cpus))
+    }
+}
+
+impl Serialize for CpuList {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let list: Vec<String> = self.0.iter().map(ToString::to_string).collect();
+        serializer.serialize_str(&list.join(","))
+    }
+}
+
+impl<'de> Deserialize<'de> for CpuList {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            One(u32),
+            Text(String),
+        }
+        match Raw::deserialize(deserializer)? {
+            Raw::One(cpu) => Ok(CpuList(vec![cpu])),
+            Raw::Text(text) => CpuList::parse(&text).map_err(serde::de::Error::custom),
+        }
+    }
+}
+
+/// Longest class name: it appears in logs, `ctl workers` and metric labels.
+const MAX_NAME_LEN: usize = 32;
+
+/// What is wrong with the `[[class]]` tables on their own, one line per problem: names must be
+/// short words and unique, every class needs a CPU, and no CPU is in two classes.
+pub fn check_classes(classes: &[ClassEntry]) -> Vec<String> {
+    let mut problems = Vec::new();
+    let mut names = BTreeSet::new();
+    let mut owner: BTreeMap<u32, &str> = BTreeMap::new();
+    for (index, class) in classes.iter().enumerate() {
+        let name = &class.name;
+        let word = !name.is_empty()
+            && name.len() <= MAX_NAME_LEN
+            && name
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+        if !word {
+            problems.push(format!(
+                "class[{index}].name: {name:?} is not a name of 1 to {MAX_NAME_LEN} letters, \
+                 digits, '-' or '_'"
+            ));
+        }
+        if !names.insert(name.as_str()) {
+            problems.push(format!("class[{index}].name: {name:?} is defined twice"));
+        }
+        if class.cpus.0.is_empty() {
+            problems.push(format!("class {name:?}: cpus lists no CPU"));
+        }
+        for &cpu in &class.cpus.0 {
+            if let Some(other) = owner.insert(cpu, name) {
+                problems.push(format!(
+                    "class {name:?}: CPU {cpu} is already class {other:?}'s (a CPU runs the \
+                     workers of one class)"
+                ));
+            }
+        }
+    }
+    problems
+}
+
+/// What is wrong with the classes `rules` name, one line per rule: a class not among the
+/// defined `classes`, or no class when no CPU is left for the default workers (`default_workers` false).
+pub fn check_rule_classes<'a>(
+    rules: impl IntoIterator<Item = &'a Rule>,
+    classes: &[String],
+    default_workers: bool,
+) -> Vec<String> {
+    rules
+        .into_iter()
+        .filter_map(|rule| match &rule.class {
+            Some(class) if !classes.contains(class) => Some(format!(
+                "rule {:?}: class: no class named {class:?} (defined: {classes:?})",
+                rule.name
+            )),
+            None if !default_workers => Some(format!(
+                "rule {:?}: names no class, and every CPU of relay.workers belongs to a class, \
+                 so no worker would serve it: give it a class",
+                rule.name
+            )),
+            _ => None,
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn class(name: &str, cpus: &str) -> ClassEntry {
+        ClassEntry {
+            name: name.into(),
+            cpus: CpuList::parse(cpus).expect("a CPU list"),
+        }
+    }
+
+    #[test]
+    fn cpu_lists_parse_like_the_kernels() {
+        assert_eq!(CpuList::parse("0-2,6,1"), Ok(CpuList(vec![0, 1, 2, 6])));
+        assert_eq!(CpuList::parse("3"), Ok(CpuList(vec![3])));
+        assert!(CpuList::parse("2-1").is_err());
+        assert!(CpuList::parse("x").is_err());
+    }
+
+    #[test]
+    fn classes_must_be_named_once_and_not_share_cpus() {
+        assert!(check_classes(&[class("video", "0"), class("bulk", "1-3")]).is_empty());
+        let problems = check_classes(&[
+            class("video", "0-1"),
+            class("video", "2"),
+            class("bulk", "1"),
+            class("no spaces", "3"),
+        ]);
+        assert_eq!(problems.len(), 3, "{problems:?}");
+        assert!(problems[0].contains("defined twice"), "{problems:?}");
+        assert!(
+            problems[1].contains("CPU 1 is already class \"video\"'s"),
+            "{problems:?}"
+        );
+        assert!(problems[2].contains("\"no spaces\""), "{problems:?}");
+        let empty = ClassEntry {
+            name: "none".into(),
+            cpus: CpuList(Vec::new()),
+        };
+        assert_eq!(check_classes(&[empty]).len(), 1);
+    }
+
+    #[test]
+    fn rules_must_name_a_defined_class_or_have_default_workers() {
+        let classes = ["video".to_owned()];
+        let rule = |name: &str, class: Option<&str>| Rule {
+            name: name.into(),
+            input: relay_rules::Input {
+                interface: "in0".into(),
+                destination: [239, 1, 1, 1].into(),
+                port: 5000,
+                source: None,
+            },
+            outputs: Vec::new(),
+            class: class.map(Into::into),
+        };
+        let rules = [
+            rule("a", Some("video")),
+            rule("b", Some("audio")),
+            rule("c", None),
+        ];
+        let with_default = check_rule_classes(&rules, &classes, true);
+        assert_eq!(with_default.len(), 1, "{with_default:?}");
+        assert!(with_default[0].contains("rule \"b\": class: no class named \"audio\""));
+        let without = check_rule_classes(&rules, &classes, false);
+        assert_eq!(without.len(), 2, "{without:?}");
+        assert!(without[1].contains("rule \"c\": names no class"));
+    }
+}
