@@ -54,6 +54,7 @@ pub mod fanout;
 pub mod handoff;
 pub mod iface;
 pub mod igmp;
+pub mod kernel;
 pub mod ring;
 pub mod socket;
 pub mod stats;

@@ -16,7 +16,7 @@
 //! tx_frames = 4096
 //! busy_poll_us = 0         # low latency (v2 only): spin on the ring this long before sleeping
 //! qdisc_bypass = false     # transmit rings skip the qdisc (PACKET_QDISC_BYPASS)
-//! tx_linear = false        # frames copied whole into the kernel, not lent as ring pages
+//! tx_linear = true         # frames copied whole into the kernel, not lent as ring pages
 //!
 //! [autoscale]              # optional: the worker set follows the load, on relay.workers' CPUs
 //! min_workers = 1          # start with, and never go below

@@ -10,6 +10,7 @@ use super::geometry::{Constraints, Geometry};
 use super::mmap::Mapping;
 use super::tx::{TxCounters, TxRing, VNET_HDR_LEN};
 use super::{RingError, RingVersion};
+use crate::kernel::KernelRelease;
 use crate::socket::{self, PacketSocket, Protocol, SocketError};
 use crate::sys;
 
@@ -99,9 +100,23 @@ impl TxRingBuilder {
     /// this set the socket gets `PACKET_VNET_HDR` and every slot a `virtio_net_hdr` (no offloads)
     /// whose `hdr_len` is the frame's length, which the kernel copies linear in one go. A NIC
     /// that could have sent from the ring's pages by DMA pays a copy per frame instead.
+    ///
+    /// A kernel whose `tpacket_snd()` predates vnet headers would send the header as frame
+    /// data and never says so: check [`TxRingBuilder::linear_supported`] first.
     pub fn linear(mut self, on: bool) -> Self {
         self.linear = on;
         self
+    }
+
+    /// The first release on which [`TxRingBuilder::linear`] is taken to work. Transmit rings
+    /// honour `PACKET_VNET_HDR` since the 4.x series ("packet: tpacket_snd gso and checksum
+    /// offload"); 5.0 is a release certain to have it.
+    pub const LINEAR_SINCE: KernelRelease = KernelRelease::new(5, 0);
+
+    /// Whether the running kernel is one on which [`TxRingBuilder::linear`] works (see
+    /// [`TxRingBuilder::LINEAR_SINCE`]); false when its release cannot be read.
+    pub fn linear_supported() -> bool {
+        KernelRelease::running().is_ok_and(|release| release >= Self::LINEAR_SINCE)
     }
 
     /// Pre-fault the ring's pages at mmap (default on).

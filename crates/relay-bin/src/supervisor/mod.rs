@@ -130,6 +130,13 @@ pub fn run(plan: Plan, options: &RunOptions) -> Result<RunSummary, RunError> {
             plan.path.display()
         );
     }
+    if plan.config.ring.tx_linear && !fanout_core::TxRingBuilder::linear_supported() {
+        log::warn!(
+            "ring.tx_linear: this kernel is older than {} (or its release is unreadable), on \
+             which transmit rings may send a vnet header as data: they lend their pages instead",
+            fanout_core::TxRingBuilder::LINEAR_SINCE
+        );
+    }
     let control_path = plan.config.relay.control_socket_for(&plan.path);
     // Dropped last: the masks go back once the workers are gone, on every way out of here.
     let _rps = crate::steering::RpsFallback::apply(

@@ -55,7 +55,7 @@ impl Sinks {
                 let ring = TxRingBuilder::new(name.as_str())
                     .geometry(rings::tx_geometry(ring))
                     .qdisc_bypass(ring.qdisc_bypass)
-                    .linear(ring.tx_linear)
+                    .linear(ring.tx_linear && TxRingBuilder::linear_supported())
                     .dont_fork(true)
                     .build()
                     .map_err(|error| format!("transmit ring on {name}: {error}"))?;
