@@ -20,7 +20,7 @@
 //!
 //! Unsafe code lives only in the small modules that wrap syscalls and kernel-shared memory
 //! (`sys`, `ring::mmap`, `ring::v3`, `ring::v2`, `ring::tx`, `handoff`, `iface::ioctl`, `igmp`,
-//! `udp_batch`, `alloc_count`), each stating the invariants it keeps.
+//! `udp_batch`, `alloc_count`, `heap`), each stating the invariants it keeps.
 //!
 //! Open a ring and read frames (needs CAP_NET_RAW):
 //!
@@ -52,6 +52,7 @@ pub mod bpf;
 pub mod cpu;
 pub mod fanout;
 pub mod handoff;
+pub mod heap;
 pub mod iface;
 pub mod igmp;
 pub mod kernel;

@@ -141,6 +141,7 @@ impl World {
             return;
         }
         self.file_rules = file_rules;
+        fanout_core::heap::trim();
         // The state file now grew from this text: a restart with this file keeps the changes
         // made at run time after it.
         if let Err(error) = self.state.adopt_config_text(&text) {

@@ -280,33 +280,37 @@ impl Plan {
             }
         }
         let state_file = self.config.relay.state_file_for(&self.path);
+        let file_rules = self
+            .config
+            .rules
+            .iter()
+            .map(|rule| rule.name.clone())
+            .collect();
+        let autoscaler = self
+            .config
+            .autoscale
+            .clone()
+            .map(|section| super::autoscale::Autoscaler::new(section, self.pool.clone()));
+        let (ring, relay) = (self.config.ring, &self.config.relay);
+        let (fanout, placement) = (relay.fanout, relay.placement);
         Ok(World {
             slots,
             owners,
-            state: RuleState::new(self.set, self.config.clone(), Some(state_file), &self.text),
+            state: RuleState::new(self.set, self.config, Some(state_file), &self.text),
             config_path: self.path,
-            ring: self.config.ring,
-            fanout: self.config.relay.fanout,
-            placement: self.config.relay.placement,
+            ring,
+            fanout,
+            placement,
             inputs,
             pending: Vec::new(),
             resize: None,
             supervisor_cpus,
             classes: names,
-            autoscaler: self
-                .config
-                .autoscale
-                .clone()
-                .map(|section| super::autoscale::Autoscaler::new(section, self.pool.clone())),
+            autoscaler,
             worker_events: None,
             rates: super::stats::RateWindow::default(),
             notices: crate::notices::Notices::default(),
-            file_rules: self
-                .config
-                .rules
-                .iter()
-                .map(|rule| rule.name.clone())
-                .collect(),
+            file_rules,
         })
     }
 }

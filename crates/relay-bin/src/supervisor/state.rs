@@ -107,7 +107,8 @@ impl Undo {
 }
 
 impl RuleState {
-    /// The state of a relay starting from `set` (already validated), built from `config`.
+    /// The state of a relay starting from `set` (already validated), built from `config`, whose
+    /// own rules are not kept.
     pub(crate) fn new(
         set: RuleSet,
         config: ConfigFile,
@@ -117,7 +118,12 @@ impl RuleState {
         RuleState {
             set,
             generation: 1,
-            config,
+            // Only the settings: the rules are `set`'s (a second copy of 100,000 rules would
+            // cost the supervisor tens of megabytes).
+            config: ConfigFile {
+                rules: Vec::new(),
+                ..config
+            },
             state_file,
             config_digest: digest(config_text.as_bytes()),
             journal: None,

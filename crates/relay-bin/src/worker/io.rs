@@ -228,6 +228,7 @@ impl WorkerIo {
         }
         self.interfaces = interfaces;
         self.datapath.replace(table);
+        fanout_core::heap::trim();
         Ok(())
     }
 

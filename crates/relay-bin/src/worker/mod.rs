@@ -92,6 +92,10 @@ pub fn run(cpu: u32, supervisor: u32, rings: usize) -> Result<(), WorkerError> {
             checksum: worker.checksum(),
         },
     )?;
+    // The start message and what building the table needed on the way are many times the
+    // table's size: dropped, and their pages given back, before the worker settles in.
+    drop(start);
     drop(reader);
+    fanout_core::heap::trim();
     worker.serve(control)
 }
