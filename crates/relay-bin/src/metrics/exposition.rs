@@ -222,6 +222,22 @@ fn workers(out: &mut Exposition, snapshot: &Snapshot) {
         "Under shard placement, rules of the worker's shards that no worker serves right now.",
         by_slot(|slot| slot.unserved_rules),
     );
+    out.family(
+        "fanout_relay_worker_info",
+        Kind::Gauge,
+        "Always 1; its labels say which worker class (a [[class]], or \"default\") the worker \
+         on that cpu serves, to join the other worker series on.",
+        slots
+            .iter()
+            .map(|slot| {
+                let class = slot.class.as_deref().unwrap_or("default");
+                (
+                    labels(&[("cpu", &slot.cpu.to_string()), ("class", class)]),
+                    1,
+                )
+            })
+            .collect(),
+    );
 }
 
 fn interfaces(out: &mut Exposition, interfaces: &[InterfaceCounters]) {
@@ -385,6 +401,7 @@ mod tests {
             "fanout_relay_worker_restarts_total{cpu=\"1\"} 4",
             "fanout_relay_worker_table_generation{cpu=\"1\"} 3",
             "fanout_relay_worker_ready{cpu=\"1\"} 1",
+            "fanout_relay_worker_info{cpu=\"1\",class=\"default\"} 1",
             "fanout_relay_interface_receive_packets_total{interface=\"in0\"} 15",
             "# TYPE fanout_relay_worker_tx_full_total counter",
             "# TYPE fanout_relay_worker_ready gauge",
