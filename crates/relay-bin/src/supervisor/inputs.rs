@@ -41,8 +41,8 @@ pub(super) struct Inputs {
     /// a change touches only what its own rules want ([`Inputs::sync_change`]).
     wants: HashMap<String, RuleInput>,
     refs: HashMap<Want, u32>,
-    /// With named classes: the keys of each named class's rules per input interface, with how
-    /// many rules have each, from which the groups' filters are made.
+    /// With named classes: the keys of each class's rules per input interface, with how many
+    /// rules have each, from which the groups' filters are made.
     keys: BTreeMap<(String, usize), BTreeMap<Key, u32>>,
 }
 
@@ -216,9 +216,10 @@ impl Inputs {
         Ok(new_rings)
     }
 
-    /// Counts `input`'s key for its named class; true when the class had no rule with it.
+    /// Counts `input`'s key for its class; true when the class had no rule with it. Without
+    /// named classes nothing is counted: every ring takes all UDP.
     fn count_key(&mut self, input: &RuleInput) -> bool {
-        if input.class == 0 {
+        if self.classes.len() == 1 {
             return false;
         }
         let count = self
@@ -254,23 +255,33 @@ impl Inputs {
         vanished
     }
 
+    /// The keys that decide what class `class`'s rings on `interface` take: a named class's
+    /// own keys (`Listed`); for the default class, the named classes' keys that no default
+    /// rule has (`Unlisted`): a key that rules of both have (different sources) must reach both.
+    fn filter_keys(&self, class: usize, interface: &str) -> (Vec<Key>, KeySense) {
+        let keys_of = |class: usize| self.keys.get(&(interface.to_owned(), class));
+        if class == 0 {
+            let own = keys_of(0);
+            let named = (1..self.classes.len())
+                .filter_map(keys_of)
+                .flat_map(|keys| keys.keys().copied())
+                .filter(|key| own.is_none_or(|own| !own.contains_key(key)))
+                .collect();
+            (named, KeySense::Unlisted)
+        } else {
+            let own = keys_of(class)
+                .into_iter()
+                .flat_map(|keys| keys.keys().copied());
+            (own.collect(), KeySense::Listed)
+        }
+    }
+
     /// The socket filter of class `class`'s rings on `interface`, from the keys counted now.
     fn filter(&self, class: usize, interface: &str) -> BpfProgram {
         if self.classes.len() == 1 {
             return rings::udp_prefilter();
         }
-        let keys_of = |class: usize| {
-            self.keys
-                .get(&(interface.to_owned(), class))
-                .into_iter()
-                .flat_map(|keys| keys.keys().copied())
-        };
-        let (keys, sense): (Vec<Key>, KeySense) = if class == 0 {
-            let named = (1..self.classes.len()).flat_map(keys_of).collect();
-            (named, KeySense::Unlisted)
-        } else {
-            (keys_of(class).collect(), KeySense::Listed)
-        };
+        let (keys, sense) = self.filter_keys(class, interface);
         match rings::key_filter(keys, sense) {
             Ok(program) => program,
             Err(error) => {
@@ -454,6 +465,68 @@ fn unicast_sink((address, port): (Ipv4Addr, u16)) -> Result<UdpSocket, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn input(class: usize, port: u16) -> RuleInput {
+        let group = Ipv4Addr::new(239, 1, 1, 1);
+        RuleInput {
+            interface: "in0".into(),
+            class,
+            key: (group, port),
+            want: Want::Group(Membership {
+                ifindex: 1,
+                group,
+                source: None,
+            }),
+        }
+    }
+
+    #[test]
+    fn class_filters_split_keys_and_share_those_of_the_default_class() {
+        let names = vec![None, Some("video".to_owned()), Some("bulk".to_owned())];
+        let mut inputs = Inputs::new(
+            FanoutSetting::Cpu,
+            RingSection::default(),
+            names,
+            vec![1, 1, 1],
+        );
+        let key = |port| (Ipv4Addr::new(239, 1, 1, 1), port);
+        assert!(inputs.count_key(&input(1, 5000)), "a new video key");
+        assert!(!inputs.count_key(&input(1, 5000)), "a second rule of it");
+        assert!(inputs.count_key(&input(2, 5001)));
+        // A default rule on a video key (another source): the default rings keep taking it.
+        assert!(inputs.count_key(&input(0, 5000)));
+        assert_eq!(
+            inputs.filter_keys(1, "in0"),
+            (vec![key(5000)], KeySense::Listed)
+        );
+        assert_eq!(
+            inputs.filter_keys(2, "in0"),
+            (vec![key(5001)], KeySense::Listed)
+        );
+        assert_eq!(
+            inputs.filter_keys(0, "in0"),
+            (vec![key(5001)], KeySense::Unlisted)
+        );
+        // The default rule goes: its key is the video class's alone again.
+        assert!(inputs.uncount_key(&input(0, 5000)));
+        assert_eq!(
+            inputs.filter_keys(0, "in0"),
+            (vec![key(5000), key(5001)], KeySense::Unlisted)
+        );
+        assert!(!inputs.uncount_key(&input(1, 5000)), "one video rule left");
+        assert!(inputs.uncount_key(&input(1, 5000)));
+        assert_eq!(inputs.filter_keys(1, "in0"), (vec![], KeySense::Listed));
+        assert_eq!(inputs.filter_keys(1, "in1"), (vec![], KeySense::Listed));
+        // Without named classes nothing is counted.
+        let mut plain = Inputs::new(
+            FanoutSetting::Cpu,
+            RingSection::default(),
+            vec![None],
+            vec![1],
+        );
+        assert!(!plain.count_key(&input(0, 5000)));
+        assert!(plain.keys.is_empty());
+    }
 
     #[test]
     fn members_follow_the_fanout_mode() {
