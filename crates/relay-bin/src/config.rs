@@ -54,10 +54,15 @@ use std::path::{Path, PathBuf};
 
 mod autoscale;
 mod class;
+mod pieces;
 mod ring;
 pub use autoscale::AutoscaleSection;
 pub use class::{ClassEntry, CpuList, check_classes, check_rule_classes};
 pub use ring::{MAX_BUSY_POLL_US, RingSection, RingVersionSetting};
+
+/// Files from this size on are parsed piece by piece: a whole parse needs about 40 times the
+/// text's size for a moment (700 MB for 100,000 rules), which below this is a few megabytes.
+const PIECES_FROM: usize = 64 * 1024;
 
 /// The TTL of an output that does not set one: enough to cross a campus, not the world.
 pub const DEFAULT_TTL: u8 = 16;
@@ -360,8 +365,15 @@ impl ConfigFile {
         toml::to_string_pretty(self).expect("a configuration always has a TOML form")
     }
 
-    /// Parses the text of a configuration file; the error says where the mistake is.
+    /// Parses the text of a configuration file; the error says where the mistake is. A large
+    /// file is read one `[[rule]]` table at a time (module `pieces`), which bounds the memory
+    /// the parse needs by one rule's document instead of the whole file's.
     pub fn parse(text: &str) -> Result<Self, String> {
+        if text.len() >= PIECES_FROM
+            && let Some(config) = pieces::parse(text)
+        {
+            return Ok(config);
+        }
         toml::from_str(text).map_err(|error| error.to_string().trim_end().to_owned())
     }
 
