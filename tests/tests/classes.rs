@@ -129,6 +129,19 @@ fn each_class_relays_only_its_rules_and_sees_only_its_frames() {
         !refused.status.success() && refused.stderr.contains("no class named \"audio\""),
         "{refused:?}"
     );
+    // A key belongs to one class: another source on the video rule's key cannot go to bulk.
+    let refused = ctl.run(&[
+        "add",
+        "--class",
+        "bulk",
+        "shared",
+        &format!("rin0:{}:{}@192.0.2.99", video.input.0, video.input.1),
+        "rout0:239.2.2.9:6009",
+    ]);
+    assert!(
+        !refused.status.success() && refused.stderr.contains("a key belongs to one class"),
+        "{refused:?}"
+    );
     // A class cannot take another class's CPU.
     let refused = ctl.run(&["workers", "set", "--class", "video", "0-1"]);
     assert!(

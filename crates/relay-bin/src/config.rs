@@ -57,7 +57,9 @@ mod class;
 mod pieces;
 mod ring;
 pub use autoscale::AutoscaleSection;
-pub use class::{ClassEntry, CpuList, check_classes, check_rule_classes};
+pub use class::{
+    ClassEntry, CpuList, check_classes, check_rule_classes, check_shared_keys, shared_key_problem,
+};
 pub use ring::{MAX_BUSY_POLL_US, RingSection, RingVersionSetting};
 
 /// Files from this size on are parsed piece by piece: a whole parse needs about 40 times the

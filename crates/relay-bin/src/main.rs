@@ -19,12 +19,17 @@ fn main() -> ExitCode {
         Command::CheckSteering(args) => relay_bin::steering::run(&args),
         Command::CheckConfig { file } => Plan::load(&file, &Overrides::default(), false)
             .map(|plan| {
+                let classes: String = plan
+                    .classes
+                    .iter()
+                    .map(|(name, cpus)| format!(", class {name} on cpus {cpus:?}"))
+                    .collect();
                 println!(
-                    "{}: ok: {} rule(s), {} interface(s), workers on cpus {:?}",
+                    "{}: ok: {} rule(s), {} interface(s), workers on cpus {:?}{classes}",
                     file.display(),
                     plan.set.len(),
                     plan.set.interfaces().iter().count(),
-                    plan.cpus
+                    plan.worker_cpus()
                 );
             })
             .map_err(|error| error.to_string()),

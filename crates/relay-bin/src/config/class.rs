@@ -137,6 +137,49 @@ pub fn check_rule_classes<'a>(
         .collect()
 }
 
+/// Rules of different classes on one (interface, group, port) key, one line per rule after the
+/// first of its key. A key's frames go to one class's workers (the class filters work on the
+/// key), and a source-specific rule takes precedence over an any-source rule of its key only
+/// where both are in one table: so a key belongs to one class.
+pub fn check_shared_keys<'a>(rules: impl IntoIterator<Item = &'a Rule>) -> Vec<String> {
+    let mut first: std::collections::HashMap<(&str, std::net::Ipv4Addr, u16), &Rule> =
+        std::collections::HashMap::new();
+    let mut problems = Vec::new();
+    for rule in rules {
+        let key = (
+            rule.input.interface.as_str(),
+            rule.input.destination,
+            rule.input.port,
+        );
+        match first.get(&key) {
+            Some(other) if other.class != rule.class => {
+                problems.push(shared_key_problem(rule, other));
+            }
+            Some(_) => {}
+            None => {
+                first.insert(key, rule);
+            }
+        }
+    }
+    problems
+}
+
+/// Why `rule` cannot join `other`'s key.
+pub fn shared_key_problem(rule: &Rule, other: &Rule) -> String {
+    let class = |rule: &Rule| rule.class.clone().unwrap_or_else(|| "default".into());
+    format!(
+        "rule {:?}: class {}: rule {:?} of class {} has its input {}:{}:{}; a key belongs to \
+         one class (its frames reach one class's workers)",
+        rule.name,
+        class(rule),
+        other.name,
+        class(other),
+        rule.input.interface,
+        rule.input.destination,
+        rule.input.port
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -146,6 +189,44 @@ mod tests {
             name: name.into(),
             cpus: CpuList::parse(cpus).expect("a CPU list"),
         }
+    }
+
+    #[test]
+    fn a_key_belongs_to_one_class() {
+        let rule = |name: &str, class: Option<&str>, source: Option<[u8; 4]>| Rule {
+            name: name.into(),
+            input: relay_rules::Input {
+                interface: "in0".into(),
+                destination: [239, 1, 1, 1].into(),
+                port: 5000,
+                source: source.map(Into::into),
+            },
+            outputs: Vec::new(),
+            class: class.map(Into::into),
+        };
+        let same = [
+            rule("a", Some("video"), None),
+            rule("b", Some("video"), Some([192, 0, 2, 1])),
+        ];
+        assert!(check_shared_keys(&same).is_empty());
+        let split = [
+            rule("a", Some("video"), Some([192, 0, 2, 1])),
+            rule("b", None, None),
+            rule("c", Some("bulk"), Some([192, 0, 2, 2])),
+        ];
+        let problems = check_shared_keys(&split);
+        assert_eq!(problems.len(), 2, "{problems:?}");
+        assert!(
+            problems[0].starts_with(
+                "rule \"b\": class default: rule \"a\" of class video has its input \
+                 in0:239.1.1.1:5000"
+            ),
+            "{problems:?}"
+        );
+        assert!(
+            problems[1].contains("rule \"c\": class bulk"),
+            "{problems:?}"
+        );
     }
 
     #[test]

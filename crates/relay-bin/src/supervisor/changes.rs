@@ -8,7 +8,8 @@ use crate::control::proto::{ChangeReport, Command, KeyEntry, Reply, Response};
 use crate::notices::Notices;
 use crate::protocol::{InterfaceEntry, ToWorker};
 use crate::ratelimit::Kind;
-use std::collections::BTreeSet;
+use relay_rules::Rule;
+use std::collections::{BTreeSet, HashMap};
 use std::path::Path;
 use std::sync::mpsc::{self, Sender};
 use std::time::{Duration, Instant};
@@ -204,7 +205,8 @@ impl World {
         };
         let names: Vec<String> = self.classes.iter().flatten().cloned().collect();
         let default_workers = self.slots.iter().any(|slot| slot.class == 0 && slot.active);
-        let problems = crate::config::check_rule_classes(&change.add, &names, default_workers);
+        let mut problems = crate::config::check_rule_classes(&change.add, &names, default_workers);
+        problems.extend(self.shared_key(&change));
         if !problems.is_empty() {
             refuse(&mut self.notices, reply, problems.join("; "));
             return false;
@@ -234,7 +236,7 @@ impl World {
                 self.state.revert(undo);
                 // Put the memberships back as they were for the set that keeps running: the
                 // change's rules go, the ones it removed or replaced come back.
-                let restored: Vec<relay_rules::Rule> = change
+                let restored: Vec<Rule> = change
                     .remove
                     .iter()
                     .filter_map(|name| self.state.set().get(name).cloned())
@@ -326,6 +328,52 @@ impl World {
         });
         self.settle_changes();
         true
+    }
+
+    /// Why `change` would put one (interface, group, port) key in two classes, if it would:
+    /// checked against the class key counts, so in time proportional to the change.
+    fn shared_key(&self, change: &Change) -> Option<String> {
+        if self.inputs.class_count() == 1 {
+            return None;
+        }
+        fn key_of(rule: &Rule) -> (&str, super::inputs::Key) {
+            (
+                rule.input.interface.as_str(),
+                (rule.input.destination, rule.input.port),
+            )
+        }
+        let removed: Vec<&Rule> = change
+            .remove
+            .iter()
+            .filter_map(|name| self.state.set().get(name))
+            .collect();
+        let mut added: HashMap<(&str, super::inputs::Key), &Rule> = HashMap::new();
+        for rule in &change.add {
+            let key = key_of(rule);
+            if let Some(other) = added.get(&key)
+                && other.class != rule.class
+            {
+                return Some(crate::config::shared_key_problem(rule, other));
+            }
+            added.entry(key).or_insert(rule);
+            let class = self.inputs.class_of(rule);
+            for other_class in (0..self.inputs.class_count()).filter(|&c| c != class) {
+                let leaving = removed
+                    .iter()
+                    .filter(|r| key_of(r) == key && self.inputs.class_of(r) == other_class)
+                    .count() as u32;
+                if self.inputs.key_count(key.0, other_class, key.1) > leaving {
+                    // Only now, on a refusal, is the set searched for the rule to name.
+                    let other = self.state.set().rules().iter().find(|r| {
+                        key_of(r) == key
+                            && self.inputs.class_of(r) == other_class
+                            && !change.remove.contains(&r.name)
+                    })?;
+                    return Some(crate::config::shared_key_problem(rule, other));
+                }
+            }
+        }
+        None
     }
 
     /// Answers every pending change that all live, ready workers have confirmed.

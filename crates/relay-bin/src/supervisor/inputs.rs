@@ -21,7 +21,7 @@ use std::net::{Ipv4Addr, UdpSocket};
 use std::os::fd::AsFd;
 
 /// A (destination, port) key, as the class filters match it.
-type Key = (Ipv4Addr, u16);
+pub(super) type Key = (Ipv4Addr, u16);
 
 /// The supervisor's input-side resources.
 #[derive(Debug)]
@@ -256,8 +256,9 @@ impl Inputs {
     }
 
     /// The keys that decide what class `class`'s rings on `interface` take: a named class's
-    /// own keys (`Listed`); for the default class, the named classes' keys that no default
-    /// rule has (`Unlisted`): a key that rules of both have (different sources) must reach both.
+    /// own keys (`Listed`); for the default class, the named classes' keys that no default rule
+    /// has (`Unlisted`). Validation keeps each key in one class; should a key ever be in two,
+    /// the default rings still take it rather than starve a default rule.
     fn filter_keys(&self, class: usize, interface: &str) -> (Vec<Key>, KeySense) {
         let keys_of = |class: usize| self.keys.get(&(interface.to_owned(), class));
         if class == 0 {
@@ -313,6 +314,21 @@ impl Inputs {
                 }
             }
         }
+    }
+
+    /// How many rules of class `class` have `key` on `interface` (counted only with named
+    /// classes).
+    pub(super) fn key_count(&self, interface: &str, class: usize, key: Key) -> u32 {
+        self.keys
+            .get(&(interface.to_owned(), class))
+            .and_then(|keys| keys.get(&key))
+            .copied()
+            .unwrap_or(0)
+    }
+
+    /// The number of classes, the default one included.
+    pub(super) fn class_count(&self) -> usize {
+        self.classes.len()
     }
 
     /// A class's name for messages.

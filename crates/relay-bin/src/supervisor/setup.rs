@@ -184,7 +184,10 @@ impl Plan {
             .filter(|cpu| !taken.contains(cpu))
             .collect();
         let names: Vec<String> = classes.iter().map(|(name, _)| name.clone()).collect();
-        let problems = crate::config::check_rule_classes(set.rules(), &names, !pool.is_empty());
+        let mut problems = crate::config::check_rule_classes(set.rules(), &names, !pool.is_empty());
+        if !names.is_empty() {
+            problems.extend(crate::config::check_shared_keys(set.rules()));
+        }
         if !problems.is_empty() {
             return Err(SetupError::Invalid {
                 path: rules_path,
