@@ -74,23 +74,41 @@ fn worker(stats: &StatsReport, cpu: u32) -> &relay_bin::counters::WorkerCounters
         .counters
 }
 
+/// Whether the machine has the two CPUs these tests give one class each; says so when not.
+fn two_cpus() -> bool {
+    let two = std::thread::available_parallelism().map_or(1, |n| n.get()) == 2;
+    if !two {
+        eprintln!("skipping: this test puts one class on each of exactly two CPUs");
+    }
+    two
+}
+
 #[test]
 fn each_class_relays_only_its_rules_and_sees_only_its_frames() {
-    if !privileged("each_class_relays_only_its_rules_and_sees_only_its_frames") {
-        return;
+    if privileged("each_class_relays_only_its_rules_and_sees_only_its_frames") && two_cpus() {
+        classes_keep_apart("clsx", "");
     }
-    if std::thread::available_parallelism().map_or(1, |n| n.get()) != 2 {
-        eprintln!("skipping: this test puts one class on each of exactly two CPUs");
-        return;
+}
+
+#[test]
+fn classes_keep_apart_under_steer_and_shard_placement() {
+    if privileged("classes_keep_apart_under_steer_and_shard_placement") && two_cpus() {
+        classes_keep_apart("clsh", "fanout = \"steer\"\nplacement = \"shard\"\n");
     }
+}
+
+/// Two classes of one CPU each, with `extra` lines in `[relay]`: each relays its own rules and
+/// receives only its own frames, refusals name what is wrong, and a rule added at run time to
+/// a class reaches only that class's worker.
+fn classes_keep_apart(tag: &str, extra: &str) {
     let video = flow(1, "video");
     let bulk = flow(2, "bulk");
     // No rule has this key: neither class's rings may take its frames.
     let stray = flow(3, "none");
     let late = flow(4, "video");
-    let topo = quiet_topology("clsx");
-    let dir = Workdir::new("clsx");
-    let config = relay_section(&dir, "")
+    let topo = quiet_topology(tag);
+    let dir = Workdir::new(tag);
+    let config = relay_section(&dir, extra)
         + "\n[[class]]\nname = \"video\"\ncpus = \"0\"\n"
         + "\n[[class]]\nname = \"bulk\"\ncpus = 1\n"
         + &rule("v", &video)
