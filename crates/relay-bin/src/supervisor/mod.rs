@@ -137,6 +137,9 @@ pub fn run(plan: Plan, options: &RunOptions) -> Result<RunSummary, RunError> {
             fanout_core::TxRingBuilder::LINEAR_SINCE
         );
     }
+    if plan.config.ring.busy_poll_us > 0 {
+        warn_shared_spinning_cpus(&plan.worker_cpus());
+    }
     let control_path = plan.config.relay.control_socket_for(&plan.path);
     // Dropped last: the masks go back once the workers are gone, on every way out of here.
     let _rps = crate::steering::RpsFallback::apply(
@@ -243,6 +246,27 @@ pub fn run(plan: Plan, options: &RunOptions) -> Result<RunSummary, RunError> {
     }
     world.stop(&events);
     Ok(world.summary())
+}
+
+/// Says which busy-polling workers' CPUs are not isolated from other tasks: a spinning worker
+/// never sleeps, so it earns no wake-up priority, and any task that wants its CPU takes it by
+/// time slices (hundreds of microseconds added, measured in `bench/README.md`).
+fn warn_shared_spinning_cpus(cpus: &[u32]) {
+    let isolated = fanout_core::cpu::read_cpu_list("/sys/devices/system/cpu/isolated")
+        .unwrap_or_else(|_| fanout_core::cpu::CpuSet::new());
+    let shared: Vec<u32> = cpus
+        .iter()
+        .copied()
+        .filter(|&cpu| !isolated.contains(cpu as usize))
+        .collect();
+    if !shared.is_empty() {
+        log::warn!(
+            "ring.busy_poll_us: the workers on cpus {shared:?} spin, and those CPUs are not \
+             isolated (isolcpus): a task that wants one takes it from its worker by time slices, \
+             adding hundreds of microseconds; and under SCHED_FIFO the kernel throttles a worker \
+             that spins for most of a second (sched_rt_runtime_us)"
+        );
+    }
 }
 
 /// Starts the threads that turn signals and worker messages into events, and returns where
