@@ -64,6 +64,16 @@ fn send(sender: &UdpSender, flows: &[&Flow]) {
     }
 }
 
+/// Runs `ctl args` and checks that it was refused with a message containing `why`.
+fn refused(ctl: &Ctl, args: &[&str], why: &str) {
+    let output = ctl.run(args);
+    assert!(
+        !output.status.success() && output.stderr.contains(why),
+        "`ctl {}` should be refused with {why:?}: {output:?}",
+        args.join(" ")
+    );
+}
+
 /// The counters of the worker on `cpu`.
 fn worker(stats: &StatsReport, cpu: u32) -> &relay_bin::counters::WorkerCounters {
     &stats
@@ -125,47 +135,17 @@ fn classes_keep_apart(tag: &str, extra: &str) {
     );
 
     // A rule must name a class here (no CPU is left for default workers), and one that exists.
-    let refused = ctl.run(&[
-        "add",
-        "plain",
-        "rin0:239.1.1.9:5009",
-        "rout0:239.2.2.9:6009",
-    ]);
-    assert!(
-        !refused.status.success() && refused.stderr.contains("names no class"),
-        "{refused:?}"
-    );
-    let refused = ctl.run(&[
-        "add",
-        "--class",
-        "audio",
-        "odd",
-        "rin0:239.1.1.9:5009",
-        "rout0:239.2.2.9:6009",
-    ]);
-    assert!(
-        !refused.status.success() && refused.stderr.contains("no class named \"audio\""),
-        "{refused:?}"
-    );
+    let (input, output) = ("rin0:239.1.1.9:5009", "rout0:239.2.2.9:6009");
+    refused(&ctl, &["add", "plain", input, output], "names no class");
+    let odd = ["add", "--class", "audio", "odd", input, output];
+    refused(&ctl, &odd, "no class named \"audio\"");
     // A key belongs to one class: another source on the video rule's key cannot go to bulk.
-    let refused = ctl.run(&[
-        "add",
-        "--class",
-        "bulk",
-        "shared",
-        &format!("rin0:{}:{}@192.0.2.99", video.input.0, video.input.1),
-        "rout0:239.2.2.9:6009",
-    ]);
-    assert!(
-        !refused.status.success() && refused.stderr.contains("a key belongs to one class"),
-        "{refused:?}"
-    );
+    let shared = format!("rin0:{}:{}@192.0.2.99", video.input.0, video.input.1);
+    let shared = ["add", "--class", "bulk", "shared", &shared, output];
+    refused(&ctl, &shared, "a key belongs to one class");
     // A class cannot take another class's CPU.
-    let refused = ctl.run(&["workers", "set", "--class", "video", "0-1"]);
-    assert!(
-        !refused.status.success() && refused.stderr.contains("CPU 1 runs a worker of class bulk"),
-        "{refused:?}"
-    );
+    let taken = ["workers", "set", "--class", "video", "0-1"];
+    refused(&ctl, &taken, "CPU 1 runs a worker of class bulk");
 
     let receivers = [receive(&topo, &video), receive(&topo, &bulk)];
     let sender = UdpSender::new(&topo.sender, Topology::SENDER_ADDR, 4);

@@ -17,11 +17,10 @@ const PPS: u32 = 500;
 /// How long the receiver waits for the stream (it stops early once the stream is complete).
 const RECEIVE_TIMEOUT: Duration = Duration::from_secs(30);
 
-const LOW_LATENCY: &str = r#"
-[ring]
-version = "v2"
-busy_poll_us = 5000
+const LOW_LATENCY: &str = "[ring]\nversion = \"v2\"\nbusy_poll_us = 5000\n";
 
+/// The one rule every test relays through, from the topology's input to its output.
+const RULE: &str = r#"
 [[rule]]
 name = "cam"
 input = { interface = "rin0", destination = "239.1.1.1", port = 5000 }
@@ -39,12 +38,12 @@ fn logged(log: &str, key: &str) -> Option<u64> {
         .and_then(|value| value.parse().ok())
 }
 
-/// Runs one stream of [`N`] datagrams tagged `tag` through a relay with `config` (one worker)
-/// and checks that every one arrived byte for byte with the rule's TTL and that the worker
+/// Runs one stream of [`N`] datagrams tagged `tag` through a relay with the `ring` section and
+/// [`RULE`] (one worker) and checks that every one arrived byte for byte with the rule's TTL and that the worker
 /// received and forwarded each once, with no transmit or ring drops; returns the relay's log.
-fn relay_one_stream(topology: &str, config: &str, tag: u8) -> String {
+fn relay_one_stream(topology: &str, ring: &str, tag: u8) -> String {
     let topo = quiet_topology(topology);
-    let relay = RelayProcess::start(&topo.relay, config, &["--workers", "1"]);
+    let relay = RelayProcess::start(&topo.relay, &format!("{ring}{RULE}"), &["--workers", "1"]);
     let receiver = UdpReceiver::join(&topo.receiver, "239.2.2.2:6000", Topology::RECEIVER_ADDR)
         .collect(N as usize, RECEIVE_TIMEOUT);
     UdpSender::new(&topo.sender, Topology::SENDER_ADDR, 4).send_numbered(
@@ -109,16 +108,7 @@ fn the_low_latency_mode_relays_every_datagram_by_spinning() {
     }
 }
 
-const TX_OPTIONS: &str = r#"
-[ring]
-qdisc_bypass = true
-tx_linear = true
-
-[[rule]]
-name = "cam"
-input = { interface = "rin0", destination = "239.1.1.1", port = 5000 }
-outputs = [ { interface = "rout0", destination = "239.2.2.2", port = 6000, ttl = 7 } ]
-"#;
+const TX_OPTIONS: &str = "[ring]\nqdisc_bypass = true\ntx_linear = true\n";
 
 #[test]
 fn linear_frames_past_the_qdisc_arrive_byte_exact() {
@@ -129,15 +119,7 @@ fn linear_frames_past_the_qdisc_arrive_byte_exact() {
 }
 
 /// Linear frames are the default: the ring's pages lent to the kernel are the other way.
-const LENT_PAGES: &str = r#"
-[ring]
-tx_linear = false
-
-[[rule]]
-name = "cam"
-input = { interface = "rin0", destination = "239.1.1.1", port = 5000 }
-outputs = [ { interface = "rout0", destination = "239.2.2.2", port = 6000, ttl = 7 } ]
-"#;
+const LENT_PAGES: &str = "[ring]\ntx_linear = false\n";
 
 #[test]
 fn frames_sent_from_lent_ring_pages_arrive_byte_exact() {

@@ -206,10 +206,7 @@ impl Serialize for WorkersSetting {
         match self {
             WorkersSetting::All => serializer.serialize_str("all"),
             WorkersSetting::Count(count) => serializer.serialize_u32(*count),
-            WorkersSetting::Cpus(cpus) => {
-                let list: Vec<String> = cpus.iter().map(ToString::to_string).collect();
-                serializer.serialize_str(&list.join(","))
-            }
+            WorkersSetting::Cpus(cpus) => serializer.collect_str(&CpuList(cpus.clone())),
         }
     }
 }

@@ -109,8 +109,8 @@ impl TxRingBuilder {
     }
 
     /// The first release on which [`TxRingBuilder::linear`] is taken to work. Transmit rings
-    /// honour `PACKET_VNET_HDR` since the 4.x series ("packet: tpacket_snd gso and checksum
-    /// offload"); 5.0 is a release certain to have it.
+    /// learned `PACKET_VNET_HDR` with "packet: tpacket_snd gso and checksum offload", in a 4.x
+    /// release; 5.0 is taken as a release that surely has it.
     pub const LINEAR_SINCE: KernelRelease = KernelRelease::new(5, 0);
 
     /// Whether the running kernel is one on which [`TxRingBuilder::linear`] works (see

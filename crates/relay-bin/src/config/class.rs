@@ -51,10 +51,17 @@ impl CpuList {
     }
 }
 
+impl std::fmt::Display for CpuList {
+    /// As a comma-separated list (`0,1,4`), which [`CpuList::parse`] reads back.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let list: Vec<String> = self.0.iter().map(ToString::to_string).collect();
+        f.write_str(&list.join(","))
+    }
+}
+
 impl Serialize for CpuList {
     fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        let list: Vec<String> = self.0.iter().map(ToString::to_string).collect();
-        serializer.serialize_str(&list.join(","))
+        serializer.collect_str(self)
     }
 }
 

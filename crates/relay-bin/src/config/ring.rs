@@ -48,7 +48,8 @@ pub struct RingSection {
     /// Transmit rings hand each frame to the kernel whole (copied into the socket buffer)
     /// instead of lending it the ring's pages (on by default). On veth, which must copy lent
     /// pages when a frame crosses into another namespace, this saves a page allocation and copy
-    /// per frame (30-40 % of a worker's CPU per packet); a NIC that could send from the ring by
+    /// per frame (about half of a worker's CPU per 64-byte packet, see `bench/README.md`); a NIC
+    /// that could send from the ring by
     /// DMA pays a copy of the frame instead. On a kernel older than
     /// `TxRingBuilder::LINEAR_SINCE` it is off whatever the setting, and the log says so.
     #[serde(skip_serializing_if = "is_true")]

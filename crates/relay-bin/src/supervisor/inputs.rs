@@ -256,24 +256,20 @@ impl Inputs {
     }
 
     /// The keys that decide what class `class`'s rings on `interface` take: a named class's
-    /// own keys (`Listed`); for the default class, the named classes' keys that no default rule
-    /// has (`Unlisted`). Validation keeps each key in one class; should a key ever be in two,
-    /// the default rings still take it rather than starve a default rule.
+    /// own keys (`Listed`); for the default class, every named class's keys (`Unlisted`).
+    /// Validation keeps each key in one class, so no default rule has one of those.
     fn filter_keys(&self, class: usize, interface: &str) -> (Vec<Key>, KeySense) {
-        let keys_of = |class: usize| self.keys.get(&(interface.to_owned(), class));
-        if class == 0 {
-            let own = keys_of(0);
-            let named = (1..self.classes.len())
-                .filter_map(keys_of)
+        let keys_of = |class: usize| {
+            self.keys
+                .get(&(interface.to_owned(), class))
+                .into_iter()
                 .flat_map(|keys| keys.keys().copied())
-                .filter(|key| own.is_none_or(|own| !own.contains_key(key)))
-                .collect();
+        };
+        if class == 0 {
+            let named = (1..self.classes.len()).flat_map(keys_of).collect();
             (named, KeySense::Unlisted)
         } else {
-            let own = keys_of(class)
-                .into_iter()
-                .flat_map(|keys| keys.keys().copied());
-            (own.collect(), KeySense::Listed)
+            (keys_of(class).collect(), KeySense::Listed)
         }
     }
 
@@ -497,7 +493,7 @@ mod tests {
     }
 
     #[test]
-    fn class_filters_split_keys_and_share_those_of_the_default_class() {
+    fn class_filters_split_keys_between_classes() {
         let names = vec![None, Some("video".to_owned()), Some("bulk".to_owned())];
         let mut inputs = Inputs::new(
             FanoutSetting::Cpu,
@@ -509,8 +505,10 @@ mod tests {
         assert!(inputs.count_key(&input(1, 5000)), "a new video key");
         assert!(!inputs.count_key(&input(1, 5000)), "a second rule of it");
         assert!(inputs.count_key(&input(2, 5001)));
-        // A default rule on a video key (another source): the default rings keep taking it.
-        assert!(inputs.count_key(&input(0, 5000)));
+        // The default class's own keys are counted (for the one-class-per-key check) but are
+        // not the named classes': its rings take them, as every key no named class has.
+        assert!(inputs.count_key(&input(0, 5002)));
+        assert_eq!(inputs.key_count("in0", 0, key(5002)), 1);
         assert_eq!(
             inputs.filter_keys(1, "in0"),
             (vec![key(5000)], KeySense::Listed)
@@ -521,17 +519,15 @@ mod tests {
         );
         assert_eq!(
             inputs.filter_keys(0, "in0"),
-            (vec![key(5001)], KeySense::Unlisted)
-        );
-        // The default rule goes: its key is the video class's alone again.
-        assert!(inputs.uncount_key(&input(0, 5000)));
-        assert_eq!(
-            inputs.filter_keys(0, "in0"),
             (vec![key(5000), key(5001)], KeySense::Unlisted)
         );
         assert!(!inputs.uncount_key(&input(1, 5000)), "one video rule left");
         assert!(inputs.uncount_key(&input(1, 5000)));
         assert_eq!(inputs.filter_keys(1, "in0"), (vec![], KeySense::Listed));
+        assert_eq!(
+            inputs.filter_keys(0, "in0"),
+            (vec![key(5001)], KeySense::Unlisted)
+        );
         assert_eq!(inputs.filter_keys(1, "in1"), (vec![], KeySense::Listed));
         // Without named classes nothing is counted.
         let mut plain = Inputs::new(

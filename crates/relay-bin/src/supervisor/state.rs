@@ -118,8 +118,7 @@ impl RuleState {
         RuleState {
             set,
             generation: 1,
-            // Only the settings: the rules are `set`'s (a second copy of 100,000 rules would
-            // cost the supervisor tens of megabytes).
+            // Only the settings: the rules are `set`'s, and a second copy would only cost memory.
             config: ConfigFile {
                 rules: Vec::new(),
                 ..config

@@ -31,6 +31,8 @@ pub mod interp;
 mod keys;
 mod prefilter;
 mod steering;
+#[cfg(test)]
+mod test_packets;
 
 pub use check::{ProgramError, validate_program};
 pub use keys::{KEY_FILTER_MAX_KEYS, KeyFilterError, KeySense, key_filter};
