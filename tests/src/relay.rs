@@ -56,3 +56,15 @@ pub fn quiet(ns: &Netns) {
     ns.sysctl("net.ipv6.conf.all.disable_ipv6", "1");
     ns.sysctl("net.ipv6.conf.default.disable_ipv6", "1");
 }
+
+/// A number a worker logs when it stops, from its last `syscalls` line: `syscalls polls=P
+/// sleeps=S kicks=K ... spin_hits=H segmented=F segmented_datagrams=D`; `None` when absent.
+pub fn worker_logged(log: &str, key: &str) -> Option<u64> {
+    let line = log
+        .lines()
+        .rev()
+        .find(|line| line.contains(": syscalls "))?;
+    line.split_whitespace()
+        .find_map(|field| field.strip_prefix(key)?.strip_prefix('='))
+        .and_then(|value| value.parse().ok())
+}

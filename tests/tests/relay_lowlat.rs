@@ -6,7 +6,7 @@
 use std::time::Duration;
 
 use fanout_relay_tests::relay::{
-    RelayProcess, UdpReceiver, UdpSender, check_stream, quiet_topology,
+    RelayProcess, UdpReceiver, UdpSender, check_stream, quiet_topology, worker_logged as logged,
 };
 use fanout_relay_tests::{Topology, privileged};
 
@@ -26,17 +26,6 @@ name = "cam"
 input = { interface = "rin0", destination = "239.1.1.1", port = 5000 }
 outputs = [ { interface = "rout0", destination = "239.2.2.2", port = 6000, ttl = 7 } ]
 "#;
-
-/// The numbers a worker logs when it stops: `syscalls polls=P sleeps=S kicks=K ... spin_hits=H`.
-fn logged(log: &str, key: &str) -> Option<u64> {
-    let line = log
-        .lines()
-        .rev()
-        .find(|line| line.contains(": syscalls "))?;
-    line.split_whitespace()
-        .find_map(|field| field.strip_prefix(key)?.strip_prefix('='))
-        .and_then(|value| value.parse().ok())
-}
 
 /// Runs one stream of [`N`] datagrams tagged `tag` through a relay with the `ring` section and
 /// [`RULE`] (one worker) and checks that every one arrived byte for byte with the rule's TTL and that the worker

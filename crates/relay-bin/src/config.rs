@@ -17,6 +17,7 @@
 //! busy_poll_us = 0         # low latency (v2 only): spin on the ring this long before sleeping
 //! qdisc_bypass = false     # transmit rings skip the qdisc (PACKET_QDISC_BYPASS)
 //! tx_linear = true         # frames copied whole into the kernel, not lent as ring pages
+//! tx_gso = false           # an output's datagrams of one batch leave as one segmented frame
 //!
 //! [autoscale]              # optional: the worker set follows the load, on relay.workers' CPUs
 //! min_workers = 1          # start with, and never go below
@@ -60,7 +61,7 @@ pub use autoscale::AutoscaleSection;
 pub use class::{
     ClassEntry, CpuList, check_classes, check_rule_classes, check_shared_keys, shared_key_problem,
 };
-pub use ring::{MAX_BUSY_POLL_US, RingSection, RingVersionSetting};
+pub use ring::{MAX_BUSY_POLL_US, RingSection, RingVersionSetting, SEGMENTED_SLOT_BYTES};
 
 /// Files from this size on are parsed piece by piece: a whole parse needs about 40 times the
 /// text's size for a moment (700 MB for 100,000 rules), which below this is a few megabytes.

@@ -1,13 +1,13 @@
 //! The relay's use of the two libraries: interface facts, rule checking, ring sockets.
 
-use crate::config::{FanoutSetting, RingSection, RingVersionSetting};
+use crate::config::{FanoutSetting, RingSection, RingVersionSetting, SEGMENTED_SLOT_BYTES};
 use crate::protocol::ShardEntry;
 use fanout_core::handoff::RingHandle;
 use fanout_core::iface::InterfaceInfo;
 use fanout_core::ring::{Geometry, RetireTimeout};
 use fanout_core::{
     BpfInstruction, BpfProgram, FanoutConfig, FanoutFlags, FanoutGroupId, FanoutMode, RingVersion,
-    RxRingBuilder,
+    RxRingBuilder, TxRingBuilder,
 };
 use relay_rules::bpf::KeySense;
 use relay_rules::shard::ShardSet;
@@ -86,12 +86,28 @@ pub fn rx_geometry(ring: &RingSection) -> Geometry {
 }
 
 /// The transmit ring geometry of the configuration: `tx_frames` slots of `frame_size` bytes in
-/// blocks of (at least) one page.
+/// blocks of (at least) one page; with segmented frames (see [`tx_segmentation`]) as many
+/// slots of [`SEGMENTED_SLOT_BYTES`] as fit in the same memory, and at least 64.
 pub fn tx_geometry(ring: &RingSection) -> Geometry {
-    let page = 4096u32.max(ring.frame_size);
-    let per_block = (page / ring.frame_size).max(1);
-    let blocks = ring.tx_frames.div_ceil(per_block).max(1);
-    Geometry::new(per_block * ring.frame_size, blocks, ring.frame_size)
+    let (frame_size, frames) = if tx_segmentation(ring) {
+        let bytes = u64::from(ring.tx_frames) * u64::from(ring.frame_size);
+        let slots = (bytes / u64::from(SEGMENTED_SLOT_BYTES)).max(64);
+        (
+            SEGMENTED_SLOT_BYTES,
+            u32::try_from(slots).unwrap_or(u32::MAX),
+        )
+    } else {
+        (ring.frame_size, ring.tx_frames)
+    };
+    let page = 4096u32.max(frame_size);
+    let per_block = (page / frame_size).max(1);
+    let blocks = frames.div_ceil(per_block).max(1);
+    Geometry::new(per_block * frame_size, blocks, frame_size)
+}
+
+/// Whether transmit rings carry segmented frames: `tx_gso` on a kernel that takes them.
+pub fn tx_segmentation(ring: &RingSection) -> bool {
+    ring.tx_gso && TxRingBuilder::segmentation_supported()
 }
 
 /// A fanout group on one interface and the receive rings that joined it.

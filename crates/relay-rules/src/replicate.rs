@@ -297,5 +297,8 @@ impl FrameTemplate {
     }
 }
 
+mod segments;
+pub use segments::{MAX_SEGMENTS, Segments, Split, may_segment};
+
 #[cfg(test)]
 mod tests;

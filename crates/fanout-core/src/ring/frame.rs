@@ -235,6 +235,12 @@ impl<'a> Frame<'a> {
         self.status & libc::TP_STATUS_CSUMNOTREADY != 0
     }
 
+    /// Whether the kernel verified the UDP/TCP checksum on receipt (`TP_STATUS_CSUM_VALID`: a
+    /// NIC's receive checksum offload, or a checksum already checked by the stack).
+    pub fn checksum_verified(&self) -> bool {
+        self.status & libc::TP_STATUS_CSUM_VALID != 0
+    }
+
     /// The raw `tp_status` bits (e.g. `TP_STATUS_CSUM_VALID`, `TP_STATUS_LOSING`).
     pub fn status(&self) -> u32 {
         self.status

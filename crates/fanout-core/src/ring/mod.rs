@@ -11,6 +11,7 @@ mod mmap;
 mod rx;
 mod tx;
 mod tx_builder;
+mod tx_held;
 mod v2;
 mod v3;
 
@@ -20,8 +21,9 @@ pub use builder::{RetireTimeout, RxRingBuilder};
 pub use frame::{Frame, PacketType};
 pub use geometry::{Geometry, GeometryError};
 pub use rx::{Block, Frames, Readiness, RxCounters, RxRing};
-pub use tx::{TxCounters, TxRing, TxSlot};
+pub use tx::{TxCounters, TxRing, TxSlot, UdpSegments};
 pub use tx_builder::{TxRingBuilder, TxVersion};
+pub use tx_held::HeldSlot;
 
 use std::os::fd::BorrowedFd;
 

@@ -28,6 +28,7 @@ use std::time::{Duration, Instant};
 
 use nix::errno::Errno;
 use nix::sys::socket::MsgFlags;
+use smallvec::SmallVec;
 
 use super::frame::{u32_at, v2 as h2, v3 as h3};
 use super::geometry::Geometry;
@@ -38,8 +39,51 @@ use crate::socket::PacketSocket;
 /// Bytes of the `virtio_net_hdr` in front of each frame of a linear ring (see
 /// [`TxRingBuilder::linear`](super::TxRingBuilder::linear)).
 pub(super) const VNET_HDR_LEN: usize = 10;
-/// Offset of `hdr_len` (u16, native byte order for the legacy header `vio_le()` reads) in it.
-const VNET_HDR_LEN_FIELD: usize = 2;
+/// `VIRTIO_NET_HDR_F_NEEDS_CSUM`: the kernel (or the NIC) completes the checksum at
+/// `csum_start + csum_offset`.
+const VNET_NEEDS_CSUM: u8 = 1;
+/// `VIRTIO_NET_HDR_GSO_UDP_L4` (linux/virtio_net.h, since 6.2): split into UDP datagrams.
+const VNET_GSO_UDP_L4: u8 = 5;
+/// Offset of the checksum in a UDP header (`csum_offset`).
+const UDP_CHECKSUM_OFFSET: u16 = 6;
+
+/// The `virtio_net_hdr` of a linear slot holding a `len`-byte frame. Its 16-bit fields are in
+/// native byte order, which is what `__virtio16_to_cpu(vio_le(), ..)` reads for the legacy
+/// header on a little-endian host and on a big-endian one alike.
+///
+/// `hdr_len`, the bytes the kernel copies linear (`__packet_snd_vnet_parse()` refuses more than
+/// the frame), is the whole frame. Without `segments` every other field is 0: no offload.
+fn vnet_header(len: usize, segments: Option<UdpSegments>) -> [u8; VNET_HDR_LEN] {
+    let hdr_len = u16::try_from(len).unwrap_or(u16::MAX);
+    let mut header = [0u8; VNET_HDR_LEN];
+    header[2..4].copy_from_slice(&hdr_len.to_ne_bytes());
+    if let Some(segments) = segments {
+        header[0] = VNET_NEEDS_CSUM;
+        header[1] = VNET_GSO_UDP_L4;
+        header[4..6].copy_from_slice(&segments.segment_size.to_ne_bytes());
+        header[6..8].copy_from_slice(&segments.udp_offset.to_ne_bytes());
+        header[8..10].copy_from_slice(&UDP_CHECKSUM_OFFSET.to_ne_bytes());
+    }
+    header
+}
+
+/// How the kernel is to split a frame into UDP datagrams (`VIRTIO_NET_HDR_GSO_UDP_L4`), on a
+/// ring built with [`TxRingBuilder::segmentation`](super::TxRingBuilder::segmentation).
+///
+/// The frame is one IPv4 packet whose payload is a UDP header and the datagrams' payloads back
+/// to back; IPv4 total length and UDP length cover all of them, the IPv4 header checksum is
+/// correct for that length, and the UDP checksum field holds the folded (not complemented)
+/// pseudo-header sum over that length. The kernel, or a NIC with UDP segmentation offload, cuts
+/// the payload every `segment_size` bytes (the last piece may be shorter), gives each piece a
+/// copy of the headers with its own lengths, an IPv4 identification counted up from the
+/// frame's, and a computed UDP checksum.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct UdpSegments {
+    /// Offset of the UDP header in the frame (after Ethernet, tags and IPv4).
+    pub udp_offset: u16,
+    /// Payload bytes of every datagram but the last.
+    pub segment_size: u16,
+}
 
 /// Transmit counters, for the socket's life.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -65,6 +109,10 @@ pub struct TxRing {
     pub(super) version: RingVersion,
     /// Each slot starts with a `virtio_net_hdr` asking for the whole frame to be copied linear.
     pub(super) linear: bool,
+    /// Frames may ask the kernel to split them into UDP datagrams (implies `linear`).
+    pub(super) segmentation: bool,
+    /// Slots given out by `hold_with` and not yet committed, oldest first.
+    pub(super) held: SmallVec<[u32; 8]>,
     /// Next slot to hand out.
     pub(super) head: u32,
     /// Oldest committed slot not yet seen returned.
@@ -83,7 +131,7 @@ pub struct TxSlot<'r> {
 }
 
 impl TxRing {
-    fn frame_count(&self) -> u32 {
+    pub(super) fn frame_count(&self) -> u32 {
         u32::try_from(self.geometry.frame_count())
             .expect("validated: tp_frame_nr fits u32")
             .max(1)
@@ -99,7 +147,7 @@ impl TxRing {
     }
 
     /// Where a slot's frame starts.
-    fn data_offset(&self) -> usize {
+    pub(super) fn data_offset(&self) -> usize {
         self.header_end() + if self.linear { VNET_HDR_LEN } else { 0 }
     }
 
@@ -109,6 +157,11 @@ impl TxRing {
             RingVersion::V3 => h3::STATUS,
         };
         v2::frame_offset(&self.geometry, index) + header
+    }
+
+    /// Slots in the ring.
+    pub fn slot_count(&self) -> u32 {
+        self.frame_count()
     }
 
     /// Largest frame a slot holds.
@@ -126,22 +179,35 @@ impl TxRing {
         self.counters
     }
 
-    /// Frames committed and not yet returned by the kernel.
+    /// Whether frames may ask to be split into UDP datagrams ([`UdpSegments`]).
+    pub fn segmentation(&self) -> bool {
+        self.segmentation
+    }
+
+    /// Frames committed and not yet returned by the kernel, and slots held.
     pub fn in_flight(&self) -> u32 {
         self.in_flight
     }
 
     /// Takes back slots the kernel has finished with, oldest first; stops at the first slot
-    /// still queued or being sent. Refused frames are counted in [`TxCounters::wrong_format`].
+    /// still queued or being sent, or held. Refused frames are counted in
+    /// [`TxCounters::wrong_format`] and removed once no slot is held.
     pub fn reclaim(&mut self) -> u32 {
         let mut reclaimed = 0;
         while self.in_flight > 0 {
+            if self.held.first() == Some(&self.tail) {
+                break;
+            }
             let offset = self.status_offset(self.tail);
             let status = self.map.load_status(offset);
             if status & (libc::TP_STATUS_SEND_REQUEST | libc::TP_STATUS_SENDING) != 0 {
                 break;
             }
             if status & libc::TP_STATUS_WRONG_FORMAT != 0 {
+                // Removing it moves the slots behind it, held ones among them.
+                if !self.held.is_empty() {
+                    break;
+                }
                 self.counters.wrong_format += 1;
                 self.drop_refused();
                 continue;
@@ -267,59 +333,26 @@ impl TxRing {
         }
     }
 
-    /// The socket, for options that may change at any time.
-    pub fn socket(&self) -> &PacketSocket {
-        &self.socket
-    }
-}
-
-impl AsFd for TxRing {
-    fn as_fd(&self) -> BorrowedFd<'_> {
-        self.socket.as_fd()
-    }
-}
-
-impl TxSlot<'_> {
-    fn slot_range(&self) -> (usize, usize) {
-        let offset = v2::frame_offset(&self.ring.geometry, self.index);
-        (offset, self.ring.geometry.frame_size() as usize)
-    }
-
-    /// The slot's frame buffer ([`TxRing::max_frame_len`] bytes), starting at the Ethernet
-    /// header.
-    pub fn buffer(&mut self) -> &mut [u8] {
-        let (offset, len) = self.slot_range();
-        let data = self.ring.data_offset();
-        // SAFETY: `reserve` reclaimed up to this slot, so it is not in flight: its status is
-        // AVAILABLE or WRONG_FORMAT and the kernel does not touch its bytes; the slice borrows
-        // the slot (and through it the ring) mutably, so it ends before `commit` stores the
-        // status.
-        let slot = unsafe { self.ring.map.user_bytes_mut(offset, len) };
-        &mut slot[data..]
-    }
-
-    /// Marks the first `len` bytes of the buffer as a frame to send (TP_STATUS_SEND_REQUEST,
-    /// release); it leaves on the next [`TxRing::flush`]. `len` is clamped to the slot.
-    pub fn commit(self, len: usize) {
-        let len = len.min(self.ring.max_frame_len());
-        let (offset, size) = self.slot_range();
-        let version = self.ring.version;
-        let vnet = self.ring.linear.then(|| self.ring.header_end());
+    /// Writes slot `index`'s frame header (and vnet header) for a frame of `len` bytes, stores
+    /// TP_STATUS_SEND_REQUEST with release ordering and counts the frame as committed. The caller
+    /// holds the slot: reserved or held, so the kernel does not touch it before the status store.
+    pub(super) fn finish_slot(&mut self, index: u32, len: usize, segments: Option<UdpSegments>) {
+        let len = len.min(self.max_frame_len());
+        let offset = v2::frame_offset(&self.geometry, index);
+        let size = self.geometry.frame_size() as usize;
+        let version = self.version;
+        let vnet = self.linear.then(|| self.header_end());
         {
-            // SAFETY: as in `buffer`: the slot is not in flight and no other borrow of it exists.
-            let slot = unsafe { self.ring.map.user_bytes_mut(offset, size) };
+            // SAFETY: the slot is reserved or held by the caller, so it is not in flight (its
+            // status is AVAILABLE or WRONG_FORMAT and the kernel does not touch its bytes), and
+            // no other borrow of it exists: `&mut self` is held.
+            let slot = unsafe { self.map.user_bytes_mut(offset, size) };
             let put = |slot: &mut [u8], at: usize, value: u32| {
                 slot[at..at + 4].copy_from_slice(&value.to_ne_bytes())
             };
-            // tp_len counts the vnet header; its hdr_len (the bytes the kernel copies linear,
-            // `__packet_snd_vnet_parse()` refuses more than the frame) is the whole frame, and
-            // every other field is 0: no checksum or segmentation offload asked for.
             let mut wire_len = len;
             if let Some(at) = vnet {
-                let hdr_len = u16::try_from(len).unwrap_or(u16::MAX);
-                slot[at..at + VNET_HDR_LEN].fill(0);
-                slot[at + VNET_HDR_LEN_FIELD..at + VNET_HDR_LEN_FIELD + 2]
-                    .copy_from_slice(&hdr_len.to_ne_bytes());
+                slot[at..at + VNET_HDR_LEN].copy_from_slice(&vnet_header(len, segments));
                 wire_len += VNET_HDR_LEN;
             }
             let len32 = u32::try_from(wire_len).expect("clamped to the slot size, a u32");
@@ -346,14 +379,53 @@ impl TxSlot<'_> {
                 Some(len32)
             );
         }
-        let status_offset = self.ring.status_offset(self.index);
-        self.ring
-            .map
-            .store_status(status_offset, libc::TP_STATUS_SEND_REQUEST);
+        self.map
+            .store_status(self.status_offset(index), libc::TP_STATUS_SEND_REQUEST);
+        self.unkicked += 1;
+        self.counters.committed += 1;
+    }
+
+    /// The socket, for options that may change at any time.
+    pub fn socket(&self) -> &PacketSocket {
+        &self.socket
+    }
+}
+
+impl AsFd for TxRing {
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        self.socket.as_fd()
+    }
+}
+
+impl TxSlot<'_> {
+    pub(super) fn index(&self) -> u32 {
+        self.index
+    }
+
+    fn slot_range(&self) -> (usize, usize) {
+        let offset = v2::frame_offset(&self.ring.geometry, self.index);
+        (offset, self.ring.geometry.frame_size() as usize)
+    }
+
+    /// The slot's frame buffer ([`TxRing::max_frame_len`] bytes), starting at the Ethernet
+    /// header.
+    pub fn buffer(&mut self) -> &mut [u8] {
+        let (offset, len) = self.slot_range();
+        let data = self.ring.data_offset();
+        // SAFETY: `reserve` reclaimed up to this slot, so it is not in flight: its status is
+        // AVAILABLE or WRONG_FORMAT and the kernel does not touch its bytes; the slice borrows
+        // the slot (and through it the ring) mutably, so it ends before `commit` stores the
+        // status.
+        let slot = unsafe { self.ring.map.user_bytes_mut(offset, len) };
+        &mut slot[data..]
+    }
+
+    /// Marks the first `len` bytes of the buffer as a frame to send (TP_STATUS_SEND_REQUEST,
+    /// release); it leaves on the next [`TxRing::flush`]. `len` is clamped to the slot.
+    pub fn commit(self, len: usize) {
         let ring = self.ring;
+        ring.finish_slot(self.index, len, None);
         ring.head = (ring.head + 1) % ring.frame_count();
         ring.in_flight += 1;
-        ring.unkicked += 1;
-        ring.counters.committed += 1;
     }
 }

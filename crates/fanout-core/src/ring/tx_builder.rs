@@ -13,6 +13,7 @@ use super::{RingError, RingVersion};
 use crate::kernel::KernelRelease;
 use crate::socket::{self, PacketSocket, Protocol, SocketError};
 use crate::sys;
+use smallvec::SmallVec;
 
 /// `PACKET_VNET_HDR` (linux/if_packet.h); not exported by libc for every target.
 const PACKET_VNET_HDR: libc::c_int = 15;
@@ -39,6 +40,7 @@ pub struct TxRingBuilder {
     qdisc_bypass: bool,
     loss: bool,
     linear: bool,
+    segmentation: bool,
     populate: bool,
     dont_fork: bool,
 }
@@ -54,6 +56,7 @@ impl TxRingBuilder {
             qdisc_bypass: false,
             loss: false,
             linear: false,
+            segmentation: false,
             populate: true,
             dont_fork: false,
         }
@@ -119,6 +122,31 @@ impl TxRingBuilder {
         KernelRelease::running().is_ok_and(|release| release >= Self::LINEAR_SINCE)
     }
 
+    /// Let frames ask the kernel to split them into UDP datagrams ([`UdpSegments`](super::UdpSegments), committed
+    /// through [`TxRing::commit_held`]); implies [`TxRingBuilder::linear`].
+    ///
+    /// One such frame carries many datagrams of one flow through `tpacket_snd()`, the qdisc
+    /// and the device as one socket buffer; it is split by the NIC (UDP segmentation offload),
+    /// by the stack just before a device that cannot, or, across veth, by the receiving
+    /// socket. The slots must be large enough to hold the datagrams, and each datagram's UDP
+    /// checksum is computed anew from its payload. Check
+    /// [`TxRingBuilder::segmentation_supported`] first: an older kernel refuses these frames.
+    pub fn segmentation(mut self, on: bool) -> Self {
+        self.segmentation = on;
+        self
+    }
+
+    /// The first release whose `virtio_net_hdr_to_skb()` accepts `VIRTIO_NET_HDR_GSO_UDP_L4`
+    /// ("virtio_net: ... USO", 6.2); an earlier one marks every such frame
+    /// TP_STATUS_WRONG_FORMAT.
+    pub const SEGMENTATION_SINCE: KernelRelease = KernelRelease::new(6, 2);
+
+    /// Whether the running kernel accepts [`TxRingBuilder::segmentation`]'s frames (see
+    /// [`TxRingBuilder::SEGMENTATION_SINCE`]); false when its release cannot be read.
+    pub fn segmentation_supported() -> bool {
+        KernelRelease::running().is_ok_and(|release| release >= Self::SEGMENTATION_SINCE)
+    }
+
     /// Pre-fault the ring's pages at mmap (default on).
     pub fn populate(mut self, on: bool) -> Self {
         self.populate = on;
@@ -149,7 +177,8 @@ impl TxRingBuilder {
         };
         // The vnet header sits where the frame would start: count it as reserved room.
         let mut constraints = constraints(check);
-        if self.linear {
+        let linear = self.linear || self.segmentation;
+        if linear {
             constraints.reserve = VNET_HDR_LEN as u32;
         }
         self.geometry
@@ -163,7 +192,7 @@ impl TxRingBuilder {
         if self.loss {
             socket.set_packet_int("PACKET_LOSS", libc::PACKET_LOSS, 1)?;
         }
-        if self.linear {
+        if linear {
             socket.set_packet_int("PACKET_VNET_HDR", PACKET_VNET_HDR, 1)?;
         }
         let version = match self.version {
@@ -206,7 +235,9 @@ impl TxRingBuilder {
             map,
             geometry: self.geometry,
             version,
-            linear: self.linear,
+            linear,
+            segmentation: self.segmentation,
+            held: SmallVec::new(),
             head: 0,
             tail: 0,
             in_flight: 0,

@@ -137,6 +137,13 @@ pub fn run(plan: Plan, options: &RunOptions) -> Result<RunSummary, RunError> {
             fanout_core::TxRingBuilder::LINEAR_SINCE
         );
     }
+    if plan.config.ring.tx_gso && !fanout_core::TxRingBuilder::segmentation_supported() {
+        log::warn!(
+            "ring.tx_gso: this kernel is older than {} (or its release is unreadable), which \
+             refuses segmented frames: datagrams leave one frame each",
+            fanout_core::TxRingBuilder::SEGMENTATION_SINCE
+        );
+    }
     if plan.config.ring.busy_poll_us > 0 {
         warn_shared_spinning_cpus(&plan.worker_cpus());
     }

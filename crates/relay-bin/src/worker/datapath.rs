@@ -2,10 +2,11 @@
 //! count. Kept free of I/O behind [`Outputs`] so it is tested on plain bytes.
 
 use crate::counters::{RuleCount, WorkerCounters};
+use relay_rules::replicate::may_segment;
 use relay_rules::table::Insertion;
 use relay_rules::table::{CompiledOutput, RuleTable};
 use relay_rules::wire::{self, DropReason, VlanTag};
-use relay_rules::{Interfaces, RewriteError, Rule, RuleCounters};
+use relay_rules::{Datagram, FrameTemplate, Interfaces, Rule, RuleCounters};
 use std::collections::HashMap;
 use std::net::SocketAddrV4;
 
@@ -20,13 +21,31 @@ pub enum Written {
     Refused,
 }
 
+/// What the kernel said of a received frame's UDP checksum.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RxChecksum {
+    /// As it came off the wire, verified by nobody.
+    Unverified,
+    /// Verified on receipt (`TP_STATUS_CSUM_VALID`: the NIC or the stack checked it).
+    Verified,
+    /// Only the pseudo-header part (`TP_STATUS_CSUMNOTREADY`): a frame sent by this host, seen
+    /// before the checksum offload filled it in.
+    Partial,
+}
+
 /// Where output frames go: transmit ring slots and socket batches.
 pub trait Outputs {
-    /// Lets `write` fill the next free slot of the transmit ring on `ifindex` and commits the
-    /// length it returns.
-    fn write_frame<F>(&mut self, ifindex: u32, write: F) -> Written
-    where
-        F: FnOnce(&mut [u8]) -> Result<usize, RewriteError>;
+    /// Writes `input` as `template` rewrites it into the transmit ring on `ifindex`: into a
+    /// slot of its own, or, when `segmentable`, appended to the segmented frame of the same
+    /// output that is still open there (see `relay_rules::replicate::Segments`).
+    fn write_datagram(
+        &mut self,
+        ifindex: u32,
+        template: &FrameTemplate,
+        input: &Datagram<'_>,
+        ip_id: u16,
+        segmentable: bool,
+    ) -> Written;
     /// Queues `payload` for a socket output; `false` when it could not be queued.
     fn queue(&mut self, output: &CompiledOutput, destination: SocketAddrV4, payload: &[u8])
     -> bool;
@@ -76,19 +95,19 @@ impl Datapath {
     }
 
     /// Handles one frame received on `ifindex`: `vlan` is the tag the kernel took off, if any,
-    /// and `checksum_partial` says the UDP checksum field holds only the pseudo-header sum (a
-    /// frame sent by this host, seen before the checksum offload filled it in).
+    /// and `checksum` what the kernel said of its UDP checksum.
     ///
     /// A partial checksum cannot be updated incrementally, so such a datagram leaves with no
-    /// UDP checksum (0, which IPv4 allows) rather than a wrong one; frames from the wire always
-    /// carry a complete checksum and keep it.
+    /// UDP checksum (0, which IPv4 allows) rather than a wrong one, unless it goes out in a
+    /// segmented frame, which computes it; a complete one is updated for the rewritten
+    /// headers, and only a verified one may be computed anew in a segmented frame.
     #[inline]
     pub fn handle<O: Outputs>(
         &mut self,
         ifindex: u32,
         frame: &[u8],
         vlan: Option<VlanTag>,
-        checksum_partial: bool,
+        checksum: RxChecksum,
         now_ns: u64,
         outputs: &mut O,
     ) {
@@ -100,9 +119,10 @@ impl Datapath {
                 return;
             }
         };
-        if checksum_partial {
+        if checksum == RxChecksum::Partial {
             datagram.udp_checksum = 0;
         }
+        let segmentable = may_segment(&datagram, checksum == RxChecksum::Verified);
         let Some(rule) = self.table.lookup(
             ifindex,
             datagram.destination,
@@ -118,8 +138,7 @@ impl Datapath {
                 CompiledOutput::Ring { ifindex, template } => {
                     self.ip_id = self.ip_id.wrapping_add(1);
                     let ip_id = self.ip_id;
-                    match outputs
-                        .write_frame(*ifindex, |slot| template.write(&datagram, ip_id, slot))
+                    match outputs.write_datagram(*ifindex, template, &datagram, ip_id, segmentable)
                     {
                         Written::Queued => self.forwarded += 1,
                         Written::RingFull => self.tx_full += 1,

@@ -1,7 +1,7 @@
 //! The worker's rings and sockets, and the loop that drives the data path over them.
 
 use super::WorkerError;
-use super::datapath::Datapath;
+use super::datapath::{Datapath, RxChecksum};
 use super::sinks::Sinks;
 use super::wait::Waiter;
 use crate::config::{RingSection, RuleEntry};
@@ -283,9 +283,15 @@ impl WorkerIo {
                         tpid: frame.vlan_tpid().unwrap_or(0x8100),
                         tci,
                     });
-                    let partial = frame.checksum_partial();
+                    let checksum = if frame.checksum_partial() {
+                        RxChecksum::Partial
+                    } else if frame.checksum_verified() {
+                        RxChecksum::Verified
+                    } else {
+                        RxChecksum::Unverified
+                    };
                     let now = frame.timestamp().as_nanos() as u64;
-                    datapath.handle(*ifindex, frame.data(), vlan, partial, now, sinks);
+                    datapath.handle(*ifindex, frame.data(), vlan, checksum, now, sinks);
                 }
                 drop(block);
                 if unsent >= batch || !ring.has_pending() {
@@ -309,21 +315,25 @@ impl WorkerIo {
     }
 
     /// Logs the syscalls the loop made, for `bench/run`: waiting (`poll`) and sending
-    /// (transmit kicks, `sendmmsg`), against the frames received.
+    /// (transmit kicks, `sendmmsg`), against the frames received; and the segmented frames
+    /// sent (`tx_gso`) with the datagrams they carried.
     fn log_syscalls(&self) {
         let waits = self.waiter.counts();
         let (kicks, sendmmsg) = self.sinks.syscalls();
+        let (segmented, in_segmented) = self.sinks.segmented();
         let received = self.datapath.received();
         log::info!(
             "worker on cpu {}: syscalls polls={} sleeps={} kicks={} sendmmsg={} received={} \
-             spin_hits={}",
+             spin_hits={} segmented={} segmented_datagrams={}",
             self.cpu,
             waits.polls,
             waits.sleeps,
             kicks,
             sendmmsg,
             received,
-            waits.spin_hits
+            waits.spin_hits,
+            segmented,
+            in_segmented
         );
     }
 

@@ -4,16 +4,150 @@
 use super::datapath::{Outputs, Written};
 use crate::config::RingSection;
 use crate::rings;
+use fanout_core::ring::{HeldSlot, UdpSegments};
 use fanout_core::udp_batch::UdpBatch;
 use fanout_core::{TxRing, TxRingBuilder};
+use relay_rules::replicate::Segments;
 use relay_rules::table::CompiledOutput;
-use relay_rules::{Interfaces, RewriteError};
+use relay_rules::{Datagram, FrameTemplate, Interfaces};
+use smallvec::SmallVec;
 use std::net::{Ipv4Addr, SocketAddrV4, UdpSocket};
 
 /// Datagrams queued per socket output before a `sendmmsg`.
 const SOCKET_BATCH: usize = 64;
 /// Largest UDP payload a socket output carries.
 const MAX_PAYLOAD: usize = 65_507;
+
+/// Segmented frames open at once on one transmit ring: one per output being written in a
+/// batch; past this the oldest is closed, which costs only its further datagrams a slot each.
+const MAX_OPEN: usize = 8;
+/// Largest segmented frame: the kernel copies it into one socket buffer, and with its
+/// `skb_shared_info` and headroom this stays within a 16 KiB allocation (12 datagrams of
+/// 1,316 bytes, 64 of up to 200).
+const SEGMENTED_FRAME_MAX: usize = 15_872;
+
+/// A segmented frame being filled in a held transmit slot.
+struct OpenFrame {
+    /// Address of the output's template: the identity of the output during one batch, in which
+    /// the table does not change.
+    output: usize,
+    slot: HeldSlot,
+    segments: Segments,
+}
+
+/// A transmit ring and the segmented frames open on it.
+struct RingOut {
+    ifindex: u32,
+    ring: TxRing,
+    open: SmallVec<[OpenFrame; MAX_OPEN]>,
+    /// Segmented frames committed, and the datagrams in them.
+    segmented: (u64, u64),
+}
+
+impl RingOut {
+    fn write(
+        &mut self,
+        template: &FrameTemplate,
+        input: &Datagram<'_>,
+        ip_id: u16,
+        segmentable: bool,
+    ) -> Written {
+        let output = std::ptr::from_ref(template) as usize;
+        if let Some(at) = self.open.iter().position(|open| open.output == output) {
+            if segmentable {
+                let open = &mut self.open[at];
+                let buffer = self.ring.held_buffer(&open.slot);
+                let room = buffer.len().min(SEGMENTED_FRAME_MAX);
+                if template.append_segment(&mut open.segments, input, &mut buffer[..room]) {
+                    return Written::Queued;
+                }
+            }
+            // This output's earlier datagrams must leave first: close their frame.
+            let open = self.open.remove(at);
+            self.close(open);
+        }
+        if segmentable && self.ring.segmentation() {
+            if self.open.len() == MAX_OPEN {
+                let oldest = self.open.remove(0);
+                self.close(oldest);
+            }
+            let held = self.hold(|buffer| template.write(input, ip_id, buffer));
+            return match held {
+                None => Written::RingFull,
+                Some(Err(_)) => Written::Refused,
+                Some(Ok((slot, len))) => {
+                    let segments = template.segments(input, len);
+                    self.open.push(OpenFrame {
+                        output,
+                        slot,
+                        segments,
+                    });
+                    Written::Queued
+                }
+            };
+        }
+        if !self.has_room() {
+            return Written::RingFull;
+        }
+        let Some(mut slot) = self.ring.reserve() else {
+            return Written::RingFull;
+        };
+        match template.write(input, ip_id, slot.buffer()) {
+            Ok(len) => {
+                slot.commit(len);
+                Written::Queued
+            }
+            Err(_) => Written::Refused,
+        }
+    }
+
+    /// Holds the next slot and lets `write` fill it, kicking the ring once if it is full.
+    fn hold<T, E>(
+        &mut self,
+        write: impl FnOnce(&mut [u8]) -> Result<T, E>,
+    ) -> Option<Result<(HeldSlot, T), E>> {
+        if !self.has_room() {
+            return None;
+        }
+        self.ring.hold_with(write)
+    }
+
+    /// Whether a slot is free, after [`RingOut::make_room`] if need be.
+    fn has_room(&mut self) -> bool {
+        self.ring.reclaim();
+        self.ring.in_flight() < self.ring.slot_count() || self.make_room()
+    }
+
+    /// A full ring: sends what is queued (closing the open frames first) and takes back what
+    /// the kernel is done with. On veth and with lent-free linear frames the slots come back
+    /// within the kick, so a batch larger than the ring is slowed down rather than dropped.
+    fn make_room(&mut self) -> bool {
+        self.close_all();
+        let _ = self.ring.flush();
+        self.ring.reclaim();
+        self.ring.in_flight() < self.ring.slot_count()
+    }
+
+    /// Commits an open frame, segmented if it took more than one datagram.
+    fn close(&mut self, open: OpenFrame) {
+        let buffer = self.ring.held_buffer(&open.slot);
+        let split = open.segments.finish(buffer).map(|split| UdpSegments {
+            udp_offset: split.udp_offset,
+            segment_size: split.segment_size,
+        });
+        if split.is_some() {
+            self.segmented.0 += 1;
+            self.segmented.1 += u64::from(open.segments.count());
+        }
+        self.ring.commit_held(open.slot, open.segments.len(), split);
+    }
+
+    fn close_all(&mut self) {
+        while let Some(open) = self.open.pop() {
+            self.close(open);
+        }
+    }
+}
 
 /// A socket output's socket, shared by every output with the same interface, source, TTL and DSCP.
 struct SocketOut {
@@ -24,7 +158,7 @@ struct SocketOut {
 /// Transmit rings and socket batches: the [`Outputs`] of a worker.
 #[derive(Default)]
 pub(super) struct Sinks {
-    rings: Vec<(u32, TxRing)>,
+    rings: Vec<RingOut>,
     sockets: Vec<SocketOut>,
     /// Datagrams the kernel refused in `sendmmsg` since the data path last counted them.
     pub(super) socket_failures: usize,
@@ -49,17 +183,23 @@ impl Sinks {
             })?;
         match output {
             CompiledOutput::Ring { .. } => {
-                if self.rings.iter().any(|(index, _)| *index == ifindex) {
+                if self.rings.iter().any(|out| out.ifindex == ifindex) {
                     return Ok(());
                 }
-                let ring = TxRingBuilder::new(name.as_str())
+                let tx = TxRingBuilder::new(name.as_str())
                     .geometry(rings::tx_geometry(ring))
                     .qdisc_bypass(ring.qdisc_bypass)
                     .linear(ring.tx_linear && TxRingBuilder::linear_supported())
+                    .segmentation(rings::tx_segmentation(ring))
                     .dont_fork(true)
                     .build()
                     .map_err(|error| format!("transmit ring on {name}: {error}"))?;
-                self.rings.push((ifindex, ring));
+                self.rings.push(RingOut {
+                    ifindex,
+                    ring: tx,
+                    open: SmallVec::new(),
+                    segmented: (0, 0),
+                });
             }
             CompiledOutput::Socket {
                 source, ttl, dscp, ..
@@ -85,9 +225,10 @@ impl Sinks {
 
     /// Kicks every transmit ring holding unsent frames and sends every queued datagram.
     pub(super) fn flush(&mut self) {
-        for (_, ring) in &mut self.rings {
+        for out in &mut self.rings {
+            out.close_all();
             // A failed kick leaves the frames committed; the next kick sends them.
-            let _ = ring.flush();
+            let _ = out.ring.flush();
         }
         for socket in &mut self.sockets {
             if socket.batch.is_empty() {
@@ -103,40 +244,38 @@ impl Sinks {
     pub(super) fn wrong_format(&self) -> u64 {
         self.rings
             .iter()
-            .map(|(_, ring)| ring.counters().wrong_format)
+            .map(|out| out.ring.counters().wrong_format)
             .sum()
+    }
+
+    /// Segmented frames sent so far, and the datagrams they carried.
+    pub(super) fn segmented(&self) -> (u64, u64) {
+        self.rings.iter().fold((0, 0), |(frames, datagrams), out| {
+            (frames + out.segmented.0, datagrams + out.segmented.1)
+        })
     }
 
     /// Transmit kicks (`send`) and `sendmmsg` calls made so far: the worker's syscalls per
     /// batch of output.
     pub(super) fn syscalls(&self) -> (u64, u64) {
-        let kicks = self
-            .rings
-            .iter()
-            .map(|(_, ring)| ring.counters().kicks)
-            .sum();
+        let kicks = self.rings.iter().map(|out| out.ring.counters().kicks).sum();
         (kicks, self.sendmmsg_calls)
     }
 }
 
 impl Outputs for Sinks {
     #[inline]
-    fn write_frame<F>(&mut self, ifindex: u32, write: F) -> Written
-    where
-        F: FnOnce(&mut [u8]) -> Result<usize, RewriteError>,
-    {
-        let Some((_, ring)) = self.rings.iter_mut().find(|(index, _)| *index == ifindex) else {
-            return Written::RingFull;
-        };
-        let Some(mut slot) = ring.reserve() else {
-            return Written::RingFull;
-        };
-        match write(slot.buffer()) {
-            Ok(len) => {
-                slot.commit(len);
-                Written::Queued
-            }
-            Err(_) => Written::Refused,
+    fn write_datagram(
+        &mut self,
+        ifindex: u32,
+        template: &FrameTemplate,
+        input: &Datagram<'_>,
+        ip_id: u16,
+        segmentable: bool,
+    ) -> Written {
+        match self.rings.iter_mut().find(|out| out.ifindex == ifindex) {
+            Some(out) => out.write(template, input, ip_id, segmentable),
+            None => Written::RingFull,
         }
     }
 

@@ -1,0 +1,165 @@
+//! `[ring] tx_gso`: an output's datagrams of one batch leave as one segmented frame, and the
+//! receiver still gets every datagram, byte for byte, in order, with a valid UDP checksum; a
+//! datagram whose checksum nobody verified is never sent so.
+
+use std::time::Duration;
+
+use fanout_relay_tests::relay::{
+    RelayProcess, UdpReceiver, UdpSender, quiet_topology, worker_logged,
+};
+use fanout_relay_tests::{Netns, Topology, have_program, privileged, skip};
+
+/// Datagrams per output.
+const N: u32 = 2000;
+/// Sent back to back, then a pause: a burst lands in one receive block of the relay.
+const BURST: u32 = 40;
+const PAUSE: Duration = Duration::from_millis(3);
+/// Payload bytes of every datagram: equal sizes are what a segmented frame carries.
+const SIZE: usize = 1000;
+const RECEIVE_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Two outputs, so two segmented frames are open at once on the output ring; the second
+/// rewrites the DSCP.
+const CONFIG: &str = r#"
+[ring]
+tx_gso = true
+
+[[rule]]
+name = "cam"
+input = { interface = "rin0", destination = "239.1.1.1", port = 5000 }
+outputs = [
+  { interface = "rout0", destination = "239.2.2.2", port = 6000, ttl = 7 },
+  { interface = "rout0", destination = "239.2.2.3", port = 6001, ttl = 7, dscp = 10 },
+]
+"#;
+
+/// Datagram `seq`: its number, then filler derived from it, [`SIZE`] bytes in all.
+fn payload(seq: u32) -> Vec<u8> {
+    let mut bytes = seq.to_be_bytes().to_vec();
+    bytes.extend((4..SIZE).map(|i| (i as u32 * 13 + seq * 7) as u8));
+    bytes
+}
+
+/// The receiver's UDP checksum failures (`Udp: ... InCsumErrors` of /proc/net/snmp).
+fn checksum_errors(ns: &Netns) -> u64 {
+    let snmp = ns.exec_checked(&["cat", "/proc/net/snmp"]);
+    let mut udp = snmp.lines().filter(|line| line.starts_with("Udp:"));
+    let (Some(names), Some(values)) = (udp.next(), udp.next()) else {
+        panic!("no Udp lines in /proc/net/snmp:\n{snmp}");
+    };
+    names
+        .split_whitespace()
+        .zip(values.split_whitespace())
+        .find(|(name, _)| *name == "InCsumErrors")
+        .and_then(|(_, value)| value.parse().ok())
+        .unwrap_or_else(|| panic!("no InCsumErrors in /proc/net/snmp:\n{snmp}"))
+}
+
+/// Sends [`N`] datagrams in bursts through [`CONFIG`] and checks both outputs' streams; returns
+/// the relay's log.
+fn relay_bursts(topo: &Topology) -> String {
+    let relay = RelayProcess::start(&topo.relay, CONFIG, &["--workers", "1"]);
+    let receivers = ["239.2.2.2:6000", "239.2.2.3:6001"].map(|group| {
+        UdpReceiver::join(&topo.receiver, group, Topology::RECEIVER_ADDR)
+            .collect(N as usize, RECEIVE_TIMEOUT)
+    });
+    let sender = UdpSender::new(&topo.sender, Topology::SENDER_ADDR, 4);
+    for burst in 0..N / BURST {
+        for seq in burst * BURST..(burst + 1) * BURST {
+            sender
+                .socket()
+                .send_to(&payload(seq), "239.1.1.1:5000")
+                .unwrap_or_else(|e| panic!("send datagram {seq}: {e}"));
+        }
+        std::thread::sleep(PAUSE);
+    }
+    let got = receivers.map(|receiver| receiver.finish());
+    let exit = relay.stop();
+    for (output, datagrams) in got.iter().enumerate() {
+        let seqs: Vec<u32> = datagrams
+            .iter()
+            .map(|datagram| {
+                let seq = u32::from_be_bytes(datagram.payload[..4].try_into().unwrap_or_default());
+                assert_eq!(
+                    datagram.payload,
+                    payload(seq),
+                    "output {output}: datagram {seq} differs"
+                );
+                assert_eq!(
+                    datagram.ttl,
+                    Some(7),
+                    "output {output}: datagram {seq}'s TTL"
+                );
+                seq
+            })
+            .collect();
+        assert_eq!(
+            seqs,
+            (0..N).collect::<Vec<_>>(),
+            "output {output}: not every datagram, once, in order\nrelay log:\n{}",
+            exit.log
+        );
+    }
+    let total = exit.summary.total();
+    assert_eq!(
+        (
+            total.received,
+            total.forwarded,
+            total.tx_full,
+            total.kernel_drops
+        ),
+        (u64::from(N), 2 * u64::from(N), 0, 0),
+        "(received, forwarded, tx_full, kernel_drops) of {:#?}",
+        exit.summary
+    );
+    exit.log
+}
+
+#[test]
+fn segmented_frames_arrive_as_every_datagram_with_valid_checksums() {
+    let test = "segmented_frames_arrive_as_every_datagram_with_valid_checksums";
+    if !privileged(test) {
+        return;
+    }
+    if !have_program("ethtool") {
+        return skip(test, "ethtool is not installed");
+    }
+    let topo = quiet_topology("gso");
+    // Without offloads on the relay's output, the stack splits each frame before the veth and
+    // computes every checksum, which the receiver's stack then verifies.
+    topo.relay.disable_offloads(Topology::RELAY_OUT_IF);
+    let log = relay_bursts(&topo);
+    let segmented = worker_logged(&log, "segmented").unwrap_or(0);
+    let carried = worker_logged(&log, "segmented_datagrams").unwrap_or(0);
+    // Bursts of 40 equal datagrams in 2 outputs: nearly all should travel segmented.
+    assert!(
+        segmented > 0 && carried >= u64::from(N),
+        "{carried} datagrams in {segmented} segmented frames:\n{log}"
+    );
+    assert_eq!(
+        checksum_errors(&topo.receiver),
+        0,
+        "the receiver saw bad UDP checksums"
+    );
+}
+
+#[test]
+fn unverified_checksums_are_not_segmented() {
+    let test = "unverified_checksums_are_not_segmented";
+    if !privileged(test) {
+        return;
+    }
+    if !have_program("ethtool") {
+        return skip(test, "ethtool is not installed");
+    }
+    let topo = quiet_topology("gsonv");
+    // The sender computes its checksums in full, and the relay's input does not vouch for them.
+    topo.sender.disable_offloads(Topology::SENDER_IF);
+    topo.relay.disable_offloads(Topology::RELAY_IN_IF);
+    let log = relay_bursts(&topo);
+    assert_eq!(
+        worker_logged(&log, "segmented"),
+        Some(0),
+        "datagrams with unverified checksums went out segmented:\n{log}"
+    );
+}
