@@ -160,3 +160,71 @@ fn tx_geometry_is_validated_before_any_syscall() {
         }
     ));
 }
+
+/// Sequence numbers of the test frames in `frames`, in arrival order.
+fn seqs(frames: &[Vec<u8>]) -> Vec<u32> {
+    frames
+        .iter()
+        .filter_map(|d| parse_test_frame(d))
+        .map(|p| p.0)
+        .collect()
+}
+
+#[test]
+fn held_slots_keep_ring_order_and_hold_back_what_follows() {
+    let Some(link) = Link::new("txheld") else {
+        return;
+    };
+    let mut rx = receiver(&link);
+    let mut tx = transmitter(&link, small_ring(TxVersion::V3));
+    let write = |seq: u32| {
+        move |buffer: &mut [u8]| -> Result<usize, ()> {
+            let frame = test_frame(seq, 0, 100);
+            buffer[..frame.len()].copy_from_slice(&frame);
+            Ok(frame.len())
+        }
+    };
+    // Slot 0 held for frame 0, slot 1 committed at once (frame 1), slot 2 held (frame 2).
+    let (first, len0) = tx
+        .hold_with(write(0))
+        .expect("a free slot")
+        .expect("written");
+    assert!(tx.send(&test_frame(1, 0, 100)).expect("fits"));
+    let (third, len2) = tx
+        .hold_with(write(2))
+        .expect("a free slot")
+        .expect("written");
+    assert_eq!((tx.held(), tx.in_flight()), (2, 3));
+    // A failed write gives its slot back.
+    assert_eq!(
+        tx.hold_with(|_| Err::<(), _>("no")).map(|r| r.err()),
+        Some(Some("no"))
+    );
+    assert_eq!(tx.in_flight(), 3);
+
+    // The kernel stops at the first slot not requested: nothing leaves while slot 0 is held.
+    tx.flush().expect("kick");
+    assert!(
+        collect(&mut rx, 1, Duration::from_millis(300)).is_empty(),
+        "a frame left past a held slot"
+    );
+    assert_eq!(tx.reclaim(), 0, "reclaimed past a held slot");
+
+    // Committed out of order, sent in ring order.
+    tx.commit_held(third, len2, None);
+    tx.commit_held(first, len0, None);
+    assert!(
+        tx.drain(Duration::from_secs(5)).expect("drain"),
+        "frames stranded"
+    );
+    assert_eq!(
+        seqs(&collect(&mut rx, 3, Duration::from_secs(3))),
+        [0, 1, 2]
+    );
+    let c = tx.counters();
+    assert_eq!(
+        (c.committed, c.completed, c.wrong_format),
+        (3, 3, 0),
+        "{c:?}"
+    );
+}

@@ -15,12 +15,14 @@
 //!  (socket.rs: bind,         │  filter, bind, fanout)  │  statistics      │ to the kernel        the Block)
 //!   options, memberships)    │                         │  into_handle ──▶ RingHandle ──send_ring/recv_ring──▶ worker: map()
 //!                    TxRingBuilder ──build──▶ TxRing ──reserve──▶ TxSlot ──commit──▶ flush (one send per batch)
+//!                    (linear, segmentation)     └──hold_with──▶ HeldSlot ──commit_held (UdpSegments)──┘
 //!  fanout.rs: FanoutConfig/Mode/Flags   bpf.rs: BpfInstruction, filters   stats.rs: RingStats deltas
 //! ```
 //!
 //! Unsafe code lives only in the small modules that wrap syscalls and kernel-shared memory
-//! (`sys`, `ring::mmap`, `ring::v3`, `ring::v2`, `ring::tx`, `handoff`, `iface::ioctl`, `igmp`,
-//! `udp_batch`, `alloc_count`, `heap`), each stating the invariants it keeps.
+//! (`sys`, `ring::mmap`, `ring::v3`, `ring::v2`, `ring::tx`, `ring::tx_held`, `handoff`,
+//! `iface::ioctl`, `igmp`, `udp_batch`, `alloc_count`, `heap`), each stating the invariants it
+//! keeps.
 //!
 //! Open a ring and read frames (needs CAP_NET_RAW):
 //!

@@ -17,7 +17,7 @@
 //! busy_poll_us = 0         # low latency (v2 only): spin on the ring this long before sleeping
 //! qdisc_bypass = false     # transmit rings skip the qdisc (PACKET_QDISC_BYPASS)
 //! tx_linear = true         # frames copied whole into the kernel, not lent as ring pages
-//! tx_gso = false           # an output's datagrams of one batch leave as one segmented frame
+//! tx_gso = true            # an output's datagrams of one batch leave as one segmented frame
 //!
 //! [autoscale]              # optional: the worker set follows the load, on relay.workers' CPUs
 //! min_workers = 1          # start with, and never go below

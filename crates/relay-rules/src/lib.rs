@@ -25,7 +25,8 @@
 //! - [`shard`] and [`bpf`]: the shard function and the classic BPF program that computes it in
 //!   the kernel (`PACKET_FANOUT_CBPF`), with a checker and an interpreter that prove they agree.
 //! - [`replicate`]: output frames written from precomputed header templates, the UDP checksum
-//!   updated incrementally.
+//!   updated incrementally; several datagrams of one output in one frame for the kernel to
+//!   split again ([`replicate::segments`]).
 //! - [`counters`]: per-rule counters for a single writer.
 //!
 //! ```

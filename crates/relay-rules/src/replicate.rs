@@ -297,7 +297,7 @@ impl FrameTemplate {
     }
 }
 
-mod segments;
+pub mod segments;
 pub use segments::{MAX_SEGMENTS, Segments, Split, may_segment};
 
 #[cfg(test)]

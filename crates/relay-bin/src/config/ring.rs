@@ -55,24 +55,20 @@ pub struct RingSection {
     #[serde(skip_serializing_if = "is_true")]
     pub tx_linear: bool,
     /// Datagrams of one output that leave in one batch go to the kernel as one frame it splits
-    /// again (UDP segmentation: by the NIC, by the stack before a device that cannot, or across
-    /// veth by the receiving socket), so a batch of N datagrams costs one socket buffer and one
+    /// again (on by default; UDP segmentation: by the NIC, by the stack before a device that
+    /// cannot, or across veth by the receiving socket), so a batch of N datagrams costs one socket buffer and one
     /// pass through the transmit path instead of N. Transmit slots are then
     /// [`SEGMENTED_SLOT_BYTES`] each, as many as fit in the memory `tx_frames` × `frame_size`
     /// gives. Only datagrams whose UDP checksum was verified on receipt or that carry none
     /// (`relay_rules::replicate::may_segment`) are sent so: their checksums are computed
     /// anew. On a kernel older than `TxRingBuilder::SEGMENTATION_SINCE` it is off whatever the
     /// setting, and the log says so.
-    #[serde(skip_serializing_if = "is_false")]
+    #[serde(skip_serializing_if = "is_true")]
     pub tx_gso: bool,
 }
 
 /// Bytes of a transmit slot with `tx_gso`: room for a segmented frame of up to 15,872 bytes.
 pub const SEGMENTED_SLOT_BYTES: u32 = 16_384;
-
-fn is_false(value: &bool) -> bool {
-    !*value
-}
 
 fn is_zero(value: &u32) -> bool {
     *value == 0
@@ -163,7 +159,7 @@ impl Default for RingSection {
             busy_poll_us: 0,
             qdisc_bypass: false,
             tx_linear: true,
-            tx_gso: false,
+            tx_gso: true,
         }
     }
 }
@@ -177,19 +173,19 @@ mod tests {
     fn the_low_latency_keys_parse_and_read_back() {
         let config = ConfigFile::parse(
             "[ring]\nversion = \"v2\"\nbusy_poll_us = 2000\nqdisc_bypass = true\ntx_linear = false\n\
-             tx_gso = true\n",
+             tx_gso = false\n",
         )
         .expect("v2 with busy polling is valid");
         assert_eq!(config.ring.version, RingVersionSetting::V2);
         assert_eq!(config.ring.busy_poll_us, 2000);
         assert!(config.ring.qdisc_bypass);
         assert!(!config.ring.tx_linear);
-        assert!(config.ring.tx_gso);
+        assert!(!config.ring.tx_gso);
         assert_eq!(config.ring.block_count, RingSection::default().block_count);
         let text = config.to_toml();
         assert!(text.contains("busy_poll_us = 2000"), "{text}");
         assert!(text.contains("tx_linear = false"), "{text}");
-        assert!(text.contains("tx_gso = true"), "{text}");
+        assert!(text.contains("tx_gso = false"), "{text}");
         assert_eq!(ConfigFile::parse(&text), Ok(config));
         // Defaults are not written out, so files saved without the keys stay as they were.
         let plain = ConfigFile::default().to_toml();
@@ -199,6 +195,7 @@ mod tests {
         assert!(!plain.contains("tx_gso"), "{plain}");
         assert_eq!(ConfigFile::default().ring.busy_poll_us, 0);
         assert!(ConfigFile::default().ring.tx_linear);
+        assert!(ConfigFile::default().ring.tx_gso);
     }
 
     #[test]

@@ -10,7 +10,7 @@ use relay_rules::{Datagram, FrameTemplate, Interfaces, Rule, RuleCounters};
 use std::collections::HashMap;
 use std::net::SocketAddrV4;
 
-/// What became of an output frame handed to [`Outputs::write_frame`].
+/// What became of a datagram handed to [`Outputs::write_datagram`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Written {
     /// Written into a transmit slot, to be sent with the next kick.
