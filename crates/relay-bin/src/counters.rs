@@ -38,6 +38,12 @@ pub struct WorkerCounters {
     pub freezes: u64,
     /// Frames the transmit ring rejected as malformed.
     pub tx_wrong_format: u64,
+    /// Segmented frames sent (`tx_gso`): frames carrying two datagrams or more.
+    #[serde(default)]
+    pub tx_segmented: u64,
+    /// Datagrams that left in those frames (also counted in `forwarded`).
+    #[serde(default)]
+    pub tx_segmented_datagrams: u64,
     /// Per rule: (packets, bytes), by rule name.
     pub rules: BTreeMap<String, RuleCount>,
     /// Generation of the table the worker serves (not summed: the latest).
@@ -93,6 +99,8 @@ impl WorkerCounters {
         self.kernel_drops += other.kernel_drops;
         self.freezes += other.freezes;
         self.tx_wrong_format += other.tx_wrong_format;
+        self.tx_segmented += other.tx_segmented;
+        self.tx_segmented_datagrams += other.tx_segmented_datagrams;
         for (rule, count) in &other.rules {
             let total = self.rules.entry(rule.clone()).or_default();
             total.packets += count.packets;

@@ -10,7 +10,7 @@
 //! |---|---|---|
 //! | `fanout_relay_generation`, `fanout_relay_rules` | gauge | |
 //! | `fanout_relay_rule_packets_total`, `fanout_relay_rule_bytes_total` | counter | rule |
-//! | `fanout_relay_worker_{received,forwarded,no_rule,not_udp,tx_full,too_big,socket_errors,tx_wrong_format,kernel_drops,freezes,restarts,drift_repairs}_total` | counter | cpu |
+//! | `fanout_relay_worker_{received,forwarded,no_rule,not_udp,tx_full,too_big,socket_errors,tx_wrong_format,tx_segmented,tx_segmented_datagrams,kernel_drops,freezes,restarts,drift_repairs}_total` | counter | cpu |
 //! | `fanout_relay_worker_malformed_total` | counter | cpu, reason |
 //! | `fanout_relay_worker_ready`, `fanout_relay_worker_table_generation` | gauge | cpu |
 //! | `fanout_relay_worker_outages_total`, `fanout_relay_worker_down_seconds_total` | counter | cpu |
@@ -94,7 +94,7 @@ type InterfaceCounterOf = fn(&InterfaceCounters) -> u64;
 fn workers(out: &mut Exposition, snapshot: &Snapshot) {
     let workers = &snapshot.stats.workers;
     let cpu = |cpu: u32| labels(&[("cpu", &cpu.to_string())]);
-    let counters: [(&str, &str, CounterOf); 10] = [
+    let counters: [(&str, &str, CounterOf); 12] = [
         (
             "received",
             "Frames the worker took off its receive rings.",
@@ -132,6 +132,16 @@ fn workers(out: &mut Exposition, snapshot: &Snapshot) {
             "tx_wrong_format",
             "Frames the transmit ring rejected as malformed.",
             |c| c.tx_wrong_format,
+        ),
+        (
+            "tx_segmented",
+            "Segmented frames sent (ring.tx_gso): frames carrying two datagrams or more.",
+            |c| c.tx_segmented,
+        ),
+        (
+            "tx_segmented_datagrams",
+            "Datagrams that left in segmented frames (also counted in forwarded).",
+            |c| c.tx_segmented_datagrams,
         ),
         (
             "kernel_drops",

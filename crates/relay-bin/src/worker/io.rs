@@ -347,6 +347,7 @@ impl WorkerIo {
         counters.kernel_drops = self.kernel.drops;
         counters.freezes = self.kernel.freezes;
         counters.tx_wrong_format = self.sinks.wrong_format();
+        (counters.tx_segmented, counters.tx_segmented_datagrams) = self.sinks.segmented();
         // The supervisor compares these with its own to find drift.
         counters.table_generation = self.generation();
         counters.table_checksum = self.checksum();

@@ -119,8 +119,9 @@ impl RingOut {
     }
 
     /// A full ring: sends what is queued (closing the open frames first) and takes back what
-    /// the kernel is done with. On veth and with lent-free linear frames the slots come back
-    /// within the kick, so a batch larger than the ring is slowed down rather than dropped.
+    /// the kernel is done with. Linear frames crossing veth come back within the kick, a NIC's
+    /// at its transmit completions, so a batch larger than the ring is, where the device keeps
+    /// up, slowed down rather than dropped.
     fn make_room(&mut self) -> bool {
         self.close_all();
         let _ = self.ring.flush();
