@@ -4,10 +4,16 @@
 
 use std::time::Duration;
 
+use std::net::Ipv4Addr;
+use std::time::Instant;
+
+use fanout_core::ring::RxRingBuilder;
+use fanout_core::{Protocol, RxRing};
 use fanout_relay_tests::relay::{
-    RelayProcess, UdpReceiver, UdpSender, quiet_topology, worker_logged,
+    Datagram, RelayProcess, UdpReceiver, UdpSender, quiet_topology, worker_logged,
 };
 use fanout_relay_tests::{Netns, Topology, have_program, privileged, skip};
+use relay_rules::wire;
 
 /// Datagrams per output.
 const N: u32 = 2000;
@@ -63,6 +69,19 @@ fn relay_bursts(topo: &Topology) -> String {
         UdpReceiver::join(&topo.receiver, group, Topology::RECEIVER_ADDR)
             .collect(N as usize, RECEIVE_TIMEOUT)
     });
+    check_bursts(topo, relay, move || {
+        receivers.map(|receiver| receiver.finish())
+    })
+}
+
+/// Sends [`N`] datagrams in bursts while `relay` runs, and checks that each output's datagrams,
+/// as `received` returns them, are every one, byte for byte and in order, with TTL 7; returns
+/// the relay's log.
+fn check_bursts<const OUTPUTS: usize>(
+    topo: &Topology,
+    relay: RelayProcess,
+    received: impl FnOnce() -> [Vec<Datagram>; OUTPUTS],
+) -> String {
     let sender = UdpSender::new(&topo.sender, Topology::SENDER_ADDR, 4);
     for burst in 0..N / BURST {
         for seq in burst * BURST..(burst + 1) * BURST {
@@ -73,7 +92,7 @@ fn relay_bursts(topo: &Topology) -> String {
         }
         std::thread::sleep(PAUSE);
     }
-    let got = receivers.map(|receiver| receiver.finish());
+    let got = received();
     let exit = relay.stop();
     for (output, datagrams) in got.iter().enumerate() {
         let seqs: Vec<u32> = datagrams
@@ -108,7 +127,7 @@ fn relay_bursts(topo: &Topology) -> String {
             total.tx_full,
             total.kernel_drops
         ),
-        (u64::from(N), 2 * u64::from(N), 0, 0),
+        (u64::from(N), OUTPUTS as u64 * u64::from(N), 0, 0),
         "(received, forwarded, tx_full, kernel_drops) of {:#?}",
         exit.summary
     );
@@ -161,5 +180,80 @@ fn unverified_checksums_are_not_segmented() {
         worker_logged(&log, "segmented"),
         Some(0),
         "datagrams with unverified checksums went out segmented:\n{log}"
+    );
+}
+
+/// One output tagged with VLAN 42: the tag sits between the Ethernet and IPv4 headers of the
+/// segmented frame, and every datagram split off must carry it.
+const TAGGED: &str = r#"
+[[rule]]
+name = "cam"
+input = { interface = "rin0", destination = "239.1.1.1", port = 5000 }
+outputs = [ { interface = "rout0", destination = "239.2.2.2", port = 6000, ttl = 7, vlan = 42 } ]
+"#;
+
+/// The datagrams to 239.2.2.2:6000 among `want` frames read off a receive ring on the
+/// receiver's interface, each checked to carry VLAN tag 42.
+fn tagged_datagrams(ring: &mut RxRing, want: usize) -> Vec<Datagram> {
+    let deadline = Instant::now() + RECEIVE_TIMEOUT;
+    let mut got = Vec::new();
+    while got.len() < want && Instant::now() < deadline {
+        let _ = ring.wait(Duration::from_millis(100));
+        while let Some(block) = ring.next_block() {
+            for frame in block.frames() {
+                let Ok(datagram) = wire::parse(frame.data(), None) else {
+                    continue;
+                };
+                if (datagram.destination, datagram.destination_port) != (GROUP, 6000) {
+                    continue;
+                }
+                assert_eq!(
+                    frame.vlan_tci().map(|tci| tci & 0x0fff),
+                    Some(42),
+                    "a datagram lost its tag"
+                );
+                got.push(Datagram {
+                    payload: datagram.payload.to_vec(),
+                    ttl: Some(datagram.ttl),
+                    from: None,
+                });
+            }
+        }
+    }
+    got
+}
+
+const GROUP: Ipv4Addr = Ipv4Addr::new(239, 2, 2, 2);
+
+#[test]
+fn tagged_segmented_frames_split_into_tagged_datagrams() {
+    let test = "tagged_segmented_frames_split_into_tagged_datagrams";
+    if !privileged(test) {
+        return;
+    }
+    if !have_program("ethtool") {
+        return skip(test, "ethtool is not installed");
+    }
+    let topo = quiet_topology("gsovlan");
+    // Split by the stack before the veth, so the receiver sees the datagrams as the wire would;
+    // the kernel takes the tag off into the frame's metadata, where the ring reports it.
+    topo.relay.disable_offloads(Topology::RELAY_OUT_IF);
+    let mut ring = topo
+        .receiver
+        .run(|| {
+            RxRingBuilder::new(Topology::RECEIVER_IF)
+                .protocol(Protocol::ALL)
+                // Read only once the stream is sent: room for every burst in a block of its own.
+                .block_size(1 << 16)
+                .block_count(256)
+                .build()
+        })
+        .expect("receive ring on the receiver's interface");
+    let relay = RelayProcess::start(&topo.relay, TAGGED, &["--workers", "1"]);
+    let log = check_bursts(&topo, relay, || [tagged_datagrams(&mut ring, N as usize)]);
+    let carried = worker_logged(&log, "segmented_datagrams").unwrap_or(0);
+    assert!(
+        carried >= u64::from(N) / 2,
+        "{carried} datagrams segmented:\n{log}"
     );
 }
