@@ -3,12 +3,12 @@
 //! rather than by being woken, and the transmit options (`qdisc_bypass`, `tx_linear` on and
 //! off).
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use fanout_relay_tests::relay::{
     RelayProcess, UdpReceiver, UdpSender, check_stream, quiet_topology, worker_logged as logged,
 };
-use fanout_relay_tests::{Topology, privileged};
+use fanout_relay_tests::{Topology, privileged, skip};
 
 /// Datagrams in the stream: two seconds at [`PPS`].
 const N: u32 = 1000;
@@ -116,4 +116,54 @@ fn frames_sent_from_lent_ring_pages_arrive_byte_exact() {
         return;
     }
     relay_one_stream("txpages", LENT_PAGES, 3);
+}
+
+/// Spins on CPU `cpu` until `until`: another busy task on a worker's CPU.
+fn hog(cpu: usize, until: Instant) {
+    fanout_core::cpu::pin_current_thread(cpu)
+        .unwrap_or_else(|e| panic!("pin the busy thread to cpu {cpu}: {e}"));
+    while Instant::now() < until {
+        std::hint::spin_loop();
+    }
+}
+
+#[test]
+fn busy_polling_pauses_while_another_task_uses_the_cpu() {
+    let test = "busy_polling_pauses_while_another_task_uses_the_cpu";
+    if !privileged(test) {
+        return;
+    }
+    if std::thread::available_parallelism().map_or(1, usize::from) < 2 {
+        return skip(
+            test,
+            "needs 2 CPUs: the worker on cpu 1, the relay's supervisor on cpu 0",
+        );
+    }
+    let topo = quiet_topology("lowlatshare");
+    let relay = RelayProcess::start(
+        &topo.relay,
+        &format!("{LOW_LATENCY}{RULE}"),
+        &["--workers", "1-1"],
+    );
+    // A stream 2 ms apart keeps the worker spinning; for its first three seconds a second busy
+    // task wants the worker's CPU, for the last three nothing does.
+    let sender = UdpSender::new(&topo.sender, Topology::SENDER_ADDR, 4);
+    let busy_until = Instant::now() + Duration::from_secs(3);
+    std::thread::scope(|s| {
+        s.spawn(|| hog(1, busy_until));
+        sender.send_numbered("239.1.1.1:5000", 4, 0..3 * PPS, PPS / 2);
+    });
+    let exit = relay.stop();
+    let log = &exit.log;
+    let paused = log
+        .find("busy polling pauses")
+        .unwrap_or_else(|| panic!("spinning never paused for the busy task:\n{log}"));
+    assert!(
+        log[paused..].contains("busy polling resumes"),
+        "spinning never resumed once the busy task ended:\n{log}"
+    );
+    assert!(
+        logged(log, "spin_pauses").is_some_and(|pauses| pauses >= 1),
+        "{log}"
+    );
 }

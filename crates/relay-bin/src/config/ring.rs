@@ -37,7 +37,10 @@ pub struct RingSection {
     /// 0 (the default) never spins. Spinning saves the wake-up of a sleeping worker (tens of
     /// microseconds) on every frame that arrives within the window, and keeps a CPU busy for
     /// the whole window. Only with `version = "v2"`: a V3 block reaches the worker when it is
-    /// full or retired, which no spinning hastens.
+    /// full or retired, which no spinning hastens. A worker that waits for its CPU more than a
+    /// tenth of 100 ms while spinning (another task wants the CPU, and gets it by time slices)
+    /// pauses spinning until other tasks use less than 5 % of that CPU over a second; the log
+    /// says when.
     #[serde(skip_serializing_if = "is_zero")]
     pub busy_poll_us: u32,
     /// Transmit rings bypass the interface's qdisc (`PACKET_QDISC_BYPASS`): a shorter transmit

@@ -270,7 +270,8 @@ fn warn_shared_spinning_cpus(cpus: &[u32]) {
         log::warn!(
             "ring.busy_poll_us: the workers on cpus {shared:?} spin, and those CPUs are not \
              isolated (isolcpus): a task that wants one takes it from its worker by time slices, \
-             adding hundreds of microseconds; and under SCHED_FIFO the kernel throttles a worker \
+             hundreds of microseconds each, so the worker stops spinning while that lasts and \
+             wakes from poll like any other; and under SCHED_FIFO the kernel throttles a worker \
              that spins for most of a second (sched_rt_runtime_us)"
         );
     }

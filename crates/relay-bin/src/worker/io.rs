@@ -74,7 +74,7 @@ impl WorkerIo {
             rx,
             datapath: Datapath::new(table),
             sinks,
-            waiter: Waiter::new(start.ring.busy_poll_us),
+            waiter: Waiter::new(start.ring.busy_poll_us, start.cpu),
             kernel: RingStats::default(),
         })
     }
@@ -324,7 +324,7 @@ impl WorkerIo {
         let received = self.datapath.received();
         log::info!(
             "worker on cpu {}: syscalls polls={} sleeps={} kicks={} sendmmsg={} received={} \
-             spin_hits={} segmented={} segmented_datagrams={}",
+             spin_hits={} spin_pauses={} segmented={} segmented_datagrams={}",
             self.cpu,
             waits.polls,
             waits.sleeps,
@@ -332,6 +332,7 @@ impl WorkerIo {
             sendmmsg,
             received,
             waits.spin_hits,
+            waits.spin_pauses,
             segmented,
             in_segmented
         );

@@ -6,6 +6,7 @@
 //! dies, so it never relays with a stale table; it receives its receive ring sockets, then its
 //! start message, builds its table, maps its rings and says `Ready`, and only then reads frames.
 
+mod contention;
 mod datapath;
 mod io;
 mod sinks;

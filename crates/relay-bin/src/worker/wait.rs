@@ -6,10 +6,15 @@
 //! the worker asleep. Spinning pays with CPU time instead: the worker stays on its CPU, sees the
 //! frame's status change within a cache-line transfer, and relays it at once.
 //!
+//! Spinning pays off only on a CPU the worker has to itself: while a spinning worker waits for
+//! its CPU more than a tenth of the time, spinning pauses until other tasks leave the CPU alone
+//! (see [`super::contention`]).
+//!
 //! Either way, while frames keep coming the loop makes no syscall to find them: a ring with
 //! frames waiting is served without asking `poll`, and the control socket is looked at (with a
 //! `poll` that does not sleep) at most every [`CONTROL_EVERY`].
 
+use super::contention::{self, Contention};
 use fanout_core::RxRing;
 use nix::errno::Errno;
 use nix::poll::{PollFd, PollFlags, PollTimeout};
@@ -37,23 +42,97 @@ pub(super) struct WaitCounts {
     pub(super) sleeps: u64,
     /// Frames found by spinning, which would otherwise have cost a wake-up.
     pub(super) spin_hits: u64,
+    /// Times spinning paused because other tasks used the CPU.
+    pub(super) spin_pauses: u64,
+}
+
+/// Whether spinning is paused, and what decides it.
+#[derive(Debug)]
+struct SpinGuard {
+    contention: Contention,
+    paused: bool,
 }
 
 /// The waiting policy of one worker.
 #[derive(Debug)]
 pub(super) struct Waiter {
+    cpu: u32,
     busy_poll: Option<Duration>,
+    guard: Option<SpinGuard>,
     control_checked: Instant,
     counts: WaitCounts,
 }
 
 impl Waiter {
-    /// A waiter that spins `busy_poll_us` microseconds (0: never) before it sleeps.
-    pub(super) fn new(busy_poll_us: u32) -> Self {
+    /// A waiter on `cpu` that spins `busy_poll_us` microseconds (0: never) before it sleeps,
+    /// while other tasks leave that CPU to it.
+    pub(super) fn new(busy_poll_us: u32, cpu: u32) -> Self {
+        let busy_poll = (busy_poll_us > 0).then(|| Duration::from_micros(u64::from(busy_poll_us)));
+        let guard = busy_poll.and_then(|_| {
+            let contention = Contention::open(cpu);
+            if contention.is_none() {
+                log::warn!(
+                    "worker on cpu {cpu}: /proc/stat or /proc/thread-self/schedstat \
+                     unreadable: busy polling goes on even while other tasks need this CPU"
+                );
+            }
+            contention.map(|contention| SpinGuard {
+                contention,
+                paused: false,
+            })
+        });
         Waiter {
-            busy_poll: (busy_poll_us > 0).then(|| Duration::from_micros(u64::from(busy_poll_us))),
+            cpu,
+            busy_poll,
+            guard,
             control_checked: Instant::now(),
             counts: WaitCounts::default(),
+        }
+    }
+
+    /// How long to spin before sleeping: `None` without busy polling or while it is paused.
+    fn spin_budget(&self) -> Option<Duration> {
+        self.busy_poll
+            .filter(|_| !self.guard.as_ref().is_some_and(|guard| guard.paused))
+    }
+
+    /// Pauses spinning when the worker waited too long for its CPU over the last window, and
+    /// resumes it when other tasks leave the CPU alone again.
+    fn check_contention(&mut self) {
+        let cpu = self.cpu;
+        let Some(guard) = &mut self.guard else {
+            return;
+        };
+        let contention = &mut guard.contention;
+        if guard.paused {
+            let Some(others) = contention.others() else {
+                return;
+            };
+            if others < contention::RESUME_BELOW {
+                guard.paused = false;
+                contention.start_waiting_window();
+                log::info!(
+                    "worker on cpu {cpu}: other tasks used {:.0}% of this CPU over the last \
+                     second: busy polling resumes",
+                    others * 100.0
+                );
+            }
+        } else {
+            let Some(waiting) = contention.waiting() else {
+                return;
+            };
+            if waiting > contention::PAUSE_ABOVE {
+                guard.paused = true;
+                contention.start_share_window();
+                self.counts.spin_pauses += 1;
+                log::info!(
+                    "worker on cpu {cpu}: waited for this CPU {:.0}% of the last {} ms while \
+                     spinning: busy polling pauses until other tasks use less than {:.0}% of it",
+                    waiting * 100.0,
+                    contention::SPIN_WINDOW.as_millis(),
+                    contention::RESUME_BELOW * 100.0
+                );
+            }
         }
     }
 
@@ -71,7 +150,7 @@ impl Waiter {
         rx: &[(u32, RxRing)],
     ) -> Result<bool, Errno> {
         let mut pending = any_pending(rx);
-        if !pending && let Some(budget) = self.busy_poll {
+        if !pending && let Some(budget) = self.spin_budget() {
             pending = spin(rx, budget);
             self.counts.spin_hits += u64::from(pending);
         }
@@ -95,7 +174,9 @@ impl Waiter {
             Err(errno) => return Err(errno),
         }
         self.control_checked = Instant::now();
-        Ok(!fds[0].revents().unwrap_or(PollFlags::empty()).is_empty())
+        let control = !fds[0].revents().unwrap_or(PollFlags::empty()).is_empty();
+        self.check_contention();
+        Ok(control)
     }
 }
 
@@ -125,15 +206,19 @@ mod tests {
 
     #[test]
     fn busy_polling_is_off_at_zero_and_on_otherwise() {
-        assert_eq!(Waiter::new(0).busy_poll, None);
-        assert_eq!(Waiter::new(250).busy_poll, Some(Duration::from_micros(250)));
+        assert_eq!(Waiter::new(0, 0).busy_poll, None);
+        assert!(Waiter::new(0, 0).guard.is_none());
+        let spinning = Waiter::new(250, 0);
+        assert_eq!(spinning.busy_poll, Some(Duration::from_micros(250)));
+        assert_eq!(spinning.spin_budget(), Some(Duration::from_micros(250)));
+        assert!(spinning.guard.is_some(), "/proc/stat is readable here");
     }
 
     #[test]
     fn without_rings_a_wait_sleeps_until_the_control_socket_is_readable() {
         let (ours, theirs) = UnixStream::pair().expect("a socket pair");
         std::io::Write::write_all(&mut &theirs, b"x").expect("write to the pair");
-        let mut waiter = Waiter::new(100);
+        let mut waiter = Waiter::new(100, 0);
         let readable = waiter.wait(&ours, &[]).expect("poll on a socket pair");
         assert!(readable);
         // Nothing in a ring: the spin ran out and the poll was allowed to sleep.
@@ -142,7 +227,8 @@ mod tests {
             WaitCounts {
                 polls: 1,
                 sleeps: 1,
-                spin_hits: 0
+                spin_hits: 0,
+                spin_pauses: 0
             }
         );
     }
