@@ -42,7 +42,7 @@ pub(super) const VNET_HDR_LEN: usize = 10;
 /// `VIRTIO_NET_HDR_F_NEEDS_CSUM`: the kernel (or the NIC) completes the checksum at
 /// `csum_start + csum_offset`.
 const VNET_NEEDS_CSUM: u8 = 1;
-/// `VIRTIO_NET_HDR_GSO_UDP_L4` (linux/virtio_net.h, since 6.2): split into UDP datagrams.
+/// `VIRTIO_NET_HDR_GSO_UDP_L4` (linux/virtio_net.h): split into UDP datagrams.
 const VNET_GSO_UDP_L4: u8 = 5;
 /// Offset of the checksum in a UDP header (`csum_offset`).
 const UDP_CHECKSUM_OFFSET: u16 = 6;

@@ -136,8 +136,9 @@ impl TxRingBuilder {
         self
     }
 
-    /// The first release whose `virtio_net_hdr_to_skb()` accepts `VIRTIO_NET_HDR_GSO_UDP_L4`
-    /// ("virtio_net: ... USO", 6.2); an earlier one marks every such frame
+    /// The first release taken to accept [`TxRingBuilder::segmentation`]'s frames:
+    /// `virtio_net_hdr_to_skb()` learned `VIRTIO_NET_HDR_GSO_UDP_L4` with the vnet header's
+    /// UDP segmentation offload (6.2); an earlier kernel marks every such frame
     /// TP_STATUS_WRONG_FORMAT.
     pub const SEGMENTATION_SINCE: KernelRelease = KernelRelease::new(6, 2);
 

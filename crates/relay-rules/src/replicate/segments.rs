@@ -56,8 +56,8 @@ use super::{FrameTemplate, IPV4_HEADER_LEN, UDP_HEADER_LEN};
 use crate::wire::checksum::addr_sum;
 use crate::wire::{Datagram, Ipv4Packet, PROTOCOL_UDP, UdpPacket, fold};
 
-/// Most datagrams in one segmented frame: the kernel's `UDP_MAX_SEGMENTS` (64 before Linux 6.9,
-/// 128 since).
+/// Most datagrams in one segmented frame: the kernel's `UDP_MAX_SEGMENTS`, 64 in older
+/// releases (later raised), so a frame of 64 is taken by every kernel that segments.
 pub const MAX_SEGMENTS: u16 = 64;
 
 /// Whether a datagram may join a segmented frame, where its UDP checksum is computed anew:
