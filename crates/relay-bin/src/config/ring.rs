@@ -31,7 +31,8 @@ pub struct RingSection {
     pub frame_size: u32,
     /// Milliseconds after which the kernel hands over a V3 block that is not full.
     pub retire_timeout_ms: u32,
-    /// Frame slots of each transmit ring.
+    /// Frame slots of each transmit ring (with `tx_gso`, the same memory in slots of
+    /// [`SEGMENTED_SLOT_BYTES`]).
     pub tx_frames: u32,
     /// Microseconds a worker spins on its rings' next frame before it sleeps in `poll(2)`;
     /// 0 (the default) never spins. Spinning saves the wake-up of a sleeping worker (tens of

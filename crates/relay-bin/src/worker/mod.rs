@@ -12,7 +12,7 @@ mod io;
 mod sinks;
 mod wait;
 
-pub use datapath::{Datapath, Outputs, Written};
+pub use datapath::{Datapath, Outputs, RxChecksum, Written};
 
 use crate::protocol::{self, FromWorker, ToWorker, WorkerStart};
 use nix::sys::signal::Signal;
