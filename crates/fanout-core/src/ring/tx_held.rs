@@ -18,7 +18,8 @@ use super::tx::{TxRing, UdpSegments};
 use super::v2;
 
 /// A transmit slot taken with [`TxRing::hold_with`] and not yet committed. It belongs to the
-/// ring that gave it out; hand it back with [`TxRing::commit_held`].
+/// ring that gave it out; hand it back with [`TxRing::commit_held`]. Dropped uncommitted, the
+/// slot stays held for good and every frame behind it waits: there is no way back.
 #[derive(Debug, PartialEq, Eq)]
 #[must_use = "a held slot holds back every frame behind it until it is committed"]
 pub struct HeldSlot {
