@@ -105,9 +105,14 @@ pub fn tx_geometry(ring: &RingSection) -> Geometry {
     Geometry::new(per_block * frame_size, blocks, frame_size)
 }
 
-/// Whether transmit rings carry segmented frames: `tx_gso` on a kernel that takes them.
+/// Whether transmit rings carry segmented frames: `tx_gso` with `tx_linear` (a segmented frame
+/// is copied whole, so without it the ring keeps lending its pages, frame by frame), on a kernel
+/// that takes them.
 pub fn tx_segmentation(ring: &RingSection) -> bool {
-    ring.tx_gso && TxRingBuilder::segmentation_supported()
+    ring.tx_gso
+        && ring.tx_linear
+        && TxRingBuilder::linear_supported()
+        && TxRingBuilder::segmentation_supported()
 }
 
 /// A fanout group on one interface and the receive rings that joined it.

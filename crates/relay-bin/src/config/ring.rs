@@ -65,8 +65,8 @@ pub struct RingSection {
     /// [`SEGMENTED_SLOT_BYTES`] each, as many as fit in the memory `tx_frames` × `frame_size`
     /// gives. Only datagrams whose UDP checksum was verified on receipt or that carry none
     /// (`relay_rules::replicate::may_segment`) are sent so: their checksums are computed
-    /// anew. On a kernel older than `TxRingBuilder::SEGMENTATION_SINCE` it is off whatever the
-    /// setting, and the log says so.
+    /// anew. Segmented frames are copied whole, so with `tx_linear = false` it is off; on a
+    /// kernel older than `TxRingBuilder::SEGMENTATION_SINCE` too, and the log says so.
     #[serde(skip_serializing_if = "is_true")]
     pub tx_gso: bool,
 }
