@@ -56,18 +56,7 @@ fn relay_one_stream(topology: &str, ring: &str, tag: u8) -> String {
         got.iter().all(|datagram| datagram.ttl == Some(7)),
         "a datagram left without the rule's TTL"
     );
-    let total = exit.summary.total();
-    assert_eq!(
-        (
-            total.received,
-            total.forwarded,
-            total.tx_full,
-            total.kernel_drops
-        ),
-        (u64::from(N), u64::from(N), 0, 0),
-        "(received, forwarded, tx_full, kernel_drops) of {:#?}",
-        exit.summary
-    );
+    exit.summary.assert_relayed(u64::from(N), u64::from(N));
     exit.log
 }
 

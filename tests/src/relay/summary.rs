@@ -138,6 +138,22 @@ impl Summary {
         Self::parse_all(log).pop()
     }
 
+    /// Asserts that the workers together received `received` frames and forwarded
+    /// `forwarded`, with no transmit slot missing and no frame dropped on a full receive ring.
+    pub fn assert_relayed(&self, received: u64, forwarded: u64) {
+        let total = self.total();
+        assert_eq!(
+            (
+                total.received,
+                total.forwarded,
+                total.tx_full,
+                total.kernel_drops
+            ),
+            (received, forwarded, 0, 0),
+            "(received, forwarded, tx_full, kernel_drops) of {self:#?}"
+        );
+    }
+
     /// All workers added together (`cpu` is `u32::MAX`).
     pub fn total(&self) -> WorkerRow {
         let mut total = WorkerRow {

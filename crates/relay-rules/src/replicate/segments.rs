@@ -83,7 +83,6 @@ pub struct Split {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Segments {
     ip_offset: usize,
-    header_len: usize,
     segment_size: usize,
     count: u16,
     len: usize,
@@ -100,7 +99,6 @@ impl FrameTemplate {
     pub fn segments(&self, first: &Datagram<'_>, frame_len: usize) -> Segments {
         Segments {
             ip_offset: self.ip_offset,
-            header_len: self.header_len,
             segment_size: first.payload.len(),
             count: 1,
             len: frame_len,
@@ -193,11 +191,6 @@ impl Segments {
             udp_offset: udp_offset as u16,
             segment_size: self.segment_size as u16,
         })
-    }
-
-    /// Offset of the first payload byte (after every header).
-    pub fn header_len(&self) -> usize {
-        self.header_len
     }
 }
 
