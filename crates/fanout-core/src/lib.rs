@@ -64,6 +64,7 @@ pub mod stats;
 pub mod steering;
 mod sys;
 pub mod udp_batch;
+pub mod vnet;
 
 pub use bpf::{BpfError, BpfInstruction, BpfProgram};
 pub use cpu::{CpuError, CpuSet};
@@ -76,3 +77,4 @@ pub use ring::{Frame, RingError, RingVersion, RxRing, RxRingBuilder, TxRing, TxR
 pub use socket::{PacketSocket, Protocol, SocketError};
 pub use stats::RingStats;
 pub use steering::{Steering, SteeringError, SteeringReport};
+pub use vnet::VnetHeader;

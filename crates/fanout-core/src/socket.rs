@@ -301,6 +301,17 @@ impl PacketSocket {
         )
     }
 
+    /// Puts a [`VnetHeader`](crate::VnetHeader) in front of every frame this socket receives
+    /// (and expects one in front of every frame it sends) (`PACKET_VNET_HDR`): the only way a
+    /// capture learns that a frame still carries several UDP datagrams the kernel will split
+    /// later, and where they begin ([`VnetHeader::udp_segment_size`](crate::VnetHeader::udp_segment_size)).
+    /// [`PacketSocket::try_recv`] then returns the header's [`VnetHeader::LEN`](crate::VnetHeader::LEN)
+    /// bytes and the frame after them. A kernel that cannot describe a frame's offloads this way
+    /// fails that `recv` with `EINVAL`.
+    pub fn set_vnet_header(&self, on: bool) -> Result<(), SocketError> {
+        self.set_packet_int("PACKET_VNET_HDR", crate::vnet::PACKET_VNET_HDR, on.into())
+    }
+
     /// Chooses the receive timestamp source (`PACKET_TIMESTAMP`).
     pub fn set_timestamp_source(&self, source: TimestampSource) -> Result<(), SocketError> {
         let flags = match source {

@@ -11,7 +11,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use fanout_core::{PacketSocket, Protocol};
+use fanout_core::{PacketSocket, Protocol, VnetHeader};
 use nix::errno::Errno;
 use nix::sys::socket::{ControlMessageOwned, MsgFlags, SockaddrIn, recvmsg, setsockopt, sockopt};
 
@@ -193,7 +193,9 @@ impl UdpReceiver {
     /// catch extras) or `timeout` passed.
     pub fn collect(self, expect: usize, timeout: Duration) -> Collector {
         let label = self.label.clone();
-        Collector::spawn(label, expect, timeout, move || self.next())
+        Collector::spawn(label, expect, timeout, move || {
+            self.next().into_iter().collect()
+        })
     }
 
     fn next(&self) -> Option<Datagram> {
@@ -229,6 +231,11 @@ impl UdpReceiver {
 
 /// A packet socket on an interface of a namespace that picks out the UDP datagrams sent to one
 /// destination, whether or not the host would accept them (no group membership needed).
+///
+/// A packet socket sees a frame before the stack splits it, so a segmented frame (several
+/// datagrams of one flow that a relay sent as one, for the kernel to split later) arrives here
+/// whole. The socket reads each frame's `virtio_net_hdr` and splits such frames at the segment
+/// size it names, as the kernel will, so that every datagram is checked on its own.
 #[derive(Debug)]
 pub struct Capture {
     socket: PacketSocket,
@@ -242,6 +249,7 @@ impl Capture {
         let destination = addr(destination);
         let socket = ns.run(|| {
             let mut socket = PacketSocket::open()?;
+            socket.set_vnet_header(true)?;
             socket.bind(ifname, Protocol::IPV4)?;
             Ok::<_, fanout_core::SocketError>(socket)
         });
@@ -260,20 +268,43 @@ impl Capture {
         Collector::spawn(label, expect, timeout, move || self.next())
     }
 
-    fn next(&self) -> Option<Datagram> {
+    fn next(&self) -> Vec<Datagram> {
         use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
         let mut fds = [PollFd::new(
             std::os::fd::AsFd::as_fd(&self.socket),
             PollFlags::POLLIN,
         )];
+        // A timeout or EINTR both mean: look at the deadline, then try again.
         let _ = poll(&mut fds, PollTimeout::from(TICK.as_millis() as u16));
-        let mut frame = vec![0u8; 65_536];
+        let mut frame = vec![0u8; VnetHeader::LEN + 65_536];
         let len = match self.socket.try_recv(&mut frame) {
             Ok(Some(len)) => len,
-            Ok(None) => return None,
+            Ok(None) => return Vec::new(),
             Err(e) => panic!("{}: {e}", self.label),
         };
-        udp_in_frame(&frame[..len], self.destination)
+        let Some(vnet) = VnetHeader::parse(&frame[..len]) else {
+            panic!("{}: {len} bytes cannot hold a virtio_net_hdr", self.label)
+        };
+        datagrams_in_frame(&vnet, &frame[VnetHeader::LEN..len], self.destination)
+    }
+}
+
+/// The UDP datagrams to `destination` in an Ethernet frame that arrived with `vnet`: one for a
+/// plain frame, each piece of a segmented one, none if it holds anything else.
+fn datagrams_in_frame(vnet: &VnetHeader, frame: &[u8], destination: SocketAddrV4) -> Vec<Datagram> {
+    let Some(whole) = udp_in_frame(frame, destination) else {
+        return Vec::new();
+    };
+    match vnet.udp_segment_size() {
+        None => vec![whole],
+        Some(size) => whole
+            .payload
+            .chunks(usize::from(size))
+            .map(|piece| Datagram {
+                payload: piece.to_vec(),
+                ..whole.clone()
+            })
+            .collect(),
     }
 }
 
@@ -312,7 +343,7 @@ impl Collector {
         label: String,
         expect: usize,
         timeout: Duration,
-        mut next: impl FnMut() -> Option<Datagram> + Send + 'static,
+        mut next: impl FnMut() -> Vec<Datagram> + Send + 'static,
     ) -> Collector {
         let stop = Arc::new(AtomicBool::new(false));
         let stopped = Arc::clone(&stop);
@@ -327,8 +358,9 @@ impl Collector {
                     if now >= deadline || complete_at.is_some_and(|at| now >= at + LINGER) {
                         break;
                     }
-                    if let Some(datagram) = next() {
-                        got.push(datagram);
+                    let arrived = next();
+                    if !arrived.is_empty() {
+                        got.extend(arrived);
                         if got.len() >= expect && complete_at.is_none() {
                             complete_at = Some(Instant::now());
                         }
@@ -451,5 +483,98 @@ mod tests {
         assert_eq!(got.ttl, Some(7));
         assert_eq!(got.from, Some(addr("10.0.0.1:5000")));
         assert_eq!(udp_in_frame(&frame, addr("239.2.2.2:6001")), None);
+    }
+
+    /// An Ethernet frame carrying `body` from 10.0.0.1:5000 to 239.1.1.1:5000, TTL 9, with a
+    /// valid IPv4 header checksum and no UDP checksum.
+    fn input_frame(body: &[u8]) -> Vec<u8> {
+        let total = 20 + 8 + body.len();
+        let mut frame = vec![0x01, 0x00, 0x5e, 1, 1, 1, 2, 0, 0, 0, 0, 1, 0x08, 0x00];
+        frame.extend_from_slice(&[0x45, 0, (total >> 8) as u8, total as u8, 0, 0, 0, 0, 9, 17]);
+        frame.extend_from_slice(&[0, 0, 10, 0, 0, 1, 239, 1, 1, 1]);
+        let sum: u32 = frame[14..34]
+            .chunks(2)
+            .map(|word| u32::from(u16::from_be_bytes([word[0], word[1]])))
+            .sum();
+        let folded = (sum & 0xffff) + (sum >> 16);
+        let checksum = !(((folded & 0xffff) + (folded >> 16)) as u16);
+        frame[24..26].copy_from_slice(&checksum.to_be_bytes());
+        frame.extend_from_slice(&[0x13, 0x88, 0x13, 0x88]);
+        frame.extend_from_slice(&[((8 + body.len()) >> 8) as u8, (8 + body.len()) as u8, 0, 0]);
+        frame.extend_from_slice(body);
+        frame
+    }
+
+    /// A segmented frame as the relay builds it (relay-rules' templates), with the
+    /// `virtio_net_hdr` a capture reads with it, splits into the datagrams the relay would have
+    /// sent one by one: same payloads, TTL and sender, in order.
+    #[test]
+    fn segmented_frames_split_into_the_datagrams_sent_one_by_one() {
+        use relay_rules::replicate::{FrameTemplate, TemplateSpec, multicast_mac};
+
+        let group = Ipv4Addr::new(239, 2, 2, 2);
+        let template = FrameTemplate::new(&TemplateSpec {
+            src_mac: [0x02, 0, 0, 0, 0, 0x02],
+            dst_mac: multicast_mac(group),
+            vlan: None,
+            source: Ipv4Addr::new(10, 1, 0, 1),
+            destination: group,
+            source_port: None,
+            destination_port: 6000,
+            ttl: 7,
+            dscp: None,
+            mtu: 9000,
+        });
+        // Three full datagrams and a shorter last one, as a burst of one flow would be.
+        let bodies: Vec<Vec<u8>> = [(1, 300), (2, 300), (3, 300), (4, 120)]
+            .into_iter()
+            .map(|(seq, len)| {
+                let mut body = payload(5, seq);
+                body.resize(len, seq as u8);
+                body
+            })
+            .collect();
+        let inputs: Vec<Vec<u8>> = bodies.iter().map(|b| input_frame(b)).collect();
+        let parsed: Vec<_> = inputs
+            .iter()
+            .map(|f| relay_rules::wire::parse(f, None).expect("a valid input frame"))
+            .collect();
+
+        let mut slot = vec![0u8; 16_384];
+        let first = template
+            .write(&parsed[0], 1, &mut slot)
+            .expect("the first datagram fits");
+        let mut segments = template.segments(&parsed[0], first);
+        for input in &parsed[1..] {
+            assert!(template.append_segment(&mut segments, input, &mut slot));
+        }
+        let split = segments
+            .finish(&mut slot)
+            .expect("four datagrams: segmented");
+        let frame = &slot[..segments.len()];
+        let vnet = VnetHeader::udp_segments(frame.len(), split.udp_offset, split.segment_size);
+        let destination = addr("239.2.2.2:6000");
+
+        // Read whole, the frame is one long datagram: the flake this splitting prevents.
+        let whole = datagrams_in_frame(&VnetHeader::plain(frame.len()), frame, destination);
+        assert_eq!(whole.len(), 1);
+        assert_eq!(whole[0].payload.len(), 3 * 300 + 120);
+
+        let got = datagrams_in_frame(&vnet, frame, destination);
+        let one_by_one: Vec<Datagram> = parsed
+            .iter()
+            .map(|input| {
+                let mut plain = vec![0u8; 2048];
+                let len = template.write(input, 1, &mut plain).expect("fits");
+                udp_in_frame(&plain[..len], destination).expect("the relay's frame")
+            })
+            .collect();
+        assert_eq!(got, one_by_one);
+        assert_eq!(
+            got.iter().map(|d| d.payload.clone()).collect::<Vec<_>>(),
+            bodies
+        );
+        let ids: Vec<_> = got.iter().map(|d| payload_id(&d.payload)).collect();
+        assert_eq!(ids, [1, 2, 3, 4].map(|seq| Some((5, seq))));
     }
 }

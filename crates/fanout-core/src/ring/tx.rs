@@ -35,36 +35,21 @@ use super::geometry::Geometry;
 use super::mmap::Mapping;
 use super::{RingError, RingVersion, v2};
 use crate::socket::PacketSocket;
+use crate::vnet::VnetHeader;
 
 /// Bytes of the `virtio_net_hdr` in front of each frame of a linear ring (see
 /// [`TxRingBuilder::linear`](super::TxRingBuilder::linear)).
-pub(super) const VNET_HDR_LEN: usize = 10;
-/// `VIRTIO_NET_HDR_F_NEEDS_CSUM`: the kernel (or the NIC) completes the checksum at
-/// `csum_start + csum_offset`.
-const VNET_NEEDS_CSUM: u8 = 1;
-/// `VIRTIO_NET_HDR_GSO_UDP_L4` (linux/virtio_net.h): split into UDP datagrams.
-const VNET_GSO_UDP_L4: u8 = 5;
-/// Offset of the checksum in a UDP header (`csum_offset`).
-const UDP_CHECKSUM_OFFSET: u16 = 6;
+pub(super) const VNET_HDR_LEN: usize = VnetHeader::LEN;
 
-/// The `virtio_net_hdr` of a linear slot holding a `len`-byte frame. Its 16-bit fields are in
-/// native byte order, which is what `__virtio16_to_cpu(vio_le(), ..)` reads for the legacy
-/// header on a little-endian host and on a big-endian one alike.
-///
-/// `hdr_len`, the bytes the kernel copies linear (`__packet_snd_vnet_parse()` refuses more than
-/// the frame), is the whole frame. Without `segments` every other field is 0: no offload.
+/// The `virtio_net_hdr` of a linear slot holding a `len`-byte frame: `hdr_len`, the bytes the
+/// kernel copies linear (`__packet_snd_vnet_parse()` refuses more than the frame), is the whole
+/// frame; without `segments` it asks for no offload.
 fn vnet_header(len: usize, segments: Option<UdpSegments>) -> [u8; VNET_HDR_LEN] {
-    let hdr_len = u16::try_from(len).unwrap_or(u16::MAX);
-    let mut header = [0u8; VNET_HDR_LEN];
-    header[2..4].copy_from_slice(&hdr_len.to_ne_bytes());
-    if let Some(segments) = segments {
-        header[0] = VNET_NEEDS_CSUM;
-        header[1] = VNET_GSO_UDP_L4;
-        header[4..6].copy_from_slice(&segments.segment_size.to_ne_bytes());
-        header[6..8].copy_from_slice(&segments.udp_offset.to_ne_bytes());
-        header[8..10].copy_from_slice(&UDP_CHECKSUM_OFFSET.to_ne_bytes());
+    match segments {
+        Some(s) => VnetHeader::udp_segments(len, s.udp_offset, s.segment_size),
+        None => VnetHeader::plain(len),
     }
-    header
+    .to_bytes()
 }
 
 /// How the kernel is to split a frame into UDP datagrams (`VIRTIO_NET_HDR_GSO_UDP_L4`), on a

@@ -13,10 +13,8 @@ use super::{RingError, RingVersion};
 use crate::kernel::KernelRelease;
 use crate::socket::{self, PacketSocket, Protocol, SocketError};
 use crate::sys;
+use crate::vnet::PACKET_VNET_HDR;
 use smallvec::SmallVec;
-
-/// `PACKET_VNET_HDR` (linux/if_packet.h); not exported by libc for every target.
-const PACKET_VNET_HDR: libc::c_int = 15;
 
 /// Which transmit ring version to use.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
