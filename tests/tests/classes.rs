@@ -1,7 +1,8 @@
-//! Worker classes: two `[[class]]`es of one CPU each. Each class's workers relay only the rules
-//! that name it, and the kernel gives them only their class's frames: the class filters on the
-//! input interface keep each (group, port) key in its class's rings, and keys no rule has in
-//! none. A rule added at run time to a class moves its key into that class's filter.
+//! Worker classes: two `[[class]]`es of one CPU each, on the first two online CPUs, and no
+//! default workers (`relay.workers` lists just those two CPUs). Each class's workers relay only
+//! the rules that name it, and the kernel gives them only their class's frames: the class
+//! filters on the input interface keep each (group, port) key in its class's rings, and keys no
+//! rule has in none. A rule added at run time to a class moves its key into that class's filter.
 
 use std::net::Ipv4Addr;
 use std::time::Duration;
@@ -10,7 +11,7 @@ use fanout_relay_tests::ctl::{Ctl, Workdir, relay_section};
 use fanout_relay_tests::relay::{
     Collector, RelayProcess, UdpReceiver, UdpSender, check_stream, payload, quiet_topology,
 };
-use fanout_relay_tests::{Topology, privileged};
+use fanout_relay_tests::{Topology, privileged, two_online_cpus};
 use relay_bin::control::proto::StatsReport;
 
 /// Datagrams per flow.
@@ -84,33 +85,30 @@ fn worker(stats: &StatsReport, cpu: u32) -> &relay_bin::counters::WorkerCounters
         .counters
 }
 
-/// Whether the machine has the two CPUs these tests give one class each; says so when not.
-fn two_cpus() -> bool {
-    let two = std::thread::available_parallelism().map_or(1, |n| n.get()) == 2;
-    if !two {
-        eprintln!("skipping: this test puts one class on each of exactly two CPUs");
-    }
-    two
-}
-
 #[test]
 fn each_class_relays_only_its_rules_and_sees_only_its_frames() {
-    if privileged("each_class_relays_only_its_rules_and_sees_only_its_frames") && two_cpus() {
-        classes_keep_apart("clsx", "");
+    let test = "each_class_relays_only_its_rules_and_sees_only_its_frames";
+    if privileged(test)
+        && let Some(cpus) = two_online_cpus(test)
+    {
+        classes_keep_apart("clsx", cpus, "");
     }
 }
 
 #[test]
 fn classes_keep_apart_under_steer_and_shard_placement() {
-    if privileged("classes_keep_apart_under_steer_and_shard_placement") && two_cpus() {
-        classes_keep_apart("clsh", "fanout = \"steer\"\nplacement = \"shard\"\n");
+    let test = "classes_keep_apart_under_steer_and_shard_placement";
+    if privileged(test)
+        && let Some(cpus) = two_online_cpus(test)
+    {
+        classes_keep_apart("clsh", cpus, "fanout = \"steer\"\nplacement = \"shard\"\n");
     }
 }
 
-/// Two classes of one CPU each, with `extra` lines in `[relay]`: each relays its own rules and
-/// receives only its own frames, refusals name what is wrong, and a rule added at run time to
-/// a class reaches only that class's worker.
-fn classes_keep_apart(tag: &str, extra: &str) {
+/// Two classes of one CPU each, video on `cpus[0]` and bulk on `cpus[1]`, with `extra` lines in
+/// `[relay]`: each relays its own rules and receives only its own frames, refusals name what is
+/// wrong, and a rule added at run time to a class reaches only that class's worker.
+fn classes_keep_apart(tag: &str, [video_cpu, bulk_cpu]: [u32; 2], extra: &str) {
     let video = flow(1, "video");
     let bulk = flow(2, "bulk");
     // No rule has this key: neither class's rings may take its frames.
@@ -118,9 +116,13 @@ fn classes_keep_apart(tag: &str, extra: &str) {
     let late = flow(4, "video");
     let topo = quiet_topology(tag);
     let dir = Workdir::new(tag);
-    let config = relay_section(&dir, extra)
-        + "\n[[class]]\nname = \"video\"\ncpus = \"0\"\n"
-        + "\n[[class]]\nname = \"bulk\"\ncpus = 1\n"
+    // relay.workers names only the classes' CPUs, so no CPU is left for default workers
+    // however many are online.
+    let config = relay_section(
+        &dir,
+        &format!("workers = \"{video_cpu},{bulk_cpu}\"\n{extra}"),
+    ) + &format!("\n[[class]]\nname = \"video\"\ncpus = \"{video_cpu}\"\n")
+        + &format!("\n[[class]]\nname = \"bulk\"\ncpus = {bulk_cpu}\n")
         + &rule("v", &video)
         + &rule("b", &bulk);
     let relay = RelayProcess::start(&topo.relay, &config, &[]);
@@ -130,7 +132,10 @@ fn classes_keep_apart(tag: &str, extra: &str) {
         workers.iter().map(|w| (w.cpu, w.class.clone())).collect();
     assert_eq!(
         classes,
-        vec![(0, Some("video".into())), (1, Some("bulk".into()))],
+        vec![
+            (video_cpu, Some("video".into())),
+            (bulk_cpu, Some("bulk".into()))
+        ],
         "{workers:#?}"
     );
 
@@ -144,8 +149,13 @@ fn classes_keep_apart(tag: &str, extra: &str) {
     let shared = ["add", "--class", "bulk", "shared", &shared, output];
     refused(&ctl, &shared, "a key belongs to one class");
     // A class cannot take another class's CPU.
-    let taken = ["workers", "set", "--class", "video", "0-1"];
-    refused(&ctl, &taken, "CPU 1 runs a worker of class bulk");
+    let both = format!("{video_cpu},{bulk_cpu}");
+    let taken = ["workers", "set", "--class", "video", &both];
+    refused(
+        &ctl,
+        &taken,
+        &format!("CPU {bulk_cpu} runs a worker of class bulk"),
+    );
 
     let receivers = [receive(&topo, &video), receive(&topo, &bulk)];
     let sender = UdpSender::new(&topo.sender, Topology::SENDER_ADDR, 4);
@@ -166,7 +176,7 @@ fn classes_keep_apart(tag: &str, extra: &str) {
     });
     // Each worker received exactly its class's frames: not the other class's, not the stray
     // key's (the kernel filtered them out of its rings), and so matched every one it got.
-    for (cpu, rule, other) in [(0, "v", "b"), (1, "b", "v")] {
+    for (cpu, rule, other) in [(video_cpu, "v", "b"), (bulk_cpu, "b", "v")] {
         let counters = worker(&stats, cpu);
         assert_eq!(counters.received, n, "cpu {cpu}: {counters:#?}");
         assert_eq!(counters.forwarded, n, "cpu {cpu}: {counters:#?}");
@@ -175,7 +185,7 @@ fn classes_keep_apart(tag: &str, extra: &str) {
         assert!(counters.rules.get(other).is_none_or(|r| r.packets == 0));
     }
 
-    // Added at run time: the key joins the video class's filter, and cpu 0 relays it.
+    // Added at run time: the key joins the video class's filter, and the video CPU relays it.
     let added = ctl.run(&[
         "add",
         "--class",
@@ -192,10 +202,11 @@ fn classes_keep_apart(tag: &str, extra: &str) {
         panic!("the rule added at run time: {problem}\n{}", relay.log());
     }
     let stats = ctl.wait_stats("the late flow counted", Duration::from_secs(5), |stats| {
-        worker(stats, 0).forwarded >= 2 * n
+        worker(stats, video_cpu).forwarded >= 2 * n
     });
-    assert_eq!(worker(&stats, 0).received, 2 * n, "{stats:#?}");
-    assert_eq!(worker(&stats, 1).received, n, "{stats:#?}");
-    assert_eq!(worker(&stats, 0).no_rule + worker(&stats, 1).no_rule, 0);
+    let (video_worker, bulk_worker) = (worker(&stats, video_cpu), worker(&stats, bulk_cpu));
+    assert_eq!(video_worker.received, 2 * n, "{stats:#?}");
+    assert_eq!(bulk_worker.received, n, "{stats:#?}");
+    assert_eq!(video_worker.no_rule + bulk_worker.no_rule, 0);
     relay.stop();
 }

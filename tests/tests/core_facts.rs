@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use fanout_core::iface::{self, IfaceError, InterfaceInfo, LinkFlags};
 use fanout_core::steering::{RssIndirection, Steering, SteeringError};
-use fanout_relay_tests::{Netns, privileged, skip, veth_pair};
+use fanout_relay_tests::{Netns, privileged, skip, unchecked, veth_pair};
 use nix::errno::Errno;
 
 /// The raw JSON text following `"key":` in `json`, up to the next `,` or `}` (or the closing
@@ -309,26 +309,76 @@ fn queue_counts_and_report_on_veth() {
     });
 }
 
+/// The interrupts [`Steering::irqs`] finds for this namespace's interfaces are real ones named
+/// for them: each is in `/proc/irq`, is one of the device's MSI vectors or has a
+/// `/proc/interrupts` line naming the interface or its device (`eth0-TxRx-0`,
+/// `virtio0-input.0`), has an affinity, takes effect only on online CPUs and has a count per CPU.
+///
+/// Needs a network interface with interrupts: a NIC, physical or virtio. Veth, loopback and ifb
+/// have none, so a host without such a NIC (a container, a machine with only virtual
+/// interfaces) has nothing to check here. That missing hardware is the documented reason this
+/// test passes without checking, also under `CI=true`; it says so on stderr through
+/// [`unchecked`].
 #[test]
 fn irqs_of_real_interfaces_name_them_and_have_affinity() {
+    let test = "irqs_of_real_interfaces_name_them_and_have_affinity";
     let steering = Steering::new();
-    let mut seen = 0;
+    let online = cpu::online_cpus().expect("cpu/online");
+    let interrupts = std::fs::read_to_string("/proc/interrupts").expect("/proc/interrupts");
+    let mut checked = 0;
     for info in InterfaceInfo::list().expect("list") {
         // Interfaces of this namespace that the mounted sysfs does not show are not an error
         // of the code under test.
         let Ok(irqs) = steering.irqs(&info.name) else {
             continue;
         };
-        for irq in irqs {
-            seen += 1;
+        if irqs.is_empty() {
+            continue;
+        }
+        let sys = std::path::PathBuf::from(format!("/sys/class/net/{}", info.name));
+        let msi: Vec<u32> = std::fs::read_dir(sys.join("device/msi_irqs"))
+            .map(|entries| {
+                entries
+                    .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
+                    .collect()
+            })
+            .unwrap_or_default();
+        let device = std::fs::read_link(sys.join("device"))
+            .ok()
+            .and_then(|p| Some(p.file_name()?.to_string_lossy().into_owned()));
+        for irq in &irqs {
             assert!(
                 std::path::Path::new(&format!("/proc/irq/{}", irq.number)).is_dir(),
                 "{irq:?}"
             );
-            let online = cpu::online_cpus().expect("cpu/online");
-            if let Some(affinity) = &irq.affinity {
-                assert!(!affinity.is_empty(), "{irq:?}");
-            }
+            // Its own line of /proc/interrupts, read again here, names the interface or its
+            // device, unless the IRQ is one of the device's MSI vectors.
+            let line = interrupts
+                .lines()
+                .find(|l| {
+                    l.split_once(':')
+                        .is_some_and(|(n, _)| n.trim() == irq.number.to_string())
+                })
+                .unwrap_or("");
+            assert!(
+                line.is_empty()
+                    || !irq.description.is_empty() && line.trim_end().ends_with(&irq.description),
+                "the description is the end of the IRQ's line {line:?}: {irq:?}"
+            );
+            let names = |who: &str| line.contains(who);
+            assert!(
+                msi.contains(&irq.number)
+                    || names(&info.name)
+                    || device.as_deref().is_some_and(names),
+                "{}: {irq:?} is no MSI vector of device {device:?} {msi:?} and its line does \
+                 not name either: {line:?}",
+                info.name
+            );
+            let affinity = irq
+                .affinity
+                .as_ref()
+                .unwrap_or_else(|| panic!("smp_affinity_list is readable: {irq:?}"));
+            assert!(!affinity.is_empty(), "{irq:?}");
             if let Some(effective) = &irq.effective_affinity {
                 assert!(effective.iter().all(|c| online.contains(c)), "{irq:?}");
             }
@@ -337,14 +387,12 @@ fn irqs_of_real_interfaces_name_them_and_have_affinity() {
                 "{irq:?}"
             );
         }
+        checked += irqs.len();
     }
-    if seen == 0 {
-        // Containers and machines with only virtual interfaces have no interface IRQs; not a
-        // missing privilege, so no CI failure either.
-        use std::io::Write as _;
-        let _ = writeln!(
-            std::io::stderr(),
-            "irqs_of_real_interfaces_name_them_and_have_affinity: no interface has IRQs here"
+    if checked == 0 {
+        unchecked(
+            test,
+            "no interface here has interrupts (no physical or virtio NIC), so no IRQ was checked",
         );
     }
 }

@@ -1,14 +1,16 @@
 //! Steering on veth, which has one RX queue: `check-steering` says so, a sender pinned to one
 //! CPU feeds one worker under fanout cpu, and `--rps auto` spreads its flows over both workers,
-//! then puts the RPS mask back when the relay stops.
+//! then puts the RPS mask back when the relay stops. The two workers are on the first two online
+//! CPUs.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
 
+use fanout_core::cpu::CpuSet;
 use fanout_core::steering::Steering;
 use fanout_relay_tests::ctl::{Ctl, Workdir, relay_section, rule, run_bounded};
 use fanout_relay_tests::relay::{RelayProcess, UdpSender, quiet_topology, relay_binary};
-use fanout_relay_tests::{Netns, Topology, privileged, skip};
+use fanout_relay_tests::{Netns, Topology, privileged, two_online_cpus};
 
 /// Flows (source ports): RPS steers by flow hash, so several are needed to see both CPUs used.
 const FLOWS: u32 = 16;
@@ -27,11 +29,16 @@ fn rps_mask(topo: &Topology) -> String {
     })
 }
 
-/// `fanout-relay check-steering rin0 --workers 0-1 [extra]` in the relay's namespace.
-fn check_steering(ns: &Netns, extra: &[&str]) -> String {
+/// `fanout-relay check-steering rin0 --workers <workers> [extra]` in the relay's namespace.
+fn check_steering(ns: &Netns, workers: &str, extra: &[&str]) -> String {
     let mut cmd = ns.cmd(relay_binary());
-    cmd.args(["check-steering", Topology::RELAY_IN_IF, "--workers", "0-1"])
-        .args(extra);
+    cmd.args([
+        "check-steering",
+        Topology::RELAY_IN_IF,
+        "--workers",
+        workers,
+    ])
+    .args(extra);
     let out = run_bounded(cmd, Duration::from_secs(20));
     assert!(
         out.status.success(),
@@ -42,13 +49,13 @@ fn check_steering(ns: &Netns, extra: &[&str]) -> String {
     out.stdout
 }
 
-/// Sends every flow from CPU 0 and returns, per worker CPU, the packets the rule matched there.
-fn send_and_count(topo: &Topology, ctl: &Ctl) -> BTreeMap<u32, u64> {
+/// Sends every flow from `cpu` and returns, per worker CPU, the packets the rule matched there.
+fn send_and_count(topo: &Topology, ctl: &Ctl, cpu: u32) -> BTreeMap<u32, u64> {
     let senders: Vec<UdpSender> = (0..FLOWS)
         .map(|_| UdpSender::new(&topo.sender, Topology::SENDER_ADDR, 4))
         .collect();
     for (flow, sender) in senders.iter().enumerate() {
-        sender.send_numbered_on_cpu(0, "239.1.1.1:5000", flow as u8, 0..PER_FLOW, PPS);
+        sender.send_numbered_on_cpu(cpu as usize, "239.1.1.1:5000", flow as u8, 0..PER_FLOW, PPS);
     }
     let total = u64::from(FLOWS * PER_FLOW);
     let stats = ctl.wait_stats("every packet to be counted", Duration::from_secs(20), |s| {
@@ -72,54 +79,56 @@ fn rps_auto_spreads_a_single_queue_over_both_workers_and_is_undone() {
     if !privileged(test) {
         return;
     }
-    let online = fanout_core::cpu::online_cpus().map_or(0, |cpus| cpus.len());
-    if online < 2 || !fanout_core::cpu::online_cpus().is_ok_and(|c| c.contains(0) && c.contains(1))
-    {
-        skip(
-            test,
-            &format!("needs CPUs 0 and 1 online ({online} online)"),
-        );
+    let Some([first, second]) = two_online_cpus(test) else {
         return;
-    }
+    };
+    // The workers' CPUs as the relay writes them in its log and in the RPS mask.
+    let workers: CpuSet = [first, second]
+        .map(|cpu| cpu as usize)
+        .into_iter()
+        .collect();
     let topo = quiet_topology("rps");
     let dir = Workdir::new("rps");
-    let config = relay_section(&dir, "workers = \"0-1\"")
+    let config = relay_section(&dir, &format!("workers = \"{first},{second}\""))
         + &rule("spread", "239.1.1.1", 5000, "239.2.2.2", 6000);
     let ctl = Ctl::new(&dir);
 
     // veth: one queue, no RPS, no interrupt.
     assert_eq!(rps_mask(&topo), "", "veth starts without RPS");
-    let before = check_steering(&topo.relay, &[]);
+    let before = check_steering(&topo.relay, &workers.to_string(), &[]);
     assert!(
         before.contains("verdict: BAD: 1 RX queue and no RPS"),
         "{before}"
     );
     assert!(before.contains("--rps auto"), "{before}");
 
-    // Without RPS: everything sent from CPU 0 reaches the worker on CPU 0.
+    // Without RPS: everything sent from the first CPU reaches the worker on that CPU.
     let relay = RelayProcess::start(&topo.relay, &config, &[]);
-    let without = send_and_count(&topo, &ctl);
+    let without = send_and_count(&topo, &ctl, first);
     let exit = relay.stop();
     assert!(!exit.log.contains("rps auto"), "{}", exit.log);
     assert_eq!(
         without,
-        BTreeMap::from([(0, u64::from(FLOWS * PER_FLOW)), (1, 0)]),
+        BTreeMap::from([(first, u64::from(FLOWS * PER_FLOW)), (second, 0)]),
         "packets per worker without RPS"
     );
 
-    // With --rps auto: RPS on across CPUs 0-1 while the relay runs, both workers busy.
+    // With --rps auto: RPS on across the workers' CPUs while the relay runs, both workers busy.
     let relay = RelayProcess::start(&topo.relay, &config, &["--rps", "auto"]);
-    assert!(
-        relay
-            .log()
-            .contains("rps auto: rin0 has 1 RX queue and had no RPS: RPS now spreads it over cpus 0-1 (mask 3)"),
-        "{}",
-        relay.log()
+    let spread = format!(
+        "rps auto: rin0 has 1 RX queue and had no RPS: RPS now spreads it over cpus {workers} \
+         (mask {})",
+        workers.to_mask()
     );
-    assert_eq!(rps_mask(&topo), "0-1", "RPS on while the relay runs");
-    let during = check_steering(&topo.relay, &["--json"]);
+    assert!(relay.log().contains(&spread), "{}", relay.log());
+    assert_eq!(
+        rps_mask(&topo),
+        workers.to_string(),
+        "RPS on while the relay runs"
+    );
+    let during = check_steering(&topo.relay, &workers.to_string(), &["--json"]);
     assert!(during.contains("\"level\": \"good\""), "{during}");
-    let with = send_and_count(&topo, &ctl);
+    let with = send_and_count(&topo, &ctl, first);
     let exit = relay.stop();
     assert!(
         with.values().all(|&packets| packets > 0),

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use fanout_relay_tests::relay::{
     RelayProcess, UdpReceiver, UdpSender, check_stream, quiet_topology, worker_logged as logged,
 };
-use fanout_relay_tests::{Topology, privileged, skip};
+use fanout_relay_tests::{Topology, cpu_time_alone, privileged, two_online_cpus};
 
 /// Datagrams in the stream: two seconds at [`PPS`].
 const N: u32 = 1000;
@@ -30,9 +30,21 @@ outputs = [ { interface = "rout0", destination = "239.2.2.2", port = 6000, ttl =
 /// Runs one stream of [`N`] datagrams tagged `tag` through a relay with the `ring` section and
 /// [`RULE`] (one worker) and checks that every one arrived byte for byte with the rule's TTL and that the worker
 /// received and forwarded each once, with no transmit or ring drops; returns the relay's log.
-fn relay_one_stream(topology: &str, ring: &str, tag: u8) -> String {
+///
+/// The worker runs on the second online CPU, and this test's threads (sender, receiver) on the
+/// first: a spinning worker pauses while other tasks want its CPU, so they must not be there.
+/// The test holds [`cpu_time_alone`] so that no other test of this file takes that CPU either.
+fn relay_one_stream(test: &str, topology: &str, ring: &str, tag: u8) -> Option<String> {
+    let [ours, worker] = two_online_cpus(test)?;
+    let _alone = cpu_time_alone();
+    fanout_core::cpu::pin_current_thread(ours as usize)
+        .unwrap_or_else(|e| panic!("pin the test thread to cpu {ours}: {e}"));
     let topo = quiet_topology(topology);
-    let relay = RelayProcess::start(&topo.relay, &format!("{ring}{RULE}"), &["--workers", "1"]);
+    let relay = RelayProcess::start(
+        &topo.relay,
+        &format!("{ring}{RULE}"),
+        &["--workers", &format!("{worker}-{worker}")],
+    );
     let receiver = UdpReceiver::join(&topo.receiver, "239.2.2.2:6000", Topology::RECEIVER_ADDR)
         .collect(N as usize, RECEIVE_TIMEOUT);
     UdpSender::new(&topo.sender, Topology::SENDER_ADDR, 4).send_numbered(
@@ -57,25 +69,49 @@ fn relay_one_stream(topology: &str, ring: &str, tag: u8) -> String {
         "a datagram left without the rule's TTL"
     );
     exit.summary.assert_relayed(u64::from(N), u64::from(N));
-    exit.log
+    Some(exit.log)
 }
 
+/// On a machine where other tasks want the worker's CPU, spinning pauses (by design), so the
+/// share of frames found by spinning cannot be checked there: the test then checks that the
+/// worker said why and had found frames by spinning before, and says what went unchecked.
 #[test]
 fn the_low_latency_mode_relays_every_datagram_by_spinning() {
-    if !privileged("the_low_latency_mode_relays_every_datagram_by_spinning") {
+    let test = "the_low_latency_mode_relays_every_datagram_by_spinning";
+    if !privileged(test) {
         return;
     }
-    let log = relay_one_stream("lowlat", LOW_LATENCY, 1);
+    let Some(log) = relay_one_stream(test, "lowlat", LOW_LATENCY, 1) else {
+        return;
+    };
     // The worker says how it found its frames. Datagrams 2 ms apart fall inside the 5 ms spin,
     // so most are found spinning; a worker that ignored the setting would have found none so.
     let spin_hits = logged(&log, "spin_hits")
         .unwrap_or_else(|| panic!("the worker logged no syscall counts:\n{log}"));
     let received = logged(&log, "received").unwrap_or(0);
     assert_eq!(received, u64::from(N), "{log}");
-    assert!(
-        spin_hits >= u64::from(N) / 2,
-        "only {spin_hits} of {N} frames were found by spinning:\n{log}"
-    );
+    // Spinning pauses while another task wants the worker's CPU, which this test keeps its own
+    // threads off, but a busy machine may not: then the worker must say so, and have found
+    // frames by spinning before it paused.
+    let paused = logged(&log, "spin_pauses").is_some_and(|pauses| pauses > 0);
+    if paused {
+        assert!(
+            spin_hits > 0 && log.contains("busy polling pauses"),
+            "spinning paused without finding a frame or saying why:\n{log}"
+        );
+        fanout_relay_tests::unchecked(
+            test,
+            &format!(
+                "another task took the worker's CPU, so spinning paused; found {spin_hits} of \
+                 {N} frames by spinning"
+            ),
+        );
+    } else {
+        assert!(
+            spin_hits >= u64::from(N) / 2,
+            "only {spin_hits} of {N} frames were found by spinning:\n{log}"
+        );
+    }
     // The workers' CPUs are not isolated on a test machine: the relay says what that costs.
     let isolated = std::fs::read_to_string("/sys/devices/system/cpu/isolated").unwrap_or_default();
     if isolated.trim().is_empty() {
@@ -90,10 +126,10 @@ const TX_OPTIONS: &str = "[ring]\nqdisc_bypass = true\ntx_linear = true\n";
 
 #[test]
 fn linear_frames_past_the_qdisc_arrive_byte_exact() {
-    if !privileged("linear_frames_past_the_qdisc_arrive_byte_exact") {
-        return;
+    let test = "linear_frames_past_the_qdisc_arrive_byte_exact";
+    if privileged(test) {
+        relay_one_stream(test, "txopts", TX_OPTIONS, 2);
     }
-    relay_one_stream("txopts", TX_OPTIONS, 2);
 }
 
 /// Linear frames are the default: the ring's pages lent to the kernel are the other way.
@@ -101,10 +137,10 @@ const LENT_PAGES: &str = "[ring]\ntx_linear = false\n";
 
 #[test]
 fn frames_sent_from_lent_ring_pages_arrive_byte_exact() {
-    if !privileged("frames_sent_from_lent_ring_pages_arrive_byte_exact") {
-        return;
+    let test = "frames_sent_from_lent_ring_pages_arrive_byte_exact";
+    if privileged(test) {
+        relay_one_stream(test, "txpages", LENT_PAGES, 3);
     }
-    relay_one_stream("txpages", LENT_PAGES, 3);
 }
 
 /// Spins on CPU `cpu` until `until`: another busy task on a worker's CPU.
@@ -122,24 +158,27 @@ fn busy_polling_pauses_while_another_task_uses_the_cpu() {
     if !privileged(test) {
         return;
     }
-    if std::thread::available_parallelism().map_or(1, usize::from) < 2 {
-        return skip(
-            test,
-            "needs 2 CPUs: the worker on cpu 1, the relay's supervisor on cpu 0",
-        );
-    }
+    // Two CPUs: the worker alone on the second, so the relay's supervisor runs on another,
+    // and so does the sender: once the busy task ends, nothing of this test wants the worker's
+    // CPU, and spinning can resume.
+    let Some([ours, cpu]) = two_online_cpus(test) else {
+        return;
+    };
+    let _alone = cpu_time_alone();
+    fanout_core::cpu::pin_current_thread(ours as usize)
+        .unwrap_or_else(|e| panic!("pin the test thread to cpu {ours}: {e}"));
     let topo = quiet_topology("lowlatshare");
     let relay = RelayProcess::start(
         &topo.relay,
         &format!("{LOW_LATENCY}{RULE}"),
-        &["--workers", "1-1"],
+        &["--workers", &format!("{cpu}-{cpu}")],
     );
     // A stream 2 ms apart keeps the worker spinning; for its first three seconds a second busy
     // task wants the worker's CPU, for the last three nothing does.
     let sender = UdpSender::new(&topo.sender, Topology::SENDER_ADDR, 4);
     let busy_until = Instant::now() + Duration::from_secs(3);
     std::thread::scope(|s| {
-        s.spawn(|| hog(1, busy_until));
+        s.spawn(|| hog(cpu as usize, busy_until));
         sender.send_numbered("239.1.1.1:5000", 4, 0..3 * PPS, PPS / 2);
     });
     let exit = relay.stop();

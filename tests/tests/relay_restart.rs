@@ -7,18 +7,19 @@ use std::time::{Duration, Instant};
 use fanout_relay_tests::relay::{
     RelayProcess, Summary, UdpReceiver, UdpSender, check_stream, payload_id, quiet_topology,
 };
-use fanout_relay_tests::{Topology, privileged, skip};
+use fanout_relay_tests::{Topology, privileged, two_online_cpus};
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 
-/// Two workers on CPUs 0 and 1, fanout by CPU. Receive blocks are small and many and retire
-/// slowly, so a ring has ample room: with the rollover flag, a ring under pressure spills to the
-/// other worker, which is right for a relay but would blur the per-CPU counts this test reads.
-const CONFIG: &str = r#"
-[relay]
-workers = "0-1"
-fanout = "cpu"
+/// Two workers on `cpus`, fanout by CPU. Receive blocks are small and many and retire slowly,
+/// so a ring has ample room: with the rollover flag, a ring under pressure spills to the other
+/// worker, which is right for a relay but would blur the per-CPU counts this test reads.
+fn config([first, second]: [u32; 2]) -> String {
+    format!("[relay]\nworkers = \"{first},{second}\"\nfanout = \"cpu\"\n{RING_AND_RULE}")
+}
 
+/// The rest of [`config`].
+const RING_AND_RULE: &str = r#"
 [ring]
 block_size = 65536
 block_count = 64
@@ -30,15 +31,10 @@ input = { interface = "rin0", destination = "239.1.1.1", port = 5000 }
 outputs = [ { interface = "rout0", destination = "239.2.2.2", port = 6000 } ]
 "#;
 
-/// The worker that is killed: CPU 0's, the first member of the fanout group. Were its ring
-/// socket closed and opened again, the kernel would move the other member into its slot and
-/// append the new one, swapping the CPUs; the last member's leaving would change nothing.
-const VICTIM: u32 = 0;
-/// The worker that stays.
-const SURVIVOR: u32 = 1 - VICTIM;
 /// Datagrams per second of each background stream.
 const BACKGROUND_PPS: u32 = 200;
-/// Datagrams sent from CPU 0 and CPU 1 after the restart (different, so they cannot be swapped).
+/// Datagrams sent from the victim's CPU and from the survivor's after the restart (different, so
+/// they cannot be swapped).
 const ON_CPU: [u32; 2] = [150, 250];
 /// Datagrams per second of the pinned senders.
 const PPS: u32 = 250;
@@ -63,26 +59,27 @@ fn settled_table(relay: &RelayProcess, after: usize) -> Summary {
 
 #[test]
 fn a_killed_worker_is_restarted_and_keeps_its_cpu() {
-    if !privileged("a_killed_worker_is_restarted_and_keeps_its_cpu") {
+    let test = "a_killed_worker_is_restarted_and_keeps_its_cpu";
+    if !privileged(test) {
         return;
     }
-    let online = fanout_core::cpu::online_cpus().expect("online CPUs");
-    if !(online.contains(0) && online.contains(1)) {
-        skip(
-            "a_killed_worker_is_restarted_and_keeps_its_cpu",
-            "CPUs 0 and 1 must be online",
-        );
+    let Some(cpus) = two_online_cpus(test) else {
         return;
-    }
+    };
+    // The worker killed is that of the first online CPU: where CPU 0 is online (on every common
+    // machine), its ring is the first member of the fanout group. Were its ring socket closed and
+    // opened again, the kernel would move the other member into its slot and append the new one,
+    // swapping the CPUs; the last member's leaving would change nothing.
+    let [victim_cpu, survivor_cpu] = cpus;
     let topo = quiet_topology("restart");
-    let relay = RelayProcess::start(&topo.relay, CONFIG, &["--stats-every", "1"]);
+    let relay = RelayProcess::start(&topo.relay, &config(cpus), &["--stats-every", "1"]);
     let before = relay.worker_pids();
     assert_eq!(
         before.keys().copied().collect::<Vec<_>>(),
-        vec![0, 1],
+        cpus.to_vec(),
         "one worker per CPU"
     );
-    let victim = before[&VICTIM];
+    let victim = before[&victim_cpu];
     let receiver = UdpReceiver::join(&topo.receiver, "239.2.2.2:6000", Topology::RECEIVER_ADDR)
         .collect(usize::MAX, Duration::from_secs(60));
     let sender = UdpSender::new(&topo.sender, Topology::SENDER_ADDR, 4);
@@ -92,7 +89,7 @@ fn a_killed_worker_is_restarted_and_keeps_its_cpu() {
     let background = 4 * BACKGROUND_PPS;
     let kill_after = BACKGROUND_PPS;
     let restarted_pid = std::thread::scope(|s| {
-        for (cpu, tag) in [(VICTIM, 1), (SURVIVOR, 4)] {
+        for (cpu, tag) in [(victim_cpu, 1), (survivor_cpu, 4)] {
             let sender = &sender;
             s.spawn(move || {
                 sender.send_numbered_on_cpu(
@@ -108,17 +105,17 @@ fn a_killed_worker_is_restarted_and_keeps_its_cpu() {
         kill(Pid::from_raw(victim as i32), Signal::SIGKILL)
             .unwrap_or_else(|e| panic!("kill -9 worker {victim}: {e}"));
         relay.wait_for_log("the restart", Duration::from_secs(15), |line| {
-            line.contains(&format!("worker on cpu {VICTIM} restarted"))
+            line.contains(&format!("worker on cpu {victim_cpu} restarted"))
         });
         let deadline = Instant::now() + Duration::from_secs(15);
         let new_pid = loop {
-            match relay.worker_pids().get(&VICTIM) {
+            match relay.worker_pids().get(&victim_cpu) {
                 Some(&pid) if pid != victim => break pid,
                 _ if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(50)),
-                _ => panic!("no new worker on cpu {VICTIM} 15 s after the kill"),
+                _ => panic!("no new worker on cpu {victim_cpu} 15 s after the kill"),
             }
         };
-        let ready = format!("worker on cpu {VICTIM} (pid {new_pid}) ready");
+        let ready = format!("worker on cpu {victim_cpu} (pid {new_pid}) ready");
         relay.wait_for_log(
             "the new worker to be ready",
             Duration::from_secs(15),
@@ -127,15 +124,16 @@ fn a_killed_worker_is_restarted_and_keeps_its_cpu() {
         new_pid
     });
     assert_eq!(
-        relay.worker_pids().get(&SURVIVOR),
-        before.get(&SURVIVOR),
-        "the worker on cpu {SURVIVOR} was replaced too"
+        relay.worker_pids().get(&survivor_cpu),
+        before.get(&survivor_cpu),
+        "the worker on cpu {survivor_cpu} was replaced too"
     );
 
     // Everything before now is counted once the table stops moving; then the pinned senders.
     let snapshot = settled_table(&relay, Summary::parse_all(&relay.log()).len());
-    sender.send_numbered_on_cpu(0, "239.1.1.1:5000", 2, 0..ON_CPU[0], PPS);
-    sender.send_numbered_on_cpu(1, "239.1.1.1:5000", 3, 0..ON_CPU[1], PPS);
+    for ((cpu, count), tag) in cpus.into_iter().zip(ON_CPU).zip([2, 3]) {
+        sender.send_numbered_on_cpu(cpu as usize, "239.1.1.1:5000", tag, 0..count, PPS);
+    }
     std::thread::sleep(Duration::from_secs(1));
     let got = receiver.stop();
     let exit = relay.stop();
@@ -147,12 +145,12 @@ fn a_killed_worker_is_restarted_and_keeps_its_cpu() {
             .iter()
             .map(|w| (w.cpu, w.restarts))
             .collect::<Vec<_>>(),
-        [0, 1].map(|cpu| (cpu, u64::from(cpu == VICTIM))).to_vec(),
+        cpus.map(|cpu| (cpu, u64::from(cpu == victim_cpu))).to_vec(),
         "(cpu, restarts); {summary:#?}"
     );
     assert!(
         exit.log
-            .contains(&format!("worker on cpu {VICTIM} restarted")),
+            .contains(&format!("worker on cpu {victim_cpu} restarted")),
         "no restart in the log"
     );
     // Relaying went on: every background datagram sent from one second after the kill arrived,
@@ -182,15 +180,10 @@ fn a_killed_worker_is_restarted_and_keeps_its_cpu() {
         .iter()
         .map(|w| (w.cpu, w.received, w.forwarded))
         .collect();
-    let expected: Vec<(u32, u64, u64)> = [0, 1]
+    let expected: Vec<(u32, u64, u64)> = cpus
         .into_iter()
-        .map(|cpu| {
-            (
-                cpu,
-                u64::from(ON_CPU[cpu as usize]),
-                u64::from(ON_CPU[cpu as usize]),
-            )
-        })
+        .zip(ON_CPU)
+        .map(|(cpu, count)| (cpu, u64::from(count), u64::from(count)))
         .collect();
     assert_eq!(
         per_cpu, expected,

@@ -1,31 +1,47 @@
 //! Shard placement under fanout `steer`, proved by the kernel: the relay's steering program runs
 //! in the kernel's fanout hook, and a worker holds only its shard's rules, so a packet that
-//! reached any worker other than `shard(group, port, workers)` would find no rule there.
-//! Every one of 2,000 keys must be relayed, each by the worker the function names.
+//! reached any worker other than `shard(group, port, shards)` would find no rule there.
+//! Every one of at least 2,000 keys must be relayed, each by the worker the function names.
+//!
+//! Under `steer` the relay makes one fanout member (shard) per online CPU; with a worker on every
+//! online CPU, the worker on the i-th online CPU serves shard i. The test needs two online CPUs
+//! and works with any number.
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::net::Ipv4Addr;
 
 use fanout_relay_tests::relay::{RelayProcess, UdpSender, quiet_topology};
-use fanout_relay_tests::{Topology, privileged};
+use fanout_relay_tests::{Topology, online_cpus, privileged, two_online_cpus};
 use relay_rules::shard::shard;
 
-/// Distinct (group, port) keys, one rule and one packet each.
+/// Distinct (group, port) keys, one rule and one packet each; more on a machine with many CPUs,
+/// see [`keys`].
 const KEYS: u32 = 2000;
+/// Keys per shard at least, so that every shard, and so every worker, gets a fair share.
+const KEYS_PER_SHARD: u32 = 40;
 /// Modest, so that no ring ever fills and every packet is counted where it landed.
 const PPS: u32 = 1000;
 
+/// How many keys to send for `shards` shards.
+fn keys(shards: u32) -> u32 {
+    KEYS.max(KEYS_PER_SHARD * shards)
+}
+
 fn key(index: u32) -> (Ipv4Addr, u16) {
+    assert!(
+        index < 200 * 256,
+        "key {index}: the group's third byte would overflow"
+    );
     let group = Ipv4Addr::new(239, 10, (index / 200) as u8, (index % 200 + 1) as u8);
     let port = 5000 + (index % 7) as u16;
     (group, port)
 }
 
-fn config(workers: u32) -> String {
+fn config(keys: u32) -> String {
     let mut text =
-        format!("[relay]\nworkers = {workers}\nfanout = \"steer\"\nplacement = \"shard\"\n");
-    for index in 0..KEYS {
+        "[relay]\nworkers = \"all\"\nfanout = \"steer\"\nplacement = \"shard\"\n".to_owned();
+    for index in 0..keys {
         let (group, port) = key(index);
         let _ = write!(
             text,
@@ -39,23 +55,21 @@ fn config(workers: u32) -> String {
 
 #[test]
 fn every_key_reaches_exactly_the_worker_its_shard_names() {
-    if !privileged("every_key_reaches_exactly_the_worker_its_shard_names") {
+    let test = "every_key_reaches_exactly_the_worker_its_shard_names";
+    if !privileged(test) || two_online_cpus(test).is_none() {
         return;
     }
-    let online = std::thread::available_parallelism().map_or(1, |n| n.get()) as u32;
-    let workers = online.min(2);
-    if workers < 2 {
-        eprintln!("skipping: steering needs two workers and this machine has one CPU");
-        return;
-    }
+    let online = online_cpus();
+    let shards = online.len() as u32;
+    let keys = keys(shards);
     let topo = quiet_topology("steer");
-    let relay = RelayProcess::start(&topo.relay, &config(workers), &[]);
+    let relay = RelayProcess::start(&topo.relay, &config(keys), &[]);
     let sender = UdpSender::new(&topo.sender, Topology::SENDER_ADDR, 4);
     let mut expected: BTreeMap<u32, u64> = BTreeMap::new();
     let started = std::time::Instant::now();
-    for index in 0..KEYS {
+    for index in 0..keys {
         let (group, port) = key(index);
-        *expected.entry(shard(group, port, workers)).or_default() += 1;
+        *expected.entry(shard(group, port, shards)).or_default() += 1;
         sender
             .socket()
             .send_to(&index.to_be_bytes(), (group, port))
@@ -77,21 +91,32 @@ fn every_key_reaches_exactly_the_worker_its_shard_names() {
             total.malformed,
             total.kernel_drops
         ),
-        (u64::from(KEYS), 0, 0, 0),
+        (u64::from(keys), 0, 0, 0),
         "(received, no_rule, malformed, kernel drops): a packet at the wrong worker finds no \
          rule there; {summary:#?}"
     );
-    for (shard_index, count) in &expected {
-        // Workers are on CPUs 0..workers and hold shards in the same order.
-        let worker = summary.worker(*shard_index);
+    for (&shard_index, &count) in &expected {
+        // A worker on every online CPU, holding the shards in the same order.
+        let cpu = online[shard_index as usize];
+        let worker = summary.worker(cpu);
         assert_eq!(
             (worker.received, worker.forwarded),
-            (*count, *count),
-            "worker {shard_index} must see exactly its shard's {count} keys; {summary:#?}"
+            (count, count),
+            "the worker on cpu {cpu} must see exactly shard {shard_index}'s {count} keys; \
+             {summary:#?}"
         );
     }
+    // Every worker had a share to prove its steering with: more than a quarter of an even one
+    // (true of these keys for every shard count up to 1,024).
+    assert_eq!(
+        expected.len(),
+        online.len(),
+        "a shard got no key: {expected:?}"
+    );
     assert!(
-        expected.values().all(|&count| count > u64::from(KEYS) / 4),
+        expected
+            .values()
+            .all(|&count| count * 4 * u64::from(shards) > u64::from(keys)),
         "the shard function spreads keys evenly: {expected:?}"
     );
 }
