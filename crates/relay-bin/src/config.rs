@@ -2,7 +2,8 @@
 //!
 //! ```toml
 //! [relay]
-//! workers = "all"          # or a count (2), or CPUs ("0-1,4")
+//! workers = "all"          # or a count of workers (2): the first N online CPUs get one
+//! # cpus = "1,4-5"         # or instead of workers: exactly these CPUs get one
 //! fanout = "cpu"           # cpu | hash | lb | qm | rollover
 //! metrics = "127.0.0.1:9469" # optional: serve Prometheus metrics on GET /metrics
 //! rps = "off"              # or "auto": turn RPS on for single-queue inputs while running
@@ -95,9 +96,14 @@ pub struct ConfigFile {
 #[derive(Debug, Clone, Default, Deserialize, PartialEq, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct RelaySection {
-    /// Which CPUs get a worker.
-    #[serde(default)]
+    /// Which CPUs get a worker. A CPU list is written as `cpus`, a count or `all` as `workers`
+    /// (see [`RelaySection::set_workers`]).
+    #[serde(default, skip_serializing_if = "WorkersSetting::is_cpus")]
     pub workers: WorkersSetting,
+    /// `cpus = "1,4-5"`: the CPUs that get a worker, a key of its own so that a single CPU can
+    /// never be read as a count. Mirrors `workers` once parsed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    cpus: Option<CpuList>,
     /// How the kernel spreads an input's packets over the workers.
     #[serde(default)]
     pub fanout: FanoutSetting,
@@ -146,6 +152,41 @@ pub const RUN_DIR: &str = "/run/fanout-relay";
 pub const STATE_DIR: &str = "/var/lib/fanout-relay";
 
 impl RelaySection {
+    /// Sets which CPUs get a worker (a `--workers` or `--cpus` override).
+    pub fn set_workers(&mut self, workers: WorkersSetting) {
+        self.cpus = match &workers {
+            WorkersSetting::Cpus(list) => Some(CpuList(list.clone())),
+            _ => None,
+        };
+        self.workers = workers;
+    }
+
+    /// Reads `cpus` into `workers` after parsing, refusing both at once: `workers = 2` with
+    /// `cpus = "0-3"` could mean two of those CPUs or all four.
+    fn settle_cpus(&mut self) -> Result<(), String> {
+        match (&self.cpus, &self.workers) {
+            (Some(list), WorkersSetting::All) => {
+                self.workers = WorkersSetting::Cpus(list.0.clone());
+                Ok(())
+            }
+            (Some(list), WorkersSetting::Cpus(old)) if &list.0 != old => Err(format!(
+                "relay.cpus = \"{list}\" and relay.workers = \"{}\": give the CPUs once, as cpus",
+                CpuList(old.clone())
+            )),
+            (Some(list), WorkersSetting::Count(count)) => Err(format!(
+                "relay.cpus = \"{list}\" and relay.workers = {count}: give one of them (cpus names \
+                 the CPUs that get a worker, workers counts them)"
+            )),
+            (Some(_), WorkersSetting::Cpus(_)) => Ok(()),
+            (None, workers) => {
+                // The older form `workers = "0-3"` reads the same as `cpus = "0-3"`.
+                let workers = workers.clone();
+                self.set_workers(workers);
+                Ok(())
+            }
+        }
+    }
+
     /// The control socket of the relay run from the configuration file `config`.
     pub fn control_socket_for(&self, config: &Path) -> PathBuf {
         self.control_socket
@@ -182,6 +223,10 @@ pub enum WorkersSetting {
 }
 
 impl WorkersSetting {
+    fn is_cpus(&self) -> bool {
+        matches!(self, WorkersSetting::Cpus(_))
+    }
+
     /// Parses `all`, a count (`2`) or a CPU list in the kernel's syntax (`0-3,6`).
     pub fn parse(text: &str) -> Result<Self, String> {
         let text = text.trim();
@@ -192,7 +237,7 @@ impl WorkersSetting {
             if count == 0 {
                 return Err(
                     "`0` is a count of workers, and a relay needs at least one (for a worker on \
-                     CPU 0 alone, write the range `0-0`)"
+                     CPU 0 alone, give the CPU list `cpus = \"0\"`, or `--cpus 0`)"
                         .into(),
                 );
             }
@@ -226,6 +271,16 @@ impl<'de> Deserialize<'de> for WorkersSetting {
                 "relay.workers = 0: a relay needs at least one worker",
             )),
             Raw::Count(count) => Ok(WorkersSetting::Count(count)),
+            // A quoted number reads as a CPU as easily as a count: an operator meaning "the
+            // worker on CPU 1" must not get one worker on CPU 0.
+            Raw::Text(text) if text.trim().parse::<u32>().is_ok() => {
+                let text = text.trim();
+                Err(serde::de::Error::custom(format!(
+                    "relay.workers = \"{text}\": a quoted number could be a count or a CPU: \
+                     write `workers = {text}` for {text} worker(s), or `cpus = \"{text}\"` for \
+                     the worker on CPU {text}"
+                )))
+            }
             Raw::Text(text) => WorkersSetting::parse(&text).map_err(|error| {
                 serde::de::Error::custom(format!("relay.workers = {text:?}: {error}"))
             }),
@@ -369,12 +424,15 @@ impl ConfigFile {
     /// file is read one `[[rule]]` table at a time (module `pieces`), which bounds the memory
     /// the parse needs by one rule's document instead of the whole file's.
     pub fn parse(text: &str) -> Result<Self, String> {
-        if text.len() >= PIECES_FROM
+        let mut config: ConfigFile = if text.len() >= PIECES_FROM
             && let Some(config) = pieces::parse(text)
         {
-            return Ok(config);
-        }
-        toml::from_str(text).map_err(|error| error.to_string().trim_end().to_owned())
+            config
+        } else {
+            toml::from_str(text).map_err(|error| error.to_string().trim_end().to_owned())?
+        };
+        config.relay.settle_cpus()?;
+        Ok(config)
     }
 
     /// The rules in the relay-rules model, defaults filled in.
@@ -497,8 +555,7 @@ mod tests {
         );
         let error = ConfigFile::parse("[relay]\nworkers = \"0\"\n").expect_err("zero, quoted");
         assert!(
-            error.contains("relay.workers = \"0\": `0` is a count of workers")
-                && error.contains("`0-0`"),
+            error.contains("relay.workers = \"0\": a quoted number could be a count or a CPU"),
             "{error}"
         );
         let error = ConfigFile::parse("[relay]\nworkers = \"0-x\"\n").expect_err("not a list");
@@ -521,6 +578,62 @@ mod tests {
             config,
             "{text}"
         );
+    }
+
+    #[test]
+    fn a_cpu_is_never_read_as_a_count() {
+        let error = ConfigFile::parse("[relay]\nworkers = \"1\"\n").expect_err("ambiguous");
+        assert!(
+            error.contains(
+                "write `workers = 1` for 1 worker(s), or `cpus = \"1\"` for the worker on CPU 1"
+            ),
+            "{error}"
+        );
+        let one = ConfigFile::parse("[relay]\ncpus = \"1\"\n").expect("cpus names CPU 1");
+        assert_eq!(one.relay.workers, WorkersSetting::Cpus(vec![1]));
+        let bare = ConfigFile::parse("[relay]\ncpus = 1\n").expect("a bare CPU number");
+        assert_eq!(bare.relay.workers, WorkersSetting::Cpus(vec![1]));
+        assert_eq!(
+            ConfigFile::parse("[relay]\nworkers = 1\n")
+                .expect("a count")
+                .relay
+                .workers,
+            WorkersSetting::Count(1)
+        );
+        let both = ConfigFile::parse("[relay]\nworkers = 2\ncpus = \"0-3\"\n")
+            .expect_err("a count and CPUs");
+        assert!(both.contains("give one of them"), "{both}");
+        let twice = ConfigFile::parse("[relay]\nworkers = \"0-1\"\ncpus = \"2-3\"\n")
+            .expect_err("two lists");
+        assert!(twice.contains("give the CPUs once"), "{twice}");
+        let bad = ConfigFile::parse("[relay]\ncpus = \"1-x\"\n").expect_err("not a list");
+        assert!(bad.contains("`1-x`"), "{bad}");
+    }
+
+    #[test]
+    fn cpu_lists_are_saved_as_cpus() {
+        // The older `workers = "0-1"` still reads as a CPU list, and is saved as `cpus`.
+        let old = ConfigFile::parse("[relay]\nworkers = \"0-1\"\n").expect("a list");
+        assert_eq!(old.relay.workers, WorkersSetting::Cpus(vec![0, 1]));
+        let text = old.to_toml();
+        assert!(text.contains("cpus = \"0,1\""), "{text}");
+        assert!(!text.contains("workers"), "{text}");
+        assert_eq!(ConfigFile::parse(&text).expect("saved text parses"), old);
+        let mut counted = old.clone();
+        counted.relay.set_workers(WorkersSetting::Count(3));
+        let text = counted.to_toml();
+        assert!(
+            text.contains("workers = 3") && !text.contains("cpus"),
+            "{text}"
+        );
+        assert_eq!(
+            ConfigFile::parse(&text).expect("saved text parses"),
+            counted
+        );
+        let mut one = counted;
+        one.relay.set_workers(WorkersSetting::Cpus(vec![1]));
+        let text = one.to_toml();
+        assert_eq!(ConfigFile::parse(&text).expect("saved text parses"), one);
     }
 
     #[test]

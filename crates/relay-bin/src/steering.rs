@@ -28,7 +28,7 @@ pub fn run(args: &CheckSteeringArgs) -> Result<(), String> {
         }
         None => (WorkersSetting::All, FanoutSetting::default()),
     };
-    let workers_setting = args.workers.clone().unwrap_or(workers_setting);
+    let workers_setting = args.worker_override().unwrap_or(workers_setting);
     let fanout = args.fanout.unwrap_or(fanout);
     let workers = crate::supervisor::choose_cpus(&workers_setting)
         .map_err(|problem| format!("--workers: {problem}"))?;

@@ -109,7 +109,7 @@ impl Plan {
 /// Settings given on the command line, which win over the file.
 #[derive(Debug, Clone, Default)]
 pub struct Overrides {
-    /// `--workers`.
+    /// `--workers` or `--cpus`.
     pub workers: Option<WorkersSetting>,
     /// `--fanout`.
     pub fanout: Option<FanoutSetting>,
@@ -133,7 +133,7 @@ impl Plan {
             message,
         })?;
         if let Some(workers) = &overrides.workers {
-            config.relay.workers = workers.clone();
+            config.relay.set_workers(workers.clone());
         }
         if let Some(fanout) = overrides.fanout {
             config.relay.fanout = fanout;
