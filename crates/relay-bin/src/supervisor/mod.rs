@@ -30,7 +30,6 @@ mod state;
 mod stats;
 mod workers;
 
-pub(crate) use setup::choose_cpus;
 pub use setup::{Overrides, Plan, SetupError};
 pub use state::{Change, write_atomically};
 pub use workers::{WorkerEvent, WorkerSlot};

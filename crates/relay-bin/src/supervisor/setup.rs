@@ -175,7 +175,7 @@ impl Plan {
         let set = check_rules(&rules_path, &rules)?;
         let classes = check_classes(path, &config)?;
         let taken: BTreeSet<u32> = classes.iter().flat_map(|(_, cpus)| cpus).copied().collect();
-        let pool: Vec<u32> = choose_cpus(&config.relay.workers)
+        let pool: Vec<u32> = crate::cpus::choose(&config.relay.workers)
             .map_err(|problem| SetupError::Workers {
                 path: path.to_owned(),
                 problem,
@@ -373,33 +373,6 @@ fn check_classes(path: &Path, config: &ConfigFile) -> Result<Vec<(String, Vec<u3
         .iter()
         .map(|class| (class.name.clone(), class.cpus.0.clone()))
         .collect())
-}
-
-/// The CPUs that get a worker under `setting`, ascending; the error says why none can.
-pub(crate) fn choose_cpus(setting: &WorkersSetting) -> Result<Vec<u32>, String> {
-    let online: Vec<u32> = fanout_core::cpu::online_cpus()
-        .map_err(|error| format!("cannot list online CPUs: {error}"))?
-        .iter()
-        .map(|cpu| cpu as u32)
-        .collect();
-    match setting {
-        WorkersSetting::All => Ok(online),
-        WorkersSetting::Count(count) => {
-            if *count as usize > online.len() {
-                Err(format!(
-                    "{count} workers asked for, but only {} CPUs are online",
-                    online.len()
-                ))
-            } else {
-                Ok(online[..*count as usize].to_vec())
-            }
-        }
-        WorkersSetting::Cpus(cpus) => match cpus.iter().find(|cpu| !online.contains(cpu)) {
-            Some(cpu) => Err(format!("CPU {cpu} is not online (online: {online:?})")),
-            None if cpus.is_empty() => Err("no CPU listed".into()),
-            None => Ok(cpus.clone()),
-        },
-    }
 }
 
 /// What the supervisor holds while the relay runs.
