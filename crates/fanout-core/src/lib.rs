@@ -67,6 +67,9 @@ pub mod udp_batch;
 pub mod vnet;
 
 pub use bpf::{BpfError, BpfInstruction, BpfProgram};
+/// The errno that every error of this crate carries, so callers can match on it without
+/// depending on `nix` themselves.
+pub use nix::errno::Errno;
 pub use cpu::{CpuError, CpuSet};
 pub use fanout::{
     FanoutConfig, FanoutError, FanoutFlags, FanoutGroupId, FanoutMembership, FanoutMode,
