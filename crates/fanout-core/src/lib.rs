@@ -67,15 +67,15 @@ pub mod udp_batch;
 pub mod vnet;
 
 pub use bpf::{BpfError, BpfInstruction, BpfProgram};
-/// The errno that every error of this crate carries, so callers can match on it without
-/// depending on `nix` themselves.
-pub use nix::errno::Errno;
 pub use cpu::{CpuError, CpuSet};
 pub use fanout::{
     FanoutConfig, FanoutError, FanoutFlags, FanoutGroupId, FanoutMembership, FanoutMode,
 };
 pub use handoff::{HandoffError, RingDescriptor, RingHandle};
 pub use iface::{IfaceError, InterfaceInfo};
+/// The errno that every error of this crate carries, so callers can match on it without
+/// depending on `nix` themselves.
+pub use nix::errno::Errno;
 pub use ring::{Frame, RingError, RingVersion, RxRing, RxRingBuilder, TxRing, TxRingBuilder};
 pub use socket::{PacketSocket, Protocol, SocketError};
 pub use stats::RingStats;
