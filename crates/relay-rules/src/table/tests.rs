@@ -48,7 +48,7 @@ fn lookup_prefers_the_source_specific_rule() {
     );
 
     // A parsed datagram finds the same rule.
-    let datagram = crate::wire::Datagram {
+    let datagram = Datagram {
         vlans: [None, None],
         source: SENDER,
         destination: GROUP,
