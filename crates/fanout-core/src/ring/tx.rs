@@ -176,7 +176,12 @@ impl TxRing {
 
     /// Takes back slots the kernel has finished with, oldest first; stops at the first slot
     /// still queued or being sent, or held. Refused frames are counted in
-    /// [`TxCounters::wrong_format`] and removed once no slot is held.
+    /// [`TxCounters::wrong_format`] and removed once no slot is held. Returns how many slots
+    /// came back.
+    ///
+    /// Callers need not call it: [`TxRing::reserve`] (and so [`TxRing::send`]) does before it
+    /// looks for a free slot. Call it to see [`TxRing::in_flight`] and the counters up to date,
+    /// e.g. after [`TxRing::flush`].
     pub fn reclaim(&mut self) -> u32 {
         let mut reclaimed = 0;
         while self.in_flight > 0 {
