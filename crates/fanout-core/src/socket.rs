@@ -281,6 +281,21 @@ impl PacketSocket {
         })
     }
 
+    /// Takes the error the kernel latched on the socket (`SO_ERROR`, which clears it), if any.
+    ///
+    /// The kernel latches ENETDOWN when the bound interface goes down, and `poll(2)` reports
+    /// POLLERR for as long as an error is latched; a ring socket is never read with `recv`, so
+    /// nothing else clears it, and a loop that polls the socket without taking the error spins.
+    pub fn take_error(&self) -> Result<Option<Errno>, SocketError> {
+        let pending = nix::sys::socket::getsockopt(self, nix::sys::socket::sockopt::SocketError)
+            .map_err(|errno| SocketError::GetOption {
+                option: "SO_ERROR",
+                interface: self.interface_label(),
+                errno,
+            })?;
+        Ok((pending != 0).then(|| Errno::from_raw(pending)))
+    }
+
     /// Drops frames this host sends (`PACKET_IGNORE_OUTGOING`), which a packet socket otherwise
     /// sees as `PACKET_OUTGOING`; a relay sending on its own input needs this.
     pub fn set_ignore_outgoing(&self, ignore: bool) -> Result<(), SocketError> {
