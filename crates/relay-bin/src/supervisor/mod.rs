@@ -32,7 +32,7 @@ mod workers;
 
 pub(crate) use setup::choose_cpus;
 pub use setup::{Overrides, Plan, SetupError};
-pub use state::{Change, write_atomically};
+pub use state::{Change, Problem, StateError, write_atomically};
 pub use workers::{WorkerEvent, WorkerSlot};
 
 use crate::config::PlacementSetting;
