@@ -15,8 +15,11 @@
 //! about twice the rules.
 //!
 //! At start, the state is restored when the digest still matches: an operator who edited the
-//! configuration meanwhile gets the new configuration, not stale run-time changes. `ctl save`
-//! writes the running rules as one configuration file.
+//! configuration meanwhile gets the new configuration, not stale run-time changes. A damaged
+//! state file or journal is kept aside and the relay starts from what was valid before the
+//! damage (module [`restore`]). A change whose write fails is refused and reverted, and if the
+//! failed write may have left it on disk, the running set is written over it
+//! ([`RuleState::revert`]). `ctl save` writes the running rules as one configuration file.
 
 mod damage;
 mod journal;

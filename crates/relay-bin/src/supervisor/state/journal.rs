@@ -5,10 +5,12 @@
 //! The file starts with a line naming the snapshot (state file) it continues, `# journal ID`;
 //! the state file names the same ID. Each further line is one change as JSON
 //! (`{"remove":[names],"add":[rules]}`), written whole with one `write` and synced before the
-//! change is answered. Reading it back, a journal whose ID is not the snapshot's belongs to an
-//! older snapshot that already holds its changes, and is ignored; a last line without its
-//! newline, or one that does not parse, is a change whose write a crash interrupted: it was
-//! never answered, so it is dropped.
+//! change is answered. Reading it back, a journal with a well-formed ID older than the
+//! snapshot's belongs to an older snapshot that already holds its changes, and is ignored; a
+//! last line without its newline is a change whose write a crash interrupted: it was never
+//! answered, so it is dropped. Anything else that does not read (a header that is not one, a
+//! whole line that does not parse or apply) is damage: [`replay`] stops before it and says
+//! where, and [`super::restore`] keeps the file aside.
 
 use super::damage::{Problem, StateError, utf8};
 use super::{Change, Unwritten, write_atomically};
