@@ -31,7 +31,7 @@ mod stats;
 mod workers;
 
 pub use setup::{Overrides, Plan, SetupError};
-pub use state::{Change, write_atomically};
+pub use state::{Change, Problem, StateError, write_atomically};
 pub use workers::{WorkerEvent, WorkerSlot};
 
 use crate::config::PlacementSetting;

@@ -39,6 +39,9 @@ pub enum SetupError {
         /// What is wrong.
         problem: String,
     },
+    /// The state file or its journal cannot be read, or a damaged one cannot be moved aside.
+    #[error(transparent)]
+    State(#[from] state::StateError),
     /// A socket, ring or membership could not be set up.
     #[error("{what}: {error}")]
     System {
@@ -148,13 +151,11 @@ impl Plan {
         let mut restored = false;
         if use_state {
             let state_path = config.relay.state_file_for(path);
-            match state::restore(&state_path, &text) {
-                Ok(Some(saved)) => {
-                    rules_from = (state_path, saved.to_rules());
-                    restored = true;
-                }
-                Ok(None) => {}
-                Err(error) => log::warn!("ignoring the state file: {error}"),
+            // Damage is recovered from (and logged) inside; an error means the state could not
+            // be read or kept, and starting without it would overwrite it at the first change.
+            if let Some(saved) = state::restore(&state_path, &text)? {
+                rules_from = (state_path, saved.to_rules());
+                restored = true;
             }
         }
         if config.relay.placement == PlacementSetting::Shard
