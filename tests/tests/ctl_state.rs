@@ -66,7 +66,7 @@ fn added_rules_come_back_after_the_supervisor_is_killed() {
         line.contains("restored 3 rule(s) from the state file")
     });
     let (_, after) = ctl.rules();
-    let names = |rules: &[relay_bin::config::RuleEntry]| -> BTreeSet<String> {
+    let names = |rules: &[relay_rules::Rule]| -> BTreeSet<String> {
         rules.iter().map(|r| r.name.clone()).collect()
     };
     assert_eq!(

@@ -49,9 +49,9 @@
 //! file a mistake is; [`relay_rules`] validation then checks the meaning of the rules against the
 //! interfaces of the host.
 
-use relay_rules::{Input, Output, Rule};
+use relay_rules::Rule;
 use serde::{Deserialize, Serialize};
-use std::net::{Ipv4Addr, SocketAddr};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
 mod autoscale;
@@ -67,9 +67,6 @@ pub use ring::{MAX_BUSY_POLL_US, RingSection, RingVersionSetting, SEGMENTED_SLOT
 /// Files from this size on are parsed piece by piece: a whole parse needs about 40 times the
 /// text's size for a moment (700 MB for 100,000 rules), which below this is a few megabytes.
 const PIECES_FROM: usize = 64 * 1024;
-
-/// The TTL of an output that does not set one: enough to cross a campus, not the world.
-pub const DEFAULT_TTL: u8 = 16;
 
 /// A whole configuration file as written.
 #[derive(Debug, Clone, Default, Deserialize, PartialEq, Serialize)]
@@ -89,7 +86,7 @@ pub struct ConfigFile {
     pub classes: Vec<ClassEntry>,
     /// Forwarding rules, in the order written.
     #[serde(default, rename = "rule")]
-    pub rules: Vec<RuleEntry>,
+    pub rules: Vec<Rule>,
 }
 
 /// The `[relay]` section.
@@ -327,60 +324,6 @@ impl PlacementSetting {
     }
 }
 
-/// One `[[rule]]` as written.
-#[derive(Debug, Clone, Deserialize, PartialEq, Serialize)]
-#[serde(deny_unknown_fields)]
-pub struct RuleEntry {
-    /// Unique name.
-    pub name: String,
-    /// What the rule matches.
-    pub input: InputEntry,
-    /// Where it sends what it matched.
-    pub outputs: Vec<OutputEntry>,
-    /// The `[[class]]` whose workers serve it; the default workers when left out.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub class: Option<String>,
-}
-
-/// A rule's `input` table.
-#[derive(Debug, Clone, Deserialize, PartialEq, Serialize)]
-#[serde(deny_unknown_fields)]
-pub struct InputEntry {
-    /// Interface the frames arrive on.
-    pub interface: String,
-    /// Multicast group, or a unicast address of the interface.
-    pub destination: Ipv4Addr,
-    /// UDP destination port.
-    pub port: u16,
-    /// Only this source (source-specific multicast).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub source: Option<Ipv4Addr>,
-}
-
-/// One entry of a rule's `outputs`.
-#[derive(Debug, Clone, Deserialize, PartialEq, Serialize)]
-#[serde(deny_unknown_fields)]
-pub struct OutputEntry {
-    /// Interface the rewritten datagram leaves on.
-    pub interface: String,
-    /// Multicast group or unicast receiver.
-    pub destination: Ipv4Addr,
-    /// UDP destination port.
-    pub port: u16,
-    /// IP time to live; [`DEFAULT_TTL`] when left out.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub ttl: Option<u8>,
-    /// Source address; the interface's first address when left out.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub source: Option<Ipv4Addr>,
-    /// DiffServ code point to write; the incoming one is kept when left out.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub dscp: Option<u8>,
-    /// 802.1Q VLAN id to tag the frame with.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub vlan: Option<u16>,
-}
-
 /// A configuration file that could not be read or parsed.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -435,72 +378,17 @@ impl ConfigFile {
         Ok(config)
     }
 
-    /// The rules in the relay-rules model, defaults filled in.
+    /// The rules, in the order written.
     pub fn to_rules(&self) -> Vec<Rule> {
-        self.rules.iter().map(RuleEntry::to_rule).collect()
-    }
-}
-
-impl RuleEntry {
-    /// This rule in the relay-rules model, defaults filled in.
-    pub fn to_rule(&self) -> Rule {
-        Rule {
-            name: self.name.clone(),
-            input: Input {
-                interface: self.input.interface.clone(),
-                destination: self.input.destination,
-                port: self.input.port,
-                source: self.input.source,
-            },
-            outputs: self
-                .outputs
-                .iter()
-                .map(|output| Output {
-                    interface: output.interface.clone(),
-                    destination: output.destination,
-                    port: output.port,
-                    ttl: output.ttl.unwrap_or(DEFAULT_TTL),
-                    source: output.source,
-                    dscp: output.dscp,
-                    vlan: output.vlan,
-                })
-                .collect(),
-            class: self.class.clone(),
-        }
-    }
-}
-
-impl From<&Rule> for RuleEntry {
-    fn from(rule: &Rule) -> Self {
-        RuleEntry {
-            name: rule.name.clone(),
-            input: InputEntry {
-                interface: rule.input.interface.clone(),
-                destination: rule.input.destination,
-                port: rule.input.port,
-                source: rule.input.source,
-            },
-            outputs: rule
-                .outputs
-                .iter()
-                .map(|output| OutputEntry {
-                    interface: output.interface.clone(),
-                    destination: output.destination,
-                    port: output.port,
-                    ttl: Some(output.ttl),
-                    source: output.source,
-                    dscp: output.dscp,
-                    vlan: output.vlan,
-                })
-                .collect(),
-            class: rule.class.clone(),
-        }
+        self.rules.clone()
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use relay_rules::Output;
+    use std::net::Ipv4Addr;
 
     const EXAMPLE: &str = r#"
         [relay]
@@ -536,9 +424,8 @@ mod tests {
         assert_eq!(rules[0].input.source, Some(Ipv4Addr::new(192, 0, 2, 10)));
         assert_eq!(rules[0].outputs[0].ttl, 4);
         assert_eq!(rules[0].outputs[0].dscp, Some(46));
-        assert_eq!(rules[0].outputs[1].ttl, DEFAULT_TTL);
+        assert_eq!(rules[0].outputs[1].ttl, Output::DEFAULT_TTL);
         assert_eq!(rules[0].outputs[1].destination, Ipv4Addr::new(10, 0, 0, 2));
-        assert_eq!(RuleEntry::from(&rules[0]).to_rule(), rules[0]);
     }
 
     #[test]

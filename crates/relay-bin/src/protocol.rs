@@ -5,11 +5,10 @@
 //! line, so the supervisor keeps them (and with them the fanout group's membership order) while
 //! workers come and go.
 
-use crate::config::RuleEntry;
 use crate::counters::WorkerCounters;
+use relay_rules::{InterfaceFacts, Rule};
 use serde::{Deserialize, Serialize};
 use std::io::{self, BufRead, Read, Write};
-use std::net::Ipv4Addr;
 
 /// Longest line either side accepts: a table of 100,000 rules fits with room to spare.
 pub const MAX_LINE: usize = 256 << 20;
@@ -27,18 +26,18 @@ pub enum ToWorker {
         /// Names of rules to remove.
         remove: Vec<String>,
         /// Rules to add.
-        add: Vec<RuleEntry>,
+        add: Vec<Rule>,
         /// Facts of interfaces the worker may not know yet.
-        interfaces: Vec<InterfaceEntry>,
+        interfaces: Vec<InterfaceFacts>,
     },
     /// Replace the whole table (a resync after drift); answered with [`FromWorker::Applied`].
     Table {
         /// Generation of the set.
         generation: u64,
         /// Every rule the worker holds.
-        rules: Vec<RuleEntry>,
+        rules: Vec<Rule>,
         /// Facts of every interface the rules name.
-        interfaces: Vec<InterfaceEntry>,
+        interfaces: Vec<InterfaceFacts>,
     },
     /// Send the counters now; answered with [`FromWorker::Counters`].
     Counters,
@@ -85,9 +84,9 @@ pub struct WorkerStart {
     /// Generation of the rule set.
     pub generation: u64,
     /// The rules this worker holds.
-    pub rules: Vec<RuleEntry>,
+    pub rules: Vec<Rule>,
     /// Facts of every interface the rules name.
-    pub interfaces: Vec<InterfaceEntry>,
+    pub interfaces: Vec<InterfaceFacts>,
     /// Geometry of the rings.
     pub ring: crate::config::RingSection,
     /// Under shard placement, this worker's shards: it holds only the rules whose
@@ -110,45 +109,6 @@ impl ShardEntry {
     /// `count` (a message the supervisor would never send).
     pub fn to_set(&self) -> Option<relay_rules::shard::ShardSet> {
         relay_rules::shard::ShardSet::new(self.count, self.indices.iter().copied())
-    }
-}
-
-/// The facts of one interface, as the supervisor found them.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
-pub struct InterfaceEntry {
-    /// Name.
-    pub name: String,
-    /// Kernel index.
-    pub index: u32,
-    /// Hardware address, if the interface has Ethernet headers.
-    pub mac: Option<[u8; 6]>,
-    /// MTU.
-    pub mtu: u32,
-    /// IPv4 addresses.
-    pub ipv4: Vec<Ipv4Addr>,
-}
-
-impl From<&relay_rules::InterfaceFacts> for InterfaceEntry {
-    fn from(facts: &relay_rules::InterfaceFacts) -> Self {
-        InterfaceEntry {
-            name: facts.name.clone(),
-            index: facts.index,
-            mac: facts.mac,
-            mtu: facts.mtu,
-            ipv4: facts.ipv4.clone(),
-        }
-    }
-}
-
-impl From<&InterfaceEntry> for relay_rules::InterfaceFacts {
-    fn from(entry: &InterfaceEntry) -> Self {
-        relay_rules::InterfaceFacts {
-            name: entry.name.clone(),
-            index: entry.index,
-            mac: entry.mac,
-            mtu: entry.mtu,
-            ipv4: entry.ipv4.clone(),
-        }
     }
 }
 

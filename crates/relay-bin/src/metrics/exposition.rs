@@ -29,9 +29,9 @@
 //! workers received.
 
 use super::netdev::InterfaceCounters;
-use crate::config::RuleEntry;
 use crate::control::proto::{StatsReport, WorkerReport};
 use crate::counters::WorkerCounters;
+use relay_rules::Rule;
 use std::fmt::Write as _;
 
 /// Everything one scrape shows, as the supervisor answered it.
@@ -44,7 +44,7 @@ pub struct Snapshot {
     /// Generation of the running rule set.
     pub generation: u64,
     /// The running rules.
-    pub rules: Vec<RuleEntry>,
+    pub rules: Vec<Rule>,
     /// The kernel's counters of the interfaces the rules name.
     pub interfaces: Vec<InterfaceCounters>,
 }
@@ -375,8 +375,8 @@ fn labels(pairs: &[(&str, &str)]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::InputEntry;
     use crate::control::proto::{RuleStats, WorkerStats};
+    use relay_rules::Input;
     use std::collections::BTreeSet;
 
     fn snapshot() -> Snapshot {
@@ -412,9 +412,9 @@ mod tests {
             generation: 3,
             ..WorkerReport::default()
         });
-        snapshot.rules.push(RuleEntry {
+        snapshot.rules.push(Rule {
             name: "cam".into(),
-            input: InputEntry {
+            input: Input {
                 interface: "in0".into(),
                 destination: [239, 1, 1, 1].into(),
                 port: 5000,

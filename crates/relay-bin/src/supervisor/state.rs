@@ -25,7 +25,7 @@ mod damage;
 mod journal;
 mod restore;
 
-use crate::config::{ConfigFile, RuleEntry};
+use crate::config::ConfigFile;
 use crate::rings;
 pub use damage::{Problem, StateError};
 use journal::Journal;
@@ -244,7 +244,7 @@ impl RuleState {
     /// The running set as a configuration file: the settings it started with, today's rules.
     pub(crate) fn as_config(&self) -> ConfigFile {
         ConfigFile {
-            rules: self.set.rules().iter().map(RuleEntry::from).collect(),
+            rules: self.set.rules().to_vec(),
             ..self.config.clone()
         }
     }

@@ -333,7 +333,7 @@ mod tests {
             generation: 1,
             rules: Vec::new(),
             interfaces: (0..20_000)
-                .map(|index| protocol::InterfaceEntry {
+                .map(|index| relay_rules::InterfaceFacts {
                     name: format!("eth{index}"),
                     index,
                     mac: None,

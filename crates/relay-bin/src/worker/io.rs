@@ -4,12 +4,12 @@ use super::WorkerError;
 use super::datapath::{Datapath, RxChecksum};
 use super::sinks::Sinks;
 use super::wait::Waiter;
-use crate::config::{RingSection, RuleEntry};
-use crate::protocol::InterfaceEntry;
+use crate::config::RingSection;
 use crate::protocol::{FromWorker, LineBuffer, Outbox, ToWorker, WorkerStart};
 use crate::rings;
 use fanout_core::handoff::RingHandle;
 use fanout_core::{RingStats, RxRing};
+use relay_rules::Rule;
 use relay_rules::shard::ShardSet;
 use relay_rules::{Interfaces, RuleSet, VlanTag};
 use std::os::fd::AsFd;
@@ -52,8 +52,8 @@ impl WorkerIo {
     pub(super) fn new(start: &WorkerStart, handles: Vec<RingHandle>) -> Result<Self, String> {
         fanout_core::cpu::pin_current_thread(start.cpu as usize)
             .map_err(|error| format!("pinning to cpu {}: {error}", start.cpu))?;
-        let interfaces: Interfaces = start.interfaces.iter().map(Into::into).collect();
-        let rules = start.rules.iter().map(|entry| entry.to_rule()).collect();
+        let interfaces: Interfaces = start.interfaces.iter().cloned().collect();
+        let rules = start.rules.clone();
         let set = RuleSet::new(rules, interfaces.clone(), relay_rules::Limits::default())
             .map_err(|errors| format!("the rules handed over do not validate here: {errors}"))?;
         let shard = match &start.shard {
@@ -193,19 +193,19 @@ impl WorkerIo {
         &mut self,
         generation: u64,
         remove: &[String],
-        add: &[RuleEntry],
-        interfaces: &[InterfaceEntry],
+        add: &[Rule],
+        interfaces: &[relay_rules::InterfaceFacts],
     ) {
         for entry in interfaces {
-            if self.interfaces.get(&entry.name) != Some(&entry.into()) {
-                self.interfaces.insert(entry.into());
+            if self.interfaces.get(&entry.name) != Some(entry) {
+                self.interfaces.insert(entry.clone());
             }
         }
         for name in remove {
             self.datapath.remove(name);
         }
         for entry in add {
-            let rule = entry.to_rule();
+            let rule = entry.clone();
             match self.datapath.insert(&rule, &self.interfaces) {
                 Ok(outputs) => {
                     for output in outputs {
@@ -234,11 +234,11 @@ impl WorkerIo {
     fn replace(
         &mut self,
         generation: u64,
-        rules: &[RuleEntry],
-        interfaces: &[InterfaceEntry],
+        rules: &[Rule],
+        interfaces: &[relay_rules::InterfaceFacts],
     ) -> Result<(), String> {
-        let interfaces: Interfaces = interfaces.iter().map(Into::into).collect();
-        let rules = rules.iter().map(RuleEntry::to_rule).collect();
+        let interfaces: Interfaces = interfaces.iter().cloned().collect();
+        let rules = rules.to_vec();
         let set = RuleSet::new(rules, interfaces.clone(), relay_rules::Limits::default())
             .map_err(|errors| errors.to_string())?;
         let table = rings::table(&set, generation, self.shard.as_ref());

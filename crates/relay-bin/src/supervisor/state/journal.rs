@@ -14,7 +14,7 @@
 
 use super::damage::{Problem, StateError, utf8};
 use super::{Change, Unwritten, write_atomically};
-use crate::config::RuleEntry;
+use relay_rules::Rule;
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 use std::fs::{File, OpenOptions};
@@ -29,7 +29,7 @@ pub(super) const ID_PREFIX: &str = "# journal ";
 #[serde(deny_unknown_fields)]
 struct Entry {
     remove: Vec<String>,
-    add: Vec<RuleEntry>,
+    add: Vec<Rule>,
 }
 
 /// An open journal, appended to at every change.
@@ -81,7 +81,7 @@ impl Journal {
     pub(super) fn append(&mut self, change: &Change) -> Result<(), Unwritten> {
         let entry = Entry {
             remove: change.remove.clone(),
-            add: change.add.iter().map(RuleEntry::from).collect(),
+            add: change.add.to_vec(),
         };
         let mut line = serde_json::to_vec(&entry).map_err(|error| Unwritten {
             error: io::Error::other(error),
@@ -167,11 +167,7 @@ pub(super) enum Stop {
 /// Applies the journal at `path` of the snapshot `id` to `rules` (the snapshot's), up to the
 /// first line that cannot be applied. No journal, or one of another snapshot, changes nothing.
 /// Only a file that cannot be read is an error: damage is reported in [`Replayed::stopped`].
-pub(super) fn replay(
-    path: &Path,
-    id: &str,
-    rules: &mut Vec<RuleEntry>,
-) -> Result<Replayed, StateError> {
+pub(super) fn replay(path: &Path, id: &str, rules: &mut Vec<Rule>) -> Result<Replayed, StateError> {
     let bytes = match std::fs::read(path) {
         Ok(bytes) => bytes,
         Err(error) if error.kind() == io::ErrorKind::NotFound => {
@@ -224,7 +220,7 @@ pub(super) fn replay(
         }
         _ => return Ok(damaged(0, Problem::header(header, "`# journal ID`"))),
     }
-    let mut slots: Vec<Option<RuleEntry>> = std::mem::take(rules).into_iter().map(Some).collect();
+    let mut slots: Vec<Option<Rule>> = std::mem::take(rules).into_iter().map(Some).collect();
     let mut by_name: HashMap<String, usize> = slots
         .iter()
         .enumerate()
@@ -254,7 +250,7 @@ pub(super) fn replay(
 /// Applies one journal line to `slots`, or says what is wrong with it and changes nothing.
 fn apply_line(
     line: &[u8],
-    slots: &mut Vec<Option<RuleEntry>>,
+    slots: &mut Vec<Option<Rule>>,
     by_name: &mut HashMap<String, usize>,
 ) -> Result<(), Problem> {
     let text = utf8(line).map_err(|(_, problem)| problem)?;
@@ -299,22 +295,22 @@ fn is_older(theirs: &str, ours: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::{InputEntry, OutputEntry};
+    use relay_rules::{Input, Output};
 
-    fn entry(name: &str, port: u16) -> RuleEntry {
-        RuleEntry {
+    fn entry(name: &str, port: u16) -> Rule {
+        Rule {
             name: name.into(),
-            input: InputEntry {
+            input: Input {
                 interface: "in0".into(),
                 destination: "239.1.1.1".parse().expect("an address"),
                 port,
                 source: None,
             },
-            outputs: vec![OutputEntry {
+            outputs: vec![Output {
                 interface: "out0".into(),
                 destination: "239.2.2.2".parse().expect("an address"),
                 port,
-                ttl: Some(4),
+                ttl: 4,
                 source: None,
                 dscp: None,
                 vlan: None,
@@ -323,14 +319,14 @@ mod tests {
         }
     }
 
-    fn change(remove: &[&str], add: &[RuleEntry]) -> Change {
+    fn change(remove: &[&str], add: &[Rule]) -> Change {
         Change {
             remove: remove.iter().map(|name| (*name).to_owned()).collect(),
-            add: add.iter().map(RuleEntry::to_rule).collect(),
+            add: add.to_vec(),
         }
     }
 
-    fn names(rules: &[RuleEntry]) -> Vec<&str> {
+    fn names(rules: &[Rule]) -> Vec<&str> {
         rules.iter().map(|rule| rule.name.as_str()).collect()
     }
 
@@ -339,7 +335,7 @@ mod tests {
         Replayed { applied, stopped }
     }
 
-    fn replay_ok(path: &Path, id: &str, rules: &mut Vec<RuleEntry>) -> Replayed {
+    fn replay_ok(path: &Path, id: &str, rules: &mut Vec<Rule>) -> Replayed {
         replay(path, id, rules).expect("readable")
     }
 

@@ -157,7 +157,7 @@ fn state_files_are_written_atomically_and_restored_for_their_configuration() {
     assert_eq!(leftovers.len(), 1, "no temporary file left behind");
 
     let config = ConfigFile {
-        rules: vec![RuleEntry::from(&rule("a", 1))],
+        rules: vec![rule("a", 1)],
         ..ConfigFile::default()
     };
     let text = format!(
