@@ -54,7 +54,7 @@ use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use fanout_core::ring::RetireTimeout;
-use fanout_core::socket::Membership;
+use fanout_core::socket::LinkMembership;
 use fanout_core::{Frame, InterfaceInfo, RxRingBuilder, TxRing, TxRingBuilder};
 use relay_rules::replicate::multicast_mac;
 use relay_rules::{CompiledOutput, DropReason, Input, InterfaceFacts, Limits, Output, Rule};
@@ -97,7 +97,7 @@ fn run() -> Result<(), Box<dyn Error>> {
     // Lets the group's frames through a NIC's multicast filter (veth has none).
     let group_mac = multicast_mac(*from.ip());
     rx.socket()
-        .add_membership(Membership::Multicast(group_mac))?;
+        .add_membership(LinkMembership::Multicast(group_mac))?;
     let mut tx = TxRingBuilder::new(output.as_str()).build()?;
     println!("relaying {input} {from} -> {output} {to} for {seconds} s");
 

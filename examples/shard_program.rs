@@ -61,10 +61,9 @@ fn run() -> Result<bool, Box<dyn Error>> {
     let program = steering_program(workers);
     validate_program(&program)?;
     // What each worker hands fanout-core: FanoutConfig::new(group, FanoutMode::Cbpf)
-    //     .cbpf_program(instructions), given to its RxRingBuilder::fanout.
-    let instructions: Vec<BpfInstruction> = (program.instructions().iter())
-        .map(|i| BpfInstruction::jump(i.code, i.k, i.jt, i.jf))
-        .collect();
+    //     .cbpf_program(kernel), given to its RxRingBuilder::fanout.
+    let kernel = program.to_kernel()?;
+    let instructions = kernel.instructions();
     println!(
         "steering_program({workers}): {} instructions, accepted by the kernel's checks",
         instructions.len()

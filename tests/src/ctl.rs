@@ -33,8 +33,8 @@ use std::time::{Duration, Instant};
 
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
-use relay_bin::config::RuleEntry;
 use relay_bin::control::proto::{Command as Request, Reply, Response, StatsReport, WorkerReport};
+use relay_rules::Rule;
 
 use crate::relay::{RelayProcess, relay_binary};
 
@@ -203,7 +203,7 @@ impl Ctl {
     }
 
     /// The running rules and their generation.
-    pub fn rules(&self) -> (u64, Vec<RuleEntry>) {
+    pub fn rules(&self) -> (u64, Vec<Rule>) {
         match self.request(Request::List) {
             Response {
                 ok: true,

@@ -10,8 +10,8 @@ use core_rings_support::{
 };
 use fanout_core::ring::{RetireTimeout, RxRingBuilder};
 use fanout_core::{
-    BpfInstruction, FanoutConfig, FanoutError, FanoutFlags, FanoutGroupId, FanoutMode, Protocol,
-    RxRing,
+    BpfInstruction, BpfProgram, FanoutConfig, FanoutError, FanoutFlags, FanoutGroupId, FanoutMode,
+    Protocol, RxRing,
 };
 
 fn member(link: &Link, config: FanoutConfig, protocol: Protocol, block_count: u32) -> RxRing {
@@ -175,10 +175,11 @@ fn cbpf_program_steers_by_a_payload_byte() {
     };
     // ldb [8]; ret a — absolute loads start at the network header (the payload here): byte 8 of
     // the payload is the flow byte.
-    let program = vec![
+    let program = BpfProgram::new(vec![
         BpfInstruction::statement(0x30, 8),
         BpfInstruction::statement(0x16, 0),
-    ];
+    ])
+    .expect("two instructions");
     let first =
         FanoutConfig::new(FanoutGroupId(0x4304), FanoutMode::Cbpf).cbpf_program(program.clone());
     let mut members = vec![member(&link, first, Protocol(ETHERTYPE), 16)];
@@ -376,7 +377,8 @@ fn join_errors_are_typed() {
         .expect_err("rollover + rollover flag");
     assert!(matches!(err, FanoutError::RolloverModeWithRolloverFlag));
     // A program for a group that is not cbpf/ebpf, or with no group at all.
-    let program = [BpfInstruction::statement(0x06, 0)];
+    let program =
+        BpfProgram::new(vec![BpfInstruction::statement(0x06, 0)]).expect("one instruction");
     assert!(matches!(
         plain.set_fanout_cbpf_program(&program),
         Err(FanoutError::Program {

@@ -66,7 +66,7 @@ fn added_rules_come_back_after_the_supervisor_is_killed() {
         line.contains("restored 3 rule(s) from the state file")
     });
     let (_, after) = ctl.rules();
-    let names = |rules: &[relay_bin::config::RuleEntry]| -> BTreeSet<String> {
+    let names = |rules: &[relay_rules::Rule]| -> BTreeSet<String> {
         rules.iter().map(|r| r.name.clone()).collect()
     };
     assert_eq!(
@@ -177,5 +177,84 @@ fn saved_files_pass_check_config_with_the_running_rules() {
         .unwrap_or_else(|e| panic!("the saved file does not parse: {e}\n{text}"));
     let (_, running) = ctl.rules();
     assert_eq!(file.rules, running, "saved:\n{text}");
+    relay.stop();
+}
+
+/// A journal damaged in the middle: the relay starts from the changes before the damage, keeps
+/// the damaged journal aside under a new name, logs the file and line at error level, and
+/// writes a consistent state that the next start reads without the damage.
+#[test]
+fn a_damaged_journal_restores_the_changes_before_the_damage() {
+    if !privileged("a_damaged_journal_restores_the_changes_before_the_damage") {
+        return;
+    }
+    let topo = quiet_topology("ctldmg");
+    let dir = Workdir::new("dmg");
+    let config = relay_section(&dir, "") + &rule("base", "239.1.1.1", 5000, "239.2.2.2", 6000);
+    let relay = RelayProcess::start(&topo.relay, &config, &[]);
+    let ctl = Ctl::new(&dir);
+    // The first change writes the snapshot; the next three are journal lines 2 to 4.
+    for n in 1..=4 {
+        ctl.ok(&[
+            "add",
+            &format!("a{n}"),
+            &format!("rin0:239.1.1.1{n}:500{n}"),
+            &format!("rout0:239.2.2.1{n}:600{n}"),
+        ]);
+    }
+    relay.stop();
+    let journal = dir.path().join("state.toml.journal");
+    let text = std::fs::read(&journal).expect("the journal is readable");
+    let mut lines: Vec<Vec<u8>> = text
+        .split_inclusive(|&byte| byte == b'\n')
+        .map(<[u8]>::to_vec)
+        .collect();
+    assert_eq!(lines.len(), 4, "{}", String::from_utf8_lossy(&text));
+    lines[2] = b"{\"remove\":[],\"add\":[{\"na\xffme\n".to_vec();
+    let damaged = lines.concat();
+    std::fs::write(&journal, &damaged).expect("the journal is writable");
+
+    let relay = RelayProcess::start(&topo.relay, &config, &[]);
+    let line = relay.wait_for_log("the damage to be logged", Duration::from_secs(5), |line| {
+        line.contains("state.toml.journal:3:")
+    });
+    assert!(line.contains("ERROR"), "{line}");
+    assert!(line.contains("not UTF-8"), "{line}");
+    assert!(line.contains("1 later change(s)"), "{line}");
+    assert_eq!(
+        ctl.rule_names(),
+        ["a1", "a2", "base"],
+        "the snapshot and the journal line before the damage"
+    );
+    let aside: Vec<_> = std::fs::read_dir(dir.path())
+        .expect("listable")
+        .filter_map(|entry| entry.ok())
+        .filter(|entry| {
+            entry
+                .file_name()
+                .to_string_lossy()
+                .starts_with("state.toml.journal.damaged-")
+        })
+        .collect();
+    assert_eq!(aside.len(), 1, "one damaged journal kept aside");
+    assert_eq!(
+        std::fs::read(aside[0].path()).expect("readable"),
+        damaged,
+        "kept as it was"
+    );
+    assert!(
+        line.contains(&*aside[0].file_name().to_string_lossy()),
+        "{line}"
+    );
+    relay.stop();
+
+    // The next start reads the fresh state, not the damage again.
+    let relay = RelayProcess::start(&topo.relay, &config, &[]);
+    assert_eq!(ctl.rule_names(), ["a1", "a2", "base"]);
+    assert!(
+        !relay.log().contains("ERROR") && !relay.log().contains("state.toml.journal:"),
+        "the damage was read again:\n{}",
+        relay.log()
+    );
     relay.stop();
 }

@@ -16,25 +16,26 @@ pub mod stall;
 pub mod stream;
 
 /// The `[[rule]]` of extra rule `i`: 100 ports on each group, groups from 239.20.0.0.
-pub fn extra_rule(i: u32, per_group: u32) -> relay_bin::config::RuleEntry {
+pub fn extra_rule(i: u32, per_group: u32) -> relay_rules::Rule {
     let (input, output) = extra_addresses(i, per_group);
-    relay_bin::config::RuleEntry {
+    relay_rules::Rule {
         name: format!("r{i}"),
-        input: relay_bin::config::InputEntry {
+        input: relay_rules::Input {
             interface: "rin0".into(),
             destination: *input.ip(),
             port: input.port(),
             source: None,
         },
-        outputs: vec![relay_bin::config::OutputEntry {
+        outputs: vec![relay_rules::Output {
             interface: "rout0".into(),
             destination: *output.ip(),
             port: output.port(),
-            ttl: None,
+            ttl: relay_rules::Output::DEFAULT_TTL,
             source: None,
             dscp: None,
             vlan: None,
         }],
+        class: None,
     }
 }
 

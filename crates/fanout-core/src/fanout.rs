@@ -16,7 +16,7 @@ mod mismatch;
 
 use mismatch::GroupRecord;
 
-use crate::bpf::{self, BpfInstruction};
+use crate::bpf::{self, BpfInstruction, BpfProgram};
 use crate::socket::{PacketSocket, Protocol, SocketError};
 
 /// How the kernel picks the member that receives a packet.
@@ -127,7 +127,7 @@ pub struct FanoutConfig {
     mode: FanoutMode,
     flags: FanoutFlags,
     max_members: Option<u32>,
-    cbpf: Option<Vec<BpfInstruction>>,
+    cbpf: Option<BpfProgram>,
 }
 
 impl FanoutConfig {
@@ -164,14 +164,15 @@ impl FanoutConfig {
         self
     }
 
-    /// The classic BPF program a `Cbpf` group runs, set right after joining.
-    pub fn cbpf_program(mut self, program: Vec<BpfInstruction>) -> Self {
+    /// The classic BPF program a `Cbpf` group runs, set right after joining. It returns the
+    /// member index for each packet (modulo the member count).
+    pub fn cbpf_program(mut self, program: BpfProgram) -> Self {
         self.cbpf = Some(program);
         self
     }
 
     pub(crate) fn program(&self) -> Option<&[BpfInstruction]> {
-        self.cbpf.as_deref()
+        self.cbpf.as_ref().map(BpfProgram::instructions)
     }
 }
 

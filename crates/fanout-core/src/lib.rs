@@ -46,6 +46,40 @@
 //! }
 //! # Ok(()) }
 //! ```
+//!
+//! A relay loop in one process per CPU: every ring of a `cpu` fanout group gets the packets the
+//! kernel received on its CPU, and frames go out through a transmit ring, one kick per batch.
+//! On a real NIC the ring needs a link-layer membership for the groups it relays (a veth
+//! delivers every frame; a NIC filters multicast MACs nobody joined):
+//!
+//! ```no_run
+//! use std::time::Duration;
+//! use fanout_core::socket::LinkMembership;
+//! use fanout_core::{FanoutConfig, FanoutGroupId, FanoutMode, RxRingBuilder, TxRingBuilder};
+//!
+//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let group = FanoutGroupId(0x4242); // the same id in every worker
+//! let mut rx = RxRingBuilder::new("eth0")
+//!     .fanout(FanoutConfig::new(group, FanoutMode::Cpu))
+//!     .build()?;
+//! rx.socket().add_membership(LinkMembership::Multicast([0x01, 0x00, 0x5e, 0x01, 0x01, 0x01]))?;
+//! let mut tx = TxRingBuilder::new("eth1").build()?;
+//! loop {
+//!     rx.wait(Duration::from_millis(100))?;
+//!     while let Some(block) = rx.next_block() {
+//!         for frame in block.frames() {
+//!             // A real relay rewrites headers here; this one copies the frame as it came.
+//!             if let Some(mut slot) = tx.reserve() {
+//!                 let len = frame.data().len().min(slot.buffer().len());
+//!                 slot.buffer()[..len].copy_from_slice(&frame.data()[..len]);
+//!                 slot.commit(len);
+//!             }
+//!         }
+//!     }
+//!     tx.flush()?; // one send(2) for everything committed above
+//! }
+//! # }
+//! ```
 
 #![deny(unsafe_code)]
 
@@ -73,6 +107,9 @@ pub use fanout::{
 };
 pub use handoff::{HandoffError, RingDescriptor, RingHandle};
 pub use iface::{IfaceError, InterfaceInfo};
+/// The errno that every error of this crate carries, so callers can match on it without
+/// depending on `nix` themselves.
+pub use nix::errno::Errno;
 pub use ring::{Frame, RingError, RingVersion, RxRing, RxRingBuilder, TxRing, TxRingBuilder};
 pub use socket::{PacketSocket, Protocol, SocketError};
 pub use stats::RingStats;

@@ -106,7 +106,7 @@ pub enum SocketError {
 /// (`PACKET_ADD_MEMBERSHIP`); the kernel drops the membership when the socket closes, so a
 /// crashed process never leaves an interface promiscuous.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Membership {
+pub enum LinkMembership {
     /// Every frame on the wire (`PACKET_MR_PROMISC`).
     Promiscuous,
     /// Every multicast frame (`PACKET_MR_ALLMULTI`).
@@ -281,6 +281,21 @@ impl PacketSocket {
         })
     }
 
+    /// Takes the error the kernel latched on the socket (`SO_ERROR`, which clears it), if any.
+    ///
+    /// The kernel latches ENETDOWN when the bound interface goes down, and `poll(2)` reports
+    /// POLLERR for as long as an error is latched; a ring socket is never read with `recv`, so
+    /// nothing else clears it, and a loop that polls the socket without taking the error spins.
+    pub fn take_error(&self) -> Result<Option<Errno>, SocketError> {
+        let pending = nix::sys::socket::getsockopt(self, nix::sys::socket::sockopt::SocketError)
+            .map_err(|errno| SocketError::GetOption {
+                option: "SO_ERROR",
+                interface: self.interface_label(),
+                errno,
+            })?;
+        Ok((pending != 0).then(|| Errno::from_raw(pending)))
+    }
+
     /// Drops frames this host sends (`PACKET_IGNORE_OUTGOING`), which a packet socket otherwise
     /// sees as `PACKET_OUTGOING`; a relay sending on its own input needs this.
     pub fn set_ignore_outgoing(&self, ignore: bool) -> Result<(), SocketError> {
@@ -321,7 +336,10 @@ impl PacketSocket {
         self.set_packet_int("PACKET_TIMESTAMP", libc::PACKET_TIMESTAMP, flags)
     }
 
-    fn membership_request(&self, membership: Membership) -> Result<libc::packet_mreq, SocketError> {
+    fn membership_request(
+        &self,
+        membership: LinkMembership,
+    ) -> Result<libc::packet_mreq, SocketError> {
         let ifindex = self.ifindex().ok_or_else(|| SocketError::SetOption {
             option: "PACKET_ADD_MEMBERSHIP",
             interface: "unbound".to_owned(),
@@ -334,9 +352,9 @@ impl PacketSocket {
             mr_address: [0; 8],
         };
         let mr_type = match membership {
-            Membership::Promiscuous => libc::PACKET_MR_PROMISC,
-            Membership::AllMulticast => libc::PACKET_MR_ALLMULTI,
-            Membership::Multicast(mac) => {
+            LinkMembership::Promiscuous => libc::PACKET_MR_PROMISC,
+            LinkMembership::AllMulticast => libc::PACKET_MR_ALLMULTI,
+            LinkMembership::Multicast(mac) => {
                 request.mr_alen = 6;
                 request.mr_address[..6].copy_from_slice(&mac);
                 libc::PACKET_MR_MULTICAST
@@ -348,7 +366,7 @@ impl PacketSocket {
 
     /// Adds a membership on the bound interface (`PACKET_ADD_MEMBERSHIP`); it lasts as long as
     /// the socket.
-    pub fn add_membership(&self, membership: Membership) -> Result<(), SocketError> {
+    pub fn add_membership(&self, membership: LinkMembership) -> Result<(), SocketError> {
         let request = self.membership_request(membership)?;
         self.set_packet_option(
             "PACKET_ADD_MEMBERSHIP",
@@ -358,7 +376,7 @@ impl PacketSocket {
     }
 
     /// Removes a membership added with [`PacketSocket::add_membership`].
-    pub fn drop_membership(&self, membership: Membership) -> Result<(), SocketError> {
+    pub fn drop_membership(&self, membership: LinkMembership) -> Result<(), SocketError> {
         let request = self.membership_request(membership)?;
         self.set_packet_option(
             "PACKET_DROP_MEMBERSHIP",

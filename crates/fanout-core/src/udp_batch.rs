@@ -127,7 +127,8 @@ impl UdpBatch {
 
     /// Sends everything queued, with as few `sendmmsg` calls as the kernel allows, and empties
     /// the batch. A datagram the kernel refuses (no route, buffer full with a non-blocking
-    /// socket, ...) is counted and skipped, never retried.
+    /// socket, ...) is counted and skipped, never retried; when the interface is down or gone
+    /// (ENETDOWN, ENODEV, ENXIO) the rest of the batch is counted as refused without trying it.
     pub fn flush(&mut self) -> Flushed {
         let mut outcome = Flushed::default();
         let count = self.lens.len();
@@ -167,9 +168,15 @@ impl UdpBatch {
                 if errno == libc::EINTR {
                     continue;
                 }
+                outcome.error.get_or_insert(errno);
+                if matches!(errno, libc::ENETDOWN | libc::ENODEV | libc::ENXIO) {
+                    // The interface is down or gone: every datagram left would be refused the
+                    // same way, one syscall each.
+                    outcome.failed += count - next;
+                    break;
+                }
                 // The datagram at `next` was refused: skip it and carry on with the rest.
                 outcome.failed += 1;
-                outcome.error.get_or_insert(errno);
                 next += 1;
             } else {
                 outcome.sent += sent as usize;

@@ -97,10 +97,15 @@ pub struct RunArgs {
     /// Path of the TOML configuration file.
     #[arg(short, long, value_name = "FILE")]
     pub config: PathBuf,
-    /// Which CPUs get a worker: `all`, a count (the first N online CPUs), or a CPU list such as
-    /// `0-3,6`. Overrides `relay.workers` of the file.
-    #[arg(long, value_name = "N|LIST", value_parser = parse_workers)]
+    /// How many workers: `all` or a count (the first N online CPUs get one). Overrides
+    /// `relay.workers` and `relay.cpus` of the file. (A CPU list with `-` or `,` is read as
+    /// `--cpus`.)
+    #[arg(long, value_name = "N|all", value_parser = parse_workers)]
     pub workers: Option<WorkersSetting>,
+    /// Which CPUs get a worker, as a CPU list (`1`, `0-3,6`). Overrides `relay.workers` and
+    /// `relay.cpus` of the file.
+    #[arg(long, value_name = "LIST", value_parser = parse_cpus, conflicts_with = "workers")]
+    pub cpus: Option<WorkersSetting>,
     /// How the kernel spreads each input's packets over the workers. Overrides `relay.fanout`.
     #[arg(long, value_enum)]
     pub fanout: Option<FanoutSetting>,
@@ -127,8 +132,11 @@ pub struct CheckSteeringArgs {
     pub json: bool,
     /// Workers to judge for, as `run --workers`. Default: the configuration's, else every
     /// online CPU.
-    #[arg(long, value_name = "N|LIST", value_parser = parse_workers)]
+    #[arg(long, value_name = "N|all", value_parser = parse_workers)]
     pub workers: Option<WorkersSetting>,
+    /// CPUs to judge for, as `run --cpus`.
+    #[arg(long, value_name = "LIST", value_parser = parse_cpus, conflicts_with = "workers")]
+    pub cpus: Option<WorkersSetting>,
     /// Fanout mode to judge for. Default: the configuration's, else cpu.
     #[arg(long, value_enum)]
     pub fanout: Option<FanoutSetting>,
@@ -258,6 +266,24 @@ fn parse_workers(text: &str) -> Result<WorkersSetting, String> {
     WorkersSetting::parse(text)
 }
 
+fn parse_cpus(text: &str) -> Result<WorkersSetting, String> {
+    crate::config::CpuList::parse(text).map(|list| WorkersSetting::Cpus(list.0))
+}
+
+impl RunArgs {
+    /// The worker set the command line asks for, if any.
+    pub fn worker_override(&self) -> Option<WorkersSetting> {
+        self.cpus.clone().or_else(|| self.workers.clone())
+    }
+}
+
+impl CheckSteeringArgs {
+    /// The worker set the command line asks for, if any.
+    pub fn worker_override(&self) -> Option<WorkersSetting> {
+        self.cpus.clone().or_else(|| self.workers.clone())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -307,5 +333,29 @@ mod tests {
             Cli::try_parse_from(["fanout-relay", "run", "--config", "x", "--workers", "z"])
                 .is_err()
         );
+    }
+
+    #[test]
+    fn cpus_name_cpus_and_workers_count() {
+        let run = |args: &[&str]| {
+            let cli = Cli::try_parse_from(
+                ["fanout-relay", "run", "--config", "x.toml"]
+                    .iter()
+                    .chain(args),
+            )
+            .map_err(|e| e.to_string())?;
+            match cli.command {
+                Command::Run(args) => Ok(args.worker_override()),
+                _ => Err("not run".to_owned()),
+            }
+        };
+        assert_eq!(
+            run(&["--cpus", "1"]),
+            Ok(Some(WorkersSetting::Cpus(vec![1])))
+        );
+        assert_eq!(run(&["--workers", "1"]), Ok(Some(WorkersSetting::Count(1))));
+        assert_eq!(run(&[]), Ok(None));
+        let both = run(&["--workers", "2", "--cpus", "0-1"]).expect_err("one of them");
+        assert!(both.contains("cannot be used with"), "{both}");
     }
 }

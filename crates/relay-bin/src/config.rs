@@ -2,7 +2,8 @@
 //!
 //! ```toml
 //! [relay]
-//! workers = "all"          # or a count (2), or CPUs ("0-1,4")
+//! workers = "all"          # or a count of workers (2): the first N online CPUs get one
+//! # cpus = "1,4-5"         # or instead of workers: exactly these CPUs get one
 //! fanout = "cpu"           # cpu | hash | lb | qm | rollover
 //! metrics = "127.0.0.1:9469" # optional: serve Prometheus metrics on GET /metrics
 //! rps = "off"              # or "auto": turn RPS on for single-queue inputs while running
@@ -48,9 +49,9 @@
 //! file a mistake is; [`relay_rules`] validation then checks the meaning of the rules against the
 //! interfaces of the host.
 
-use relay_rules::{Input, Output, Rule};
+use relay_rules::Rule;
 use serde::{Deserialize, Serialize};
-use std::net::{Ipv4Addr, SocketAddr};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
 mod autoscale;
@@ -66,9 +67,6 @@ pub use ring::{MAX_BUSY_POLL_US, RingSection, RingVersionSetting, SEGMENTED_SLOT
 /// Files from this size on are parsed piece by piece: a whole parse needs about 40 times the
 /// text's size for a moment (700 MB for 100,000 rules), which below this is a few megabytes.
 const PIECES_FROM: usize = 64 * 1024;
-
-/// The TTL of an output that does not set one: enough to cross a campus, not the world.
-pub const DEFAULT_TTL: u8 = 16;
 
 /// A whole configuration file as written.
 #[derive(Debug, Clone, Default, Deserialize, PartialEq, Serialize)]
@@ -88,16 +86,21 @@ pub struct ConfigFile {
     pub classes: Vec<ClassEntry>,
     /// Forwarding rules, in the order written.
     #[serde(default, rename = "rule")]
-    pub rules: Vec<RuleEntry>,
+    pub rules: Vec<Rule>,
 }
 
 /// The `[relay]` section.
 #[derive(Debug, Clone, Default, Deserialize, PartialEq, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct RelaySection {
-    /// Which CPUs get a worker.
-    #[serde(default)]
+    /// Which CPUs get a worker. A CPU list is written as `cpus`, a count or `all` as `workers`
+    /// (see [`RelaySection::set_workers`]).
+    #[serde(default, skip_serializing_if = "WorkersSetting::is_cpus")]
     pub workers: WorkersSetting,
+    /// `cpus = "1,4-5"`: the CPUs that get a worker, a key of its own so that a single CPU can
+    /// never be read as a count. Mirrors `workers` once parsed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    cpus: Option<CpuList>,
     /// How the kernel spreads an input's packets over the workers.
     #[serde(default)]
     pub fanout: FanoutSetting,
@@ -146,6 +149,41 @@ pub const RUN_DIR: &str = "/run/fanout-relay";
 pub const STATE_DIR: &str = "/var/lib/fanout-relay";
 
 impl RelaySection {
+    /// Sets which CPUs get a worker (a `--workers` or `--cpus` override).
+    pub fn set_workers(&mut self, workers: WorkersSetting) {
+        self.cpus = match &workers {
+            WorkersSetting::Cpus(list) => Some(CpuList(list.clone())),
+            _ => None,
+        };
+        self.workers = workers;
+    }
+
+    /// Reads `cpus` into `workers` after parsing, refusing both at once: `workers = 2` with
+    /// `cpus = "0-3"` could mean two of those CPUs or all four.
+    fn settle_cpus(&mut self) -> Result<(), String> {
+        match (&self.cpus, &self.workers) {
+            (Some(list), WorkersSetting::All) => {
+                self.workers = WorkersSetting::Cpus(list.0.clone());
+                Ok(())
+            }
+            (Some(list), WorkersSetting::Cpus(old)) if &list.0 != old => Err(format!(
+                "relay.cpus = \"{list}\" and relay.workers = \"{}\": give the CPUs once, as cpus",
+                CpuList(old.clone())
+            )),
+            (Some(list), WorkersSetting::Count(count)) => Err(format!(
+                "relay.cpus = \"{list}\" and relay.workers = {count}: give one of them (cpus names \
+                 the CPUs that get a worker, workers counts them)"
+            )),
+            (Some(_), WorkersSetting::Cpus(_)) => Ok(()),
+            (None, workers) => {
+                // The older form `workers = "0-3"` reads the same as `cpus = "0-3"`.
+                let workers = workers.clone();
+                self.set_workers(workers);
+                Ok(())
+            }
+        }
+    }
+
     /// The control socket of the relay run from the configuration file `config`.
     pub fn control_socket_for(&self, config: &Path) -> PathBuf {
         self.control_socket
@@ -182,6 +220,10 @@ pub enum WorkersSetting {
 }
 
 impl WorkersSetting {
+    fn is_cpus(&self) -> bool {
+        matches!(self, WorkersSetting::Cpus(_))
+    }
+
     /// Parses `all`, a count (`2`) or a CPU list in the kernel's syntax (`0-3,6`).
     pub fn parse(text: &str) -> Result<Self, String> {
         let text = text.trim();
@@ -192,7 +234,7 @@ impl WorkersSetting {
             if count == 0 {
                 return Err(
                     "`0` is a count of workers, and a relay needs at least one (for a worker on \
-                     CPU 0 alone, write the range `0-0`)"
+                     CPU 0 alone, give the CPU list `cpus = \"0\"`, or `--cpus 0`)"
                         .into(),
                 );
             }
@@ -226,6 +268,16 @@ impl<'de> Deserialize<'de> for WorkersSetting {
                 "relay.workers = 0: a relay needs at least one worker",
             )),
             Raw::Count(count) => Ok(WorkersSetting::Count(count)),
+            // A quoted number reads as a CPU as easily as a count: an operator meaning "the
+            // worker on CPU 1" must not get one worker on CPU 0.
+            Raw::Text(text) if text.trim().parse::<u32>().is_ok() => {
+                let text = text.trim();
+                Err(serde::de::Error::custom(format!(
+                    "relay.workers = \"{text}\": a quoted number could be a count or a CPU: \
+                     write `workers = {text}` for {text} worker(s), or `cpus = \"{text}\"` for \
+                     the worker on CPU {text}"
+                )))
+            }
             Raw::Text(text) => WorkersSetting::parse(&text).map_err(|error| {
                 serde::de::Error::custom(format!("relay.workers = {text:?}: {error}"))
             }),
@@ -272,60 +324,6 @@ impl PlacementSetting {
     }
 }
 
-/// One `[[rule]]` as written.
-#[derive(Debug, Clone, Deserialize, PartialEq, Serialize)]
-#[serde(deny_unknown_fields)]
-pub struct RuleEntry {
-    /// Unique name.
-    pub name: String,
-    /// What the rule matches.
-    pub input: InputEntry,
-    /// Where it sends what it matched.
-    pub outputs: Vec<OutputEntry>,
-    /// The `[[class]]` whose workers serve it; the default workers when left out.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub class: Option<String>,
-}
-
-/// A rule's `input` table.
-#[derive(Debug, Clone, Deserialize, PartialEq, Serialize)]
-#[serde(deny_unknown_fields)]
-pub struct InputEntry {
-    /// Interface the frames arrive on.
-    pub interface: String,
-    /// Multicast group, or a unicast address of the interface.
-    pub destination: Ipv4Addr,
-    /// UDP destination port.
-    pub port: u16,
-    /// Only this source (source-specific multicast).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub source: Option<Ipv4Addr>,
-}
-
-/// One entry of a rule's `outputs`.
-#[derive(Debug, Clone, Deserialize, PartialEq, Serialize)]
-#[serde(deny_unknown_fields)]
-pub struct OutputEntry {
-    /// Interface the rewritten datagram leaves on.
-    pub interface: String,
-    /// Multicast group or unicast receiver.
-    pub destination: Ipv4Addr,
-    /// UDP destination port.
-    pub port: u16,
-    /// IP time to live; [`DEFAULT_TTL`] when left out.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub ttl: Option<u8>,
-    /// Source address; the interface's first address when left out.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub source: Option<Ipv4Addr>,
-    /// DiffServ code point to write; the incoming one is kept when left out.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub dscp: Option<u8>,
-    /// 802.1Q VLAN id to tag the frame with.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub vlan: Option<u16>,
-}
-
 /// A configuration file that could not be read or parsed.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -369,80 +367,28 @@ impl ConfigFile {
     /// file is read one `[[rule]]` table at a time (module `pieces`), which bounds the memory
     /// the parse needs by one rule's document instead of the whole file's.
     pub fn parse(text: &str) -> Result<Self, String> {
-        if text.len() >= PIECES_FROM
+        let mut config: ConfigFile = if text.len() >= PIECES_FROM
             && let Some(config) = pieces::parse(text)
         {
-            return Ok(config);
-        }
-        toml::from_str(text).map_err(|error| error.to_string().trim_end().to_owned())
+            config
+        } else {
+            toml::from_str(text).map_err(|error| error.to_string().trim_end().to_owned())?
+        };
+        config.relay.settle_cpus()?;
+        Ok(config)
     }
 
-    /// The rules in the relay-rules model, defaults filled in.
+    /// The rules, in the order written.
     pub fn to_rules(&self) -> Vec<Rule> {
-        self.rules.iter().map(RuleEntry::to_rule).collect()
-    }
-}
-
-impl RuleEntry {
-    /// This rule in the relay-rules model, defaults filled in.
-    pub fn to_rule(&self) -> Rule {
-        Rule {
-            name: self.name.clone(),
-            input: Input {
-                interface: self.input.interface.clone(),
-                destination: self.input.destination,
-                port: self.input.port,
-                source: self.input.source,
-            },
-            outputs: self
-                .outputs
-                .iter()
-                .map(|output| Output {
-                    interface: output.interface.clone(),
-                    destination: output.destination,
-                    port: output.port,
-                    ttl: output.ttl.unwrap_or(DEFAULT_TTL),
-                    source: output.source,
-                    dscp: output.dscp,
-                    vlan: output.vlan,
-                })
-                .collect(),
-            class: self.class.clone(),
-        }
-    }
-}
-
-impl From<&Rule> for RuleEntry {
-    fn from(rule: &Rule) -> Self {
-        RuleEntry {
-            name: rule.name.clone(),
-            input: InputEntry {
-                interface: rule.input.interface.clone(),
-                destination: rule.input.destination,
-                port: rule.input.port,
-                source: rule.input.source,
-            },
-            outputs: rule
-                .outputs
-                .iter()
-                .map(|output| OutputEntry {
-                    interface: output.interface.clone(),
-                    destination: output.destination,
-                    port: output.port,
-                    ttl: Some(output.ttl),
-                    source: output.source,
-                    dscp: output.dscp,
-                    vlan: output.vlan,
-                })
-                .collect(),
-            class: rule.class.clone(),
-        }
+        self.rules.clone()
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use relay_rules::Output;
+    use std::net::Ipv4Addr;
 
     const EXAMPLE: &str = r#"
         [relay]
@@ -478,9 +424,8 @@ mod tests {
         assert_eq!(rules[0].input.source, Some(Ipv4Addr::new(192, 0, 2, 10)));
         assert_eq!(rules[0].outputs[0].ttl, 4);
         assert_eq!(rules[0].outputs[0].dscp, Some(46));
-        assert_eq!(rules[0].outputs[1].ttl, DEFAULT_TTL);
+        assert_eq!(rules[0].outputs[1].ttl, Output::DEFAULT_TTL);
         assert_eq!(rules[0].outputs[1].destination, Ipv4Addr::new(10, 0, 0, 2));
-        assert_eq!(RuleEntry::from(&rules[0]).to_rule(), rules[0]);
     }
 
     #[test]
@@ -497,8 +442,7 @@ mod tests {
         );
         let error = ConfigFile::parse("[relay]\nworkers = \"0\"\n").expect_err("zero, quoted");
         assert!(
-            error.contains("relay.workers = \"0\": `0` is a count of workers")
-                && error.contains("`0-0`"),
+            error.contains("relay.workers = \"0\": a quoted number could be a count or a CPU"),
             "{error}"
         );
         let error = ConfigFile::parse("[relay]\nworkers = \"0-x\"\n").expect_err("not a list");
@@ -521,6 +465,62 @@ mod tests {
             config,
             "{text}"
         );
+    }
+
+    #[test]
+    fn a_cpu_is_never_read_as_a_count() {
+        let error = ConfigFile::parse("[relay]\nworkers = \"1\"\n").expect_err("ambiguous");
+        assert!(
+            error.contains(
+                "write `workers = 1` for 1 worker(s), or `cpus = \"1\"` for the worker on CPU 1"
+            ),
+            "{error}"
+        );
+        let one = ConfigFile::parse("[relay]\ncpus = \"1\"\n").expect("cpus names CPU 1");
+        assert_eq!(one.relay.workers, WorkersSetting::Cpus(vec![1]));
+        let bare = ConfigFile::parse("[relay]\ncpus = 1\n").expect("a bare CPU number");
+        assert_eq!(bare.relay.workers, WorkersSetting::Cpus(vec![1]));
+        assert_eq!(
+            ConfigFile::parse("[relay]\nworkers = 1\n")
+                .expect("a count")
+                .relay
+                .workers,
+            WorkersSetting::Count(1)
+        );
+        let both = ConfigFile::parse("[relay]\nworkers = 2\ncpus = \"0-3\"\n")
+            .expect_err("a count and CPUs");
+        assert!(both.contains("give one of them"), "{both}");
+        let twice = ConfigFile::parse("[relay]\nworkers = \"0-1\"\ncpus = \"2-3\"\n")
+            .expect_err("two lists");
+        assert!(twice.contains("give the CPUs once"), "{twice}");
+        let bad = ConfigFile::parse("[relay]\ncpus = \"1-x\"\n").expect_err("not a list");
+        assert!(bad.contains("`1-x`"), "{bad}");
+    }
+
+    #[test]
+    fn cpu_lists_are_saved_as_cpus() {
+        // The older `workers = "0-1"` still reads as a CPU list, and is saved as `cpus`.
+        let old = ConfigFile::parse("[relay]\nworkers = \"0-1\"\n").expect("a list");
+        assert_eq!(old.relay.workers, WorkersSetting::Cpus(vec![0, 1]));
+        let text = old.to_toml();
+        assert!(text.contains("cpus = \"0,1\""), "{text}");
+        assert!(!text.contains("workers"), "{text}");
+        assert_eq!(ConfigFile::parse(&text).expect("saved text parses"), old);
+        let mut counted = old.clone();
+        counted.relay.set_workers(WorkersSetting::Count(3));
+        let text = counted.to_toml();
+        assert!(
+            text.contains("workers = 3") && !text.contains("cpus"),
+            "{text}"
+        );
+        assert_eq!(
+            ConfigFile::parse(&text).expect("saved text parses"),
+            counted
+        );
+        let mut one = counted;
+        one.relay.set_workers(WorkersSetting::Cpus(vec![1]));
+        let text = one.to_toml();
+        assert_eq!(ConfigFile::parse(&text).expect("saved text parses"), one);
     }
 
     #[test]

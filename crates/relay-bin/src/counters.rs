@@ -44,6 +44,15 @@ pub struct WorkerCounters {
     /// Datagrams that left in those frames (also counted in `forwarded`).
     #[serde(default)]
     pub tx_segmented_datagrams: u64,
+    /// Errors the kernel reported on the worker's receive ring sockets (`SO_ERROR` after
+    /// `POLLERR`), by input interface and errno name: `ENETDOWN` each time an input went down.
+    #[serde(default)]
+    pub interface_errors: ErrorCounts,
+    /// Errors sending to an output, by output interface and errno name: transmit kicks that
+    /// failed (`ENETDOWN` while the output is down; their frames stay queued and leave when it
+    /// returns) and datagrams a socket output refused (also counted in `socket_errors`).
+    #[serde(default)]
+    pub output_errors: ErrorCounts,
     /// Per rule: (packets, bytes), by rule name.
     pub rules: BTreeMap<String, RuleCount>,
     /// Generation of the table the worker serves (not summed: the latest).
@@ -52,6 +61,35 @@ pub struct WorkerCounters {
     /// Checksum of that table, for drift detection.
     #[serde(default)]
     pub table_checksum: u64,
+}
+
+/// Error counts by interface name, then by errno name (`ENETDOWN`).
+pub type ErrorCounts = BTreeMap<String, BTreeMap<String, u64>>;
+
+/// Adds `count` errors `errno` on `interface` to `counts`.
+pub fn add_error(counts: &mut ErrorCounts, interface: &str, errno: &str, count: u64) {
+    if count == 0 {
+        return;
+    }
+    let by_errno = match counts.get_mut(interface) {
+        Some(by_errno) => by_errno,
+        None => counts.entry(interface.to_owned()).or_default(),
+    };
+    match by_errno.get_mut(errno) {
+        Some(total) => *total += count,
+        None => {
+            by_errno.insert(errno.to_owned(), count);
+        }
+    }
+}
+
+/// Every (interface, errno, count) of `counts`, in order.
+pub fn errors(counts: &ErrorCounts) -> impl Iterator<Item = (&str, &str, u64)> {
+    counts.iter().flat_map(|(interface, by_errno)| {
+        by_errno
+            .iter()
+            .map(move |(errno, &count)| (interface.as_str(), errno.as_str(), count))
+    })
 }
 
 /// Packets and bytes of one rule.
@@ -101,6 +139,12 @@ impl WorkerCounters {
         self.tx_wrong_format += other.tx_wrong_format;
         self.tx_segmented += other.tx_segmented;
         self.tx_segmented_datagrams += other.tx_segmented_datagrams;
+        for (interface, errno, count) in errors(&other.interface_errors) {
+            add_error(&mut self.interface_errors, interface, errno, count);
+        }
+        for (interface, errno, count) in errors(&other.output_errors) {
+            add_error(&mut self.output_errors, interface, errno, count);
+        }
         for (rule, count) in &other.rules {
             let total = self.rules.entry(rule.clone()).or_default();
             total.packets += count.packets;
@@ -217,9 +261,18 @@ mod tests {
                 bytes: 40,
             },
         );
+        add_error(&mut one.interface_errors, "eth0", "ENETDOWN", 2);
+        add_error(&mut one.output_errors, "eth1", "ENETDOWN", 3);
+        add_error(&mut one.output_errors, "eth1", "ENXIO", 0);
         let mut total = WorkerCounters::default();
         total.absorb(&one);
         total.absorb(&one);
+        assert_eq!(total.interface_errors["eth0"]["ENETDOWN"], 4);
+        assert_eq!(
+            errors(&total.output_errors).collect::<Vec<_>>(),
+            [("eth1", "ENETDOWN", 6)],
+            "a zero count adds no entry"
+        );
         assert_eq!(total.received, 10);
         assert_eq!(total.forwarded, 8);
         assert_eq!(total.malformed["fragment"], 2);

@@ -1,8 +1,9 @@
 //! `fanout-relay ctl`: the control socket's client, with human tables or JSON.
 
 use crate::cli::{CtlArgs, CtlCommand, WorkersAction};
-use crate::config::{ConfigFile, InputEntry, OutputEntry, RUN_DIR, RuleEntry};
+use crate::config::{ConfigFile, RUN_DIR};
 use crate::control::proto::{Command, KeyEntry, Reply, Request, Response, VERSION};
+use relay_rules::{Input, Output, Rule};
 use std::fmt::Write as _;
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
@@ -99,7 +100,7 @@ fn command(command: &CtlCommand) -> Result<Command, String> {
         } => Command::Add {
             rule: match (toml, name, input) {
                 (Some(path), None, None) if outputs.is_empty() => rule_from_toml(path)?,
-                (None, Some(name), Some(input)) if !outputs.is_empty() => RuleEntry {
+                (None, Some(name), Some(input)) if !outputs.is_empty() => Rule {
                     name: name.clone(),
                     input: parse_input(input)?,
                     outputs: outputs
@@ -124,14 +125,14 @@ fn absolute(path: &Path) -> Result<PathBuf, String> {
 }
 
 /// Reads one `[[rule]]` from a TOML file (`-`: standard input).
-fn rule_from_toml(path: &Path) -> Result<RuleEntry, String> {
+fn rule_from_toml(path: &Path) -> Result<Rule, String> {
     let text = if path == Path::new("-") {
         std::io::read_to_string(std::io::stdin()).map_err(|error| format!("stdin: {error}"))?
     } else {
         std::fs::read_to_string(path).map_err(|error| format!("{}: {error}", path.display()))?
     };
     let file = ConfigFile::parse(&text).map_err(|error| format!("{}: {error}", path.display()))?;
-    match <[RuleEntry; 1]>::try_from(file.rules) {
+    match <[Rule; 1]>::try_from(file.rules) {
         Ok([rule]) => Ok(rule),
         Err(rules) => Err(format!(
             "{}: expected exactly one [[rule]], found {}",
@@ -142,13 +143,13 @@ fn rule_from_toml(path: &Path) -> Result<RuleEntry, String> {
 }
 
 /// `IFACE:DESTINATION:PORT[@SOURCE]`.
-pub fn parse_input(text: &str) -> Result<InputEntry, String> {
+pub fn parse_input(text: &str) -> Result<Input, String> {
     let (main, source) = match text.split_once('@') {
         Some((main, source)) => (main, Some(parse_addr(source, "source")?)),
         None => (text, None),
     };
     let (interface, destination, port) = parse_endpoint(main)?;
-    Ok(InputEntry {
+    Ok(Input {
         interface,
         destination,
         port,
@@ -157,14 +158,14 @@ pub fn parse_input(text: &str) -> Result<InputEntry, String> {
 }
 
 /// `IFACE:DESTINATION:PORT[,ttl=N][,source=A][,dscp=N][,vlan=N]`.
-pub fn parse_output(text: &str) -> Result<OutputEntry, String> {
+pub fn parse_output(text: &str) -> Result<Output, String> {
     let mut parts = text.split(',');
     let (interface, destination, port) = parse_endpoint(parts.next().unwrap_or_default())?;
-    let mut output = OutputEntry {
+    let mut output = Output {
         interface,
         destination,
         port,
-        ttl: None,
+        ttl: Output::DEFAULT_TTL,
         source: None,
         dscp: None,
         vlan: None,
@@ -175,7 +176,7 @@ pub fn parse_output(text: &str) -> Result<OutputEntry, String> {
             .ok_or_else(|| format!("`{option}`: expected key=value (ttl, source, dscp, vlan)"))?;
         let bad = |what: &str| format!("`{option}`: {what} must be a number in range");
         match key {
-            "ttl" => output.ttl = Some(value.parse().map_err(|_| bad("ttl"))?),
+            "ttl" => output.ttl = value.parse().map_err(|_| bad("ttl"))?,
             "dscp" => output.dscp = Some(value.parse().map_err(|_| bad("dscp"))?),
             "vlan" => output.vlan = Some(value.parse().map_err(|_| bad("vlan"))?),
             "source" => output.source = Some(parse_addr(value, "source")?),
@@ -266,7 +267,7 @@ pub fn render(reply: &Reply) -> String {
                         output.interface,
                         output.destination,
                         output.port,
-                        output.ttl.unwrap_or(crate::config::DEFAULT_TTL),
+                        output.ttl,
                         output
                             .source
                             .map(|s| format!(" from {s}"))
@@ -300,7 +301,7 @@ mod tests {
         assert_eq!(input.source, Some(Ipv4Addr::new(192, 0, 2, 10)));
         let output = parse_output("eth1:239.2.2.2:6000,ttl=4,dscp=46,source=10.0.0.1")
             .expect("valid output");
-        assert_eq!(output.ttl, Some(4));
+        assert_eq!(output.ttl, 4);
         assert_eq!(output.dscp, Some(46));
         assert_eq!(output.source, Some(Ipv4Addr::new(10, 0, 0, 1)));
         assert!(parse_output("eth1:239.2.2.2:6000,color=red").is_err());

@@ -51,6 +51,7 @@ pub fn stats(stats: &StatsReport) -> String {
             worker.share * 100.0
         );
     }
+    errors(&mut out, stats);
     let shares: Vec<f64> = stats.workers.iter().map(|worker| worker.share).collect();
     if let Some(imbalance) = imbalance(&shares) {
         let _ = writeln!(
@@ -60,6 +61,30 @@ pub fn stats(stats: &StatsReport) -> String {
         );
     }
     out
+}
+
+/// The errors the workers' rings and sockets reported, summed over the workers, when there are
+/// any: `input` for a receive ring's socket (`ENETDOWN` each time the input went down),
+/// `output` for a failed transmit kick or a refused datagram.
+fn errors(out: &mut String, stats: &StatsReport) {
+    let mut total = crate::counters::WorkerCounters::default();
+    for worker in &stats.workers {
+        total.absorb(&worker.counters);
+    }
+    let inputs = crate::counters::errors(&total.interface_errors).map(|row| ("input", row));
+    let outputs = crate::counters::errors(&total.output_errors).map(|row| ("output", row));
+    let mut rows = inputs.chain(outputs).peekable();
+    if rows.peek().is_none() {
+        return;
+    }
+    let _ = writeln!(
+        out,
+        "\n{:<6} {:<16} {:<14} {:>10}",
+        "side", "interface", "error", "count"
+    );
+    for (side, (interface, errno, count)) in rows {
+        let _ = writeln!(out, "{side:<6} {interface:<16} {errno:<14} {count:>10}");
+    }
 }
 
 /// The worker slots; with a class column when any worker belongs to a `[[class]]`.
@@ -145,6 +170,46 @@ mod tests {
         assert_eq!(imbalance(&[0.0, 0.0]), None);
         assert_eq!(si(1_500_000.0), "1.50M");
         assert_eq!(si(999.0), "999");
+    }
+
+    #[test]
+    fn errors_are_listed_summed_over_workers_only_when_there_are_any() {
+        use crate::control::proto::WorkerStats;
+        use crate::counters::{WorkerCounters, add_error};
+        let mut counters = WorkerCounters::default();
+        let mut report = StatsReport::default();
+        report.workers.push(WorkerStats {
+            counters: counters.clone(),
+            ..WorkerStats::default()
+        });
+        assert!(!stats(&report).contains("error"), "{}", stats(&report));
+        add_error(&mut counters.interface_errors, "eth0", "ENETDOWN", 2);
+        add_error(&mut counters.output_errors, "eth1", "ENXIO", 1);
+        report.workers = vec![
+            WorkerStats {
+                counters: counters.clone(),
+                ..WorkerStats::default()
+            },
+            WorkerStats {
+                counters,
+                ..WorkerStats::default()
+            },
+        ];
+        let text = stats(&report);
+        let rows: Vec<Vec<&str>> = text
+            .lines()
+            .skip_while(|line| !line.starts_with("side"))
+            .skip(1)
+            .map(|line| line.split_whitespace().collect())
+            .collect();
+        assert_eq!(
+            rows,
+            [
+                vec!["input", "eth0", "ENETDOWN", "4"],
+                vec!["output", "eth1", "ENXIO", "2"]
+            ],
+            "{text}"
+        );
     }
 
     #[test]

@@ -9,6 +9,7 @@ pub mod cli;
 pub mod config;
 pub mod control;
 pub mod counters;
+pub mod cpus;
 pub mod ctl;
 pub mod ctl_tables;
 pub mod demo;

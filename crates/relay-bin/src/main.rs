@@ -35,7 +35,7 @@ fn main() -> ExitCode {
             .map_err(|error| error.to_string()),
         Command::Run(args) => {
             let overrides = Overrides {
-                workers: args.workers,
+                workers: args.worker_override(),
                 fanout: args.fanout,
                 metrics: args.metrics,
                 rps: args.rps,

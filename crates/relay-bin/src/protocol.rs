@@ -5,11 +5,10 @@
 //! line, so the supervisor keeps them (and with them the fanout group's membership order) while
 //! workers come and go.
 
-use crate::config::RuleEntry;
 use crate::counters::WorkerCounters;
+use relay_rules::{InterfaceFacts, Rule};
 use serde::{Deserialize, Serialize};
 use std::io::{self, BufRead, Read, Write};
-use std::net::Ipv4Addr;
 
 /// Longest line either side accepts: a table of 100,000 rules fits with room to spare.
 pub const MAX_LINE: usize = 256 << 20;
@@ -27,18 +26,18 @@ pub enum ToWorker {
         /// Names of rules to remove.
         remove: Vec<String>,
         /// Rules to add.
-        add: Vec<RuleEntry>,
+        add: Vec<Rule>,
         /// Facts of interfaces the worker may not know yet.
-        interfaces: Vec<InterfaceEntry>,
+        interfaces: Vec<InterfaceFacts>,
     },
     /// Replace the whole table (a resync after drift); answered with [`FromWorker::Applied`].
     Table {
         /// Generation of the set.
         generation: u64,
         /// Every rule the worker holds.
-        rules: Vec<RuleEntry>,
+        rules: Vec<Rule>,
         /// Facts of every interface the rules name.
-        interfaces: Vec<InterfaceEntry>,
+        interfaces: Vec<InterfaceFacts>,
     },
     /// Send the counters now; answered with [`FromWorker::Counters`].
     Counters,
@@ -85,9 +84,9 @@ pub struct WorkerStart {
     /// Generation of the rule set.
     pub generation: u64,
     /// The rules this worker holds.
-    pub rules: Vec<RuleEntry>,
+    pub rules: Vec<Rule>,
     /// Facts of every interface the rules name.
-    pub interfaces: Vec<InterfaceEntry>,
+    pub interfaces: Vec<InterfaceFacts>,
     /// Geometry of the rings.
     pub ring: crate::config::RingSection,
     /// Under shard placement, this worker's shards: it holds only the rules whose
@@ -110,45 +109,6 @@ impl ShardEntry {
     /// `count` (a message the supervisor would never send).
     pub fn to_set(&self) -> Option<relay_rules::shard::ShardSet> {
         relay_rules::shard::ShardSet::new(self.count, self.indices.iter().copied())
-    }
-}
-
-/// The facts of one interface, as the supervisor found them.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
-pub struct InterfaceEntry {
-    /// Name.
-    pub name: String,
-    /// Kernel index.
-    pub index: u32,
-    /// Hardware address, if the interface has Ethernet headers.
-    pub mac: Option<[u8; 6]>,
-    /// MTU.
-    pub mtu: u32,
-    /// IPv4 addresses.
-    pub ipv4: Vec<Ipv4Addr>,
-}
-
-impl From<&relay_rules::InterfaceFacts> for InterfaceEntry {
-    fn from(facts: &relay_rules::InterfaceFacts) -> Self {
-        InterfaceEntry {
-            name: facts.name.clone(),
-            index: facts.index,
-            mac: facts.mac,
-            mtu: facts.mtu,
-            ipv4: facts.ipv4.clone(),
-        }
-    }
-}
-
-impl From<&InterfaceEntry> for relay_rules::InterfaceFacts {
-    fn from(entry: &InterfaceEntry) -> Self {
-        relay_rules::InterfaceFacts {
-            name: entry.name.clone(),
-            index: entry.index,
-            mac: entry.mac,
-            mtu: entry.mtu,
-            ipv4: entry.ipv4.clone(),
-        }
     }
 }
 
@@ -179,6 +139,80 @@ pub fn receive<R: BufRead, M: for<'de> Deserialize<'de>>(reader: &mut R) -> io::
     serde_json::from_slice(&line)
         .map(Some)
         .map_err(|error| io::Error::new(io::ErrorKind::InvalidData, error))
+}
+
+/// Most bytes of replies an [`Outbox`] holds unwritten: two of the longest lines. Past it the
+/// reader is not reading, and the writer says so instead of growing without bound.
+pub const MAX_OUTBOX: usize = 2 * MAX_LINE;
+
+/// Messages waiting to be written to a non-blocking stream, so that a reply of any size gets
+/// through without the writer ever blocking: [`Outbox::push`] queues a line and
+/// [`Outbox::write_to`] writes what the stream takes now; the writer calls it again when the
+/// stream is writable (`poll` with POLLOUT) until [`Outbox::is_empty`].
+#[derive(Debug)]
+pub struct Outbox {
+    pending: Vec<u8>,
+    /// Bytes of `pending` already written.
+    written: usize,
+    /// Most bytes held unwritten.
+    limit: usize,
+}
+
+impl Default for Outbox {
+    fn default() -> Self {
+        Outbox::with_limit(MAX_OUTBOX)
+    }
+}
+
+impl Outbox {
+    /// An outbox that holds at most `limit` bytes unwritten.
+    pub fn with_limit(limit: usize) -> Self {
+        Outbox {
+            pending: Vec::new(),
+            written: 0,
+            limit,
+        }
+    }
+
+    /// Queues `message` as a line.
+    pub fn push<M: Serialize>(&mut self, message: &M) -> io::Result<()> {
+        if self.written == self.pending.len() {
+            self.pending.clear();
+            self.written = 0;
+        }
+        let before = self.pending.len();
+        serde_json::to_writer(&mut self.pending, message).map_err(io::Error::other)?;
+        self.pending.push(b'\n');
+        if self.pending.len() - self.written > self.limit {
+            self.pending.truncate(before);
+            return Err(io::Error::new(
+                io::ErrorKind::OutOfMemory,
+                format!("more than {} bytes of messages wait unread", self.limit),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Writes what `writer` takes without blocking; `Ok` also when some is left for later.
+    pub fn write_to<W: Write>(&mut self, writer: &mut W) -> io::Result<()> {
+        while self.written < self.pending.len() {
+            match writer.write(&self.pending[self.written..]) {
+                Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+                Ok(n) => self.written += n,
+                Err(error) if error.kind() == io::ErrorKind::WouldBlock => return Ok(()),
+                Err(error) if error.kind() == io::ErrorKind::Interrupted => {}
+                Err(error) => return Err(error),
+            }
+        }
+        self.pending.clear();
+        self.written = 0;
+        Ok(())
+    }
+
+    /// Whether everything queued was written.
+    pub fn is_empty(&self) -> bool {
+        self.written == self.pending.len()
+    }
 }
 
 /// Collects bytes from a non-blocking stream and hands out the complete lines as messages.
@@ -269,6 +303,80 @@ mod tests {
         let mut end = io::Cursor::new(Vec::new());
         let messages: Option<Vec<ToWorker>> = buffer.read_from(&mut end).expect("end");
         assert_eq!(messages, None);
+    }
+
+    /// A counters reply many times larger than the socket's send buffer, over a non-blocking
+    /// stream: `send` (a `write_all`) fails with WouldBlock part way, the outbox gets all of it
+    /// through without blocking.
+    #[test]
+    fn a_reply_larger_than_the_socket_buffer_gets_through() {
+        use crate::counters::{RuleCount, WorkerCounters};
+        use std::os::unix::net::UnixStream;
+        let mut counters = WorkerCounters::default();
+        for rule in 0..20_000 {
+            counters.rules.insert(
+                format!("rule-{rule:05}"),
+                RuleCount {
+                    packets: rule,
+                    bytes: 100 * rule,
+                },
+            );
+        }
+        let reply = FromWorker::Counters(Box::new(counters));
+        let small = |stream: &UnixStream| {
+            nix::sys::socket::setsockopt(stream, nix::sys::socket::sockopt::SndBuf, &4096)
+                .expect("SO_SNDBUF on a socket pair");
+        };
+
+        let (mut ours, _theirs) = UnixStream::pair().expect("a socket pair");
+        small(&ours);
+        ours.set_nonblocking(true).expect("non-blocking");
+        let error = send(&mut ours, &reply).expect_err("nobody reads: the buffer fills");
+        assert_eq!(error.kind(), io::ErrorKind::WouldBlock);
+
+        let (mut ours, theirs) = UnixStream::pair().expect("a socket pair");
+        small(&ours);
+        ours.set_nonblocking(true).expect("non-blocking");
+        let mut outbox = Outbox::default();
+        outbox.push(&reply).expect("queued");
+        // Nobody reads yet: what the buffer takes is written, the rest waits, nothing blocks.
+        outbox
+            .write_to(&mut ours)
+            .expect("written or left for later");
+        assert!(
+            !outbox.is_empty(),
+            "the reply fit the buffer at once: no test"
+        );
+        let reader = std::thread::spawn(move || {
+            let mut reader = io::BufReader::new(theirs);
+            receive::<_, FromWorker>(&mut reader)
+        });
+        while !outbox.is_empty() {
+            let mut fds = [nix::poll::PollFd::new(
+                std::os::fd::AsFd::as_fd(&ours),
+                nix::poll::PollFlags::POLLOUT,
+            )];
+            nix::poll::poll(&mut fds, nix::poll::PollTimeout::from(1000u16)).expect("poll");
+            outbox
+                .write_to(&mut ours)
+                .expect("written or left for later");
+        }
+        let got = reader
+            .join()
+            .expect("the reader thread")
+            .expect("a valid line");
+        assert_eq!(got, Some(reply));
+    }
+
+    #[test]
+    fn an_outbox_refuses_to_grow_past_its_bound() {
+        let mut outbox = Outbox::with_limit(100);
+        let line = "x".repeat(20);
+        for _ in 0..4 {
+            outbox.push(&line).expect("within the bound");
+        }
+        let error = outbox.push(&line).expect_err("past the bound");
+        assert_eq!(error.kind(), io::ErrorKind::OutOfMemory);
     }
 
     #[test]

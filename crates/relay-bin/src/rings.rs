@@ -6,8 +6,8 @@ use fanout_core::handoff::RingHandle;
 use fanout_core::iface::InterfaceInfo;
 use fanout_core::ring::{Geometry, RetireTimeout};
 use fanout_core::{
-    BpfInstruction, BpfProgram, FanoutConfig, FanoutFlags, FanoutGroupId, FanoutMode, RingVersion,
-    RxRingBuilder, TxRingBuilder,
+    BpfProgram, FanoutConfig, FanoutFlags, FanoutGroupId, FanoutMode, RingVersion, RxRingBuilder,
+    TxRingBuilder,
 };
 use relay_rules::bpf::KeySense;
 use relay_rules::shard::ShardSet;
@@ -53,7 +53,8 @@ pub fn in_shard(rule: &Rule, shard: Option<&ShardEntry>) -> bool {
 /// The relay-rules pre-filter in the kernel's form: only IPv4 UDP (and still-tagged) frames
 /// reach the rings.
 pub fn udp_prefilter() -> BpfProgram {
-    BpfProgram::new(kernel_instructions(&relay_rules::bpf::udp_prefilter()))
+    relay_rules::bpf::udp_prefilter()
+        .to_kernel()
         .expect("the UDP pre-filter is a fixed program of 9 instructions")
 }
 
@@ -62,22 +63,9 @@ pub fn udp_prefilter() -> BpfProgram {
 pub fn key_filter(keys: Vec<(Ipv4Addr, u16)>, sense: KeySense) -> Result<BpfProgram, String> {
     let count = keys.len();
     let program = relay_rules::bpf::key_filter(keys, sense).map_err(|error| error.to_string())?;
-    BpfProgram::new(kernel_instructions(&program))
-        .map_err(|error| format!("the filter of {count} keys: {error}"))
-}
-
-/// A relay-rules program as the kernel's `sock_filter` instructions (the same layout).
-fn kernel_instructions(program: &relay_rules::bpf::Program) -> Vec<BpfInstruction> {
     program
-        .instructions()
-        .iter()
-        .map(|instruction| BpfInstruction {
-            code: instruction.code,
-            jt: instruction.jt,
-            jf: instruction.jf,
-            k: instruction.k,
-        })
-        .collect()
+        .to_kernel()
+        .map_err(|error| format!("the filter of {count} keys: {error}"))
 }
 
 /// The receive ring geometry of the configuration.
@@ -168,9 +156,10 @@ pub fn open_fanout_members(
         if fanout == FanoutSetting::Steer && member + 1 == count {
             // The program belongs to the group; set once every member has joined, it computes
             // `shard(group, port, count)`, the member index of the worker holding the rule.
-            config = config.cbpf_program(kernel_instructions(&relay_rules::bpf::steering_program(
-                count as u32,
-            )));
+            let program = relay_rules::bpf::steering_program(count as u32)
+                .to_kernel()
+                .expect("a steering program is a few dozen instructions");
+            config = config.cbpf_program(program);
         }
         let rx = RxRingBuilder::new(interface)
             .filter(filter.clone())

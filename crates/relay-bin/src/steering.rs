@@ -28,10 +28,10 @@ pub fn run(args: &CheckSteeringArgs) -> Result<(), String> {
         }
         None => (WorkersSetting::All, FanoutSetting::default()),
     };
-    let workers_setting = args.workers.clone().unwrap_or(workers_setting);
+    let workers_setting = args.worker_override().unwrap_or(workers_setting);
     let fanout = args.fanout.unwrap_or(fanout);
-    let workers = crate::supervisor::choose_cpus(&workers_setting)
-        .map_err(|problem| format!("--workers: {problem}"))?;
+    let workers =
+        crate::cpus::choose(&workers_setting).map_err(|problem| format!("--workers: {problem}"))?;
     let report = Steering::new()
         .report(&args.interface)
         .map_err(|error| error.to_string())?;

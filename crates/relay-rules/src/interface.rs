@@ -8,6 +8,7 @@ use std::net::Ipv4Addr;
 
 /// What the rules need to know about one interface.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
 pub struct InterfaceFacts {
     /// Interface name, as rules refer to it.
     pub name: String,

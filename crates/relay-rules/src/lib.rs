@@ -75,6 +75,8 @@ pub mod bpf;
 pub mod counters;
 pub mod interface;
 pub mod replicate;
+#[cfg(feature = "fanout-core")]
+pub mod ring_frames;
 pub mod rule;
 pub mod shard;
 pub mod table;

@@ -8,7 +8,13 @@ use std::fmt;
 use std::net::Ipv4Addr;
 
 /// A forwarding rule: frames matching `input` are re-sent to every one of `outputs`.
+///
+/// With the `serde` feature it reads and writes as an operator writes it (in TOML,
+/// `[[rule]]` with `name`, `input = { interface, destination, port, source }`, `outputs = [...]`
+/// and `class`): optional fields may be left out, unknown ones are refused.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
+#[cfg_attr(feature = "serde", serde(deny_unknown_fields))]
 pub struct Rule {
     /// Unique name, used in errors, counters and the control protocol.
     pub name: String,
@@ -19,11 +25,17 @@ pub struct Rule {
     /// The worker class that serves the rule, by name; `None` for the default workers. The
     /// library keeps it with the rule (moving a rule to another class changes the rule) and
     /// leaves its meaning to the application that places rules on workers.
+    #[cfg_attr(
+        feature = "serde",
+        serde(default, skip_serializing_if = "Option::is_none")
+    )]
     pub class: Option<String>,
 }
 
 /// What a rule matches: UDP datagrams arriving on an interface for an address and port.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
+#[cfg_attr(feature = "serde", serde(deny_unknown_fields))]
 pub struct Input {
     /// Name of the interface the frames arrive on.
     pub interface: String,
@@ -34,11 +46,17 @@ pub struct Input {
     pub port: u16,
     /// For source-specific multicast: only datagrams from this source match. A source-specific
     /// rule takes precedence over an any-source rule on the same interface, address and port.
+    #[cfg_attr(
+        feature = "serde",
+        serde(default, skip_serializing_if = "Option::is_none")
+    )]
     pub source: Option<Ipv4Addr>,
 }
 
 /// One destination of a rule.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
+#[cfg_attr(feature = "serde", serde(deny_unknown_fields))]
 pub struct Output {
     /// Name of the interface the rewritten datagram leaves on.
     pub interface: String,
@@ -46,14 +64,38 @@ pub struct Output {
     pub destination: Ipv4Addr,
     /// UDP destination port, never 0.
     pub port: u16,
-    /// IP time to live of the rewritten datagram, never 0.
+    /// IP time to live of the rewritten datagram, never 0; [`Output::DEFAULT_TTL`] where a
+    /// file or message leaves it out (and always written, so a saved rule says what it does).
+    #[cfg_attr(feature = "serde", serde(default = "Output::default_ttl"))]
     pub ttl: u8,
     /// Source address; `None` takes the output interface's first IPv4 address.
+    #[cfg_attr(
+        feature = "serde",
+        serde(default, skip_serializing_if = "Option::is_none")
+    )]
     pub source: Option<Ipv4Addr>,
     /// DiffServ code point (0..=63) to write; `None` keeps the incoming one.
+    #[cfg_attr(
+        feature = "serde",
+        serde(default, skip_serializing_if = "Option::is_none")
+    )]
     pub dscp: Option<u8>,
     /// 802.1Q VLAN id (1..=4094) to tag the output frame with, for trunk ports.
+    #[cfg_attr(
+        feature = "serde",
+        serde(default, skip_serializing_if = "Option::is_none")
+    )]
     pub vlan: Option<u16>,
+}
+
+impl Output {
+    /// The TTL of an output that does not set one: enough to cross a campus, not the world.
+    pub const DEFAULT_TTL: u8 = 16;
+
+    #[cfg(feature = "serde")]
+    fn default_ttl() -> u8 {
+        Output::DEFAULT_TTL
+    }
 }
 
 /// The match of a rule, by interface name: two rules with equal keys cannot coexist.

@@ -43,6 +43,7 @@ pub use error::TableError;
 use crate::rule::Rule;
 use crate::shard::ShardSet;
 use crate::validate::RuleSet;
+use crate::wire::Datagram;
 use smallvec::SmallVec;
 use std::collections::HashMap;
 use std::collections::hash_map::Entry;
@@ -266,6 +267,18 @@ impl RuleTable {
             .map(|&(_, index)| index)
             .or(slot.any_source)?;
         self.rules.get(index as usize)
+    }
+
+    /// The rule for `datagram`, parsed from a frame that arrived on interface `ifindex`: the
+    /// same as [`RuleTable::lookup`] with the datagram's destination, port and source.
+    #[inline]
+    pub fn lookup_datagram(&self, ifindex: u32, datagram: &Datagram<'_>) -> Option<&CompiledRule> {
+        self.lookup(
+            ifindex,
+            datagram.destination,
+            datagram.destination_port,
+            datagram.source,
+        )
     }
 
     /// The rule with id `id`, `None` if the id is free or out of range.

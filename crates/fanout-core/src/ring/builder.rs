@@ -15,7 +15,7 @@ use super::rx::{RxCounters, RxRing};
 use super::{RingError, RingVersion};
 use crate::bpf::{self, BpfProgram};
 use crate::fanout::{self, FanoutConfig};
-use crate::socket::{self, Membership, PacketSocket, Protocol, TimestampSource};
+use crate::socket::{self, LinkMembership, PacketSocket, Protocol, TimestampSource};
 use crate::stats::StatsTracker;
 use crate::sys;
 
@@ -267,7 +267,7 @@ impl RxRingBuilder {
         }
         socket.bind_resolved(ifindex, interface, self.protocol)?;
         if self.promiscuous {
-            socket.add_membership(Membership::Promiscuous)?;
+            socket.add_membership(LinkMembership::Promiscuous)?;
         }
         let fanout = self
             .fanout

@@ -133,6 +133,18 @@ pub enum RingError {
     Filter(#[from] BpfError),
 }
 
+impl RingError {
+    /// The errno of a failed syscall, for callers that count failures by errno.
+    pub fn errno(&self) -> Option<Errno> {
+        match self {
+            RingError::Create { errno, .. }
+            | RingError::Map { errno, .. }
+            | RingError::Io { errno, .. } => Some(*errno),
+            _ => None,
+        }
+    }
+}
+
 /// Maps an existing receive ring (hand-off): shared, pre-faulted, inherited by nobody.
 pub(crate) fn map_ring(fd: BorrowedFd<'_>, len: usize) -> Result<mmap::Mapping, Errno> {
     mmap::Mapping::map(fd, len, true, true)

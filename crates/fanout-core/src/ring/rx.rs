@@ -13,7 +13,7 @@ use super::geometry::Geometry;
 use super::mmap::Mapping;
 use super::v3::BlockInfo;
 use super::{RingError, RingVersion, v2, v3};
-use crate::bpf::{self, BpfError, BpfInstruction, BpfProgram};
+use crate::bpf::{self, BpfError, BpfProgram};
 use crate::fanout::{self, FanoutConfig, FanoutError, FanoutMembership, RolloverStats};
 use crate::socket::{PacketSocket, SocketError};
 use crate::stats::{RingStats, StatsTracker};
@@ -267,9 +267,9 @@ impl RxRing {
     }
 
     /// Replaces the group's classic BPF steering program (cbpf mode; applies to every member).
-    pub fn set_fanout_cbpf_program(&self, program: &[BpfInstruction]) -> Result<(), FanoutError> {
+    pub fn set_fanout_cbpf_program(&self, program: &BpfProgram) -> Result<(), FanoutError> {
         self.require_member()?;
-        fanout::set_cbpf_program(&self.socket, program)
+        fanout::set_cbpf_program(&self.socket, program.instructions())
     }
 
     /// Replaces the group's eBPF steering program (ebpf mode), given a loaded program's fd.

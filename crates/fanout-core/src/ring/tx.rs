@@ -83,6 +83,9 @@ pub struct TxCounters {
     pub wrong_format: u64,
     /// `send` kicks issued.
     pub kicks: u64,
+    /// Kicks that failed with an error other than congestion or a refused frame (ENETDOWN while
+    /// the interface is down, ENXIO once it is gone); their frames stay queued.
+    pub kick_errors: u64,
 }
 
 /// A transmit ring on a bound packet socket.
@@ -176,7 +179,12 @@ impl TxRing {
 
     /// Takes back slots the kernel has finished with, oldest first; stops at the first slot
     /// still queued or being sent, or held. Refused frames are counted in
-    /// [`TxCounters::wrong_format`] and removed once no slot is held.
+    /// [`TxCounters::wrong_format`] and removed once no slot is held. Returns how many slots
+    /// came back.
+    ///
+    /// Callers need not call it: [`TxRing::reserve`] (and so [`TxRing::send`]) does before it
+    /// looks for a free slot. Call it to see [`TxRing::in_flight`] and the counters up to date,
+    /// e.g. after [`TxRing::flush`].
     pub fn reclaim(&mut self) -> u32 {
         let mut reclaimed = 0;
         while self.in_flight > 0 {
@@ -275,6 +283,13 @@ impl TxRing {
     /// per batch. EAGAIN/ENOBUFS leave the frames queued for the next kick. A refused frame
     /// (EMSGSIZE, EINVAL) is not an error here: [`TxRing::reclaim`] counts and removes it, and
     /// the frames behind it go out on the next kick.
+    ///
+    /// Any other error (ENETDOWN: the interface is down; ENXIO: it is gone) is returned and
+    /// counted in [`TxCounters::kick_errors`], and the frames stay queued: `tpacket_snd()`
+    /// checks the device before it looks at a slot, so every slot still says
+    /// TP_STATUS_SEND_REQUEST and only a later successful kick sends it and gives it back. The
+    /// next `flush` kicks again; a caller that sees the error repeat should kick less often,
+    /// since until the link returns each kick is a syscall that sends nothing.
     pub fn flush(&mut self) -> Result<(), RingError> {
         if self.unkicked == 0 {
             return Ok(());
@@ -292,7 +307,7 @@ impl TxRing {
                 Ok(())
             }
             Err(errno) => {
-                self.unkicked = 0;
+                self.counters.kick_errors += 1;
                 Err(RingError::Io {
                     syscall: "send(MSG_DONTWAIT) kick",
                     interface: self.socket.interface_label(),
@@ -300,6 +315,11 @@ impl TxRing {
                 })
             }
         }
+    }
+
+    /// Whether committed frames wait for a kick.
+    pub fn has_unkicked(&self) -> bool {
+        self.unkicked > 0
     }
 
     /// Flushes and reclaims until nothing is in flight or `timeout` passes; true when done.

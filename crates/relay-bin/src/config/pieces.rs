@@ -11,7 +11,8 @@
 //! makes [`parse`] give up, and the caller parses the whole text, which also gives the exact
 //! error message and location.
 
-use super::{ConfigFile, RuleEntry};
+use super::ConfigFile;
+use relay_rules::Rule;
 use serde::Deserialize;
 
 /// The rules of one piece: a `[[rule]]` header and what follows it up to the next header of
@@ -19,7 +20,7 @@ use serde::Deserialize;
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RulePiece {
-    rule: Vec<RuleEntry>,
+    rule: Vec<Rule>,
 }
 
 /// What a table header line opens.

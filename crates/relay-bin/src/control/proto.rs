@@ -27,7 +27,7 @@
 //! answered with an error saying so and closed. A connection that sends nothing for
 //! [`super::IDLE_TIMEOUT`] is answered with an error saying so and closed.
 
-use crate::config::RuleEntry;
+use relay_rules::Rule;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
@@ -55,7 +55,7 @@ pub enum Command {
     /// Add one rule.
     Add {
         /// The rule, as in a configuration file.
-        rule: RuleEntry,
+        rule: Rule,
     },
     /// Remove one rule, by name or by match key.
     Remove {
@@ -157,7 +157,7 @@ pub enum Reply {
         /// Generation of the running set.
         generation: u64,
         /// The rules, by name.
-        rules: Vec<RuleEntry>,
+        rules: Vec<Rule>,
     },
     /// The file was written.
     Saved {

@@ -12,19 +12,26 @@
 //! | `fanout_relay_rule_packets_total`, `fanout_relay_rule_bytes_total` | counter | rule |
 //! | `fanout_relay_worker_{received,forwarded,no_rule,not_udp,tx_full,too_big,socket_errors,tx_wrong_format,tx_segmented,tx_segmented_datagrams,kernel_drops,freezes,restarts,drift_repairs}_total` | counter | cpu |
 //! | `fanout_relay_worker_malformed_total` | counter | cpu, reason |
+//! | `fanout_relay_interface_errors_total` | counter | cpu, interface, errno |
+//! | `fanout_relay_output_errors_total` | counter | cpu, interface, errno |
 //! | `fanout_relay_worker_ready`, `fanout_relay_worker_table_generation` | gauge | cpu |
 //! | `fanout_relay_worker_outages_total`, `fanout_relay_worker_down_seconds_total` | counter | cpu |
 //! | `fanout_relay_worker_unserved_rules` | gauge | cpu |
 //! | `fanout_relay_interface_{receive,transmit}_{packets,bytes,dropped}_total` | counter | interface |
+//!
+//! `interface_errors` are the errors the kernel reported on a worker's receive ring sockets
+//! (`ENETDOWN` once per ring each time an input goes down); `output_errors` are transmit kicks
+//! that failed (their frames stay queued and leave when the link returns) and datagrams a
+//! socket output refused, by output interface. The errno label is the C name.
 //!
 //! The interface counters are the kernel's (`/proc/net/dev` of the relay's namespace) for every
 //! interface a rule names, so a dashboard can set what reached an input against what the
 //! workers received.
 
 use super::netdev::InterfaceCounters;
-use crate::config::RuleEntry;
 use crate::control::proto::{StatsReport, WorkerReport};
 use crate::counters::WorkerCounters;
+use relay_rules::Rule;
 use std::fmt::Write as _;
 
 /// Everything one scrape shows, as the supervisor answered it.
@@ -37,7 +44,7 @@ pub struct Snapshot {
     /// Generation of the running rule set.
     pub generation: u64,
     /// The running rules.
-    pub rules: Vec<RuleEntry>,
+    pub rules: Vec<Rule>,
     /// The kernel's counters of the interfaces the rules name.
     pub interfaces: Vec<InterfaceCounters>,
 }
@@ -179,6 +186,34 @@ fn workers(out: &mut Exposition, snapshot: &Snapshot) {
                 })
             })
             .collect(),
+    );
+    let by_errno = |errors: fn(&WorkerCounters) -> &crate::counters::ErrorCounts| {
+        workers
+            .iter()
+            .flat_map(move |w| {
+                let cpu = w.cpu.to_string();
+                crate::counters::errors(errors(&w.counters)).map(move |(interface, errno, n)| {
+                    (
+                        labels(&[("cpu", &cpu), ("interface", interface), ("errno", errno)]),
+                        n,
+                    )
+                })
+            })
+            .collect()
+    };
+    out.family(
+        "fanout_relay_interface_errors_total",
+        Kind::Counter,
+        "Errors the kernel reported on the worker's receive ring sockets (SO_ERROR), by input \
+         interface and errno: ENETDOWN each time the input went down.",
+        by_errno(|c| &c.interface_errors),
+    );
+    out.family(
+        "fanout_relay_output_errors_total",
+        Kind::Counter,
+        "Failed transmit kicks (their frames stay queued) and datagrams a socket output refused, \
+         by output interface and errno.",
+        by_errno(|c| &c.output_errors),
     );
     let slots = &snapshot.workers;
     let by_slot = |value: fn(&WorkerReport) -> u64| {
@@ -340,8 +375,8 @@ fn labels(pairs: &[(&str, &str)]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::InputEntry;
     use crate::control::proto::{RuleStats, WorkerStats};
+    use relay_rules::Input;
     use std::collections::BTreeSet;
 
     fn snapshot() -> Snapshot {
@@ -377,9 +412,9 @@ mod tests {
             generation: 3,
             ..WorkerReport::default()
         });
-        snapshot.rules.push(RuleEntry {
+        snapshot.rules.push(Rule {
             name: "cam".into(),
-            input: InputEntry {
+            input: Input {
                 interface: "in0".into(),
                 destination: [239, 1, 1, 1].into(),
                 port: 5000,

@@ -4,7 +4,7 @@
 //! `/proc/net` shows the network namespace of the reading process (unlike `/sys`, which shows
 //! the namespace of whoever mounted it), so these are always the relay's own interfaces.
 
-use crate::config::RuleEntry;
+use relay_rules::Rule;
 use std::collections::BTreeSet;
 
 /// The kernel's counters of one interface, from `/proc/net/dev`.
@@ -28,7 +28,7 @@ pub struct InterfaceCounters {
 
 /// The kernel's counters of every interface `rules` name, from this process's namespace;
 /// empty when `/proc/net/dev` cannot be read.
-pub fn read_interfaces(rules: &[RuleEntry]) -> Vec<InterfaceCounters> {
+pub fn read_interfaces(rules: &[Rule]) -> Vec<InterfaceCounters> {
     let names: BTreeSet<&str> = rules
         .iter()
         .flat_map(|rule| {

@@ -2,12 +2,13 @@
 
 use super::setup::{World, check_rules};
 use super::state::Change;
-use crate::config::{ConfigFile, RuleEntry};
+use crate::config::ConfigFile;
 use crate::control::Pending;
 use crate::control::proto::{ChangeReport, Command, KeyEntry, Reply, Response};
 use crate::notices::Notices;
-use crate::protocol::{InterfaceEntry, ToWorker};
+use crate::protocol::ToWorker;
 use crate::ratelimit::Kind;
+use relay_rules::InterfaceFacts;
 use relay_rules::Rule;
 use std::collections::{BTreeSet, HashMap};
 use std::path::Path;
@@ -32,7 +33,7 @@ impl World {
         let answer = match request.command {
             Command::List => Response::ok(Reply::Rules {
                 generation: self.state.generation(),
-                rules: self.state.set().rules().iter().map(Into::into).collect(),
+                rules: self.state.set().rules().to_vec(),
             }),
             Command::Save { path } => match self.state.save(Path::new(&path)) {
                 Ok(()) => Response::ok(Reply::Saved {
@@ -48,7 +49,7 @@ impl World {
             Command::Add { rule } => {
                 let change = Change {
                     remove: Vec::new(),
-                    add: vec![rule.to_rule()],
+                    add: vec![rule.clone()],
                 };
                 self.apply(change, Some(reply));
                 return;
@@ -266,13 +267,8 @@ impl World {
             report.removed
         );
         if new_rings.is_empty() {
-            let interfaces: Vec<InterfaceEntry> = self
-                .state
-                .set()
-                .interfaces()
-                .iter()
-                .map(InterfaceEntry::from)
-                .collect();
+            let interfaces: Vec<InterfaceFacts> =
+                self.state.set().interfaces().iter().cloned().collect();
             for index in 0..self.slots.len() {
                 // A worker hears only of the rules it holds: its class's, its shards'.
                 let shard = self.shard_of(index);
@@ -285,11 +281,11 @@ impl World {
                     })
                     .cloned()
                     .collect();
-                let add: Vec<RuleEntry> = change
+                let add: Vec<Rule> = change
                     .add
                     .iter()
                     .filter(|rule| self.holds(index, rule, shard.as_ref()))
-                    .map(RuleEntry::from)
+                    .cloned()
                     .collect();
                 let slot = &mut self.slots[index];
                 if slot.process.as_ref().is_some_and(|process| process.ready)

@@ -30,9 +30,8 @@ mod state;
 mod stats;
 mod workers;
 
-pub(crate) use setup::choose_cpus;
 pub use setup::{Overrides, Plan, SetupError};
-pub use state::{Change, write_atomically};
+pub use state::{Change, Problem, StateError, write_atomically};
 pub use workers::{WorkerEvent, WorkerSlot};
 
 use crate::config::PlacementSetting;
@@ -597,8 +596,8 @@ impl setup::World {
     }
 
     /// The rules slot `slot`'s worker holds, as it receives them.
-    fn slot_entries(&self, slot: usize) -> Vec<crate::config::RuleEntry> {
-        self.slot_rules(slot).map(Into::into).collect()
+    fn slot_entries(&self, slot: usize) -> Vec<Rule> {
+        self.slot_rules(slot).cloned().collect()
     }
 
     /// The shards slot `slot`'s worker holds under shard placement: the fanout members of its
@@ -618,12 +617,7 @@ impl setup::World {
         relay_rules::table::checksum_of(self.slot_rules(slot))
     }
 
-    fn interface_entries(&self) -> Vec<crate::protocol::InterfaceEntry> {
-        self.state
-            .set()
-            .interfaces()
-            .iter()
-            .map(Into::into)
-            .collect()
+    fn interface_entries(&self) -> Vec<relay_rules::InterfaceFacts> {
+        self.state.set().interfaces().iter().cloned().collect()
     }
 }

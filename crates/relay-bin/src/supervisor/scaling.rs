@@ -126,14 +126,12 @@ impl World {
                 self.inputs.class_name(theirs)
             ));
         }
-        let online: Vec<u32> = fanout_core::cpu::online_cpus()
-            .map_err(|error| format!("cannot list online CPUs: {error}"))?
-            .iter()
-            .map(|cpu| cpu as u32)
+        let online: Vec<u32> = crate::cpus::online()?
+            .into_iter()
             .filter(|cpu| !others.iter().any(|(theirs, _)| theirs == cpu))
             .collect();
         let current: Vec<u32> = self.class_slots(class).map(|slot| slot.cpu).collect();
-        let cpus = resized_cpus(&current, setting, &online)?;
+        let cpus = crate::cpus::resize(&current, setting, &online)?;
         if cpus == current {
             return Ok(());
         }
@@ -415,45 +413,6 @@ impl World {
     }
 }
 
-/// The CPUs of the worker set after `ctl workers set SETTING`, given the `current` ones: a count
-/// keeps the current CPUs it can (the first ones) and adds the lowest free online CPUs; a list
-/// is taken as it is; `all` is every online CPU.
-pub(super) fn resized_cpus(
-    current: &[u32],
-    setting: &WorkersSetting,
-    online: &[u32],
-) -> Result<Vec<u32>, String> {
-    match setting {
-        WorkersSetting::All => Ok(online.to_vec()),
-        WorkersSetting::Count(0) => Err("a relay needs at least one worker".into()),
-        WorkersSetting::Count(count) => {
-            let count = *count as usize;
-            if count > online.len() {
-                return Err(format!(
-                    "{count} workers asked for, but only {} CPUs are online",
-                    online.len()
-                ));
-            }
-            let mut cpus: Vec<u32> = current.iter().copied().take(count).collect();
-            let free = online.iter().copied().filter(|cpu| !current.contains(cpu));
-            cpus.extend(free.take(count - cpus.len()));
-            Ok(cpus)
-        }
-        WorkersSetting::Cpus(list) => {
-            if list.is_empty() {
-                return Err("no CPU listed".into());
-            }
-            if let Some(cpu) = list.iter().find(|cpu| !online.contains(cpu)) {
-                return Err(format!("CPU {cpu} is not online (online: {online:?})"));
-            }
-            let mut cpus = list.clone();
-            cpus.sort_unstable();
-            cpus.dedup();
-            Ok(cpus)
-        }
-    }
-}
-
 /// The slot that serves each of `members` fanout members, given the `active` slots (index,
 /// CPU) and each member's `previous` owner (`usize::MAX` or an index not in `active`: none);
 /// `usize::MAX` for every member when no slot is active.
@@ -522,20 +481,6 @@ pub(super) fn assign_members(
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn a_count_keeps_the_current_cpus_first() {
-        let online = [0, 1, 2, 3];
-        let grow = resized_cpus(&[2], &WorkersSetting::Count(3), &online);
-        assert_eq!(grow, Ok(vec![2, 0, 1]));
-        let shrink = resized_cpus(&[2, 0, 1], &WorkersSetting::Count(1), &online);
-        assert_eq!(shrink, Ok(vec![2]));
-        assert!(resized_cpus(&[0], &WorkersSetting::Count(5), &online).is_err());
-        assert!(resized_cpus(&[0], &WorkersSetting::Count(0), &online).is_err());
-        let listed = resized_cpus(&[0], &WorkersSetting::Cpus(vec![3, 1]), &online);
-        assert_eq!(listed, Ok(vec![1, 3]));
-        assert!(resized_cpus(&[0], &WorkersSetting::Cpus(vec![7]), &online).is_err());
-    }
 
     #[test]
     fn members_spread_evenly_and_stay_where_they_can() {

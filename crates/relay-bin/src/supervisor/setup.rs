@@ -39,6 +39,9 @@ pub enum SetupError {
         /// What is wrong.
         problem: String,
     },
+    /// The state file or its journal cannot be read, or a damaged one cannot be moved aside.
+    #[error(transparent)]
+    State(#[from] state::StateError),
     /// A socket, ring or membership could not be set up.
     #[error("{what}: {error}")]
     System {
@@ -109,7 +112,7 @@ impl Plan {
 /// Settings given on the command line, which win over the file.
 #[derive(Debug, Clone, Default)]
 pub struct Overrides {
-    /// `--workers`.
+    /// `--workers` or `--cpus`.
     pub workers: Option<WorkersSetting>,
     /// `--fanout`.
     pub fanout: Option<FanoutSetting>,
@@ -133,7 +136,7 @@ impl Plan {
             message,
         })?;
         if let Some(workers) = &overrides.workers {
-            config.relay.workers = workers.clone();
+            config.relay.set_workers(workers.clone());
         }
         if let Some(fanout) = overrides.fanout {
             config.relay.fanout = fanout;
@@ -148,13 +151,11 @@ impl Plan {
         let mut restored = false;
         if use_state {
             let state_path = config.relay.state_file_for(path);
-            match state::restore(&state_path, &text) {
-                Ok(Some(saved)) => {
-                    rules_from = (state_path, saved.to_rules());
-                    restored = true;
-                }
-                Ok(None) => {}
-                Err(error) => log::warn!("ignoring the state file: {error}"),
+            // Damage is recovered from (and logged) inside; an error means the state could not
+            // be read or kept, and starting without it would overwrite it at the first change.
+            if let Some(saved) = state::restore(&state_path, &text)? {
+                rules_from = (state_path, saved.to_rules());
+                restored = true;
             }
         }
         if config.relay.placement == PlacementSetting::Shard
@@ -175,7 +176,7 @@ impl Plan {
         let set = check_rules(&rules_path, &rules)?;
         let classes = check_classes(path, &config)?;
         let taken: BTreeSet<u32> = classes.iter().flat_map(|(_, cpus)| cpus).copied().collect();
-        let pool: Vec<u32> = choose_cpus(&config.relay.workers)
+        let pool: Vec<u32> = crate::cpus::choose(&config.relay.workers)
             .map_err(|problem| SetupError::Workers {
                 path: path.to_owned(),
                 problem,
@@ -373,33 +374,6 @@ fn check_classes(path: &Path, config: &ConfigFile) -> Result<Vec<(String, Vec<u3
         .iter()
         .map(|class| (class.name.clone(), class.cpus.0.clone()))
         .collect())
-}
-
-/// The CPUs that get a worker under `setting`, ascending; the error says why none can.
-pub(crate) fn choose_cpus(setting: &WorkersSetting) -> Result<Vec<u32>, String> {
-    let online: Vec<u32> = fanout_core::cpu::online_cpus()
-        .map_err(|error| format!("cannot list online CPUs: {error}"))?
-        .iter()
-        .map(|cpu| cpu as u32)
-        .collect();
-    match setting {
-        WorkersSetting::All => Ok(online),
-        WorkersSetting::Count(count) => {
-            if *count as usize > online.len() {
-                Err(format!(
-                    "{count} workers asked for, but only {} CPUs are online",
-                    online.len()
-                ))
-            } else {
-                Ok(online[..*count as usize].to_vec())
-            }
-        }
-        WorkersSetting::Cpus(cpus) => match cpus.iter().find(|cpu| !online.contains(cpu)) {
-            Some(cpu) => Err(format!("CPU {cpu} is not online (online: {online:?})")),
-            None if cpus.is_empty() => Err("no CPU listed".into()),
-            None => Ok(cpus.clone()),
-        },
-    }
 }
 
 /// What the supervisor holds while the relay runs.

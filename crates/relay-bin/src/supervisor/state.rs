@@ -15,16 +15,23 @@
 //! about twice the rules.
 //!
 //! At start, the state is restored when the digest still matches: an operator who edited the
-//! configuration meanwhile gets the new configuration, not stale run-time changes. `ctl save`
-//! writes the running rules as one configuration file.
+//! configuration meanwhile gets the new configuration, not stale run-time changes. A damaged
+//! state file or journal is kept aside and the relay starts from what was valid before the
+//! damage (module [`restore`]). A change whose write fails is refused and reverted, and if the
+//! failed write may have left it on disk, the running set is written over it
+//! ([`RuleState::revert`]). `ctl save` writes the running rules as one configuration file.
 
+mod damage;
 mod journal;
+mod restore;
 
-use crate::config::{ConfigFile, RuleEntry};
+use crate::config::ConfigFile;
 use crate::rings;
+pub use damage::{Problem, StateError};
 use journal::Journal;
 use relay_rules::validate::AppliedChange;
 use relay_rules::{Interfaces, Rule, RuleSet};
+pub(crate) use restore::restore;
 use std::collections::BTreeMap;
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
@@ -85,6 +92,18 @@ pub(crate) struct RuleState {
     snapshot_len: u64,
     /// The journal may grow to the larger of this and the snapshot's size.
     journal_floor: u64,
+    /// The latest commit failed but may have left its change on disk; see [`RuleState::revert`].
+    disk_ahead: bool,
+}
+
+/// A write that failed, and whether its bytes may be on disk all the same.
+#[derive(Debug)]
+pub(super) struct Unwritten {
+    /// Why it failed.
+    pub(super) error: io::Error,
+    /// Whether the file may hold the new bytes (they could not be taken back, or the rename was
+    /// done but not synced).
+    pub(super) left_behind: bool,
 }
 
 /// How to undo a change [`RuleState::apply`] made to the running set.
@@ -128,6 +147,7 @@ impl RuleState {
             journal: None,
             snapshot_len: 0,
             journal_floor: JOURNAL_FLOOR,
+            disk_ahead: false,
         }
     }
 
@@ -194,12 +214,29 @@ impl RuleState {
             Undo::InPlace(change) => self.set.revert(change),
             Undo::Replaced(set) => self.set = *set,
         }
+        // The failed commit may have left the change on disk (a journal line that could not be
+        // cut off, a snapshot renamed into place whose directory could not be synced): a
+        // restart would bring back a change that was refused. A snapshot of the set as it runs
+        // again replaces both. If that fails too, the disk is full or failing: say so.
+        if std::mem::take(&mut self.disk_ahead)
+            && let Some(path) = self.state_file.clone()
+            && let Err(error) = self.snapshot(&path)
+        {
+            log::error!(
+                "{}: may hold a change that was refused, and cannot be written again: {}",
+                path.display(),
+                error.error
+            );
+        }
     }
 
     /// Makes the applied `change` durable and gives it the next generation, which it returns.
     /// On error the generation stays; the caller reverts the change.
     pub(crate) fn commit(&mut self, change: &Change) -> io::Result<u64> {
-        self.persist(Some(change))?;
+        self.persist(Some(change)).map_err(|failed| {
+            self.disk_ahead = failed.left_behind;
+            failed.error
+        })?;
         self.generation += 1;
         Ok(self.generation)
     }
@@ -207,7 +244,7 @@ impl RuleState {
     /// The running set as a configuration file: the settings it started with, today's rules.
     pub(crate) fn as_config(&self) -> ConfigFile {
         ConfigFile {
-            rules: self.set.rules().iter().map(RuleEntry::from).collect(),
+            rules: self.set.rules().to_vec(),
             ..self.config.clone()
         }
     }
@@ -216,7 +253,8 @@ impl RuleState {
     /// writes the state file again, so the next start with that file restores the state.
     pub(crate) fn adopt_config_text(&mut self, text: &str) -> io::Result<()> {
         self.config_digest = digest(text.as_bytes());
-        self.persist(None)
+        // Nothing to revert: whatever of the snapshot reached the disk holds the running set.
+        self.persist(None).map_err(|failed| failed.error)
     }
 
     /// Writes the running set to `path` as a configuration file, atomically.
@@ -226,7 +264,7 @@ impl RuleState {
 
     /// Puts the running set on disk: `change` (which made it) appended to the journal when
     /// there is one and it is still small, else a new snapshot.
-    fn persist(&mut self, change: Option<&Change>) -> io::Result<()> {
+    fn persist(&mut self, change: Option<&Change>) -> Result<(), Unwritten> {
         let Some(path) = self.state_file.clone() else {
             return Ok(());
         };
@@ -244,34 +282,52 @@ impl RuleState {
     }
 
     /// Writes the running set as a new snapshot with a new, empty journal.
-    fn snapshot(&mut self, path: &Path) -> io::Result<()> {
+    fn snapshot(&mut self, path: &Path) -> Result<(), Unwritten> {
         self.journal = None;
-        let id = snapshot_id(self.generation);
-        let journal_path = journal::path_for(path);
-        let text = format!(
-            "{DIGEST_PREFIX}{:016x}\n{}{id}: later changes are in {}\n# Written by the relay; edit \
-             the configuration file instead (`ctl save FILE` writes the running rules).\n{}",
-            self.config_digest,
-            journal::ID_PREFIX,
-            journal_path
-                .file_name()
-                .map_or_else(String::new, |name| name.to_string_lossy().into_owned()),
-            self.as_config().to_toml()
-        );
-        write_atomically(path, text.as_bytes())?;
-        self.snapshot_len = text.len() as u64;
-        // The snapshot holds every change now, so it is durable whatever happens to the journal
-        // (another snapshot's journal is ignored): without one, the next change writes a
-        // snapshot again.
-        match Journal::create(&journal_path, &id) {
-            Ok(journal) => self.journal = Some(journal),
-            Err(error) => log::warn!(
-                "cannot start the journal {}: {error}; the next change rewrites the state file",
-                journal_path.display()
-            ),
-        }
+        let (len, journal) =
+            write_snapshot(path, self.config_digest, self.generation, &self.as_config())?;
+        self.snapshot_len = len;
+        self.journal = journal;
         Ok(())
     }
+}
+
+/// Writes `config` to `path` as the snapshot of generation `generation` of the configuration
+/// whose digest is `config_digest`, starts its empty journal, and returns the snapshot's size
+/// and the journal (`None` if it could not be started).
+fn write_snapshot(
+    path: &Path,
+    config_digest: u64,
+    generation: u64,
+    config: &ConfigFile,
+) -> Result<(u64, Option<Journal>), Unwritten> {
+    let id = snapshot_id(generation);
+    let journal_path = journal::path_for(path);
+    let text = format!(
+        "{DIGEST_PREFIX}{config_digest:016x}\n{}{id}: later changes are in {}\n# Written by the \
+         relay; edit the configuration file instead (`ctl save FILE` writes the running \
+         rules).\n{}",
+        journal::ID_PREFIX,
+        journal_path
+            .file_name()
+            .map_or_else(String::new, |name| name.to_string_lossy().into_owned()),
+        config.to_toml()
+    );
+    replace_file(path, text.as_bytes())?;
+    // The snapshot holds every change now, so it is durable whatever happens to the journal
+    // (another snapshot's journal is ignored): without one, the next change writes a snapshot
+    // again.
+    let journal = match Journal::create(&journal_path, &id) {
+        Ok(journal) => Some(journal),
+        Err(error) => {
+            log::warn!(
+                "cannot start the journal {}: {error}; the next change rewrites the state file",
+                journal_path.display()
+            );
+            None
+        }
+    };
+    Ok((text.len() as u64, journal))
 }
 
 /// A new snapshot's ID, different from every earlier one's: the process, the clock, the
@@ -281,33 +337,6 @@ fn snapshot_id(generation: u64) -> String {
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |elapsed| elapsed.as_nanos());
     format!("{:x}-{nanos:x}-{generation:x}", std::process::id())
-}
-
-/// The rules of the state file at `path` with the changes of its journal, if it exists and was
-/// written from a configuration whose text is `config_text`; `Ok(None)` when there is none or
-/// it belongs to another configuration.
-pub(crate) fn restore(path: &Path, config_text: &str) -> Result<Option<ConfigFile>, String> {
-    let text = match std::fs::read_to_string(path) {
-        Ok(text) => text,
-        Err(error) if error.kind() == io::ErrorKind::NotFound => return Ok(None),
-        Err(error) => return Err(format!("{}: cannot read: {error}", path.display())),
-    };
-    let expected = format!("{DIGEST_PREFIX}{:016x}", digest(config_text.as_bytes()));
-    if text.lines().next() != Some(expected.as_str()) {
-        return Ok(None);
-    }
-    let mut config =
-        ConfigFile::parse(&text).map_err(|error| format!("{}: {error}", path.display()))?;
-    // Snapshots name their journal on a comment line before the first setting.
-    let id = text
-        .lines()
-        .take_while(|line| line.starts_with('#'))
-        .find_map(|line| line.strip_prefix(journal::ID_PREFIX))
-        .and_then(|rest| rest.split(':').next());
-    if let Some(id) = id {
-        journal::replay(&journal::path_for(path), id, &mut config.rules)?;
-    }
-    Ok(Some(config))
 }
 
 /// FNV-1a, 64 bits: stable across builds, enough to tell configurations apart.
@@ -320,30 +349,47 @@ fn digest(bytes: &[u8]) -> u64 {
 /// Writes `bytes` to `path` so that a crash leaves either the old file or the new one: a
 /// temporary file in the same directory, fsync, rename over the old one, fsync the directory.
 pub fn write_atomically(path: &Path, bytes: &[u8]) -> io::Result<()> {
+    replace_file(path, bytes).map_err(|failed| failed.error)
+}
+
+/// [`write_atomically`], saying on error whether the new file took the old one's place.
+fn replace_file(path: &Path, bytes: &[u8]) -> Result<(), Unwritten> {
+    let before = |error: io::Error| Unwritten {
+        error,
+        left_behind: false,
+    };
     let dir = match path.parent() {
         Some(dir) if !dir.as_os_str().is_empty() => dir.to_owned(),
         _ => PathBuf::from("."),
     };
-    std::fs::create_dir_all(&dir)?;
-    let name = path
-        .file_name()
-        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "the path names no file"))?;
+    std::fs::create_dir_all(&dir).map_err(before)?;
+    let name = path.file_name().ok_or_else(|| {
+        before(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "the path names no file",
+        ))
+    })?;
     let temporary = dir.join(format!(
         ".{}.{}.tmp",
         name.to_string_lossy(),
         std::process::id()
     ));
-    let result = (|| {
+    let written = (|| {
         let mut file = std::fs::File::create(&temporary)?;
         file.write_all(bytes)?;
         file.sync_all()?;
-        std::fs::rename(&temporary, path)?;
-        std::fs::File::open(&dir)?.sync_all()
+        std::fs::rename(&temporary, path)
     })();
-    if result.is_err() {
+    if let Err(error) = written {
         let _ = std::fs::remove_file(&temporary);
+        return Err(before(error));
     }
-    result
+    std::fs::File::open(&dir)
+        .and_then(|dir| dir.sync_all())
+        .map_err(|error| Unwritten {
+            error,
+            left_behind: true,
+        })
 }
 
 #[cfg(test)]

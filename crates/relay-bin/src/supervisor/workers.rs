@@ -14,6 +14,12 @@ use std::time::{Duration, Instant};
 const FIRST_BACKOFF: Duration = Duration::from_millis(100);
 /// Longest wait before a restart.
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
+/// Longest a write to a worker may wait for the worker to read (`SO_SNDTIMEO`, per write).
+/// A serving worker reads its control socket at least every 200 ms and never blocks on its
+/// own writes, and a starting one reads its start message as soon as it runs; one that takes
+/// this long is stuck, and the supervisor must not wait for it with it: the write fails, and the
+/// worker is killed and restarted.
+pub(super) const WRITE_TIMEOUT: Duration = Duration::from_secs(5);
 /// A worker that ran this long before dying is restarted after [`FIRST_BACKOFF`] again.
 const HEALTHY_RUN: Duration = Duration::from_secs(30);
 
@@ -158,7 +164,7 @@ impl WorkerSlot {
     /// Starts the slot's worker process: hands it the rings and `start`, and starts a thread
     /// that forwards its messages to `events`.
     pub fn spawn(&mut self, start: &WorkerStart, events: Sender<WorkerEvent>) -> io::Result<()> {
-        let (ours, theirs) = UnixStream::pair()?;
+        let (ours, theirs) = control_pair()?;
         let exe = std::env::current_exe()?;
         let child = Command::new(exe)
             .arg("worker")
@@ -244,13 +250,38 @@ impl WorkerSlot {
         status
     }
 
-    /// Sends `message` to the live process, if any; a failure means it is going away.
+    /// Sends `message` to the live process, if any; a failure means it is going away. A
+    /// worker that did not read for [`WRITE_TIMEOUT`] is killed (the message may be half
+    /// written, and the worker is stuck): its end of the socket closes, and it is restarted.
     pub fn tell(&mut self, message: &ToWorker) -> io::Result<()> {
-        match &mut self.process {
-            Some(process) => protocol::send(&mut process.control, message),
-            None => Ok(()),
+        let Some(process) = &mut self.process else {
+            return Ok(());
+        };
+        let sent = protocol::send(&mut process.control, message);
+        if let Err(error) = &sent
+            && matches!(
+                error.kind(),
+                io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+            )
+        {
+            log::error!(
+                "worker on cpu {} (pid {}) read nothing for {} s: killed, to be restarted",
+                self.cpu,
+                process.child.id(),
+                WRITE_TIMEOUT.as_secs()
+            );
+            let _ = process.child.kill();
         }
+        sent
     }
+}
+
+/// The supervisor's and the worker's ends of a control socket; the supervisor's writes give up
+/// after [`WRITE_TIMEOUT`] instead of blocking for as long as the worker does not read.
+pub(super) fn control_pair() -> io::Result<(UnixStream, UnixStream)> {
+    let (ours, theirs) = UnixStream::pair()?;
+    ours.set_write_timeout(Some(WRITE_TIMEOUT))?;
+    Ok((ours, theirs))
 }
 
 fn forward_messages(slot: usize, pid: u32, stream: UnixStream, events: Sender<WorkerEvent>) {
@@ -282,5 +313,48 @@ fn forward_messages(slot: usize, pid: u32, stream: UnixStream, events: Sender<Wo
                 return;
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A write to a worker that reads nothing fails once the timeout passes, instead of
+    /// blocking the supervisor for as long as the worker does not read.
+    #[test]
+    fn writes_to_a_worker_that_does_not_read_give_up() {
+        let (mut ours, _theirs) = control_pair().expect("a socket pair");
+        assert_eq!(ours.write_timeout().ok().flatten(), Some(WRITE_TIMEOUT));
+        // The same mechanism, shorter, so the test does not take WRITE_TIMEOUT.
+        ours.set_write_timeout(Some(Duration::from_millis(100)))
+            .expect("SO_SNDTIMEO");
+        let table = ToWorker::Table {
+            generation: 1,
+            rules: Vec::new(),
+            interfaces: (0..20_000)
+                .map(|index| relay_rules::InterfaceFacts {
+                    name: format!("eth{index}"),
+                    index,
+                    mac: None,
+                    mtu: 1500,
+                    ipv4: Vec::new(),
+                })
+                .collect(),
+        };
+        let started = Instant::now();
+        let error = protocol::send(&mut ours, &table).expect_err("nobody reads");
+        assert!(
+            matches!(
+                error.kind(),
+                io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+            ),
+            "{error}"
+        );
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "{:?}",
+            started.elapsed()
+        );
     }
 }

@@ -4,21 +4,33 @@ use super::WorkerError;
 use super::datapath::{Datapath, RxChecksum};
 use super::sinks::Sinks;
 use super::wait::Waiter;
-use crate::config::{RingSection, RuleEntry};
-use crate::protocol::InterfaceEntry;
-use crate::protocol::{self, FromWorker, LineBuffer, ToWorker, WorkerStart};
+use crate::config::RingSection;
+use crate::protocol::{FromWorker, LineBuffer, Outbox, ToWorker, WorkerStart};
 use crate::rings;
 use fanout_core::handoff::RingHandle;
 use fanout_core::{RingStats, RxRing};
+use relay_rules::Rule;
 use relay_rules::shard::ShardSet;
 use relay_rules::{Interfaces, RuleSet, VlanTag};
+use std::os::fd::AsFd;
 use std::os::unix::net::UnixStream;
+use std::time::{Duration, Instant};
 
 /// Most received frames whose output waits for one transmit kick while more frames are already
 /// waiting in the ring (the worker is behind, so they are late anyway): with 4 outputs a kick per
 /// V3 block cost 4 syscalls per ~370 frames at full load. Never more than a quarter of a
 /// transmit ring, so a batch always fits.
 const KICK_BATCH: usize = 1024;
+/// Most frames served from one ring before the next ring gets its turn (a V3 block is served
+/// whole, so a turn may end up to a block past this). Without a bound, a ring that the kernel
+/// refills as fast as it is read kept the worker from the other rings and from the control
+/// socket for as long as the burst lasted. At ~0.1-0.5 µs a frame a turn takes well under a
+/// millisecond, far inside [`super::wait::CONTROL_EVERY`]; the same as [`KICK_BATCH`], so a
+/// turn is at most one transmit batch, and large enough that passing between rings (one status
+/// load each) costs nothing measurable.
+const RING_BUDGET: usize = KICK_BATCH;
+/// Longest the final counters may take to be written when the worker stops.
+const FINAL_WRITE: Duration = Duration::from_secs(5);
 
 /// A worker with everything set up.
 pub(super) struct WorkerIo {
@@ -31,6 +43,8 @@ pub(super) struct WorkerIo {
     sinks: Sinks,
     waiter: Waiter,
     kernel: RingStats,
+    /// Received frames whose output has not been kicked yet, across passes over the rings.
+    unsent: usize,
 }
 
 impl WorkerIo {
@@ -38,8 +52,8 @@ impl WorkerIo {
     pub(super) fn new(start: &WorkerStart, handles: Vec<RingHandle>) -> Result<Self, String> {
         fanout_core::cpu::pin_current_thread(start.cpu as usize)
             .map_err(|error| format!("pinning to cpu {}: {error}", start.cpu))?;
-        let interfaces: Interfaces = start.interfaces.iter().map(Into::into).collect();
-        let rules = start.rules.iter().map(|entry| entry.to_rule()).collect();
+        let interfaces: Interfaces = start.interfaces.iter().cloned().collect();
+        let rules = start.rules.clone();
         let set = RuleSet::new(rules, interfaces.clone(), relay_rules::Limits::default())
             .map_err(|errors| format!("the rules handed over do not validate here: {errors}"))?;
         let shard = match &start.shard {
@@ -76,6 +90,7 @@ impl WorkerIo {
             sinks,
             waiter: Waiter::new(start.ring.busy_poll_us, start.cpu),
             kernel: RingStats::default(),
+            unsent: 0,
         })
     }
 
@@ -89,21 +104,28 @@ impl WorkerIo {
         self.datapath.table().checksum()
     }
 
-    /// Serves until told to stop; answers counter requests in between.
+    /// Serves until told to stop; answers counter requests in between. Replies go through an
+    /// [`Outbox`]: the socket is non-blocking, and a counters reply (an entry per rule that saw
+    /// traffic) can outgrow its buffer; what does not fit is written when `poll` says the socket
+    /// is writable, so the data path never waits for the supervisor.
     pub(super) fn serve(&mut self, control: UnixStream) -> Result<(), WorkerError> {
         control.set_nonblocking(true)?;
         let mut writer = control.try_clone()?;
         let mut reader = control;
         let mut lines = LineBuffer::default();
+        let mut outbox = Outbox::default();
         loop {
-            let control_ready = self
+            let woken = self
                 .waiter
-                .wait(&reader, &self.rx)
+                .wait(&reader, !outbox.is_empty(), &self.rx)
                 .map_err(|errno| WorkerError::Control(errno.into()))?;
             // A ring is drained even without a wake-up: a V3 block can be handed over between
             // the last drain and the poll without the socket becoming readable again.
             self.drain();
-            if control_ready {
+            if woken.writable {
+                outbox.write_to(&mut writer)?;
+            }
+            if woken.control {
                 let messages = match lines.read_from(&mut reader) {
                     Ok(Some(messages)) => messages,
                     Ok(None) => {
@@ -117,14 +139,14 @@ impl WorkerIo {
                     match message {
                         ToWorker::Counters => {
                             let counters = self.counters();
-                            protocol::send(&mut writer, &FromWorker::Counters(Box::new(counters)))?;
+                            outbox.push(&FromWorker::Counters(Box::new(counters)))?;
                         }
                         ToWorker::Stop => {
-                            self.drain();
+                            self.drain_all();
                             self.log_syscalls();
                             let counters = self.counters();
-                            protocol::send(&mut writer, &FromWorker::Counters(Box::new(counters)))?;
-                            return Ok(());
+                            outbox.push(&FromWorker::Counters(Box::new(counters)))?;
+                            return finish_writing(&mut outbox, &mut writer);
                         }
                         ToWorker::Update {
                             generation,
@@ -133,7 +155,7 @@ impl WorkerIo {
                             interfaces,
                         } => {
                             self.update(generation, &remove, &add, &interfaces);
-                            self.send_applied(&mut writer)?;
+                            self.queue_applied(&mut outbox)?;
                         }
                         ToWorker::Table {
                             generation,
@@ -143,7 +165,7 @@ impl WorkerIo {
                             if let Err(error) = self.replace(generation, &rules, &interfaces) {
                                 log::error!("worker on cpu {}: resync refused: {error}", self.cpu);
                             }
-                            self.send_applied(&mut writer)?;
+                            self.queue_applied(&mut outbox)?;
                         }
                         ToWorker::CorruptTable => self.corrupt(),
                         ToWorker::Start(_) => {
@@ -151,18 +173,17 @@ impl WorkerIo {
                         }
                     }
                 }
+                // Most replies fit the socket at once: no wait for a POLLOUT.
+                outbox.write_to(&mut writer)?;
             }
         }
     }
 
-    fn send_applied(&self, writer: &mut UnixStream) -> Result<(), WorkerError> {
-        protocol::send(
-            writer,
-            &FromWorker::Applied {
-                generation: self.generation(),
-                checksum: self.checksum(),
-            },
-        )?;
+    fn queue_applied(&self, outbox: &mut Outbox) -> Result<(), WorkerError> {
+        outbox.push(&FromWorker::Applied {
+            generation: self.generation(),
+            checksum: self.checksum(),
+        })?;
         Ok(())
     }
 
@@ -172,19 +193,19 @@ impl WorkerIo {
         &mut self,
         generation: u64,
         remove: &[String],
-        add: &[RuleEntry],
-        interfaces: &[InterfaceEntry],
+        add: &[Rule],
+        interfaces: &[relay_rules::InterfaceFacts],
     ) {
         for entry in interfaces {
-            if self.interfaces.get(&entry.name) != Some(&entry.into()) {
-                self.interfaces.insert(entry.into());
+            if self.interfaces.get(&entry.name) != Some(entry) {
+                self.interfaces.insert(entry.clone());
             }
         }
         for name in remove {
             self.datapath.remove(name);
         }
         for entry in add {
-            let rule = entry.to_rule();
+            let rule = entry.clone();
             match self.datapath.insert(&rule, &self.interfaces) {
                 Ok(outputs) => {
                     for output in outputs {
@@ -213,11 +234,11 @@ impl WorkerIo {
     fn replace(
         &mut self,
         generation: u64,
-        rules: &[RuleEntry],
-        interfaces: &[InterfaceEntry],
+        rules: &[Rule],
+        interfaces: &[relay_rules::InterfaceFacts],
     ) -> Result<(), String> {
-        let interfaces: Interfaces = interfaces.iter().map(Into::into).collect();
-        let rules = rules.iter().map(RuleEntry::to_rule).collect();
+        let interfaces: Interfaces = interfaces.iter().cloned().collect();
+        let rules = rules.to_vec();
         let set = RuleSet::new(rules, interfaces.clone(), relay_rules::Limits::default())
             .map_err(|errors| errors.to_string())?;
         let table = rings::table(&set, generation, self.shard.as_ref());
@@ -256,28 +277,31 @@ impl WorkerIo {
         }
     }
 
-    /// Serves every block (V3) or run of frames (V2) the kernel has handed over, with one
-    /// transmit kick per batch: when nothing more is waiting in the ring, so a frame is never
-    /// held back for one that has not arrived, or after [`KICK_BATCH`] frames of a backlog. A V2
-    /// run ends at the first slot the kernel has not filled yet, and a worker that fell behind
-    /// finds several V3 blocks waiting: kicking per run or block cost a syscall each (per output
-    /// interface).
+    /// Serves what the kernel has handed over, each ring in turn for at most [`RING_BUDGET`]
+    /// frames (whole blocks), with one transmit kick per batch: when nothing more is waiting in
+    /// any ring, so a frame is never held back for one that has not arrived, or after
+    /// [`KICK_BATCH`] frames of a backlog. A V2 run ends at the first slot the kernel has not
+    /// filled yet, and a worker that fell behind finds several V3 blocks waiting: kicking per
+    /// run or block cost a syscall each (per output interface). What a ring has left after its
+    /// turn waits for the next pass, which the waiter starts without a syscall.
     fn drain(&mut self) {
         let WorkerIo {
             rx,
             datapath,
             sinks,
             ring: section,
+            unsent,
             ..
         } = self;
         let batch = KICK_BATCH.min((section.tx_frames as usize / 4).max(1));
-        let mut unsent = 0;
         for (ifindex, ring) in rx.iter_mut() {
-            loop {
+            let mut turn = 0;
+            while turn < RING_BUDGET {
                 let Some(block) = ring.next_block() else {
                     break;
                 };
-                unsent += block.len();
+                turn += block.len();
+                *unsent += block.len();
                 for frame in block.frames() {
                     let vlan = frame.vlan_tci().map(|tci| VlanTag {
                         tpid: frame.vlan_tpid().unwrap_or(0x8100),
@@ -294,14 +318,31 @@ impl WorkerIo {
                     datapath.handle(*ifindex, frame.data(), vlan, checksum, now, sinks);
                 }
                 drop(block);
-                if unsent >= batch || !ring.has_pending() {
+                if *unsent >= batch {
                     Self::send(sinks, datapath);
-                    unsent = 0;
+                    *unsent = 0;
                 }
             }
         }
-        if unsent > 0 {
+        if *unsent > 0 && !rx.iter().any(|(_, ring)| ring.has_pending()) {
             Self::send(sinks, datapath);
+            *unsent = 0;
+        }
+    }
+
+    /// Drains until the rings are empty (bounded: a ring the kernel keeps filling stops it
+    /// after a second), and kicks what is left; for a worker about to stop.
+    fn drain_all(&mut self) {
+        let deadline = Instant::now() + Duration::from_secs(1);
+        loop {
+            self.drain();
+            if !self.rx.iter().any(|(_, ring)| ring.has_pending()) || Instant::now() >= deadline {
+                break;
+            }
+        }
+        if self.unsent > 0 {
+            Self::send(&mut self.sinks, &mut self.datapath);
+            self.unsent = 0;
         }
     }
 
@@ -349,9 +390,46 @@ impl WorkerIo {
         counters.freezes = self.kernel.freezes;
         counters.tx_wrong_format = self.sinks.wrong_format();
         (counters.tx_segmented, counters.tx_segmented_datagrams) = self.sinks.segmented();
+        let name = |ifindex: u32| match self.interfaces.by_index(ifindex) {
+            Some(facts) => facts.name.clone(),
+            None => format!("#{ifindex}"),
+        };
+        for ((ifindex, _), health) in self.rx.iter().zip(self.waiter.ring_health()) {
+            health
+                .errors
+                .report(&name(*ifindex), &mut counters.interface_errors);
+        }
+        for (ifindex, errors) in self.sinks.errors() {
+            errors.report(&name(ifindex), &mut counters.output_errors);
+        }
         // The supervisor compares these with its own to find drift.
         counters.table_generation = self.generation();
         counters.table_checksum = self.checksum();
         counters
+    }
+}
+
+/// Writes what `outbox` holds, waiting for the socket to take it for at most [`FINAL_WRITE`]:
+/// the last message of a worker that stops.
+fn finish_writing(outbox: &mut Outbox, writer: &mut UnixStream) -> Result<(), WorkerError> {
+    let deadline = Instant::now() + FINAL_WRITE;
+    loop {
+        outbox.write_to(writer)?;
+        if outbox.is_empty() {
+            return Ok(());
+        }
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err(WorkerError::Control(std::io::ErrorKind::TimedOut.into()));
+        }
+        let mut fds = [nix::poll::PollFd::new(
+            writer.as_fd(),
+            nix::poll::PollFlags::POLLOUT,
+        )];
+        let timeout = nix::poll::PollTimeout::try_from(left).unwrap_or(nix::poll::PollTimeout::MAX);
+        match nix::poll::poll(&mut fds, timeout) {
+            Ok(_) | Err(nix::errno::Errno::EINTR) => {}
+            Err(errno) => return Err(WorkerError::Control(errno.into())),
+        }
     }
 }

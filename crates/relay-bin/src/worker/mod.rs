@@ -8,6 +8,7 @@
 
 mod contention;
 mod datapath;
+mod errors;
 mod io;
 mod sinks;
 mod wait;

@@ -2,6 +2,7 @@
 //! socket per socket output, kicked together once per batch of received frames.
 
 use super::datapath::{Outputs, Written};
+use super::errors::ErrnoCounts;
 use crate::config::RingSection;
 use crate::rings;
 use fanout_core::ring::{HeldSlot, UdpSegments};
@@ -12,6 +13,7 @@ use relay_rules::table::CompiledOutput;
 use relay_rules::{Datagram, FrameTemplate, Interfaces};
 use smallvec::SmallVec;
 use std::net::{Ipv4Addr, SocketAddrV4, UdpSocket};
+use std::time::{Duration, Instant};
 
 /// Datagrams queued per socket output before a `sendmmsg`.
 const SOCKET_BATCH: usize = 64;
@@ -25,6 +27,14 @@ const MAX_OPEN: usize = 8;
 /// `skb_shared_info` and headroom this stays within a 16 KiB allocation (12 datagrams of
 /// 1,316 bytes, 64 of up to 200).
 const SEGMENTED_FRAME_MAX: usize = 15_872;
+
+/// How long a transmit ring whose kick failed (ENETDOWN: its interface is down; ENXIO: gone)
+/// waits before it is kicked again. Its frames stay queued in the ring meanwhile (see
+/// `TxRing::flush`), and once it is full further output frames are counted as `tx_full`. Without
+/// the wait, a full ring would try a kick, one syscall that cannot succeed, for every frame
+/// received; with it, a dead output costs a syscall per 100 ms, and relaying resumes within
+/// 100 ms (plus one batch) of the link's return, well inside a second.
+const KICK_RETRY: Duration = Duration::from_millis(100);
 
 /// A segmented frame being filled in a held transmit slot.
 struct OpenFrame {
@@ -42,6 +52,10 @@ struct RingOut {
     open: SmallVec<[OpenFrame; MAX_OPEN]>,
     /// Segmented frames committed, and the datagrams in them.
     segmented: (u64, u64),
+    /// Failed kicks, by errno.
+    errors: ErrnoCounts,
+    /// After a failed kick: when the next kick may be tried.
+    retry_at: Option<Instant>,
 }
 
 impl RingOut {
@@ -124,7 +138,7 @@ impl RingOut {
     /// up, slowed down rather than dropped.
     fn make_room(&mut self) -> bool {
         self.close_all();
-        let _ = self.ring.flush();
+        self.kick();
         self.ring.reclaim();
         self.ring.in_flight() < self.ring.slot_count()
     }
@@ -148,12 +162,66 @@ impl RingOut {
             self.close(open);
         }
     }
+
+    /// Kicks the ring unless a failed kick is still waiting for [`KICK_RETRY`]; counts a
+    /// failure by errno and logs when the output stops and starts again. The clock is read only
+    /// while the output is failing.
+    fn kick(&mut self) {
+        if let Some(at) = self.retry_at
+            && Instant::now() < at
+        {
+            return;
+        }
+        match self.ring.flush() {
+            Ok(()) => {
+                if self.retry_at.take().is_some() {
+                    log::info!(
+                        "output {}: transmit kicks succeed again; the queued frames are sent",
+                        self.ring.socket().interface_label()
+                    );
+                }
+            }
+            Err(error) => {
+                let errno = error.errno().unwrap_or(nix::errno::Errno::EIO);
+                self.errors.add(errno, 1);
+                if self.retry_at.is_none() {
+                    log::warn!(
+                        "output {}: {error}; its frames stay queued and the kick is retried \
+                         every {} ms",
+                        self.ring.socket().interface_label(),
+                        KICK_RETRY.as_millis()
+                    );
+                }
+                self.retry_at = Some(Instant::now() + KICK_RETRY);
+            }
+        }
+    }
 }
 
 /// A socket output's socket, shared by every output with the same interface, source, TTL and DSCP.
 struct SocketOut {
     key: (u32, Ipv4Addr, u8, Option<u8>),
     batch: UdpBatch,
+    /// Refused datagrams, by errno.
+    errors: ErrnoCounts,
+}
+
+impl SocketOut {
+    /// Sends the batch; returns the datagrams the kernel refused, counted by errno. A flush
+    /// reports only its first error's errno, so a batch refused for several reasons (rare: the
+    /// reasons are mostly the link's or the route's, shared by the whole batch) is counted
+    /// under the first.
+    fn flush(&mut self, calls: &mut u64) -> usize {
+        *calls += 1;
+        let flushed = self.batch.flush();
+        if flushed.failed > 0 {
+            let errno = flushed
+                .error
+                .map_or(nix::errno::Errno::EIO, nix::errno::Errno::from_raw);
+            self.errors.add(errno, flushed.failed as u64);
+        }
+        flushed.failed
+    }
 }
 
 /// Transmit rings and socket batches: the [`Outputs`] of a worker.
@@ -200,6 +268,8 @@ impl Sinks {
                     ring: tx,
                     open: SmallVec::new(),
                     segmented: (0, 0),
+                    errors: ErrnoCounts::default(),
+                    retry_at: None,
                 });
             }
             CompiledOutput::Socket {
@@ -218,6 +288,7 @@ impl Sinks {
                         SOCKET_BATCH,
                         MAX_PAYLOAD.min(ring.frame_size as usize * 32),
                     ),
+                    errors: ErrnoCounts::default(),
                 });
             }
         }
@@ -228,17 +299,22 @@ impl Sinks {
     pub(super) fn flush(&mut self) {
         for out in &mut self.rings {
             out.close_all();
-            // A failed kick leaves the frames committed; the next kick sends them.
-            let _ = out.ring.flush();
+            out.kick();
         }
         for socket in &mut self.sockets {
             if socket.batch.is_empty() {
                 continue;
             }
-            self.sendmmsg_calls += 1;
-            let flushed = socket.batch.flush();
-            self.socket_failures += flushed.failed;
+            self.socket_failures += socket.flush(&mut self.sendmmsg_calls);
         }
+    }
+
+    /// Errors of every output so far, by output interface index: failed kicks of the transmit
+    /// rings and datagrams refused by the sockets.
+    pub(super) fn errors(&self) -> impl Iterator<Item = (u32, &ErrnoCounts)> {
+        let rings = self.rings.iter().map(|out| (out.ifindex, &out.errors));
+        let sockets = self.sockets.iter().map(|out| (out.key.0, &out.errors));
+        rings.chain(sockets)
     }
 
     /// Frames refused by the kernel on the transmit rings (TP_STATUS_WRONG_FORMAT).
@@ -303,9 +379,7 @@ impl Outputs for Sinks {
         if socket.batch.push(destination, payload).is_ok() {
             return true;
         }
-        self.sendmmsg_calls += 1;
-        let flushed = socket.batch.flush();
-        self.socket_failures += flushed.failed;
+        self.socket_failures += socket.flush(&mut self.sendmmsg_calls);
         socket.batch.push(destination, payload).is_ok()
     }
 }

@@ -13,8 +13,20 @@
 //! Either way, while frames keep coming the loop makes no syscall to find them: a ring with
 //! frames waiting is served without asking `poll`, and the control socket is looked at (with a
 //! `poll` that does not sleep) at most every [`CONTROL_EVERY`].
+//!
+//! A ring socket's errors are taken, never spun on. When an input goes down the kernel
+//! latches ENETDOWN on each of its packet sockets, and `poll` reports POLLERR for as long as an
+//! error is latched: a ring is never read with `recv`, so only `SO_ERROR` clears it, and a loop
+//! that ignored it would wake at once forever (a whole CPU, from the first down until the relay
+//! exits). So on POLLERR the worker takes `SO_ERROR` and counts it by errno; the socket then
+//! stays in the poll set, since the kernel hooks it in again when the link comes up and the
+//! next block wakes it as before. A socket that still reports POLLERR or POLLHUP with no error
+//! to take (a condition the worker cannot clear) is left out of `poll` for [`RING_MUTE`] and
+//! then tried again: its ring is still served whenever the worker wakes for anything else, and
+//! the bounded back-off costs at most that long a delay for its frames.
 
 use super::contention::{self, Contention};
+use super::errors::ErrnoCounts;
 use fanout_core::RxRing;
 use nix::errno::Errno;
 use nix::poll::{PollFd, PollFlags, PollTimeout};
@@ -30,6 +42,11 @@ const POLL_TIMEOUT_MS: u16 = 200;
 /// rule changes are answered within this; at full load it costs one non-sleeping `poll` per
 /// this interval, a few per hundred thousand frames.
 pub(super) const CONTROL_EVERY: Duration = Duration::from_millis(5);
+/// How long a ring socket that reports POLLERR or POLLHUP without an error to take is left out
+/// of `poll`: long enough that the worker sleeps (at most 7 wake-ups a second for it), short
+/// enough that frames on a ring that recovered wait no longer than a V3 block's default retire
+/// time would make them.
+const RING_MUTE: Duration = Duration::from_millis(150);
 /// Status checks between two readings of the clock while spinning.
 const CHECKS_PER_CLOCK: u32 = 32;
 
@@ -44,6 +61,27 @@ pub(super) struct WaitCounts {
     pub(super) spin_hits: u64,
     /// Times spinning paused because other tasks used the CPU.
     pub(super) spin_pauses: u64,
+}
+
+/// What woke a wait.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(super) struct Woken {
+    /// The control socket has something to read (or reported an error or hang-up, which the
+    /// read will tell).
+    pub(super) control: bool,
+    /// The control socket takes more bytes (asked for only while a reply waits to be written).
+    pub(super) writable: bool,
+}
+
+/// The errors of one receive ring's socket, and whether it is left out of `poll` for now.
+#[derive(Debug, Clone, Default)]
+pub(super) struct RingHealth {
+    /// Errors taken with `SO_ERROR`, by errno.
+    pub(super) errors: ErrnoCounts,
+    /// Until when the socket is left out of `poll` (see [`RING_MUTE`]).
+    muted_until: Option<Instant>,
+    /// Times it was left out.
+    pub(super) mutes: u64,
 }
 
 /// Whether spinning is paused, and what decides it.
@@ -61,6 +99,8 @@ pub(super) struct Waiter {
     guard: Option<SpinGuard>,
     control_checked: Instant,
     counts: WaitCounts,
+    /// Per receive ring, in the order of the rings waited on.
+    rings: Vec<RingHealth>,
 }
 
 impl Waiter {
@@ -87,6 +127,7 @@ impl Waiter {
             guard,
             control_checked: Instant::now(),
             counts: WaitCounts::default(),
+            rings: Vec::new(),
         }
     }
 
@@ -141,32 +182,59 @@ impl Waiter {
         self.counts
     }
 
-    /// Waits until a ring has something or the control socket is readable; returns whether the
-    /// control socket is. Returns at once, without a syscall, while a ring has frames waiting
-    /// and the control socket was looked at less than [`CONTROL_EVERY`] ago.
+    /// The errors of each receive ring's socket, in the order of the rings waited on.
+    pub(super) fn ring_health(&self) -> &[RingHealth] {
+        &self.rings
+    }
+
+    /// Waits until a ring has something or the control socket is readable (or, with
+    /// `want_write`, writable); says which of the control socket's two it was. Returns at
+    /// once, without a syscall, while a ring has frames waiting and the control socket was
+    /// looked at less than [`CONTROL_EVERY`] ago.
     pub(super) fn wait(
         &mut self,
         control: &UnixStream,
+        want_write: bool,
         rx: &[(u32, RxRing)],
-    ) -> Result<bool, Errno> {
+    ) -> Result<Woken, Errno> {
         let mut pending = any_pending(rx);
         if !pending && let Some(budget) = self.spin_budget() {
             pending = spin(rx, budget);
             self.counts.spin_hits += u64::from(pending);
         }
         if pending && self.control_checked.elapsed() < CONTROL_EVERY {
-            return Ok(false);
+            return Ok(Woken::default());
         }
+        if self.rings.len() != rx.len() {
+            self.rings.resize_with(rx.len(), RingHealth::default);
+        }
+        let now = Instant::now();
+        let mut timeout = Duration::from_millis(u64::from(POLL_TIMEOUT_MS));
         let mut fds: SmallVec<[PollFd<'_>; 8]> = SmallVec::new();
-        fds.push(PollFd::new(control.as_fd(), PollFlags::POLLIN));
-        for (_, ring) in rx {
+        let mut polled: SmallVec<[usize; 8]> = SmallVec::new();
+        let mut interest = PollFlags::POLLIN;
+        if want_write {
+            interest |= PollFlags::POLLOUT;
+        }
+        fds.push(PollFd::new(control.as_fd(), interest));
+        for (index, ((_, ring), health)) in rx.iter().zip(&mut self.rings).enumerate() {
+            if let Some(until) = health.muted_until {
+                if until > now {
+                    timeout = timeout.min(until - now);
+                    continue;
+                }
+                health.muted_until = None;
+            }
             fds.push(PollFd::new(ring.socket().as_fd(), PollFlags::POLLIN));
+            polled.push(index);
         }
         let timeout = if pending {
             PollTimeout::ZERO
         } else {
             self.counts.sleeps += 1;
-            PollTimeout::from(POLL_TIMEOUT_MS)
+            // Rounded up, so a muted ring's wait never ends just before it is due.
+            let millis = timeout.as_micros().div_ceil(1000);
+            PollTimeout::from(u16::try_from(millis).unwrap_or(POLL_TIMEOUT_MS))
         };
         self.counts.polls += 1;
         match nix::poll::poll(&mut fds, timeout) {
@@ -174,9 +242,56 @@ impl Waiter {
             Err(errno) => return Err(errno),
         }
         self.control_checked = Instant::now();
-        let control = !fds[0].revents().unwrap_or(PollFlags::empty()).is_empty();
+        let revents = fds[0].revents().unwrap_or(PollFlags::empty());
+        let woken = Woken {
+            control: revents.intersects(!PollFlags::POLLOUT),
+            writable: revents.contains(PollFlags::POLLOUT),
+        };
+        let trouble = PollFlags::POLLERR | PollFlags::POLLHUP | PollFlags::POLLNVAL;
+        let troubled: SmallVec<[(usize, PollFlags); 8]> = fds[1..]
+            .iter()
+            .zip(&polled)
+            .filter_map(|(fd, &index)| {
+                let revents = fd.revents().unwrap_or(PollFlags::empty());
+                revents.intersects(trouble).then_some((index, revents))
+            })
+            .collect();
+        drop(fds);
+        for (index, revents) in troubled {
+            self.ring_trouble(index, &rx[index], revents);
+        }
         self.check_contention();
-        Ok(control)
+        Ok(woken)
+    }
+
+    /// Takes the error a ring socket reported and counts it, or leaves the socket out of
+    /// `poll` for [`RING_MUTE`] when there is no error to take (see the module's docs).
+    fn ring_trouble(&mut self, index: usize, (ifindex, ring): &(u32, RxRing), revents: PollFlags) {
+        let cpu = self.cpu;
+        let health = &mut self.rings[index];
+        let taken = ring.socket().take_error();
+        if let Ok(Some(errno)) = &taken {
+            health.errors.add(*errno, 1);
+            log::warn!(
+                "worker on cpu {cpu}: the receive ring on interface #{ifindex} reported \
+                 {errno:?} ({}); counted, and served again as soon as frames arrive",
+                errno.desc()
+            );
+        }
+        let persists = revents.intersects(PollFlags::POLLHUP | PollFlags::POLLNVAL)
+            || !matches!(taken, Ok(Some(_)));
+        if persists {
+            if health.mutes == 0 {
+                log::warn!(
+                    "worker on cpu {cpu}: the receive ring on interface #{ifindex} reports \
+                     {revents:?} with no error to take ({taken:?}): left out of poll for {} ms \
+                     at a time while it lasts",
+                    RING_MUTE.as_millis()
+                );
+            }
+            health.mutes += 1;
+            health.muted_until = Some(Instant::now() + RING_MUTE);
+        }
     }
 }
 
@@ -219,8 +334,10 @@ mod tests {
         let (ours, theirs) = UnixStream::pair().expect("a socket pair");
         std::io::Write::write_all(&mut &theirs, b"x").expect("write to the pair");
         let mut waiter = Waiter::new(100, 0);
-        let readable = waiter.wait(&ours, &[]).expect("poll on a socket pair");
-        assert!(readable);
+        let woken = waiter
+            .wait(&ours, false, &[])
+            .expect("poll on a socket pair");
+        assert!(woken.control && !woken.writable, "{woken:?}");
         // Nothing in a ring: the spin ran out and the poll was allowed to sleep.
         assert_eq!(
             waiter.counts(),

@@ -47,6 +47,27 @@ fn lookup_prefers_the_source_specific_rule() {
             .is_none()
     );
 
+    // A parsed datagram finds the same rule.
+    let datagram = Datagram {
+        vlans: [None, None],
+        source: SENDER,
+        destination: GROUP,
+        source_port: 4000,
+        destination_port: 5000,
+        ttl: 4,
+        tos: 0,
+        ip_id: 0,
+        udp_checksum: 0,
+        payload: b"payload",
+    };
+    assert_eq!(
+        table
+            .lookup_datagram(ETH0, &datagram)
+            .map(|r| r.name.as_str()),
+        Some("ssm")
+    );
+    assert!(table.lookup_datagram(3, &datagram).is_none());
+
     let only_ssm = RuleTable::build(&set(vec![with_source("ssm", SENDER)]), 1);
     assert_eq!(
         only_ssm.lookup(ETH0, GROUP, 5000, SENDER).map(|r| r.id),

@@ -28,6 +28,9 @@ pub use ethernet::{EtherType, EthernetFrame, VlanHeader};
 pub use ipv4::{Ipv4Packet, PROTOCOL_UDP};
 pub use udp::UdpPacket;
 
+/// The TPID of an 802.1Q tag.
+pub const TPID_8021Q: u16 = 0x8100;
+
 /// A VLAN tag as it appeared on the wire or in the ring's frame header.
 ///
 /// The TPID is kept (not just the VID) because 802.1Q (0x8100) and 802.1ad (0x88a8) tags mean
