@@ -207,7 +207,10 @@ impl Ctl {
         match self.request(Request::List) {
             Response {
                 ok: true,
-                result: Some(Reply::Rules { generation, rules }),
+                result:
+                    Some(Reply::Rules {
+                        generation, rules, ..
+                    }),
                 ..
             } => (generation, rules),
             other => panic!("list: unexpected answer {other:?}"),

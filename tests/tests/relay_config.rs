@@ -109,12 +109,26 @@ fn the_valid_base_configuration_is_accepted() {
     assert!(stdout.contains("ok"), "stdout: {stdout}");
 }
 
+/// An interface that does not exist (yet) is not refused: its rules wait for it. A typo must
+/// still be easy to see: `check-config` warns and names the rule and the interface, and `run`
+/// keeps running (still running when the refusal timeout ends) and logs the same.
 #[test]
-fn an_unknown_interface_is_refused() {
-    assert_refused(
-        "an_unknown_interface_is_refused",
-        &VALID.replace(r#"interface = "in0""#, r#"interface = "nosuch0""#),
-        &[r#"rule "cam""#, "input.interface", "nosuch0"],
+fn an_unknown_interface_is_warned_about_and_waited_for() {
+    let Some(host) = Host::new("an_unknown_interface_is_warned_about_and_waited_for") else {
+        return;
+    };
+    let file = ConfigFile::new(&VALID.replace(r#"interface = "in0""#, r#"interface = "nosuch0""#));
+    let (code, stdout, stderr) = host.relay(&["check-config"], &file);
+    assert_eq!(code, Some(0), "stdout: {stdout}\nstderr: {stderr}");
+    assert!(
+        stderr.contains("warning") && stderr.contains(r#""cam""#) && stderr.contains("nosuch0"),
+        "check-config does not name the waiting rule and its interface: {stderr}"
+    );
+    let (code, _, stderr) = host.relay(&["run", "--config"], &file);
+    assert_eq!(code, None, "run exited instead of waiting: {stderr}");
+    assert!(
+        stderr.contains(r#"rule "cam" waits for interface(s) ["nosuch0"]"#),
+        "run does not log the waiting rule: {stderr}"
     );
 }
 

@@ -244,8 +244,33 @@ pub fn render(reply: &Reply) -> String {
                 );
             }
         }
-        Reply::Rules { generation, rules } => {
+        Reply::Rules {
+            generation,
+            rules,
+            waiting,
+            interfaces,
+        } => {
             let _ = writeln!(out, "generation {generation}, {} rule(s)", rules.len());
+            for waiting in waiting {
+                let input = &waiting.rule.input;
+                let _ = writeln!(
+                    out,
+                    "{:<24} {}:{}:{} waiting for interface(s) {}",
+                    waiting.rule.name,
+                    input.interface,
+                    input.destination,
+                    input.port,
+                    waiting.missing.join(", ")
+                );
+            }
+            for interface in interfaces.iter().filter(|interface| !interface.up) {
+                let state = if interface.index.is_some() {
+                    "down"
+                } else {
+                    "absent"
+                };
+                let _ = writeln!(out, "interface {} is {state}", interface.name);
+            }
             for rule in rules {
                 let input = &rule.input;
                 let source = input.source.map(|s| format!("@{s}")).unwrap_or_default();

@@ -24,6 +24,13 @@ fn main() -> ExitCode {
                     .iter()
                     .map(|(name, cpus)| format!(", class {name} on cpus {cpus:?}"))
                     .collect();
+                for (rule, missing) in &plan.waiting {
+                    eprintln!(
+                        "warning: rule {:?} names interface(s) {missing:?}, which do not exist: \
+                         it waits for them (a typo?)",
+                        rule.name
+                    );
+                }
                 println!(
                     "{}: ok: {} rule(s), {} interface(s), workers on cpus {:?}{classes}",
                     file.display(),

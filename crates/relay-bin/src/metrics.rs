@@ -259,7 +259,13 @@ fn fetch(requests: &Sender<Pending>) -> Result<Snapshot, String> {
     let Reply::Workers { workers } = ask(Command::Workers)? else {
         return Err("unexpected answer to workers".into());
     };
-    let Reply::Rules { generation, rules } = ask(Command::List)? else {
+    let Reply::Rules {
+        generation,
+        rules,
+        waiting,
+        interfaces: links,
+    } = ask(Command::List)?
+    else {
         return Err("unexpected answer to list".into());
     };
     let interfaces = netdev::read_interfaces(&rules);
@@ -269,6 +275,8 @@ fn fetch(requests: &Sender<Pending>) -> Result<Snapshot, String> {
         generation,
         rules,
         interfaces,
+        waiting: waiting.len(),
+        links,
     })
 }
 
@@ -353,6 +361,8 @@ mod tests {
                     _ => Reply::Rules {
                         generation: 7,
                         rules: vec![],
+                        waiting: vec![],
+                        interfaces: vec![],
                     },
                 };
                 let _ = pending.reply.send(Response::ok(reply));

@@ -158,6 +158,12 @@ pub enum Reply {
         generation: u64,
         /// The rules, by name.
         rules: Vec<Rule>,
+        /// Rules of the configuration that wait for interfaces that do not exist.
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        waiting: Vec<WaitingRule>,
+        /// The interfaces the rules name, and whether each exists and runs.
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        interfaces: Vec<InterfaceState>,
     },
     /// The file was written.
     Saved {
@@ -211,6 +217,30 @@ pub struct StatsReport {
     pub rules: BTreeMap<String, RuleStats>,
     /// Per worker slot.
     pub workers: Vec<WorkerStats>,
+}
+
+/// A rule that waits for interfaces that do not exist yet.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct WaitingRule {
+    /// The rule.
+    pub rule: Rule,
+    /// The interfaces it names that do not exist.
+    pub missing: Vec<String>,
+}
+
+/// One interface a rule names, as netlink told of it.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct InterfaceState {
+    /// Its name.
+    pub name: String,
+    /// Its kernel index, while it exists.
+    pub index: Option<u32>,
+    /// Whether it exists and runs (`IFF_RUNNING`).
+    pub up: bool,
+    /// Times it went down since the relay started.
+    pub downs: u64,
+    /// Times it was deleted (or renamed away) since the relay started.
+    pub removals: u64,
 }
 
 /// One rule's counters.

@@ -8,7 +8,9 @@
 //!
 //! | metric | type | labels |
 //! |---|---|---|
-//! | `fanout_relay_generation`, `fanout_relay_rules` | gauge | |
+//! | `fanout_relay_generation`, `fanout_relay_rules`, `fanout_relay_rules_waiting` | gauge | |
+//! | `fanout_relay_interface_up` | gauge | interface |
+//! | `fanout_relay_interface_{downs,removals}_total` | counter | interface |
 //! | `fanout_relay_rule_packets_total`, `fanout_relay_rule_bytes_total` | counter | rule |
 //! | `fanout_relay_worker_{received,forwarded,no_rule,not_udp,tx_full,too_big,socket_errors,tx_wrong_format,tx_segmented,tx_segmented_datagrams,kernel_drops,freezes,restarts,drift_repairs}_total` | counter | cpu |
 //! | `fanout_relay_worker_malformed_total` | counter | cpu, reason |
@@ -47,6 +49,10 @@ pub struct Snapshot {
     pub rules: Vec<Rule>,
     /// The kernel's counters of the interfaces the rules name.
     pub interfaces: Vec<InterfaceCounters>,
+    /// Rules waiting for interfaces that do not exist.
+    pub waiting: usize,
+    /// The interfaces the rules name, as netlink told of them.
+    pub links: Vec<crate::control::proto::InterfaceState>,
 }
 
 /// A metric type.
@@ -70,6 +76,37 @@ pub fn render(snapshot: &Snapshot) -> String {
         Kind::Gauge,
         "Rules in the running set.",
         vec![(String::new(), snapshot.rules.len() as u64)],
+    );
+    out.family(
+        "fanout_relay_rules_waiting",
+        Kind::Gauge,
+        "Rules of the configuration that wait for an interface that does not exist.",
+        vec![(String::new(), snapshot.waiting as u64)],
+    );
+    let by_link = |value: fn(&crate::control::proto::InterfaceState) -> u64| {
+        snapshot
+            .links
+            .iter()
+            .map(|link| (labels(&[("interface", &link.name)]), value(link)))
+            .collect()
+    };
+    out.family(
+        "fanout_relay_interface_up",
+        Kind::Gauge,
+        "1 when an interface a rule names exists and runs, 0 while it is down or absent.",
+        by_link(|link| u64::from(link.up)),
+    );
+    out.family(
+        "fanout_relay_interface_downs_total",
+        Kind::Counter,
+        "Times an interface a rule names went down.",
+        by_link(|link| link.downs),
+    );
+    out.family(
+        "fanout_relay_interface_removals_total",
+        Kind::Counter,
+        "Times an interface a rule names was deleted or renamed away.",
+        by_link(|link| link.removals),
     );
     let rules = &snapshot.stats.rules;
     let by_rule = |value: fn(&crate::control::proto::RuleStats) -> u64| {

@@ -34,6 +34,8 @@ impl World {
             Command::List => Response::ok(Reply::Rules {
                 generation: self.state.generation(),
                 rules: self.state.set().rules().to_vec(),
+                waiting: self.waiting_rules(),
+                interfaces: self.interface_states(),
             }),
             Command::Save { path } => match self.state.save(Path::new(&path)) {
                 Ok(()) => Response::ok(Reply::Saved {
@@ -196,6 +198,17 @@ impl World {
     /// once they confirmed; says whether it was applied. A refused change leaves everything as
     /// it was.
     fn apply(&mut self, change: Change, reply: Option<Sender<Response>>) -> bool {
+        self.apply_as(change, reply, true)
+    }
+
+    /// [`World::apply`]; a change that is not `durable` only moves rules between the waiting
+    /// ones and the running set, which the state file holds alike: it is not written.
+    pub(super) fn apply_as(
+        &mut self,
+        change: Change,
+        reply: Option<Sender<Response>>,
+        durable: bool,
+    ) -> bool {
         let refuse = |notices: &mut Notices, reply: Option<Sender<Response>>, error: String| {
             if let Some(held) = notices.allow_unrepeated(Kind::Refused, &error) {
                 log::warn!("change refused, nothing changed: {error}{held}");
@@ -231,7 +244,12 @@ impl World {
                 return false;
             }
         };
-        let generation = match self.state.commit(&change) {
+        let committed = if durable {
+            self.state.commit(&change)
+        } else {
+            Ok(self.state.commit_moved())
+        };
+        let generation = match committed {
             Ok(generation) => generation,
             Err(error) => {
                 self.state.revert(undo);
@@ -254,6 +272,9 @@ impl World {
                 return false;
             }
         };
+        for facts in self.state.set().interfaces().iter() {
+            self.lifecycle.follow(&facts.name, Some(facts.index));
+        }
         let report = ChangeReport {
             generation,
             added: change.add.iter().map(|rule| rule.name.clone()).collect(),

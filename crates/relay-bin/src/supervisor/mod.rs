@@ -23,7 +23,10 @@
 
 mod autoscale;
 mod changes;
+mod follow;
 mod inputs;
+mod lifecycle;
+mod links;
 mod scaling;
 mod setup;
 mod state;
@@ -85,6 +88,7 @@ enum Event {
     Worker(WorkerEvent),
     Signal(Signal),
     Control(Pending),
+    Link(links::LinkEvent),
 }
 
 /// The counters of the run, per worker slot, when it ended.
@@ -159,6 +163,12 @@ pub fn run(plan: Plan, options: &RunOptions) -> Result<RunSummary, RunError> {
     let metrics_addr = plan.config.relay.metrics;
     let mut world = plan.build()?;
     let (event_tx, events) = mpsc::channel::<Event>();
+    // Subscribed before the workers start; interfaces that appeared since the plan looked
+    // for them are caught up with below.
+    links::follow(event_tx.clone(), Event::Link).map_err(|error| RunError::System {
+        what: "following interfaces through netlink",
+        source: std::io::Error::other(error),
+    })?;
     let (worker_tx, control_tx) = start_forwarders(signals, event_tx)?;
     world.worker_events = Some(worker_tx.clone());
     let metrics = metrics_addr
@@ -170,9 +180,11 @@ pub fn run(plan: Plan, options: &RunOptions) -> Result<RunSummary, RunError> {
         log::info!("metrics on http://{}/metrics", metrics.local_addr());
     }
 
+    world.log_waiting();
     for index in 0..world.slots.len() {
         world.spawn(index, &worker_tx);
     }
+    world.activate_waiting();
     // Parsing the configuration and writing the workers' tables needed many times the rules'
     // memory for a moment (700 MB for 100,000 rules); give it back.
     fanout_core::heap::trim();
@@ -246,6 +258,7 @@ pub fn run(plan: Plan, options: &RunOptions) -> Result<RunSummary, RunError> {
             }
             Ok(Event::Worker(event)) => world.handle(event),
             Ok(Event::Control(pending)) => world.control(pending),
+            Ok(Event::Link(event)) => world.link(event),
             Err(RecvTimeoutError::Timeout) => {}
             Err(RecvTimeoutError::Disconnected) => break,
         }
@@ -547,7 +560,7 @@ impl setup::World {
                         "the relay is stopping",
                     ));
                 }
-                Ok(Event::Signal(_)) | Err(RecvTimeoutError::Timeout) => {}
+                Ok(Event::Signal(_) | Event::Link(_)) | Err(RecvTimeoutError::Timeout) => {}
                 Err(RecvTimeoutError::Disconnected) => break,
             }
         }

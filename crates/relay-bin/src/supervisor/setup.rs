@@ -86,6 +86,9 @@ pub struct Plan {
     pub set: RuleSet,
     /// Whether `set` came from the state file.
     pub restored: bool,
+    /// Rules that wait for interfaces that do not exist yet, each with the missing ones: not
+    /// checked until they appear.
+    pub waiting: Vec<(relay_rules::Rule, Vec<String>)>,
     /// CPUs that get a worker of the default class when the relay starts, ascending: those of
     /// `relay.workers` that no `[[class]]` takes (with `[autoscale]`, the first `min_workers`).
     pub cpus: Vec<u32>,
@@ -173,6 +176,11 @@ impl Plan {
             });
         }
         let (rules_path, rules) = rules_from;
+        // A rule naming an interface that does not exist waits for it (it may be created after
+        // the relay starts: a VLAN, a tunnel); the warning names the missing interfaces, so a
+        // typo is still easy to see.
+        let (rules, waiting) =
+            super::lifecycle::split_waiting(rules, |name| rings::interface_facts(name).is_some());
         let set = check_rules(&rules_path, &rules)?;
         let classes = check_classes(path, &config)?;
         let taken: BTreeSet<u32> = classes.iter().flat_map(|(_, cpus)| cpus).copied().collect();
@@ -223,6 +231,7 @@ impl Plan {
             config,
             set,
             restored,
+            waiting,
             cpus,
             pool,
             classes,
@@ -283,6 +292,13 @@ impl Plan {
                 slot.rings.push((member, handle));
             }
         }
+        let mut lifecycle = super::lifecycle::Lifecycle::default();
+        for facts in self.set.interfaces().iter() {
+            lifecycle.follow(&facts.name, Some(facts.index));
+        }
+        for name in self.waiting.iter().flat_map(|(_, missing)| missing) {
+            lifecycle.follow(name, None);
+        }
         let state_file = self.config.relay.state_file_for(&self.path);
         let file_rules = self
             .config
@@ -300,7 +316,9 @@ impl Plan {
         Ok(World {
             slots,
             owners,
-            state: RuleState::new(self.set, self.config, Some(state_file), &self.text),
+            lifecycle,
+            state: RuleState::new(self.set, self.config, Some(state_file), &self.text)
+                .with_waiting(self.waiting.into_iter().map(|(rule, _)| rule)),
             config_path: self.path,
             ring,
             fanout,
@@ -406,4 +424,6 @@ pub(super) struct World {
     /// the last reload that was applied): a reload tells the rules it removes that were in
     /// neither file, because they existed only at run time.
     pub(super) file_rules: BTreeSet<String>,
+    /// The interfaces the rules name, as netlink tells of them.
+    pub(super) lifecycle: super::lifecycle::Lifecycle,
 }

@@ -94,6 +94,10 @@ pub(crate) struct RuleState {
     journal_floor: u64,
     /// The latest commit failed but may have left its change on disk; see [`RuleState::revert`].
     disk_ahead: bool,
+    /// Rules of the configuration that wait for an interface that does not exist, by name.
+    /// They are not in `set` (which only holds rules checked against an interface's facts),
+    /// but they are in the state file, so a restart keeps them waiting.
+    waiting: BTreeMap<String, Rule>,
 }
 
 /// A write that failed, and whether its bytes may be on disk all the same.
@@ -148,7 +152,51 @@ impl RuleState {
             snapshot_len: 0,
             journal_floor: JOURNAL_FLOOR,
             disk_ahead: false,
+            waiting: BTreeMap::new(),
         }
+    }
+
+    /// The same state, with `waiting` rules that wait for their interfaces.
+    pub(crate) fn with_waiting(mut self, waiting: impl IntoIterator<Item = Rule>) -> Self {
+        self.waiting = waiting
+            .into_iter()
+            .map(|rule| (rule.name.clone(), rule))
+            .collect();
+        self
+    }
+
+    /// The rules that wait for an interface, by name.
+    pub(crate) fn waiting(&self) -> &BTreeMap<String, Rule> {
+        &self.waiting
+    }
+
+    /// Takes the waiting rules for which `ready` holds out of the waiting ones.
+    pub(crate) fn take_waiting(&mut self, ready: impl Fn(&Rule) -> bool) -> Vec<Rule> {
+        let names: Vec<String> = self
+            .waiting
+            .values()
+            .filter(|rule| ready(rule))
+            .map(|rule| rule.name.clone())
+            .collect();
+        names
+            .iter()
+            .filter_map(|name| self.waiting.remove(name))
+            .collect()
+    }
+
+    /// Puts `rules` (back) among the waiting ones.
+    pub(crate) fn wait(&mut self, rules: impl IntoIterator<Item = Rule>) {
+        for rule in rules {
+            self.waiting.insert(rule.name.clone(), rule);
+        }
+    }
+
+    /// Gives the applied `change`, which only moved rules between the waiting ones and the
+    /// running set, the next generation without writing it: the state file holds both, so it
+    /// is already on disk.
+    pub(crate) fn commit_moved(&mut self) -> u64 {
+        self.generation += 1;
+        self.generation
     }
 
     /// The running set.
@@ -244,7 +292,13 @@ impl RuleState {
     /// The running set as a configuration file: the settings it started with, today's rules.
     pub(crate) fn as_config(&self) -> ConfigFile {
         ConfigFile {
-            rules: self.set.rules().to_vec(),
+            rules: self
+                .set
+                .rules()
+                .iter()
+                .chain(self.waiting.values())
+                .cloned()
+                .collect(),
             ..self.config.clone()
         }
     }

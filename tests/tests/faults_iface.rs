@@ -1,0 +1,237 @@
+//! Interfaces followed through netlink, under a steady stream of [`PPS`] datagrams per second:
+//! a rule whose input interface does not exist when the relay starts waits for it, shows as
+//! waiting in `ctl list` and the metrics, and relays within a second of the interface's
+//! creation.
+
+use std::net::{SocketAddrV4, UdpSocket};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
+
+use fanout_relay_tests::ctl::{Ctl, Workdir, relay_section, rule};
+use fanout_relay_tests::obs::{Metrics, scrape};
+use fanout_relay_tests::relay::{RelayProcess, UdpSender, payload, payload_id, quiet_topology};
+use fanout_relay_tests::{Netns, Topology, privileged, skip, veth_pair};
+
+/// Datagrams per second of the stream.
+const PPS: u32 = 5000;
+/// Where the relay serves its metrics, inside its own namespace.
+const METRICS: &str = "127.0.0.1:9471";
+/// Longest time from the interface's creation to the first datagram sent after it arriving.
+const RESUME: Duration = Duration::from_secs(1);
+/// The tag of the test's stream.
+const TAG: u8 = 3;
+/// The input interface the rule names, absent when the relay starts.
+const LATE_IF: &str = "late0";
+/// Its peer in the sender's namespace.
+const LATE_PEER: &str = "snd1";
+
+/// The sender's stream (239.1.1.1:5000) and the receiver's arrivals (239.2.2.2:6000).
+struct Stream {
+    stop: Arc<AtomicBool>,
+    next: Arc<AtomicU32>,
+    arrivals: Arc<Mutex<Vec<(Instant, u32)>>>,
+    threads: Vec<std::thread::JoinHandle<()>>,
+}
+
+impl Stream {
+    fn start(topo: &Topology) -> Stream {
+        let stop = Arc::new(AtomicBool::new(false));
+        let next = Arc::new(AtomicU32::new(0));
+        let arrivals = Arc::new(Mutex::new(Vec::new()));
+        let receiver = join(&topo.receiver, "239.2.2.2:6000", Topology::RECEIVER_ADDR);
+        let sender = UdpSender::new(&topo.sender, Topology::SENDER_ADDR, 4);
+        let (s, n) = (Arc::clone(&stop), Arc::clone(&next));
+        let sending = std::thread::spawn(move || {
+            let destination: SocketAddrV4 = "239.1.1.1:5000".parse().expect("a literal");
+            let start = Instant::now();
+            let mut seq = 0u32;
+            while !s.load(Ordering::Relaxed) {
+                let due = (start.elapsed().as_secs_f64() * f64::from(PPS)) as u32;
+                while seq < due {
+                    // A send that fails (the route moves between interfaces) is not retried.
+                    let _ = sender.socket().send_to(&payload(TAG, seq), destination);
+                    seq += 1;
+                    n.store(seq, Ordering::Relaxed);
+                }
+                std::thread::sleep(Duration::from_micros(500));
+            }
+        });
+        let (s, a) = (Arc::clone(&stop), Arc::clone(&arrivals));
+        let receiving = std::thread::spawn(move || {
+            let mut buf = vec![0u8; 2048];
+            while !s.load(Ordering::Relaxed) {
+                if let Ok(len) = receiver.recv(&mut buf)
+                    && let Some((TAG, seq)) = payload_id(&buf[..len])
+                {
+                    a.lock()
+                        .unwrap_or_else(PoisonError::into_inner)
+                        .push((Instant::now(), seq));
+                }
+            }
+        });
+        Stream {
+            stop,
+            next,
+            arrivals,
+            threads: vec![sending, receiving],
+        }
+    }
+
+    fn next_seq(&self) -> u32 {
+        self.next.load(Ordering::Relaxed)
+    }
+
+    fn arrived(&self) -> usize {
+        self.arrivals
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .len()
+    }
+
+    /// Waits up to `timeout` for a datagram numbered `from` or later; how long after `since`.
+    fn wait_from(&self, from: u32, since: Instant, timeout: Duration) -> Option<Duration> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let first = self
+                .arrivals
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .iter()
+                .find(|&&(_, seq)| seq >= from)
+                .map(|&(at, _)| at);
+            if let Some(at) = first {
+                return Some(at.saturating_duration_since(since));
+            }
+            if Instant::now() >= deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+}
+
+impl Drop for Stream {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        for thread in self.threads.drain(..) {
+            let _ = thread.join();
+        }
+    }
+}
+
+fn join(ns: &Netns, group: &str, local: &str) -> UdpSocket {
+    let group: SocketAddrV4 = group.parse().expect("a literal group");
+    let local = local.parse().expect("a literal address");
+    let socket = ns.run(|| {
+        let socket = UdpSocket::bind(group)?;
+        socket.join_multicast_v4(group.ip(), &local)?;
+        Ok::<_, std::io::Error>(socket)
+    });
+    let socket = socket.unwrap_or_else(|e| panic!("join {group} on {local}: {e}"));
+    socket
+        .set_read_timeout(Some(Duration::from_millis(50)))
+        .expect("SO_RCVTIMEO on a UDP socket");
+    socket
+}
+
+fn ready(test: &str) -> bool {
+    if !privileged(test) {
+        return false;
+    }
+    let online = fanout_core::cpu::online_cpus().expect("online CPUs");
+    if !(online.contains(0) && online.contains(1)) {
+        skip(test, "CPUs 0 and 1 must be online");
+        return false;
+    }
+    true
+}
+
+/// The value of metric `name` for `interface` (or without labels), once the scrape has it.
+fn metric(topo: &Topology, name: &str, interface: Option<&str>) -> Option<f64> {
+    let page = scrape(&topo.relay, METRICS, "/metrics");
+    assert_eq!(page.status, 200, "{}", page.head);
+    let labels: Vec<(&str, &str)> = interface.map(|i| ("interface", i)).into_iter().collect();
+    Metrics::parse(&page.body).get(name, &labels)
+}
+
+#[test]
+fn input_absent_at_start_then_created() {
+    if !ready("input_absent_at_start_then_created") {
+        return;
+    }
+    let topo = quiet_topology("ifc_late");
+    let dir = Workdir::new("ifc_late");
+    let config = relay_section(&dir, "workers = \"0-1\"\nfanout = \"cpu\"")
+        + &rule("cam", "239.1.1.1", 5000, "239.2.2.2", 6000).replace("rin0", LATE_IF);
+    let relay = RelayProcess::start(&topo.relay, &config, &["--metrics", METRICS]);
+    let ctl = Ctl::new(&dir);
+    relay.wait_for_log(
+        "the waiting rule to be logged",
+        Duration::from_secs(10),
+        |line| line.contains(r#"rule "cam" waits for interface(s) ["late0"]"#),
+    );
+    let listed = ctl.ok(&["list"]);
+    assert!(
+        listed.contains("cam") && listed.contains("waiting for interface(s) late0"),
+        "ctl list does not show the waiting rule:\n{listed}"
+    );
+    assert_eq!(metric(&topo, "fanout_relay_rules_waiting", None), Some(1.0));
+    assert_eq!(
+        metric(&topo, "fanout_relay_interface_up", Some(LATE_IF)),
+        Some(0.0)
+    );
+
+    let stream = Stream::start(&topo);
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(stream.arrived(), 0, "relayed without an input interface");
+
+    // The input appears: a new veth pair whose sender end carries the sender's address and
+    // its multicast route from now on.
+    let from = stream.next_seq();
+    let at = Instant::now();
+    let _late = veth_pair(&topo.sender, LATE_PEER, &topo.relay, LATE_IF);
+    topo.sender.ip(&[
+        "addr",
+        "del",
+        &format!("{}/24", Topology::SENDER_ADDR),
+        "dev",
+        Topology::SENDER_IF,
+    ]);
+    topo.sender
+        .add_addr(LATE_PEER, &format!("{}/24", Topology::SENDER_ADDR));
+    topo.sender
+        .ip(&["route", "replace", "224.0.0.0/4", "dev", LATE_PEER]);
+    let Some(resumed) = stream.wait_from(from, at, Duration::from_secs(5)) else {
+        panic!(
+            "nothing relayed within 5 s of {LATE_IF}'s creation; log:\n{}",
+            relay.log()
+        );
+    };
+    println!("{LATE_IF} created: relaying started after {resumed:?}");
+    assert!(
+        resumed < RESUME,
+        "relaying started {resumed:?} after {LATE_IF} was created"
+    );
+
+    let listed = ctl.ok(&["list"]);
+    assert!(
+        !listed.contains("waiting"),
+        "ctl list still shows a waiting rule:\n{listed}"
+    );
+    assert_eq!(metric(&topo, "fanout_relay_rules_waiting", None), Some(0.0));
+    assert_eq!(
+        metric(&topo, "fanout_relay_interface_up", Some(LATE_IF)),
+        Some(1.0)
+    );
+    // The new input's rings go to the workers, which take rings only when they start: each is
+    // restarted once, on purpose (a hand-over to running workers is not done yet).
+    for worker in ctl.workers() {
+        assert!(
+            worker.restarts <= 1,
+            "worker on cpu {} restarted {} times",
+            worker.cpu,
+            worker.restarts
+        );
+    }
+}
