@@ -251,7 +251,7 @@ impl WorkerSlot {
     }
 
     /// Sends `message` to the live process, if any; a failure means it is going away. A
-    /// worker that did not read for [`WRITE_TIMEOUT`] is killed (the message may be half
+    /// worker that did not read for `WRITE_TIMEOUT` (5 s) is killed (the message may be half
     /// written, and the worker is stuck): its end of the socket closes, and it is restarted.
     pub fn tell(&mut self, message: &ToWorker) -> io::Result<()> {
         let Some(process) = &mut self.process else {
