@@ -176,10 +176,15 @@ fn metrics_agree_with_ctl_stats_and_pass_promtool() {
     for worker in ctl.workers() {
         let cpu = worker.cpu.to_string();
         let labels = [("cpu", cpu.as_str())];
-        assert_eq!(
-            settled.count("fanout_relay_worker_restarts_total", &labels),
-            0
-        );
+        for reason in ["exited", "unresponsive", "handover", "start_failed"] {
+            assert_eq!(
+                settled.count(
+                    "fanout_relay_worker_restarts_total",
+                    &[("cpu", cpu.as_str()), ("reason", reason)]
+                ),
+                0
+            );
+        }
         assert_eq!(settled.count("fanout_relay_worker_ready", &labels), 1);
         assert_eq!(
             settled.count("fanout_relay_worker_table_generation", &labels),

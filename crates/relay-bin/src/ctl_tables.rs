@@ -87,6 +87,19 @@ fn errors(out: &mut String, stats: &StatsReport) {
     }
 }
 
+/// `unresponsive=1,exited=2`: the restarts of a worker by reason; `-` when it never restarted.
+fn restarted_for(worker: &WorkerReport) -> String {
+    if worker.restart_reasons.is_empty() {
+        return "-".to_owned();
+    }
+    let reasons: Vec<String> = worker
+        .restart_reasons
+        .iter()
+        .map(|(reason, count)| format!("{reason}={count}"))
+        .collect();
+    reasons.join(",")
+}
+
 /// The worker slots; with a class column when any worker belongs to a `[[class]]`.
 pub fn workers(workers: &[WorkerReport]) -> String {
     let mut out = String::new();
@@ -100,7 +113,7 @@ pub fn workers(workers: &[WorkerReport]) -> String {
     };
     let _ = writeln!(
         out,
-        "{:>4} {:>8} {:<10} {:>8} {:>10} {:>6} {:>12} {:>12} {:>8} {:>9} {:<8}{}",
+        "{:>4} {:>8} {:<10} {:>8} {:>10} {:>6} {:>12} {:>12} {:>8} {:>9} {:<8} {:<24}{}",
         "cpu",
         "pid",
         "state",
@@ -112,13 +125,14 @@ pub fn workers(workers: &[WorkerReport]) -> String {
         "down_ms",
         "unserved",
         "members",
+        "restarted_for",
         if classes { " class" } else { "" }
     );
     for worker in workers {
         let members: Vec<String> = worker.members.iter().map(ToString::to_string).collect();
         let _ = writeln!(
             out,
-            "{:>4} {:>8} {:<10} {:>8} {:>10} {:>6} {:>12} {:>12} {:>8} {:>9} {:<8}{}",
+            "{:>4} {:>8} {:<10} {:>8} {:>10} {:>6} {:>12} {:>12} {:>8} {:>9} {:<8} {:<24}{}",
             worker.cpu,
             worker
                 .pid
@@ -132,6 +146,7 @@ pub fn workers(workers: &[WorkerReport]) -> String {
             worker.down_ms,
             worker.unserved_rules,
             members.join(","),
+            restarted_for(worker),
             class_of(worker)
         );
     }
@@ -208,6 +223,38 @@ mod tests {
                 vec!["input", "eth0", "ENETDOWN", "4"],
                 vec!["output", "eth1", "ENXIO", "2"]
             ],
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn restarts_are_shown_with_their_reasons() {
+        let mut worker = WorkerReport {
+            cpu: 1,
+            state: "ready".into(),
+            ..WorkerReport::default()
+        };
+        let never = workers(std::slice::from_ref(&worker));
+        assert!(
+            never
+                .lines()
+                .next()
+                .is_some_and(|l| l.contains("restarted_for"))
+        );
+        assert_eq!(
+            never
+                .lines()
+                .nth(1)
+                .and_then(|l| l.split_whitespace().last()),
+            Some("-")
+        );
+        worker.restarts = 3;
+        worker.restart_reasons = [("exited".to_owned(), 1), ("unresponsive".to_owned(), 2)].into();
+        let text = workers(&[worker]);
+        assert!(
+            text.lines()
+                .nth(1)
+                .is_some_and(|l| l.trim_end().ends_with("exited=1,unresponsive=2")),
             "{text}"
         );
     }

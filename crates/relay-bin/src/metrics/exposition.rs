@@ -12,7 +12,8 @@
 //! | `fanout_relay_interface_up` | gauge | interface |
 //! | `fanout_relay_interface_{downs,removals}_total` | counter | interface |
 //! | `fanout_relay_rule_packets_total`, `fanout_relay_rule_bytes_total` | counter | rule |
-//! | `fanout_relay_worker_{received,forwarded,no_rule,not_udp,tx_full,too_big,socket_errors,tx_wrong_format,tx_segmented,tx_segmented_datagrams,kernel_drops,freezes,restarts,drift_repairs}_total` | counter | cpu |
+//! | `fanout_relay_worker_{received,forwarded,no_rule,not_udp,tx_full,too_big,socket_errors,tx_wrong_format,tx_segmented,tx_segmented_datagrams,kernel_drops,freezes,drift_repairs}_total` | counter | cpu |
+//! | `fanout_relay_worker_restarts_total` | counter | cpu, reason |
 //! | `fanout_relay_worker_malformed_total` | counter | cpu, reason |
 //! | `fanout_relay_interface_errors_total` | counter | cpu, interface, errno |
 //! | `fanout_relay_output_errors_total` | counter | cpu, interface, errno |
@@ -33,6 +34,7 @@
 use super::netdev::InterfaceCounters;
 use crate::control::proto::{StatsReport, WorkerReport};
 use crate::counters::WorkerCounters;
+use crate::supervisor::RestartReason;
 use relay_rules::Rule;
 use std::fmt::Write as _;
 
@@ -262,8 +264,21 @@ fn workers(out: &mut Exposition, snapshot: &Snapshot) {
     out.family(
         "fanout_relay_worker_restarts_total",
         Kind::Counter,
-        "Times the supervisor restarted the worker's process.",
-        by_slot(|slot| u64::from(slot.restarts)),
+        "Times the supervisor restarted the worker's process, by reason: exited (it died by \
+         itself or was killed by someone else), unresponsive (the watchdog killed it), handover \
+         (stopped to take new rings), start_failed.",
+        slots
+            .iter()
+            .flat_map(|slot| {
+                RestartReason::ALL.into_iter().map(|reason| {
+                    let name = reason.as_str();
+                    (
+                        labels(&[("cpu", &slot.cpu.to_string()), ("reason", name)]),
+                        u64::from(slot.restart_reasons.get(name).copied().unwrap_or(0)),
+                    )
+                })
+            })
+            .collect(),
     );
     out.family(
         "fanout_relay_worker_drift_repairs_total",
@@ -446,6 +461,7 @@ mod tests {
             cpu: 1,
             state: "ready".into(),
             restarts: 4,
+            restart_reasons: [("exited".to_owned(), 3), ("unresponsive".to_owned(), 1)].into(),
             generation: 3,
             ..WorkerReport::default()
         });
@@ -480,7 +496,9 @@ mod tests {
             "fanout_relay_worker_forwarded_total{cpu=\"1\"} 20",
             "fanout_relay_worker_kernel_drops_total{cpu=\"1\"} 2",
             "fanout_relay_worker_malformed_total{cpu=\"1\",reason=\"bad_checksum\"} 2",
-            "fanout_relay_worker_restarts_total{cpu=\"1\"} 4",
+            "fanout_relay_worker_restarts_total{cpu=\"1\",reason=\"exited\"} 3",
+            "fanout_relay_worker_restarts_total{cpu=\"1\",reason=\"unresponsive\"} 1",
+            "fanout_relay_worker_restarts_total{cpu=\"1\",reason=\"handover\"} 0",
             "fanout_relay_worker_table_generation{cpu=\"1\"} 3",
             "fanout_relay_worker_ready{cpu=\"1\"} 1",
             "fanout_relay_worker_info{cpu=\"1\",class=\"default\"} 1",

@@ -27,12 +27,15 @@ mod follow;
 mod inputs;
 mod lifecycle;
 mod links;
+mod restarts;
 mod scaling;
 mod setup;
 mod state;
 mod stats;
+mod watchdog;
 mod workers;
 
+pub use restarts::{RestartCounts, RestartReason};
 pub use setup::{Overrides, Plan, SetupError};
 pub use state::{Change, Problem, StateError, write_atomically};
 pub use workers::{WorkerEvent, WorkerSlot};
@@ -226,9 +229,10 @@ pub fn run(plan: Plan, options: &RunOptions) -> Result<RunSummary, RunError> {
             })
             .collect();
         for index in due {
-            world.slots[index].restarts += 1;
+            world.slots[index].count_restart();
             world.spawn(index, &worker_tx);
         }
+        world.watch(now);
         world.expire_changes(now);
         world.advance_resize();
         let wait = world
@@ -236,6 +240,7 @@ pub fn run(plan: Plan, options: &RunOptions) -> Result<RunSummary, RunError> {
             .iter()
             .filter_map(|slot| slot.restart_at)
             .chain(world.change_deadlines())
+            .chain(world.watchdog_deadlines())
             .chain(world.resize_deadline())
             .chain([next_poll])
             .chain(next_print)
@@ -376,9 +381,10 @@ impl setup::World {
             Ok(()) if slot.restarts > 0 => {
                 if let Some(held) = self.notices.allow(Kind::Restart, slot.cpu) {
                     log::warn!(
-                        "worker on cpu {} restarted (restart #{}, pid {}){held}",
+                        "worker on cpu {} restarted (restart #{}, {}, pid {}){held}",
                         slot.cpu,
                         slot.restarts,
+                        slot.last_restart.unwrap_or(RestartReason::Exited).as_str(),
                         slot.process.as_ref().map_or(0, |p| p.child.id())
                     );
                 }
@@ -389,14 +395,25 @@ impl setup::World {
                     log::error!("worker on cpu {}: cannot start: {error}{held}", slot.cpu);
                 }
                 slot.restart_at = Some(Instant::now() + Duration::from_secs(1));
+                slot.start_failed();
             }
         }
     }
 
+    /// Asks every ready worker for its counters, unless it still owes the previous answer:
+    /// one request in flight per worker is enough for the watchdog to time, and a worker that
+    /// is slow to answer is not sent a pile of them.
     fn poll_counters(&mut self) {
         for slot in &mut self.slots {
-            if slot.process.as_ref().is_some_and(|process| process.ready) {
-                let _ = slot.tell(&ToWorker::Counters);
+            let owes = |process: &workers::WorkerProcess| process.asked_at.is_some();
+            if slot
+                .process
+                .as_ref()
+                .is_some_and(|process| process.ready && !owes(process))
+                && slot.tell(&ToWorker::Counters).is_ok()
+                && let Some(process) = &mut slot.process
+            {
+                process.asked_at = Some(Instant::now());
             }
         }
     }
@@ -451,6 +468,7 @@ impl setup::World {
         let Some(process) = worker.process.as_mut().filter(|p| p.child.id() == pid) else {
             return;
         };
+        process.heard_at = Instant::now();
         let (their_generation, checksum) = match message {
             FromWorker::Ready {
                 generation,
@@ -465,6 +483,7 @@ impl setup::World {
                 checksum,
             } => (generation, checksum),
             FromWorker::Counters(counters) => {
+                process.asked_at = None;
                 let seen = (counters.table_generation, counters.table_checksum);
                 counters::update_keeping_rules(
                     &mut process.counters,

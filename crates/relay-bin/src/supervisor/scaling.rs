@@ -394,6 +394,7 @@ impl World {
                     pid: slot.process.as_ref().map(|process| process.child.id()),
                     state: slot.state_name().into(),
                     restarts: slot.restarts,
+                    restart_reasons: slot.restart_reasons.by_name(),
                     generation: slot.acked_generation,
                     drift_repairs: slot.drift_repairs,
                     received: counters.received,

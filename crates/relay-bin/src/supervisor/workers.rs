@@ -1,5 +1,6 @@
 //! Worker processes: spawning one, handing it its rings and rules, and restarting it with backoff.
 
+use super::restarts::{RestartCounts, RestartReason};
 use crate::counters::WorkerCounters;
 use crate::protocol::{self, FromWorker, ToWorker, WorkerStart};
 use fanout_core::handoff::{self, RingHandle};
@@ -74,6 +75,12 @@ pub struct WorkerSlot {
     pub process: Option<WorkerProcess>,
     /// Times the process was restarted.
     pub restarts: u32,
+    /// Of `restarts`, how many for each reason.
+    pub restart_reasons: RestartCounts,
+    /// Why the next restart happens, once the process is gone (none yet: it exited by itself).
+    next_restart: Option<RestartReason>,
+    /// Why the latest restart happened.
+    pub last_restart: Option<RestartReason>,
     /// Counters of processes of this slot that have exited, added together.
     pub retired: WorkerCounters,
     /// When the next start may happen after a death.
@@ -105,6 +112,10 @@ pub struct WorkerProcess {
     pub ready: bool,
     /// Its latest counters.
     pub counters: WorkerCounters,
+    /// When the counters request it has not answered yet was sent (at most one is in flight).
+    pub asked_at: Option<Instant>,
+    /// When it last sent anything: a worker that answers something else is not silent.
+    pub heard_at: Instant,
 }
 
 impl WorkerSlot {
@@ -122,6 +133,9 @@ impl WorkerSlot {
             outages: 0,
             process: None,
             restarts: 0,
+            restart_reasons: RestartCounts::default(),
+            next_restart: None,
+            last_restart: None,
             retired: WorkerCounters::default(),
             restart_at: None,
             acked_generation: 0,
@@ -202,6 +216,8 @@ impl WorkerSlot {
             started: Instant::now(),
             ready: false,
             counters: WorkerCounters::default(),
+            asked_at: None,
+            heard_at: Instant::now(),
         });
         self.restart_at = None;
         self.down_since.get_or_insert_with(Instant::now);
@@ -239,15 +255,42 @@ impl WorkerSlot {
         self.resyncing = false;
         self.sent_generation = 0;
         self.down_since.get_or_insert_with(Instant::now);
+        let reason = self.next_restart.take();
         if self.held || !self.active {
             self.restart_now = false;
             self.restart_at = None;
         } else if std::mem::take(&mut self.restart_now) {
             self.restart_at = Some(Instant::now());
+            self.next_restart = Some(reason.unwrap_or(RestartReason::Handover));
         } else {
             self.restart_at = Some(Instant::now() + self.backoff);
+            self.next_restart = Some(reason.unwrap_or(RestartReason::Exited));
         }
         status
+    }
+
+    /// Counts the restart about to happen, with the reason its process went away for, and
+    /// returns that reason.
+    pub fn count_restart(&mut self) -> RestartReason {
+        let reason = self.next_restart.take().unwrap_or(RestartReason::Exited);
+        self.restarts += 1;
+        self.restart_reasons.count(reason);
+        self.last_restart = Some(reason);
+        reason
+    }
+
+    /// Notes that the process could not be started: the next attempt is a restart for that.
+    pub fn start_failed(&mut self) {
+        self.next_restart = Some(RestartReason::StartFailed);
+    }
+
+    /// Kills the live process for `reason`; its exit is then reaped as usual (the control
+    /// socket closes), and the restart that follows is counted for `reason`.
+    pub fn kill(&mut self, reason: RestartReason) {
+        if let Some(process) = &mut self.process {
+            self.next_restart = Some(reason);
+            let _ = process.child.kill();
+        }
     }
 
     /// Sends `message` to the live process, if any; a failure means it is going away. A
@@ -270,7 +313,7 @@ impl WorkerSlot {
                 process.child.id(),
                 WRITE_TIMEOUT.as_secs()
             );
-            let _ = process.child.kill();
+            self.kill(RestartReason::Unresponsive);
         }
         sent
     }

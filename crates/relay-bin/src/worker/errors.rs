@@ -25,6 +25,13 @@ impl ErrnoCounts {
         }
     }
 
+    /// Adds every count of `other` to these (the counts of an output that was closed).
+    pub(super) fn absorb(&mut self, other: &ErrnoCounts) {
+        for &(raw, count) in &other.0 {
+            self.add(Errno::from_raw(raw), count);
+        }
+    }
+
     /// Adds every count to `into` under `interface`, by errno name.
     pub(super) fn report(&self, interface: &str, into: &mut ErrorCounts) {
         for &(raw, count) in &self.0 {

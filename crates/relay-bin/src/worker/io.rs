@@ -29,6 +29,8 @@ const KICK_BATCH: usize = 1024;
 /// turn is at most one transmit batch, and large enough that passing between rings (one status
 /// load each) costs nothing measurable.
 const RING_BUDGET: usize = KICK_BATCH;
+/// Rules removed by one change past which the worker gives the freed memory back at once.
+const TRIM_AFTER_REMOVING: usize = 64;
 /// Longest the final counters may take to be written when the worker stops.
 const FINAL_WRITE: Duration = Duration::from_secs(5);
 
@@ -201,7 +203,15 @@ impl WorkerIo {
                 self.interfaces.insert(entry.clone());
             }
         }
+        // A ring or socket that a removed rule leaves without users is closed once the change
+        // is in (a rule it adds may use it again).
+        let mut unused = false;
         for name in remove {
+            if let Some(rule) = self.datapath.table().by_name(name) {
+                for output in &rule.outputs {
+                    unused |= self.sinks.release(output);
+                }
+            }
             self.datapath.remove(name);
         }
         for entry in add {
@@ -228,6 +238,31 @@ impl WorkerIo {
             }
         }
         self.datapath.set_generation(generation);
+        if unused {
+            self.close_unused_outputs();
+        }
+        // What the removed rules and closed outputs held goes back to the system, not to a
+        // heap that keeps it: a worker that saw a thousand rules come and go would otherwise
+        // keep their memory for good. Trimming walks the heap, so not for a rule or two.
+        if unused || remove.len() >= TRIM_AFTER_REMOVING {
+            fanout_core::heap::trim();
+        }
+    }
+
+    /// Closes the rings and sockets no rule of the table uses any more.
+    fn close_unused_outputs(&mut self) {
+        let table = self.datapath.table();
+        let closed = self
+            .sinks
+            .close_unused(table.rules().flat_map(|rule| rule.outputs.iter()));
+        if closed > 0 {
+            let (rings, sockets) = self.sinks.open_count();
+            log::debug!(
+                "worker on cpu {}: closed {closed} unused output(s); {rings} transmit ring(s) \
+                 and {sockets} socket(s) stay open",
+                self.cpu
+            );
+        }
     }
 
     /// Replaces the whole table (a resync); counters of rules that stay are kept.
@@ -249,6 +284,7 @@ impl WorkerIo {
         }
         self.interfaces = interfaces;
         self.datapath.replace(table);
+        self.close_unused_outputs();
         fanout_core::heap::trim();
         Ok(())
     }

@@ -1,5 +1,10 @@
 //! Where a worker's output frames go: a transmit ring per output interface and a batched UDP
 //! socket per socket output, kicked together once per batch of received frames.
+//!
+//! A ring or socket lives as long as a rule of the worker's table uses it: each counts its
+//! users, and when a change leaves one without any (checked against the table, so a count
+//! thrown off by an output that failed to open never closes one in use), what it holds is sent
+//! and it is closed; its counters live on in [`Closed`], so the worker's totals never go back.
 
 use super::datapath::{Outputs, Written};
 use super::errors::ErrnoCounts;
@@ -56,6 +61,8 @@ struct RingOut {
     errors: ErrnoCounts,
     /// After a failed kick: when the next kick may be tried.
     retry_at: Option<Instant>,
+    /// Outputs of the table that write to this ring.
+    users: usize,
 }
 
 impl RingOut {
@@ -204,6 +211,8 @@ struct SocketOut {
     batch: UdpBatch,
     /// Refused datagrams, by errno.
     errors: ErrnoCounts,
+    /// Outputs of the table that send through this socket.
+    users: usize,
 }
 
 impl SocketOut {
@@ -224,11 +233,32 @@ impl SocketOut {
     }
 }
 
+/// What the rings and sockets that were closed counted, kept for the worker's totals. Its
+/// size is bounded by the interfaces, not by the outputs that came and went.
+#[derive(Default)]
+struct Closed {
+    /// Errors by output interface index.
+    errors: Vec<(u32, ErrnoCounts)>,
+    wrong_format: u64,
+    segmented: (u64, u64),
+    kicks: u64,
+}
+
+impl Closed {
+    fn errors_of(&mut self, ifindex: u32, errors: &ErrnoCounts) {
+        match self.errors.iter_mut().find(|(known, _)| *known == ifindex) {
+            Some((_, counts)) => counts.absorb(errors),
+            None => self.errors.push((ifindex, errors.clone())),
+        }
+    }
+}
+
 /// Transmit rings and socket batches: the [`Outputs`] of a worker.
 #[derive(Default)]
 pub(super) struct Sinks {
     rings: Vec<RingOut>,
     sockets: Vec<SocketOut>,
+    closed: Closed,
     /// Datagrams the kernel refused in `sendmmsg` since the data path last counted them.
     pub(super) socket_failures: usize,
     /// `sendmmsg` calls made.
@@ -252,7 +282,8 @@ impl Sinks {
             })?;
         match output {
             CompiledOutput::Ring { .. } => {
-                if self.rings.iter().any(|out| out.ifindex == ifindex) {
+                if let Some(out) = self.rings.iter_mut().find(|out| out.ifindex == ifindex) {
+                    out.users += 1;
                     return Ok(());
                 }
                 let tx = TxRingBuilder::new(name.as_str())
@@ -270,13 +301,15 @@ impl Sinks {
                     segmented: (0, 0),
                     errors: ErrnoCounts::default(),
                     retry_at: None,
+                    users: 1,
                 });
             }
             CompiledOutput::Socket {
                 source, ttl, dscp, ..
             } => {
                 let key = (ifindex, *source, *ttl, *dscp);
-                if self.sockets.iter().any(|socket| socket.key == key) {
+                if let Some(socket) = self.sockets.iter_mut().find(|socket| socket.key == key) {
+                    socket.users += 1;
                     return Ok(());
                 }
                 let socket = output_socket(&name, *source, *ttl, *dscp)
@@ -289,10 +322,111 @@ impl Sinks {
                         MAX_PAYLOAD.min(ring.frame_size as usize * 32),
                     ),
                     errors: ErrnoCounts::default(),
+                    users: 1,
                 });
             }
         }
         Ok(())
+    }
+
+    /// Notes that an output of a rule leaving the table no longer uses its ring or socket;
+    /// says whether that left it without users (then [`Sinks::close_unused`] should follow).
+    pub(super) fn release(&mut self, output: &CompiledOutput) -> bool {
+        let users = match output {
+            CompiledOutput::Ring { ifindex, .. } => self
+                .rings
+                .iter_mut()
+                .find(|out| out.ifindex == *ifindex)
+                .map(|out| &mut out.users),
+            CompiledOutput::Socket {
+                ifindex,
+                source,
+                ttl,
+                dscp,
+                ..
+            } => {
+                let key = (*ifindex, *source, *ttl, *dscp);
+                self.sockets
+                    .iter_mut()
+                    .find(|socket| socket.key == key)
+                    .map(|socket| &mut socket.users)
+            }
+        };
+        users.is_some_and(|users| {
+            *users = users.saturating_sub(1);
+            *users == 0
+        })
+    }
+
+    /// Counts the users of every ring and socket among `outputs` (every output of the table)
+    /// and closes those that have none, after sending what they hold. Returns how many closed.
+    pub(super) fn close_unused<'a>(
+        &mut self,
+        outputs: impl Iterator<Item = &'a CompiledOutput>,
+    ) -> usize {
+        for out in &mut self.rings {
+            out.users = 0;
+        }
+        for socket in &mut self.sockets {
+            socket.users = 0;
+        }
+        for output in outputs {
+            match output {
+                CompiledOutput::Ring { ifindex, .. } => {
+                    if let Some(out) = self.rings.iter_mut().find(|out| out.ifindex == *ifindex) {
+                        out.users += 1;
+                    }
+                }
+                CompiledOutput::Socket {
+                    ifindex,
+                    source,
+                    ttl,
+                    dscp,
+                    ..
+                } => {
+                    let key = (*ifindex, *source, *ttl, *dscp);
+                    if let Some(socket) = self.sockets.iter_mut().find(|socket| socket.key == key) {
+                        socket.users += 1;
+                    }
+                }
+            }
+        }
+        let before = self.rings.len() + self.sockets.len();
+        let mut index = 0;
+        while index < self.rings.len() {
+            if self.rings[index].users > 0 {
+                index += 1;
+                continue;
+            }
+            let mut out = self.rings.swap_remove(index);
+            // Frames written for the removed rules in this batch still leave.
+            out.close_all();
+            out.kick();
+            let counters = out.ring.counters();
+            self.closed.wrong_format += counters.wrong_format;
+            self.closed.kicks += counters.kicks;
+            self.closed.segmented.0 += out.segmented.0;
+            self.closed.segmented.1 += out.segmented.1;
+            self.closed.errors_of(out.ifindex, &out.errors);
+        }
+        let mut index = 0;
+        while index < self.sockets.len() {
+            if self.sockets[index].users > 0 {
+                index += 1;
+                continue;
+            }
+            let mut socket = self.sockets.swap_remove(index);
+            if !socket.batch.is_empty() {
+                self.socket_failures += socket.flush(&mut self.sendmmsg_calls);
+            }
+            self.closed.errors_of(socket.key.0, &socket.errors);
+        }
+        before - self.rings.len() - self.sockets.len()
+    }
+
+    /// Open transmit rings and output sockets.
+    pub(super) fn open_count(&self) -> (usize, usize) {
+        (self.rings.len(), self.sockets.len())
     }
 
     /// Kicks every transmit ring holding unsent frames and sends every queued datagram.
@@ -314,28 +448,42 @@ impl Sinks {
     pub(super) fn errors(&self) -> impl Iterator<Item = (u32, &ErrnoCounts)> {
         let rings = self.rings.iter().map(|out| (out.ifindex, &out.errors));
         let sockets = self.sockets.iter().map(|out| (out.key.0, &out.errors));
-        rings.chain(sockets)
+        let closed = self
+            .closed
+            .errors
+            .iter()
+            .map(|(ifindex, errors)| (*ifindex, errors));
+        rings.chain(sockets).chain(closed)
     }
 
     /// Frames refused by the kernel on the transmit rings (TP_STATUS_WRONG_FORMAT).
     pub(super) fn wrong_format(&self) -> u64 {
-        self.rings
-            .iter()
-            .map(|out| out.ring.counters().wrong_format)
-            .sum()
+        self.closed.wrong_format
+            + self
+                .rings
+                .iter()
+                .map(|out| out.ring.counters().wrong_format)
+                .sum::<u64>()
     }
 
     /// Segmented frames sent so far, and the datagrams they carried.
     pub(super) fn segmented(&self) -> (u64, u64) {
-        self.rings.iter().fold((0, 0), |(frames, datagrams), out| {
-            (frames + out.segmented.0, datagrams + out.segmented.1)
-        })
+        self.rings
+            .iter()
+            .fold(self.closed.segmented, |(frames, datagrams), out| {
+                (frames + out.segmented.0, datagrams + out.segmented.1)
+            })
     }
 
     /// Transmit kicks (`send`) and `sendmmsg` calls made so far: the worker's syscalls per
     /// batch of output.
     pub(super) fn syscalls(&self) -> (u64, u64) {
-        let kicks = self.rings.iter().map(|out| out.ring.counters().kicks).sum();
+        let kicks = self.closed.kicks
+            + self
+                .rings
+                .iter()
+                .map(|out| out.ring.counters().kicks)
+                .sum::<u64>();
         (kicks, self.sendmmsg_calls)
     }
 }
