@@ -63,6 +63,14 @@ pub struct Pending {
     pub reply: Sender<Response>,
 }
 
+/// Sends `response` to the connection waiting for it. A connection that has gone (its client
+/// closed it or was idle too long) has no one left to tell: that is logged, not an error.
+pub fn respond(reply: &Sender<Response>, response: Response) {
+    if reply.send(response).is_err() {
+        log::debug!("control: the client left before its answer was ready");
+    }
+}
+
 /// Why the control socket could not be opened.
 #[derive(Debug, thiserror::Error)]
 #[error("control socket {path}: {what}: {source}")]
