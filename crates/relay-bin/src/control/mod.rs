@@ -139,12 +139,17 @@ impl ControlServer {
                         continue;
                     };
                     let requests = requests.clone();
-                    let _ = std::thread::Builder::new()
+                    let spawned = std::thread::Builder::new()
                         .name("control-conn".into())
                         .spawn(move || {
                             serve(stream, owner, &requests, limits.idle_timeout);
                             drop(seat);
                         });
+                    // The closure, with the connection and its seat, is dropped: the client
+                    // sees the connection close.
+                    if let Err(error) = spawned {
+                        log::warn!("control: cannot start a connection's thread: {error}");
+                    }
                 }
             })
             .map_err(|error| fail("starting its thread", error))?;
@@ -161,7 +166,14 @@ impl ControlServer {
 
 impl Drop for ControlServer {
     fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.path);
+        if let Err(error) = std::fs::remove_file(&self.path)
+            && error.kind() != io::ErrorKind::NotFound
+        {
+            log::warn!(
+                "control socket {}: cannot remove it: {error}",
+                self.path.display()
+            );
+        }
     }
 }
 
@@ -207,9 +219,10 @@ mod tests {
         assert_eq!(mode & 0o777, 0o600);
         std::thread::spawn(move || {
             for pending in rx {
-                let _ = pending
-                    .reply
-                    .send(Response::ok(Reply::Workers { workers: vec![] }));
+                respond(
+                    &pending.reply,
+                    Response::ok(Reply::Workers { workers: vec![] }),
+                );
             }
         });
         let mut stream = UnixStream::connect(&path).expect("connects");
@@ -248,9 +261,10 @@ mod tests {
             .expect("socket created");
         std::thread::spawn(move || {
             for pending in rx {
-                let _ = pending
-                    .reply
-                    .send(Response::ok(Reply::Workers { workers: vec![] }));
+                respond(
+                    &pending.reply,
+                    Response::ok(Reply::Workers { workers: vec![] }),
+                );
             }
         });
         (dir, server)
