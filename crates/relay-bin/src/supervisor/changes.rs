@@ -342,7 +342,9 @@ impl World {
             }
             for slot in &mut self.slots {
                 if slot.process.is_some() {
-                    // A worker that cannot be told is already going away (`tell` kills one that is stuck);                    // its exit is handled like this stop.                    let _ = slot.tell(&ToWorker::Stop);
+                    // A worker that cannot be told is already going away (`tell` kills one
+                    // that is stuck); its exit is handled like this stop's.
+                    let _ = slot.tell(&ToWorker::Stop);
                     slot.restart_now = true;
                 }
             }

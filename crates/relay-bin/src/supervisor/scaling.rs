@@ -253,7 +253,9 @@ impl World {
             let slot = &mut self.slots[index];
             slot.held = true;
             slot.restart_at = None;
-            // A worker that cannot be told is already going away (`tell` kills one that is stuck);            // its exit is handled like this stop.            let _ = slot.tell(&crate::protocol::ToWorker::Stop);
+            // A worker that cannot be told is already going away (`tell` kills one
+            // that is stuck); its exit is handled like this stop's.
+            let _ = slot.tell(&crate::protocol::ToWorker::Stop);
         }
         self.resize = Some(Resize {
             class,
