@@ -221,96 +221,99 @@ fn parse_addr(text: &str, what: &str) -> Result<Ipv4Addr, String> {
 /// The human form of a reply.
 pub fn render(reply: &Reply) -> String {
     let mut out = String::new();
-    match reply {
-        Reply::Changed(report) => {
-            let _ = writeln!(
-                out,
-                "generation {}: added {:?}, removed {:?}",
-                report.generation, report.added, report.removed
-            );
-            if !report.runtime_only.is_empty() {
-                let _ = writeln!(
+    crate::text::append(&mut out, |out| {
+        match reply {
+            Reply::Changed(report) => {
+                writeln!(
                     out,
-                    "removed because they existed only at run time (not in the configuration \
-                     file): {:?}; `fanout-relay ctl save FILE` before a reload keeps such rules",
-                    report.runtime_only
-                );
-            }
-            if !report.unconfirmed.is_empty() {
-                let _ = writeln!(
-                    out,
-                    "not yet confirmed by the workers on cpus {:?} (being resynced)",
-                    report.unconfirmed
-                );
-            }
-        }
-        Reply::Rules {
-            generation,
-            rules,
-            waiting,
-            interfaces,
-        } => {
-            let _ = writeln!(out, "generation {generation}, {} rule(s)", rules.len());
-            for waiting in waiting {
-                let input = &waiting.rule.input;
-                let _ = writeln!(
-                    out,
-                    "{:<24} {}:{}:{} waiting for interface(s) {}",
-                    waiting.rule.name,
-                    input.interface,
-                    input.destination,
-                    input.port,
-                    waiting.missing.join(", ")
-                );
-            }
-            for interface in interfaces.iter().filter(|interface| !interface.up) {
-                let state = if interface.index.is_some() {
-                    "down"
-                } else {
-                    "absent"
-                };
-                let _ = writeln!(out, "interface {} is {state}", interface.name);
-            }
-            for rule in rules {
-                let input = &rule.input;
-                let source = input.source.map(|s| format!("@{s}")).unwrap_or_default();
-                let class = rule
-                    .class
-                    .as_ref()
-                    .map(|class| format!(" class {class}"))
-                    .unwrap_or_default();
-                let _ = writeln!(
-                    out,
-                    "{:<24} {}:{}:{}{source}{class}",
-                    rule.name, input.interface, input.destination, input.port
-                );
-                for output in &rule.outputs {
-                    let _ = writeln!(
+                    "generation {}: added {:?}, removed {:?}",
+                    report.generation, report.added, report.removed
+                )?;
+                if !report.runtime_only.is_empty() {
+                    writeln!(
                         out,
-                        "{:<24}   -> {}:{}:{} ttl {}{}{}",
-                        "",
-                        output.interface,
-                        output.destination,
-                        output.port,
-                        output.ttl,
-                        output
-                            .source
-                            .map(|s| format!(" from {s}"))
-                            .unwrap_or_default(),
-                        output
-                            .dscp
-                            .map(|d| format!(" dscp {d}"))
-                            .unwrap_or_default()
-                    );
+                        "removed because they existed only at run time (not in the configuration \
+                     file): {:?}; `fanout-relay ctl save FILE` before a reload keeps such rules",
+                        report.runtime_only
+                    )?;
+                }
+                if !report.unconfirmed.is_empty() {
+                    writeln!(
+                        out,
+                        "not yet confirmed by the workers on cpus {:?} (being resynced)",
+                        report.unconfirmed
+                    )?;
                 }
             }
+            Reply::Rules {
+                generation,
+                rules,
+                waiting,
+                interfaces,
+            } => {
+                writeln!(out, "generation {generation}, {} rule(s)", rules.len())?;
+                for waiting in waiting {
+                    let input = &waiting.rule.input;
+                    writeln!(
+                        out,
+                        "{:<24} {}:{}:{} waiting for interface(s) {}",
+                        waiting.rule.name,
+                        input.interface,
+                        input.destination,
+                        input.port,
+                        waiting.missing.join(", ")
+                    )?;
+                }
+                for interface in interfaces.iter().filter(|interface| !interface.up) {
+                    let state = if interface.index.is_some() {
+                        "down"
+                    } else {
+                        "absent"
+                    };
+                    writeln!(out, "interface {} is {state}", interface.name)?;
+                }
+                for rule in rules {
+                    let input = &rule.input;
+                    let source = input.source.map(|s| format!("@{s}")).unwrap_or_default();
+                    let class = rule
+                        .class
+                        .as_ref()
+                        .map(|class| format!(" class {class}"))
+                        .unwrap_or_default();
+                    writeln!(
+                        out,
+                        "{:<24} {}:{}:{}{source}{class}",
+                        rule.name, input.interface, input.destination, input.port
+                    )?;
+                    for output in &rule.outputs {
+                        writeln!(
+                            out,
+                            "{:<24}   -> {}:{}:{} ttl {}{}{}",
+                            "",
+                            output.interface,
+                            output.destination,
+                            output.port,
+                            output.ttl,
+                            output
+                                .source
+                                .map(|s| format!(" from {s}"))
+                                .unwrap_or_default(),
+                            output
+                                .dscp
+                                .map(|d| format!(" dscp {d}"))
+                                .unwrap_or_default()
+                        )?;
+                    }
+                }
+            }
+            Reply::Saved { path, rules } => {
+                writeln!(out, "wrote {rules} rule(s) to {path}")?;
+            }
+            Reply::Stats(stats) => out.push_str(&crate::ctl_tables::stats(stats)),
+            Reply::Workers { workers } => out.push_str(&crate::ctl_tables::workers(workers)),
         }
-        Reply::Saved { path, rules } => {
-            let _ = writeln!(out, "wrote {rules} rule(s) to {path}");
-        }
-        Reply::Stats(stats) => out.push_str(&crate::ctl_tables::stats(stats)),
-        Reply::Workers { workers } => out.push_str(&crate::ctl_tables::workers(workers)),
-    }
+        Ok(())
+    });
     out
 }
 
