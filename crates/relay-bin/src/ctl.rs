@@ -1,20 +1,63 @@
 //! `fanout-relay ctl`: the control socket's client, with human tables or JSON.
 
 use crate::cli::{CtlArgs, CtlCommand, WorkersAction};
-use crate::config::{ConfigFile, RUN_DIR};
+use crate::config::{ConfigError, ConfigFile, RUN_DIR};
 use crate::control::proto::{Command, KeyEntry, Reply, Request, Response, VERSION};
 use relay_rules::{Input, Output, Rule};
 use std::fmt::Write as _;
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 
-/// Runs one `ctl` command; `Err` carries the message to print and means exit status 1.
-pub fn run(args: &CtlArgs) -> Result<(), String> {
+/// Why a `ctl` command failed; its text is what `ctl` prints before exiting with status 1.
+#[derive(Debug, thiserror::Error)]
+pub enum CtlError {
+    /// The `--config` file, which names the socket, could not be read.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// No socket given and none in the default directory.
+    #[error(
+        "no relay control socket in {RUN_DIR}: is the relay running? (or give --socket / --config)"
+    )]
+    NoSocket,
+    /// No socket given and several in the default directory.
+    #[error("several relays run here ({}): say which with --socket or --config", list(.0))]
+    SeveralSockets(Vec<PathBuf>),
+    /// The relay could not be reached, or its answer not read.
+    #[error("{socket}: {source}")]
+    Call {
+        /// The control socket.
+        socket: PathBuf,
+        /// The connect, write or read error.
+        source: std::io::Error,
+    },
+    /// The command line could not be made into a request (the text says which argument and
+    /// why), or `top` failed.
+    #[error("{0}")]
+    Command(String),
+    /// The answer could not be printed as JSON.
+    #[error(transparent)]
+    Json(#[from] serde_json::Error),
+    /// The relay refused the request; its reason.
+    #[error("{0}")]
+    Refused(String),
+}
+
+/// The paths, comma separated.
+fn list(paths: &[PathBuf]) -> String {
+    paths
+        .iter()
+        .map(|path| path.display().to_string())
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// Runs one `ctl` command; `Err` says why, and means exit status 1.
+pub fn run(args: &CtlArgs) -> Result<(), CtlError> {
     let socket = socket_path(args)?;
     if let CtlCommand::Top { count } = args.command {
-        return crate::top::run(&socket, args.json, count);
+        return crate::top::run(&socket, args.json, count).map_err(CtlError::Command);
     }
-    let command = command(&args.command)?;
+    let command = command(&args.command).map_err(CtlError::Command)?;
     let response = crate::control::call(
         &socket,
         &Request {
@@ -22,29 +65,29 @@ pub fn run(args: &CtlArgs) -> Result<(), String> {
             command,
         },
     )
-    .map_err(|error| format!("{}: {error}", socket.display()))?;
+    .map_err(|source| CtlError::Call {
+        socket: socket.clone(),
+        source,
+    })?;
     if args.json {
-        println!(
-            "{}",
-            serde_json::to_string_pretty(&response).map_err(|error| error.to_string())?
-        );
+        println!("{}", serde_json::to_string_pretty(&response)?);
     } else if let Some(reply) = &response.result {
         print!("{}", render(reply));
     }
     match response {
         Response { ok: true, .. } => Ok(()),
-        Response { error, .. } => Err(error.unwrap_or_else(|| "refused".into())),
+        Response { error, .. } => Err(CtlError::Refused(error.unwrap_or_else(|| "refused".into()))),
     }
 }
 
 /// The socket to talk to: `--socket`, else the one of `--config`, else the only socket in the
 /// default directory.
-fn socket_path(args: &CtlArgs) -> Result<PathBuf, String> {
+fn socket_path(args: &CtlArgs) -> Result<PathBuf, CtlError> {
     if let Some(path) = &args.socket {
         return Ok(path.clone());
     }
     if let Some(config) = &args.config {
-        let file = ConfigFile::load(config).map_err(|error| error.to_string())?;
+        let file = ConfigFile::load(config)?;
         return Ok(file.relay.control_socket_for(config));
     }
     let sockets: Vec<PathBuf> = std::fs::read_dir(RUN_DIR)
@@ -58,17 +101,8 @@ fn socket_path(args: &CtlArgs) -> Result<PathBuf, String> {
         .unwrap_or_default();
     match sockets.as_slice() {
         [one] => Ok(one.clone()),
-        [] => Err(format!(
-            "no relay control socket in {RUN_DIR}: is the relay running? (or give --socket / --config)"
-        )),
-        _ => Err(format!(
-            "several relays run here ({}): say which with --socket or --config",
-            sockets
-                .iter()
-                .map(|path| path.display().to_string())
-                .collect::<Vec<_>>()
-                .join(", ")
-        )),
+        [] => Err(CtlError::NoSocket),
+        _ => Err(CtlError::SeveralSockets(sockets)),
     }
 }
 
