@@ -1,20 +1,63 @@
 //! `fanout-relay ctl`: the control socket's client, with human tables or JSON.
 
 use crate::cli::{CtlArgs, CtlCommand, WorkersAction};
-use crate::config::{ConfigFile, RUN_DIR};
+use crate::config::{ConfigError, ConfigFile, RUN_DIR};
 use crate::control::proto::{Command, KeyEntry, Reply, Request, Response, VERSION};
 use relay_rules::{Input, Output, Rule};
 use std::fmt::Write as _;
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 
-/// Runs one `ctl` command; `Err` carries the message to print and means exit status 1.
-pub fn run(args: &CtlArgs) -> Result<(), String> {
+/// Why a `ctl` command failed; its text is what `ctl` prints before exiting with status 1.
+#[derive(Debug, thiserror::Error)]
+pub enum CtlError {
+    /// The `--config` file, which names the socket, could not be read.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// No socket given and none in the default directory.
+    #[error(
+        "no relay control socket in {RUN_DIR}: is the relay running? (or give --socket / --config)"
+    )]
+    NoSocket,
+    /// No socket given and several in the default directory.
+    #[error("several relays run here ({}): say which with --socket or --config", list(.0))]
+    SeveralSockets(Vec<PathBuf>),
+    /// The relay could not be reached, or its answer not read.
+    #[error("{socket}: {source}")]
+    Call {
+        /// The control socket.
+        socket: PathBuf,
+        /// The connect, write or read error.
+        source: std::io::Error,
+    },
+    /// The command line could not be made into a request (the text says which argument and
+    /// why), or `top` failed.
+    #[error("{0}")]
+    Command(String),
+    /// The answer could not be printed as JSON.
+    #[error(transparent)]
+    Json(#[from] serde_json::Error),
+    /// The relay refused the request; its reason.
+    #[error("{0}")]
+    Refused(String),
+}
+
+/// The paths, comma separated.
+fn list(paths: &[PathBuf]) -> String {
+    paths
+        .iter()
+        .map(|path| path.display().to_string())
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// Runs one `ctl` command; `Err` says why, and means exit status 1.
+pub fn run(args: &CtlArgs) -> Result<(), CtlError> {
     let socket = socket_path(args)?;
     if let CtlCommand::Top { count } = args.command {
-        return crate::top::run(&socket, args.json, count);
+        return crate::top::run(&socket, args.json, count).map_err(CtlError::Command);
     }
-    let command = command(&args.command)?;
+    let command = command(&args.command).map_err(CtlError::Command)?;
     let response = crate::control::call(
         &socket,
         &Request {
@@ -22,29 +65,29 @@ pub fn run(args: &CtlArgs) -> Result<(), String> {
             command,
         },
     )
-    .map_err(|error| format!("{}: {error}", socket.display()))?;
+    .map_err(|source| CtlError::Call {
+        socket: socket.clone(),
+        source,
+    })?;
     if args.json {
-        println!(
-            "{}",
-            serde_json::to_string_pretty(&response).map_err(|error| error.to_string())?
-        );
+        println!("{}", serde_json::to_string_pretty(&response)?);
     } else if let Some(reply) = &response.result {
         print!("{}", render(reply));
     }
     match response {
         Response { ok: true, .. } => Ok(()),
-        Response { error, .. } => Err(error.unwrap_or_else(|| "refused".into())),
+        Response { error, .. } => Err(CtlError::Refused(error.unwrap_or_else(|| "refused".into()))),
     }
 }
 
 /// The socket to talk to: `--socket`, else the one of `--config`, else the only socket in the
 /// default directory.
-fn socket_path(args: &CtlArgs) -> Result<PathBuf, String> {
+fn socket_path(args: &CtlArgs) -> Result<PathBuf, CtlError> {
     if let Some(path) = &args.socket {
         return Ok(path.clone());
     }
     if let Some(config) = &args.config {
-        let file = ConfigFile::load(config).map_err(|error| error.to_string())?;
+        let file = ConfigFile::load(config)?;
         return Ok(file.relay.control_socket_for(config));
     }
     let sockets: Vec<PathBuf> = std::fs::read_dir(RUN_DIR)
@@ -58,17 +101,8 @@ fn socket_path(args: &CtlArgs) -> Result<PathBuf, String> {
         .unwrap_or_default();
     match sockets.as_slice() {
         [one] => Ok(one.clone()),
-        [] => Err(format!(
-            "no relay control socket in {RUN_DIR}: is the relay running? (or give --socket / --config)"
-        )),
-        _ => Err(format!(
-            "several relays run here ({}): say which with --socket or --config",
-            sockets
-                .iter()
-                .map(|path| path.display().to_string())
-                .collect::<Vec<_>>()
-                .join(", ")
-        )),
+        [] => Err(CtlError::NoSocket),
+        _ => Err(CtlError::SeveralSockets(sockets)),
     }
 }
 
@@ -221,96 +255,99 @@ fn parse_addr(text: &str, what: &str) -> Result<Ipv4Addr, String> {
 /// The human form of a reply.
 pub fn render(reply: &Reply) -> String {
     let mut out = String::new();
-    match reply {
-        Reply::Changed(report) => {
-            let _ = writeln!(
-                out,
-                "generation {}: added {:?}, removed {:?}",
-                report.generation, report.added, report.removed
-            );
-            if !report.runtime_only.is_empty() {
-                let _ = writeln!(
+    crate::text::append(&mut out, |out| {
+        match reply {
+            Reply::Changed(report) => {
+                writeln!(
                     out,
-                    "removed because they existed only at run time (not in the configuration \
-                     file): {:?}; `fanout-relay ctl save FILE` before a reload keeps such rules",
-                    report.runtime_only
-                );
-            }
-            if !report.unconfirmed.is_empty() {
-                let _ = writeln!(
-                    out,
-                    "not yet confirmed by the workers on cpus {:?} (being resynced)",
-                    report.unconfirmed
-                );
-            }
-        }
-        Reply::Rules {
-            generation,
-            rules,
-            waiting,
-            interfaces,
-        } => {
-            let _ = writeln!(out, "generation {generation}, {} rule(s)", rules.len());
-            for waiting in waiting {
-                let input = &waiting.rule.input;
-                let _ = writeln!(
-                    out,
-                    "{:<24} {}:{}:{} waiting for interface(s) {}",
-                    waiting.rule.name,
-                    input.interface,
-                    input.destination,
-                    input.port,
-                    waiting.missing.join(", ")
-                );
-            }
-            for interface in interfaces.iter().filter(|interface| !interface.up) {
-                let state = if interface.index.is_some() {
-                    "down"
-                } else {
-                    "absent"
-                };
-                let _ = writeln!(out, "interface {} is {state}", interface.name);
-            }
-            for rule in rules {
-                let input = &rule.input;
-                let source = input.source.map(|s| format!("@{s}")).unwrap_or_default();
-                let class = rule
-                    .class
-                    .as_ref()
-                    .map(|class| format!(" class {class}"))
-                    .unwrap_or_default();
-                let _ = writeln!(
-                    out,
-                    "{:<24} {}:{}:{}{source}{class}",
-                    rule.name, input.interface, input.destination, input.port
-                );
-                for output in &rule.outputs {
-                    let _ = writeln!(
+                    "generation {}: added {:?}, removed {:?}",
+                    report.generation, report.added, report.removed
+                )?;
+                if !report.runtime_only.is_empty() {
+                    writeln!(
                         out,
-                        "{:<24}   -> {}:{}:{} ttl {}{}{}",
-                        "",
-                        output.interface,
-                        output.destination,
-                        output.port,
-                        output.ttl,
-                        output
-                            .source
-                            .map(|s| format!(" from {s}"))
-                            .unwrap_or_default(),
-                        output
-                            .dscp
-                            .map(|d| format!(" dscp {d}"))
-                            .unwrap_or_default()
-                    );
+                        "removed because they existed only at run time (not in the configuration \
+                     file): {:?}; `fanout-relay ctl save FILE` before a reload keeps such rules",
+                        report.runtime_only
+                    )?;
+                }
+                if !report.unconfirmed.is_empty() {
+                    writeln!(
+                        out,
+                        "not yet confirmed by the workers on cpus {:?} (being resynced)",
+                        report.unconfirmed
+                    )?;
                 }
             }
+            Reply::Rules {
+                generation,
+                rules,
+                waiting,
+                interfaces,
+            } => {
+                writeln!(out, "generation {generation}, {} rule(s)", rules.len())?;
+                for waiting in waiting {
+                    let input = &waiting.rule.input;
+                    writeln!(
+                        out,
+                        "{:<24} {}:{}:{} waiting for interface(s) {}",
+                        waiting.rule.name,
+                        input.interface,
+                        input.destination,
+                        input.port,
+                        waiting.missing.join(", ")
+                    )?;
+                }
+                for interface in interfaces.iter().filter(|interface| !interface.up) {
+                    let state = if interface.index.is_some() {
+                        "down"
+                    } else {
+                        "absent"
+                    };
+                    writeln!(out, "interface {} is {state}", interface.name)?;
+                }
+                for rule in rules {
+                    let input = &rule.input;
+                    let source = input.source.map(|s| format!("@{s}")).unwrap_or_default();
+                    let class = rule
+                        .class
+                        .as_ref()
+                        .map(|class| format!(" class {class}"))
+                        .unwrap_or_default();
+                    writeln!(
+                        out,
+                        "{:<24} {}:{}:{}{source}{class}",
+                        rule.name, input.interface, input.destination, input.port
+                    )?;
+                    for output in &rule.outputs {
+                        writeln!(
+                            out,
+                            "{:<24}   -> {}:{}:{} ttl {}{}{}",
+                            "",
+                            output.interface,
+                            output.destination,
+                            output.port,
+                            output.ttl,
+                            output
+                                .source
+                                .map(|s| format!(" from {s}"))
+                                .unwrap_or_default(),
+                            output
+                                .dscp
+                                .map(|d| format!(" dscp {d}"))
+                                .unwrap_or_default()
+                        )?;
+                    }
+                }
+            }
+            Reply::Saved { path, rules } => {
+                writeln!(out, "wrote {rules} rule(s) to {path}")?;
+            }
+            Reply::Stats(stats) => out.push_str(&crate::ctl_tables::stats(stats)),
+            Reply::Workers { workers } => out.push_str(&crate::ctl_tables::workers(workers)),
         }
-        Reply::Saved { path, rules } => {
-            let _ = writeln!(out, "wrote {rules} rule(s) to {path}");
-        }
-        Reply::Stats(stats) => out.push_str(&crate::ctl_tables::stats(stats)),
-        Reply::Workers { workers } => out.push_str(&crate::ctl_tables::workers(workers)),
-    }
+        Ok(())
+    });
     out
 }
 

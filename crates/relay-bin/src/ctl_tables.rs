@@ -6,67 +6,70 @@ use std::fmt::Write as _;
 /// Per-rule and per-worker counters with rates, and how evenly the workers share the load.
 pub fn stats(stats: &StatsReport) -> String {
     let mut out = String::new();
-    let _ = writeln!(
-        out,
-        "{:<24} {:>12} {:>14} {:>10} {:>12}",
-        "rule", "packets", "bytes", "pps", "bit/s"
-    );
-    for (name, rule) in &stats.rules {
-        let _ = writeln!(
+    crate::text::append(&mut out, |out| {
+        writeln!(
             out,
-            "{:<24} {:>12} {:>14} {:>10.0} {:>12}",
-            name,
-            rule.packets,
-            rule.bytes,
-            rule.rates.packets_per_second,
-            si(rule.rates.bits_per_second)
-        );
-    }
-    let _ = writeln!(
-        out,
-        "\n{:>4} {:>12} {:>12} {:>9} {:>9} {:>8} {:>9} {:>10} {:>6}",
-        "cpu",
-        "received",
-        "forwarded",
-        "no_rule",
-        "malformed",
-        "tx_full",
-        "drops",
-        "rx pps",
-        "share"
-    );
-    for worker in &stats.workers {
-        let counters = &worker.counters;
-        let _ = writeln!(
+            "{:<24} {:>12} {:>14} {:>10} {:>12}",
+            "rule", "packets", "bytes", "pps", "bit/s"
+        )?;
+        for (name, rule) in &stats.rules {
+            writeln!(
+                out,
+                "{:<24} {:>12} {:>14} {:>10.0} {:>12}",
+                name,
+                rule.packets,
+                rule.bytes,
+                rule.rates.packets_per_second,
+                si(rule.rates.bits_per_second)
+            )?;
+        }
+        writeln!(
             out,
-            "{:>4} {:>12} {:>12} {:>9} {:>9} {:>8} {:>9} {:>10.0} {:>5.1}%",
-            worker.cpu,
-            counters.received,
-            counters.forwarded,
-            counters.no_rule,
-            counters.malformed_total(),
-            counters.tx_full,
-            counters.kernel_drops,
-            worker.rates.packets_per_second,
-            worker.share * 100.0
-        );
-    }
-    errors(&mut out, stats);
-    let shares: Vec<f64> = stats.workers.iter().map(|worker| worker.share).collect();
-    if let Some(imbalance) = imbalance(&shares) {
-        let _ = writeln!(
-            out,
-            "imbalance (max share / mean share) over the last {:.1} s: {imbalance:.2}",
-            stats.interval_seconds
-        );
-    }
+            "\n{:>4} {:>12} {:>12} {:>9} {:>9} {:>8} {:>9} {:>10} {:>6}",
+            "cpu",
+            "received",
+            "forwarded",
+            "no_rule",
+            "malformed",
+            "tx_full",
+            "drops",
+            "rx pps",
+            "share"
+        )?;
+        for worker in &stats.workers {
+            let counters = &worker.counters;
+            writeln!(
+                out,
+                "{:>4} {:>12} {:>12} {:>9} {:>9} {:>8} {:>9} {:>10.0} {:>5.1}%",
+                worker.cpu,
+                counters.received,
+                counters.forwarded,
+                counters.no_rule,
+                counters.malformed_total(),
+                counters.tx_full,
+                counters.kernel_drops,
+                worker.rates.packets_per_second,
+                worker.share * 100.0
+            )?;
+        }
+        errors(out, stats)?;
+        let shares: Vec<f64> = stats.workers.iter().map(|worker| worker.share).collect();
+        if let Some(imbalance) = imbalance(&shares) {
+            writeln!(
+                out,
+                "imbalance (max share / mean share) over the last {:.1} s: {imbalance:.2}",
+                stats.interval_seconds
+            )?;
+        }
+        Ok(())
+    });
     out
 }
 
 /// The errors the workers' rings and sockets reported, summed over the workers, when there are
 /// any: `input` for a receive ring's socket (`ENETDOWN` each time the input went down),
 /// `output` for a failed transmit kick or a refused datagram.
-fn errors(out: &mut String, stats: &StatsReport) {
+fn errors(out: &mut String, stats: &StatsReport) -> std::fmt::Result {
     let mut total = crate::counters::WorkerCounters::default();
     for worker in &stats.workers {
         total.absorb(&worker.counters);
@@ -75,16 +78,17 @@ fn errors(out: &mut String, stats: &StatsReport) {
     let outputs = crate::counters::errors(&total.output_errors).map(|row| ("output", row));
     let mut rows = inputs.chain(outputs).peekable();
     if rows.peek().is_none() {
-        return;
+        return Ok(());
     }
-    let _ = writeln!(
+    writeln!(
         out,
         "\n{:<6} {:<16} {:<14} {:>10}",
         "side", "interface", "error", "count"
-    );
+    )?;
     for (side, (interface, errno, count)) in rows {
-        let _ = writeln!(out, "{side:<6} {interface:<16} {errno:<14} {count:>10}");
+        writeln!(out, "{side:<6} {interface:<16} {errno:<14} {count:>10}")?;
     }
+    Ok(())
 }
 
 /// `unresponsive=1,exited=2`: the restarts of a worker by reason; `-` when it never restarted.
@@ -103,53 +107,56 @@ fn restarted_for(worker: &WorkerReport) -> String {
 /// The worker slots; with a class column when any worker belongs to a `[[class]]`.
 pub fn workers(workers: &[WorkerReport]) -> String {
     let mut out = String::new();
-    let classes = workers.iter().any(|worker| worker.class.is_some());
-    let class_of = |worker: &WorkerReport| {
-        if classes {
-            format!(" {}", worker.class.as_deref().unwrap_or("default"))
-        } else {
-            String::new()
-        }
-    };
-    let _ = writeln!(
-        out,
-        "{:>4} {:>8} {:<10} {:>8} {:>10} {:>6} {:>12} {:>12} {:>8} {:>9} {:<8} {:<24}{}",
-        "cpu",
-        "pid",
-        "state",
-        "restarts",
-        "generation",
-        "drift",
-        "received",
-        "forwarded",
-        "down_ms",
-        "unserved",
-        "members",
-        "restarted_for",
-        if classes { " class" } else { "" }
-    );
-    for worker in workers {
-        let members: Vec<String> = worker.members.iter().map(ToString::to_string).collect();
-        let _ = writeln!(
+    crate::text::append(&mut out, |out| {
+        let classes = workers.iter().any(|worker| worker.class.is_some());
+        let class_of = |worker: &WorkerReport| {
+            if classes {
+                format!(" {}", worker.class.as_deref().unwrap_or("default"))
+            } else {
+                String::new()
+            }
+        };
+        writeln!(
             out,
             "{:>4} {:>8} {:<10} {:>8} {:>10} {:>6} {:>12} {:>12} {:>8} {:>9} {:<8} {:<24}{}",
-            worker.cpu,
-            worker
-                .pid
-                .map_or_else(|| "-".to_owned(), |pid| pid.to_string()),
-            worker.state,
-            worker.restarts,
-            worker.generation,
-            worker.drift_repairs,
-            worker.received,
-            worker.forwarded,
-            worker.down_ms,
-            worker.unserved_rules,
-            members.join(","),
-            restarted_for(worker),
-            class_of(worker)
-        );
-    }
+            "cpu",
+            "pid",
+            "state",
+            "restarts",
+            "generation",
+            "drift",
+            "received",
+            "forwarded",
+            "down_ms",
+            "unserved",
+            "members",
+            "restarted_for",
+            if classes { " class" } else { "" }
+        )?;
+        for worker in workers {
+            let members: Vec<String> = worker.members.iter().map(ToString::to_string).collect();
+            writeln!(
+                out,
+                "{:>4} {:>8} {:<10} {:>8} {:>10} {:>6} {:>12} {:>12} {:>8} {:>9} {:<8} {:<24}{}",
+                worker.cpu,
+                worker
+                    .pid
+                    .map_or_else(|| "-".to_owned(), |pid| pid.to_string()),
+                worker.state,
+                worker.restarts,
+                worker.generation,
+                worker.drift_repairs,
+                worker.received,
+                worker.forwarded,
+                worker.down_ms,
+                worker.unserved_rules,
+                members.join(","),
+                restarted_for(worker),
+                class_of(worker)
+            )?;
+        }
+        Ok(())
+    });
     out
 }
 

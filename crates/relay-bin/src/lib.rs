@@ -21,5 +21,6 @@ pub mod ratelimit;
 pub mod rings;
 pub mod steering;
 pub mod supervisor;
+mod text;
 pub mod top;
 pub mod worker;

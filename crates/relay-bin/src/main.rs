@@ -15,7 +15,8 @@ fn main() -> ExitCode {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
     let cli = Cli::parse();
     let result = match cli.command {
-        Command::Ctl(args) => relay_bin::ctl::run(&args),
+        // The command line is where an error becomes the text printed before exit status 1.
+        Command::Ctl(args) => relay_bin::ctl::run(&args).map_err(|error| error.to_string()),
         Command::CheckSteering(args) => relay_bin::steering::run(&args),
         Command::CheckConfig { file } => Plan::load(&file, &Overrides::default(), false)
             .map(|plan| {

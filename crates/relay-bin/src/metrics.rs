@@ -102,18 +102,28 @@ impl Drop for MetricsServer {
                 SocketAddr::V6(_) => std::net::Ipv6Addr::LOCALHOST.into(),
             });
         }
+        // Only the wake-up matters, not the connection: if it fails, the thread still sees the
+        // flag at its next connection.
         let _ = TcpStream::connect_timeout(&wake, Duration::from_millis(200));
     }
 }
 
 fn serve(mut stream: TcpStream, requests: &Sender<Pending>) {
-    let _ = stream.set_write_timeout(Some(IO_TIMEOUT));
+    if let Err(error) = stream.set_write_timeout(Some(IO_TIMEOUT)) {
+        // Without it a scraper that stops reading could hold this thread: do not answer.
+        log::debug!("metrics: cannot set a write timeout, closing the connection: {error}");
+        return;
+    }
     let answer = match read_head(&mut stream, Instant::now() + IO_TIMEOUT) {
         Ok(head) => respond(&head, || fetch(requests).map(|s| exposition::render(&s))),
         Err(HeadError::TooLarge) => plain(431, "Request Header Fields Too Large", "", true),
         Err(HeadError::Closed) => return,
     };
-    let _ = stream.write_all(&answer);
+    // A scraper that went away or timed out misses this answer and asks again: nothing to do.
+    if let Err(error) = stream.write_all(&answer) {
+        log::debug!("metrics: the answer was not delivered: {error}");
+    }
+    // The stream is dropped (and closed) next anyway; shutting it down only ends it sooner.
     let _ = stream.shutdown(Shutdown::Both);
 }
 
@@ -365,7 +375,7 @@ mod tests {
                         interfaces: vec![],
                     },
                 };
-                let _ = pending.reply.send(Response::ok(reply));
+                crate::control::respond(&pending.reply, Response::ok(reply));
             }
         });
         let mut stream = TcpStream::connect(server.local_addr()).expect("connects");

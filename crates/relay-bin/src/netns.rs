@@ -250,6 +250,7 @@ fn destroy(name: &str) {
     if let Ok(out) = Command::new("ip").args(["netns", "pids", name]).output() {
         for pid in String::from_utf8_lossy(&out.stdout).split_whitespace() {
             if let Ok(pid) = pid.parse::<i32>() {
+                // One already gone is what is wanted; `netns del` below reports what is left.
                 let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
             }
         }

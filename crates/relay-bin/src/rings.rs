@@ -6,13 +6,57 @@ use fanout_core::handoff::RingHandle;
 use fanout_core::iface::InterfaceInfo;
 use fanout_core::ring::{Geometry, RetireTimeout};
 use fanout_core::{
-    BpfProgram, FanoutConfig, FanoutFlags, FanoutGroupId, FanoutMode, RingVersion, RxRingBuilder,
-    TxRingBuilder,
+    BpfError, BpfProgram, FanoutConfig, FanoutFlags, FanoutGroupId, FanoutMode, RingError,
+    RingVersion, RxRingBuilder, TxRingBuilder,
 };
 use relay_rules::bpf::KeySense;
 use relay_rules::shard::ShardSet;
 use relay_rules::{InterfaceFacts, Interfaces, Limits, Rule, RuleSet, RuleTable};
 use std::net::Ipv4Addr;
+
+/// Why a class's key filter could not be made (its rings then take every UDP frame).
+#[derive(Debug, thiserror::Error)]
+pub enum KeyFilterError {
+    /// relay-rules refused the keys (too many for one program).
+    #[error(transparent)]
+    Keys(#[from] relay_rules::bpf::KeyFilterError),
+    /// The kernel's form of the program was refused.
+    #[error("the filter of {count} keys: {source}")]
+    Kernel {
+        /// How many keys the filter has.
+        count: usize,
+        /// Why the program is not a valid kernel program.
+        source: BpfError,
+    },
+}
+
+/// Why receive rings could not be opened and joined to a fanout group.
+#[derive(Debug, thiserror::Error)]
+pub enum FanoutMembersError {
+    /// Members were asked for in an existing `steer` group.
+    #[error("a steer group's members are fixed: each is a shard of the rules")]
+    SteerFixed,
+    /// One member's ring could not be built or joined.
+    #[error("member {member}: {source}")]
+    Ring {
+        /// The member's index among those opened by this call.
+        member: usize,
+        /// The ring's error, with its syscall and errno.
+        source: RingError,
+    },
+    /// A ring was built but reports no fanout group.
+    #[error("member {member}: joined no fanout group")]
+    NoGroup {
+        /// The member's index among those opened by this call.
+        member: usize,
+    },
+    /// No member was asked for, so no group exists.
+    #[error("no member joined a fanout group on {interface}")]
+    Empty {
+        /// The interface.
+        interface: String,
+    },
+}
 
 /// The facts of interface `name` as the rules need them, or `None` when it does not exist.
 pub fn interface_facts(name: &str) -> Option<InterfaceFacts> {
@@ -60,12 +104,15 @@ pub fn udp_prefilter() -> BpfProgram {
 
 /// The relay-rules key filter in the kernel's form: the IPv4 UDP frames of `keys` only
 /// ([`KeySense::Listed`]), or every frame the pre-filter takes but those ([`KeySense::Unlisted`]).
-pub fn key_filter(keys: Vec<(Ipv4Addr, u16)>, sense: KeySense) -> Result<BpfProgram, String> {
+pub fn key_filter(
+    keys: Vec<(Ipv4Addr, u16)>,
+    sense: KeySense,
+) -> Result<BpfProgram, KeyFilterError> {
     let count = keys.len();
-    let program = relay_rules::bpf::key_filter(keys, sense).map_err(|error| error.to_string())?;
+    let program = relay_rules::bpf::key_filter(keys, sense)?;
     program
         .to_kernel()
-        .map_err(|error| format!("the filter of {count} keys: {error}"))
+        .map_err(|source| KeyFilterError::Kernel { count, source })
 }
 
 /// The receive ring geometry of the configuration.
@@ -128,7 +175,7 @@ pub fn open_fanout_members(
     fanout: FanoutSetting,
     ring: &RingSection,
     filter: &BpfProgram,
-) -> Result<FanoutMembers, String> {
+) -> Result<FanoutMembers, FanoutMembersError> {
     let (mode, flags) = match fanout {
         FanoutSetting::Cpu => (FanoutMode::Cpu, FanoutFlags::ROLLOVER),
         FanoutSetting::Hash => (FanoutMode::Hash, FanoutFlags::ROLLOVER),
@@ -140,7 +187,7 @@ pub fn open_fanout_members(
         FanoutSetting::Steer => (FanoutMode::Cbpf, FanoutFlags::NONE),
     };
     if fanout == FanoutSetting::Steer && group.is_some() {
-        return Err("a steer group's members are fixed: each is a shard of the rules".into());
+        return Err(FanoutMembersError::SteerFixed);
     }
     let version = match ring.version {
         RingVersionSetting::V3 => RingVersion::V3,
@@ -170,16 +217,16 @@ pub fn open_fanout_members(
             .populate(false)
             .fanout(config)
             .build()
-            .map_err(|error| format!("member {member}: {error}"))?;
+            .map_err(|source| FanoutMembersError::Ring { member, source })?;
         if group.is_none() {
-            let joined = rx
-                .fanout()
-                .ok_or_else(|| format!("member {member}: joined no fanout group"))?;
+            let joined = rx.fanout().ok_or(FanoutMembersError::NoGroup { member })?;
             group = Some(joined.group);
         }
         handles.push(rx.into_handle());
     }
-    let group = group.ok_or_else(|| format!("no member joined a fanout group on {interface}"))?;
+    let group = group.ok_or_else(|| FanoutMembersError::Empty {
+        interface: interface.to_owned(),
+    })?;
     Ok(FanoutMembers {
         group,
         rings: handles,

@@ -56,86 +56,89 @@ pub fn render(
     verdict: &Verdict,
 ) -> String {
     let mut out = String::new();
-    let _ = writeln!(out, "interface {}", report.interface);
-    let channels = match &report.channels {
-        Some(c) => format!(
-            "channels rx {} tx {} combined {} other {} (max: rx {} tx {} combined {})",
-            c.rx, c.tx, c.combined, c.other, c.max_rx, c.max_tx, c.max_combined
-        ),
-        None => "the driver reports no channels".into(),
-    };
-    let _ = writeln!(
-        out,
-        "  RX queues   {} (TX {}); {channels}",
-        report.queues.rx, report.queues.tx
-    );
-    let rss = match &report.rss {
-        RssIndirection::Table(table) => {
-            format!("{} entries over queues {}", table.len(), queues_in(table))
-        }
-        RssIndirection::NotExposed { errno } => format!("not exposed by the driver ({errno})"),
-    };
-    let _ = writeln!(out, "  RSS table   {rss}");
-    for queue in &report.rx_queues {
-        let rps = if queue.rps_cpus.is_empty() {
-            "off".to_owned()
-        } else {
-            format!(
-                "cpus {} (mask {})",
-                queue.rps_cpus,
-                queue.rps_cpus.to_mask()
-            )
+    crate::text::append(&mut out, |out| {
+        writeln!(out, "interface {}", report.interface)?;
+        let channels = match &report.channels {
+            Some(c) => format!(
+                "channels rx {} tx {} combined {} other {} (max: rx {} tx {} combined {})",
+                c.rx, c.tx, c.combined, c.other, c.max_rx, c.max_tx, c.max_combined
+            ),
+            None => "the driver reports no channels".into(),
         };
-        let _ = writeln!(
+        writeln!(
             out,
-            "  RPS rx-{:<4} {rps}, flow table {}",
-            queue.index, queue.rps_flow_cnt
-        );
-    }
-    let rfs = match report.rps_sock_flow_entries {
-        Some(entries) => format!("{entries} socket flow entries"),
-        None => "socket flow table not visible here (only in the initial namespace)".into(),
-    };
-    let _ = writeln!(out, "  RFS         {rfs}");
-    if report.irqs.is_empty() {
-        let _ = writeln!(
+            "  RX queues   {} (TX {}); {channels}",
+            report.queues.rx, report.queues.tx
+        )?;
+        let rss = match &report.rss {
+            RssIndirection::Table(table) => {
+                format!("{} entries over queues {}", table.len(), queues_in(table))
+            }
+            RssIndirection::NotExposed { errno } => format!("not exposed by the driver ({errno})"),
+        };
+        writeln!(out, "  RSS table   {rss}")?;
+        for queue in &report.rx_queues {
+            let rps = if queue.rps_cpus.is_empty() {
+                "off".to_owned()
+            } else {
+                format!(
+                    "cpus {} (mask {})",
+                    queue.rps_cpus,
+                    queue.rps_cpus.to_mask()
+                )
+            };
+            writeln!(
+                out,
+                "  RPS rx-{:<4} {rps}, flow table {}",
+                queue.index, queue.rps_flow_cnt
+            )?;
+        }
+        let rfs = match report.rps_sock_flow_entries {
+            Some(entries) => format!("{entries} socket flow entries"),
+            None => "socket flow table not visible here (only in the initial namespace)".into(),
+        };
+        writeln!(out, "  RFS         {rfs}")?;
+        if report.irqs.is_empty() {
+            writeln!(
+                out,
+                "  IRQs        none (a virtual device: packets are processed on the CPU that sends them)"
+            )?;
+        }
+        for irq in &report.irqs {
+            writeln!(
+                out,
+                "  IRQ {:<7} {}: cpus {} (allowed {}), {} interrupts",
+                irq.number,
+                irq.description
+                    .split_whitespace()
+                    .collect::<Vec<_>>()
+                    .join(" "),
+                cpus_or_unknown(irq.effective_affinity.as_ref()),
+                cpus_or_unknown(irq.affinity.as_ref()),
+                irq.counts.iter().sum::<u64>()
+            )?;
+        }
+        let worker_cpus: CpuSet = workers.iter().map(|&cpu| cpu as usize).collect();
+        writeln!(
             out,
-            "  IRQs        none (a virtual device: packets are processed on the CPU that sends them)"
-        );
-    }
-    for irq in &report.irqs {
-        let _ = writeln!(
-            out,
-            "  IRQ {:<7} {}: cpus {} (allowed {}), {} interrupts",
-            irq.number,
-            irq.description
-                .split_whitespace()
-                .collect::<Vec<_>>()
-                .join(" "),
-            cpus_or_unknown(irq.effective_affinity.as_ref()),
-            cpus_or_unknown(irq.affinity.as_ref()),
-            irq.counts.iter().sum::<u64>()
-        );
-    }
-    let worker_cpus: CpuSet = workers.iter().map(|&cpu| cpu as usize).collect();
-    let _ = writeln!(
-        out,
-        "  workers     {} on cpus {worker_cpus}, fanout {}",
-        workers.len(),
-        fanout_name(fanout)
-    );
-    let level = match verdict.level {
-        Level::Good => "GOOD",
-        Level::Warning => "WARNING",
-        Level::Bad => "BAD",
-    };
-    let _ = writeln!(out, "\nverdict: {level}: {}", verdict.summary);
-    for advice in &verdict.advice {
-        let _ = writeln!(out, "  advice: {advice}");
-    }
-    for note in &verdict.notes {
-        let _ = writeln!(out, "  note: {note}");
-    }
+            "  workers     {} on cpus {worker_cpus}, fanout {}",
+            workers.len(),
+            fanout_name(fanout)
+        )?;
+        let level = match verdict.level {
+            Level::Good => "GOOD",
+            Level::Warning => "WARNING",
+            Level::Bad => "BAD",
+        };
+        writeln!(out, "\nverdict: {level}: {}", verdict.summary)?;
+        for advice in &verdict.advice {
+            writeln!(out, "  advice: {advice}")?;
+        }
+        for note in &verdict.notes {
+            writeln!(out, "  note: {note}")?;
+        }
+        Ok(())
+    });
     out
 }
 

@@ -35,8 +35,11 @@ impl Drop for Seat {
 /// thread, so the write must not wait: a fresh socket's buffer takes one short line.
 pub(super) fn turn_away(mut stream: UnixStream, max: usize) {
     log::warn!("control: refused a connection: {max} connections are open already");
-    let _ = stream.set_nonblocking(true);
-    let _ = answer(
+    if let Err(error) = stream.set_nonblocking(true) {
+        // Still answer: a fresh socket's buffer takes the line without waiting.
+        log::debug!("control: cannot make a refused connection non-blocking: {error}");
+    }
+    last_answer(
         &mut stream,
         &Response::refused(format!(
             "too many control connections ({max} are open): close one or try again later"
@@ -97,7 +100,7 @@ pub(super) fn serve(stream: UnixStream, owner: u32, requests: &Sender<Pending>, 
             |creds| format!("uid {}", creds.uid()),
         );
         log::warn!("control: refused a connection from {who}");
-        let _ = answer(
+        last_answer(
             &mut writer,
             &Response::refused(format!(
                 "permission denied: only root or uid {owner} may control this relay"
@@ -123,7 +126,7 @@ pub(super) fn serve(stream: UnixStream, owner: u32, requests: &Sender<Pending>, 
             Ok(0) => return,
             Ok(_) => {}
             Err(error) if timed_out(&error) => {
-                let _ = answer(
+                last_answer(
                     &mut writer,
                     &Response::refused(format!(
                         "closing the connection: nothing received for {} s",
@@ -153,6 +156,14 @@ pub(super) fn serve(stream: UnixStream, owner: u32, requests: &Sender<Pending>, 
         if answer(&mut writer, &response).is_err() {
             return;
         }
+    }
+}
+
+/// Sends the answer the connection closes with. A client that already went cannot be told; that
+/// is no fault of the relay's, so it is only logged at debug level.
+fn last_answer(writer: &mut UnixStream, response: &Response) {
+    if let Err(error) = answer(writer, response) {
+        log::debug!("control: the closing answer was not delivered: {error}");
     }
 }
 

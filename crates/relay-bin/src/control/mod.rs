@@ -63,6 +63,14 @@ pub struct Pending {
     pub reply: Sender<Response>,
 }
 
+/// Sends `response` to the connection waiting for it. A connection that has gone (its client
+/// closed it or was idle too long) has no one left to tell: that is logged, not an error.
+pub fn respond(reply: &Sender<Response>, response: Response) {
+    if reply.send(response).is_err() {
+        log::debug!("control: the client left before its answer was ready");
+    }
+}
+
 /// Why the control socket could not be opened.
 #[derive(Debug, thiserror::Error)]
 #[error("control socket {path}: {what}: {source}")]
@@ -131,12 +139,17 @@ impl ControlServer {
                         continue;
                     };
                     let requests = requests.clone();
-                    let _ = std::thread::Builder::new()
+                    let spawned = std::thread::Builder::new()
                         .name("control-conn".into())
                         .spawn(move || {
                             serve(stream, owner, &requests, limits.idle_timeout);
                             drop(seat);
                         });
+                    // The closure, with the connection and its seat, is dropped: the client
+                    // sees the connection close.
+                    if let Err(error) = spawned {
+                        log::warn!("control: cannot start a connection's thread: {error}");
+                    }
                 }
             })
             .map_err(|error| fail("starting its thread", error))?;
@@ -153,7 +166,14 @@ impl ControlServer {
 
 impl Drop for ControlServer {
     fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.path);
+        if let Err(error) = std::fs::remove_file(&self.path)
+            && error.kind() != io::ErrorKind::NotFound
+        {
+            log::warn!(
+                "control socket {}: cannot remove it: {error}",
+                self.path.display()
+            );
+        }
     }
 }
 
@@ -199,9 +219,10 @@ mod tests {
         assert_eq!(mode & 0o777, 0o600);
         std::thread::spawn(move || {
             for pending in rx {
-                let _ = pending
-                    .reply
-                    .send(Response::ok(Reply::Workers { workers: vec![] }));
+                respond(
+                    &pending.reply,
+                    Response::ok(Reply::Workers { workers: vec![] }),
+                );
             }
         });
         let mut stream = UnixStream::connect(&path).expect("connects");
@@ -240,9 +261,10 @@ mod tests {
             .expect("socket created");
         std::thread::spawn(move || {
             for pending in rx {
-                let _ = pending
-                    .reply
-                    .send(Response::ok(Reply::Workers { workers: vec![] }));
+                respond(
+                    &pending.reply,
+                    Response::ok(Reply::Workers { workers: vec![] }),
+                );
             }
         });
         (dir, server)

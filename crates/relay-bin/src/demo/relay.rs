@@ -115,6 +115,8 @@ impl Relay {
                     let mut shared = lock(&reader);
                     shared.ready |= text.contains(READY_LINE);
                     if !shared.parser.feed(text) {
+                        // Echoing the relay's log is a courtesy: with no stderr to write to,
+                        // there is no one to show it to either.
                         let _ = writeln!(std::io::stderr(), "  relay | {text}");
                     }
                     drop(shared);
@@ -172,6 +174,8 @@ impl Relay {
             Some(status) => status,
             None => {
                 if let Ok(pid) = i32::try_from(self.child.id()) {
+                    // A relay that exited meanwhile is what is wanted; one that ignores the
+                    // signal is killed after STOP_GRACE below.
                     let _ = kill(Pid::from_raw(pid), Signal::SIGTERM);
                 }
                 let deadline = Instant::now() + STOP_GRACE;
@@ -181,6 +185,7 @@ impl Relay {
                     }
                     if Instant::now() >= deadline {
                         killed = true;
+                        // Fails only for a child that exited already, which `wait` collects.
                         let _ = self.child.kill();
                         break self.child.wait().map_err(RelayError::Wait)?;
                     }
@@ -204,6 +209,8 @@ impl Relay {
 impl Drop for Relay {
     fn drop(&mut self) {
         if matches!(self.child.try_wait(), Ok(None)) {
+            // Dropping while unwinding or on an error path: the child is reaped if it can be,
+            // and the error being reported matters more than one from here.
             let _ = self.child.kill();
             let _ = self.child.wait();
         }

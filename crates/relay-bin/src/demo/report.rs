@@ -19,23 +19,26 @@ pub(super) fn picture(world: &World) -> String {
         format!("{RELAY_IN_IF} {RELAY_IN_ADDR}/24"),
         world.relay.name()
     );
-    for (spec, ns) in RECEIVERS.iter().zip(&world.receivers) {
-        let _ = writeln!(
+    crate::text::append(&mut text, |text| {
+        for (spec, ns) in RECEIVERS.iter().zip(&world.receivers) {
+            writeln!(
+                text,
+                "  {:<6} {:<24} {:<22} <-> {:<22} relay",
+                spec.name,
+                ns.name(),
+                format!("{} {}/24", spec.name, spec.addr),
+                format!("{} {}/24", spec.relay_if, spec.relay_addr),
+            )?;
+        }
+        writeln!(
             text,
-            "  {:<6} {:<24} {:<22} <-> {:<22} relay",
-            spec.name,
-            ns.name(),
-            format!("{} {}/24", spec.name, spec.addr),
-            format!("{} {}/24", spec.relay_if, spec.relay_addr),
-        );
-    }
-    let _ = writeln!(
-        text,
-        "\nThe relay's namespace has no route back to {SENDER_ADDR} and filters reverse paths\n\
+            "\nThe relay's namespace has no route back to {SENDER_ADDR} and filters reverse paths\n\
          (rp_filter=1), so its kernel drops the sender's packets before any socket sees them;\n\
          fanout-relay takes them off the wire (AF_PACKET) before that, and re-sends them from\n\
          its own addresses."
-    );
+        )?;
+        Ok(())
+    });
     text
 }
 
@@ -55,14 +58,17 @@ pub(super) fn rules() -> String {
         )
     };
     let mut text = String::new();
-    for stream in &STREAMS {
-        let _ = writeln!(text, "{}", line(stream));
-    }
-    let _ = write!(
-        text,
-        "{}  (only to learn that the relay is up)",
-        line(&PROBE)
-    );
+    crate::text::append(&mut text, |text| {
+        for stream in &STREAMS {
+            writeln!(text, "{}", line(stream))?;
+        }
+        write!(
+            text,
+            "{}  (only to learn that the relay is up)",
+            line(&PROBE)
+        )?;
+        Ok(())
+    });
     text
 }
 
@@ -113,9 +119,12 @@ fn live_labels() -> Vec<String> {
 
 fn row(cells: &[String]) -> String {
     let mut line = String::new();
-    for (cell, label) in cells.iter().zip(live_labels()) {
-        let _ = write!(line, "  {cell:>width$}", width = label.len().max(6));
-    }
+    crate::text::append(&mut line, |line| {
+        for (cell, label) in cells.iter().zip(live_labels()) {
+            write!(line, "  {cell:>width$}", width = label.len().max(6))?;
+        }
+        Ok(())
+    });
     line
 }
 
@@ -152,50 +161,53 @@ pub(super) fn final_table(seen: &Seen, relay: &RelayCounters) -> String {
         "{:<8} {:<15} {:<22} {:>8} {:>8} {:>9} {:>6}\n",
         "stream", "from", "to", "sent", "relayed", "received", "lost"
     );
-    for (index, (stream, leg)) in legs().enumerate() {
-        let sent = seen.sent[stream];
-        let received = seen.received[index];
-        let relayed = relay
-            .rules
-            .get(STREAMS[stream].rule)
-            .map_or_else(|| "?".to_owned(), u64::to_string);
-        let _ = writeln!(
+    crate::text::append(&mut text, |text| {
+        for (index, (stream, leg)) in legs().enumerate() {
+            let sent = seen.sent[stream];
+            let received = seen.received[index];
+            let relayed = relay
+                .rules
+                .get(STREAMS[stream].rule)
+                .map_or_else(|| "?".to_owned(), u64::to_string);
+            writeln!(
+                text,
+                "{:<8} {:<15} {:<22} {:>8} {:>8} {:>9} {:>6}",
+                STREAMS[stream].rule,
+                STREAMS[stream].input.to_string(),
+                format!("{} on {}", leg.to, RECEIVERS[leg.receiver].name),
+                sent,
+                relayed,
+                received,
+                sent.saturating_sub(received)
+            )?;
+        }
+        let total = relay.total();
+        let reasons: Vec<String> = relay
+            .malformed
+            .iter()
+            .map(|(reason, count)| format!("{reason} {count}"))
+            .collect();
+        writeln!(
             text,
-            "{:<8} {:<15} {:<22} {:>8} {:>8} {:>9} {:>6}",
-            STREAMS[stream].rule,
-            STREAMS[stream].input.to_string(),
-            format!("{} on {}", leg.to, RECEIVERS[leg.receiver].name),
-            sent,
-            relayed,
-            received,
-            sent.saturating_sub(received)
-        );
-    }
-    let total = relay.total();
-    let reasons: Vec<String> = relay
-        .malformed
-        .iter()
-        .map(|(reason, count)| format!("{reason} {count}"))
-        .collect();
-    let _ = writeln!(
-        text,
-        "\nrelay workers ({}): received {}, forwarded {}, no rule {}, not IPv4 UDP {}, \
+            "\nrelay workers ({}): received {}, forwarded {}, no rule {}, not IPv4 UDP {}, \
          malformed {}{}, tx full {}, kernel drops {}, restarts {}",
-        relay.workers.len(),
-        total.received,
-        total.forwarded,
-        total.no_rule,
-        total.not_udp,
-        total.malformed,
-        if reasons.is_empty() {
-            String::new()
-        } else {
-            format!(" ({})", reasons.join(", "))
-        },
-        total.tx_full,
-        total.kernel_drops,
-        total.restarts
-    );
+            relay.workers.len(),
+            total.received,
+            total.forwarded,
+            total.no_rule,
+            total.not_udp,
+            total.malformed,
+            if reasons.is_empty() {
+                String::new()
+            } else {
+                format!(" ({})", reasons.join(", "))
+            },
+            total.tx_full,
+            total.kernel_drops,
+            total.restarts
+        )?;
+        Ok(())
+    });
     text
 }
 

@@ -58,6 +58,8 @@ impl SignalWatch {
 
 impl Drop for SignalWatch {
     fn drop(&mut self) {
-        let _ = self.previous.thread_set_mask();
+        if let Err(errno) = self.previous.thread_set_mask() {
+            log::warn!("demo: cannot restore the signal mask: {errno}");
+        }
     }
 }

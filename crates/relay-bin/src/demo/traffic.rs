@@ -175,6 +175,7 @@ pub(super) fn receive(
     while !stop.load(Ordering::Relaxed) {
         match socket.recv_from(&mut buf) {
             Ok((len, from)) => {
+                // The first source is the one reported; later ones are the same relay address.
                 let _ = tally.source.set(from);
                 let slot = match decode(&buf[..len]) {
                     Some((their_stream, seq)) if their_stream == stream => {

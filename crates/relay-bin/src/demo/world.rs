@@ -135,28 +135,31 @@ pub(super) fn config_text(workers: usize) -> String {
         "# fanout-relay demo: written for one run, removed when it ends.\n\
          [relay]\n",
     );
-    let _ = writeln!(text, "workers = {workers}\nfanout = \"cpu\"\n");
-    // Small rings: the demo's streams are slow, and a machine with many CPUs stays light.
-    text.push_str("[ring]\nblock_size = 262144\nblock_count = 4\n");
-    for stream in STREAMS.iter().chain([&PROBE]) {
-        let _ = writeln!(
-            text,
-            "\n[[rule]]\nname = \"{}\"\ninput = {{ interface = \"{RELAY_IN_IF}\", destination = \"{}\", port = {} }}\noutputs = [",
-            stream.rule,
-            stream.input.ip(),
-            stream.input.port()
-        );
-        for leg in stream.legs {
-            let _ = writeln!(
+    crate::text::append(&mut text, |text| {
+        writeln!(text, "workers = {workers}\nfanout = \"cpu\"\n")?;
+        // Small rings: the demo's streams are slow, and a machine with many CPUs stays light.
+        text.push_str("[ring]\nblock_size = 262144\nblock_count = 4\n");
+        for stream in STREAMS.iter().chain([&PROBE]) {
+            writeln!(
                 text,
-                "  {{ interface = \"{}\", destination = \"{}\", port = {}, ttl = {OUTPUT_TTL} }},",
-                RECEIVERS[leg.receiver].relay_if,
-                leg.to.ip(),
-                leg.to.port()
-            );
+                "\n[[rule]]\nname = \"{}\"\ninput = {{ interface = \"{RELAY_IN_IF}\", destination = \"{}\", port = {} }}\noutputs = [",
+                stream.rule,
+                stream.input.ip(),
+                stream.input.port()
+            )?;
+            for leg in stream.legs {
+                writeln!(
+                    text,
+                    "  {{ interface = \"{}\", destination = \"{}\", port = {}, ttl = {OUTPUT_TTL} }},",
+                    RECEIVERS[leg.receiver].relay_if,
+                    leg.to.ip(),
+                    leg.to.port()
+                )?;
+            }
+            text.push_str("]\n");
         }
-        text.push_str("]\n");
-    }
+        Ok(())
+    });
     text
 }
 
@@ -273,7 +276,12 @@ impl Drop for TempConfig {
             defaults.control_socket_for(&self.path),
             defaults.state_file_for(&self.path),
         ] {
-            let _ = std::fs::remove_file(derived);
+            // Most runs leave neither file behind: only another error is worth a word.
+            if let Err(error) = std::fs::remove_file(&derived)
+                && error.kind() != std::io::ErrorKind::NotFound
+            {
+                log::warn!("demo: cannot remove {}: {error}", derived.display());
+            }
         }
     }
 }

@@ -401,11 +401,14 @@ impl Exposition {
             Kind::Gauge => "gauge",
         };
         let help = help.replace('\\', "\\\\").replace('\n', "\\n");
-        let _ = writeln!(self.text, "# HELP {name} {help}");
-        let _ = writeln!(self.text, "# TYPE {name} {kind}");
-        for (labels, value) in samples {
-            let _ = writeln!(self.text, "{name}{labels} {value}");
-        }
+        crate::text::append(&mut self.text, |text| {
+            writeln!(text, "# HELP {name} {help}")?;
+            writeln!(text, "# TYPE {name} {kind}")?;
+            for (labels, value) in samples {
+                writeln!(text, "{name}{labels} {value}")?;
+            }
+            Ok(())
+        });
     }
 }
 

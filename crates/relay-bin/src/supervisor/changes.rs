@@ -3,8 +3,8 @@
 use super::setup::{World, check_rules};
 use super::state::Change;
 use crate::config::ConfigFile;
-use crate::control::Pending;
 use crate::control::proto::{ChangeReport, Command, KeyEntry, Reply, Response};
+use crate::control::{Pending, respond};
 use crate::notices::Notices;
 use crate::protocol::ToWorker;
 use crate::ratelimit::Kind;
@@ -84,7 +84,7 @@ impl World {
                 }
             }
         };
-        let _ = reply.send(answer);
+        respond(&reply, answer);
     }
 
     /// Re-reads the configuration file and applies the difference to the running rules: the
@@ -115,7 +115,10 @@ impl World {
             Err(error) => {
                 log::error!("reload refused, nothing changed: {error}");
                 if let Some(reply) = reply {
-                    let _ = reply.send(Response::refused(format!("reload refused: {error}")));
+                    respond(
+                        &reply,
+                        Response::refused(format!("reload refused: {error}")),
+                    );
                 }
                 return;
             }
@@ -140,7 +143,10 @@ impl World {
                 .unwrap_or_else(|| "the change was refused".into());
             log::error!("reload refused, nothing changed: {error}");
             if let Some(reply) = reply {
-                let _ = reply.send(Response::refused(format!("reload refused: {error}")));
+                respond(
+                    &reply,
+                    Response::refused(format!("reload refused: {error}")),
+                );
             }
             return;
         }
@@ -166,7 +172,7 @@ impl World {
                     report.runtime_only = runtime_only;
                 }
                 if let Some(reply) = reply {
-                    let _ = reply.send(response);
+                    respond(&reply, response);
                 }
             }
             // Waiting for the workers: the answer goes straight to the client when they confirm.
@@ -181,13 +187,16 @@ impl World {
                 }
                 None => {
                     if let Some(reply) = reply {
-                        let _ = reply.send(Response::ok(Reply::Changed(ChangeReport {
-                            generation,
-                            added,
-                            removed,
-                            runtime_only,
-                            unconfirmed: Vec::new(),
-                        })));
+                        respond(
+                            &reply,
+                            Response::ok(Reply::Changed(ChangeReport {
+                                generation,
+                                added,
+                                removed,
+                                runtime_only,
+                                unconfirmed: Vec::new(),
+                            })),
+                        );
                     }
                 }
             },
@@ -214,7 +223,7 @@ impl World {
                 log::warn!("change refused, nothing changed: {error}{held}");
             }
             if let Some(reply) = reply {
-                let _ = reply.send(Response::refused(error));
+                respond(&reply, Response::refused(error));
             }
         };
         let names: Vec<String> = self.classes.iter().flatten().cloned().collect();
@@ -229,7 +238,7 @@ impl World {
         let undo = match self.state.apply(&change) {
             Ok(undo) => undo,
             Err(error) => {
-                refuse(&mut self.notices, reply, error);
+                refuse(&mut self.notices, reply, error.to_string());
                 return false;
             }
         };
@@ -240,7 +249,7 @@ impl World {
             Ok(rings) => rings,
             Err(error) => {
                 self.state.revert(undo);
-                refuse(&mut self.notices, reply, error);
+                refuse(&mut self.notices, reply, error.to_string());
                 return false;
             }
         };
@@ -333,6 +342,8 @@ impl World {
             }
             for slot in &mut self.slots {
                 if slot.process.is_some() {
+                    // A worker that cannot be told is already going away (`tell` kills one
+                    // that is stuck); its exit is handled like this stop's.
                     let _ = slot.tell(&ToWorker::Stop);
                     slot.restart_now = true;
                 }
@@ -407,7 +418,7 @@ impl World {
             if confirmed(self, self.pending[index].report.generation) {
                 let change = self.pending.remove(index);
                 if let Some(reply) = change.reply {
-                    let _ = reply.send(Response::ok(Reply::Changed(change.report)));
+                    respond(&reply, Response::ok(Reply::Changed(change.report)));
                 }
             } else {
                 index += 1;
@@ -434,7 +445,7 @@ impl World {
                     change.report.unconfirmed
                 );
                 if let Some(reply) = change.reply {
-                    let _ = reply.send(Response::ok(Reply::Changed(change.report)));
+                    respond(&reply, Response::ok(Reply::Changed(change.report)));
                 }
             } else {
                 index += 1;

@@ -13,7 +13,8 @@ use crate::rings;
 use fanout_core::FanoutGroupId;
 use fanout_core::bpf::{self, BpfProgram};
 use fanout_core::handoff::RingHandle;
-use fanout_core::igmp::{Membership, Memberships};
+use fanout_core::igmp::{IgmpError, Membership, Memberships};
+use fanout_core::{BpfError, HandoffError};
 use relay_rules::RuleSet;
 use relay_rules::bpf::KeySense;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
@@ -22,6 +23,60 @@ use std::os::fd::AsFd;
 
 /// A (destination, port) key, as the class filters match it.
 pub(super) type Key = (Ipv4Addr, u16);
+
+/// Why what a rule's input needs could not be held.
+#[derive(Debug, thiserror::Error)]
+pub enum InputError {
+    /// The kernel refused a multicast join (the error names the option, the membership with its
+    /// interface index, and the errno).
+    #[error("joining {group} on {interface}: {source}")]
+    Join {
+        /// The multicast group.
+        group: Ipv4Addr,
+        /// The input interface.
+        interface: String,
+        /// The refused join.
+        source: IgmpError,
+    },
+    /// A unicast input's address and port could not be bound.
+    #[error("binding unicast input {address}:{port}: {source}")]
+    Bind {
+        /// The input's address.
+        address: Ipv4Addr,
+        /// The input's port.
+        port: u16,
+        /// The errno of `bind`.
+        source: std::io::Error,
+    },
+    /// A unicast input's socket could not be given its drop-everything filter.
+    #[error("binding unicast input {address}:{port}: {source}")]
+    SinkFilter {
+        /// The input's address.
+        address: Ipv4Addr,
+        /// The input's port.
+        port: u16,
+        /// The refused filter.
+        source: BpfError,
+    },
+    /// A class's receive rings could not be opened on an interface.
+    #[error("receive rings of class {class} on {interface}: {source}")]
+    Rings {
+        /// The class's name.
+        class: String,
+        /// The input interface.
+        interface: String,
+        /// What failed, with the member, syscall and errno.
+        source: rings::FanoutMembersError,
+    },
+    /// A duplicate of a ring's socket, kept to refilter it, could not be made.
+    #[error("keeping a ring's socket on {interface}: {source}")]
+    KeepSocket {
+        /// The input interface.
+        interface: String,
+        /// The refused `dup`.
+        source: HandoffError,
+    },
+}
 
 /// The supervisor's input-side resources.
 #[derive(Debug)]
@@ -145,7 +200,7 @@ impl Inputs {
         set: &RuleSet,
         added: &[relay_rules::Rule],
         removed: &[String],
-    ) -> Result<NewRings, String> {
+    ) -> Result<NewRings, InputError> {
         let inputs: Vec<(String, RuleInput)> = added
             .iter()
             .filter_map(|rule| Some((rule.name.clone(), self.input_of(set, rule)?)))
@@ -158,7 +213,7 @@ impl Inputs {
             }
         }
         let mut counted: Vec<Want> = Vec::new();
-        let mut opened: Vec<Want> = Vec::new();
+        let mut opened: Vec<(Want, &str)> = Vec::new();
         let mut new_rings = Vec::new();
         let mut new_groups: Vec<((usize, String), Group)> = Vec::new();
         let outcome = inputs.iter().try_for_each(|(_, input)| {
@@ -174,14 +229,14 @@ impl Inputs {
             *count += 1;
             counted.push(input.want);
             if *count == 1 {
-                self.hold(input.want)?;
-                opened.push(input.want);
+                self.hold(input.want, &input.interface)?;
+                opened.push((input.want, &input.interface));
             }
-            Ok::<(), String>(())
+            Ok::<(), InputError>(())
         });
         if let Err(error) = outcome {
-            for want in opened {
-                self.release(want);
+            for (want, interface) in opened {
+                self.release(want, interface);
             }
             for want in counted {
                 self.forget(want);
@@ -203,7 +258,7 @@ impl Inputs {
         }
         for input in gone {
             if self.forget(input.want) {
-                self.release(input.want);
+                self.release(input.want, &input.interface);
             }
             if self.uncount_key(&input) {
                 touched.insert(input.interface.clone());
@@ -304,7 +359,8 @@ impl Inputs {
             for socket in &group.sockets {
                 if let Err(error) = bpf::attach_filter(socket.as_fd(), &program) {
                     log::error!(
-                        "class {} on {interface}: cannot replace a ring's filter, which keeps                          its previous keys: {error}",
+                        "class {} on {interface}: cannot replace a ring's filter, which keeps \
+                         its previous keys: {error}",
                         self.class_name(*class)
                     );
                 }
@@ -335,13 +391,18 @@ impl Inputs {
             .unwrap_or("default")
     }
 
-    /// Joins or binds what `want` needs.
-    fn hold(&mut self, want: Want) -> Result<(), String> {
+    /// Joins (on `interface`) or binds what `want` needs.
+    fn hold(&mut self, want: Want, interface: &str) -> Result<(), InputError> {
         match want {
-            Want::Group(membership) => self
-                .memberships
-                .join(membership)
-                .map_err(|error| error.to_string()),
+            Want::Group(membership) => {
+                self.memberships
+                    .join(membership)
+                    .map_err(|source| InputError::Join {
+                        group: membership.group,
+                        interface: interface.to_owned(),
+                        source,
+                    })
+            }
             Want::Sink(key) => {
                 let socket = unicast_sink(key)?;
                 self.sinks.insert(key, socket);
@@ -350,11 +411,19 @@ impl Inputs {
         }
     }
 
-    /// Leaves or closes what `want` held.
-    fn release(&mut self, want: Want) {
+    /// Leaves (on `interface`) or closes what `want` held.
+    fn release(&mut self, want: Want, interface: &str) {
         match want {
             Want::Group(membership) => {
-                let _ = self.memberships.leave(membership);
+                // The relay no longer reads the group, so a failed leave costs only traffic the
+                // host keeps receiving (and dropping) until the relay exits: worth a warning.
+                if let Err(error) = self.memberships.leave(membership) {
+                    log::warn!(
+                        "leaving {} on {interface}: {error}; the host stays a member until the \
+                         relay exits",
+                        membership.group,
+                    );
+                }
             }
             Want::Sink(key) => {
                 self.sinks.remove(&key);
@@ -385,7 +454,7 @@ impl Inputs {
     /// Adds members to every input's fanout group of class `class` until each has `members`,
     /// for more workers than members. All or nothing: on error the members added here are
     /// closed again.
-    pub(super) fn grow(&mut self, class: usize, members: u32) -> Result<NewRings, String> {
+    pub(super) fn grow(&mut self, class: usize, members: u32) -> Result<NewRings, InputError> {
         let mut added = Vec::new();
         let mut sockets = Vec::new();
         let have = self.members(class);
@@ -410,7 +479,7 @@ impl Inputs {
         interface: &str,
         group: Option<FanoutGroupId>,
         members: std::ops::Range<u32>,
-    ) -> Result<(Group, NewRings), String> {
+    ) -> Result<(Group, NewRings), InputError> {
         let first = members.start;
         let opened = rings::open_fanout_members(
             interface,
@@ -420,18 +489,19 @@ impl Inputs {
             &self.ring,
             &self.filter(class, interface),
         )
-        .map_err(|error| {
-            format!(
-                "receive rings of class {} on {interface}: {error}",
-                self.class_name(class)
-            )
+        .map_err(|source| InputError::Rings {
+            class: self.class_name(class).to_owned(),
+            interface: interface.to_owned(),
+            source,
         })?;
         let sockets = opened
             .rings
             .iter()
             .map(|ring| {
-                ring.try_clone()
-                    .map_err(|error| format!("keeping a ring's socket on {interface}: {error}"))
+                ring.try_clone().map_err(|source| InputError::KeepSocket {
+                    interface: interface.to_owned(),
+                    source,
+                })
             })
             .collect::<Result<_, _>>()?;
         let rings = (first..)
@@ -465,12 +535,19 @@ pub(super) fn initial_members(fanout: FanoutSetting, cpus: &[u32], online: usize
 /// A socket bound to a unicast input's address and port that takes nothing: with it the kernel
 /// finds a listener and does not answer the datagrams the relay takes with ICMP port-unreachable;
 /// its filter drops every datagram before it is queued.
-fn unicast_sink((address, port): (Ipv4Addr, u16)) -> Result<UdpSocket, String> {
-    let what = || format!("binding unicast input {address}:{port}");
-    let socket =
-        UdpSocket::bind((address, port)).map_err(|error| format!("{}: {error}", what()))?;
-    bpf::attach_filter(socket.as_fd(), &BpfProgram::reject_all())
-        .map_err(|error| format!("{}: {error}", what()))?;
+fn unicast_sink((address, port): (Ipv4Addr, u16)) -> Result<UdpSocket, InputError> {
+    let socket = UdpSocket::bind((address, port)).map_err(|source| InputError::Bind {
+        address,
+        port,
+        source,
+    })?;
+    bpf::attach_filter(socket.as_fd(), &BpfProgram::reject_all()).map_err(|source| {
+        InputError::SinkFilter {
+            address,
+            port,
+            source,
+        }
+    })?;
     Ok(socket)
 }
 

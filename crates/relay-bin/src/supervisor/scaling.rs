@@ -12,8 +12,8 @@
 use super::setup::World;
 use super::workers::WorkerSlot;
 use crate::config::{FanoutSetting, PlacementSetting, WorkersSetting};
-use crate::control::Pending;
 use crate::control::proto::{Command, Reply, Response, WorkerReport};
+use crate::control::{Pending, respond};
 use std::collections::BTreeSet;
 use std::sync::mpsc::Sender;
 use std::time::{Duration, Instant};
@@ -22,6 +22,42 @@ use std::time::{Duration, Instant};
 const STOP_WITHIN: Duration = Duration::from_secs(3);
 /// How long a resize waits for its workers to serve before answering anyway.
 const SERVE_WITHIN: Duration = Duration::from_secs(10);
+
+/// Why a change of the worker set is refused before it starts.
+#[derive(Debug, thiserror::Error)]
+pub(super) enum ResizeError {
+    /// Another change of the worker set has not finished.
+    #[error("a change of the worker set is already in progress")]
+    InProgress,
+    /// Rule changes wait for the workers to confirm them.
+    #[error("rule changes are waiting for the workers' confirmation; try again")]
+    RulesPending,
+    /// A listed CPU serves another class.
+    #[error("CPU {cpu} runs a worker of class {class}")]
+    OtherClass {
+        /// The CPU.
+        cpu: u32,
+        /// The class whose worker it runs.
+        class: String,
+    },
+    /// No CPU set can be chosen for the setting.
+    #[error(transparent)]
+    Cpus(#[from] crate::cpus::CpuChoiceError),
+    /// More workers than a `steer` class has shards.
+    #[error(
+        "fanout steer gives class {class} {have} shards, fixed when the relay started: at most \
+         {have} workers"
+    )]
+    SteerShards {
+        /// The class.
+        class: String,
+        /// Its shards (fanout members).
+        have: u32,
+    },
+    /// The inputs' fanout groups could not get more members.
+    #[error(transparent)]
+    Grow(#[from] super::inputs::InputError),
+}
 
 /// A change of the worker set in progress.
 #[derive(Debug)]
@@ -51,9 +87,12 @@ impl World {
             Command::Add { .. } | Command::Remove { .. } | Command::Reload
         );
         if busy && self.resize.is_some() {
-            let _ = pending.reply.send(Response::refused(
-                "the worker set is changing; try again once `workers set` has answered",
-            ));
+            respond(
+                &pending.reply,
+                Response::refused(
+                    "the worker set is changing; try again once `workers set` has answered",
+                ),
+            );
             return;
         }
         self.command(pending);
@@ -81,7 +120,10 @@ impl World {
         let begun = class.and_then(|class| {
             WorkersSetting::parse(setting)
                 .map_err(|error| format!("workers: {error}"))
-                .and_then(|setting| self.begin_resize(class, &setting))
+                .and_then(|setting| {
+                    self.begin_resize(class, &setting)
+                        .map_err(|error| error.to_string())
+                })
         });
         match begun {
             Ok(()) => {
@@ -89,13 +131,16 @@ impl World {
                     resize.reply = Some(reply);
                     self.advance_resize();
                 } else {
-                    let _ = reply.send(Response::ok(Reply::Workers {
-                        workers: self.worker_reports(),
-                    }));
+                    respond(
+                        &reply,
+                        Response::ok(Reply::Workers {
+                            workers: self.worker_reports(),
+                        }),
+                    );
                 }
             }
             Err(error) => {
-                let _ = reply.send(Response::refused(error));
+                respond(&reply, Response::refused(error));
             }
         }
     }
@@ -106,12 +151,12 @@ impl World {
         &mut self,
         class: usize,
         setting: &WorkersSetting,
-    ) -> Result<(), String> {
+    ) -> Result<(), ResizeError> {
         if self.resize.is_some() {
-            return Err("a change of the worker set is already in progress".into());
+            return Err(ResizeError::InProgress);
         }
         if !self.pending.is_empty() {
-            return Err("rule changes are waiting for the workers' confirmation; try again".into());
+            return Err(ResizeError::RulesPending);
         }
         let others: Vec<(u32, usize)> = self
             .active_slots()
@@ -121,10 +166,10 @@ impl World {
         if let WorkersSetting::Cpus(list) = setting
             && let Some(&(cpu, theirs)) = others.iter().find(|(cpu, _)| list.contains(cpu))
         {
-            return Err(format!(
-                "CPU {cpu} runs a worker of class {}",
-                self.inputs.class_name(theirs)
-            ));
+            return Err(ResizeError::OtherClass {
+                cpu,
+                class: self.inputs.class_name(theirs).to_owned(),
+            });
         }
         let online: Vec<u32> = crate::cpus::online()?
             .into_iter()
@@ -143,11 +188,10 @@ impl World {
         let have = self.inputs.members(class);
         if needed > have {
             if self.fanout == FanoutSetting::Steer {
-                return Err(format!(
-                    "fanout steer gives class {} {have} shards, fixed when the relay started: \
-                     at most {have} workers",
-                    self.inputs.class_name(class)
-                ));
+                return Err(ResizeError::SteerShards {
+                    class: self.inputs.class_name(class).to_owned(),
+                    have,
+                });
             }
             parked = self.inputs.grow(class, needed)?;
         }
@@ -209,6 +253,8 @@ impl World {
             let slot = &mut self.slots[index];
             slot.held = true;
             slot.restart_at = None;
+            // A worker that cannot be told is already going away (`tell` kills one
+            // that is stuck); its exit is handled like this stop's.
             let _ = slot.tell(&crate::protocol::ToWorker::Stop);
         }
         self.resize = Some(Resize {
@@ -287,7 +333,7 @@ impl World {
             ))
         };
         if let Some(reply) = resize.reply {
-            let _ = reply.send(answer);
+            respond(&reply, answer);
         }
     }
 

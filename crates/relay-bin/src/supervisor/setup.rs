@@ -37,19 +37,15 @@ pub enum SetupError {
         /// The configuration file.
         path: PathBuf,
         /// What is wrong.
-        problem: String,
+        #[source]
+        problem: crate::cpus::CpuChoiceError,
     },
     /// The state file or its journal cannot be read, or a damaged one cannot be moved aside.
     #[error(transparent)]
     State(#[from] state::StateError),
-    /// A socket, ring or membership could not be set up.
-    #[error("{what}: {error}")]
-    System {
-        /// What was being set up.
-        what: String,
-        /// The error, with its syscall and errno.
-        error: String,
-    },
+    /// A socket, ring or membership of the rules' inputs could not be set up.
+    #[error("setting up the inputs: {0}")]
+    Inputs(#[source] super::inputs::InputError),
 }
 
 struct InvalidList<'a> {
@@ -263,10 +259,7 @@ impl Plan {
         let mut inputs = Inputs::new(fanout, self.config.ring, names.clone(), members.clone());
         let rings = inputs
             .sync_change(&self.set, self.set.rules(), &[])
-            .map_err(|error| SetupError::System {
-                what: "setting up the inputs".into(),
-                error,
-            })?;
+            .map_err(SetupError::Inputs)?;
         let mut slots: Vec<WorkerSlot> = Vec::new();
         let mut owners = Vec::new();
         for (class, (_, cpus, _)) in class_cpus.iter().enumerate() {
@@ -364,14 +357,10 @@ pub(super) fn check_rules(path: &Path, rules: &[relay_rules::Rule]) -> Result<Ru
 fn check_classes(path: &Path, config: &ConfigFile) -> Result<Vec<(String, Vec<u32>)>, SetupError> {
     let mut problems = crate::config::check_classes(&config.classes);
     if !config.classes.is_empty() {
-        let online: Vec<u32> = fanout_core::cpu::online_cpus()
-            .map_err(|error| SetupError::Workers {
-                path: path.to_owned(),
-                problem: format!("cannot list online CPUs: {error}"),
-            })?
-            .iter()
-            .map(|cpu| cpu as u32)
-            .collect();
+        let online = crate::cpus::online().map_err(|problem| SetupError::Workers {
+            path: path.to_owned(),
+            problem,
+        })?;
         for class in &config.classes {
             if let Some(cpu) = class.cpus.0.iter().find(|cpu| !online.contains(cpu)) {
                 problems.push(format!(

@@ -220,7 +220,7 @@ impl RuleState {
     ///
     /// Costs what the change adds and removes, not what the set holds, unless the change names
     /// an interface the set has no facts of: then every rule is checked against the new facts.
-    pub(crate) fn apply(&mut self, change: &Change) -> Result<Undo, String> {
+    pub(crate) fn apply(&mut self, change: &Change) -> Result<Undo, relay_rules::ValidationErrors> {
         let mut interfaces: Option<Interfaces> = None;
         for rule in &change.add {
             let names = std::iter::once(rule.input.interface.as_str())
@@ -236,18 +236,14 @@ impl RuleState {
                 }
             }
         }
-        let errors = |errors: relay_rules::ValidationErrors| errors.to_string();
         match interfaces {
             None => self
                 .set
                 .apply(change.add.clone(), &change.remove)
-                .map(Undo::InPlace)
-                .map_err(errors),
+                .map(Undo::InPlace),
             Some(interfaces) => {
-                let mut set = self.set.with_interfaces(interfaces).map_err(errors)?;
-                let _in_new_set = set
-                    .apply(change.add.clone(), &change.remove)
-                    .map_err(errors)?;
+                let mut set = self.set.with_interfaces(interfaces)?;
+                let _in_new_set = set.apply(change.add.clone(), &change.remove)?;
                 Ok(Undo::Replaced(Box::new(std::mem::replace(
                     &mut self.set,
                     set,
@@ -435,6 +431,8 @@ fn replace_file(path: &Path, bytes: &[u8]) -> Result<(), Unwritten> {
         std::fs::rename(&temporary, path)
     })();
     if let Err(error) = written {
+        // Best effort: the write's error is the one to report, and a temporary file left
+        // behind is harmless (hidden, and replaced by the next write of this process).
         let _ = std::fs::remove_file(&temporary);
         return Err(before(error));
     }

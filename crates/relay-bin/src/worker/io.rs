@@ -1,9 +1,9 @@
 //! The worker's rings and sockets, and the loop that drives the data path over them.
 
-use super::WorkerError;
 use super::datapath::{Datapath, RxChecksum};
 use super::sinks::Sinks;
 use super::wait::Waiter;
+use super::{SetupError, WorkerError};
 use crate::config::RingSection;
 use crate::protocol::{FromWorker, LineBuffer, Outbox, ToWorker, WorkerStart};
 use crate::rings;
@@ -34,6 +34,18 @@ const TRIM_AFTER_REMOVING: usize = 64;
 /// Longest the final counters may take to be written when the worker stops.
 const FINAL_WRITE: Duration = Duration::from_secs(5);
 
+/// Why a resync's table was refused; the worker keeps serving its previous one.
+#[derive(Debug, thiserror::Error)]
+enum ResyncError {
+    /// The rules do not validate in the worker.
+    #[error(transparent)]
+    Rules(#[from] relay_rules::ValidationErrors),
+    /// An output's socket or ring could not be opened; the text names the output, the
+    /// interface and the errno.
+    #[error("{0}")]
+    Output(String),
+}
+
 /// A worker with everything set up.
 pub(super) struct WorkerIo {
     cpu: u32,
@@ -51,35 +63,39 @@ pub(super) struct WorkerIo {
 
 impl WorkerIo {
     /// Pins to the CPU, builds the table, maps the handed rings and opens the outputs.
-    pub(super) fn new(start: &WorkerStart, handles: Vec<RingHandle>) -> Result<Self, String> {
-        fanout_core::cpu::pin_current_thread(start.cpu as usize)
-            .map_err(|error| format!("pinning to cpu {}: {error}", start.cpu))?;
+    pub(super) fn new(start: &WorkerStart, handles: Vec<RingHandle>) -> Result<Self, SetupError> {
+        fanout_core::cpu::pin_current_thread(start.cpu as usize).map_err(|source| {
+            SetupError::Pin {
+                cpu: start.cpu,
+                source,
+            }
+        })?;
         let interfaces: Interfaces = start.interfaces.iter().cloned().collect();
         let rules = start.rules.clone();
         let set = RuleSet::new(rules, interfaces.clone(), relay_rules::Limits::default())
-            .map_err(|errors| format!("the rules handed over do not validate here: {errors}"))?;
+            .map_err(SetupError::Rules)?;
         let shard = match &start.shard {
             None => None,
-            Some(entry) => Some(entry.to_set().ok_or_else(|| {
-                format!(
-                    "shards {:?} of {} name no shard or one past the count",
-                    entry.indices, entry.count
-                )
+            Some(entry) => Some(entry.to_set().ok_or_else(|| SetupError::Shards {
+                indices: entry.indices.clone(),
+                count: entry.count,
             })?),
         };
         let table = rings::table(&set, start.generation, shard.as_ref());
         let mut rx = Vec::with_capacity(handles.len());
         for handle in handles {
             let ifindex = handle.descriptor().ifindex;
-            let ring = handle.map().map_err(|error| {
-                format!("mapping the receive ring of interface #{ifindex}: {error}")
-            })?;
+            let ring = handle
+                .map()
+                .map_err(|source| SetupError::MapRing { ifindex, source })?;
             rx.push((ifindex, ring));
         }
         let mut sinks = Sinks::default();
         for rule in table.rules() {
             for output in &rule.outputs {
-                sinks.open(output, &interfaces, &start.ring)?;
+                sinks
+                    .open(output, &interfaces, &start.ring)
+                    .map_err(SetupError::Output)?;
             }
         }
         Ok(WorkerIo {
@@ -271,15 +287,16 @@ impl WorkerIo {
         generation: u64,
         rules: &[Rule],
         interfaces: &[relay_rules::InterfaceFacts],
-    ) -> Result<(), String> {
+    ) -> Result<(), ResyncError> {
         let interfaces: Interfaces = interfaces.iter().cloned().collect();
         let rules = rules.to_vec();
-        let set = RuleSet::new(rules, interfaces.clone(), relay_rules::Limits::default())
-            .map_err(|errors| errors.to_string())?;
+        let set = RuleSet::new(rules, interfaces.clone(), relay_rules::Limits::default())?;
         let table = rings::table(&set, generation, self.shard.as_ref());
         for rule in table.rules() {
             for output in &rule.outputs {
-                self.sinks.open(output, &interfaces, &self.ring)?;
+                self.sinks
+                    .open(output, &interfaces, &self.ring)
+                    .map_err(ResyncError::Output)?;
             }
         }
         self.interfaces = interfaces;

@@ -32,18 +32,85 @@ pub enum WorkerError {
     Control(#[from] std::io::Error),
     /// The start message was missing or malformed.
     #[error("bad start: {0}")]
-    BadStart(String),
+    BadStart(#[from] StartError),
     /// Rings, sockets or pinning could not be set up.
+    #[error(transparent)]
+    Setup(#[from] SetupError),
+}
+
+/// What was wrong with the start the supervisor handed over.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// A receive ring's socket did not arrive.
+    #[error("receiving ring {index} of {rings}: {source}")]
+    Ring {
+        /// Which ring, from 0.
+        index: usize,
+        /// How many were announced.
+        rings: usize,
+        /// Why it was not received.
+        source: fanout_core::HandoffError,
+    },
+    /// Another message came where the start was due.
+    #[error("expected start, got {got}")]
+    NotStart {
+        /// The message that came, as debug text.
+        got: String,
+    },
+    /// The start is for another CPU than the command line's.
+    #[error("started for cpu {cpu} but told cpu {told}")]
+    WrongCpu {
+        /// The command line's CPU.
+        cpu: u32,
+        /// The start message's CPU.
+        told: u32,
+    },
+}
+
+/// Why a worker could not be set up to serve.
+#[derive(Debug, thiserror::Error)]
+pub enum SetupError {
+    /// The kernel refused to kill the worker with the supervisor.
+    #[error("prctl(PR_SET_PDEATHSIG): {0}")]
+    DeathSignal(#[source] nix::errno::Errno),
+    /// The worker could not be pinned to its CPU.
+    #[error("pinning to cpu {cpu}: {source}")]
+    Pin {
+        /// The CPU.
+        cpu: u32,
+        /// The refused affinity, with its syscall and errno.
+        source: fanout_core::CpuError,
+    },
+    /// The rules the supervisor checked do not validate in the worker.
+    #[error("the rules handed over do not validate here: {0}")]
+    Rules(#[source] relay_rules::ValidationErrors),
+    /// The worker's shards are not a valid shard set.
+    #[error("shards {indices:?} of {count} name no shard or one past the count")]
+    Shards {
+        /// The shard indices handed over.
+        indices: Vec<u32>,
+        /// The shard count.
+        count: u32,
+    },
+    /// A handed receive ring could not be mapped.
+    #[error("mapping the receive ring of interface #{ifindex}: {source}")]
+    MapRing {
+        /// The ring's interface index.
+        ifindex: u32,
+        /// Why, with the syscall and errno.
+        source: fanout_core::HandoffError,
+    },
+    /// An output's socket or ring could not be opened; the text names the output, the
+    /// interface and the errno.
     #[error("{0}")]
-    Setup(String),
+    Output(String),
 }
 
 /// Runs a worker until the supervisor says stop or goes away.
 pub fn run(cpu: u32, supervisor: u32, rings: usize) -> Result<(), WorkerError> {
     // If the supervisor dies, so do we; checking the parent afterwards closes the window in which
     // it died before the request took effect.
-    nix::sys::prctl::set_pdeathsig(Signal::SIGTERM)
-        .map_err(|errno| WorkerError::Setup(format!("prctl(PR_SET_PDEATHSIG): {errno}")))?;
+    nix::sys::prctl::set_pdeathsig(Signal::SIGTERM).map_err(SetupError::DeathSignal)?;
     if nix::unistd::getppid().as_raw() as u32 != supervisor {
         return Err(WorkerError::Orphaned(supervisor));
     }
@@ -53,8 +120,12 @@ pub fn run(cpu: u32, supervisor: u32, rings: usize) -> Result<(), WorkerError> {
     // start line, so no buffered read can swallow a descriptor.
     let mut handles = Vec::with_capacity(rings);
     for index in 0..rings {
-        let handle = fanout_core::handoff::recv_ring(control.as_fd()).map_err(|error| {
-            WorkerError::BadStart(format!("receiving ring {index} of {rings}: {error}"))
+        let handle = fanout_core::handoff::recv_ring(control.as_fd()).map_err(|source| {
+            StartError::Ring {
+                index,
+                rings,
+                source,
+            }
         })?;
         handles.push(handle);
     }
@@ -63,28 +134,32 @@ pub fn run(cpu: u32, supervisor: u32, rings: usize) -> Result<(), WorkerError> {
     let start: WorkerStart = match protocol::receive(&mut reader)? {
         Some(ToWorker::Start(start)) => *start,
         Some(other) => {
-            return Err(WorkerError::BadStart(format!(
-                "expected start, got {other:?}"
-            )));
+            return Err(StartError::NotStart {
+                got: format!("{other:?}"),
+            }
+            .into());
         }
         None => return Err(WorkerError::Orphaned(supervisor)),
     };
     if start.cpu != cpu {
-        return Err(WorkerError::BadStart(format!(
-            "started for cpu {cpu} but told cpu {}",
-            start.cpu
-        )));
+        return Err(StartError::WrongCpu {
+            cpu,
+            told: start.cpu,
+        }
+        .into());
     }
     let mut worker = match io::WorkerIo::new(&start, handles) {
         Ok(worker) => worker,
         Err(error) => {
+            // The supervisor learns of the failure from the worker's exit as well; this message
+            // only gives it the reason to log, so failing to send it changes nothing.
             let _ = protocol::send(
                 &mut writer,
                 &FromWorker::Failed {
-                    error: error.clone(),
+                    error: error.to_string(),
                 },
             );
-            return Err(WorkerError::Setup(error));
+            return Err(error.into());
         }
     };
     protocol::send(

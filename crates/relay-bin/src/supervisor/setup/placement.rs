@@ -116,6 +116,7 @@ mod tests {
         let every: Vec<u32> = allowed.iter().map(|cpu| cpu as u32).collect();
         let (stays, back) = std::thread::spawn(move || {
             let everywhere: CpuSet = every.iter().map(|&cpu| cpu as usize).collect();
+            // Only the affinity it leaves matters: `stays` below checks moving back from it.
             let _ = move_threads(&[0], &everywhere, &[first as u32]);
             let stays = move_threads(&[0], &everywhere, &every);
             (stays, cpu::thread_affinity(0).expect("sched_getaffinity"))
