@@ -414,15 +414,22 @@ impl World {
                 .all(|slot| slot.acked_generation >= generation)
         };
         let mut index = 0;
+        let mut settled = false;
         while index < self.pending.len() {
             if confirmed(self, self.pending[index].report.generation) {
                 let change = self.pending.remove(index);
                 if let Some(reply) = change.reply {
                     respond(&reply, Response::ok(Reply::Changed(change.report)));
                 }
+                settled = true;
             } else {
                 index += 1;
             }
+        }
+        if settled && self.pending.is_empty() {
+            // What a large change needed until every worker confirmed it (its messages, the
+            // rules it replaced) is free only now: give it back, or RSS keeps the high mark.
+            fanout_core::heap::trim();
         }
     }
 
