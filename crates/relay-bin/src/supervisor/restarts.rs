@@ -13,7 +13,7 @@ pub enum RestartReason {
     /// operator's `kill -9`, the OOM killer).
     Exited,
     /// The supervisor killed it because it stopped answering: the watchdog (no answer to a
-    /// counters request within [`super::watchdog::SILENCE_LIMIT`]) or a write to it that
+    /// counters request within the watchdog's `SILENCE_LIMIT`, 3 s) or a write to it that
     /// timed out.
     Unresponsive,
     /// It was stopped to take new receive rings (a new input interface).
