@@ -173,14 +173,29 @@ fn busy_polling_pauses_while_another_task_uses_the_cpu() {
         &format!("{LOW_LATENCY}{RULE}"),
         &["--workers", &format!("{cpu}-{cpu}")],
     );
-    // A stream 2 ms apart keeps the worker spinning; for its first three seconds a second busy
-    // task wants the worker's CPU, for the last three nothing does.
+    // A stream 4 ms apart keeps the worker spinning; for its first three seconds a second busy
+    // task wants the worker's CPU. Then nothing of this test does, and the stream goes on, a
+    // second at a time, until the worker resumes spinning or ten seconds passed: spinning
+    // resumes after a whole second in which other tasks used under 5 % of the CPU, and on a
+    // machine that just deleted other tests' namespaces the kernel's own clean-up may take
+    // that CPU for a while first.
     let sender = UdpSender::new(&topo.sender, Topology::SENDER_ADDR, 4);
     let busy_until = Instant::now() + Duration::from_secs(3);
+    let second = PPS / 2;
     std::thread::scope(|s| {
         s.spawn(|| hog(cpu as usize, busy_until));
-        sender.send_numbered("239.1.1.1:5000", 4, 0..3 * PPS, PPS / 2);
+        sender.send_numbered("239.1.1.1:5000", 4, 0..3 * second, second);
     });
+    let resumed = |log: &str| {
+        log.find("busy polling pauses")
+            .is_some_and(|at| log[at..].contains("busy polling resumes"))
+    };
+    for more in 3..13 {
+        sender.send_numbered("239.1.1.1:5000", 4, more * second..(more + 1) * second, second);
+        if resumed(&relay.log()) {
+            break;
+        }
+    }
     let exit = relay.stop();
     let log = &exit.log;
     let paused = log
