@@ -191,7 +191,12 @@ fn busy_polling_pauses_while_another_task_uses_the_cpu() {
             .is_some_and(|at| log[at..].contains("busy polling resumes"))
     };
     for more in 3..13 {
-        sender.send_numbered("239.1.1.1:5000", 4, more * second..(more + 1) * second, second);
+        sender.send_numbered(
+            "239.1.1.1:5000",
+            4,
+            more * second..(more + 1) * second,
+            second,
+        );
         if resumed(&relay.log()) {
             break;
         }
