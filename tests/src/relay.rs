@@ -27,10 +27,12 @@
 //! ```
 
 mod process;
+mod stream;
 mod summary;
 mod traffic;
 
 pub use process::{ConfigFile, RelayExit, RelayProcess, relay_binary, worker_pids};
+pub use stream::Stream;
 pub use summary::{Summary, WorkerRow};
 pub use traffic::{
     Capture, Collector, Datagram, UdpReceiver, UdpSender, check_stream, payload, payload_id,

@@ -3,15 +3,12 @@
 //! waiting in `ctl list` and the metrics, and relays within a second of the interface's
 //! creation.
 
-use std::net::{SocketAddrV4, UdpSocket};
-use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use fanout_relay_tests::ctl::{Ctl, Workdir, relay_section, rule};
 use fanout_relay_tests::obs::{Metrics, scrape};
-use fanout_relay_tests::relay::{RelayProcess, UdpSender, payload, payload_id, quiet_topology};
-use fanout_relay_tests::{Netns, Topology, privileged, skip, veth_pair};
+use fanout_relay_tests::relay::{RelayProcess, Stream, quiet_topology};
+use fanout_relay_tests::{Topology, privileged, skip, veth_pair};
 
 /// Datagrams per second of the stream.
 const PPS: u32 = 5000;
@@ -25,115 +22,6 @@ const TAG: u8 = 3;
 const LATE_IF: &str = "late0";
 /// Its peer in the sender's namespace.
 const LATE_PEER: &str = "snd1";
-
-/// The sender's stream (239.1.1.1:5000) and the receiver's arrivals (239.2.2.2:6000).
-struct Stream {
-    stop: Arc<AtomicBool>,
-    next: Arc<AtomicU32>,
-    arrivals: Arc<Mutex<Vec<(Instant, u32)>>>,
-    threads: Vec<std::thread::JoinHandle<()>>,
-}
-
-impl Stream {
-    fn start(topo: &Topology) -> Stream {
-        let stop = Arc::new(AtomicBool::new(false));
-        let next = Arc::new(AtomicU32::new(0));
-        let arrivals = Arc::new(Mutex::new(Vec::new()));
-        let receiver = join(&topo.receiver, "239.2.2.2:6000", Topology::RECEIVER_ADDR);
-        let sender = UdpSender::new(&topo.sender, Topology::SENDER_ADDR, 4);
-        let (s, n) = (Arc::clone(&stop), Arc::clone(&next));
-        let sending = std::thread::spawn(move || {
-            let destination: SocketAddrV4 = "239.1.1.1:5000".parse().expect("a literal");
-            let start = Instant::now();
-            let mut seq = 0u32;
-            while !s.load(Ordering::Relaxed) {
-                let due = (start.elapsed().as_secs_f64() * f64::from(PPS)) as u32;
-                while seq < due {
-                    // A send that fails (the route moves between interfaces) is not retried.
-                    let _ = sender.socket().send_to(&payload(TAG, seq), destination);
-                    seq += 1;
-                    n.store(seq, Ordering::Relaxed);
-                }
-                std::thread::sleep(Duration::from_micros(500));
-            }
-        });
-        let (s, a) = (Arc::clone(&stop), Arc::clone(&arrivals));
-        let receiving = std::thread::spawn(move || {
-            let mut buf = vec![0u8; 2048];
-            while !s.load(Ordering::Relaxed) {
-                if let Ok(len) = receiver.recv(&mut buf)
-                    && let Some((TAG, seq)) = payload_id(&buf[..len])
-                {
-                    a.lock()
-                        .unwrap_or_else(PoisonError::into_inner)
-                        .push((Instant::now(), seq));
-                }
-            }
-        });
-        Stream {
-            stop,
-            next,
-            arrivals,
-            threads: vec![sending, receiving],
-        }
-    }
-
-    fn next_seq(&self) -> u32 {
-        self.next.load(Ordering::Relaxed)
-    }
-
-    fn arrived(&self) -> usize {
-        self.arrivals
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .len()
-    }
-
-    /// Waits up to `timeout` for a datagram numbered `from` or later; how long after `since`.
-    fn wait_from(&self, from: u32, since: Instant, timeout: Duration) -> Option<Duration> {
-        let deadline = Instant::now() + timeout;
-        loop {
-            let first = self
-                .arrivals
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner)
-                .iter()
-                .find(|&&(_, seq)| seq >= from)
-                .map(|&(at, _)| at);
-            if let Some(at) = first {
-                return Some(at.saturating_duration_since(since));
-            }
-            if Instant::now() >= deadline {
-                return None;
-            }
-            std::thread::sleep(Duration::from_millis(5));
-        }
-    }
-}
-
-impl Drop for Stream {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-        for thread in self.threads.drain(..) {
-            let _ = thread.join();
-        }
-    }
-}
-
-fn join(ns: &Netns, group: &str, local: &str) -> UdpSocket {
-    let group: SocketAddrV4 = group.parse().expect("a literal group");
-    let local = local.parse().expect("a literal address");
-    let socket = ns.run(|| {
-        let socket = UdpSocket::bind(group)?;
-        socket.join_multicast_v4(group.ip(), &local)?;
-        Ok::<_, std::io::Error>(socket)
-    });
-    let socket = socket.unwrap_or_else(|e| panic!("join {group} on {local}: {e}"));
-    socket
-        .set_read_timeout(Some(Duration::from_millis(50)))
-        .expect("SO_RCVTIMEO on a UDP socket");
-    socket
-}
 
 fn ready(test: &str) -> bool {
     if !privileged(test) {
@@ -182,7 +70,7 @@ fn input_absent_at_start_then_created() {
         Some(0.0)
     );
 
-    let stream = Stream::start(&topo);
+    let stream = Stream::start(&topo, TAG, PPS);
     std::thread::sleep(Duration::from_millis(500));
     assert_eq!(stream.arrived(), 0, "relayed without an input interface");
 

@@ -332,7 +332,15 @@ impl Sinks {
     /// Notes that an output of a rule leaving the table no longer uses its ring or socket;
     /// says whether that left it without users (then [`Sinks::close_unused`] should follow).
     pub(super) fn release(&mut self, output: &CompiledOutput) -> bool {
-        let users = match output {
+        self.users_of(output).is_some_and(|users| {
+            *users = users.saturating_sub(1);
+            *users == 0
+        })
+    }
+
+    /// The count of rules using the ring or socket that `output` goes through, if it is open.
+    fn users_of(&mut self, output: &CompiledOutput) -> Option<&mut usize> {
+        match output {
             CompiledOutput::Ring { ifindex, .. } => self
                 .rings
                 .iter_mut()
@@ -351,11 +359,7 @@ impl Sinks {
                     .find(|socket| socket.key == key)
                     .map(|socket| &mut socket.users)
             }
-        };
-        users.is_some_and(|users| {
-            *users = users.saturating_sub(1);
-            *users == 0
-        })
+        }
     }
 
     /// Counts the users of every ring and socket among `outputs` (every output of the table)
@@ -371,24 +375,8 @@ impl Sinks {
             socket.users = 0;
         }
         for output in outputs {
-            match output {
-                CompiledOutput::Ring { ifindex, .. } => {
-                    if let Some(out) = self.rings.iter_mut().find(|out| out.ifindex == *ifindex) {
-                        out.users += 1;
-                    }
-                }
-                CompiledOutput::Socket {
-                    ifindex,
-                    source,
-                    ttl,
-                    dscp,
-                    ..
-                } => {
-                    let key = (*ifindex, *source, *ttl, *dscp);
-                    if let Some(socket) = self.sockets.iter_mut().find(|socket| socket.key == key) {
-                        socket.users += 1;
-                    }
-                }
+            if let Some(users) = self.users_of(output) {
+                *users += 1;
             }
         }
         let before = self.rings.len() + self.sockets.len();
