@@ -1,20 +1,15 @@
 //! From a configuration file to a checked plan, and from a plan to the sockets that outlive workers.
 
-mod placement;
-
-pub(super) use placement::keep_off_worker_cpus;
-
 use super::inputs::{Inputs, initial_members};
 use super::state::{self, RuleState};
 use super::workers::WorkerSlot;
+use super::world::World;
 use crate::config::{
-    ConfigError, ConfigFile, FanoutSetting, PlacementSetting, RingSection, RpsSetting,
-    WorkersSetting,
+    ConfigError, ConfigFile, FanoutSetting, PlacementSetting, RpsSetting, WorkersSetting,
 };
 use crate::rings;
-use relay_rules::{Interfaces, RuleSet};
+use relay_rules::RuleSet;
 use std::collections::BTreeSet;
-use std::fmt;
 use std::path::{Path, PathBuf};
 
 /// Why a relay could not be set up; each says what to fix.
@@ -24,7 +19,7 @@ pub enum SetupError {
     #[error(transparent)]
     Config(#[from] ConfigError),
     /// Rules that fail validation, every one listed.
-    #[error("{}", InvalidList { path, errors })]
+    #[error("{}", super::checks::InvalidList { path, errors })]
     Invalid {
         /// The configuration (or state) file.
         path: PathBuf,
@@ -46,26 +41,6 @@ pub enum SetupError {
     /// A socket, ring or membership of the rules' inputs could not be set up.
     #[error("setting up the inputs: {0}")]
     Inputs(#[source] super::inputs::InputError),
-}
-
-struct InvalidList<'a> {
-    path: &'a Path,
-    errors: &'a [String],
-}
-
-impl fmt::Display for InvalidList<'_> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "{}: {} problem(s):",
-            self.path.display(),
-            self.errors.len()
-        )?;
-        for error in self.errors {
-            write!(f, "\n  {error}")?;
-        }
-        Ok(())
-    }
 }
 
 /// A configuration checked against this host: rules valid, interfaces known, CPUs chosen.
@@ -177,7 +152,7 @@ impl Plan {
         // typo is still easy to see.
         let (rules, waiting) =
             super::lifecycle::split_waiting(rules, |name| rings::interface_facts(name).is_some());
-        let set = check_rules(&rules_path, &rules)?;
+        let set = super::checks::check_rules(&rules_path, &rules)?;
         let classes = check_classes(path, &config)?;
         let taken: BTreeSet<u32> = classes.iter().flat_map(|(_, cpus)| cpus).copied().collect();
         let pool: Vec<u32> = crate::cpus::choose(&config.relay.workers)
@@ -237,9 +212,9 @@ impl Plan {
     /// Opens what outlives workers: receive rings in their fanout groups, memberships, sinks;
     /// and moves the supervisor off the workers' CPUs when there is a spare one.
     pub(super) fn build(self) -> Result<World, SetupError> {
-        let supervisor_cpus = placement::allowed_cpus();
+        let supervisor_cpus = super::placement::allowed_cpus();
         if let Some(allowed) = &supervisor_cpus {
-            keep_off_worker_cpus(allowed, &self.worker_cpus());
+            super::placement::keep_off_worker_cpus(allowed, &self.worker_cpus());
         }
         let online = fanout_core::cpu::online_cpus().map_or(self.cpus.len(), |cpus| cpus.len());
         let fanout = self.config.relay.fanout;
@@ -270,7 +245,7 @@ impl Plan {
                     .iter()
                     .map(|&(index, cpu)| WorkerSlot::new(index, cpu, class)),
             );
-            owners.push(super::scaling::assign_members(
+            owners.push(super::decide::members::assign_members(
                 members[class],
                 fanout == FanoutSetting::Cpu,
                 &active,
@@ -299,11 +274,10 @@ impl Plan {
             .iter()
             .map(|rule| rule.name.clone())
             .collect();
-        let autoscaler = self
-            .config
-            .autoscale
-            .clone()
-            .map(|section| super::autoscale::Autoscaler::new(section, self.pool.clone()));
+        let autoscaler =
+            self.config.autoscale.clone().map(|section| {
+                super::decide::autoscale::Autoscaler::new(section, self.pool.clone())
+            });
         let (ring, relay) = (self.config.ring, &self.config.relay);
         let (fanout, placement) = (relay.fanout, relay.placement);
         Ok(World {
@@ -323,33 +297,12 @@ impl Plan {
             classes: names,
             autoscaler,
             worker_events: None,
-            rates: super::stats::RateWindow::default(),
+            rates: super::rates::RateWindow::default(),
             notices: crate::notices::Notices::default(),
             file_rules,
+            next_poll: None,
         })
     }
-}
-
-/// Validates `rules` against the facts of the interfaces they name; `path` is where they came
-/// from, for the error.
-pub(super) fn check_rules(path: &Path, rules: &[relay_rules::Rule]) -> Result<RuleSet, SetupError> {
-    let names: BTreeSet<&str> = rules
-        .iter()
-        .flat_map(|rule| {
-            std::iter::once(rule.input.interface.as_str())
-                .chain(rule.outputs.iter().map(|output| output.interface.as_str()))
-        })
-        .collect();
-    // An interface that does not exist is left out of the facts: validation then names every
-    // rule and field that refers to it.
-    let interfaces: Interfaces = names
-        .into_iter()
-        .filter_map(rings::interface_facts)
-        .collect();
-    rings::validate(rules, &interfaces).map_err(|errors| SetupError::Invalid {
-        path: path.to_owned(),
-        errors,
-    })
 }
 
 /// The named classes of `config` with their CPUs, checked on their own and against the online
@@ -383,36 +336,11 @@ fn check_classes(path: &Path, config: &ConfigFile) -> Result<Vec<(String, Vec<u3
         .collect())
 }
 
-/// What the supervisor holds while the relay runs.
-#[derive(Debug)]
-pub(super) struct World {
-    pub(super) slots: Vec<WorkerSlot>,
-    /// By class, the slot serving each fanout member (the same member index on every input).
-    pub(super) owners: Vec<Vec<usize>>,
-    /// The class names by index: the default class (`None`), then the `[[class]]`es.
-    pub(super) classes: Vec<Option<String>>,
-    pub(super) state: RuleState,
-    pub(super) config_path: PathBuf,
-    pub(super) ring: RingSection,
-    pub(super) fanout: FanoutSetting,
-    pub(super) placement: PlacementSetting,
-    pub(super) inputs: Inputs,
-    pub(super) pending: Vec<super::changes::PendingChange>,
-    /// A change of the worker set in progress.
-    pub(super) resize: Option<super::scaling::Resize>,
-    /// The CPUs the supervisor may use, as it started; it moves off the workers' ones.
-    pub(super) supervisor_cpus: Option<fanout_core::cpu::CpuSet>,
-    /// With `[autoscale]`, what decides when the worker set grows or shrinks.
-    pub(super) autoscaler: Option<super::autoscale::Autoscaler>,
-    /// Where worker reader threads send their events, once the loop runs.
-    pub(super) worker_events: Option<std::sync::mpsc::Sender<super::workers::WorkerEvent>>,
-    pub(super) rates: super::stats::RateWindow,
-    /// Rate-limited log lines about workers, and the ring drop detection.
-    pub(super) notices: crate::notices::Notices,
-    /// Names of the rules the configuration file had when it was last read (at start, or by
-    /// the last reload that was applied): a reload tells the rules it removes that were in
-    /// neither file, because they existed only at run time.
-    pub(super) file_rules: BTreeSet<String>,
-    /// The interfaces the rules name, as netlink tells of them.
-    pub(super) lifecycle: super::lifecycle::Lifecycle,
+impl From<super::checks::InvalidRules> for SetupError {
+    fn from(invalid: super::checks::InvalidRules) -> Self {
+        SetupError::Invalid {
+            path: invalid.path,
+            errors: invalid.errors,
+        }
+    }
 }

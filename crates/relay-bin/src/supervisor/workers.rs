@@ -1,5 +1,6 @@
 //! Worker processes: spawning one, handing it its rings and rules, and restarting it with backoff.
 
+use super::life::{Life, Run, Then};
 use super::restarts::{RestartCounts, RestartReason};
 use crate::counters::WorkerCounters;
 use crate::protocol::{self, FromWorker, ToWorker, WorkerStart};
@@ -26,7 +27,7 @@ const HEALTHY_RUN: Duration = Duration::from_secs(30);
 
 /// What a worker's reader thread reports to the supervisor's loop.
 #[derive(Debug)]
-pub enum WorkerEvent {
+pub(crate) enum WorkerEvent {
     /// A message from worker `slot`.
     Message {
         /// Index of the worker slot.
@@ -47,140 +48,156 @@ pub enum WorkerEvent {
     },
 }
 
-/// The state of one worker slot (a CPU with its rings), across restarts of its process.
+/// One worker slot (a CPU with its rings), across the runs of its process.
 #[derive(Debug)]
-pub struct WorkerSlot {
-    /// Index of the slot.
-    pub slot: usize,
+pub(crate) struct WorkerSlot {
+    /// Index of the slot, which worker events carry.
+    pub(crate) slot: usize,
     /// CPU the slot's worker is pinned to.
-    pub cpu: u32,
+    pub(crate) cpu: u32,
     /// The worker class it belongs to (0: the default class), whose rules and rings it serves.
-    pub class: usize,
+    pub(crate) class: usize,
     /// The receive rings this slot's worker serves, each with its fanout member index (the
     /// supervisor keeps their sockets open, so the fanout group keeps its membership while the
     /// process is replaced, or while the ring moves to another slot).
-    pub rings: Vec<(u32, RingHandle)>,
-    /// Whether the slot is part of the worker set (a slot taken out by a resize keeps its
-    /// counters for the summary, and its index, which worker events carry).
-    pub active: bool,
-    /// Held stopped by a resize: not restarted until its rings have moved.
-    pub held: bool,
+    pub(crate) rings: Vec<(u32, RingHandle)>,
+    /// Where it is in its life, with its live process if it has one.
+    pub(crate) life: Life<WorkerProcess>,
     /// Since when its worker has not been serving (dead, or started and not ready yet).
-    pub down_since: Option<Instant>,
+    down_since: Option<Instant>,
     /// Time its worker was not serving, over past outages.
-    pub down_total: Duration,
+    down_total: Duration,
     /// Outages (a worker that exited or was killed), resizes not included.
-    pub outages: u32,
-    /// The running process, if any.
-    pub process: Option<WorkerProcess>,
+    pub(crate) outages: u32,
     /// Times the process was restarted.
-    pub restarts: u32,
+    pub(crate) restarts: u32,
     /// Of `restarts`, how many for each reason.
-    pub restart_reasons: RestartCounts,
-    /// Why the next restart happens, once the process is gone (none yet: it exited by itself).
-    next_restart: Option<RestartReason>,
+    pub(crate) restart_reasons: RestartCounts,
     /// Why the latest restart happened.
-    pub last_restart: Option<RestartReason>,
+    pub(crate) last_restart: Option<RestartReason>,
     /// Counters of processes of this slot that have exited, added together.
-    pub retired: WorkerCounters,
-    /// When the next start may happen after a death.
-    pub restart_at: Option<Instant>,
-    /// Generation the worker last confirmed (0: none yet).
-    pub acked_generation: u64,
+    retired: WorkerCounters,
     /// Times its table drifted and was resynced.
-    pub drift_repairs: u32,
-    /// Whether a whole-table resync is on its way to it.
-    pub resyncing: bool,
-    /// The latest generation sent to its process (start, update or table). A report of an
-    /// older one while this is on its way is expected, not a reason for a resync.
-    pub sent_generation: u64,
-    /// Restart without backoff when the process exits (it was asked to stop to take new rings).
-    pub restart_now: bool,
+    pub(crate) drift_repairs: u32,
+    /// The wait before the next restart after a death: doubled on each quick death.
     backoff: Duration,
 }
 
-/// A live worker process.
+/// The handles of a live worker process.
 #[derive(Debug)]
-pub struct WorkerProcess {
+pub(crate) struct WorkerProcess {
     /// The child.
-    pub child: Child,
+    child: Child,
     /// The supervisor's end of the control socket.
-    pub control: UnixStream,
-    /// When it was started.
-    pub started: Instant,
-    /// Whether it reported `Ready`.
-    pub ready: bool,
-    /// Its latest counters.
-    pub counters: WorkerCounters,
-    /// When the counters request it has not answered yet was sent (at most one is in flight).
-    pub asked_at: Option<Instant>,
-    /// When it last sent anything: a worker that answers something else is not silent.
-    pub heard_at: Instant,
+    control: UnixStream,
 }
 
 impl WorkerSlot {
-    /// A slot for `cpu` in class `class`, with no rings and no process yet.
-    pub fn new(slot: usize, cpu: u32, class: usize) -> Self {
+    /// A slot for `cpu` in class `class`, with no rings, whose first start is due now.
+    pub(crate) fn new(slot: usize, cpu: u32, class: usize) -> Self {
         WorkerSlot {
             slot,
             cpu,
             class,
             rings: Vec::new(),
-            active: true,
-            held: false,
+            life: Life::first(Instant::now()),
             down_since: None,
             down_total: Duration::ZERO,
             outages: 0,
-            process: None,
             restarts: 0,
             restart_reasons: RestartCounts::default(),
-            next_restart: None,
             last_restart: None,
             retired: WorkerCounters::default(),
-            restart_at: None,
-            acked_generation: 0,
             drift_repairs: 0,
-            resyncing: false,
-            sent_generation: 0,
-            restart_now: false,
             backoff: FIRST_BACKOFF,
         }
     }
 
-    /// `ready`, `starting` (started, table not confirmed yet), `restarting` (no process),
-    /// `resizing` (held stopped while rings move) or `retired` (taken out of the worker set).
-    pub fn state_name(&self) -> &'static str {
-        if !self.active {
-            return "retired";
-        }
-        match &self.process {
-            None if self.held => "resizing",
-            Some(process) if process.ready && self.resyncing => "resyncing",
-            Some(process) if process.ready => "ready",
-            Some(_) => "starting",
-            None => "restarting",
+    /// A slot made for a resize, which starts it once its rings have moved.
+    pub(crate) fn joining(slot: usize, cpu: u32, class: usize) -> Self {
+        WorkerSlot {
+            life: Life::Retired,
+            ..WorkerSlot::new(slot, cpu, class)
         }
     }
 
+    /// The live process's run, if there is one.
+    pub(crate) fn run(&self) -> Option<&Run<WorkerProcess>> {
+        self.life.run()
+    }
+
+    /// The live process's id, if there is one.
+    pub(crate) fn pid(&self) -> Option<u32> {
+        self.run().map(|run| run.pid)
+    }
+
+    /// The live run whose process is `pid`: messages of an earlier process are ignored.
+    pub(crate) fn run_of(&mut self, pid: u32) -> Option<&mut Run<WorkerProcess>> {
+        self.life.run_mut().filter(|run| run.pid == pid)
+    }
+
+    /// The generation its live process confirmed (0: none, or no process).
+    pub(crate) fn acked_generation(&self) -> u64 {
+        self.run().map_or(0, |run| run.acked_generation)
+    }
+
     /// Counters of every process this slot has run, the live one included.
-    pub fn counters(&self) -> WorkerCounters {
+    pub(crate) fn counters(&self) -> WorkerCounters {
         let mut total = self.retired.clone();
-        if let Some(process) = &self.process {
-            total.absorb(&process.counters);
+        if let Some(run) = self.run() {
+            total.absorb(&run.counters);
             // Not sums: the table the live process serves now.
-            total.table_generation = process.counters.table_generation;
-            total.table_checksum = process.counters.table_checksum;
+            total.table_generation = run.counters.table_generation;
+            total.table_checksum = run.counters.table_checksum;
         }
         total.cpu = self.cpu;
         total
     }
 
+    /// Folds `counters` from its live process `pid` in, keeping the counts of rules it no
+    /// longer reports (removed ones) with the slot's retired counters.
+    pub(crate) fn take_counters(&mut self, pid: u32, counters: WorkerCounters) {
+        if let Some(run) = self.life.run_mut().filter(|run| run.pid == pid) {
+            crate::counters::update_keeping_rules(&mut run.counters, counters, &mut self.retired);
+        }
+    }
+
+    /// How long it has not been serving, over every outage, the current one included.
+    pub(crate) fn down_for(&self) -> Duration {
+        self.down_total + self.down_since.map_or(Duration::ZERO, |at| at.elapsed())
+    }
+
     /// Starts the slot's worker process: hands it the rings and `start`, and starts a thread
-    /// that forwards its messages to `events`.
-    pub fn spawn(&mut self, start: &WorkerStart, events: Sender<WorkerEvent>) -> io::Result<()> {
+    /// that forwards its messages to `events`. A start that fails is tried again later.
+    pub(crate) fn spawn(
+        &mut self,
+        start: &WorkerStart,
+        events: Sender<WorkerEvent>,
+    ) -> io::Result<()> {
+        let now = Instant::now();
+        self.down_since.get_or_insert(now);
+        match self.launch(start, events) {
+            Ok(process) => {
+                let pid = process.child.id();
+                self.life
+                    .started(Run::new(process, pid, start.generation, now));
+                Ok(())
+            }
+            Err(error) => {
+                self.life.start_failed(now);
+                Err(error)
+            }
+        }
+    }
+
+    fn launch(
+        &self,
+        start: &WorkerStart,
+        events: Sender<WorkerEvent>,
+    ) -> io::Result<WorkerProcess> {
         let (ours, theirs) = control_pair()?;
         let exe = std::env::current_exe()?;
-        let child = Command::new(exe)
+        let mut child = Command::new(exe)
             .arg("worker")
             .arg("--cpu")
             .arg(self.cpu.to_string())
@@ -191,116 +208,133 @@ impl WorkerSlot {
             .stdin(Stdio::from(OwnedFd::from(theirs)))
             .spawn()?;
         let pid = child.id();
-        let mut writer = ours.try_clone()?;
-        let handed = self
-            .rings
-            .iter()
-            .try_for_each(|(_, ring)| {
-                handoff::send_ring(ours.as_fd(), ring).map_err(io::Error::other)
-            })
-            .and_then(|()| protocol::send(&mut writer, &ToWorker::Start(Box::new(start.clone()))));
-        if let Err(error) = handed {
-            let mut child = child;
-            let _ = child.kill();
-            let _ = child.wait();
+        let handed = ours.try_clone().and_then(|mut writer| {
+            self.rings
+                .iter()
+                .try_for_each(|(_, ring)| {
+                    handoff::send_ring(ours.as_fd(), ring).map_err(io::Error::other)
+                })
+                .and_then(|()| {
+                    protocol::send(&mut writer, &ToWorker::Start(Box::new(start.clone())))
+                })
+        });
+        let reader = handed.and_then(|()| ours.try_clone());
+        let forwarding = reader.and_then(|reader| {
+            let slot = self.slot;
+            std::thread::Builder::new()
+                .name(format!("worker-{slot}-reader"))
+                .spawn(move || forward_messages(slot, pid, reader, events))
+                .map(drop)
+        });
+        if let Err(error) = forwarding {
+            // It never got what it needs to serve: make sure it is gone before it is retried.
+            if let Err(kill) = child.kill() {
+                log::debug!("worker on cpu {} (pid {pid}): kill: {kill}", self.cpu);
+            }
+            if let Err(wait) = child.wait() {
+                log::debug!("worker on cpu {} (pid {pid}): wait: {wait}", self.cpu);
+            }
             return Err(error);
         }
-        let reader = ours.try_clone()?;
-        let slot = self.slot;
-        std::thread::Builder::new()
-            .name(format!("worker-{slot}-reader"))
-            .spawn(move || forward_messages(slot, pid, reader, events))?;
-        self.process = Some(WorkerProcess {
+        Ok(WorkerProcess {
             child,
             control: ours,
-            started: Instant::now(),
-            ready: false,
-            counters: WorkerCounters::default(),
-            asked_at: None,
-            heard_at: Instant::now(),
-        });
-        self.restart_at = None;
-        self.down_since.get_or_insert_with(Instant::now);
-        Ok(())
+        })
     }
 
     /// The fanout members (under `steer`, the shards) this slot serves, ascending.
-    pub fn members(&self) -> Vec<u32> {
+    pub(crate) fn members(&self) -> Vec<u32> {
         let mut members: Vec<u32> = self.rings.iter().map(|(member, _)| *member).collect();
         members.sort_unstable();
         members.dedup();
         members
     }
 
-    /// Notes that the worker serves again (it confirmed its table).
-    pub fn serving(&mut self) {
-        if let Some(since) = self.down_since.take() {
+    /// Notes that its process `pid` confirmed a table: a starting one serves now.
+    pub(crate) fn confirmed(&mut self, pid: u32) {
+        if self.pid() != Some(pid) {
+            return;
+        }
+        self.life.confirmed();
+        if self.life.is_serving()
+            && let Some(since) = self.down_since.take()
+        {
             self.down_total += since.elapsed();
         }
     }
 
-    /// Reaps the slot's process after it went away, keeps its counters and schedules a restart.
-    pub fn reap(&mut self) -> Option<std::process::ExitStatus> {
-        let mut process = self.process.take()?;
-        let _ = process.child.kill();
-        let status = process.child.wait().ok();
-        self.retired.absorb(&process.counters);
-        let ran = process.started.elapsed();
-        self.backoff = if ran >= HEALTHY_RUN {
-            FIRST_BACKOFF
-        } else {
-            (self.backoff * 2).min(MAX_BACKOFF)
-        };
-        self.acked_generation = 0;
-        self.resyncing = false;
-        self.sent_generation = 0;
-        self.down_since.get_or_insert_with(Instant::now);
-        let reason = self.next_restart.take();
-        if self.held || !self.active {
-            self.restart_now = false;
-            self.restart_at = None;
-        } else if std::mem::take(&mut self.restart_now) {
-            self.restart_at = Some(Instant::now());
-            self.next_restart = Some(reason.unwrap_or(RestartReason::Handover));
-        } else {
-            self.restart_at = Some(Instant::now() + self.backoff);
-            self.next_restart = Some(reason.unwrap_or(RestartReason::Exited));
+    /// Stops the live process for `then` (see [`Life::stop`]), telling it to stop when it has
+    /// to be told.
+    pub(crate) fn stop(&mut self, then: Then) {
+        if self.life.stop(then) {
+            // A worker that cannot be told is stuck: `tell` kills it, and its exit is reaped
+            // as this stop's.
+            if let Err(error) = self.tell(&ToWorker::Stop) {
+                log::debug!("worker on cpu {}: stop not sent: {error}", self.cpu);
+            }
         }
-        status
     }
 
-    /// Counts the restart about to happen, with the reason its process went away for, and
-    /// returns that reason.
-    pub fn count_restart(&mut self) -> RestartReason {
-        let reason = self.next_restart.take().unwrap_or(RestartReason::Exited);
-        self.restarts += 1;
-        self.restart_reasons.count(reason);
-        self.last_restart = Some(reason);
-        reason
+    /// Reaps the slot's process after it went away (killing it first if it lingers), keeps its
+    /// counters and moves on in its life; says whether nobody asked for the exit, and its
+    /// status. `None` when it had no process.
+    pub(crate) fn reap(&mut self) -> Option<(bool, Option<std::process::ExitStatus>)> {
+        let ran = self.run()?.started.elapsed();
+        self.backoff = next_backoff(self.backoff, ran);
+        let exit = self.life.exited(Instant::now(), self.backoff)?;
+        let mut process = exit.run.process;
+        // It may still run (a worker asked to stop that took too long): it must be gone
+        // before its rings go to another process. Killing a process that exited fails
+        // harmlessly.
+        if let Err(error) = process.child.kill() {
+            log::debug!("worker on cpu {}: kill: {error}", self.cpu);
+        }
+        let status = process.child.wait().ok();
+        self.retired.absorb(&exit.run.counters);
+        if exit.unexpected {
+            self.outages += 1;
+        }
+        if self.life.in_worker_set() {
+            self.down_since.get_or_insert_with(Instant::now);
+        }
+        Some((exit.unexpected, status))
     }
 
-    /// Notes that the process could not be started: the next attempt is a restart for that.
-    pub fn start_failed(&mut self) {
-        self.next_restart = Some(RestartReason::StartFailed);
+    /// Counts the restart about to happen, if it is one, with the reason its process went
+    /// away for.
+    pub(crate) fn count_restart(&mut self) {
+        if let Some(reason) = self.life.restart_reason() {
+            self.restarts += 1;
+            self.restart_reasons.count(reason);
+            self.last_restart = Some(reason);
+        }
+    }
+
+    /// Takes the slot out of the worker set: its outage ends with it.
+    pub(crate) fn retire(&mut self) {
+        self.life.retire();
+        self.down_since = None;
     }
 
     /// Kills the live process for `reason`; its exit is then reaped as usual (the control
     /// socket closes), and the restart that follows is counted for `reason`.
-    pub fn kill(&mut self, reason: RestartReason) {
-        if let Some(process) = &mut self.process {
-            self.next_restart = Some(reason);
-            let _ = process.child.kill();
+    pub(crate) fn kill(&mut self, reason: RestartReason) {
+        if self.life.killed(reason)
+            && let Some(run) = self.life.run_mut()
+            && let Err(error) = run.process.child.kill()
+        {
+            log::debug!("worker on cpu {}: kill: {error}", self.cpu);
         }
     }
 
     /// Sends `message` to the live process, if any; a failure means it is going away. A
     /// worker that did not read for `WRITE_TIMEOUT` (5 s) is killed (the message may be half
     /// written, and the worker is stuck): its end of the socket closes, and it is restarted.
-    pub fn tell(&mut self, message: &ToWorker) -> io::Result<()> {
-        let Some(process) = &mut self.process else {
+    pub(crate) fn tell(&mut self, message: &ToWorker) -> io::Result<()> {
+        let Some(run) = self.life.run_mut() else {
             return Ok(());
         };
-        let sent = protocol::send(&mut process.control, message);
+        let sent = protocol::send(&mut run.process.control, message);
         if let Err(error) = &sent
             && matches!(
                 error.kind(),
@@ -310,12 +344,23 @@ impl WorkerSlot {
             log::error!(
                 "worker on cpu {} (pid {}) read nothing for {} s: killed, to be restarted",
                 self.cpu,
-                process.child.id(),
+                run.pid,
                 WRITE_TIMEOUT.as_secs()
             );
             self.kill(RestartReason::Unresponsive);
         }
         sent
+    }
+}
+
+/// The wait before restarting a worker that died after running for `ran`, given the previous
+/// wait: doubled on each quick death, up to [`MAX_BACKOFF`], and back to [`FIRST_BACKOFF`]
+/// after a healthy run.
+fn next_backoff(previous: Duration, ran: Duration) -> Duration {
+    if ran >= HEALTHY_RUN {
+        FIRST_BACKOFF
+    } else {
+        (previous * 2).min(MAX_BACKOFF)
     }
 }
 
@@ -339,20 +384,22 @@ fn forward_messages(slot: usize, pid: u32, stream: UnixStream, events: Sender<Wo
                     return;
                 }
             }
+            // Nothing is lost when the loop has gone: it stopped listening because the relay
+            // stops.
             Ok(None) => {
-                let _ = events.send(WorkerEvent::Gone {
+                drop(events.send(WorkerEvent::Gone {
                     slot,
                     pid,
                     error: None,
-                });
+                }));
                 return;
             }
             Err(error) => {
-                let _ = events.send(WorkerEvent::Gone {
+                drop(events.send(WorkerEvent::Gone {
                     slot,
                     pid,
                     error: Some(error.to_string()),
-                });
+                }));
                 return;
             }
         }
@@ -362,6 +409,20 @@ fn forward_messages(slot: usize, pid: u32, stream: UnixStream, events: Sender<Wo
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn quick_deaths_back_off_and_a_healthy_run_resets_the_wait() {
+        let mut wait = FIRST_BACKOFF;
+        for _ in 0..10 {
+            wait = next_backoff(wait, Duration::from_millis(50));
+        }
+        assert_eq!(wait, MAX_BACKOFF);
+        assert_eq!(next_backoff(wait, HEALTHY_RUN), FIRST_BACKOFF);
+        assert_eq!(
+            next_backoff(FIRST_BACKOFF, Duration::ZERO),
+            FIRST_BACKOFF * 2
+        );
+    }
 
     /// A write to a worker that reads nothing fails once the timeout passes, instead of
     /// blocking the supervisor for as long as the worker does not read.

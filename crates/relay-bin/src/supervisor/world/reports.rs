@@ -1,25 +1,10 @@
 //! Rates: counters sampled once per counter interval, and the difference between two samples.
 
-use super::setup::World;
-use crate::control::proto::{Rates, RuleStats, StatsReport, WorkerStats};
+use super::World;
+use crate::control::proto::{Rates, RuleStats, StatsReport, WorkerReport, WorkerStats};
 use crate::counters::WorkerCounters;
 use std::collections::BTreeMap;
 use std::time::Instant;
-
-/// The two latest samples of every worker slot's counters.
-#[derive(Debug, Default)]
-pub(crate) struct RateWindow {
-    previous: Option<(Instant, Vec<WorkerCounters>)>,
-    latest: Option<(Instant, Vec<WorkerCounters>)>,
-}
-
-impl RateWindow {
-    /// Records a sample.
-    pub(crate) fn sample(&mut self, now: Instant, counters: Vec<WorkerCounters>) {
-        self.previous = self.latest.take();
-        self.latest = Some((now, counters));
-    }
-}
 
 impl World {
     /// Samples the counters for the rates (called once per counter interval).
@@ -118,5 +103,37 @@ impl World {
             rules,
             workers,
         }
+    }
+
+    /// What `workers` reports: the slots in the worker set.
+    pub(super) fn worker_reports(&self) -> Vec<WorkerReport> {
+        self.slots
+            .iter()
+            .filter(|slot| slot.life.in_worker_set())
+            .map(|slot| {
+                let counters = slot.counters();
+                let serving = slot.life.is_ready();
+                WorkerReport {
+                    cpu: slot.cpu,
+                    pid: slot.pid(),
+                    state: slot.life.name().into(),
+                    restarts: slot.restarts,
+                    restart_reasons: slot.restart_reasons.by_name(),
+                    generation: slot.acked_generation(),
+                    drift_repairs: slot.drift_repairs,
+                    received: counters.received,
+                    forwarded: counters.forwarded,
+                    members: slot.members(),
+                    unserved_rules: if serving {
+                        0
+                    } else {
+                        self.shard_rules(slot.slot)
+                    },
+                    outages: slot.outages,
+                    down_ms: slot.down_for().as_millis() as u64,
+                    class: self.classes.get(slot.class).cloned().flatten(),
+                }
+            })
+            .collect()
     }
 }

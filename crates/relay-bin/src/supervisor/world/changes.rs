@@ -1,13 +1,18 @@
 //! Control commands, and changes to the rule set applied to every worker with acknowledgement.
 
-use super::setup::{World, check_rules};
-use super::state::Change;
+use super::World;
 use crate::config::ConfigFile;
 use crate::control::proto::{ChangeReport, Command, KeyEntry, Reply, Response};
 use crate::control::{Pending, respond};
 use crate::notices::Notices;
 use crate::protocol::ToWorker;
 use crate::ratelimit::Kind;
+use crate::supervisor::checks::check_rules;
+use crate::supervisor::decide::resize;
+use crate::supervisor::inflight::PendingChange;
+use crate::supervisor::life::Then;
+use crate::supervisor::restarts::RestartReason;
+use crate::supervisor::state::Change;
 use relay_rules::InterfaceFacts;
 use relay_rules::Rule;
 use std::collections::{BTreeSet, HashMap};
@@ -18,17 +23,22 @@ use std::time::{Duration, Instant};
 /// How long a change waits for every live worker to confirm it before answering anyway.
 const CONFIRM_WITHIN: Duration = Duration::from_secs(3);
 
-/// A change that was applied and is waiting for the workers' confirmations.
-#[derive(Debug)]
-pub(super) struct PendingChange {
-    report: ChangeReport,
-    reply: Option<Sender<Response>>,
-    deadline: Instant,
-}
-
 impl World {
+    /// Carries out one control request, unless it changes rules while the worker set changes.
+    pub(super) fn control(&mut self, pending: Pending) {
+        let changes_rules = matches!(
+            pending.request.command,
+            Command::Add { .. } | Command::Remove { .. } | Command::Reload
+        );
+        if changes_rules && let Err(refusal) = resize::may_change_rules(self.resize.is_some()) {
+            respond(&pending.reply, Response::refused(refusal));
+            return;
+        }
+        self.command(pending);
+    }
+
     /// Carries out one control request and answers it (now, or once the workers confirmed).
-    pub(super) fn command(&mut self, pending: Pending) {
+    fn command(&mut self, pending: Pending) {
         let Pending { request, reply } = pending;
         let answer = match request.command {
             Command::List => Response::ok(Reply::Rules {
@@ -227,7 +237,7 @@ impl World {
             }
         };
         let names: Vec<String> = self.classes.iter().flatten().cloned().collect();
-        let default_workers = self.slots.iter().any(|slot| slot.class == 0 && slot.active);
+        let default_workers = self.class_slots(0).next().is_some();
         let mut problems = crate::config::check_rule_classes(&change.add, &names, default_workers);
         problems.extend(self.shared_key(&change));
         if !problems.is_empty() {
@@ -318,7 +328,8 @@ impl World {
                     .cloned()
                     .collect();
                 let slot = &mut self.slots[index];
-                if slot.process.as_ref().is_some_and(|process| process.ready)
+                // A starting worker gets the whole table once it is ready (`decide::reports`).
+                if slot.life.is_serving()
                     && slot
                         .tell(&ToWorker::Update {
                             generation,
@@ -327,8 +338,9 @@ impl World {
                             interfaces: interfaces.clone(),
                         })
                         .is_ok()
+                    && let Some(run) = slot.life.run_mut()
                 {
-                    slot.sent_generation = generation;
+                    run.sent_generation = generation;
                 }
             }
         } else {
@@ -341,12 +353,7 @@ impl World {
                 }
             }
             for slot in &mut self.slots {
-                if slot.process.is_some() {
-                    // A worker that cannot be told is already going away (`tell` kills one
-                    // that is stuck); its exit is handled like this stop's.
-                    let _ = slot.tell(&ToWorker::Stop);
-                    slot.restart_now = true;
-                }
+                slot.stop(Then::RestartNow(RestartReason::Handover));
             }
         }
         self.pending.push(PendingChange {
@@ -364,7 +371,7 @@ impl World {
         if self.inputs.class_count() == 1 {
             return None;
         }
-        fn key_of(rule: &Rule) -> (&str, super::inputs::Key) {
+        fn key_of(rule: &Rule) -> (&str, crate::supervisor::inputs::Key) {
             (
                 rule.input.interface.as_str(),
                 (rule.input.destination, rule.input.port),
@@ -375,7 +382,7 @@ impl World {
             .iter()
             .filter_map(|name| self.state.set().get(name))
             .collect();
-        let mut added: HashMap<(&str, super::inputs::Key), &Rule> = HashMap::new();
+        let mut added: HashMap<(&str, crate::supervisor::inputs::Key), &Rule> = HashMap::new();
         for rule in &change.add {
             let key = key_of(rule);
             if let Some(other) = added.get(&key)
@@ -410,8 +417,8 @@ impl World {
             world
                 .slots
                 .iter()
-                .filter(|slot| slot.process.as_ref().is_some_and(|process| process.ready))
-                .all(|slot| slot.acked_generation >= generation)
+                .filter(|slot| slot.life.is_serving())
+                .all(|slot| slot.acked_generation() >= generation)
         };
         let mut index = 0;
         let mut settled = false;
@@ -443,7 +450,8 @@ impl World {
                 change.report.unconfirmed = self
                     .slots
                     .iter()
-                    .filter(|slot| slot.acked_generation < change.report.generation)
+                    .filter(|slot| slot.life.in_worker_set())
+                    .filter(|slot| slot.acked_generation() < change.report.generation)
                     .map(|slot| slot.cpu)
                     .collect();
                 log::warn!(

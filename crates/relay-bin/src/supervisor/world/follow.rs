@@ -2,11 +2,11 @@
 //! transition is logged once and counted; rules waiting for an interface start relaying when
 //! it appears.
 
-use super::lifecycle::{Transition, interfaces_of};
-use super::links::LinkEvent;
-use super::setup::World;
-use super::state::Change;
+use super::World;
 use crate::rings;
+use crate::supervisor::lifecycle::{Transition, interfaces_of};
+use crate::supervisor::links::LinkEvent;
+use crate::supervisor::state::Change;
 
 impl World {
     /// Acts on one netlink event.

@@ -1,15 +1,14 @@
-//! `[autoscale]`: once a second, measure how busy the workers are and grow or shrink the worker
-//! set by one, with hysteresis (two thresholds, a sustain window and a cooldown).
+//! `[autoscale]` verdicts: fold each second's busy fractions into a streak and decide, with
+//! hysteresis (two thresholds, a sustain window and a cooldown), when the default class grows
+//! or shrinks by one worker.
 
-use super::setup::World;
 use crate::config::AutoscaleSection;
-use crate::config::WorkersSetting;
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 /// What the autoscaler remembers between samples.
 #[derive(Debug)]
-pub(super) struct Autoscaler {
+pub(crate) struct Autoscaler {
     section: AutoscaleSection,
     /// The CPUs it may use, in the order it adds them.
     pool: Vec<u32>,
@@ -23,15 +22,18 @@ pub(super) struct Autoscaler {
 
 /// What a sample calls for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(super) enum Verdict {
+pub(crate) enum Verdict {
+    /// One more worker.
     Grow,
+    /// One fewer.
     Shrink,
+    /// No change.
     Stay,
 }
 
 impl Autoscaler {
     /// An autoscaler over `pool`, the CPUs of `relay.workers`.
-    pub(super) fn new(section: AutoscaleSection, pool: Vec<u32>) -> Self {
+    pub(crate) fn new(section: AutoscaleSection, pool: Vec<u32>) -> Self {
         Autoscaler {
             section,
             pool,
@@ -41,19 +43,33 @@ impl Autoscaler {
         }
     }
 
-    /// The busy fraction of process `pid` since its last sample; `None` on its first one or
-    /// when it cannot be read (it just exited).
-    fn busy(&mut self, pid: u32, ticks_per_second: u64, now: Instant) -> Option<f64> {
-        let ticks = cpu_ticks(pid)?;
+    /// The busy fraction of process `pid`, which had used `ticks` of CPU time by `now`, since
+    /// its last sample; `None` on its first one.
+    pub(crate) fn busy(
+        &mut self,
+        pid: u32,
+        ticks: u64,
+        ticks_per_second: u64,
+        now: Instant,
+    ) -> Option<f64> {
         let previous = self.last.insert(pid, (ticks, now))?;
         let elapsed = now.duration_since(previous.1).as_secs_f64();
         (elapsed > 0.0)
             .then(|| ticks.saturating_sub(previous.0) as f64 / ticks_per_second as f64 / elapsed)
     }
 
+    /// Forgets the samples of processes not in `pids` (they exited), and, with `interrupted`,
+    /// the streak: a sample taken while a worker starts or a change is in flight says nothing.
+    pub(crate) fn keep_only(&mut self, pids: &[u32], interrupted: bool) {
+        self.last.retain(|pid, _| pids.contains(pid));
+        if interrupted {
+            self.streak = 0;
+        }
+    }
+
     /// Folds one sample (each serving worker's busy fraction) into the streak and says whether
     /// it is time to change, given `workers` serving now.
-    pub(super) fn judge(&mut self, busy: &[f64], now: Instant) -> Verdict {
+    pub(crate) fn judge(&mut self, busy: &[f64], now: Instant) -> Verdict {
         let workers = busy.len();
         let cooling = self.changed.is_some_and(|at| {
             now.duration_since(at) < Duration::from_secs(u64::from(self.section.cooldown_s))
@@ -83,7 +99,7 @@ impl Autoscaler {
     }
 
     /// The worker set one step from `current` in the direction of `verdict`.
-    fn next_set(&self, current: &[u32], verdict: Verdict) -> Option<Vec<u32>> {
+    pub(crate) fn next_set(&self, current: &[u32], verdict: Verdict) -> Option<Vec<u32>> {
         let mut cpus = current.to_vec();
         match verdict {
             Verdict::Grow => cpus.push(*self.pool.iter().find(|cpu| !current.contains(cpu))?),
@@ -93,68 +109,6 @@ impl Autoscaler {
             Verdict::Stay => return None,
         }
         Some(cpus)
-    }
-}
-
-/// User plus system time of process `pid`, in clock ticks (`/proc/<pid>/stat` fields 14 and 15).
-fn cpu_ticks(pid: u32) -> Option<u64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // The command name (field 2) is in parentheses and may hold spaces: count after its end.
-    let rest = &stat[stat.rfind(')')? + 1..];
-    let mut fields = rest.split_whitespace().skip(11);
-    let user: u64 = fields.next()?.parse().ok()?;
-    let system: u64 = fields.next()?.parse().ok()?;
-    Some(user + system)
-}
-
-impl World {
-    /// One autoscale step, on the counters' one-second tick.
-    pub(super) fn autoscale(&mut self, now: Instant) {
-        let in_flight = self.resize.is_some() || !self.pending.is_empty();
-        let ticks_per_second = nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK)
-            .ok()
-            .flatten()
-            .map_or(100, |ticks| ticks.max(1) as u64);
-        // Only the default class grows and shrinks: the named ones have the CPUs they name.
-        let pids: Vec<u32> = self
-            .class_slots(0)
-            .filter(|slot| slot.state_name() == "ready")
-            .filter_map(|slot| slot.process.as_ref().map(|p| p.child.id()))
-            .collect();
-        let current: Vec<u32> = self.class_slots(0).map(|slot| slot.cpu).collect();
-        let active = current.len();
-        let Some(scaler) = self.autoscaler.as_mut() else {
-            return;
-        };
-        let busy: Vec<f64> = pids
-            .iter()
-            .filter_map(|&pid| scaler.busy(pid, ticks_per_second, now))
-            .collect();
-        scaler.last.retain(|pid, _| pids.contains(pid));
-        if in_flight || busy.len() != active {
-            // A worker starting, restarting or just started, or a change in flight: no sample.
-            scaler.streak = 0;
-            return;
-        }
-        let verdict = scaler.judge(&busy, now);
-        let shares: Vec<String> = busy.iter().map(|b| format!("{:.1}%", b * 100.0)).collect();
-        log::debug!("autoscale: workers busy [{}]", shares.join(", "));
-        let Some(cpus) = scaler.next_set(&current, verdict) else {
-            return;
-        };
-        log::info!(
-            "autoscale: workers busy [{}]: {} to cpus {cpus:?}",
-            shares.join(", "),
-            if verdict == Verdict::Grow {
-                "growing"
-            } else {
-                "shrinking"
-            }
-        );
-        if let Err(error) = self.begin_resize(0, &WorkersSetting::Cpus(cpus)) {
-            log::warn!("autoscale: cannot change the worker set: {error}");
-        }
-        self.advance_resize();
     }
 }
 
@@ -222,25 +176,5 @@ mod tests {
         // One worker is the minimum.
         let mut lone = self::scaler(1);
         assert_eq!(lone.judge(&[0.0], at(1)), Verdict::Stay);
-    }
-
-    #[test]
-    fn reads_this_process_cpu_time() {
-        let before = cpu_ticks(std::process::id()).expect("own /proc stat");
-        let spin = Instant::now();
-        let mut x = 0u64;
-        let mut after = before;
-        // Spinning uses CPU time: the count must rise (within 5 s even on a crowded machine).
-        while after == before && spin.elapsed() < Duration::from_secs(5) {
-            for _ in 0..100_000 {
-                x = std::hint::black_box(x.wrapping_add(1));
-            }
-            after = cpu_ticks(std::process::id()).expect("own /proc stat");
-        }
-        assert!(
-            after > before,
-            "{before} -> {after} after {:?}",
-            spin.elapsed()
-        );
     }
 }
