@@ -1,7 +1,8 @@
 //! Interfaces followed through netlink, under a steady stream of [`PPS`] datagrams per second:
 //! a rule whose input interface does not exist when the relay starts waits for it, shows as
 //! waiting in `ctl list` and the metrics, and relays within a second of the interface's
-//! creation.
+//! creation; a rule whose input is deleted waits for it again, and relays within a second of
+//! its creation anew.
 
 use std::time::{Duration, Instant};
 
@@ -120,6 +121,101 @@ fn input_absent_at_start_then_created() {
             "worker on cpu {} restarted {} times",
             worker.cpu,
             worker.restarts
+        );
+    }
+}
+
+/// Gives the sender's address and its multicast route to `peer`, the input pair's end in the
+/// sender's namespace, taking the address from `from` when it still has it.
+fn send_through(topo: &Topology, peer: &str, from: Option<&str>) {
+    if let Some(from) = from {
+        topo.sender.ip(&[
+            "addr",
+            "del",
+            &format!("{}/24", Topology::SENDER_ADDR),
+            "dev",
+            from,
+        ]);
+    }
+    topo.sender
+        .add_addr(peer, &format!("{}/24", Topology::SENDER_ADDR));
+    topo.sender
+        .ip(&["route", "replace", "224.0.0.0/4", "dev", peer]);
+}
+
+#[test]
+fn input_deleted_and_recreated() {
+    if !ready("input_deleted_and_recreated") {
+        return;
+    }
+    let topo = quiet_topology("ifc_again");
+    let dir = Workdir::new("ifc_again");
+    let _first = veth_pair(&topo.sender, LATE_PEER, &topo.relay, LATE_IF);
+    send_through(&topo, LATE_PEER, Some(Topology::SENDER_IF));
+    let config = relay_section(&dir, "workers = \"0-1\"\nfanout = \"cpu\"")
+        + &rule("cam", "239.1.1.1", 5000, "239.2.2.2", 6000).replace("rin0", LATE_IF);
+    let relay = RelayProcess::start(&topo.relay, &config, &["--metrics", METRICS]);
+    let ctl = Ctl::new(&dir);
+    ctl.wait_settled(Duration::from_secs(10));
+    let stream = Stream::start(&topo, TAG, PPS);
+    let from = stream.next_seq();
+    assert!(
+        stream
+            .wait_from(from, Instant::now(), Duration::from_secs(5))
+            .is_some(),
+        "nothing relayed before the deletion; log:\n{}",
+        relay.log()
+    );
+
+    topo.relay.ip(&["link", "del", LATE_IF]);
+    relay.wait_for_log("the rule to wait again", Duration::from_secs(5), |line| {
+        line.contains(r#"rule(s) ["cam"] wait for interface late0 again"#)
+    });
+    let listed = ctl.ok(&["list"]);
+    assert!(
+        listed.contains("cam") && listed.contains("waiting for interface(s) late0"),
+        "ctl list does not show the rule waiting again:\n{listed}"
+    );
+    assert_eq!(metric(&topo, "fanout_relay_rules_waiting", None), Some(1.0));
+    assert_eq!(
+        metric(&topo, "fanout_relay_interface_up", Some(LATE_IF)),
+        Some(0.0)
+    );
+
+    let from = stream.next_seq();
+    let at = Instant::now();
+    let _again = veth_pair(&topo.sender, LATE_PEER, &topo.relay, LATE_IF);
+    // The sender's end went with the pair, and its address with it.
+    send_through(&topo, LATE_PEER, None);
+    let Some(resumed) = stream.wait_from(from, at, Duration::from_secs(5)) else {
+        panic!(
+            "nothing relayed within 5 s of {LATE_IF}'s creation anew; log:\n{}",
+            relay.log()
+        );
+    };
+    println!("{LATE_IF} created anew: relaying resumed after {resumed:?}");
+    assert!(
+        resumed < RESUME,
+        "relaying resumed {resumed:?} after {LATE_IF} was created anew"
+    );
+    assert_eq!(metric(&topo, "fanout_relay_rules_waiting", None), Some(0.0));
+    assert_eq!(
+        metric(&topo, "fanout_relay_interface_up", Some(LATE_IF)),
+        Some(1.0)
+    );
+    // The new rings go to the workers, which take rings when they start: each is restarted
+    // once, for the hand-over, and for nothing else.
+    for worker in ctl.workers() {
+        assert!(
+            worker.restarts <= 1
+                && worker
+                    .restart_reasons
+                    .keys()
+                    .all(|reason| reason == "handover"),
+            "worker on cpu {} restarted {} times ({:?})",
+            worker.cpu,
+            worker.restarts,
+            worker.restart_reasons
         );
     }
 }

@@ -416,8 +416,11 @@ impl Inputs {
         match want {
             Want::Group(membership) => {
                 // The relay no longer reads the group, so a failed leave costs only traffic the
-                // host keeps receiving (and dropping) until the relay exits: worth a warning.
-                if let Err(error) = self.memberships.leave(membership) {
+                // host keeps receiving (and dropping) until the relay exits: worth a warning;
+                // unless the interface is gone, and its memberships with it.
+                if let Err(error) = self.memberships.leave(membership)
+                    && rings::interface_facts(interface).is_some()
+                {
                     log::warn!(
                         "leaving {} on {interface}: {error}; the host stays a member until the \
                          relay exits",
@@ -444,6 +447,13 @@ impl Inputs {
             }
             None => false,
         }
+    }
+
+    /// Forgets every class's fanout group on `interface`, which was deleted: the kernel unbound
+    /// their sockets from it, and an interface created later under the name gets new rings
+    /// when a rule wants it again.
+    pub(super) fn drop_interface(&mut self, interface: &str) {
+        self.groups.retain(|(_, name), _| name != interface);
     }
 
     /// Fanout members per input interface of class `class`.

@@ -252,6 +252,31 @@ impl RuleState {
         }
     }
 
+    /// Takes the facts of interface `name` as they are now, if the set knows it and they
+    /// changed (an interface created anew under the name has a new index, and may have a new
+    /// address, MTU and MAC); says whether they changed. Facts that break a running rule are
+    /// refused, and the set keeps the old ones.
+    pub(crate) fn refresh_facts(
+        &mut self,
+        name: &str,
+    ) -> Result<bool, relay_rules::ValidationErrors> {
+        let Some(current) = rings::interface_facts(name) else {
+            return Ok(false);
+        };
+        if self
+            .set
+            .interfaces()
+            .get(name)
+            .is_none_or(|known| *known == current)
+        {
+            return Ok(false);
+        }
+        let mut interfaces = self.set.interfaces().clone();
+        interfaces.insert(current);
+        self.set = self.set.with_interfaces(interfaces)?;
+        Ok(true)
+    }
+
     /// Undoes the latest [`RuleState::apply`], which was not committed.
     pub(crate) fn revert(&mut self, undo: Undo) {
         match undo {

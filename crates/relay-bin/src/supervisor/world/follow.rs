@@ -7,6 +7,7 @@ use crate::rings;
 use crate::supervisor::lifecycle::{Transition, interfaces_of};
 use crate::supervisor::links::LinkEvent;
 use crate::supervisor::state::Change;
+use relay_rules::Rule;
 
 impl World {
     /// Acts on one netlink event.
@@ -35,15 +36,64 @@ impl World {
                 Transition::Up { name } => log::info!("interface {name} is up again"),
                 Transition::Appeared { name, index } => {
                     log::info!("interface {name} appeared (index {index})");
+                    match self.state.refresh_facts(&name) {
+                        Ok(true) => log::info!("interface {name}: its facts are read anew"),
+                        Ok(false) => {}
+                        Err(errors) => log::error!(
+                            "interface {name}: its new facts break running rules, which keep \
+                             the old ones: {errors}"
+                        ),
+                    }
                     self.activate_waiting();
                 }
                 Transition::Gone { name, index } => {
                     log::warn!("interface {name} (index {index}) was deleted");
+                    self.input_gone(&name, index);
                 }
                 Transition::Facts { name } => {
                     log::debug!("interface {name}: facts changed");
                 }
             }
+        }
+    }
+
+    /// The rules whose input was `name` (index `index`), which was deleted, wait for it again:
+    /// the kernel unbound their receive rings from it, and an interface created later under the
+    /// name is a new one, which needs new rings, a new fanout group and new memberships. Their
+    /// workers let the dead rings go when the new ones are handed to them.
+    fn input_gone(&mut self, name: &str, index: u32) {
+        self.inputs.drop_interface(name);
+        for slot in &mut self.slots {
+            slot.rings
+                .retain(|(_, ring)| ring.descriptor().ifindex != index);
+        }
+        let rules: Vec<Rule> = self
+            .state
+            .set()
+            .rules()
+            .iter()
+            .filter(|rule| rule.input.interface == name)
+            .cloned()
+            .collect();
+        if rules.is_empty() {
+            return;
+        }
+        let names: Vec<String> = rules.iter().map(|rule| rule.name.clone()).collect();
+        let change = Change {
+            remove: names.clone(),
+            add: Vec::new(),
+        };
+        if self.apply_as(change, None, false) {
+            log::warn!(
+                "rule(s) {names:?} wait for interface {name} again: they relay once it is \
+                 created anew"
+            );
+            self.state.wait(rules);
+        } else {
+            log::error!(
+                "rule(s) {names:?}: their input {name} was deleted, but they could not be set \
+                 to wait for it (the reason is logged above)"
+            );
         }
     }
 
