@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use fanout_relay_tests::ctl::{Ctl, Workdir, relay_section, rule};
 use fanout_relay_tests::obs::{Metrics, scrape};
-use fanout_relay_tests::relay::{RelayProcess, Stream, quiet_topology};
+use fanout_relay_tests::relay::{Capture, RelayProcess, Stream, quiet_topology};
 use fanout_relay_tests::{Topology, privileged, skip, veth_pair};
 
 /// Datagrams per second of the stream.
@@ -216,6 +216,77 @@ fn input_deleted_and_recreated() {
             worker.cpu,
             worker.restarts,
             worker.restart_reasons
+        );
+    }
+}
+
+#[test]
+fn output_deleted_and_recreated() {
+    if !ready("output_deleted_and_recreated") {
+        return;
+    }
+    let topo = quiet_topology("ifc_out");
+    let dir = Workdir::new("ifc_out");
+    let config = relay_section(&dir, "workers = \"0-1\"\nfanout = \"cpu\"")
+        + &rule("cam", "239.1.1.1", 5000, "239.2.2.2", 6000);
+    let relay = RelayProcess::start(&topo.relay, &config, &["--metrics", METRICS]);
+    let ctl = Ctl::new(&dir);
+    ctl.wait_settled(Duration::from_secs(10));
+    let stream = Stream::start(&topo, TAG, PPS);
+    let from = stream.next_seq();
+    assert!(
+        stream
+            .wait_from(from, Instant::now(), Duration::from_secs(5))
+            .is_some(),
+        "nothing relayed before the deletion; log:\n{}",
+        relay.log()
+    );
+
+    let out = Topology::RELAY_OUT_IF;
+    topo.relay.ip(&["link", "del", out]);
+    relay.wait_for_log("the deletion to be seen", Duration::from_secs(5), |line| {
+        line.contains("interface rout0 (index") && line.contains("was deleted")
+    });
+    assert_eq!(
+        metric(&topo, "fanout_relay_interface_up", Some(out)),
+        Some(0.0)
+    );
+
+    // The pair again, with both addresses: the receiver's stack has no membership on its new
+    // end, so a capture there sees what the relay sends.
+    let at = Instant::now();
+    let _again = veth_pair(&topo.relay, out, &topo.receiver, Topology::RECEIVER_IF);
+    topo.relay
+        .add_addr(out, &format!("{}/24", Topology::RELAY_OUT_ADDR));
+    topo.receiver.add_addr(
+        Topology::RECEIVER_IF,
+        &format!("{}/24", Topology::RECEIVER_ADDR),
+    );
+    let seen = Capture::open(&topo.receiver, Topology::RECEIVER_IF, "239.2.2.2:6000")
+        .collect(50, Duration::from_secs(5))
+        .finish();
+    let resumed = at.elapsed();
+    assert!(
+        seen.len() >= 50,
+        "{} datagrams on the new {out} within 5 s; log:\n{}",
+        seen.len(),
+        relay.log()
+    );
+    println!("{out} created anew: 50 datagrams sent on it within {resumed:?}");
+    assert!(
+        resumed < RESUME,
+        "relaying on {out} resumed {resumed:?} after it was created anew"
+    );
+    assert_eq!(
+        metric(&topo, "fanout_relay_interface_up", Some(out)),
+        Some(1.0)
+    );
+    // The workers opened a transmit ring on the new interface while serving: none restarted.
+    for worker in ctl.workers() {
+        assert_eq!(
+            worker.restarts, 0,
+            "worker on cpu {} restarted ({:?})",
+            worker.cpu, worker.restart_reasons
         );
     }
 }

@@ -192,8 +192,8 @@ impl RuleState {
     }
 
     /// Gives the applied `change`, which only moved rules between the waiting ones and the
-    /// running set, the next generation without writing it: the state file holds both, so it
-    /// is already on disk.
+    /// running set (or a change of interface facts), the next generation without writing it:
+    /// the state file holds both sets of rules and no facts, so it is already on disk.
     pub(crate) fn commit_moved(&mut self) -> u64 {
         self.generation += 1;
         self.generation

@@ -36,14 +36,7 @@ impl World {
                 Transition::Up { name } => log::info!("interface {name} is up again"),
                 Transition::Appeared { name, index } => {
                     log::info!("interface {name} appeared (index {index})");
-                    match self.state.refresh_facts(&name) {
-                        Ok(true) => log::info!("interface {name}: its facts are read anew"),
-                        Ok(false) => {}
-                        Err(errors) => log::error!(
-                            "interface {name}: its new facts break running rules, which keep \
-                             the old ones: {errors}"
-                        ),
-                    }
+                    self.refresh(&name);
                     self.activate_waiting();
                 }
                 Transition::Gone { name, index } => {
@@ -52,7 +45,49 @@ impl World {
                 }
                 Transition::Facts { name } => {
                     log::debug!("interface {name}: facts changed");
+                    self.refresh(&name);
                 }
+            }
+        }
+    }
+
+    /// Reads interface `name`'s facts anew (it was created anew, or its MTU, MAC or address
+    /// changed) and, when running rules name it, sends every serving worker its whole table
+    /// with them, as a new generation: an output gets a transmit ring or socket on the new
+    /// index (the old one is closed), templates the new MAC, address and MTU (a frame too big
+    /// for a lowered MTU is counted as too big, and relayed again once it is raised).
+    fn refresh(&mut self, name: &str) {
+        match self.state.refresh_facts(name) {
+            Ok(true) => {}
+            Ok(false) => return,
+            Err(errors) => {
+                // An interface created anew has no address at first: its rules keep the old
+                // facts until the address event that follows.
+                log::warn!(
+                    "interface {name}: its facts now break running rules, which keep the old \
+                     ones until they are valid again: {errors}"
+                );
+                return;
+            }
+        }
+        let used = self
+            .state
+            .set()
+            .rules()
+            .iter()
+            .any(|rule| interfaces_of(rule).any(|named| named == name));
+        if !used {
+            return;
+        }
+        // Not written: the state file holds rules, not facts.
+        let generation = self.state.commit_moved();
+        log::info!(
+            "interface {name}: facts changed; generation {generation} gives every worker its \
+             table with them"
+        );
+        for index in 0..self.slots.len() {
+            if self.slots[index].life.is_serving() {
+                self.resync(index, generation);
             }
         }
     }

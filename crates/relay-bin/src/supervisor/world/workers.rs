@@ -197,7 +197,7 @@ impl World {
     }
 
     /// Sends slot `index`'s worker its whole table of `generation`, which it confirms anew.
-    fn resync(&mut self, index: usize, generation: u64) {
+    pub(super) fn resync(&mut self, index: usize, generation: u64) {
         let table = self.table_message(index);
         let slot = &mut self.slots[index];
         if let Some(run) = slot.life.run_mut() {
