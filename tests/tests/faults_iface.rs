@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use fanout_relay_tests::ctl::{Ctl, Workdir, relay_section, rule};
 use fanout_relay_tests::obs::{Metrics, scrape};
-use fanout_relay_tests::relay::{Capture, RelayProcess, Stream, quiet_topology};
+use fanout_relay_tests::relay::{Capture, RelayProcess, Stream, payload, quiet_topology};
 use fanout_relay_tests::{Topology, privileged, skip, veth_pair};
 
 /// Datagrams per second of the stream.
@@ -282,6 +282,95 @@ fn output_deleted_and_recreated() {
         Some(1.0)
     );
     // The workers opened a transmit ring on the new interface while serving: none restarted.
+    for worker in ctl.workers() {
+        assert_eq!(
+            worker.restarts, 0,
+            "worker on cpu {} restarted ({:?})",
+            worker.cpu, worker.restart_reasons
+        );
+    }
+}
+
+/// Whether datagram `seq` of the stream is too big for an output MTU of `mtu` bytes.
+fn too_big_for(seq: u32, mtu: usize) -> bool {
+    payload(TAG, seq).len() + 28 > mtu
+}
+
+#[test]
+fn mtu_lowered_below_a_frame_and_raised_back() {
+    if !ready("mtu_lowered_below_a_frame_and_raised_back") {
+        return;
+    }
+    const LOW: usize = 200;
+    let topo = quiet_topology("ifc_mtu");
+    let dir = Workdir::new("ifc_mtu");
+    let config = relay_section(&dir, "workers = \"0-1\"\nfanout = \"cpu\"")
+        + &rule("cam", "239.1.1.1", 5000, "239.2.2.2", 6000);
+    let relay = RelayProcess::start(&topo.relay, &config, &["--metrics", METRICS]);
+    let ctl = Ctl::new(&dir);
+    let settled = ctl.wait_settled(Duration::from_secs(10));
+    let stream = Stream::start(&topo, TAG, PPS);
+    let from = stream.next_seq();
+    assert!(
+        stream
+            .wait_from(from, Instant::now(), Duration::from_secs(5))
+            .is_some(),
+        "nothing relayed before the change; log:\n{}",
+        relay.log()
+    );
+    let too_big = || -> u64 { ctl.stats().workers.iter().map(|w| w.counters.too_big).sum() };
+    assert_eq!(too_big(), 0);
+
+    let out = Topology::RELAY_OUT_IF;
+    topo.relay
+        .ip(&["link", "set", out, "mtu", &LOW.to_string()]);
+    relay.wait_for_log("the new MTU to be taken", Duration::from_secs(5), |line| {
+        line.contains("interface rout0: facts changed; generation")
+    });
+    let lowered = ctl.wait_settled(Duration::from_secs(5));
+    assert!(lowered > settled, "no new generation for the MTU");
+    let small_from = stream.next_seq();
+    assert!(
+        stream
+            .wait_from(small_from, Instant::now(), Duration::from_secs(2))
+            .is_some(),
+        "datagrams that fit the lowered MTU stopped too; log:\n{}",
+        relay.log()
+    );
+    let deadline = Instant::now() + Duration::from_secs(2);
+    while too_big() == 0 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(too_big() > 0, "nothing counted as too big for MTU {LOW}");
+    let big_sent_low = stream.next_seq();
+    std::thread::sleep(Duration::from_millis(200));
+    assert_eq!(
+        stream.first_arrival_where(big_sent_low, |seq| too_big_for(seq, LOW)),
+        None,
+        "a datagram too big for MTU {LOW} arrived"
+    );
+
+    let from = stream.next_seq();
+    let at = Instant::now();
+    topo.relay.ip(&["link", "set", out, "mtu", "1500"]);
+    let Some(big) = (0..100).find_map(|_| {
+        let arrived = stream.first_arrival_where(from, |seq| too_big_for(seq, LOW));
+        if arrived.is_none() {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        arrived
+    }) else {
+        panic!(
+            "no datagram bigger than {LOW} bytes within 2 s of the MTU's return; log:\n{}",
+            relay.log()
+        );
+    };
+    let resumed = big.saturating_duration_since(at);
+    println!("MTU back to 1500: big datagrams relayed again after {resumed:?}");
+    assert!(
+        resumed < RESUME,
+        "big datagrams resumed {resumed:?} after the MTU's return"
+    );
     for worker in ctl.workers() {
         assert_eq!(
             worker.restarts, 0,

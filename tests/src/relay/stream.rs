@@ -103,6 +103,17 @@ impl Stream {
         }
     }
 
+    /// When the first datagram numbered `from` or later for which `wanted` holds arrived, if
+    /// one did.
+    pub fn first_arrival_where(&self, from: u32, wanted: impl Fn(u32) -> bool) -> Option<Instant> {
+        self.arrivals
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .iter()
+            .find(|&&(_, seq)| seq >= from && wanted(seq))
+            .map(|&(at, _)| at)
+    }
+
     /// Datagrams of the stream that arrived so far.
     pub fn arrived(&self) -> usize {
         self.arrivals

@@ -64,6 +64,21 @@ impl Lifecycle {
             });
     }
 
+    /// Follows the interface `facts` describes, which exists (and is taken to run), from the
+    /// facts read when its rules were checked: the first netlink message that says otherwise is
+    /// a change of facts.
+    pub(super) fn follow_known(&mut self, facts: &relay_rules::InterfaceFacts) {
+        self.interfaces
+            .entry(facts.name.clone())
+            .or_insert_with(|| Followed {
+                index: Some(facts.index),
+                running: true,
+                mtu: Some(facts.mtu),
+                mac: facts.mac,
+                ..Followed::default()
+            });
+    }
+
     /// The followed interfaces.
     pub(super) fn interfaces(&self) -> &BTreeMap<String, Followed> {
         &self.interfaces
@@ -237,6 +252,22 @@ mod tests {
         assert_eq!(
             lifecycle.observe(&link(4, "in0", true, 1400)),
             vec![Transition::Facts { name: "in0".into() }]
+        );
+        // Followed from the facts read at start, the first message that differs is a change.
+        let mut known = Lifecycle::default();
+        known.follow_known(&relay_rules::InterfaceFacts {
+            name: "out0".into(),
+            index: 5,
+            mac: Some([2, 0, 0, 0, 0, 1]),
+            mtu: 1500,
+            ipv4: Vec::new(),
+        });
+        assert_eq!(known.observe(&link(5, "out0", true, 1500)), vec![]);
+        assert_eq!(
+            known.observe(&link(5, "out0", true, 200)),
+            vec![Transition::Facts {
+                name: "out0".into()
+            }]
         );
         // Interfaces no rule names are not followed.
         assert_eq!(lifecycle.observe(&link(9, "other", false, 1500)), vec![]);

@@ -262,7 +262,7 @@ impl Plan {
         }
         let mut lifecycle = super::lifecycle::Lifecycle::default();
         for facts in self.set.interfaces().iter() {
-            lifecycle.follow(&facts.name, Some(facts.index));
+            lifecycle.follow_known(facts);
         }
         for name in self.waiting.iter().flat_map(|(_, missing)| missing) {
             lifecycle.follow(name, None);

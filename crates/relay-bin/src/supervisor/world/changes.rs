@@ -292,7 +292,7 @@ impl World {
             }
         };
         for facts in self.state.set().interfaces().iter() {
-            self.lifecycle.follow(&facts.name, Some(facts.index));
+            self.lifecycle.follow_known(facts);
         }
         let report = ChangeReport {
             generation,
