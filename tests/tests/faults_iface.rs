@@ -251,6 +251,20 @@ fn output_deleted_and_recreated() {
         metric(&topo, "fanout_relay_interface_up", Some(out)),
         Some(0.0)
     );
+    // What the workers send to it meanwhile fails, and is counted by errno.
+    let failed = || -> u64 {
+        ctl.stats()
+            .workers
+            .iter()
+            .filter_map(|w| w.counters.output_errors.get(out))
+            .flat_map(|by_errno| by_errno.values())
+            .sum()
+    };
+    let deadline = Instant::now() + Duration::from_secs(2);
+    while failed() == 0 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(failed() > 0, "no send error counted on the deleted {out}");
 
     // The pair again, with both addresses: the receiver's stack has no membership on its new
     // end, so a capture there sees what the relay sends.
