@@ -118,8 +118,8 @@ fn a_bad_reload_changes_nothing() {
     let sender = UdpSender::new(&topo.sender, Topology::SENDER_ADDR, 4);
     sender.send_numbered("239.1.1.1:5000", 1, 0..200, 500);
 
-    // Valid TOML, invalid rules: an unknown interface and a key used twice; `keep` goes away
-    // and a good rule comes in, and neither may happen. Through SIGHUP first: the log is the
+    // Valid TOML, invalid rules: a key used twice; `keep` goes away, a good rule comes in and a
+    // rule on an interface that does not exist would wait for it, and none of it may happen. Through SIGHUP first: the log is the
     // only place its refusal is told.
     let invalid = relay_section(&dir, "")
         + &rule("other", "239.1.1.5", 5005, "239.2.2.5", 6005)
@@ -135,7 +135,7 @@ fn a_bad_reload_changes_nothing() {
     );
     // The problems are listed on the lines after it.
     let deadline = Instant::now() + Duration::from_secs(5);
-    while !relay.log().contains("no interface named \"nosuch0\"") {
+    while !relay.log().contains("239.1.1.8") {
         assert!(
             Instant::now() < deadline,
             "the SIGHUP refusal does not name the problem:\n{}",
@@ -151,7 +151,7 @@ fn a_bad_reload_changes_nothing() {
     let out = ctl.run(&["reload"]);
     assert!(!out.status.success(), "an invalid reload succeeded");
     assert!(
-        out.stderr.contains("nosuch0") && out.stderr.contains("239.1.1.8"),
+        out.stderr.contains("239.1.1.8"),
         "the refusal does not name the problems: {}",
         out.stderr
     );
@@ -202,15 +202,16 @@ fn every_refused_sighup_reload_is_logged_with_its_reason() {
     let before = ctl.rules();
     // Two refusals in a row, well within any rate-limiting window, for different reasons: the
     // log is the only place a SIGHUP's refusal is told, so each must be there with its reason.
-    for (round, interface) in ["nosuch1", "nosuch2"].into_iter().enumerate() {
-        let bad = relay_section(&dir, "")
-            + &keep()
-            + &rule("bad", "239.1.1.9", 5009, "239.2.2.9", 6009).replace("rin0", interface);
+    let reasons = [
+        ("224.0.0.251", 6009, "input.destination"),
+        ("239.1.1.9", 0, "outputs[0].port"),
+    ];
+    for (round, (group, port, wanted)) in reasons.into_iter().enumerate() {
+        let bad = relay_section(&dir, "") + &keep() + &rule("bad", group, 5009, "239.2.2.9", port);
         std::fs::write(&file, &bad).expect("rewrite the configuration");
         signal(relay.pid(), Signal::SIGHUP);
-        let wanted = format!("no interface named \"{interface}\"");
         let deadline = Instant::now() + Duration::from_secs(10);
-        while !relay.log().contains(&wanted) {
+        while !relay.log().contains(wanted) {
             assert!(
                 Instant::now() < deadline,
                 "refused SIGHUP reload #{} is not logged with its reason ({wanted}):\n{}",

@@ -6,7 +6,7 @@
 
 use std::time::{Duration, Instant};
 
-use fanout_relay_tests::ctl::{Ctl, Workdir, relay_section, rule};
+use fanout_relay_tests::ctl::{Ctl, Workdir, config_path, relay_section, rule};
 use fanout_relay_tests::obs::{Metrics, scrape};
 use fanout_relay_tests::relay::{Capture, RelayProcess, Stream, payload, quiet_topology};
 use fanout_relay_tests::{Topology, privileged, skip, veth_pair};
@@ -392,4 +392,95 @@ fn mtu_lowered_below_a_frame_and_raised_back() {
             worker.cpu, worker.restart_reasons
         );
     }
+}
+
+#[test]
+fn a_rule_added_for_a_missing_interface_waits_for_it() {
+    if !ready("a_rule_added_for_a_missing_interface_waits_for_it") {
+        return;
+    }
+    let topo = quiet_topology("ifc_add");
+    let dir = Workdir::new("ifc_add");
+    // A rule on another group, so that the relay runs with the stream unmatched.
+    let config = relay_section(&dir, "workers = \"0-1\"\nfanout = \"cpu\"")
+        + &rule("other", "239.9.9.9", 5000, "239.2.2.9", 6000);
+    let relay = RelayProcess::start(&topo.relay, &config, &["--metrics", METRICS]);
+    let ctl = Ctl::new(&dir);
+    ctl.wait_settled(Duration::from_secs(10));
+    let before = ctl.rules().0;
+
+    let added = ctl.ok(&["add", "cam", "late0:239.1.1.1:5000", "rout0:239.2.2.2:6000"]);
+    assert!(
+        added.contains("waiting for interfaces that do not exist yet"),
+        "ctl add does not say the rule waits:\n{added}"
+    );
+    let spare = ctl.ok(&[
+        "add",
+        "spare",
+        "late0:239.1.1.2:5000",
+        "rout0:239.2.2.2:6002",
+    ]);
+    assert!(spare.contains("waiting"), "{spare}");
+    let listed = ctl.ok(&["list"]);
+    assert!(
+        listed.contains("cam") && listed.contains("spare") && listed.contains("late0"),
+        "ctl list does not show the waiting rules:\n{listed}"
+    );
+    assert_eq!(metric(&topo, "fanout_relay_rules_waiting", None), Some(2.0));
+    // A second rule of the same name is refused, waiting or not.
+    let twice = ctl.run(&["add", "cam", "late0:239.1.1.3:5000", "rout0:239.2.2.2:6003"]);
+    assert!(
+        !twice.status.success(),
+        "a second rule named cam was accepted"
+    );
+    // A waiting rule is removed like any other.
+    ctl.ok(&["remove", "spare"]);
+    assert_eq!(metric(&topo, "fanout_relay_rules_waiting", None), Some(1.0));
+    assert!(
+        !ctl.ok(&["list"]).contains("spare"),
+        "the removed waiting rule is still listed"
+    );
+    assert_eq!(ctl.rules().0, before + 3, "two adds and a remove");
+    // A reload whose file names a missing interface makes its rule wait too, and keeps the
+    // waiting rule added at run time only if the file has it.
+    let file = config_path(&relay);
+    let reloaded_config = config.clone()
+        + &rule("third", "239.1.1.3", 5000, "239.2.2.2", 6003).replace("rin0", "gone0");
+    std::fs::write(&file, &reloaded_config).expect("rewrite the configuration");
+    let reloaded = ctl.ok(&["reload"]);
+    assert!(
+        reloaded.contains("cam"),
+        "the run-time rule cam is not named: {reloaded}"
+    );
+    let listed = ctl.ok(&["list"]);
+    assert!(
+        listed.contains("third") && listed.contains("gone0") && !listed.contains("cam"),
+        "after the reload ctl list shows:\n{listed}"
+    );
+    // Back to the rule the stream needs.
+    ctl.ok(&["add", "cam", "late0:239.1.1.1:5000", "rout0:239.2.2.2:6000"]);
+
+    let stream = Stream::start(&topo, TAG, PPS);
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(stream.arrived(), 0, "relayed without its input interface");
+    let from = stream.next_seq();
+    let at = Instant::now();
+    let _late = veth_pair(&topo.sender, LATE_PEER, &topo.relay, LATE_IF);
+    send_through(&topo, LATE_PEER, Some(Topology::SENDER_IF));
+    let Some(started) = stream.wait_from(from, at, Duration::from_secs(5)) else {
+        panic!(
+            "nothing relayed within 5 s of {LATE_IF}'s creation; log:\n{}",
+            relay.log()
+        );
+    };
+    println!("{LATE_IF} created: the rule added while it was missing relayed after {started:?}");
+    assert!(
+        started < RESUME,
+        "relaying started {started:?} after {LATE_IF} was created"
+    );
+    assert_eq!(
+        metric(&topo, "fanout_relay_rules_waiting", None),
+        Some(1.0),
+        "only third, whose gone0 does not exist, waits"
+    );
 }

@@ -278,6 +278,14 @@ pub fn render(reply: &Reply) -> String {
                         report.unconfirmed
                     )?;
                 }
+                if !report.waiting.is_empty() && !report.added.is_empty() {
+                    writeln!(
+                        out,
+                        "waiting for interfaces that do not exist yet: {:?} (`ctl list` names \
+                         them; they relay once the interfaces appear)",
+                        report.waiting
+                    )?;
+                }
             }
             Reply::Rules {
                 generation,

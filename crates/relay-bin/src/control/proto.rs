@@ -197,6 +197,10 @@ pub struct ChangeReport {
     /// CPUs of live workers that had not confirmed the generation when the answer was sent;
     /// the supervisor keeps resyncing them.
     pub unconfirmed: Vec<u32>,
+    /// Of `added`, the rules that wait for interfaces that do not exist yet (kept in the state
+    /// file, relayed once the interfaces appear); of `removed`, those that were waiting.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub waiting: Vec<String>,
 }
 
 /// Counters of one rule or one worker over the relay's life, with rates over the last interval.

@@ -184,6 +184,12 @@ impl RuleState {
             .collect()
     }
 
+    /// Makes `rules` the waiting ones (a reload's), in memory: the caller writes the state.
+    pub(crate) fn replace_waiting(&mut self, rules: Vec<Rule>) {
+        self.waiting.clear();
+        self.wait(rules);
+    }
+
     /// Puts `rules` (back) among the waiting ones.
     pub(crate) fn wait(&mut self, rules: impl IntoIterator<Item = Rule>) {
         for rule in rules {
@@ -277,12 +283,33 @@ impl RuleState {
         Ok(true)
     }
 
+    /// Makes `change` to the waiting rules (adding rules whose interfaces do not exist yet,
+    /// removing waiting ones) and makes it durable as the next generation, which it returns:
+    /// the state file holds waiting rules like running ones. On error nothing changed.
+    pub(crate) fn change_waiting(&mut self, change: &Change) -> io::Result<u64> {
+        let before = self.waiting.clone();
+        for name in &change.remove {
+            self.waiting.remove(name);
+        }
+        self.wait(change.add.iter().cloned());
+        self.commit(change).inspect_err(|_| {
+            self.waiting = before;
+            self.write_over_refused();
+        })
+    }
+
     /// Undoes the latest [`RuleState::apply`], which was not committed.
     pub(crate) fn revert(&mut self, undo: Undo) {
         match undo {
             Undo::InPlace(change) => self.set.revert(change),
             Undo::Replaced(set) => self.set = *set,
         }
+        self.write_over_refused();
+    }
+
+    /// After a failed commit: writes the state as it runs again over what the commit may have
+    /// left on disk.
+    fn write_over_refused(&mut self) {
         // The failed commit may have left the change on disk (a journal line that could not be
         // cut off, a snapshot renamed into place whose directory could not be synced): a
         // restart would bring back a change that was refused. A snapshot of the set as it runs

@@ -457,3 +457,43 @@ fn a_full_disk_refuses_the_change_and_a_restart_restores_the_running_state() {
     change(&mut state, &add("c", 5));
     assert_eq!(journal_lines(&path), 1);
 }
+
+#[test]
+fn waiting_rules_added_and_removed_at_run_time_are_restored() {
+    let dir = tempfile::tempdir().expect("a temporary directory");
+    let path = dir.path().join("rules.toml");
+    let set =
+        RuleSet::new(vec![rule("base", 1)], facts(), Default::default()).expect("a valid rule");
+    let mut state = RuleState::new(set, ConfigFile::default(), Some(path.clone()), "text");
+    state
+        .adopt_config_text("text")
+        .expect("the snapshot written");
+    let mut late = rule("late", 2);
+    late.input.interface = "missing0".into();
+    let mut spare = rule("spare", 3);
+    spare.input.interface = "missing0".into();
+    let generation = state
+        .change_waiting(&Change {
+            remove: Vec::new(),
+            add: vec![late, spare],
+        })
+        .expect("written");
+    assert_eq!(generation, 2);
+    let generation = state
+        .change_waiting(&Change {
+            remove: vec!["spare".into()],
+            add: Vec::new(),
+        })
+        .expect("written");
+    assert_eq!(generation, 3);
+    assert_eq!(
+        state.waiting().keys().collect::<Vec<_>>(),
+        ["late"],
+        "spare was removed"
+    );
+    assert_eq!(state.set().len(), 1, "the running set is untouched");
+    assert_eq!(
+        rule_names(restore(&path, "text").expect("readable")),
+        ["base", "late"]
+    );
+}

@@ -7,10 +7,12 @@ use crate::control::{Pending, respond};
 use crate::notices::Notices;
 use crate::protocol::ToWorker;
 use crate::ratelimit::Kind;
+use crate::rings;
 use crate::supervisor::checks::check_rules;
 use crate::supervisor::decide::resize;
 use crate::supervisor::inflight::PendingChange;
 use crate::supervisor::life::Then;
+use crate::supervisor::lifecycle::{interfaces_of, split_waiting};
 use crate::supervisor::restarts::RestartReason;
 use crate::supervisor::state::Change;
 use relay_rules::InterfaceFacts;
@@ -59,11 +61,37 @@ impl World {
                 workers: self.worker_reports(),
             }),
             Command::Add { rule } => {
+                let missing: Vec<&str> = interfaces_of(&rule)
+                    .filter(|name| rings::interface_facts(name).is_none())
+                    .collect();
+                if !missing.is_empty() {
+                    let missing = missing.join(", ");
+                    self.change_waiting(
+                        Change {
+                            remove: Vec::new(),
+                            add: vec![rule.clone()],
+                        },
+                        &missing,
+                        reply,
+                    );
+                    return;
+                }
                 let change = Change {
                     remove: Vec::new(),
                     add: vec![rule.clone()],
                 };
                 self.apply(change, Some(reply));
+                return;
+            }
+            Command::Remove {
+                name: Some(name),
+                key: None,
+            } if self.state.waiting().contains_key(&name) => {
+                let change = Change {
+                    remove: vec![name],
+                    add: Vec::new(),
+                };
+                self.change_waiting(change, "", reply);
                 return;
             }
             Command::Remove { name, key } => match self.resolve(name, key) {
@@ -97,6 +125,59 @@ impl World {
         respond(&reply, answer);
     }
 
+    /// Adds a rule that waits for the interfaces `missing` names, or removes a waiting rule,
+    /// as `change` says: no worker holds waiting rules, so the change is answered once it is in
+    /// the state file.
+    fn change_waiting(&mut self, change: Change, missing: &str, reply: Sender<Response>) {
+        if let Some(rule) = change.add.first()
+            && (self.state.set().get(&rule.name).is_some()
+                || self.state.waiting().contains_key(&rule.name))
+        {
+            respond(
+                &reply,
+                Response::refused(format!("a rule named {:?} exists", rule.name)),
+            );
+            return;
+        }
+        let names: Vec<String> = change
+            .add
+            .iter()
+            .map(|rule| rule.name.clone())
+            .chain(change.remove.iter().cloned())
+            .collect();
+        match self.state.change_waiting(&change) {
+            Ok(generation) => {
+                if change.add.is_empty() {
+                    log::info!("generation {generation}: removed waiting rule(s) {names:?}");
+                } else {
+                    log::warn!(
+                        "generation {generation}: rule(s) {names:?} wait for interface(s) \
+                         {missing}, which do not exist: they start relaying when they appear"
+                    );
+                }
+                for rule in &change.add {
+                    for name in interfaces_of(rule) {
+                        self.lifecycle.follow(name, None);
+                    }
+                }
+                respond(
+                    &reply,
+                    Response::ok(Reply::Changed(ChangeReport {
+                        generation,
+                        added: change.add.iter().map(|rule| rule.name.clone()).collect(),
+                        removed: change.remove.clone(),
+                        waiting: names,
+                        ..ChangeReport::default()
+                    })),
+                );
+            }
+            Err(error) => respond(
+                &reply,
+                Response::refused(format!("cannot write the state file: {error}")),
+            ),
+        }
+    }
+
     /// Re-reads the configuration file and applies the difference to the running rules: the
     /// file is the truth afterwards, so rules added at run time that it does not have are
     /// removed, and the answer and the log name them. A file that does not parse or validate
@@ -109,7 +190,10 @@ impl World {
             .and_then(|text| {
                 let config = ConfigFile::parse(&text)
                     .map_err(|error| format!("{}: {error}", path.display()))?;
-                let rules = config.to_rules();
+                // Rules on interfaces that do not exist wait for them, as at start.
+                let (rules, waiting) = split_waiting(config.to_rules(), |name| {
+                    rings::interface_facts(name).is_some()
+                });
                 check_rules(&path, &rules).map_err(|error| error.to_string())?;
                 if config.classes != self.state.classes() {
                     log::warn!(
@@ -118,9 +202,10 @@ impl World {
                         path.display()
                     );
                 }
-                Ok((text, rules))
+                let waiting: Vec<Rule> = waiting.into_iter().map(|(rule, _)| rule).collect();
+                Ok((text, rules, waiting))
             });
-        let (text, rules) = match loaded {
+        let (text, rules, waiting) = match loaded {
             Ok(loaded) => loaded,
             Err(error) => {
                 log::error!("reload refused, nothing changed: {error}");
@@ -134,10 +219,15 @@ impl World {
             }
         };
         let change = Change::between(self.state.set().rules(), &rules);
-        let file_rules: BTreeSet<String> = rules.iter().map(|rule| rule.name.clone()).collect();
+        let file_rules: BTreeSet<String> = rules
+            .iter()
+            .chain(&waiting)
+            .map(|rule| rule.name.clone())
+            .collect();
         let runtime_only: Vec<String> = change
             .remove
             .iter()
+            .chain(self.state.waiting().keys())
             .filter(|name| !file_rules.contains(*name) && !self.file_rules.contains(*name))
             .cloned()
             .collect();
@@ -162,8 +252,21 @@ impl World {
         }
         self.file_rules = file_rules;
         fanout_core::heap::trim();
-        // The state file now grew from this text: a restart with this file keeps the changes
-        // made at run time after it.
+        for rule in &waiting {
+            for name in interfaces_of(rule) {
+                self.lifecycle.follow(name, None);
+            }
+        }
+        if !waiting.is_empty() {
+            let names: Vec<&str> = waiting.iter().map(|rule| rule.name.as_str()).collect();
+            log::warn!(
+                "reload of {}: rule(s) {names:?} wait for interfaces that do not exist",
+                path.display()
+            );
+        }
+        self.state.replace_waiting(waiting);
+        // The state file now grew from this text (the waiting rules with it): a restart with
+        // this file keeps the changes made at run time after it.
         if let Err(error) = self.state.adopt_config_text(&text) {
             log::error!("cannot write the state file: {error}");
         }
@@ -205,6 +308,7 @@ impl World {
                                 removed,
                                 runtime_only,
                                 unconfirmed: Vec::new(),
+                                waiting: Vec::new(),
                             })),
                         );
                     }
@@ -300,6 +404,7 @@ impl World {
             removed: change.remove.clone(),
             runtime_only: Vec::new(),
             unconfirmed: Vec::new(),
+            waiting: Vec::new(),
         };
         log::info!(
             "generation {generation}: added {:?}, removed {:?}",
