@@ -188,57 +188,60 @@ pub fn summary_marking(
     removed: &BTreeSet<String>,
 ) -> String {
     let mut text = String::new();
-    let _ = writeln!(
-        text,
-        "{:>4} {:>12} {:>12} {:>10} {:>10} {:>10} {:>9} {:>12} {:>8}",
-        "cpu",
-        "received",
-        "forwarded",
-        "no_rule",
-        "not_udp",
-        "malformed",
-        "tx_full",
-        "kernel_drops",
-        "restarts"
-    );
-    let mut total = WorkerCounters::default();
-    for (cpu, counters, restarts) in workers {
-        let _ = writeln!(
+    crate::text::append(&mut text, |text| {
+        writeln!(
             text,
             "{:>4} {:>12} {:>12} {:>10} {:>10} {:>10} {:>9} {:>12} {:>8}",
-            cpu,
-            counters.received,
-            counters.forwarded,
-            counters.no_rule,
-            counters.not_udp,
-            counters.malformed_total(),
-            counters.tx_full,
-            counters.kernel_drops,
-            restarts
-        );
-        total.absorb(counters);
-    }
-    if !total.rules.is_empty() {
-        let _ = writeln!(text, "{:<32} {:>12} {:>14}", "rule", "packets", "bytes");
-        for (rule, count) in &total.rules {
-            let mark = if removed.contains(rule) {
-                " (removed)"
-            } else {
-                ""
-            };
-            let _ = writeln!(
+            "cpu",
+            "received",
+            "forwarded",
+            "no_rule",
+            "not_udp",
+            "malformed",
+            "tx_full",
+            "kernel_drops",
+            "restarts"
+        )?;
+        let mut total = WorkerCounters::default();
+        for (cpu, counters, restarts) in workers {
+            writeln!(
                 text,
-                "{:<32} {:>12} {:>14}{mark}",
-                rule, count.packets, count.bytes
-            );
+                "{:>4} {:>12} {:>12} {:>10} {:>10} {:>10} {:>9} {:>12} {:>8}",
+                cpu,
+                counters.received,
+                counters.forwarded,
+                counters.no_rule,
+                counters.not_udp,
+                counters.malformed_total(),
+                counters.tx_full,
+                counters.kernel_drops,
+                restarts
+            )?;
+            total.absorb(counters);
         }
-    }
-    if !total.malformed.is_empty() {
-        let _ = writeln!(text, "{:<32} {:>12}", "malformed", "frames");
-        for (reason, count) in &total.malformed {
-            let _ = writeln!(text, "{:<32} {:>12}", reason, count);
+        if !total.rules.is_empty() {
+            writeln!(text, "{:<32} {:>12} {:>14}", "rule", "packets", "bytes")?;
+            for (rule, count) in &total.rules {
+                let mark = if removed.contains(rule) {
+                    " (removed)"
+                } else {
+                    ""
+                };
+                writeln!(
+                    text,
+                    "{:<32} {:>12} {:>14}{mark}",
+                    rule, count.packets, count.bytes
+                )?;
+            }
         }
-    }
+        if !total.malformed.is_empty() {
+            writeln!(text, "{:<32} {:>12}", "malformed", "frames")?;
+            for (reason, count) in &total.malformed {
+                writeln!(text, "{:<32} {:>12}", reason, count)?;
+            }
+        }
+        Ok(())
+    });
     text
 }
 
