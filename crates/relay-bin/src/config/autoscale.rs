@@ -101,8 +101,8 @@ impl AutoscaleSection {
 mod tests {
     use super::*;
 
-    fn section(text: &str) -> Result<AutoscaleSection, String> {
-        toml::from_str(text).map_err(|e| e.to_string())
+    fn section(text: &str) -> Result<AutoscaleSection, toml::de::Error> {
+        toml::from_str(text)
     }
 
     #[test]

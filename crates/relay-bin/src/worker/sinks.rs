@@ -15,7 +15,7 @@ use fanout_core::udp_batch::{QueueError, UdpBatch};
 use fanout_core::{TxRing, TxRingBuilder};
 use relay_rules::replicate::Segments;
 use relay_rules::table::CompiledOutput;
-use relay_rules::{Datagram, FrameTemplate, Interfaces};
+use relay_rules::{Datagram, FrameTemplate, Interfaces, RewriteError};
 use smallvec::SmallVec;
 use std::net::{Ipv4Addr, SocketAddrV4, UdpSocket};
 use std::time::{Duration, Instant};
@@ -95,7 +95,9 @@ impl RingOut {
             let held = self.hold(|buffer| template.write(input, ip_id, buffer));
             return match held {
                 None => Written::RingFull,
-                Some(Err(_)) => Written::TooBig,
+                Some(Err(
+                    RewriteError::ExceedsMtu { .. } | RewriteError::BufferTooSmall { .. },
+                )) => Written::TooBig,
                 Some(Ok((slot, len))) => {
                     let segments = template.segments(input, len);
                     self.open.push(OpenFrame {
@@ -118,7 +120,9 @@ impl RingOut {
                 slot.commit(len);
                 Written::Queued
             }
-            Err(_) => Written::TooBig,
+            Err(RewriteError::ExceedsMtu { .. } | RewriteError::BufferTooSmall { .. }) => {
+                Written::TooBig
+            }
         }
     }
 
