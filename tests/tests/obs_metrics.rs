@@ -48,6 +48,7 @@ fn assert_same(stats: &StatsReport, metrics: &Metrics) {
             ("not_udp", c.not_udp),
             ("tx_full", c.tx_full),
             ("too_big", c.too_big),
+            ("unopened", c.unopened),
             ("socket_errors", c.socket_errors),
             ("kernel_drops", c.kernel_drops),
             ("freezes", c.freezes),

@@ -5,7 +5,9 @@
     reason = "doc comments here are --help text; brackets mean optional parts, not links"
 )]
 
-use crate::config::{FanoutSetting, RpsSetting, WorkersSetting};
+use crate::config::{
+    CpuList, CpuListError, FanoutSetting, RpsSetting, WorkersError, WorkersSetting,
+};
 use clap::{Args, Parser, Subcommand};
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -258,16 +260,16 @@ pub struct DemoArgs {
 }
 
 /// Checks a worker set here, and passes the text on as the relay parses it.
-fn check_workers(text: &str) -> Result<String, String> {
+fn check_workers(text: &str) -> Result<String, WorkersError> {
     WorkersSetting::parse(text).map(|_| text.trim().to_owned())
 }
 
-fn parse_workers(text: &str) -> Result<WorkersSetting, String> {
+fn parse_workers(text: &str) -> Result<WorkersSetting, WorkersError> {
     WorkersSetting::parse(text)
 }
 
-fn parse_cpus(text: &str) -> Result<WorkersSetting, String> {
-    crate::config::CpuList::parse(text).map(|list| WorkersSetting::Cpus(list.0))
+fn parse_cpus(text: &str) -> Result<WorkersSetting, CpuListError> {
+    CpuList::parse(text).map(|list| WorkersSetting::Cpus(list.0))
 }
 
 impl RunArgs {
@@ -357,5 +359,12 @@ mod tests {
         assert_eq!(run(&[]), Ok(None));
         let both = run(&["--workers", "2", "--cpus", "0-1"]).expect_err("one of them");
         assert!(both.contains("cannot be used with"), "{both}");
+        let backwards = run(&["--cpus", "3-1"]).expect_err("a range that goes down");
+        assert!(
+            backwards.contains("`3-1` is not a range of CPUs: it ends below where it starts"),
+            "{backwards}"
+        );
+        let zero = run(&["--workers", "0"]).expect_err("no workers");
+        assert!(zero.contains("a relay needs at least one"), "{zero}");
     }
 }

@@ -56,11 +56,15 @@ use std::path::{Path, PathBuf};
 
 mod autoscale;
 mod class;
+mod error;
 mod pieces;
 mod ring;
 pub use autoscale::AutoscaleSection;
 pub use class::{
     ClassEntry, CpuList, check_classes, check_rule_classes, check_shared_keys, shared_key_problem,
+};
+pub use error::{
+    AutoscaleError, ConfigError, CpuListError, ParseError, RingFieldError, WorkersError,
 };
 pub use ring::{MAX_BUSY_POLL_US, RingSection, RingVersionSetting, SEGMENTED_SLOT_BYTES};
 
@@ -160,20 +164,22 @@ impl RelaySection {
 
     /// Reads `cpus` into `workers` after parsing, refusing both at once: `workers = 2` with
     /// `cpus = "0-3"` could mean two of those CPUs or all four.
-    fn settle_cpus(&mut self) -> Result<(), String> {
+    fn settle_cpus(&mut self) -> Result<(), ParseError> {
         match (&self.cpus, &self.workers) {
             (Some(list), WorkersSetting::All) => {
                 self.workers = WorkersSetting::Cpus(list.0.clone());
                 Ok(())
             }
-            (Some(list), WorkersSetting::Cpus(old)) if &list.0 != old => Err(format!(
-                "relay.cpus = \"{list}\" and relay.workers = \"{}\": give the CPUs once, as cpus",
-                CpuList(old.clone())
-            )),
-            (Some(list), WorkersSetting::Count(count)) => Err(format!(
-                "relay.cpus = \"{list}\" and relay.workers = {count}: give one of them (cpus names \
-                 the CPUs that get a worker, workers counts them)"
-            )),
+            (Some(list), WorkersSetting::Cpus(old)) if &list.0 != old => {
+                Err(ParseError::TwoCpuLists {
+                    cpus: list.clone(),
+                    workers: CpuList(old.clone()),
+                })
+            }
+            (Some(list), WorkersSetting::Count(count)) => Err(ParseError::CpusAndCount {
+                cpus: list.clone(),
+                count: *count,
+            }),
             (Some(_), WorkersSetting::Cpus(_)) => Ok(()),
             (None, workers) => {
                 // The older form `workers = "0-3"` reads the same as `cpus = "0-3"`.
@@ -225,22 +231,18 @@ impl WorkersSetting {
     }
 
     /// Parses `all`, a count (`2`) or a CPU list in the kernel's syntax (`0-3,6`).
-    pub fn parse(text: &str) -> Result<Self, String> {
+    pub fn parse(text: &str) -> Result<Self, WorkersError> {
         let text = text.trim();
         if text == "all" {
             return Ok(WorkersSetting::All);
         }
         if let Ok(count) = text.parse::<u32>() {
             if count == 0 {
-                return Err(
-                    "`0` is a count of workers, and a relay needs at least one (for a worker on \
-                     CPU 0 alone, give the CPU list `cpus = \"0\"`, or `--cpus 0`)"
-                        .into(),
-                );
+                return Err(WorkersError::Zero);
             }
             return Ok(WorkersSetting::Count(count));
         }
-        CpuList::parse(text).map(|list| WorkersSetting::Cpus(list.0))
+        Ok(WorkersSetting::Cpus(CpuList::parse(text)?.0))
     }
 }
 
@@ -324,27 +326,6 @@ impl PlacementSetting {
     }
 }
 
-/// A configuration file that could not be read or parsed.
-#[derive(Debug, thiserror::Error)]
-pub enum ConfigError {
-    /// The file could not be read.
-    #[error("{path}: cannot read: {source}")]
-    Read {
-        /// The file.
-        path: PathBuf,
-        /// Why.
-        source: std::io::Error,
-    },
-    /// The file is not valid TOML or does not have the expected shape.
-    #[error("{path}: {message}")]
-    Parse {
-        /// The file.
-        path: PathBuf,
-        /// What is wrong and where (line and column).
-        message: String,
-    },
-}
-
 impl ConfigFile {
     /// Reads and parses `path`.
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
@@ -352,9 +333,9 @@ impl ConfigFile {
             path: path.to_owned(),
             source,
         })?;
-        Self::parse(&text).map_err(|message| ConfigError::Parse {
+        Self::parse(&text).map_err(|source| ConfigError::Parse {
             path: path.to_owned(),
-            message,
+            source,
         })
     }
 
@@ -366,13 +347,13 @@ impl ConfigFile {
     /// Parses the text of a configuration file; the error says where the mistake is. A large
     /// file is read one `[[rule]]` table at a time (module `pieces`), which bounds the memory
     /// the parse needs by one rule's document instead of the whole file's.
-    pub fn parse(text: &str) -> Result<Self, String> {
+    pub fn parse(text: &str) -> Result<Self, ParseError> {
         let mut config: ConfigFile = if text.len() >= PIECES_FROM
             && let Some(config) = pieces::parse(text)
         {
             config
         } else {
-            toml::from_str(text).map_err(|error| error.to_string().trim_end().to_owned())?
+            toml::from_str(text).map_err(|error| ParseError::toml(error, text))?
         };
         config.relay.settle_cpus()?;
         Ok(config)
@@ -432,20 +413,30 @@ mod tests {
     fn mistakes_are_located() {
         let error = ConfigFile::parse("[[rule]]\nname = \"a\"\ninput = { interface = \"x\", destination = \"239.1.1.300\", port = 1 }\noutputs = []\n")
             .expect_err("300 is not an octet");
+        assert_eq!(error.line(), Some(3));
+        let error = error.to_string();
         assert!(error.contains("line 3"), "{error}");
-        let error = ConfigFile::parse("[relay]\nworkrs = 2\n").expect_err("typo");
+        let error = ConfigFile::parse("[relay]\nworkrs = 2\n")
+            .expect_err("typo")
+            .to_string();
         assert!(error.contains("workrs"), "{error}");
-        let error = ConfigFile::parse("[relay]\nworkers = 0\n").expect_err("zero workers");
+        let error = ConfigFile::parse("[relay]\nworkers = 0\n")
+            .expect_err("zero workers")
+            .to_string();
         assert!(
             error.contains("relay.workers = 0: a relay needs at least one worker"),
             "{error}"
         );
-        let error = ConfigFile::parse("[relay]\nworkers = \"0\"\n").expect_err("zero, quoted");
+        let error = ConfigFile::parse("[relay]\nworkers = \"0\"\n")
+            .expect_err("zero, quoted")
+            .to_string();
         assert!(
             error.contains("relay.workers = \"0\": a quoted number could be a count or a CPU"),
             "{error}"
         );
-        let error = ConfigFile::parse("[relay]\nworkers = \"0-x\"\n").expect_err("not a list");
+        let error = ConfigFile::parse("[relay]\nworkers = \"0-x\"\n")
+            .expect_err("not a list")
+            .to_string();
         assert!(error.contains("relay.workers = \"0-x\": `0-x`"), "{error}");
         assert_eq!(
             ConfigFile::parse("[relay]\nworkers = \"0-0\"\n")
@@ -469,7 +460,9 @@ mod tests {
 
     #[test]
     fn a_cpu_is_never_read_as_a_count() {
-        let error = ConfigFile::parse("[relay]\nworkers = \"1\"\n").expect_err("ambiguous");
+        let error = ConfigFile::parse("[relay]\nworkers = \"1\"\n")
+            .expect_err("ambiguous")
+            .to_string();
         assert!(
             error.contains(
                 "write `workers = 1` for 1 worker(s), or `cpus = \"1\"` for the worker on CPU 1"
@@ -489,11 +482,19 @@ mod tests {
         );
         let both = ConfigFile::parse("[relay]\nworkers = 2\ncpus = \"0-3\"\n")
             .expect_err("a count and CPUs");
+        assert!(
+            matches!(&both, ParseError::CpusAndCount { count: 2, cpus } if cpus.0 == [0, 1, 2, 3]),
+            "{both:?}"
+        );
+        let both = both.to_string();
         assert!(both.contains("give one of them"), "{both}");
         let twice = ConfigFile::parse("[relay]\nworkers = \"0-1\"\ncpus = \"2-3\"\n")
-            .expect_err("two lists");
+            .expect_err("two lists")
+            .to_string();
         assert!(twice.contains("give the CPUs once"), "{twice}");
-        let bad = ConfigFile::parse("[relay]\ncpus = \"1-x\"\n").expect_err("not a list");
+        let bad = ConfigFile::parse("[relay]\ncpus = \"1-x\"\n")
+            .expect_err("not a list")
+            .to_string();
         assert!(bad.contains("`1-x`"), "{bad}");
     }
 

@@ -28,9 +28,15 @@ pub struct WorkerCounters {
     pub malformed: BTreeMap<String, u64>,
     /// Output frames dropped because the transmit ring had no free slot.
     pub tx_full: u64,
-    /// Output frames that would exceed the output's MTU or slot.
+    /// Output frames that would exceed the output's MTU or slot (of a transmit ring or a
+    /// socket output's batch).
     pub too_big: u64,
-    /// Datagrams a socket output refused.
+    /// Output frames dropped because their output's transmit ring or socket is not open
+    /// (opening it failed when its rule was added; the worker's log says why).
+    #[serde(default)]
+    pub unopened: u64,
+    /// Datagrams the kernel refused on a socket output (`sendmmsg`); also counted by errno in
+    /// `output_errors`.
     pub socket_errors: u64,
     /// Frames the kernel dropped because the receive ring was full (PACKET_STATISTICS).
     pub kernel_drops: u64,
@@ -50,7 +56,8 @@ pub struct WorkerCounters {
     pub interface_errors: ErrorCounts,
     /// Errors sending to an output, by output interface and errno name: transmit kicks that
     /// failed (`ENETDOWN` while the output is down; their frames stay queued and leave when it
-    /// returns) and datagrams a socket output refused (also counted in `socket_errors`).
+    /// returns) and datagrams the kernel refused on a socket output (also counted, without the
+    /// errno, in `socket_errors`).
     #[serde(default)]
     pub output_errors: ErrorCounts,
     /// Per rule: (packets, bytes), by rule name.
@@ -133,6 +140,7 @@ impl WorkerCounters {
         }
         self.tx_full += other.tx_full;
         self.too_big += other.too_big;
+        self.unopened += other.unopened;
         self.socket_errors += other.socket_errors;
         self.kernel_drops += other.kernel_drops;
         self.freezes += other.freezes;
@@ -188,57 +196,60 @@ pub fn summary_marking(
     removed: &BTreeSet<String>,
 ) -> String {
     let mut text = String::new();
-    let _ = writeln!(
-        text,
-        "{:>4} {:>12} {:>12} {:>10} {:>10} {:>10} {:>9} {:>12} {:>8}",
-        "cpu",
-        "received",
-        "forwarded",
-        "no_rule",
-        "not_udp",
-        "malformed",
-        "tx_full",
-        "kernel_drops",
-        "restarts"
-    );
-    let mut total = WorkerCounters::default();
-    for (cpu, counters, restarts) in workers {
-        let _ = writeln!(
+    crate::text::append(&mut text, |text| {
+        writeln!(
             text,
             "{:>4} {:>12} {:>12} {:>10} {:>10} {:>10} {:>9} {:>12} {:>8}",
-            cpu,
-            counters.received,
-            counters.forwarded,
-            counters.no_rule,
-            counters.not_udp,
-            counters.malformed_total(),
-            counters.tx_full,
-            counters.kernel_drops,
-            restarts
-        );
-        total.absorb(counters);
-    }
-    if !total.rules.is_empty() {
-        let _ = writeln!(text, "{:<32} {:>12} {:>14}", "rule", "packets", "bytes");
-        for (rule, count) in &total.rules {
-            let mark = if removed.contains(rule) {
-                " (removed)"
-            } else {
-                ""
-            };
-            let _ = writeln!(
+            "cpu",
+            "received",
+            "forwarded",
+            "no_rule",
+            "not_udp",
+            "malformed",
+            "tx_full",
+            "kernel_drops",
+            "restarts"
+        )?;
+        let mut total = WorkerCounters::default();
+        for (cpu, counters, restarts) in workers {
+            writeln!(
                 text,
-                "{:<32} {:>12} {:>14}{mark}",
-                rule, count.packets, count.bytes
-            );
+                "{:>4} {:>12} {:>12} {:>10} {:>10} {:>10} {:>9} {:>12} {:>8}",
+                cpu,
+                counters.received,
+                counters.forwarded,
+                counters.no_rule,
+                counters.not_udp,
+                counters.malformed_total(),
+                counters.tx_full,
+                counters.kernel_drops,
+                restarts
+            )?;
+            total.absorb(counters);
         }
-    }
-    if !total.malformed.is_empty() {
-        let _ = writeln!(text, "{:<32} {:>12}", "malformed", "frames");
-        for (reason, count) in &total.malformed {
-            let _ = writeln!(text, "{:<32} {:>12}", reason, count);
+        if !total.rules.is_empty() {
+            writeln!(text, "{:<32} {:>12} {:>14}", "rule", "packets", "bytes")?;
+            for (rule, count) in &total.rules {
+                let mark = if removed.contains(rule) {
+                    " (removed)"
+                } else {
+                    ""
+                };
+                writeln!(
+                    text,
+                    "{:<32} {:>12} {:>14}{mark}",
+                    rule, count.packets, count.bytes
+                )?;
+            }
         }
-    }
+        if !total.malformed.is_empty() {
+            writeln!(text, "{:<32} {:>12}", "malformed", "frames")?;
+            for (reason, count) in &total.malformed {
+                writeln!(text, "{:<32} {:>12}", reason, count)?;
+            }
+        }
+        Ok(())
+    });
     text
 }
 
@@ -251,6 +262,9 @@ mod tests {
         let mut one = WorkerCounters {
             received: 5,
             forwarded: 4,
+            too_big: 1,
+            unopened: 2,
+            socket_errors: 3,
             ..Default::default()
         };
         one.malformed.insert("fragment".into(), 1);
@@ -275,6 +289,10 @@ mod tests {
         );
         assert_eq!(total.received, 10);
         assert_eq!(total.forwarded, 8);
+        assert_eq!(
+            (total.too_big, total.unopened, total.socket_errors),
+            (2, 4, 6)
+        );
         assert_eq!(total.malformed["fragment"], 2);
         assert_eq!(
             total.rules["a"],

@@ -17,7 +17,9 @@ fn main() -> ExitCode {
     let result = match cli.command {
         // The command line is where an error becomes the text printed before exit status 1.
         Command::Ctl(args) => relay_bin::ctl::run(&args).map_err(|error| error.to_string()),
-        Command::CheckSteering(args) => relay_bin::steering::run(&args),
+        Command::CheckSteering(args) => {
+            relay_bin::steering::run(&args).map_err(|error| error.to_string())
+        }
         Command::CheckConfig { file } => Plan::load(&file, &Overrides::default(), false)
             .map(|plan| {
                 let classes: String = plan

@@ -6,9 +6,11 @@
 //! of them, the workers' CPUs and the fanout mode. Sysfs shows the network namespace of whoever
 //! mounted it, so run this in the relay's namespace the way the relay runs (`ip netns exec`).
 
+mod error;
 mod rps;
 mod verdict;
 
+pub use error::{CheckSteeringError, NamespaceError};
 pub use rps::RpsFallback;
 pub use verdict::{Level, Verdict, verdict};
 
@@ -19,11 +21,11 @@ use fanout_core::steering::{RssIndirection, Steering, SteeringReport};
 use serde::Serialize;
 use std::fmt::Write as _;
 
-/// Runs `check-steering`; `Err` carries the message to print and means exit status 1.
-pub fn run(args: &CheckSteeringArgs) -> Result<(), String> {
+/// Runs `check-steering`; `Err` says why there is no verdict, and means exit status 1.
+pub fn run(args: &CheckSteeringArgs) -> Result<(), CheckSteeringError> {
     let (workers_setting, fanout) = match &args.config {
         Some(path) => {
-            let file = ConfigFile::load(path).map_err(|error| error.to_string())?;
+            let file = ConfigFile::load(path)?;
             (file.relay.workers, file.relay.fanout)
         }
         None => (WorkersSetting::All, FanoutSetting::default()),
@@ -31,17 +33,20 @@ pub fn run(args: &CheckSteeringArgs) -> Result<(), String> {
     let workers_setting = args.worker_override().unwrap_or(workers_setting);
     let fanout = args.fanout.unwrap_or(fanout);
     let workers =
-        crate::cpus::choose(&workers_setting).map_err(|problem| format!("--workers: {problem}"))?;
-    let report = Steering::new()
-        .report(&args.interface)
-        .map_err(|error| error.to_string())?;
+        crate::cpus::choose(&workers_setting).map_err(|source| CheckSteeringError::Workers {
+            setting: match (&args.cpus, &args.workers, &args.config) {
+                (Some(_), _, _) => "--cpus".to_owned(),
+                (None, Some(_), _) => "--workers".to_owned(),
+                (None, None, Some(path)) => format!("{}: relay.workers", path.display()),
+                (None, None, None) => "every online CPU".to_owned(),
+            },
+            source,
+        })?;
+    let report = Steering::new().report(&args.interface)?;
     let verdict = verdict(&report, &workers, fanout);
     if args.json {
         let json = JsonReport::new(&report, &workers, fanout, &verdict);
-        println!(
-            "{}",
-            serde_json::to_string_pretty(&json).map_err(|error| error.to_string())?
-        );
+        println!("{}", serde_json::to_string_pretty(&json)?);
     } else {
         print!("{}", render(&report, &workers, fanout, &verdict));
     }

@@ -6,6 +6,7 @@
 //! object per line with `--json`, so a script can follow the rates.
 
 use crate::control::proto::{Command, Reply, Request, StatsReport, VERSION};
+use crate::ctl::CtlError;
 use std::io::{IsTerminal as _, Write as _};
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -32,8 +33,8 @@ enum Style {
 }
 
 /// Shows the relay's stats at `socket` every second, `count` times or until interrupted; `Err`
-/// carries the message to print (the relay went away, or refused).
-pub fn run(socket: &Path, json: bool, count: Option<u64>) -> Result<(), String> {
+/// says why it stopped early (the relay went away or refused, or standard output closed).
+pub fn run(socket: &Path, json: bool, count: Option<u64>) -> Result<(), CtlError> {
     let style = match (json, std::io::stdout().is_terminal()) {
         (true, _) => Style::Json,
         (false, true) => Style::Terminal,
@@ -48,7 +49,7 @@ pub fn run(socket: &Path, json: bool, count: Option<u64>) -> Result<(), String> 
         stdout
             .write_all(text.as_bytes())
             .and_then(|()| stdout.flush())
-            .map_err(|error| format!("standard output: {error}"))?;
+            .map_err(CtlError::Stdout)?;
         drop(stdout);
         shown += 1;
         if count.is_some_and(|count| shown >= count) {
@@ -63,26 +64,28 @@ pub fn run(socket: &Path, json: bool, count: Option<u64>) -> Result<(), String> 
     }
 }
 
-fn fetch(socket: &Path) -> Result<StatsReport, String> {
+fn fetch(socket: &Path) -> Result<StatsReport, CtlError> {
     let request = Request {
         version: VERSION,
         command: Command::Stats,
     };
-    let response = crate::control::call(socket, &request)
-        .map_err(|error| format!("{}: {error}", socket.display()))?;
+    let response = crate::control::call(socket, &request).map_err(|source| CtlError::Call {
+        socket: socket.to_owned(),
+        source,
+    })?;
     match (response.ok, response.result, response.error) {
         (true, Some(Reply::Stats(stats)), _) => Ok(stats),
-        (_, _, Some(error)) => Err(error),
-        _ => Err("the relay answered stats with something else".into()),
+        (_, _, Some(error)) => Err(CtlError::Refused(error)),
+        _ => Err(CtlError::NotStats),
     }
 }
 
 /// One refresh as it is written.
-fn frame(stats: &StatsReport, socket: &Path, style: Style) -> Result<String, String> {
+fn frame(stats: &StatsReport, socket: &Path, style: Style) -> Result<String, CtlError> {
     let table = crate::ctl_tables::stats(stats);
     Ok(match style {
         Style::Json => {
-            let mut line = serde_json::to_string(stats).map_err(|error| error.to_string())?;
+            let mut line = serde_json::to_string(stats)?;
             line.push('\n');
             line
         }
@@ -153,5 +156,23 @@ mod tests {
         assert_eq!(json.lines().count(), 1);
         let back: StatsReport = serde_json::from_str(&json).expect("one JSON object");
         assert_eq!(back, stats());
+    }
+
+    #[test]
+    fn a_relay_that_cannot_be_reached_is_named() {
+        let dir = tempfile::tempdir().expect("a temporary directory");
+        let socket = dir.path().join("gone.sock");
+        let error = fetch(&socket).expect_err("nothing listens there");
+        assert!(
+            matches!(&error, CtlError::Call { socket: named, source }
+                if *named == socket && source.kind() == std::io::ErrorKind::NotFound),
+            "{error:?}"
+        );
+        assert!(
+            error
+                .to_string()
+                .starts_with(&format!("{}: ", socket.display())),
+            "{error}"
+        );
     }
 }

@@ -1,5 +1,6 @@
 //! The `[autoscale]` section: the worker set follows the load.
 
+use super::AutoscaleError;
 use serde::{Deserialize, Serialize};
 
 /// Grow the worker set by one when the workers stay busy, shrink it by one when the rest could
@@ -54,40 +55,38 @@ mod defaults {
 impl AutoscaleSection {
     /// What is wrong with the section, if anything, given the CPUs `relay.workers` names and
     /// whether the ring busy-polls.
-    pub fn check(&self, cpus: usize, busy_polling: bool) -> Result<(), String> {
+    pub fn check(&self, cpus: usize, busy_polling: bool) -> Result<(), AutoscaleError> {
         if busy_polling {
-            return Err(
-                "autoscale measures the CPU time workers use, and a busy-polling \
-                        worker (ring.busy_poll_us > 0) always uses all of its CPU"
-                    .into(),
-            );
+            return Err(AutoscaleError::BusyPolling);
         }
         if self.min_workers == 0 {
-            return Err("autoscale.min_workers: a relay needs at least one worker".into());
+            return Err(AutoscaleError::NoWorkers);
         }
         let max = self.max_workers.unwrap_or(cpus as u32);
         if max < self.min_workers || max as usize > cpus {
-            return Err(format!(
-                "autoscale: min_workers {} and max_workers {max} must satisfy min <= max <= {cpus} \
-                 (the CPUs of relay.workers)",
-                self.min_workers
-            ));
+            return Err(AutoscaleError::Bounds {
+                min: self.min_workers,
+                max,
+                cpus,
+            });
         }
         let fraction = |value: f64| value.is_finite() && value > 0.0 && value <= 1.0;
-        if !fraction(self.busy_above) || !fraction(self.idle_below) {
-            return Err(
-                "autoscale.busy_above and idle_below are fractions of a CPU in (0, 1]".into(),
-            );
+        for (field, value) in [
+            ("busy_above", self.busy_above),
+            ("idle_below", self.idle_below),
+        ] {
+            if !fraction(value) {
+                return Err(AutoscaleError::NotFraction { field, value });
+            }
         }
         if self.idle_below >= self.busy_above {
-            return Err(format!(
-                "autoscale.idle_below ({}) must be below busy_above ({}), or the relay would \
-                 add and remove workers in turn",
-                self.idle_below, self.busy_above
-            ));
+            return Err(AutoscaleError::Flapping {
+                idle_below: self.idle_below,
+                busy_above: self.busy_above,
+            });
         }
         if self.sustain_s == 0 {
-            return Err("autoscale.sustain_s: at least one sample".into());
+            return Err(AutoscaleError::NoSample);
         }
         Ok(())
     }
@@ -102,8 +101,8 @@ impl AutoscaleSection {
 mod tests {
     use super::*;
 
-    fn section(text: &str) -> Result<AutoscaleSection, String> {
-        toml::from_str(text).map_err(|e| e.to_string())
+    fn section(text: &str) -> Result<AutoscaleSection, toml::de::Error> {
+        toml::from_str(text)
     }
 
     #[test]
@@ -112,22 +111,43 @@ mod tests {
         assert_eq!((plain.min_workers, plain.busy_above), (1, 0.75));
         assert_eq!(plain.check(2, false), Ok(()));
         assert_eq!(plain.max(2), 2);
-        assert!(plain.check(2, true).unwrap_err().contains("busy"));
+        assert_eq!(plain.check(2, true), Err(AutoscaleError::BusyPolling));
         let flapping = section("busy_above = 0.3\nidle_below = 0.5").expect("parses");
-        assert!(flapping.check(2, false).unwrap_err().contains("idle_below"));
-        let too_many = section("max_workers = 3").expect("parses");
-        assert!(too_many.check(2, false).is_err());
-        assert!(
-            section("min_workers = 0")
-                .expect("parses")
-                .check(2, false)
-                .is_err()
+        assert_eq!(
+            flapping.check(2, false),
+            Err(AutoscaleError::Flapping {
+                idle_below: 0.5,
+                busy_above: 0.3
+            })
         );
-        assert!(
-            section("busy_above = 1.5")
-                .expect("parses")
-                .check(2, false)
-                .is_err()
+        let too_many = section("max_workers = 3").expect("parses");
+        assert_eq!(
+            too_many.check(2, false),
+            Err(AutoscaleError::Bounds {
+                min: 1,
+                max: 3,
+                cpus: 2
+            })
+        );
+        assert_eq!(
+            section("min_workers = 0").expect("parses").check(2, false),
+            Err(AutoscaleError::NoWorkers)
+        );
+        let over = section("busy_above = 1.5").expect("parses").check(2, false);
+        assert_eq!(
+            over,
+            Err(AutoscaleError::NotFraction {
+                field: "busy_above",
+                value: 1.5
+            })
+        );
+        assert_eq!(
+            over.expect_err("refused").to_string(),
+            "autoscale.busy_above = 1.5: a fraction of a CPU in (0, 1]"
+        );
+        assert_eq!(
+            section("sustain_s = 0").expect("parses").check(2, false),
+            Err(AutoscaleError::NoSample)
         );
         assert!(
             section("surprise = 1").is_err(),

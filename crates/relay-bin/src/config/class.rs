@@ -7,6 +7,7 @@
 //! one class fills only that class's rings. Rules that name no class are served by the workers of
 //! `relay.workers` that no class takes.
 
+use super::CpuListError;
 use relay_rules::Rule;
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet};
@@ -28,21 +29,29 @@ pub struct CpuList(pub Vec<u32>);
 
 impl CpuList {
     /// Parses `0-3,6`: ranges and single CPUs, separated by commas; sorted, without repeats.
-    pub fn parse(text: &str) -> Result<Self, String> {
+    pub fn parse(text: &str) -> Result<Self, CpuListError> {
         let mut cpus = Vec::new();
         for part in text.trim().split(',') {
-            let bad =
-                || format!("`{part}` is not a CPU or a range of CPUs (expected e.g. `0-3,6`)");
+            let not_cpus = || CpuListError::NotCpus {
+                part: part.to_owned(),
+            };
             match part.split_once('-') {
                 Some((low, high)) => {
-                    let low: u32 = low.trim().parse().map_err(|_| bad())?;
-                    let high: u32 = high.trim().parse().map_err(|_| bad())?;
-                    if low > high || high - low > 4095 {
-                        return Err(bad());
+                    let low: u32 = low.trim().parse().map_err(|_| not_cpus())?;
+                    let high: u32 = high.trim().parse().map_err(|_| not_cpus())?;
+                    if low > high {
+                        return Err(CpuListError::Backwards {
+                            part: part.to_owned(),
+                        });
+                    }
+                    if high - low >= CpuListError::MAX_RANGE {
+                        return Err(CpuListError::TooWide {
+                            part: part.to_owned(),
+                        });
                     }
                     cpus.extend(low..=high);
                 }
-                None => cpus.push(part.trim().parse().map_err(|_| bad())?),
+                None => cpus.push(part.trim().parse().map_err(|_| not_cpus())?),
             }
         }
         cpus.sort_unstable();
@@ -240,8 +249,19 @@ mod tests {
     fn cpu_lists_parse_like_the_kernels() {
         assert_eq!(CpuList::parse("0-2,6,1"), Ok(CpuList(vec![0, 1, 2, 6])));
         assert_eq!(CpuList::parse("3"), Ok(CpuList(vec![3])));
-        assert!(CpuList::parse("2-1").is_err());
-        assert!(CpuList::parse("x").is_err());
+        assert_eq!(
+            CpuList::parse("2-1"),
+            Err(CpuListError::Backwards { part: "2-1".into() })
+        );
+        assert_eq!(
+            CpuList::parse("0,x"),
+            Err(CpuListError::NotCpus { part: "x".into() })
+        );
+        assert!(matches!(
+            CpuList::parse("0-4096"),
+            Err(CpuListError::TooWide { .. })
+        ));
+        assert_eq!(CpuList::parse("0-4095").map(|list| list.0.len()), Ok(4096));
     }
 
     #[test]

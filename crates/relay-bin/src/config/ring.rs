@@ -1,5 +1,6 @@
 //! The `[ring]` section: ring geometry, and how workers wait on their rings and send.
 
+use super::RingFieldError;
 use serde::{Deserialize, Serialize};
 
 /// Receive ring version.
@@ -117,21 +118,15 @@ impl Default for RingFields {
 }
 
 impl TryFrom<RingFields> for RingSection {
-    type Error = String;
+    type Error = RingFieldError;
 
-    fn try_from(fields: RingFields) -> Result<Self, String> {
-        if fields.busy_poll_us > MAX_BUSY_POLL_US {
-            return Err(format!(
-                "[ring] busy_poll_us = {} is more than {MAX_BUSY_POLL_US} (one second)",
-                fields.busy_poll_us
-            ));
+    fn try_from(fields: RingFields) -> Result<Self, RingFieldError> {
+        let busy_poll_us = fields.busy_poll_us;
+        if busy_poll_us > MAX_BUSY_POLL_US {
+            return Err(RingFieldError::BusyPollTooLong { busy_poll_us });
         }
-        if fields.busy_poll_us > 0 && fields.version == RingVersionSetting::V3 {
-            return Err(format!(
-                "[ring] busy_poll_us = {} needs version = \"v2\": a V3 block reaches the worker \
-                 only when it is full or its retire timer fires, which spinning does not hasten",
-                fields.busy_poll_us
-            ));
+        if busy_poll_us > 0 && fields.version == RingVersionSetting::V3 {
+            return Err(RingFieldError::BusyPollOnV3 { busy_poll_us });
         }
         Ok(RingSection {
             version: fields.version,
@@ -206,15 +201,20 @@ mod tests {
     fn busy_polling_is_refused_on_v3_and_past_a_second() {
         let error =
             ConfigFile::parse("[ring]\nbusy_poll_us = 50\n").expect_err("the default ring is V3");
+        assert_eq!(error.line(), Some(1));
+        let error = error.to_string();
         assert!(error.contains("busy_poll_us = 50"), "{error}");
         assert!(error.contains(r#"version = "v2""#), "{error}");
         assert!(error.contains("line 1"), "{error}");
         let error = ConfigFile::parse("[ring]\nversion = \"v2\"\nbusy_poll_us = 1000001\n")
-            .expect_err("more than a second");
+            .expect_err("more than a second")
+            .to_string();
         assert!(error.contains("busy_poll_us = 1000001"), "{error}");
         ConfigFile::parse("[ring]\nversion = \"v2\"\nbusy_poll_us = 1000000\n")
             .expect("exactly a second is allowed");
-        let error = ConfigFile::parse("[ring]\nbusy_pol_us = 5\n").expect_err("typo");
+        let error = ConfigFile::parse("[ring]\nbusy_pol_us = 5\n")
+            .expect_err("typo")
+            .to_string();
         assert!(error.contains("busy_pol_us"), "{error}");
     }
 }

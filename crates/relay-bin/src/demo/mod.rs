@@ -14,6 +14,7 @@
 //! and end the demo in order) and on failure (every resource is a guard whose `Drop` removes
 //! it). Namespaces left by a demo that was killed outright are removed by the next one.
 
+mod error;
 mod relay;
 mod report;
 mod signals;
@@ -21,11 +22,12 @@ mod stats;
 mod traffic;
 mod world;
 
+pub use error::{DemoError, Problem, Shortfall};
 pub use relay::RelayError;
 pub use traffic::SocketError;
 
 use crate::cli::DemoArgs;
-use crate::netns::{self, NetnsError};
+use crate::netns;
 use relay::Relay;
 use report::Seen;
 use signals::SignalWatch;
@@ -38,48 +40,6 @@ use world::{PROBE, STREAMS, TempConfig, World};
 const START_TIMEOUT: Duration = Duration::from_secs(10);
 /// After the last packet is sent, how long receivers may go without a new packet.
 const QUIET_TIMEOUT: Duration = Duration::from_millis(1500);
-
-/// Why the demonstration did not show every packet arriving.
-#[derive(Debug, thiserror::Error)]
-pub enum DemoError {
-    /// Namespaces need privileges.
-    #[error(
-        "the demo creates network namespaces and veth pairs, which needs root: run it as root \
-         (for example `sudo fanout-relay demo`, or `sudo scripts/demo` in the source tree)"
-    )]
-    NotRoot,
-    /// `--packets` or `--rate` is zero.
-    #[error("--packets and --rate must be at least 1")]
-    NothingToSend,
-    /// A namespace, link or address could not be set up.
-    #[error("setting up the namespaces: {0}")]
-    Netns(#[from] NetnsError),
-    /// A socket of the sender or a receiver could not be made.
-    #[error("opening sockets: {0}")]
-    Socket(#[from] SocketError),
-    /// The relay could not be started, or stopped before the demo ended.
-    #[error(transparent)]
-    Relay(#[from] RelayError),
-    /// Something local failed (the configuration file, the signal mask, ...).
-    #[error("{what}: {source}")]
-    Io {
-        /// What was being done.
-        what: String,
-        /// Why it failed.
-        source: std::io::Error,
-    },
-    /// The relay ran, but a probe sent through it never arrived.
-    #[error(
-        "the relay started but relayed nothing within {0:?} (a probe sent through it never arrived)"
-    )]
-    NoProbe(Duration),
-    /// Ctrl-C (or SIGTERM) ended the demo early; everything was removed.
-    #[error("interrupted; everything the demo made has been removed")]
-    Interrupted,
-    /// Packets were lost, duplicated or damaged.
-    #[error("not every packet arrived intact: {0}")]
-    Incomplete(String),
-}
 
 fn io_error(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> DemoError {
     let what = what.into();
@@ -252,7 +212,7 @@ fn relay_through(
             println!("{line}");
             Ok(())
         }
-        Err(problems) => Err(DemoError::Incomplete(problems)),
+        Err(shortfall) => Err(DemoError::Incomplete(shortfall)),
     }
 }
 

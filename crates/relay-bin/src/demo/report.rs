@@ -1,6 +1,7 @@
 //! What the demo prints: a line of live counters per second, and the final table with its
 //! verdict. Pure functions of the counters, so their text is tested without a network.
 
+use super::error::{Problem, Shortfall};
 use super::stats::RelayCounters;
 use super::world::{
     Leg, PROBE, RECEIVERS, RELAY_IN_ADDR, RELAY_IN_IF, SENDER_ADDR, SENDER_IF, STREAMS, StreamSpec,
@@ -213,33 +214,41 @@ pub(super) fn final_table(seen: &Seen, relay: &RelayCounters) -> String {
 
 /// `Ok` with a one-line verdict if every receiver got every one of the `planned` packets of its
 /// stream, once and intact; otherwise `Err` saying what went wrong where.
-pub(super) fn verdict(seen: &Seen, planned: u32) -> Result<String, String> {
+pub(super) fn verdict(seen: &Seen, planned: u32) -> Result<String, Shortfall> {
     let planned = u64::from(planned);
     let mut problems = Vec::new();
     for (index, stream) in STREAMS.iter().enumerate() {
         if seen.sent[index] < planned {
-            problems.push(format!(
-                "{}: only {} of {planned} sent",
-                stream.rule, seen.sent[index]
-            ));
+            problems.push(Problem::Unsent {
+                rule: stream.rule,
+                sent: seen.sent[index],
+                planned,
+            });
         }
     }
     let mut got = 0;
     for (index, (stream, leg)) in legs().enumerate() {
-        let what = format!("{} to {}", STREAMS[stream].rule, leg_label(leg));
+        let what = || format!("{} to {}", STREAMS[stream].rule, leg_label(leg));
         let received = seen.received[index];
         got += received;
         if received < planned {
-            problems.push(format!("{what}: {} of {planned} lost", planned - received));
+            problems.push(Problem::Lost {
+                leg: what(),
+                lost: planned - received,
+                planned,
+            });
         }
         if seen.duplicates[index] > 0 {
-            problems.push(format!("{what}: {} duplicates", seen.duplicates[index]));
+            problems.push(Problem::Duplicates {
+                leg: what(),
+                count: seen.duplicates[index],
+            });
         }
         if seen.corrupt[index] > 0 {
-            problems.push(format!(
-                "{what}: {} damaged or foreign",
-                seen.corrupt[index]
-            ));
+            problems.push(Problem::Damaged {
+                leg: what(),
+                count: seen.corrupt[index],
+            });
         }
     }
     let expected = planned * legs().count() as u64;
@@ -248,7 +257,7 @@ pub(super) fn verdict(seen: &Seen, planned: u32) -> Result<String, String> {
             "every receiver got every packet: {got} of {expected}"
         ))
     } else {
-        Err(problems.join("; "))
+        Err(Shortfall(problems))
     }
 }
 
@@ -322,12 +331,22 @@ mod tests {
             Ok("every receiver got every packet: 600 of 600".into())
         );
         let error = verdict(&seen(200, [200, 197, 200]), 200).expect_err("3 lost");
-        assert_eq!(error, "fanout to rx1:239.3.3.3: 3 of 200 lost");
+        assert_eq!(
+            error.0,
+            [Problem::Lost {
+                leg: "fanout to rx1:239.3.3.3".into(),
+                lost: 3,
+                planned: 200
+            }]
+        );
+        assert_eq!(error.to_string(), "fanout to rx1:239.3.3.3: 3 of 200 lost");
         let mut twice = seen(200, [200, 200, 200]);
         twice.duplicates[2] = 4;
-        let error = verdict(&twice, 200).expect_err("duplicates");
+        let error = verdict(&twice, 200).expect_err("duplicates").to_string();
         assert!(error.contains("rx2:239.4.4.4: 4 duplicates"), "{error}");
-        let error = verdict(&seen(150, [150, 150, 150]), 200).expect_err("interrupted");
+        let error = verdict(&seen(150, [150, 150, 150]), 200)
+            .expect_err("interrupted")
+            .to_string();
         assert!(
             error.starts_with("rewrite: only 150 of 200 sent"),
             "{error}"

@@ -12,7 +12,7 @@
 //! | `fanout_relay_interface_up` | gauge | interface |
 //! | `fanout_relay_interface_{downs,removals}_total` | counter | interface |
 //! | `fanout_relay_rule_packets_total`, `fanout_relay_rule_bytes_total` | counter | rule |
-//! | `fanout_relay_worker_{received,forwarded,no_rule,not_udp,tx_full,too_big,socket_errors,tx_wrong_format,tx_segmented,tx_segmented_datagrams,kernel_drops,freezes,drift_repairs}_total` | counter | cpu |
+//! | `fanout_relay_worker_{received,forwarded,no_rule,not_udp,tx_full,too_big,unopened,socket_errors,tx_wrong_format,tx_segmented,tx_segmented_datagrams,kernel_drops,freezes,drift_repairs}_total` | counter | cpu |
 //! | `fanout_relay_worker_restarts_total` | counter | cpu, reason |
 //! | `fanout_relay_worker_malformed_total` | counter | cpu, reason |
 //! | `fanout_relay_interface_errors_total` | counter | cpu, interface, errno |
@@ -140,7 +140,7 @@ type InterfaceCounterOf = fn(&InterfaceCounters) -> u64;
 fn workers(out: &mut Exposition, snapshot: &Snapshot) {
     let workers = &snapshot.stats.workers;
     let cpu = |cpu: u32| labels(&[("cpu", &cpu.to_string())]);
-    let counters: [(&str, &str, CounterOf); 12] = [
+    let counters: [(&str, &str, CounterOf); 13] = [
         (
             "received",
             "Frames the worker took off its receive rings.",
@@ -171,9 +171,18 @@ fn workers(out: &mut Exposition, snapshot: &Snapshot) {
             "Output frames dropped because they would exceed the output's MTU or ring slot.",
             |c| c.too_big,
         ),
-        ("socket_errors", "Datagrams a socket output refused.", |c| {
-            c.socket_errors
-        }),
+        (
+            "unopened",
+            "Output frames dropped because their output's transmit ring or socket could not be \
+             opened (the worker's log says why).",
+            |c| c.unopened,
+        ),
+        (
+            "socket_errors",
+            "Datagrams the kernel refused on a socket output (by errno in \
+             fanout_relay_output_errors_total).",
+            |c| c.socket_errors,
+        ),
         (
             "tx_wrong_format",
             "Frames the transmit ring rejected as malformed.",

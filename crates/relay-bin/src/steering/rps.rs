@@ -8,6 +8,7 @@
 //! the relay's own namespace reports, so a relay started without `ip netns exec` never changes
 //! a same-named interface of another namespace.
 
+use super::NamespaceError;
 use crate::config::RpsSetting;
 use fanout_core::CpuSet;
 use fanout_core::iface::InterfaceInfo;
@@ -49,7 +50,7 @@ impl RpsFallback {
         setting: RpsSetting,
         inputs: impl IntoIterator<Item = &'a str>,
         workers: &[u32],
-        check: impl Fn(&Path, &str) -> Result<(), String>,
+        check: impl Fn(&Path, &str) -> Result<(), NamespaceError>,
     ) -> RpsFallback {
         let mut fallback = RpsFallback {
             steering: Steering::with_roots(sys, "/proc"),
@@ -160,14 +161,14 @@ impl Drop for RpsFallback {
 }
 
 /// Checks that `sys` shows the calling process's `interface`: same index, same MAC address.
-fn same_namespace(sys: &Path, interface: &str) -> Result<(), String> {
-    let here = InterfaceInfo::lookup(interface)
-        .map_err(|error| format!("not found in the relay's network namespace: {error}"))?;
+fn same_namespace(sys: &Path, interface: &str) -> Result<(), NamespaceError> {
+    let here = InterfaceInfo::lookup(interface).map_err(NamespaceError::NotHere)?;
     let dir: PathBuf = sys.join("class/net").join(interface);
     let read = |file: &str| {
-        std::fs::read_to_string(dir.join(file))
+        let path = dir.join(file);
+        std::fs::read_to_string(&path)
             .map(|text| text.trim().to_owned())
-            .map_err(|error| format!("cannot read {}: {error}", dir.join(file).display()))
+            .map_err(|source| NamespaceError::Read { path, source })
     };
     let index = read("ifindex")?;
     let mac = read("address")?;
@@ -177,13 +178,14 @@ fn same_namespace(sys: &Path, interface: &str) -> Result<(), String> {
             .collect::<Vec<_>>()
             .join(":")
     });
-    if index != here.index.to_string() || our_mac.is_some_and(|ours| ours != mac) {
-        return Err(format!(
-            "{} shows another network namespace than the relay's (index {index} there, {} \
-             here); run the relay with `ip netns exec`, which mounts the namespace's sysfs",
-            sys.display(),
-            here.index
-        ));
+    if index != here.index.to_string() || our_mac.as_ref().is_some_and(|ours| *ours != mac) {
+        return Err(NamespaceError::Elsewhere {
+            sys: sys.to_owned(),
+            there_index: index,
+            there_mac: mac,
+            here_index: here.index,
+            here_mac: our_mac.unwrap_or_else(|| "none".to_owned()),
+        });
     }
     Ok(())
 }
@@ -282,8 +284,14 @@ mod tests {
             0
         );
         let refused =
-            RpsFallback::apply_under(root, RpsSetting::Auto, ["veth0"], &[0, 1], |_, _| {
-                Err("another namespace".into())
+            RpsFallback::apply_under(root, RpsSetting::Auto, ["veth0"], &[0, 1], |sys, _| {
+                Err(NamespaceError::Elsewhere {
+                    sys: sys.to_owned(),
+                    there_index: "7".into(),
+                    there_mac: "00:00:00:00:00:00".into(),
+                    here_index: 1,
+                    here_mac: "none".into(),
+                })
             });
         assert_eq!(refused.changed().count(), 0);
         assert_eq!(mask(root, "veth0", 0), "0");
@@ -298,8 +306,24 @@ mod tests {
         std::fs::write(dir.join("ifindex"), "7\n").expect("write");
         std::fs::write(dir.join("address"), "00:00:00:00:00:00\n").expect("write");
         let error = same_namespace(root.path(), "lo").expect_err("index 7 is not lo's");
-        assert!(error.contains("another network namespace"), "{error}");
+        assert!(
+            matches!(&error, NamespaceError::Elsewhere { there_index, here_index: 1, .. }
+                if there_index == "7"),
+            "{error:?}"
+        );
+        assert!(
+            error.to_string().contains("another network namespace"),
+            "{error}"
+        );
         std::fs::write(dir.join("ifindex"), "1\n").expect("write");
-        assert_eq!(same_namespace(root.path(), "lo"), Ok(()));
+        same_namespace(root.path(), "lo").expect("index 1 and lo's address are lo's");
+        std::fs::remove_file(dir.join("address")).expect("remove");
+        let error = same_namespace(root.path(), "lo").expect_err("no address file");
+        assert!(
+            matches!(&error, NamespaceError::Read { path, .. } if path.ends_with("lo/address")),
+            "{error:?}"
+        );
+        let error = same_namespace(root.path(), "nosuch0").expect_err("not here");
+        assert!(matches!(error, NamespaceError::NotHere(_)), "{error:?}");
     }
 }

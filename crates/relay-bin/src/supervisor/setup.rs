@@ -105,9 +105,9 @@ impl Plan {
             path: path.to_owned(),
             source,
         })?;
-        let mut config = ConfigFile::parse(&text).map_err(|message| ConfigError::Parse {
+        let mut config = ConfigFile::parse(&text).map_err(|source| ConfigError::Parse {
             path: path.to_owned(),
-            message,
+            source,
         })?;
         if let Some(workers) = &overrides.workers {
             config.relay.set_workers(workers.clone());
@@ -191,7 +191,7 @@ impl Plan {
                     .check(pool.len(), config.ring.busy_poll_us > 0)
                     .map_err(|problem| SetupError::Invalid {
                         path: path.to_owned(),
-                        errors: vec![problem],
+                        errors: vec![problem.to_string()],
                     })?;
                 pool[..autoscale.min_workers as usize].to_vec()
             }

@@ -4,21 +4,28 @@
 use crate::counters::{RuleCount, WorkerCounters};
 use relay_rules::replicate::may_segment;
 use relay_rules::table::Insertion;
-use relay_rules::table::{CompiledOutput, RuleTable};
+use relay_rules::table::{CompiledOutput, RuleTable, TableError};
 use relay_rules::wire::{self, DropReason, VlanTag};
 use relay_rules::{Datagram, FrameTemplate, Interfaces, Rule, RuleCounters};
 use std::collections::HashMap;
 use std::net::SocketAddrV4;
 
-/// What became of a datagram handed to [`Outputs::write_datagram`].
+/// What became of a datagram handed to [`Outputs::write_datagram`] or [`Outputs::queue`]. Each
+/// outcome but `Queued` is a datagram dropped before it reached the kernel, counted under its
+/// own name; what the kernel refuses afterwards is counted by errno where it is sent.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Written {
-    /// Written into a transmit slot, to be sent with the next kick.
+    /// Written into a transmit slot, to be sent with the next kick, or queued in a socket's
+    /// batch (`forwarded`).
     Queued,
-    /// The transmit ring on that interface had no free slot (or the worker has none there).
+    /// The transmit ring on that interface had no free slot (`tx_full`).
     RingFull,
-    /// The frame could not be written (too big for the MTU or the slot).
-    Refused,
+    /// Too big to write: the IP packet would exceed the output's MTU, or the frame its transmit
+    /// slot or the datagram its socket batch slot (`too_big`).
+    TooBig,
+    /// The output's transmit ring or socket is not open: opening it failed when its rule was
+    /// added, and the worker logged why (`unopened`).
+    Unopened,
 }
 
 /// What the kernel said of a received frame's UDP checksum.
@@ -46,9 +53,13 @@ pub trait Outputs {
         ip_id: u16,
         segmentable: bool,
     ) -> Written;
-    /// Queues `payload` for a socket output; `false` when it could not be queued.
-    fn queue(&mut self, output: &CompiledOutput, destination: SocketAddrV4, payload: &[u8])
-    -> bool;
+    /// Queues `payload` for a socket output.
+    fn queue(
+        &mut self,
+        output: &CompiledOutput,
+        destination: SocketAddrV4,
+        payload: &[u8],
+    ) -> Written;
 }
 
 /// The per-frame work of a worker and its counters.
@@ -62,6 +73,7 @@ pub struct Datapath {
     malformed: [u64; DropReason::COUNT],
     tx_full: u64,
     too_big: u64,
+    unopened: u64,
     socket_errors: u64,
     ip_id: u16,
 }
@@ -79,6 +91,7 @@ impl Datapath {
             malformed: [0; DropReason::COUNT],
             tx_full: 0,
             too_big: 0,
+            unopened: 0,
             socket_errors: 0,
             ip_id: 0,
         }
@@ -134,24 +147,21 @@ impl Datapath {
         };
         self.rules[rule.id.index()].record(datagram.payload.len(), now_ns);
         for output in &rule.outputs {
-            match output {
+            let written = match output {
                 CompiledOutput::Ring { ifindex, template } => {
                     self.ip_id = self.ip_id.wrapping_add(1);
                     let ip_id = self.ip_id;
-                    match outputs.write_datagram(*ifindex, template, &datagram, ip_id, segmentable)
-                    {
-                        Written::Queued => self.forwarded += 1,
-                        Written::RingFull => self.tx_full += 1,
-                        Written::Refused => self.too_big += 1,
-                    }
+                    outputs.write_datagram(*ifindex, template, &datagram, ip_id, segmentable)
                 }
                 CompiledOutput::Socket { destination, .. } => {
-                    if outputs.queue(output, *destination, datagram.payload) {
-                        self.forwarded += 1;
-                    } else {
-                        self.socket_errors += 1;
-                    }
+                    outputs.queue(output, *destination, datagram.payload)
                 }
+            };
+            match written {
+                Written::Queued => self.forwarded += 1,
+                Written::RingFull => self.tx_full += 1,
+                Written::TooBig => self.too_big += 1,
+                Written::Unopened => self.unopened += 1,
             }
         }
     }
@@ -168,7 +178,7 @@ impl Datapath {
         &mut self,
         rule: &Rule,
         interfaces: &Interfaces,
-    ) -> Result<&[CompiledOutput], String> {
+    ) -> Result<&[CompiledOutput], TableError> {
         match self.table.insert(rule, interfaces) {
             Ok(Insertion::Inserted(id)) => {
                 let capacity = self.table.id_capacity();
@@ -182,7 +192,7 @@ impl Datapath {
                     .map_or(&[], |rule| rule.outputs.as_slice()))
             }
             Ok(Insertion::OtherShard(_)) => Ok(&[]),
-            Err(error) => Err(error.to_string()),
+            Err(error) => Err(error),
         }
     }
 
@@ -208,7 +218,8 @@ impl Datapath {
         self.rules = rules;
     }
 
-    /// Counts datagrams a socket output refused after they were queued.
+    /// Counts datagrams the kernel refused on a socket output after they were queued (and
+    /// counted as forwarded).
     pub fn count_socket_errors(&mut self, failed: usize) {
         self.socket_errors += failed as u64;
         self.forwarded = self.forwarded.saturating_sub(failed as u64);
@@ -223,6 +234,7 @@ impl Datapath {
             no_rule: self.no_rule,
             tx_full: self.tx_full,
             too_big: self.too_big,
+            unopened: self.unopened,
             socket_errors: self.socket_errors,
             ..WorkerCounters::default()
         };
@@ -240,5 +252,154 @@ impl Datapath {
             }
         }
         counters
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use relay_rules::{Input, InterfaceFacts, Limits, Output, RuleSet};
+    use std::net::Ipv4Addr;
+
+    /// Outputs that answer every ring write and every socket queue as told.
+    struct Scripted {
+        ring: Written,
+        socket: Written,
+    }
+
+    impl Outputs for Scripted {
+        fn write_datagram(
+            &mut self,
+            _: u32,
+            _: &FrameTemplate,
+            _: &Datagram<'_>,
+            _: u16,
+            _: bool,
+        ) -> Written {
+            self.ring
+        }
+
+        fn queue(&mut self, _: &CompiledOutput, _: SocketAddrV4, _: &[u8]) -> Written {
+            self.socket
+        }
+    }
+
+    fn interfaces() -> Interfaces {
+        let facts = |name: &str, index, mac, ipv4: &[Ipv4Addr]| InterfaceFacts {
+            name: name.into(),
+            index,
+            mac,
+            mtu: 1500,
+            ipv4: ipv4.to_vec(),
+        };
+        [
+            facts("in0", 2, Some([2, 0, 0, 0, 0, 1]), &[]),
+            facts(
+                "out0",
+                3,
+                Some([2, 0, 0, 0, 0, 2]),
+                &[Ipv4Addr::new(10, 1, 1, 1)],
+            ),
+            // No Ethernet header: its output goes through a socket.
+            facts("tun0", 4, None, &[Ipv4Addr::new(10, 2, 2, 2)]),
+        ]
+        .into_iter()
+        .collect()
+    }
+
+    /// `cam`: 239.1.1.1:5000 on in0 to a ring output on out0 and a socket output on tun0.
+    fn rule() -> Rule {
+        let output = |interface: &str, destination, port| Output {
+            interface: interface.into(),
+            destination,
+            port,
+            ttl: 8,
+            source: None,
+            dscp: None,
+            vlan: None,
+        };
+        Rule {
+            name: "cam".into(),
+            input: Input {
+                interface: "in0".into(),
+                destination: Ipv4Addr::new(239, 1, 1, 1),
+                port: 5000,
+                source: None,
+            },
+            outputs: vec![
+                output("out0", Ipv4Addr::new(239, 2, 2, 2), 6000),
+                output("tun0", Ipv4Addr::new(10, 9, 9, 9), 7000),
+            ],
+            class: None,
+        }
+    }
+
+    /// A frame from 192.0.2.10 to 239.1.1.1:5000 carrying `hello`.
+    fn frame() -> Vec<u8> {
+        let mut frame = vec![
+            0x01, 0x00, 0x5e, 0x01, 0x01, 0x01, 2, 0, 0, 0, 0, 9, 0x08, 0x00,
+        ];
+        frame.extend_from_slice(&[
+            0x45, 0, 0, 33, 0, 1, 0, 0, 5, 17, 0, 0, 192, 0, 2, 10, 239, 1, 1, 1,
+        ]);
+        wire::Ipv4Packet::new_unchecked(&mut frame[14..]).fill_checksum();
+        frame.extend_from_slice(&[0x13, 0x88, 0x13, 0x88, 0, 13, 0, 0]);
+        frame.extend_from_slice(b"hello");
+        frame
+    }
+
+    fn datapath() -> Datapath {
+        let set = RuleSet::new(vec![rule()], interfaces(), Limits::default()).expect("valid");
+        Datapath::new(RuleTable::build(&set, 1))
+    }
+
+    #[test]
+    fn each_drop_is_counted_under_its_own_name() {
+        let mut datapath = datapath();
+        let frame = frame();
+        for (ring, socket) in [
+            (Written::Queued, Written::Queued),
+            (Written::RingFull, Written::TooBig),
+            (Written::TooBig, Written::Unopened),
+            (Written::Unopened, Written::Queued),
+        ] {
+            let mut outputs = Scripted { ring, socket };
+            datapath.handle(2, &frame, None, RxChecksum::Verified, 0, &mut outputs);
+        }
+        datapath.count_socket_errors(1);
+        let counters = datapath.counters(0);
+        assert_eq!(counters.received, 4);
+        assert_eq!(counters.rules["cam"].packets, 4);
+        assert_eq!(
+            (
+                counters.forwarded,
+                counters.tx_full,
+                counters.too_big,
+                counters.unopened,
+                counters.socket_errors
+            ),
+            // Queued 3, then one of them refused by the kernel.
+            (2, 1, 2, 2, 1)
+        );
+    }
+
+    #[test]
+    fn a_refused_insert_keeps_the_tables_reason() {
+        let mut datapath = datapath();
+        let error = datapath
+            .insert(&rule(), &interfaces())
+            .expect_err("cam is there already");
+        assert_eq!(error, TableError::DuplicateName { rule: "cam".into() });
+        let mut other = rule();
+        other.name = "other".into();
+        other.input.port = 5001;
+        other.outputs[0].interface = "gone0".into();
+        assert!(
+            matches!(
+                datapath.insert(&other, &interfaces()),
+                Err(TableError::UnknownInterface { interface, .. }) if interface == "gone0"
+            ),
+            "an output on an interface the facts lack"
+        );
     }
 }

@@ -40,10 +40,9 @@ enum ResyncError {
     /// The rules do not validate in the worker.
     #[error(transparent)]
     Rules(#[from] relay_rules::ValidationErrors),
-    /// An output's socket or ring could not be opened; the text names the output, the
-    /// interface and the errno.
-    #[error("{0}")]
-    Output(String),
+    /// An output's socket or ring could not be opened.
+    #[error(transparent)]
+    Output(super::OutputError),
 }
 
 /// A worker with everything set up.

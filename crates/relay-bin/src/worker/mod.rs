@@ -14,6 +14,7 @@ mod sinks;
 mod wait;
 
 pub use datapath::{Datapath, Outputs, RxChecksum, Written};
+pub use errors::OutputError;
 
 use crate::protocol::{self, FromWorker, ToWorker, WorkerStart};
 use nix::sys::signal::Signal;
@@ -100,10 +101,9 @@ pub enum SetupError {
         /// Why, with the syscall and errno.
         source: fanout_core::HandoffError,
     },
-    /// An output's socket or ring could not be opened; the text names the output, the
-    /// interface and the errno.
-    #[error("{0}")]
-    Output(String),
+    /// An output's socket or ring could not be opened.
+    #[error(transparent)]
+    Output(OutputError),
 }
 
 /// Runs a worker until the supervisor says stop or goes away.

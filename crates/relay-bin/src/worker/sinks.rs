@@ -7,15 +7,15 @@
 //! and it is closed; its counters live on in [`Closed`], so the worker's totals never go back.
 
 use super::datapath::{Outputs, Written};
-use super::errors::ErrnoCounts;
+use super::errors::{ErrnoCounts, OutputError};
 use crate::config::RingSection;
 use crate::rings;
 use fanout_core::ring::{HeldSlot, UdpSegments};
-use fanout_core::udp_batch::UdpBatch;
+use fanout_core::udp_batch::{QueueError, UdpBatch};
 use fanout_core::{TxRing, TxRingBuilder};
 use relay_rules::replicate::Segments;
 use relay_rules::table::CompiledOutput;
-use relay_rules::{Datagram, FrameTemplate, Interfaces};
+use relay_rules::{Datagram, FrameTemplate, Interfaces, RewriteError};
 use smallvec::SmallVec;
 use std::net::{Ipv4Addr, SocketAddrV4, UdpSocket};
 use std::time::{Duration, Instant};
@@ -95,7 +95,9 @@ impl RingOut {
             let held = self.hold(|buffer| template.write(input, ip_id, buffer));
             return match held {
                 None => Written::RingFull,
-                Some(Err(_)) => Written::Refused,
+                Some(Err(
+                    RewriteError::ExceedsMtu { .. } | RewriteError::BufferTooSmall { .. },
+                )) => Written::TooBig,
                 Some(Ok((slot, len))) => {
                     let segments = template.segments(input, len);
                     self.open.push(OpenFrame {
@@ -118,7 +120,9 @@ impl RingOut {
                 slot.commit(len);
                 Written::Queued
             }
-            Err(_) => Written::Refused,
+            Err(RewriteError::ExceedsMtu { .. } | RewriteError::BufferTooSmall { .. }) => {
+                Written::TooBig
+            }
         }
     }
 
@@ -272,14 +276,12 @@ impl Sinks {
         output: &CompiledOutput,
         interfaces: &Interfaces,
         ring: &RingSection,
-    ) -> Result<(), String> {
+    ) -> Result<(), OutputError> {
         let ifindex = output.ifindex();
         let name = interfaces
             .by_index(ifindex)
             .map(|facts| facts.name.clone())
-            .ok_or_else(|| {
-                format!("output interface #{ifindex} is not among the interfaces handed over")
-            })?;
+            .ok_or(OutputError::UnknownInterface { ifindex })?;
         match output {
             CompiledOutput::Ring { .. } => {
                 if let Some(out) = self.rings.iter_mut().find(|out| out.ifindex == ifindex) {
@@ -293,7 +295,10 @@ impl Sinks {
                     .segmentation(rings::tx_segmentation(ring))
                     .dont_fork(true)
                     .build()
-                    .map_err(|error| format!("transmit ring on {name}: {error}"))?;
+                    .map_err(|source| OutputError::TxRing {
+                        interface: name.clone(),
+                        source,
+                    })?;
                 self.rings.push(RingOut {
                     ifindex,
                     ring: tx,
@@ -312,8 +317,15 @@ impl Sinks {
                     socket.users += 1;
                     return Ok(());
                 }
-                let socket = output_socket(&name, *source, *ttl, *dscp)
-                    .map_err(|error| format!("socket output on {name} from {source}: {error}"))?;
+                let socket =
+                    output_socket(&name, *source, *ttl, *dscp).map_err(|(call, error)| {
+                        OutputError::Socket {
+                            interface: name.clone(),
+                            from: *source,
+                            call,
+                            source: error,
+                        }
+                    })?;
                 self.sockets.push(SocketOut {
                     key,
                     batch: UdpBatch::new(
@@ -488,7 +500,7 @@ impl Outputs for Sinks {
     ) -> Written {
         match self.rings.iter_mut().find(|out| out.ifindex == ifindex) {
             Some(out) => out.write(template, input, ip_id, segmentable),
-            None => Written::RingFull,
+            None => Written::Unopened,
         }
     }
 
@@ -497,7 +509,8 @@ impl Outputs for Sinks {
         output: &CompiledOutput,
         destination: SocketAddrV4,
         payload: &[u8],
-    ) -> bool {
+    ) -> Written {
+        // The data path hands socket outputs only; a ring output has no socket here either.
         let CompiledOutput::Socket {
             ifindex,
             source,
@@ -506,40 +519,67 @@ impl Outputs for Sinks {
             ..
         } = output
         else {
-            return false;
+            return Written::Unopened;
         };
         let key = (*ifindex, *source, *ttl, *dscp);
         let Some(socket) = self.sockets.iter_mut().find(|socket| socket.key == key) else {
-            return false;
+            return Written::Unopened;
         };
-        if socket.batch.push(destination, payload).is_ok() {
-            return true;
+        let queued = match socket.batch.push(destination, payload) {
+            Err(QueueError::Full { .. }) => {
+                self.socket_failures += socket.flush(&mut self.sendmmsg_calls);
+                socket.batch.push(destination, payload)
+            }
+            other => other,
+        };
+        match queued {
+            Ok(()) => Written::Queued,
+            Err(QueueError::TooLarge { .. }) => Written::TooBig,
+            // Not after a flush, which empties the batch.
+            Err(QueueError::Full { .. }) => Written::RingFull,
         }
-        self.socket_failures += socket.flush(&mut self.sendmmsg_calls);
-        socket.batch.push(destination, payload).is_ok()
     }
 }
 
-/// A UDP socket sending from `source` out of interface `name` with the output's TTL and DSCP.
+/// A UDP socket sending from `source` out of interface `name` with the output's TTL and DSCP;
+/// an error names the call that failed.
 fn output_socket(
     name: &str,
     source: Ipv4Addr,
     ttl: u8,
     dscp: Option<u8>,
-) -> std::io::Result<UdpSocket> {
+) -> Result<UdpSocket, (&'static str, std::io::Error)> {
     use nix::sys::socket::{setsockopt, sockopt};
-    let socket = UdpSocket::bind((source, 0))?;
-    setsockopt(
-        &socket,
-        sockopt::BindToDevice,
-        &std::ffi::OsString::from(name),
-    )?;
-    socket.set_ttl(u32::from(ttl))?;
-    socket.set_multicast_ttl_v4(u32::from(ttl))?;
-    socket.set_multicast_loop_v4(false)?;
-    if let Some(dscp) = dscp {
-        setsockopt(&socket, sockopt::Ipv4Tos, &(i32::from(dscp) << 2))?;
+    fn call<T, E: Into<std::io::Error>>(
+        name: &'static str,
+        result: Result<T, E>,
+    ) -> Result<T, (&'static str, std::io::Error)> {
+        result.map_err(|error| (name, error.into()))
     }
-    socket.set_nonblocking(true)?;
+    let socket = call("bind", UdpSocket::bind((source, 0)))?;
+    call(
+        "setsockopt(SO_BINDTODEVICE)",
+        setsockopt(
+            &socket,
+            sockopt::BindToDevice,
+            &std::ffi::OsString::from(name),
+        ),
+    )?;
+    call("setsockopt(IP_TTL)", socket.set_ttl(u32::from(ttl)))?;
+    call(
+        "setsockopt(IP_MULTICAST_TTL)",
+        socket.set_multicast_ttl_v4(u32::from(ttl)),
+    )?;
+    call(
+        "setsockopt(IP_MULTICAST_LOOP)",
+        socket.set_multicast_loop_v4(false),
+    )?;
+    if let Some(dscp) = dscp {
+        call(
+            "setsockopt(IP_TOS)",
+            setsockopt(&socket, sockopt::Ipv4Tos, &(i32::from(dscp) << 2)),
+        )?;
+    }
+    call("fcntl(O_NONBLOCK)", socket.set_nonblocking(true))?;
     Ok(socket)
 }

@@ -126,7 +126,8 @@ pub(super) fn read_snapshot(
     if theirs != format!("{:016x}", digest(config_text.as_bytes())) {
         return Ok(None);
     }
-    let config = ConfigFile::parse(text).map_err(|message| {
+    let config = ConfigFile::parse(text).map_err(|error| {
+        let message = error.to_string();
         // The TOML parser's message names the line ("TOML parse error at line 7, column 3").
         let line = message
             .split_once("at line ")

@@ -1,0 +1,271 @@
+//! From a `ctl` command line to the request sent to the relay: rules written compactly as
+//! arguments (`IFACE:ADDRESS:PORT...`) or as a TOML file, and paths made absolute.
+
+use super::{ArgError, RequestError};
+use crate::cli::{CtlCommand, WorkersAction};
+use crate::config::ConfigFile;
+use crate::control::proto::{Command, KeyEntry};
+use relay_rules::{Input, Output, Rule};
+use std::net::Ipv4Addr;
+use std::path::{Path, PathBuf};
+
+/// The request `command` makes.
+pub(super) fn command(command: &CtlCommand) -> Result<Command, RequestError> {
+    Ok(match command {
+        CtlCommand::List => Command::List,
+        CtlCommand::Stats | CtlCommand::Top { .. } => Command::Stats,
+        CtlCommand::Workers { action: None } => Command::Workers,
+        CtlCommand::Workers {
+            action: Some(WorkersAction::Set { workers, class }),
+        } => Command::SetWorkers {
+            workers: workers.clone(),
+            class: class.clone(),
+        },
+        CtlCommand::Reload => Command::Reload,
+        CtlCommand::Save { file } => Command::Save {
+            path: absolute(file)?.display().to_string(),
+        },
+        CtlCommand::Remove { name, key } => Command::Remove {
+            name: name.clone(),
+            key: key.as_deref().map(parse_key).transpose()?,
+        },
+        CtlCommand::Add {
+            name,
+            input,
+            outputs,
+            class,
+            toml,
+        } => Command::Add {
+            rule: match (toml, name, input) {
+                (Some(path), None, None) if outputs.is_empty() => rule_from_toml(path)?,
+                (None, Some(name), Some(input)) if !outputs.is_empty() => Rule {
+                    name: name.clone(),
+                    input: parse_input(input)?,
+                    outputs: outputs
+                        .iter()
+                        .map(|o| parse_output(o))
+                        .collect::<Result<_, _>>()?,
+                    class: class.clone(),
+                },
+                _ => return Err(RequestError::AddForm),
+            },
+        },
+    })
+}
+
+/// `path` resolved against the working directory: the relay writes it, from its own.
+fn absolute(path: &Path) -> Result<PathBuf, RequestError> {
+    std::path::absolute(path).map_err(|source| RequestError::Absolute {
+        path: path.to_owned(),
+        source,
+    })
+}
+
+/// Reads one `[[rule]]` from a TOML file (`-`: standard input).
+fn rule_from_toml(path: &Path) -> Result<Rule, RequestError> {
+    let text = if path == Path::new("-") {
+        std::io::read_to_string(std::io::stdin())
+    } else {
+        std::fs::read_to_string(path)
+    }
+    .map_err(|source| RequestError::Read {
+        path: path.to_owned(),
+        source,
+    })?;
+    let file = ConfigFile::parse(&text).map_err(|source| RequestError::Parse {
+        path: path.to_owned(),
+        source,
+    })?;
+    match <[Rule; 1]>::try_from(file.rules) {
+        Ok([rule]) => Ok(rule),
+        Err(rules) => Err(RequestError::RuleCount {
+            path: path.to_owned(),
+            found: rules.len(),
+        }),
+    }
+}
+
+/// `IFACE:DESTINATION:PORT[@SOURCE]`.
+pub fn parse_input(text: &str) -> Result<Input, ArgError> {
+    let (main, source) = match text.split_once('@') {
+        Some((main, source)) => (main, Some(parse_addr(source, "source")?)),
+        None => (text, None),
+    };
+    let (interface, destination, port) = parse_endpoint(main)?;
+    Ok(Input {
+        interface,
+        destination,
+        port,
+        source,
+    })
+}
+
+/// `IFACE:DESTINATION:PORT[,ttl=N][,source=A][,dscp=N][,vlan=N]`.
+pub fn parse_output(text: &str) -> Result<Output, ArgError> {
+    let mut parts = text.split(',');
+    let (interface, destination, port) = parse_endpoint(parts.next().unwrap_or_default())?;
+    let mut output = Output {
+        interface,
+        destination,
+        port,
+        ttl: Output::DEFAULT_TTL,
+        source: None,
+        dscp: None,
+        vlan: None,
+    };
+    for option in parts {
+        let (key, value) = option
+            .split_once('=')
+            .ok_or_else(|| ArgError::NotKeyValue {
+                option: option.to_owned(),
+            })?;
+        let out_of_range = |key, min, max| ArgError::OutOfRange {
+            option: option.to_owned(),
+            key,
+            min,
+            max,
+        };
+        match key {
+            "ttl" => output.ttl = value.parse().map_err(|_| out_of_range("ttl", 1, 255))?,
+            "dscp" => output.dscp = Some(value.parse().map_err(|_| out_of_range("dscp", 0, 63))?),
+            "vlan" => {
+                output.vlan = Some(value.parse().map_err(|_| out_of_range("vlan", 1, 4094))?);
+            }
+            "source" => output.source = Some(parse_addr(value, "source")?),
+            _ => {
+                return Err(ArgError::UnknownOption {
+                    option: option.to_owned(),
+                });
+            }
+        }
+    }
+    Ok(output)
+}
+
+/// `IFACE:DESTINATION:PORT[@SOURCE]`, as a rule's match key.
+fn parse_key(text: &str) -> Result<KeyEntry, ArgError> {
+    let input = parse_input(text)?;
+    Ok(KeyEntry {
+        interface: input.interface,
+        destination: input.destination,
+        port: input.port,
+        source: input.source,
+    })
+}
+
+fn parse_endpoint(text: &str) -> Result<(String, Ipv4Addr, u16), ArgError> {
+    let mut parts = text.splitn(3, ':');
+    match (parts.next(), parts.next(), parts.next()) {
+        (Some(interface), Some(address), Some(port)) if !interface.is_empty() => Ok((
+            interface.to_owned(),
+            parse_addr(address, "address")?,
+            port.parse().map_err(|_| ArgError::Port {
+                text: text.to_owned(),
+                port: port.to_owned(),
+            })?,
+        )),
+        _ => Err(ArgError::Endpoint {
+            text: text.to_owned(),
+        }),
+    }
+}
+
+fn parse_addr(text: &str, what: &'static str) -> Result<Ipv4Addr, ArgError> {
+    text.parse().map_err(|_| ArgError::Address {
+        text: text.to_owned(),
+        what,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn compact_rules_parse() {
+        let input = parse_input("eth0:239.1.1.1:5000@192.0.2.10").expect("valid input");
+        assert_eq!(input.interface, "eth0");
+        assert_eq!(input.port, 5000);
+        assert_eq!(input.source, Some(Ipv4Addr::new(192, 0, 2, 10)));
+        let output = parse_output("eth1:239.2.2.2:6000,ttl=4,dscp=46,source=10.0.0.1")
+            .expect("valid output");
+        assert_eq!(output.ttl, 4);
+        assert_eq!(output.dscp, Some(46));
+        assert_eq!(output.source, Some(Ipv4Addr::new(10, 0, 0, 1)));
+        assert_eq!(
+            parse_output("eth1:239.2.2.2:6000,color=red"),
+            Err(ArgError::UnknownOption {
+                option: "color=red".into()
+            })
+        );
+        assert_eq!(
+            parse_input("eth0:239.1.1:5000"),
+            Err(ArgError::Address {
+                text: "239.1.1".into(),
+                what: "address"
+            })
+        );
+        assert_eq!(
+            parse_input("eth0:239.1.1.1:99999")
+                .expect_err("not a port")
+                .to_string(),
+            "`eth0:239.1.1.1:99999`: `99999` is not a UDP port"
+        );
+        assert_eq!(
+            parse_input(":239.1.1.1:1"),
+            Err(ArgError::Endpoint {
+                text: ":239.1.1.1:1".into()
+            })
+        );
+        assert_eq!(
+            parse_output("eth1:239.2.2.2:6000,ttl=300")
+                .expect_err("past 255")
+                .to_string(),
+            "`ttl=300`: ttl must be a number from 1 to 255"
+        );
+        assert!(matches!(
+            parse_output("eth1:239.2.2.2:6000,ttl"),
+            Err(ArgError::NotKeyValue { .. })
+        ));
+    }
+
+    #[test]
+    fn a_toml_rule_file_is_named_in_its_errors() {
+        let dir = tempfile::tempdir().expect("a temporary directory");
+        let path = dir.path().join("rule.toml");
+        let error = rule_from_toml(&path).expect_err("no such file");
+        assert!(
+            matches!(&error, RequestError::Read { source, .. }
+                if source.kind() == std::io::ErrorKind::NotFound),
+            "{error:?}"
+        );
+        std::fs::write(&path, "[relay]\nworkers = 1\n").expect("write");
+        let error = rule_from_toml(&path).expect_err("no rule");
+        assert_eq!(
+            error.to_string(),
+            format!("{}: expected exactly one [[rule]], found 0", path.display())
+        );
+        std::fs::write(&path, "[[rule]]\nname = 1\n").expect("write");
+        let error = rule_from_toml(&path).expect_err("not a rule");
+        assert!(
+            matches!(&error, RequestError::Parse { source, .. } if source.line() == Some(2)),
+            "{error:?}"
+        );
+    }
+
+    #[test]
+    fn save_sends_the_path_resolved_against_the_working_directory() {
+        let Ok(Command::Save { path }) = command(&CtlCommand::Save {
+            file: PathBuf::from("saved.toml"),
+        }) else {
+            panic!("save is a save request");
+        };
+        let cwd = std::env::current_dir().expect("a working directory");
+        assert_eq!(PathBuf::from(&path), cwd.join("saved.toml"));
+        let request = format!(r#"{{"version":1,"command":"save","path":{path:?}}}"#);
+        assert!(
+            crate::control::proto::parse_request(request.as_bytes()).is_ok(),
+            "the relay takes what the client sends: {request}"
+        );
+    }
+}
