@@ -58,7 +58,7 @@ const BAD_FIELDS: &[&str] = &[
     r#"{"version":1,"command":"add","rule":null}"#,
     r#"{"version":1,"command":"add","rule":{"name":"x"}}"#,
     r#"{"version":1,"command":"add","rule":{"name":"x","input":{"interface":"rin0","destination":"239.1.1.9","port":5009},"outputs":[]}}"#,
-    r#"{"version":1,"command":"add","rule":{"name":"x","input":{"interface":"nosuch0","destination":"239.1.1.9","port":5009},"outputs":[{"interface":"rout0","destination":"239.2.2.9","port":6009}]}}"#,
+    r#"{"version":1,"command":"add","rule":{"name":"x","input":{"interface":"nosuch0","destination":"239.1.1.9","port":0},"outputs":[{"interface":"rout0","destination":"239.2.2.9","port":6009}]}}"#,
     r#"{"version":1,"command":"add","rule":{"name":"x","input":{"interface":"rin0","destination":"10.1.1.1","port":5009},"outputs":[{"interface":"rout0","destination":"239.2.2.9","port":6009}]}}"#,
     r#"{"version":1,"command":"add","rule":{"name":"x","input":{"interface":"rin0","destination":"239.1.1.9","port":0},"outputs":[{"interface":"rout0","destination":"239.2.2.9","port":6009}]}}"#,
     r#"{"version":1,"command":"add","rule":{"name":"x","input":{"interface":"rin0","destination":"239.1.1.9","port":5009},"outputs":[{"interface":"rout0","destination":"239.2.2.9","port":6009,"ttl":300}]}}"#,

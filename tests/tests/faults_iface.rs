@@ -427,6 +427,13 @@ fn a_rule_added_for_a_missing_interface_waits_for_it() {
         "ctl list does not show the waiting rules:\n{listed}"
     );
     assert_eq!(metric(&topo, "fanout_relay_rules_waiting", None), Some(2.0));
+    // What can be checked without the interface is checked.
+    let invalid = ctl.run(&["add", "bad", "late0:239.1.1.4:0", "rout0:239.2.2.2:6004"]);
+    assert!(
+        !invalid.status.success() && invalid.stderr.contains("port 0"),
+        "a waiting rule with input port 0 was not refused: {}",
+        invalid.stderr
+    );
     // A second rule of the same name is refused, waiting or not.
     let twice = ctl.run(&["add", "cam", "late0:239.1.1.3:5000", "rout0:239.2.2.2:6003"]);
     assert!(

@@ -17,6 +17,7 @@ use crate::supervisor::restarts::RestartReason;
 use crate::supervisor::state::Change;
 use relay_rules::InterfaceFacts;
 use relay_rules::Rule;
+use relay_rules::validate::Problem;
 use std::collections::{BTreeSet, HashMap};
 use std::path::Path;
 use std::sync::mpsc::{self, Sender};
@@ -129,15 +130,21 @@ impl World {
     /// as `change` says: no worker holds waiting rules, so the change is answered once it is in
     /// the state file.
     fn change_waiting(&mut self, change: Change, missing: &str, reply: Sender<Response>) {
-        if let Some(rule) = change.add.first()
-            && (self.state.set().get(&rule.name).is_some()
-                || self.state.waiting().contains_key(&rule.name))
-        {
-            respond(
-                &reply,
-                Response::refused(format!("a rule named {:?} exists", rule.name)),
-            );
-            return;
+        if let Some(rule) = change.add.first() {
+            let refusal = if self.state.set().get(&rule.name).is_some()
+                || self.state.waiting().contains_key(&rule.name)
+            {
+                Some(format!("a rule named {:?} exists", rule.name))
+            } else {
+                self.check_waiting(rule).err()
+            };
+            if let Some(refusal) = refusal {
+                if let Some(held) = self.notices.allow_unrepeated(Kind::Refused, &refusal) {
+                    log::warn!("change refused, nothing changed: {refusal}{held}");
+                }
+                respond(&reply, Response::refused(refusal));
+                return;
+            }
         }
         let names: Vec<String> = change
             .add
@@ -175,6 +182,45 @@ impl World {
                 &reply,
                 Response::refused(format!("cannot write the state file: {error}")),
             ),
+        }
+    }
+
+    /// Checks a rule that is to wait for interfaces as far as it can be checked without them:
+    /// every field, against the facts of the interfaces that exist; what depends on the missing
+    /// interfaces' facts (their addresses) is checked when they appear.
+    fn check_waiting(&self, rule: &Rule) -> Result<(), String> {
+        let missing: Vec<&str> = interfaces_of(rule)
+            .filter(|name| rings::interface_facts(name).is_none())
+            .collect();
+        let facts: relay_rules::Interfaces = interfaces_of(rule)
+            .filter_map(rings::interface_facts)
+            .collect();
+        let Err(errors) =
+            relay_rules::RuleSet::new(vec![rule.clone()], facts, *self.state.set().limits())
+        else {
+            return Ok(());
+        };
+        let on_missing = |problem: &Problem| match problem {
+            Problem::UnknownInterface(name)
+            | Problem::NotMulticastOrLocal {
+                interface: name, ..
+            }
+            | Problem::SourceNotLocal {
+                interface: name, ..
+            }
+            | Problem::NoSourceAddress { interface: name } => missing.contains(&name.as_str()),
+            _ => false,
+        };
+        let problems: Vec<String> = errors
+            .errors()
+            .iter()
+            .filter(|error| !on_missing(&error.problem))
+            .map(ToString::to_string)
+            .collect();
+        if problems.is_empty() {
+            Ok(())
+        } else {
+            Err(problems.join("; "))
         }
     }
 
