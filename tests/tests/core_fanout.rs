@@ -8,7 +8,7 @@ use std::time::Duration;
 use core_rings_support::{
     ETHERTYPE, Link, collect, parse_test_frame, pin_to, test_frame, usable_cpus,
 };
-use fanout_core::ring::{RetireTimeout, RxRingBuilder};
+use fanout_core::ring::{Readiness, RetireTimeout, RxRingBuilder};
 use fanout_core::{
     BpfInstruction, BpfProgram, FanoutConfig, FanoutError, FanoutFlags, FanoutGroupId, FanoutMode,
     Protocol, RxRing,
@@ -406,4 +406,49 @@ fn join_errors_are_typed() {
     lone.join_fanout(&FanoutConfig::new(FanoutGroupId(0x430b), FanoutMode::Lb).max_members(1000))
         .expect("join with fanout_args");
     let _ = plain.statistics();
+}
+
+/// The kernel unlinks every member from its fanout group when the interface goes down and links
+/// them again when it comes back; each member must keep its index (the relay maps member k to
+/// the worker of CPU k, and under `steer` to the worker holding shard k's rules).
+#[test]
+fn member_indexes_survive_the_link_going_down_and_up() {
+    let Some(link) = Link::new("fdownup") else {
+        return;
+    };
+    let program = BpfProgram::new(vec![
+        BpfInstruction::statement(0x30, 8),
+        BpfInstruction::statement(0x16, 0),
+    ])
+    .expect("two instructions");
+    let config =
+        FanoutConfig::new(FanoutGroupId(0x4305), FanoutMode::Cbpf).cbpf_program(program.clone());
+    let mut members: Vec<RxRing> = (0..3)
+        .map(|_| member(&link, config.clone(), Protocol(ETHERTYPE), 16))
+        .collect();
+    let tx = link.sender("va");
+    let check = |members: &mut [RxRing], from: u32, when: &str| {
+        for i in from..from + 30 {
+            tx.send(&test_frame(i, (i % 3) as u8, 100)).expect("send");
+        }
+        for (index, ring) in members.iter_mut().enumerate() {
+            let flows: Vec<u8> = seqs(&collect(ring, 10, Duration::from_secs(3)))
+                .into_iter()
+                .map(|(_, flow)| flow)
+                .collect();
+            assert_eq!(flows, vec![index as u8; 10], "member {index} {when}");
+        }
+    };
+    check(&mut members, 0, "before");
+    link.ns.ip(&["link", "set", "vb", "down"]);
+    link.ns.ip(&["link", "set", "vb", "up"]);
+    std::thread::sleep(Duration::from_millis(100));
+    for ring in &mut members {
+        // Each member was told once that the link went down.
+        assert_eq!(
+            ring.wait(Duration::ZERO).expect("wait on ring"),
+            Readiness::InterfaceDown
+        );
+    }
+    check(&mut members, 100, "after vb went down and up");
 }
