@@ -1,6 +1,6 @@
 //! `fanout-relay ctl`: the control socket's client, with human tables or JSON.
 
-mod error;
+pub mod error;
 mod request;
 
 pub use error::{ArgError, CtlError, RequestError};

@@ -6,7 +6,7 @@
 //! object per line with `--json`, so a script can follow the rates.
 
 use crate::control::proto::{Command, Reply, Request, StatsReport, VERSION};
-use crate::ctl::CtlError;
+use crate::ctl::error::CtlError;
 use std::io::{IsTerminal as _, Write as _};
 use std::path::Path;
 use std::time::{Duration, Instant};
