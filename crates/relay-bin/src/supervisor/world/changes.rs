@@ -23,6 +23,23 @@ use std::path::Path;
 use std::sync::mpsc::{self, Sender};
 use std::time::{Duration, Instant};
 
+/// Why a rule change is refused before it is tried.
+#[derive(Debug, thiserror::Error)]
+enum Refusal {
+    /// `remove` by key: no rule has it.
+    #[error("no rule matches {0}")]
+    NoMatch(String),
+    /// `remove` names neither a rule nor a key, or both.
+    #[error("remove takes either \"name\" or \"key\", not both or neither")]
+    NameOrKey,
+    /// A rule of that name runs or waits.
+    #[error("a rule named {0:?} exists")]
+    NameTaken(String),
+    /// A rule that is to wait for interfaces fails the checks that need none.
+    #[error("{}", .0.iter().map(ToString::to_string).collect::<Vec<_>>().join("; "))]
+    Invalid(Vec<relay_rules::validate::ValidationError>),
+}
+
 /// How long a change waits for every live worker to confirm it before answering anyway.
 const CONFIRM_WITHIN: Duration = Duration::from_secs(3);
 
@@ -104,7 +121,7 @@ impl World {
                     self.apply(change, Some(reply));
                     return;
                 }
-                Err(error) => Response::refused(error),
+                Err(refusal) => Response::refused(refusal.to_string()),
             },
             Command::Reload => return self.reload(Some(reply)),
             Command::SetWorkers { workers, class } => {
@@ -134,11 +151,11 @@ impl World {
             let refusal = if self.state.set().get(&rule.name).is_some()
                 || self.state.waiting().contains_key(&rule.name)
             {
-                Some(format!("a rule named {:?} exists", rule.name))
+                Some(Refusal::NameTaken(rule.name.clone()))
             } else {
                 self.check_waiting(rule).err()
             };
-            if let Some(refusal) = refusal {
+            if let Some(refusal) = refusal.map(|refusal| refusal.to_string()) {
                 if let Some(held) = self.notices.allow_unrepeated(Kind::Refused, &refusal) {
                     log::warn!("change refused, nothing changed: {refusal}{held}");
                 }
@@ -188,7 +205,7 @@ impl World {
     /// Checks a rule that is to wait for interfaces as far as it can be checked without them:
     /// every field, against the facts of the interfaces that exist; what depends on the missing
     /// interfaces' facts (their addresses) is checked when they appear.
-    fn check_waiting(&self, rule: &Rule) -> Result<(), String> {
+    fn check_waiting(&self, rule: &Rule) -> Result<(), Refusal> {
         let missing: Vec<&str> = interfaces_of(rule)
             .filter(|name| rings::interface_facts(name).is_none())
             .collect();
@@ -211,16 +228,15 @@ impl World {
             | Problem::NoSourceAddress { interface: name } => missing.contains(&name.as_str()),
             _ => false,
         };
-        let problems: Vec<String> = errors
-            .errors()
-            .iter()
+        let problems: Vec<_> = errors
+            .into_errors()
+            .into_iter()
             .filter(|error| !on_missing(&error.problem))
-            .map(ToString::to_string)
             .collect();
         if problems.is_empty() {
             Ok(())
         } else {
-            Err(problems.join("; "))
+            Err(Refusal::Invalid(problems))
         }
     }
 
@@ -624,7 +640,7 @@ impl World {
         self.pending.iter().map(|change| change.deadline)
     }
 
-    fn resolve(&self, name: Option<String>, key: Option<KeyEntry>) -> Result<String, String> {
+    fn resolve(&self, name: Option<String>, key: Option<KeyEntry>) -> Result<String, Refusal> {
         match (name, key) {
             (Some(name), None) => Ok(name),
             (None, Some(key)) => self
@@ -640,15 +656,15 @@ impl World {
                 })
                 .map(|rule| rule.name.clone())
                 .ok_or_else(|| {
-                    format!(
-                        "no rule matches {}:{}:{}{}",
+                    Refusal::NoMatch(format!(
+                        "{}:{}:{}{}",
                         key.interface,
                         key.destination,
                         key.port,
                         key.source.map(|s| format!(" from {s}")).unwrap_or_default()
-                    )
+                    ))
                 }),
-            _ => Err("remove takes either \"name\" or \"key\", not both or neither".into()),
+            _ => Err(Refusal::NameOrKey),
         }
     }
 }
