@@ -106,13 +106,44 @@ impl RelayProcess {
     /// until every worker it started said it is ready, so traffic sent afterwards is served
     /// at once. Panics with the relay's log if it exits or is not ready in time.
     pub fn start(ns: &Netns, config: &str, args: &[&str]) -> RelayProcess {
+        Self::start_with_env(ns, config, args, &[])
+    }
+
+    /// [`RelayProcess::start`] with `env` added to the relay's environment.
+    pub fn start_with_env(
+        ns: &Netns,
+        config: &str,
+        args: &[&str],
+        env: &[(&str, &str)],
+    ) -> RelayProcess {
+        Self::start_wrapped(ns, config, args, env, &[])
+    }
+
+    /// [`RelayProcess::start_with_env`], the relay started through the command `wrapper` (its
+    /// program and arguments, the relay's command line after them), e.g. `setpriv` with a user
+    /// and capabilities.
+    pub fn start_wrapped(
+        ns: &Netns,
+        config: &str,
+        args: &[&str],
+        env: &[(&str, &str)],
+        wrapper: &[&str],
+    ) -> RelayProcess {
         let config = ConfigFile::new(config);
-        let mut child = ns
-            .cmd(relay_binary())
+        let mut command = match wrapper.split_first() {
+            Some((program, rest)) => {
+                let mut command = ns.cmd(program);
+                command.args(rest).arg(relay_binary());
+                command
+            }
+            None => ns.cmd(relay_binary()),
+        };
+        let mut child = command
             .arg("run")
             .arg("--config")
             .arg(config.path())
             .args(args)
+            .envs(env.iter().copied())
             .env("RUST_LOG", "debug")
             .stdin(Stdio::null())
             .stdout(Stdio::null())

@@ -30,14 +30,17 @@ mod life;
 mod lifecycle;
 mod links;
 mod placement;
+mod privileges;
 mod rates;
 mod restarts;
+mod service;
 mod setup;
 mod state;
 mod summary;
 mod workers;
 mod world;
 
+pub use privileges::PrivilegeError;
 pub use restarts::{RestartCounts, RestartReason};
 pub use setup::{Overrides, Plan, SetupError};
 pub use state::{Change, Problem, StateError, write_atomically};
@@ -57,6 +60,9 @@ pub enum RunError {
     /// Configuration, interfaces or rings could not be set up.
     #[error(transparent)]
     Setup(#[from] SetupError),
+    /// A capability the relay needs is missing.
+    #[error(transparent)]
+    Privileges(#[from] PrivilegeError),
     /// The control socket could not be opened.
     #[error(transparent)]
     Control(#[from] crate::control::ControlError),
@@ -86,6 +92,7 @@ pub struct RunOptions {
 /// mask set here is inherited by the threads started afterwards, and a worker's parent-death
 /// signal is tied to the thread that spawned it.
 pub fn run(plan: Plan, options: &RunOptions) -> Result<RunSummary, RunError> {
+    privileges::check(plan.config.relay.rps == crate::config::RpsSetting::Auto)?;
     let mut mask = SigSet::empty();
     for signal in [Signal::SIGINT, Signal::SIGTERM, Signal::SIGHUP] {
         mask.add(signal);
@@ -155,6 +162,7 @@ pub fn run(plan: Plan, options: &RunOptions) -> Result<RunSummary, RunError> {
         log::info!("metrics on http://{}/metrics", metrics.local_addr());
     }
 
+    let mut service = service::Service::from_env();
     world.start(worker_tx);
     // Parsing the configuration and writing the workers' tables needed many times the rules'
     // memory for a moment (700 MB for 100,000 rules); give it back.
@@ -177,8 +185,23 @@ pub fn run(plan: Plan, options: &RunOptions) -> Result<RunSummary, RunError> {
             next_print = Some(now + every);
         }
         world.tick(now);
-        let wake = next_print.map_or(world.next_deadline(), |at| at.min(world.next_deadline()));
+        service.tick(now);
+        if !service.is_ready() && world.serves() {
+            service.ready(&world.status());
+        }
+        let wake = [next_print, service.deadline()]
+            .into_iter()
+            .flatten()
+            .fold(world.next_deadline(), Instant::min);
         match events.recv_timeout(wake.saturating_duration_since(Instant::now())) {
+            Ok(event @ Event::Signal(Signal::SIGHUP)) => {
+                service.reloading();
+                let flow = world.on(event);
+                service.reloaded(&world.status());
+                if flow == Flow::Stop {
+                    break;
+                }
+            }
             Ok(event) => {
                 if world.on(event) == Flow::Stop {
                     break;
@@ -188,6 +211,7 @@ pub fn run(plan: Plan, options: &RunOptions) -> Result<RunSummary, RunError> {
             Err(RecvTimeoutError::Disconnected) => break,
         }
     }
+    service.stopping();
     world.stop(&events);
     Ok(world.summary())
 }

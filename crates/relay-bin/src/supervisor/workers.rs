@@ -206,6 +206,10 @@ impl WorkerSlot {
             .arg("--rings")
             .arg(self.rings.len().to_string())
             .stdin(Stdio::from(OwnedFd::from(theirs)))
+            // The supervisor alone speaks to the service manager.
+            .env_remove("NOTIFY_SOCKET")
+            .env_remove("WATCHDOG_USEC")
+            .env_remove("WATCHDOG_PID")
             .spawn()?;
         let pid = child.id();
         let handed = ours.try_clone().and_then(|mut writer| {

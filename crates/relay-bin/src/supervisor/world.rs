@@ -223,6 +223,24 @@ impl World {
         }
     }
 
+    /// Whether every worker in the worker set serves the current table.
+    pub(super) fn serves(&self) -> bool {
+        let generation = self.state.generation();
+        self.active_slots()
+            .all(|slot| slot.life.is_ready() && slot.acked_generation() >= generation)
+    }
+
+    /// One line on what the relay does, for the service manager.
+    pub(super) fn status(&self) -> String {
+        format!(
+            "relaying {} rule(s) ({} waiting) on {} worker(s), generation {}",
+            self.state.set().len(),
+            self.state.waiting().len(),
+            self.active_slots().count(),
+            self.state.generation()
+        )
+    }
+
     /// The counters of the run, per worker slot.
     pub(super) fn summary(&self) -> RunSummary {
         let workers: Vec<_> = self
