@@ -345,7 +345,12 @@ pub(crate) fn join(
         }
         Err(other) => return Err(other.into()),
     }
-    let membership = membership(socket)?.ok_or(FanoutError::Join {
+    let joined = FanoutMembership {
+        group: id,
+        mode: config.mode,
+        flags: config.flags,
+    };
+    let membership = membership_of(socket, Some(joined))?.ok_or(FanoutError::Join {
         group: id,
         interface,
         errno: Errno::ENOENT,
@@ -364,6 +369,28 @@ pub(crate) fn join(
 pub(crate) fn membership(socket: &PacketSocket) -> Result<Option<FanoutMembership>, FanoutError> {
     let (raw, _) = socket.get_packet_option::<u32>("PACKET_FANOUT", libc::PACKET_FANOUT)?;
     Ok(decode_membership(raw))
+}
+
+/// [`membership`] for a socket known to have joined `joined` (as asked for; the group id may
+/// be one the kernel chose).
+///
+/// The word reads 0 both for no group and for group 0 in hash mode without flags; and group 0
+/// is the first id `PACKET_FANOUT_FLAG_UNIQUEID` hands out after boot (the kernel counts its
+/// next free id up from 0), so a freshly booted machine's first unique hash group reads as none.
+/// A socket that joined such a group is taken to be in it.
+pub(crate) fn membership_of(
+    socket: &PacketSocket,
+    joined: Option<FanoutMembership>,
+) -> Result<Option<FanoutMembership>, FanoutError> {
+    let read = membership(socket)?;
+    Ok(read.or_else(|| {
+        joined
+            .filter(|m| m.mode == FanoutMode::Hash && m.flags.bits() == 0)
+            .map(|m| FanoutMembership {
+                group: FanoutGroupId(0),
+                ..m
+            })
+    }))
 }
 
 fn decode_membership(raw: u32) -> Option<FanoutMembership> {

@@ -262,8 +262,11 @@ impl RxRing {
     }
 
     /// Asks the kernel which group the socket is in (survives hand-off between processes).
+    ///
+    /// The kernel's answer for group 0 in hash mode without flags is the same as for no group;
+    /// a ring that joined such a group through this handle or its builder reports it.
     pub fn read_fanout_membership(&self) -> Result<Option<FanoutMembership>, FanoutError> {
-        fanout::membership(&self.socket)
+        fanout::membership_of(&self.socket, self.fanout)
     }
 
     /// Replaces the group's classic BPF steering program (cbpf mode; applies to every member).
@@ -284,7 +287,7 @@ impl RxRing {
     }
 
     fn require_member(&self) -> Result<(), FanoutError> {
-        match fanout::membership(&self.socket)? {
+        match fanout::membership_of(&self.socket, self.fanout)? {
             Some(_) => Ok(()),
             None => Err(FanoutError::Program {
                 interface: self.socket.interface_label(),
