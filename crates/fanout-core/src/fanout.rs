@@ -17,6 +17,7 @@ mod mismatch;
 use mismatch::GroupRecord;
 
 use crate::bpf::{self, BpfInstruction, BpfProgram};
+use crate::features::{Feature, Features};
 use crate::socket::{PacketSocket, Protocol, SocketError};
 
 /// How the kernel picks the member that receives a packet.
@@ -41,7 +42,7 @@ pub enum FanoutMode {
 }
 
 impl FanoutMode {
-    fn raw(self) -> u16 {
+    pub(crate) fn raw(self) -> u16 {
         let raw = match self {
             Self::Hash => libc::PACKET_FANOUT_HASH,
             Self::Lb => libc::PACKET_FANOUT_LB,
@@ -275,8 +276,44 @@ pub enum FanoutError {
     Bpf(#[from] bpf::BpfError),
 }
 
+/// How many ids [`join_counted`] tries.
+const COUNTED_IDS: u16 = 64;
+
 /// Joins the group; the socket must be bound (the ring builders guarantee it).
 pub(crate) fn join(
+    socket: &PacketSocket,
+    config: &FanoutConfig,
+) -> Result<FanoutMembership, FanoutError> {
+    if config.group.is_none() && !Features::get().has(Feature::UniqueId) {
+        return join_counted(socket, config);
+    }
+    join_once(socket, config)
+}
+
+/// A new group without `PACKET_FANOUT_FLAG_UNIQUEID`: ids counted up from the process id, the
+/// first one free or whose group matches this socket. A group another program made with the
+/// same mode, flags and binding would be joined unawares: the kernel cannot tell them apart,
+/// which is why it has the flag.
+fn join_counted(
+    socket: &PacketSocket,
+    config: &FanoutConfig,
+) -> Result<FanoutMembership, FanoutError> {
+    let first = std::process::id() as u16;
+    let mut last = None;
+    for offset in 0..COUNTED_IDS {
+        let config = FanoutConfig {
+            group: Some(FanoutGroupId(first.wrapping_add(offset))),
+            ..config.clone()
+        };
+        match join_once(socket, &config) {
+            Err(error @ FanoutError::Mismatch { .. }) => last = Some(error),
+            other => return other,
+        }
+    }
+    Err(last.expect("COUNTED_IDS is not 0"))
+}
+
+fn join_once(
     socket: &PacketSocket,
     config: &FanoutConfig,
 ) -> Result<FanoutMembership, FanoutError> {

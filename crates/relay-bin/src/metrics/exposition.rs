@@ -129,6 +129,27 @@ pub fn render(snapshot: &Snapshot) -> String {
         "UDP payload bytes of the packets the rule matched.",
         by_rule(|stats| stats.bytes),
     );
+    let features = fanout_core::Features::get();
+    out.family(
+        "fanout_relay_kernel_feature",
+        Kind::Gauge,
+        "1 per kernel feature the relay uses where the kernel has it; available says whether \
+         the running kernel offers it (probed at start), see `fanout-relay features`.",
+        fanout_core::Feature::ALL
+            .iter()
+            .map(|feature| {
+                let available = if features.has(*feature) {
+                    "true"
+                } else {
+                    "false"
+                };
+                (
+                    labels(&[("feature", feature.name()), ("available", available)]),
+                    1,
+                )
+            })
+            .collect(),
+    );
     workers(&mut out, snapshot);
     interfaces(&mut out, &snapshot.interfaces);
     out.text

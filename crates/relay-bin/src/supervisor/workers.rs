@@ -188,6 +188,10 @@ impl WorkerSlot {
             .arg(std::process::id().to_string())
             .arg("--rings")
             .arg(self.rings.len().to_string())
+            .env(
+                crate::kernel_features::INHERITED_VAR,
+                crate::kernel_features::inherited(),
+            )
             .stdin(Stdio::from(OwnedFd::from(theirs)))
             .spawn()?;
         let pid = child.id();
