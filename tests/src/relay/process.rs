@@ -106,6 +106,16 @@ impl RelayProcess {
     /// until every worker it started said it is ready, so traffic sent afterwards is served
     /// at once. Panics with the relay's log if it exits or is not ready in time.
     pub fn start(ns: &Netns, config: &str, args: &[&str]) -> RelayProcess {
+        Self::start_with_env(ns, config, args, &[])
+    }
+
+    /// [`RelayProcess::start`] with `env` added to the relay's environment.
+    pub fn start_with_env(
+        ns: &Netns,
+        config: &str,
+        args: &[&str],
+        env: &[(&str, &str)],
+    ) -> RelayProcess {
         let config = ConfigFile::new(config);
         let mut child = ns
             .cmd(relay_binary())
@@ -114,6 +124,7 @@ impl RelayProcess {
             .arg(config.path())
             .args(args)
             .env("RUST_LOG", "debug")
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
