@@ -133,19 +133,17 @@ fn the_probes_find_what_this_kernel_has() {
         // Every kernel this suite runs on (6.1 and later) has these.
         assert!(probed.has(feature), "{feature} not found");
     }
-    // The probe against the kernel's history, for the mainline and Debian kernels this suite
-    // runs on: mainline brought segmentation through the transmit ring in 6.2. (A kernel with
-    // it backported would fail here, and should then be named.)
+    // The probes against the kernel's history, for the mainline and Debian kernels this suite
+    // runs on. (A kernel with these backported would fail here, and should then be named.)
     let release = nix::sys::utsname::uname().expect("uname");
     let release = release.release().to_string_lossy().into_owned();
     let mut numbers = release
         .split(|c: char| !c.is_ascii_digit())
         .map(|n| n.parse::<u32>().unwrap_or(0));
     let (major, minor) = (numbers.next().unwrap_or(0), numbers.next().unwrap_or(0));
-    let segmentation_expected = (major, minor) >= (6, 2);
-    assert_eq!(
-        probed.has(Feature::TxSegmentation),
-        segmentation_expected,
-        "tx_gso on {release}"
-    );
+    // Both came with 6.2 in mainline: a 6.1 kernel takes the fanout flag and ignores it.
+    let since_6_2 = (major, minor) >= (6, 2);
+    for feature in [Feature::TxSegmentation, Feature::FanoutIgnoreOutgoing] {
+        assert_eq!(probed.has(feature), since_6_2, "{feature} on {release}");
+    }
 }

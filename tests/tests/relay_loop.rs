@@ -54,7 +54,7 @@ fn every_kernel_feature_forced_off_still_relays_and_ignores_its_own_output() {
     for used in [
         "tx_gso",
         "tx_linear",
-        "ignore_outgoing",
+        "fanout_ignore_outgoing",
         "unique_id",
         "rollover",
     ] {
@@ -91,10 +91,16 @@ fn relay_on_its_own_input(name: &str, env: &[(&str, &str)]) -> String {
 
     // The relay did send on its input interface (else the counters below prove nothing).
     if let Err(problem) = check_stream(&echoed, 1, 0..N) {
-        panic!("frames sent back out of rin0: {problem}");
+        panic!(
+            "frames sent back out of rin0: {problem}\nrelay log:\n{}",
+            exit.log
+        );
     }
     if let Err(problem) = check_stream(&received, 1, 0..N) {
-        panic!("frames sent out of rout0: {problem}");
+        panic!(
+            "frames sent out of rout0: {problem}\nrelay log:\n{}",
+            exit.log
+        );
     }
     let summary = &exit.summary;
     let total = summary.total();

@@ -29,9 +29,13 @@ pub enum Feature {
     /// Vnet headers on transmit ring frames, so that a frame is copied whole
     /// ([`TxRingBuilder::linear`](crate::TxRingBuilder::linear)).
     TxLinear,
-    /// `PACKET_IGNORE_OUTGOING` and the fanout flag `PACKET_FANOUT_FLAG_IGNORE_OUTGOING`
+    /// The socket option `PACKET_IGNORE_OUTGOING`, for a socket outside a fanout group
     /// ([`RxRingBuilder::ignore_outgoing`](crate::RxRingBuilder::ignore_outgoing)).
     IgnoreOutgoing,
+    /// The fanout flag `PACKET_FANOUT_FLAG_IGNORE_OUTGOING`, which a group needs for the same:
+    /// inside a group the socket option has no effect. Kernels before it take the flag and
+    /// ignore it, so its probe sends a frame and counts the copies.
+    FanoutIgnoreOutgoing,
     /// Fanout group ids chosen by the kernel (`PACKET_FANOUT_FLAG_UNIQUEID`).
     UniqueId,
     /// The fanout flag `PACKET_FANOUT_FLAG_ROLLOVER`.
@@ -48,10 +52,11 @@ pub enum Feature {
 
 impl Feature {
     /// Every feature, in the order they are reported.
-    pub const ALL: [Feature; 9] = [
+    pub const ALL: [Feature; 10] = [
         Feature::TxSegmentation,
         Feature::TxLinear,
         Feature::IgnoreOutgoing,
+        Feature::FanoutIgnoreOutgoing,
         Feature::UniqueId,
         Feature::Rollover,
         Feature::Defrag,
@@ -66,6 +71,7 @@ impl Feature {
             Feature::TxSegmentation => "tx_gso",
             Feature::TxLinear => "tx_linear",
             Feature::IgnoreOutgoing => "ignore_outgoing",
+            Feature::FanoutIgnoreOutgoing => "fanout_ignore_outgoing",
             Feature::UniqueId => "unique_id",
             Feature::Rollover => "rollover",
             Feature::Defrag => "defrag",
@@ -82,6 +88,7 @@ impl Feature {
             Feature::TxSegmentation => "6.2",
             Feature::TxLinear => "4.11",
             Feature::IgnoreOutgoing => "4.20",
+            Feature::FanoutIgnoreOutgoing => "6.2",
             Feature::UniqueId => "4.12",
             Feature::Rollover => "3.10",
             Feature::Defrag => "3.1",
@@ -101,8 +108,12 @@ impl Feature {
                  whole (a copy more per frame across veth)"
             }
             Feature::IgnoreOutgoing => {
-                "receive rings drop the frames the host sends (PACKET_OUTGOING) in their socket \
-                 filter instead"
+                "receive rings outside a fanout group drop the frames the host sends \
+                 (PACKET_OUTGOING) in their socket filter instead"
+            }
+            Feature::FanoutIgnoreOutgoing => {
+                "receive rings in a fanout group drop the frames the host sends \
+                 (PACKET_OUTGOING) in their socket filter instead"
             }
             Feature::UniqueId => {
                 "groups take a free id counted from the process id instead of one the kernel \
@@ -281,6 +292,7 @@ mod tests {
             Feature::FanoutEbpf,
             Feature::QdiscBypass,
             Feature::IgnoreOutgoing,
+            Feature::FanoutIgnoreOutgoing,
         ] {
             assert!(features.has(feature), "{feature} missing on this kernel");
         }

@@ -128,7 +128,9 @@ fn fallback(feature: Feature, ring: &RingSection, fanout: FanoutSetting) -> Opti
     let wanted = match feature {
         Feature::TxSegmentation => ring.tx_gso && ring.tx_linear,
         Feature::TxLinear => ring.tx_linear,
-        Feature::IgnoreOutgoing | Feature::UniqueId => true,
+        // Every receive ring of the relay is in a fanout group: the socket option does nothing.
+        Feature::FanoutIgnoreOutgoing | Feature::UniqueId => true,
+        Feature::IgnoreOutgoing => false,
         Feature::Rollover => !matches!(fanout, FanoutSetting::Rollover | FanoutSetting::Steer),
         Feature::FanoutCbpf => fanout == FanoutSetting::Steer,
         Feature::QdiscBypass => ring.qdisc_bypass,
@@ -172,7 +174,7 @@ pub fn report(config: Option<&ConfigFile>) -> String {
         use std::fmt::Write as _;
         writeln!(
             text,
-            "{:<16} {:<10} {:<6} without it",
+            "{:<22} {:<10} {:<6} without it",
             "feature", "here", "since"
         )?;
         for feature in Feature::ALL {
@@ -189,7 +191,7 @@ pub fn report(config: Option<&ConfigFile>) -> String {
             };
             writeln!(
                 text,
-                "{:<16} {here:<10} {:<6} {instead}",
+                "{:<22} {here:<10} {:<6} {instead}",
                 feature.name(),
                 feature.since()
             )?;
@@ -244,6 +246,7 @@ mod tests {
         assert!(fallback(Feature::FanoutCbpf, &ring, FanoutSetting::Cpu).is_none());
         assert!(fallback(Feature::FanoutCbpf, &ring, FanoutSetting::Steer).is_some());
         assert!(fallback(Feature::Rollover, &ring, FanoutSetting::Steer).is_none());
-        assert!(fallback(Feature::IgnoreOutgoing, &ring, FanoutSetting::Hash).is_some());
+        assert!(fallback(Feature::FanoutIgnoreOutgoing, &ring, FanoutSetting::Hash).is_some());
+        assert!(fallback(Feature::IgnoreOutgoing, &ring, FanoutSetting::Hash).is_none());
     }
 }

@@ -72,8 +72,8 @@ fn try_feature(feature: Feature, kept: &mut Kept) -> bool {
         Feature::TxLinear => linear_frame_arrives(kept),
         Feature::IgnoreOutgoing => {
             option_is_taken(kept, |socket| socket.set_ignore_outgoing(true).is_ok())
-                && joins(kept, FanoutMode::Hash, FanoutFlags::IGNORE_OUTGOING)
         }
+        Feature::FanoutIgnoreOutgoing => group_ignores_outgoing(kept),
         Feature::UniqueId => unique_id_is_chosen(kept),
         Feature::Rollover => joins(kept, FanoutMode::Hash, FanoutFlags::ROLLOVER),
         Feature::Defrag => joins(kept, FanoutMode::Hash, FanoutFlags::DEFRAG),
@@ -133,6 +133,59 @@ fn joins(kept: &mut Kept, mode: FanoutMode, flags: FanoutFlags) -> bool {
         join_raw(socket, id, mode, flags)
             .is_some_and(|joined| joined.mode == mode && joined.flags.contains(flags))
     })
+}
+
+/// A group with `PACKET_FANOUT_FLAG_IGNORE_OUTGOING` on loopback gets a frame sent there once,
+/// as it comes back in; without the flag's effect, also as it goes out. Earlier kernels keep the
+/// flag among the group's flags and act as if it were not there, so only the copies tell.
+fn group_ignores_outgoing(kept: &mut Kept) -> bool {
+    let Some(mut member) = PacketSocket::open().ok() else {
+        return false;
+    };
+    // Every protocol: the kernel copies outgoing frames only to such sockets.
+    let joined = member.bind("lo", Protocol::ALL).is_ok()
+        && join_raw(
+            &member,
+            0x7d00,
+            FanoutMode::Hash,
+            FanoutFlags::IGNORE_OUTGOING,
+        )
+        .is_some();
+    let Some(mut sender) = PacketSocket::open().ok() else {
+        return false;
+    };
+    let mut frame = vec![0u8; 12];
+    frame.extend_from_slice(&PROBE_ETHERTYPE.0.to_be_bytes());
+    frame.extend_from_slice(b"fanout-core outgoing frame probe");
+    frame.resize(64, 0);
+    let sent = joined
+        && sender.bind("lo", Protocol::NONE).is_ok()
+        && sender.send(&frame).is_ok_and(|len| len == frame.len());
+    let copies = if sent { copies(&member, &frame) } else { 0 };
+    kept.push(Box::new(member));
+    kept.push(Box::new(sender));
+    copies == 1
+}
+
+/// How many frames equal to `frame` `socket` gets: loopback delivers both copies within the
+/// sending call, so a short wait after the first suffices.
+fn copies(socket: &PacketSocket, frame: &[u8]) -> usize {
+    let deadline = Instant::now() + ARRIVAL;
+    let mut settled = deadline;
+    let mut count = 0;
+    let mut buffer = [0u8; 2048];
+    while count < 2 && Instant::now() < settled.min(deadline) {
+        match socket.try_recv(&mut buffer) {
+            Ok(Some(len)) if &buffer[..len] == frame => {
+                count += 1;
+                settled = Instant::now() + Duration::from_millis(20);
+            }
+            Ok(Some(_)) => {}
+            Ok(None) => std::thread::sleep(Duration::from_millis(1)),
+            Err(_) => break,
+        }
+    }
+    count
 }
 
 /// A kernel that knows `PACKET_FANOUT_FLAG_UNIQUEID` drops it once the group exists; one that

@@ -163,10 +163,11 @@ impl RxRingBuilder {
     /// [`FanoutFlags::IGNORE_OUTGOING`](crate::FanoutFlags::IGNORE_OUTGOING) to the group's
     /// flags: every member of the group must then be built with the same setting.
     ///
-    /// A kernel without either ([`Feature::IgnoreOutgoing`](crate::Feature::IgnoreOutgoing)
-    /// missing from [`Features::get`](crate::Features::get)) gets neither; the socket filter
-    /// drops the frames instead ([`BpfProgram::dropping_outgoing`]), after the kernel has
-    /// copied them for the socket.
+    /// Where the kernel lacks the one that applies ([`Feature::IgnoreOutgoing`](crate::Feature::IgnoreOutgoing)
+    /// outside a group, [`Feature::FanoutIgnoreOutgoing`](crate::Feature::FanoutIgnoreOutgoing)
+    /// in one, as [`Features::get`](crate::Features::get) says), the socket filter drops the
+    /// frames instead ([`BpfProgram::dropping_outgoing`]), after the kernel has copied them for
+    /// the socket.
     pub fn ignore_outgoing(mut self, on: bool) -> Self {
         self.ignore_outgoing = on;
         self
@@ -252,7 +253,14 @@ impl RxRingBuilder {
                     errno,
                 }
             })?;
-        let kernel_ignores = Features::get().has(Feature::IgnoreOutgoing);
+        let features = Features::get();
+        let option_ignores = features.has(Feature::IgnoreOutgoing);
+        let group_ignores = features.has(Feature::FanoutIgnoreOutgoing);
+        let kernel_ignores = if self.fanout.is_some() {
+            group_ignores
+        } else {
+            option_ignores
+        };
         let drops_outgoing = self.ignore_outgoing && !kernel_ignores;
         let filter = if drops_outgoing {
             let program = self.filter.clone().unwrap_or_else(BpfProgram::accept_all);
@@ -260,7 +268,7 @@ impl RxRingBuilder {
         } else {
             self.filter.clone()
         };
-        if self.ignore_outgoing && kernel_ignores {
+        if self.ignore_outgoing && option_ignores {
             socket.set_ignore_outgoing(true)?;
         }
         if let Some(source) = self.timestamp {
@@ -287,7 +295,7 @@ impl RxRingBuilder {
             .fanout
             .as_ref()
             .map(|config| {
-                if self.ignore_outgoing && kernel_ignores {
+                if self.ignore_outgoing && group_ignores {
                     let config = config.clone().flags(fanout::FanoutFlags::IGNORE_OUTGOING);
                     fanout::join(&socket, &config)
                 } else {

@@ -21,6 +21,7 @@
 //! | `fanout_relay_worker_outages_total`, `fanout_relay_worker_down_seconds_total` | counter | cpu |
 //! | `fanout_relay_worker_unserved_rules` | gauge | cpu |
 //! | `fanout_relay_interface_{receive,transmit}_{packets,bytes,dropped}_total` | counter | interface |
+//! | `fanout_relay_kernel_feature` (always 1) | gauge | feature, available |
 //!
 //! `interface_errors` are the errors the kernel reported on a worker's receive ring sockets
 //! (`ENETDOWN` once per ring each time an input goes down); `output_errors` are transmit kicks
