@@ -4,7 +4,8 @@
 //! loopback it sets up: the fanout groups they create and the datagrams they send exist only
 //! there, and vanish with the thread's sockets. A process that may not create a namespace
 //! (no CAP_SYS_ADMIN) probes on its own namespace's loopback instead: the groups use an
-//! ethertype nobody sends, and the two probe frames are dropped by the stack on arrival.
+//! ethertype nobody sends (but ids another program's group there may hold, which would make a
+//! probe report its feature missing), and the probe frames are dropped by the stack on arrival.
 
 use std::net::Ipv4Addr;
 use std::time::{Duration, Instant};
