@@ -84,6 +84,20 @@ pub fn skip(test: &str, why: &str) {
     let _ = writeln!(std::io::stderr(), "skipping {test}: {why}");
 }
 
+/// The kernel features a relay started by a test finds: the running kernel's, as fanout-core
+/// probes them in this process, less those `FANOUT_RELAY_FORCE_NO_FEATURES` in this process's
+/// environment forces off (which the relays the tests start inherit). Tests that depend on a
+/// feature ask this and check the fallback where it is missing.
+pub fn kernel_features() -> fanout_core::Features {
+    static FORCED: std::sync::Once = std::sync::Once::new();
+    FORCED.call_once(|| {
+        if let Err(error) = relay_bin::kernel_features::from_env() {
+            panic!("{error}");
+        }
+    });
+    fanout_core::Features::get()
+}
+
 /// Reports what `test` could not check because this host lacks what it needs (`what` says
 /// which part, and what was missing), for a test that checks everything else and passes.
 ///

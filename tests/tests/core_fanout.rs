@@ -10,8 +10,8 @@ use core_rings_support::{
 };
 use fanout_core::ring::{Readiness, RetireTimeout, RxRingBuilder};
 use fanout_core::{
-    BpfInstruction, BpfProgram, FanoutConfig, FanoutError, FanoutFlags, FanoutGroupId, FanoutMode,
-    Protocol, RxRing,
+    BpfInstruction, BpfProgram, FanoutConfig, FanoutError, FanoutFlags, FanoutGroupId,
+    FanoutMembership, FanoutMode, Protocol, RxRing,
 };
 
 fn member(link: &Link, config: FanoutConfig, protocol: Protocol, block_count: u32) -> RxRing {
@@ -296,6 +296,40 @@ fn unique_id_is_read_back_and_joined_by_others() {
         4,
     );
     assert_eq!(second.fanout().map(|m| m.group), Some(membership.group));
+}
+
+/// Group 0 in hash mode without flags reads back from the kernel as "no group" (the word is
+/// `id | mode << 16 | flags << 24`), and it is the first id a unique group gets after boot: a
+/// freshly booted machine's first unique hash group. A member still knows its group.
+#[test]
+fn group_zero_in_hash_mode_is_read_back() {
+    let Some(link) = Link::new("fzero") else {
+        return;
+    };
+    // Group ids are per network namespace: the link's namespace has no group 0 yet.
+    let first = member(
+        &link,
+        FanoutConfig::new(FanoutGroupId(0), FanoutMode::Hash),
+        Protocol(ETHERTYPE),
+        4,
+    );
+    let expected = FanoutMembership {
+        group: FanoutGroupId(0),
+        mode: FanoutMode::Hash,
+        flags: FanoutFlags::NONE,
+    };
+    assert_eq!(first.fanout(), Some(expected));
+    assert_eq!(
+        first.read_fanout_membership().expect("getsockopt"),
+        Some(expected)
+    );
+    let second = member(
+        &link,
+        FanoutConfig::new(FanoutGroupId(0), FanoutMode::Hash),
+        Protocol(ETHERTYPE),
+        4,
+    );
+    assert_eq!(second.fanout(), Some(expected));
 }
 
 #[test]

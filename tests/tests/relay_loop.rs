@@ -1,10 +1,15 @@
 //! Frames the relay sends on an interface that is also one of its inputs are not received (and
-//! so never relayed) again: the receive rings ignore outgoing frames.
+//! so never relayed) again: the receive rings ignore outgoing frames, through the kernel's
+//! `IGNORE_OUTGOING` or, where it lacks it, their socket filter. The second test forces every
+//! probed kernel feature off (`FANOUT_RELAY_FORCE_NO_FEATURES=all`, a test switch) to check
+//! that the relay still starts and relays a stream on the fallbacks alone, as on a kernel
+//! older than any this suite can boot.
 
 use std::time::Duration;
 
+use fanout_core::Feature;
 use fanout_relay_tests::relay::{
-    Capture, RelayProcess, UdpReceiver, UdpSender, check_stream, quiet_topology,
+    Capture, RelayProcess, UdpReceiver, UdpSender, check_stream, quiet_topology, worker_logged,
 };
 use fanout_relay_tests::{Topology, privileged};
 
@@ -30,8 +35,46 @@ fn output_on_an_input_interface_is_not_received_again() {
     if !privileged("output_on_an_input_interface_is_not_received_again") {
         return;
     }
-    let topo = quiet_topology("loop");
-    let relay = RelayProcess::start(&topo.relay, CONFIG, &[]);
+    relay_on_its_own_input("loop", &[]);
+}
+
+#[test]
+fn every_kernel_feature_forced_off_still_relays_and_ignores_its_own_output() {
+    if !privileged("every_kernel_feature_forced_off_still_relays_and_ignores_its_own_output") {
+        return;
+    }
+    let log = relay_on_its_own_input("loopoff", &[("FANOUT_RELAY_FORCE_NO_FEATURES", "all")]);
+    for feature in Feature::ALL {
+        // The supervisor and its worker act on it: neither probed, both were told.
+        assert!(
+            log.contains(&format!("kernel feature {feature}: forced off")),
+            "{feature} was not forced off:\n{log}"
+        );
+    }
+    for used in [
+        "tx_gso",
+        "tx_linear",
+        "fanout_ignore_outgoing",
+        "unique_id",
+        "rollover",
+    ] {
+        assert!(
+            log.contains(&format!("kernel feature {used} (forced off): ")),
+            "the relay did not say what it does without {used}:\n{log}"
+        );
+    }
+    assert_eq!(
+        worker_logged(&log, "segmented"),
+        Some(0),
+        "segmented frames with segmentation forced off:\n{log}"
+    );
+}
+
+/// Relays [`N`] datagrams through [`CONFIG`] with `env` added to the relay's environment and
+/// checks both outputs and that the relay received only the sender's frames; returns its log.
+fn relay_on_its_own_input(name: &str, env: &[(&str, &str)]) -> String {
+    let topo = quiet_topology(name);
+    let relay = RelayProcess::start_with_env(&topo.relay, CONFIG, &[], env);
     // The frames the relay sends back out of rin0 arrive at the sender's end of the link.
     let echoed = Capture::open(&topo.sender, Topology::SENDER_IF, "239.4.4.4:7000")
         .collect(N as usize, Duration::from_secs(30));
@@ -48,10 +91,16 @@ fn output_on_an_input_interface_is_not_received_again() {
 
     // The relay did send on its input interface (else the counters below prove nothing).
     if let Err(problem) = check_stream(&echoed, 1, 0..N) {
-        panic!("frames sent back out of rin0: {problem}");
+        panic!(
+            "frames sent back out of rin0: {problem}\nrelay log:\n{}",
+            exit.log
+        );
     }
     if let Err(problem) = check_stream(&received, 1, 0..N) {
-        panic!("frames sent out of rout0: {problem}");
+        panic!(
+            "frames sent out of rout0: {problem}\nrelay log:\n{}",
+            exit.log
+        );
     }
     let summary = &exit.summary;
     let total = summary.total();
@@ -66,4 +115,5 @@ fn output_on_an_input_interface_is_not_received_again() {
         (u64::from(N), 2 * u64::from(N)),
         "{summary:#?}"
     );
+    exit.log
 }

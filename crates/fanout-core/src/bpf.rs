@@ -105,6 +105,27 @@ impl BpfProgram {
         }
     }
 
+    /// This program behind a prefix that drops the frames this host sends (packet type
+    /// `PACKET_OUTGOING`, read through the `SKF_AD_PKTTYPE` ancillary load): what
+    /// `PACKET_IGNORE_OUTGOING` does, for kernels without it. The prefix leaves the accumulator
+    /// 0 as a program finds it; jumps are relative, so the program's own still land right.
+    /// Fails when the result is longer than 4096 instructions.
+    pub fn dropping_outgoing(&self) -> Result<BpfProgram, BpfError> {
+        const LD_W_ABS: u16 = 0x20;
+        const LD_IMM: u16 = 0x00;
+        const JEQ_K: u16 = 0x15;
+        const SKF_AD_PKTTYPE: u32 = (libc::SKF_AD_OFF + libc::SKF_AD_PKTTYPE) as u32;
+        let mut instructions = vec![
+            BpfInstruction::statement(LD_W_ABS, SKF_AD_PKTTYPE),
+            // Outgoing: fall through to the drop; otherwise skip it.
+            BpfInstruction::jump(JEQ_K, u32::from(libc::PACKET_OUTGOING), 0, 1),
+            BpfInstruction::statement(BPF_RET_K, 0),
+            BpfInstruction::statement(LD_IMM, 0),
+        ];
+        instructions.extend_from_slice(&self.instructions);
+        BpfProgram::new(instructions)
+    }
+
     /// The instructions.
     pub fn instructions(&self) -> &[BpfInstruction] {
         &self.instructions
@@ -167,6 +188,31 @@ pub fn lock_filter(fd: BorrowedFd<'_>) -> Result<(), BpfError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn dropping_outgoing_prefixes_a_packet_type_test_and_keeps_the_program() {
+        let program = BpfProgram::accept_all()
+            .dropping_outgoing()
+            .expect("5 instructions");
+        let code: Vec<(u16, u32, u8, u8)> = program
+            .instructions()
+            .iter()
+            .map(|i| (i.code, i.k, i.jt, i.jf))
+            .collect();
+        assert_eq!(
+            code,
+            [
+                (0x20, 0xffff_f004, 0, 0),
+                (0x15, 4, 0, 1),
+                (BPF_RET_K, 0, 0, 0),
+                (0x00, 0, 0, 0),
+                (BPF_RET_K, u32::MAX, 0, 0),
+            ]
+        );
+        let longest = BpfProgram::new(vec![BpfInstruction::statement(BPF_RET_K, 0); 4093])
+            .expect("4093 instructions");
+        assert!(longest.dropping_outgoing().is_err(), "4097 instructions");
+    }
 
     #[test]
     fn program_length_is_checked() {

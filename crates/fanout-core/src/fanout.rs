@@ -17,6 +17,7 @@ mod mismatch;
 use mismatch::GroupRecord;
 
 use crate::bpf::{self, BpfInstruction, BpfProgram};
+use crate::features::{Feature, Features};
 use crate::socket::{PacketSocket, Protocol, SocketError};
 
 /// How the kernel picks the member that receives a packet.
@@ -41,7 +42,7 @@ pub enum FanoutMode {
 }
 
 impl FanoutMode {
-    fn raw(self) -> u16 {
+    pub(crate) fn raw(self) -> u16 {
         let raw = match self {
             Self::Hash => libc::PACKET_FANOUT_HASH,
             Self::Lb => libc::PACKET_FANOUT_LB,
@@ -275,8 +276,44 @@ pub enum FanoutError {
     Bpf(#[from] bpf::BpfError),
 }
 
+/// How many ids [`join_counted`] tries.
+const COUNTED_IDS: u16 = 64;
+
 /// Joins the group; the socket must be bound (the ring builders guarantee it).
 pub(crate) fn join(
+    socket: &PacketSocket,
+    config: &FanoutConfig,
+) -> Result<FanoutMembership, FanoutError> {
+    if config.group.is_none() && !Features::get().has(Feature::UniqueId) {
+        return join_counted(socket, config);
+    }
+    join_once(socket, config)
+}
+
+/// A new group without `PACKET_FANOUT_FLAG_UNIQUEID`: ids counted up from the process id, the
+/// first one free or whose group matches this socket. A group another program made with the
+/// same mode, flags and binding would be joined unawares: the kernel cannot tell them apart,
+/// which is why it has the flag.
+fn join_counted(
+    socket: &PacketSocket,
+    config: &FanoutConfig,
+) -> Result<FanoutMembership, FanoutError> {
+    let first = std::process::id() as u16;
+    let mut last = None;
+    for offset in 0..COUNTED_IDS {
+        let config = FanoutConfig {
+            group: Some(FanoutGroupId(first.wrapping_add(offset))),
+            ..config.clone()
+        };
+        match join_once(socket, &config) {
+            Err(error @ FanoutError::Mismatch { .. }) => last = Some(error),
+            other => return other,
+        }
+    }
+    Err(last.expect("COUNTED_IDS is not 0"))
+}
+
+fn join_once(
     socket: &PacketSocket,
     config: &FanoutConfig,
 ) -> Result<FanoutMembership, FanoutError> {
@@ -345,7 +382,12 @@ pub(crate) fn join(
         }
         Err(other) => return Err(other.into()),
     }
-    let membership = membership(socket)?.ok_or(FanoutError::Join {
+    let joined = FanoutMembership {
+        group: id,
+        mode: config.mode,
+        flags: config.flags,
+    };
+    let membership = membership_of(socket, Some(joined))?.ok_or(FanoutError::Join {
         group: id,
         interface,
         errno: Errno::ENOENT,
@@ -364,6 +406,28 @@ pub(crate) fn join(
 pub(crate) fn membership(socket: &PacketSocket) -> Result<Option<FanoutMembership>, FanoutError> {
     let (raw, _) = socket.get_packet_option::<u32>("PACKET_FANOUT", libc::PACKET_FANOUT)?;
     Ok(decode_membership(raw))
+}
+
+/// [`membership`] for a socket known to have joined `joined` (as asked for; the group id may
+/// be one the kernel chose).
+///
+/// The word reads 0 both for no group and for group 0 in hash mode without flags; and group 0
+/// is the first id `PACKET_FANOUT_FLAG_UNIQUEID` hands out after boot (the kernel counts its
+/// next free id up from 0), so a freshly booted machine's first unique hash group reads as none.
+/// A socket that joined such a group is taken to be in it.
+pub(crate) fn membership_of(
+    socket: &PacketSocket,
+    joined: Option<FanoutMembership>,
+) -> Result<Option<FanoutMembership>, FanoutError> {
+    let read = membership(socket)?;
+    Ok(read.or_else(|| {
+        joined
+            .filter(|m| m.mode == FanoutMode::Hash && m.flags.bits() == 0)
+            .map(|m| FanoutMembership {
+                group: FanoutGroupId(0),
+                ..m
+            })
+    }))
 }
 
 fn decode_membership(raw: u32) -> Option<FanoutMembership> {

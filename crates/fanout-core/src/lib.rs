@@ -7,7 +7,9 @@
 //! programs, ring statistics, and hand-off of a ring between processes. Around them: CPU pinning
 //! ([`cpu`]), interface facts ([`iface`]), the RSS, RPS and IRQ facts that decide which CPU a
 //! packet lands on ([`steering`]), IGMP memberships by interface index ([`igmp`]) and UDP sends
-//! batched with `sendmmsg` ([`udp_batch`]). It knows nothing of rules.
+//! batched with `sendmmsg` ([`udp_batch`]). What the running kernel offers of all this is probed
+//! once per process, not read off its release ([`features`]); where a feature is missing the
+//! builders fall back. It knows nothing of rules.
 //!
 //! ```text
 //!                    RxRingBuilder ──build──▶ RxRing ──next_block──▶ Block ──frames──▶ Frame
@@ -87,11 +89,11 @@ pub mod alloc_count;
 pub mod bpf;
 pub mod cpu;
 pub mod fanout;
+pub mod features;
 pub mod handoff;
 pub mod heap;
 pub mod iface;
 pub mod igmp;
-pub mod kernel;
 pub mod ring;
 pub mod socket;
 pub mod stats;
@@ -105,6 +107,7 @@ pub use cpu::{CpuError, CpuSet};
 pub use fanout::{
     FanoutConfig, FanoutError, FanoutFlags, FanoutGroupId, FanoutMembership, FanoutMode,
 };
+pub use features::{Feature, Features};
 pub use handoff::{HandoffError, RingDescriptor, RingHandle};
 pub use iface::{IfaceError, InterfaceInfo};
 /// The errno that every error of this crate carries, so callers can match on it without

@@ -78,6 +78,14 @@ pub enum Command {
     /// interrupts and their affinity) and whether they will reach every worker, with advice
     /// when they will not. Run it in the relay's network namespace.
     CheckSteering(CheckSteeringArgs),
+    /// Show which kernel features the running kernel offers (each tried once, as the relay
+    /// does at start), the release that brought each, and what the relay does without it.
+    /// Needs CAP_NET_RAW (root).
+    Features {
+        /// A configuration, to say which features it uses.
+        #[arg(long)]
+        config: Option<PathBuf>,
+    },
     /// Serve as one worker of a supervisor (started by `run`, not by hand).
     #[command(hide = true)]
     Worker {

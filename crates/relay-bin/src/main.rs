@@ -14,12 +14,20 @@ static ALLOCATOR: fanout_core::alloc_count::CountingAllocator =
 fn main() -> ExitCode {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
     let cli = Cli::parse();
+    if let Err(error) = relay_bin::kernel_features::from_env() {
+        eprintln!("fanout-relay: {error}");
+        return ExitCode::FAILURE;
+    }
     let result = match cli.command {
         // The command line is where an error becomes the text printed before exit status 1.
         Command::Ctl(args) => relay_bin::ctl::run(&args).map_err(|error| error.to_string()),
         Command::CheckSteering(args) => {
             relay_bin::steering::run(&args).map_err(|error| error.to_string())
         }
+        Command::Features { config } => config
+            .map(|path| relay_bin::config::ConfigFile::load(&path).map_err(|e| e.to_string()))
+            .transpose()
+            .map(|file| print!("{}", relay_bin::kernel_features::report(file.as_ref()))),
         Command::CheckConfig { file } => Plan::load(&file, &Overrides::default(), false)
             .map(|plan| {
                 let classes: String = plan

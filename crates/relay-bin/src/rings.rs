@@ -6,8 +6,8 @@ use fanout_core::handoff::RingHandle;
 use fanout_core::iface::InterfaceInfo;
 use fanout_core::ring::{Geometry, RetireTimeout};
 use fanout_core::{
-    BpfError, BpfProgram, FanoutConfig, FanoutFlags, FanoutGroupId, FanoutMode, RingError,
-    RingVersion, RxRingBuilder, TxRingBuilder,
+    BpfError, BpfProgram, FanoutConfig, FanoutFlags, FanoutGroupId, FanoutMode, Feature, Features,
+    RingError, RingVersion, RxRingBuilder,
 };
 use relay_rules::bpf::KeySense;
 use relay_rules::shard::ShardSet;
@@ -36,6 +36,12 @@ pub enum FanoutMembersError {
     /// Members were asked for in an existing `steer` group.
     #[error("a steer group's members are fixed: each is a shard of the rules")]
     SteerFixed,
+    /// `steer` on a kernel without the cbpf fanout mode.
+    #[error(
+        "fanout = \"steer\" needs the kernel's cbpf fanout mode (Linux 4.5), which this kernel \
+         lacks: use another fanout"
+    )]
+    SteerUnsupported,
     /// One member's ring could not be built or joined.
     #[error("member {member}: {source}")]
     Ring {
@@ -142,12 +148,11 @@ pub fn tx_geometry(ring: &RingSection) -> Geometry {
 
 /// Whether transmit rings carry segmented frames: `tx_gso` with `tx_linear` (a segmented frame
 /// is copied whole, so without it the ring keeps lending its pages, frame by frame), on a kernel
-/// that takes them.
+/// that takes them (probed: [`Feature::TxSegmentation`]).
 pub fn tx_segmentation(ring: &RingSection) -> bool {
     ring.tx_gso
-        && ring.tx_linear
-        && TxRingBuilder::linear_supported()
-        && TxRingBuilder::segmentation_supported()
+        && crate::kernel_features::tx_linear(ring)
+        && Features::get().has(Feature::TxSegmentation)
 }
 
 /// A fanout group on one interface and the receive rings that joined it.
@@ -163,8 +168,10 @@ pub struct FanoutMembers {
 /// `group`, or to a new one when `group` is `None`; returns them as handles for workers to map.
 ///
 /// A new group gets a kernel-chosen unique id, so another program's fixed id cannot clash with
-/// it. Every member ignores outgoing frames, so the relay's own output on an interface that is
-/// also an input is never relayed again; with the rollover flag a member whose ring is full (a
+/// it (where the kernel cannot choose, fanout-core counts one up from the process id). Every
+/// member ignores outgoing frames, so the relay's own output on an interface that is also an
+/// input is never relayed again (by the kernel, or by the socket filter where the kernel
+/// cannot); with the rollover flag, where the kernel has it, a member whose ring is full (a
 /// worker that died or stalls) spills to the others instead of dropping. Under `steer`, the
 /// steering program over `count` members is set once the last has joined: the group then has
 /// exactly one member per shard, and it must never grow. Every ring gets the socket `filter`.
@@ -176,18 +183,23 @@ pub fn open_fanout_members(
     ring: &RingSection,
     filter: &BpfProgram,
 ) -> Result<FanoutMembers, FanoutMembersError> {
+    // Without the flag (an old kernel) a full member drops instead.
+    let rollover = crate::kernel_features::rollover_flag();
     let (mode, flags) = match fanout {
-        FanoutSetting::Cpu => (FanoutMode::Cpu, FanoutFlags::ROLLOVER),
-        FanoutSetting::Hash => (FanoutMode::Hash, FanoutFlags::ROLLOVER),
+        FanoutSetting::Cpu => (FanoutMode::Cpu, rollover),
+        FanoutSetting::Hash => (FanoutMode::Hash, rollover),
         // Rollover also lets a member that joins a live group pass frames on until it is ready.
-        FanoutSetting::Lb => (FanoutMode::Lb, FanoutFlags::ROLLOVER),
-        FanoutSetting::Qm => (FanoutMode::Qm, FanoutFlags::ROLLOVER),
+        FanoutSetting::Lb => (FanoutMode::Lb, rollover),
+        FanoutSetting::Qm => (FanoutMode::Qm, rollover),
         FanoutSetting::Rollover => (FanoutMode::Rollover, FanoutFlags::NONE),
         // No rollover: a packet must reach the worker holding its rule or be dropped there.
         FanoutSetting::Steer => (FanoutMode::Cbpf, FanoutFlags::NONE),
     };
     if fanout == FanoutSetting::Steer && group.is_some() {
         return Err(FanoutMembersError::SteerFixed);
+    }
+    if fanout == FanoutSetting::Steer && !Features::get().has(Feature::FanoutCbpf) {
+        return Err(FanoutMembersError::SteerUnsupported);
     }
     let version = match ring.version {
         RingVersionSetting::V3 => RingVersion::V3,

@@ -1,5 +1,5 @@
-//! Interface ioctls nix does not wrap: `SIOCGIFMTU` and the `SIOCETHTOOL` queries for channels
-//! and the RSS indirection table.
+//! Interface ioctls nix does not wrap: `SIOCGIFMTU`, setting an interface up (`SIOCSIFFLAGS`)
+//! and the `SIOCETHTOOL` queries for channels and the RSS indirection table.
 //!
 //! # Safety
 //!
@@ -74,6 +74,16 @@ impl IfSocket {
             None,
         )
         .map(IfSocket)
+    }
+
+    /// Sets `name` up (`SIOCGIFFLAGS`, then `SIOCSIFFLAGS` with `IFF_UP` added).
+    pub(crate) fn set_up(&self, name: IfName) -> Result<(), Errno> {
+        let mut req = ifreq(name);
+        self.ioctl(libc::SIOCGIFFLAGS, &mut req)?;
+        // SAFETY: SIOCGIFFLAGS succeeded, so the kernel wrote `ifru_flags`, a short.
+        let flags = unsafe { req.ifr_ifru.ifru_flags };
+        req.ifr_ifru.ifru_flags = flags | libc::IFF_UP as libc::c_short;
+        self.ioctl(libc::SIOCSIFFLAGS, &mut req)
     }
 
     /// The MTU of `name` (`SIOCGIFMTU`).

@@ -15,6 +15,7 @@ use super::rx::{RxCounters, RxRing};
 use super::{RingError, RingVersion};
 use crate::bpf::{self, BpfProgram};
 use crate::fanout::{self, FanoutConfig};
+use crate::features::{Feature, Features};
 use crate::socket::{self, LinkMembership, PacketSocket, Protocol, TimestampSource};
 use crate::stats::StatsTracker;
 use crate::sys;
@@ -161,6 +162,12 @@ impl RxRingBuilder {
     /// (the group's hook replaces the socket's), so with [`RxRingBuilder::fanout`] this also adds
     /// [`FanoutFlags::IGNORE_OUTGOING`](crate::FanoutFlags::IGNORE_OUTGOING) to the group's
     /// flags: every member of the group must then be built with the same setting.
+    ///
+    /// Where the kernel lacks the one that applies ([`Feature::IgnoreOutgoing`](crate::Feature::IgnoreOutgoing)
+    /// outside a group, [`Feature::FanoutIgnoreOutgoing`](crate::Feature::FanoutIgnoreOutgoing)
+    /// in one, as [`Features::get`](crate::Features::get) says), the socket filter drops the
+    /// frames instead ([`BpfProgram::dropping_outgoing`]), after the kernel has copied them for
+    /// the socket.
     pub fn ignore_outgoing(mut self, on: bool) -> Self {
         self.ignore_outgoing = on;
         self
@@ -246,7 +253,22 @@ impl RxRingBuilder {
                     errno,
                 }
             })?;
-        if self.ignore_outgoing {
+        let features = Features::get();
+        let option_ignores = features.has(Feature::IgnoreOutgoing);
+        let group_ignores = features.has(Feature::FanoutIgnoreOutgoing);
+        let kernel_ignores = if self.fanout.is_some() {
+            group_ignores
+        } else {
+            option_ignores
+        };
+        let drops_outgoing = self.ignore_outgoing && !kernel_ignores;
+        let filter = if drops_outgoing {
+            let program = self.filter.clone().unwrap_or_else(BpfProgram::accept_all);
+            Some(program.dropping_outgoing()?)
+        } else {
+            self.filter.clone()
+        };
+        if self.ignore_outgoing && option_ignores {
             socket.set_ignore_outgoing(true)?;
         }
         if let Some(source) = self.timestamp {
@@ -262,7 +284,7 @@ impl RxRingBuilder {
         if joining {
             self.set_every_status(&map, libc::TP_STATUS_USER);
             bpf::attach_filter(socket.as_fd(), &BpfProgram::reject_all())?;
-        } else if let Some(program) = &self.filter {
+        } else if let Some(program) = &filter {
             bpf::attach_filter(socket.as_fd(), program)?;
         }
         socket.bind_resolved(ifindex, interface, self.protocol)?;
@@ -273,7 +295,7 @@ impl RxRingBuilder {
             .fanout
             .as_ref()
             .map(|config| {
-                if self.ignore_outgoing {
+                if self.ignore_outgoing && group_ignores {
                     let config = config.clone().flags(fanout::FanoutFlags::IGNORE_OUTGOING);
                     fanout::join(&socket, &config)
                 } else {
@@ -282,7 +304,7 @@ impl RxRingBuilder {
             })
             .transpose()?;
         if joining {
-            match &self.filter {
+            match &filter {
                 Some(program) => bpf::attach_filter(socket.as_fd(), program)?,
                 None => bpf::detach_filter(socket.as_fd())?,
             }
@@ -299,6 +321,7 @@ impl RxRingBuilder {
             counters: RxCounters::default(),
             stats: StatsTracker::default(),
             fanout,
+            drops_outgoing,
         })
     }
 

@@ -77,6 +77,9 @@ pub struct RxRing {
     pub(crate) counters: RxCounters,
     pub(crate) stats: StatsTracker,
     pub(crate) fanout: Option<FanoutMembership>,
+    /// Its socket filter drops `PACKET_OUTGOING` frames in place of `PACKET_IGNORE_OUTGOING`,
+    /// which the kernel lacks (see [`RxRingBuilder::ignore_outgoing`](super::RxRingBuilder::ignore_outgoing)).
+    pub(crate) drops_outgoing: bool,
 }
 
 impl RxRing {
@@ -104,6 +107,7 @@ impl RxRing {
             counters: RxCounters::default(),
             stats: StatsTracker::default(),
             fanout,
+            drops_outgoing: false,
         }
     }
 
@@ -262,8 +266,11 @@ impl RxRing {
     }
 
     /// Asks the kernel which group the socket is in (survives hand-off between processes).
+    ///
+    /// The kernel's answer for group 0 in hash mode without flags is the same as for no group;
+    /// a ring that joined such a group through this handle or its builder reports it.
     pub fn read_fanout_membership(&self) -> Result<Option<FanoutMembership>, FanoutError> {
-        fanout::membership(&self.socket)
+        fanout::membership_of(&self.socket, self.fanout)
     }
 
     /// Replaces the group's classic BPF steering program (cbpf mode; applies to every member).
@@ -284,7 +291,7 @@ impl RxRing {
     }
 
     fn require_member(&self) -> Result<(), FanoutError> {
-        match fanout::membership(&self.socket)? {
+        match fanout::membership_of(&self.socket, self.fanout)? {
             Some(_) => Ok(()),
             None => Err(FanoutError::Program {
                 interface: self.socket.interface_label(),
@@ -294,8 +301,16 @@ impl RxRing {
     }
 
     /// Replaces the socket filter. The ring is bound: frames already in it were not filtered.
+    ///
+    /// A ring built to ignore outgoing frames on a kernel without `PACKET_IGNORE_OUTGOING` keeps
+    /// dropping them: the program is prefixed as the builder did. A ring resumed from a hand-off
+    /// does not know it was built so: give it [`BpfProgram::dropping_outgoing`] there.
     pub fn set_filter(&self, program: &BpfProgram) -> Result<(), BpfError> {
-        bpf::attach_filter(self.socket.as_fd(), program)
+        if self.drops_outgoing {
+            bpf::attach_filter(self.socket.as_fd(), &program.dropping_outgoing()?)
+        } else {
+            bpf::attach_filter(self.socket.as_fd(), program)
+        }
     }
 
     /// Removes the socket filter.

@@ -10,7 +10,6 @@ use super::geometry::{Constraints, Geometry};
 use super::mmap::Mapping;
 use super::tx::{TxCounters, TxRing, VNET_HDR_LEN};
 use super::{RingError, RingVersion};
-use crate::kernel::KernelRelease;
 use crate::socket::{self, PacketSocket, Protocol, SocketError};
 use crate::sys;
 use crate::vnet::PACKET_VNET_HDR;
@@ -103,21 +102,11 @@ impl TxRingBuilder {
     /// that could have sent from the ring's pages by DMA pays a copy per frame instead.
     ///
     /// A kernel whose `tpacket_snd()` predates vnet headers would send the header as frame
-    /// data and never says so: check [`TxRingBuilder::linear_supported`] first.
+    /// data and never says so: check [`Feature::TxLinear`](crate::Feature::TxLinear) in
+    /// [`Features::get`](crate::Features::get) first.
     pub fn linear(mut self, on: bool) -> Self {
         self.linear = on;
         self
-    }
-
-    /// The first release on which [`TxRingBuilder::linear`] is taken to work. Transmit rings
-    /// learned `PACKET_VNET_HDR` with "packet: tpacket_snd gso and checksum offload", in a 4.x
-    /// release; 5.0 is taken as a release that surely has it.
-    pub const LINEAR_SINCE: KernelRelease = KernelRelease::new(5, 0);
-
-    /// Whether the running kernel is one on which [`TxRingBuilder::linear`] works (see
-    /// [`TxRingBuilder::LINEAR_SINCE`]); false when its release cannot be read.
-    pub fn linear_supported() -> bool {
-        KernelRelease::running().is_ok_and(|release| release >= Self::LINEAR_SINCE)
     }
 
     /// Let frames ask the kernel to split them into UDP datagrams ([`UdpSegments`](super::UdpSegments), committed
@@ -128,22 +117,11 @@ impl TxRingBuilder {
     /// by the stack just before a device that cannot, or, across veth, by the receiving
     /// socket. The slots must be large enough to hold the datagrams, and each datagram's UDP
     /// checksum is computed anew from its payload. Check
-    /// [`TxRingBuilder::segmentation_supported`] first: an older kernel refuses these frames.
+    /// [`Feature::TxSegmentation`](crate::Feature::TxSegmentation) in
+    /// [`Features::get`](crate::Features::get) first: an older kernel refuses these frames.
     pub fn segmentation(mut self, on: bool) -> Self {
         self.segmentation = on;
         self
-    }
-
-    /// The first release taken to accept [`TxRingBuilder::segmentation`]'s frames:
-    /// `virtio_net_hdr_to_skb()` learned `VIRTIO_NET_HDR_GSO_UDP_L4` with the vnet header's
-    /// UDP segmentation offload (6.2); an earlier kernel marks every such frame
-    /// TP_STATUS_WRONG_FORMAT.
-    pub const SEGMENTATION_SINCE: KernelRelease = KernelRelease::new(6, 2);
-
-    /// Whether the running kernel accepts [`TxRingBuilder::segmentation`]'s frames (see
-    /// [`TxRingBuilder::SEGMENTATION_SINCE`]); false when its release cannot be read.
-    pub fn segmentation_supported() -> bool {
-        KernelRelease::running().is_ok_and(|release| release >= Self::SEGMENTATION_SINCE)
     }
 
     /// Pre-fault the ring's pages at mmap (default on).

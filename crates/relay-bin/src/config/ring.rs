@@ -55,8 +55,8 @@ pub struct RingSection {
     /// pages when a frame crosses into another namespace, this saves a page allocation and copy
     /// per frame (about half of a worker's CPU per 64-byte packet, see `bench/README.md`); a NIC
     /// that could send from the ring by
-    /// DMA pays a copy of the frame instead. On a kernel older than
-    /// `TxRingBuilder::LINEAR_SINCE` it is off whatever the setting, and the log says so.
+    /// DMA pays a copy of the frame instead. On a kernel without it (probed at start:
+    /// `fanout_core::Feature::TxLinear`) it is off whatever the setting, and the log says so.
     #[serde(skip_serializing_if = "is_true")]
     pub tx_linear: bool,
     /// Datagrams of one output that leave in one batch go to the kernel as one frame it splits
@@ -67,7 +67,8 @@ pub struct RingSection {
     /// gives. Only datagrams whose UDP checksum was verified on receipt or that carry none
     /// (`relay_rules::replicate::may_segment`) are sent so: their checksums are computed
     /// anew. Segmented frames are copied whole, so with `tx_linear = false` it is off; on a
-    /// kernel older than `TxRingBuilder::SEGMENTATION_SINCE` too, and the log says so.
+    /// kernel without them (probed at start: `fanout_core::Feature::TxSegmentation`) too, and
+    /// the log says so.
     #[serde(skip_serializing_if = "is_true")]
     pub tx_gso: bool,
 }

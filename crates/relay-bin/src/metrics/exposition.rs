@@ -21,6 +21,7 @@
 //! | `fanout_relay_worker_outages_total`, `fanout_relay_worker_down_seconds_total` | counter | cpu |
 //! | `fanout_relay_worker_unserved_rules` | gauge | cpu |
 //! | `fanout_relay_interface_{receive,transmit}_{packets,bytes,dropped}_total` | counter | interface |
+//! | `fanout_relay_kernel_feature` (always 1) | gauge | feature, available |
 //!
 //! `interface_errors` are the errors the kernel reported on a worker's receive ring sockets
 //! (`ENETDOWN` once per ring each time an input goes down); `output_errors` are transmit kicks
@@ -128,6 +129,27 @@ pub fn render(snapshot: &Snapshot) -> String {
         Kind::Counter,
         "UDP payload bytes of the packets the rule matched.",
         by_rule(|stats| stats.bytes),
+    );
+    let features = fanout_core::Features::get();
+    out.family(
+        "fanout_relay_kernel_feature",
+        Kind::Gauge,
+        "1 per kernel feature the relay uses where the kernel has it; available says whether \
+         the running kernel offers it (probed at start), see `fanout-relay features`.",
+        fanout_core::Feature::ALL
+            .iter()
+            .map(|feature| {
+                let available = if features.has(*feature) {
+                    "true"
+                } else {
+                    "false"
+                };
+                (
+                    labels(&[("feature", feature.name()), ("available", available)]),
+                    1,
+                )
+            })
+            .collect(),
     );
     workers(&mut out, snapshot);
     interfaces(&mut out, &snapshot.interfaces);

@@ -112,20 +112,7 @@ pub fn run(plan: Plan, options: &RunOptions) -> Result<RunSummary, RunError> {
             plan.path.display()
         );
     }
-    if plan.config.ring.tx_linear && !fanout_core::TxRingBuilder::linear_supported() {
-        log::warn!(
-            "ring.tx_linear: this kernel is older than {} (or its release is unreadable), on \
-             which transmit rings may send a vnet header as data: they lend their pages instead",
-            fanout_core::TxRingBuilder::LINEAR_SINCE
-        );
-    }
-    if plan.config.ring.tx_gso && !fanout_core::TxRingBuilder::segmentation_supported() {
-        log::warn!(
-            "ring.tx_gso: this kernel is older than {} (or its release is unreadable), which \
-             refuses segmented frames: datagrams leave one frame each",
-            fanout_core::TxRingBuilder::SEGMENTATION_SINCE
-        );
-    }
+    crate::kernel_features::warn_fallbacks(&plan.config.ring, plan.config.relay.fanout);
     if plan.config.ring.busy_poll_us > 0 {
         warn_shared_spinning_cpus(&plan.worker_cpus());
     }

@@ -205,6 +205,10 @@ impl WorkerSlot {
             .arg(std::process::id().to_string())
             .arg("--rings")
             .arg(self.rings.len().to_string())
+            .env(
+                crate::kernel_features::INHERITED_VAR,
+                crate::kernel_features::inherited(),
+            )
             .stdin(Stdio::from(OwnedFd::from(theirs)))
             // The supervisor alone speaks to the service manager.
             .env_remove("NOTIFY_SOCKET")

@@ -290,8 +290,8 @@ impl Sinks {
                 }
                 let tx = TxRingBuilder::new(name.as_str())
                     .geometry(rings::tx_geometry(ring))
-                    .qdisc_bypass(ring.qdisc_bypass)
-                    .linear(ring.tx_linear && TxRingBuilder::linear_supported())
+                    .qdisc_bypass(crate::kernel_features::qdisc_bypass(ring))
+                    .linear(crate::kernel_features::tx_linear(ring))
                     .segmentation(rings::tx_segmentation(ring))
                     .dont_fork(true)
                     .build()
