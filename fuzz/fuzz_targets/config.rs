@@ -23,8 +23,20 @@ use std::net::Ipv4Addr;
 fn interfaces() -> Interfaces {
     let mut set = Interfaces::new();
     let facts = [
-        ("eth0", 2, Some([2, 0, 0, 0, 0, 1]), 1500, vec![Ipv4Addr::new(192, 0, 2, 1)]),
-        ("eth1", 3, Some([2, 0, 0, 0, 0, 2]), 9000, vec![Ipv4Addr::new(198, 51, 100, 1)]),
+        (
+            "eth0",
+            2,
+            Some([2, 0, 0, 0, 0, 1]),
+            1500,
+            vec![Ipv4Addr::new(192, 0, 2, 1)],
+        ),
+        (
+            "eth1",
+            3,
+            Some([2, 0, 0, 0, 0, 2]),
+            9000,
+            vec![Ipv4Addr::new(198, 51, 100, 1)],
+        ),
         ("eth2", 4, Some([2, 0, 0, 0, 0, 3]), 1280, vec![]),
         ("tun0", 5, None, 1400, vec![Ipv4Addr::new(203, 0, 113, 1)]),
     ];
@@ -83,10 +95,16 @@ fuzz_target!(|data: &[u8]| {
         _ => panic!("validation differs after a round trip: {checked:?} / {rechecked:?}"),
     }
     let names: Vec<String> = config.classes.iter().map(|c| c.name.clone()).collect();
-    assert_eq!(config::check_classes(&config.classes), config::check_classes(&again.classes));
+    assert_eq!(
+        config::check_classes(&config.classes),
+        config::check_classes(&again.classes)
+    );
     assert_eq!(
         config::check_rule_classes(&rules, &names, true),
         config::check_rule_classes(&again.to_rules(), &names, true)
     );
-    assert_eq!(config::check_shared_keys(&rules), config::check_shared_keys(&again.to_rules()));
+    assert_eq!(
+        config::check_shared_keys(&rules),
+        config::check_shared_keys(&again.to_rules())
+    );
 });

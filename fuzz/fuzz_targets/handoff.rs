@@ -10,8 +10,8 @@
 
 #![no_main]
 
-use fanout_core::ring::RingVersion;
 use fanout_core::RingDescriptor;
+use fanout_core::ring::RingVersion;
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
@@ -20,7 +20,11 @@ fuzz_target!(|data: &[u8]| {
     let from_hex = hex.parse::<RingDescriptor>();
     let from_upper = hex.to_uppercase().parse::<RingDescriptor>();
     assert_eq!(decoded.is_ok(), from_hex.is_ok(), "binary and hex agree");
-    assert_eq!(decoded.is_ok(), from_upper.is_ok(), "hex digits of either case");
+    assert_eq!(
+        decoded.is_ok(),
+        from_upper.is_ok(),
+        "hex digits of either case"
+    );
     if let Ok(text) = std::str::from_utf8(data) {
         // Text that is not hex of a descriptor is refused without panicking.
         if let Ok(descriptor) = text.parse::<RingDescriptor>() {
@@ -31,7 +35,11 @@ fuzz_target!(|data: &[u8]| {
     let Ok(descriptor) = decoded else {
         return;
     };
-    assert_eq!(&descriptor.to_bytes()[..], data, "one encoding per descriptor");
+    assert_eq!(
+        &descriptor.to_bytes()[..],
+        data,
+        "one encoding per descriptor"
+    );
     assert_eq!(from_hex.ok(), Some(descriptor));
     assert_eq!(descriptor.to_string(), hex);
 
@@ -41,10 +49,22 @@ fuzz_target!(|data: &[u8]| {
         RingVersion::V3 => 48 + 20,
     };
     assert!(g.block_count() >= 1, "a ring has a block: {g:?}");
-    assert!(g.block_size() > 0 && g.block_size() % 16 == 0, "block size: {g:?}");
+    assert!(
+        g.block_size() > 0 && g.block_size() % 16 == 0,
+        "block size: {g:?}"
+    );
     assert!(g.frame_size() % 16 == 0, "frame size aligned: {g:?}");
     assert!(g.frame_size() >= header, "a frame holds its header: {g:?}");
-    assert!(g.frame_size() <= g.block_size(), "a frame fits a block: {g:?}");
-    assert!(g.frame_count() <= u64::from(u32::MAX), "tp_frame_nr fits: {g:?}");
-    assert!(usize::try_from(g.ring_bytes()).is_ok(), "the mapping fits: {g:?}");
+    assert!(
+        g.frame_size() <= g.block_size(),
+        "a frame fits a block: {g:?}"
+    );
+    assert!(
+        g.frame_count() <= u64::from(u32::MAX),
+        "tp_frame_nr fits: {g:?}"
+    );
+    assert!(
+        usize::try_from(g.ring_bytes()).is_ok(),
+        "the mapping fits: {g:?}"
+    );
 });

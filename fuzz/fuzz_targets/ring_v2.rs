@@ -49,7 +49,11 @@ fuzz_target!(|data: &[u8]| {
     let frame_size = (usize::from(u16::from_le_bytes(*size)) % 256 + 1) * 16;
     let block = &block[..block.len().min(MAX_BLOCK)];
     let walked: Vec<_> = v2_block(block, frame_size).collect();
-    assert_eq!(walked.len(), block.len() / frame_size, "one item per whole slot");
+    assert_eq!(
+        walked.len(),
+        block.len() / frame_size,
+        "one item per whole slot"
+    );
     let base = block.as_ptr() as usize;
     for (index, got) in walked.iter().enumerate() {
         let slot_start = index * frame_size;

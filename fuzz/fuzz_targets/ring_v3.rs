@@ -24,11 +24,15 @@ const MAX_BLOCK: usize = 1 << 16;
 const TP_STATUS_USER: u32 = 1;
 
 fn u16_at(b: &[u8], at: usize) -> Option<u16> {
-    Some(u16::from_ne_bytes(b.get(at..at.checked_add(2)?)?.try_into().ok()?))
+    Some(u16::from_ne_bytes(
+        b.get(at..at.checked_add(2)?)?.try_into().ok()?,
+    ))
 }
 
 fn u32_at(b: &[u8], at: usize) -> Option<u32> {
-    Some(u32::from_ne_bytes(b.get(at..at.checked_add(4)?)?.try_into().ok()?))
+    Some(u32::from_ne_bytes(
+        b.get(at..at.checked_add(4)?)?.try_into().ok()?,
+    ))
 }
 
 fn put32(b: &mut [u8], at: usize, value: u32) {
@@ -119,7 +123,10 @@ fuzz_target!(|data: &[u8]| {
                 .map(|frame| frame.map(|f| f.data()))
                 .collect();
             let expected: Vec<_> = ranges.iter().map(|r| Ok(&packed[r.clone()])).collect();
-            assert_eq!(walked, expected, "a well-formed block yields what was packed");
+            assert_eq!(
+                walked, expected,
+                "a well-formed block yields what was packed"
+            );
             return;
         }
         let value = u32::from_ne_bytes(patch[4..8].try_into().expect("4 bytes"));
@@ -150,7 +157,11 @@ fuzz_target!(|data: &[u8]| {
         match (got, want) {
             (Ok(frame), Ok(range)) => {
                 let start = frame.data().as_ptr() as usize - base;
-                assert_eq!(start..start + frame.data().len(), *range, "frame where the header says");
+                assert_eq!(
+                    start..start + frame.data().len(),
+                    *range,
+                    "frame where the header says"
+                );
                 assert!(range.end <= block.len(), "frame inside the block");
                 assert_eq!(frame.rx_hash().is_some(), rx_hash);
             }

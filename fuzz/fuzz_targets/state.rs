@@ -37,7 +37,11 @@ fn digest(bytes: &[u8]) -> u64 {
 fn scratch() -> PathBuf {
     // tmpfs where there is one: every run writes a few files.
     let base = Path::new("/dev/shm");
-    let base = if base.is_dir() { base.to_owned() } else { std::env::temp_dir() };
+    let base = if base.is_dir() {
+        base.to_owned()
+    } else {
+        std::env::temp_dir()
+    };
     base.join(format!("relay-fuzz-state-{}", std::process::id()))
 }
 
@@ -59,7 +63,8 @@ fuzz_target!(|data: &[u8]| {
     let Some((&[flags, hi, lo], rest)) = data.split_first_chunk::<3>() else {
         return;
     };
-    let (body, journal_body) = rest.split_at(usize::from(u16::from_be_bytes([hi, lo])).min(rest.len()));
+    let (body, journal_body) =
+        rest.split_at(usize::from(u16::from_be_bytes([hi, lo])).min(rest.len()));
     let wrong_digest = flags & 1 != 0;
     let raw_header = flags & 2 != 0;
     let names_journal = flags & 4 == 0;
@@ -69,7 +74,9 @@ fuzz_target!(|data: &[u8]| {
     let mut state = Vec::new();
     if !raw_header {
         let theirs = digest(CONFIG.as_bytes()) ^ u64::from(wrong_digest);
-        state.extend(format!("# fanout-relay state of configuration digest {theirs:016x}\n").bytes());
+        state.extend(
+            format!("# fanout-relay state of configuration digest {theirs:016x}\n").bytes(),
+        );
         if names_journal {
             state.extend(format!("# journal {ID}: later changes are in s.toml.journal\n").bytes());
         }
@@ -123,8 +130,14 @@ fuzz_target!(|data: &[u8]| {
         .and_then(|text| ConfigFile::parse(text).ok())
         .expect("a restored state file parses");
     assert_eq!(
-        ConfigFile { rules: Vec::new(), ..config.clone() },
-        ConfigFile { rules: Vec::new(), ..snapshot },
+        ConfigFile {
+            rules: Vec::new(),
+            ..config.clone()
+        },
+        ConfigFile {
+            rules: Vec::new(),
+            ..snapshot
+        },
         "settings come from the snapshot"
     );
     // A journal the restore replaced is kept aside, unless only a cut-short last line was lost.

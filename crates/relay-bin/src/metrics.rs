@@ -264,6 +264,16 @@ fn serve(mut stream: TcpStream, place: &Place, requests: &Sender<Pending>) {
     }
 }
 
+/// The answer the endpoint gives to a connection that sent `request`, with `metrics` standing in
+/// for what the supervisor's counters render to: the request head's reading and routing on their
+/// own, public for the fuzz target of the request head.
+pub fn answer_request(mut request: &[u8], metrics: &str) -> Vec<u8> {
+    match http::read_head(&mut request) {
+        Ok(head) => http::respond(&head, || Ok::<_, FetchError>(metrics.to_owned())),
+        Err(error) => http::refusal(&error).unwrap_or_default(),
+    }
+}
+
 /// Asks the supervisor for everything a scrape shows, by `deadline`.
 fn fetch(requests: &Sender<Pending>, deadline: Instant) -> Result<Snapshot, FetchError> {
     let ask = |command: Command, name: &'static str| -> Result<Reply, FetchError> {
