@@ -10,12 +10,11 @@
 //! supervisor once per second whether or not anyone scrapes.
 //!
 //! # HTTP
-//! Request heads are parsed by `httparse` (module [`http`]): `GET` or `HEAD` of `/metrics`, an
+//! Request heads are parsed by `httparse` (module `http`): `GET` or `HEAD` of `/metrics`, an
 //! answer with `Content-Length` and `Connection: close`; anything else gets 400, 404, 405 or 431.
-//! Each connection is served by a thread of its own, at most [`connections::MAX_OPEN`] at once,
-//! and the whole exchange must be over within [`connections::EXCHANGE_DEADLINE`] (module
-//! [`connections`] says how both are kept): slow or idle clients cost a place each, never a
-//! scraper's turn.
+//! Each connection is served by a thread of its own, at most 64 at once, and the whole exchange
+//! must be over within 10 s of the connection (module `connections` says how both are kept):
+//! slow or idle clients cost a place each, never a scraper's turn.
 //!
 //! The metrics tell the relay's rules, interfaces and rates to whoever can connect: the relay
 //! warns at start when they are served on an address other than a loopback one.
