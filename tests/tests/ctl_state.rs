@@ -1,6 +1,7 @@
 //! Run-time changes survive the relay: after SIGKILL of the supervisor (whose workers die with
 //! it) a restart with the same configuration restores every rule from the state file, and
-//! `ctl save` writes a configuration that `check-config` accepts with the same rules.
+//! `ctl save` writes a configuration that `check-config` accepts with the same rules, replacing
+//! a link at its target rather than writing through it.
 
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
@@ -154,8 +155,32 @@ fn saved_files_pass_check_config_with_the_running_rules() {
     ]);
     ctl.ok(&["remove", "base"]);
     let saved = dir.path().join("saved.toml");
+    // A link at the target is replaced, not written through: the file it points at stays as
+    // it was (the save goes to a new temporary file renamed over the link).
+    let victim = dir.path().join("victim.txt");
+    std::fs::write(&victim, b"not the relay's\n").expect("a file to protect");
+    std::os::unix::fs::symlink(&victim, &saved).expect("a link at the target");
     let out = ctl.ok(&["save", &saved.display().to_string()]);
     assert!(out.contains("wrote 2 rule(s)"), "ctl save printed: {out}");
+    assert_eq!(
+        std::fs::read(&victim).expect("the link's target"),
+        b"not the relay's\n",
+        "save wrote through the link"
+    );
+    let kind = std::fs::symlink_metadata(&saved)
+        .expect("saved")
+        .file_type();
+    assert!(
+        kind.is_file(),
+        "the link was replaced by the saved file: {kind:?}"
+    );
+    let leftovers: Vec<_> = std::fs::read_dir(dir.path())
+        .expect("the directory lists")
+        .filter_map(|entry| entry.ok())
+        .map(|entry| entry.file_name().to_string_lossy().into_owned())
+        .filter(|name| name.ends_with(".tmp"))
+        .collect();
+    assert!(leftovers.is_empty(), "temporary files left: {leftovers:?}");
 
     let mut check = topo.relay.cmd(relay_binary());
     check.arg("check-config").arg(&saved);

@@ -27,7 +27,7 @@ use nix::errno::Errno;
 use nix::sys::socket::{ControlMessage, ControlMessageOwned, MsgFlags};
 
 use crate::fanout;
-use crate::ring::geometry::Geometry;
+use crate::ring::geometry::{Constraints, FRAME_ALIGNMENT, Geometry};
 use crate::ring::{RingError, RingVersion, RxRing};
 use crate::socket::{Binding, PacketSocket, Protocol};
 use crate::sys;
@@ -147,9 +147,24 @@ impl RingDescriptor {
                 });
             }
         };
+        let geometry = Geometry::new(word(8), word(12), word(16));
+        // The kernel checks only the mapping's length against the socket's ring (at mmap), so
+        // the rest of the layout is checked here: the worker's ring walk divides by these
+        // fields and steps through the mapping by them. The page size is the kernel's to check.
+        let structural = Constraints {
+            version,
+            page_size: FRAME_ALIGNMENT,
+            reserve: 0,
+            private_size: 0,
+        };
+        if geometry.validate(&structural).is_err() {
+            return Err(HandoffError::BadDescriptor {
+                reason: "a ring geometry the kernel would refuse",
+            });
+        }
         Ok(Self {
             version,
-            geometry: Geometry::new(word(8), word(12), word(16)),
+            geometry,
             rx_hash,
             ifindex: word(20),
             protocol: Protocol(u16::from_le_bytes([bytes[6], bytes[7]])),
@@ -172,7 +187,8 @@ impl FromStr for RingDescriptor {
         let bad = HandoffError::BadDescriptor {
             reason: "not 48 hex digits",
         };
-        if text.len() != DESCRIPTOR_LEN * 2 || !text.is_ascii() {
+        // Digits only: `from_str_radix` alone would take "+f" for 0x0f.
+        if text.len() != DESCRIPTOR_LEN * 2 || !text.bytes().all(|b| b.is_ascii_hexdigit()) {
             return Err(bad);
         }
         let mut bytes = [0u8; DESCRIPTOR_LEN];
@@ -397,6 +413,43 @@ mod tests {
             Err(HandoffError::BadDescriptor { .. })
         ));
         assert!("zz".parse::<RingDescriptor>().is_err());
+    }
+
+    #[test]
+    fn the_text_form_is_hex_digits_only() {
+        // Found by fuzz/handoff: "+0" was read as the byte 0.
+        let found = include_bytes!("../fuzz-regressions/handoff-plus-sign");
+        let text = std::str::from_utf8(found).expect("ASCII");
+        assert!(text.contains('+'));
+        assert!(text.parse::<RingDescriptor>().is_err());
+        assert!(text.replace('+', "0").parse::<RingDescriptor>().is_ok());
+    }
+
+    #[test]
+    fn geometries_the_kernel_would_refuse_are_refused() {
+        // Found by fuzz/handoff: no blocks of 0 bytes, which a worker would divide by.
+        let found = include_bytes!("../fuzz-regressions/handoff-empty-geometry");
+        assert!(matches!(
+            RingDescriptor::from_bytes(found),
+            Err(HandoffError::BadDescriptor { .. })
+        ));
+        for geometry in [
+            Geometry::new(1 << 16, 0, 2048),
+            Geometry::new(0, 8, 2048),
+            Geometry::new(1 << 16, 8, 0),
+            Geometry::new(1 << 16, 8, 2050),
+            Geometry::new(1 << 16, 8, 1 << 17),
+            Geometry::new(1 << 16, 8, 16),
+        ] {
+            let d = RingDescriptor {
+                geometry,
+                ..sample()
+            };
+            assert!(
+                RingDescriptor::from_bytes(&d.to_bytes()).is_err(),
+                "{geometry:?}"
+            );
+        }
     }
 
     #[test]

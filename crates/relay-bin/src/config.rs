@@ -348,9 +348,14 @@ impl ConfigFile {
     /// file is read one `[[rule]]` table at a time (module `pieces`), which bounds the memory
     /// the parse needs by one rule's document instead of the whole file's.
     pub fn parse(text: &str) -> Result<Self, ParseError> {
-        let mut config: ConfigFile = if text.len() >= PIECES_FROM
-            && let Some(config) = pieces::parse(text)
-        {
+        Self::parse_by(text, text.len() >= PIECES_FROM)
+    }
+
+    /// [`ConfigFile::parse`] with the reading chosen by the caller: `in_pieces` tries the
+    /// piece-by-piece reading whatever the text's size. Both readings must give the same
+    /// result for every text, which tests and the fuzz targets check through this.
+    pub fn parse_by(text: &str, in_pieces: bool) -> Result<Self, ParseError> {
+        let mut config: ConfigFile = if in_pieces && let Some(config) = pieces::parse(text) {
             config
         } else {
             toml::from_str(text).map_err(|error| ParseError::toml(error, text))?

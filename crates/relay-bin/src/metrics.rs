@@ -10,43 +10,98 @@
 //! supervisor once per second whether or not anyone scrapes.
 //!
 //! # HTTP
-//! Hand-written HTTP/1.1, the least a scraper needs: one connection at a time, a request head of
-//! at most 8 KiB read within 5 s, `GET` or `HEAD` of `/metrics`, an answer with
-//! `Content-Length` and `Connection: close`, then the connection is closed. Anything else gets
-//! 400, 404, 405 or 431. This is less code than the glue a server crate would need.
+//! Request heads are parsed by `httparse` (module `http`): `GET` or `HEAD` of `/metrics`, an
+//! answer with `Content-Length` and `Connection: close`; anything else gets 400, 404, 405 or 431.
+//! Each connection is served by a thread of its own, at most 64 at once, and the whole exchange
+//! must be over within 10 s of the connection (module `connections` says how both are kept):
+//! slow or idle clients cost a place each, never a scraper's turn.
+//!
+//! The metrics tell the relay's rules, interfaces and rates to whoever can connect: the relay
+//! warns at start when they are served on an address other than a loopback one.
 
+mod connections;
 pub mod exposition;
+mod http;
 pub mod netdev;
 
 use crate::control::Pending;
 use crate::control::proto::{Command, Reply, Request, Response, VERSION};
+use connections::{Connections, Place};
 use exposition::Snapshot;
-use std::io::{self, Read, Write};
+use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
+use std::io::{self, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::os::fd::AsFd;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{self, Sender};
 use std::time::{Duration, Instant};
 
-/// Longest request head (request line and headers) read.
-const MAX_HEAD: usize = 8192;
-/// Time a client has to send its request head, and each write of the answer.
-const IO_TIMEOUT: Duration = Duration::from_secs(5);
-/// Time the supervisor has to answer one request.
+/// Time the supervisor has to answer one request (within the exchange's deadline).
 const ANSWER_TIMEOUT: Duration = Duration::from_secs(5);
-/// The exposition format's content type.
-const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
+/// Longest wait of the accepting thread between two looks at the deadlines and the stop flag.
+const TICK: Duration = Duration::from_secs(1);
 
 /// Why the listener could not start.
 #[derive(Debug, thiserror::Error)]
-#[error("metrics listener on {addr}: {what}: {source}")]
-pub struct MetricsError {
-    /// The address asked for.
-    pub addr: SocketAddr,
-    /// What failed.
-    pub what: &'static str,
-    /// The error.
-    pub source: io::Error,
+pub enum MetricsError {
+    /// `bind(2)` of the listening socket failed (the port is taken, the address is not ours).
+    #[error("metrics listener on {addr}: bind: {source}")]
+    Bind {
+        /// The address asked for.
+        addr: SocketAddr,
+        /// The error.
+        #[source]
+        source: io::Error,
+    },
+    /// A system call on the new listening socket failed.
+    #[error("metrics listener on {addr}: {syscall}: {source}")]
+    Listener {
+        /// The address asked for.
+        addr: SocketAddr,
+        /// `getsockname` or `fcntl(O_NONBLOCK)`.
+        syscall: &'static str,
+        /// The error.
+        #[source]
+        source: io::Error,
+    },
+    /// The accepting thread could not be started.
+    #[error("metrics listener on {addr}: starting its thread: {source}")]
+    Thread {
+        /// The address asked for.
+        addr: SocketAddr,
+        /// The error.
+        #[source]
+        source: io::Error,
+    },
+}
+
+/// Why a scrape got no metrics (answered with 503 and this text).
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum FetchError {
+    /// The supervisor's control channel is closed.
+    #[error("the relay is shutting down")]
+    ShuttingDown,
+    /// The supervisor did not answer `command` before its time or the exchange's ran out.
+    #[error("the relay did not answer {command} in time")]
+    NoAnswer {
+        /// The request asked.
+        command: &'static str,
+    },
+    /// The supervisor refused `command`.
+    #[error("the relay refused {command}: {reason}")]
+    Refused {
+        /// The request asked.
+        command: &'static str,
+        /// What it said.
+        reason: String,
+    },
+    /// The supervisor answered `command` with another kind of reply.
+    #[error("unexpected answer to {command}")]
+    Unexpected {
+        /// The request asked.
+        command: &'static str,
+    },
 }
 
 /// The listening socket and its thread; dropping it stops the thread.
@@ -58,30 +113,33 @@ pub struct MetricsServer {
 
 impl MetricsServer {
     /// Listens on `addr` and serves scrapes with the answers of `requests` (the supervisor's
-    /// control channel).
+    /// control channel). Warns when `addr` is not a loopback address.
     pub fn start(addr: SocketAddr, requests: Sender<Pending>) -> Result<Self, MetricsError> {
-        let fail = |what, source| MetricsError { addr, what, source };
-        let listener = TcpListener::bind(addr).map_err(|error| fail("bind", error))?;
-        let local = listener
-            .local_addr()
-            .map_err(|error| fail("getsockname", error))?;
+        let listener =
+            TcpListener::bind(addr).map_err(|source| MetricsError::Bind { addr, source })?;
+        let failed = |syscall| {
+            move |source| MetricsError::Listener {
+                addr,
+                syscall,
+                source,
+            }
+        };
+        let local = listener.local_addr().map_err(failed("getsockname"))?;
+        // Accepting never blocks: the thread waits in poll(2), so that it can keep deadlines.
+        listener
+            .set_nonblocking(true)
+            .map_err(failed("fcntl(O_NONBLOCK)"))?;
+        if !addr.ip().is_loopback() {
+            log::warn!(
+                "metrics on {addr}, which is not a loopback address: anyone who can reach it                  reads the relay's rules, interfaces and counters; prefer 127.0.0.1 (or ::1)                  behind a scraper on this host, or a firewall rule"
+            );
+        }
         let stop = Arc::new(AtomicBool::new(false));
         let stopped = Arc::clone(&stop);
         std::thread::Builder::new()
             .name("metrics".into())
-            .spawn(move || {
-                for stream in listener.incoming() {
-                    if stopped.load(Ordering::Relaxed) {
-                        return;
-                    }
-                    match stream {
-                        Ok(stream) => serve(stream, &requests),
-                        // Out of descriptors or memory: let it pass rather than spin.
-                        Err(_) => std::thread::sleep(Duration::from_millis(100)),
-                    }
-                }
-            })
-            .map_err(|error| fail("starting its thread", error))?;
+            .spawn(move || accept_loop(&listener, &requests, &stopped))
+            .map_err(|source| MetricsError::Thread { addr, source })?;
         Ok(MetricsServer { addr: local, stop })
     }
 
@@ -94,7 +152,7 @@ impl MetricsServer {
 impl Drop for MetricsServer {
     fn drop(&mut self) {
         self.stop.store(true, Ordering::Relaxed);
-        // Wake the thread from accept() so it sees the flag.
+        // Wake the thread from poll() so it sees the flag now rather than within a tick.
         let mut wake = self.addr;
         if wake.ip().is_unspecified() {
             wake.set_ip(match wake {
@@ -103,148 +161,121 @@ impl Drop for MetricsServer {
             });
         }
         // Only the wake-up matters, not the connection: if it fails, the thread still sees the
-        // flag at its next connection.
-        let _ = TcpStream::connect_timeout(&wake, Duration::from_millis(200));
+        // flag within a tick.
+        if let Err(error) = TcpStream::connect_timeout(&wake, Duration::from_millis(200)) {
+            log::debug!("metrics: waking the listener to stop: {error}");
+        }
     }
 }
 
-fn serve(mut stream: TcpStream, requests: &Sender<Pending>) {
-    if let Err(error) = stream.set_write_timeout(Some(IO_TIMEOUT)) {
-        // Without it a scraper that stops reading could hold this thread: do not answer.
-        log::debug!("metrics: cannot set a write timeout, closing the connection: {error}");
-        return;
+/// Accepts connections until `stop`, giving each a place and a thread, and keeps the
+/// deadlines.
+fn accept_loop(listener: &TcpListener, requests: &Sender<Pending>, stop: &AtomicBool) {
+    let connections = Arc::new(Connections::default());
+    while !stop.load(Ordering::Relaxed) {
+        let now = Instant::now();
+        let wait = connections
+            .enforce(now)
+            .map_or(TICK, |next| next.saturating_duration_since(now).min(TICK));
+        let mut fds = [PollFd::new(listener.as_fd(), PollFlags::POLLIN)];
+        let timeout = PollTimeout::try_from(wait).unwrap_or(PollTimeout::MAX);
+        if let Err(errno) = poll(&mut fds, timeout) {
+            log::debug!("metrics: poll: {errno}");
+            continue;
+        }
+        // Every connection waiting in the backlog, so that a burst is not served a tick apart.
+        loop {
+            match listener.accept() {
+                Ok((stream, _)) => admit(stream, &connections, requests),
+                Err(error) if error.kind() == io::ErrorKind::WouldBlock => break,
+                Err(error) if error.kind() == io::ErrorKind::Interrupted => {}
+                Err(error) => {
+                    // Out of descriptors or memory: let it pass rather than spin.
+                    log::debug!("metrics: accept: {error}");
+                    std::thread::sleep(Duration::from_millis(100));
+                    break;
+                }
+            }
+        }
     }
-    let answer = match read_head(&mut stream, Instant::now() + IO_TIMEOUT) {
-        Ok(head) => respond(&head, || fetch(requests).map(|s| exposition::render(&s))),
-        Err(HeadError::TooLarge) => plain(431, "Request Header Fields Too Large", "", true),
-        Err(HeadError::Closed) => return,
+}
+
+/// Serves `stream` on a thread of its own if it gets a place, else tells it why not.
+fn admit(stream: TcpStream, connections: &Arc<Connections>, requests: &Sender<Pending>) {
+    let place = match connections.admit(&stream, Instant::now()) {
+        Ok(Some(place)) => place,
+        Ok(None) => return turn_away(stream),
+        Err(error) => return log::debug!("metrics: cannot keep a connection: {error}"),
     };
-    // A scraper that went away or timed out misses this answer and asks again: nothing to do.
+    let requests = requests.clone();
+    let spawned = std::thread::Builder::new()
+        .name("metrics-conn".into())
+        .spawn(move || serve(stream, &place, &requests));
+    if let Err(error) = spawned {
+        log::debug!("metrics: no thread for a connection, closing it: {error}");
+    }
+}
+
+/// Answers a connection for which there is no place with 503, without waiting for it.
+fn turn_away(mut stream: TcpStream) {
+    let answer = http::plain(
+        503,
+        "Service Unavailable",
+        "every metrics connection is being answered; try again
+",
+        true,
+    );
+    // A fresh socket's send buffer takes the short answer at once; a peer that cannot take it
+    // does not get to hold this thread.
+    if let Err(error) = stream
+        .set_nonblocking(true)
+        .and_then(|()| stream.write_all(&answer))
+    {
+        log::debug!("metrics: turning a connection away: {error}");
+    }
+}
+
+/// One exchange: the request head, the answer, the close. Blocking I/O; the accepting thread
+/// shuts the socket down at the deadline or to make room.
+fn serve(mut stream: TcpStream, place: &Place, requests: &Sender<Pending>) {
+    let answer = match http::read_head(&mut stream) {
+        Ok(head) => {
+            place.asked();
+            let deadline = place
+                .deadline()
+                .unwrap_or_else(|| Instant::now() + connections::EXCHANGE_DEADLINE);
+            http::respond(&head, || {
+                fetch(requests, deadline).map(|s| exposition::render(&s))
+            })
+        }
+        Err(error) => match http::refusal(&error) {
+            Some(answer) => answer,
+            None => return,
+        },
+    };
+    // A scraper that went away or ran out of time misses this answer and asks again.
     if let Err(error) = stream.write_all(&answer) {
         log::debug!("metrics: the answer was not delivered: {error}");
     }
     // The stream is dropped (and closed) next anyway; shutting it down only ends it sooner.
-    let _ = stream.shutdown(Shutdown::Both);
-}
-
-#[derive(Debug, PartialEq, Eq)]
-enum HeadError {
-    /// Longer than [`MAX_HEAD`].
-    TooLarge,
-    /// Closed, failed or too slow before the end of the head.
-    Closed,
-}
-
-/// Reads up to the blank line that ends a request head, by `deadline`.
-fn read_head(stream: &mut impl ReadWithTimeout, deadline: Instant) -> Result<Vec<u8>, HeadError> {
-    let mut head = Vec::new();
-    let mut chunk = [0u8; 1024];
-    loop {
-        if let Some(end) = head_end(&head) {
-            head.truncate(end);
-            return Ok(head);
-        }
-        if head.len() > MAX_HEAD {
-            return Err(HeadError::TooLarge);
-        }
-        let left = deadline.saturating_duration_since(Instant::now());
-        if left.is_zero() {
-            return Err(HeadError::Closed);
-        }
-        stream.set_timeout(left).map_err(|_| HeadError::Closed)?;
-        match stream.read(&mut chunk) {
-            Ok(0) | Err(_) => return Err(HeadError::Closed),
-            Ok(n) => head.extend_from_slice(&chunk[..n]),
-        }
+    if let Err(error) = stream.shutdown(Shutdown::Both) {
+        log::debug!("metrics: closing a connection: {error}");
     }
 }
 
-/// Where the head ends: after `\r\n\r\n` (or a bare `\n\n`, which some clients send).
-fn head_end(bytes: &[u8]) -> Option<usize> {
-    let crlf = bytes
-        .windows(4)
-        .position(|w| w == b"\r\n\r\n")
-        .map(|i| i + 4);
-    let lf = bytes.windows(2).position(|w| w == b"\n\n").map(|i| i + 2);
-    match (crlf, lf) {
-        (Some(a), Some(b)) => Some(a.min(b)),
-        (a, b) => a.or(b),
+/// The answer the endpoint gives to a connection that sent `request`, with `metrics` standing in
+/// for what the supervisor's counters render to: the request head's reading and routing on their
+/// own, public for the fuzz target of the request head.
+pub fn answer_request(mut request: &[u8], metrics: &str) -> Vec<u8> {
+    match http::read_head(&mut request) {
+        Ok(head) => http::respond(&head, || Ok::<_, FetchError>(metrics.to_owned())),
+        Err(error) => http::refusal(&error).unwrap_or_default(),
     }
 }
 
-/// A stream whose reads can be given a timeout (a trait so tests can use a byte slice).
-trait ReadWithTimeout: Read {
-    fn set_timeout(&mut self, timeout: Duration) -> io::Result<()>;
-}
-
-impl ReadWithTimeout for TcpStream {
-    fn set_timeout(&mut self, timeout: Duration) -> io::Result<()> {
-        self.set_read_timeout(Some(timeout))
-    }
-}
-
-/// The answer to a request head; `body` renders the metrics, or says why it cannot.
-fn respond(head: &[u8], body: impl FnOnce() -> Result<String, String>) -> Vec<u8> {
-    let line = head.split(|&b| b == b'\n').next().unwrap_or_default();
-    let line = String::from_utf8_lossy(line.trim_ascii_end());
-    let mut parts = line.split(' ');
-    let (Some(method), Some(target), Some(version), None) =
-        (parts.next(), parts.next(), parts.next(), parts.next())
-    else {
-        return plain(400, "Bad Request", "malformed request line\n", true);
-    };
-    if !version.starts_with("HTTP/1.") {
-        return plain(400, "Bad Request", "HTTP/1.x only\n", true);
-    }
-    let with_body = match method {
-        "GET" => true,
-        "HEAD" => false,
-        _ => {
-            let mut answer = plain(405, "Method Not Allowed", "GET or HEAD only\n", true);
-            let at = answer
-                .windows(2)
-                .position(|w| w == b"\r\n")
-                .expect("a status line ends with CRLF")
-                + 2;
-            answer.splice(at..at, b"Allow: GET, HEAD\r\n".iter().copied());
-            return answer;
-        }
-    };
-    let path = target.split('?').next().unwrap_or_default();
-    if path != "/metrics" {
-        return plain(
-            404,
-            "Not Found",
-            "not found: the metrics are at /metrics\n",
-            with_body,
-        );
-    }
-    match body() {
-        Ok(text) => http(200, "OK", CONTENT_TYPE, &text, with_body),
-        Err(why) => plain(503, "Service Unavailable", &format!("{why}\n"), with_body),
-    }
-}
-
-fn plain(status: u16, reason: &str, text: &str, with_body: bool) -> Vec<u8> {
-    http(status, reason, "text/plain; charset=utf-8", text, with_body)
-}
-
-fn http(status: u16, reason: &str, content_type: &str, body: &str, with_body: bool) -> Vec<u8> {
-    let mut answer = format!(
-        "HTTP/1.1 {status} {reason}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\n\
-         Connection: close\r\n\r\n",
-        body.len()
-    )
-    .into_bytes();
-    if with_body {
-        answer.extend_from_slice(body.as_bytes());
-    }
-    answer
-}
-
-/// Asks the supervisor for everything a scrape shows.
-fn fetch(requests: &Sender<Pending>) -> Result<Snapshot, String> {
-    let ask = |command: Command| -> Result<Reply, String> {
+/// Asks the supervisor for everything a scrape shows, by `deadline`.
+fn fetch(requests: &Sender<Pending>, deadline: Instant) -> Result<Snapshot, FetchError> {
+    let ask = |command: Command, name: &'static str| -> Result<Reply, FetchError> {
         let (reply, answer) = mpsc::channel();
         let request = Request {
             version: VERSION,
@@ -252,31 +283,37 @@ fn fetch(requests: &Sender<Pending>) -> Result<Snapshot, String> {
         };
         requests
             .send(Pending { request, reply })
-            .map_err(|_| "the relay is shutting down".to_owned())?;
-        match answer.recv_timeout(ANSWER_TIMEOUT) {
+            .map_err(|_| FetchError::ShuttingDown)?;
+        let wait = deadline
+            .saturating_duration_since(Instant::now())
+            .min(ANSWER_TIMEOUT);
+        match answer.recv_timeout(wait) {
             Ok(Response {
                 ok: true,
                 result: Some(reply),
                 ..
             }) => Ok(reply),
-            Ok(Response { error, .. }) => Err(error.unwrap_or_else(|| "refused".into())),
-            Err(_) => Err("the relay did not answer in time".into()),
+            Ok(Response { error, .. }) => Err(FetchError::Refused {
+                command: name,
+                reason: error.unwrap_or_else(|| "no reason given".into()),
+            }),
+            Err(_) => Err(FetchError::NoAnswer { command: name }),
         }
     };
-    let Reply::Stats(stats) = ask(Command::Stats)? else {
-        return Err("unexpected answer to stats".into());
+    let Reply::Stats(stats) = ask(Command::Stats, "stats")? else {
+        return Err(FetchError::Unexpected { command: "stats" });
     };
-    let Reply::Workers { workers } = ask(Command::Workers)? else {
-        return Err("unexpected answer to workers".into());
+    let Reply::Workers { workers } = ask(Command::Workers, "workers")? else {
+        return Err(FetchError::Unexpected { command: "workers" });
     };
     let Reply::Rules {
         generation,
         rules,
         waiting,
         interfaces: links,
-    } = ask(Command::List)?
+    } = ask(Command::List, "list")?
     else {
-        return Err("unexpected answer to list".into());
+        return Err(FetchError::Unexpected { command: "list" });
     };
     let interfaces = netdev::read_interfaces(&rules);
     Ok(Snapshot {
@@ -293,71 +330,7 @@ fn fetch(requests: &Sender<Pending>) -> Result<Snapshot, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    impl ReadWithTimeout for &[u8] {
-        fn set_timeout(&mut self, _: Duration) -> io::Result<()> {
-            Ok(())
-        }
-    }
-
-    fn text(answer: &[u8]) -> String {
-        String::from_utf8_lossy(answer).into_owned()
-    }
-
-    #[test]
-    fn routes_and_statuses() {
-        let ok = || Ok::<_, String>("up 1\n".to_owned());
-        let get = text(&respond(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n", ok));
-        assert!(get.starts_with("HTTP/1.1 200 OK\r\n"), "{get}");
-        assert!(
-            get.contains("Content-Type: text/plain; version=0.0.4"),
-            "{get}"
-        );
-        assert!(get.contains("Content-Length: 5\r\n"), "{get}");
-        assert!(get.ends_with("\r\n\r\nup 1\n"), "{get}");
-        let head = text(&respond(b"HEAD /metrics?x=1 HTTP/1.0\r\n\r\n", ok));
-        assert!(
-            head.contains("Content-Length: 5\r\n") && head.ends_with("\r\n\r\n"),
-            "{head}"
-        );
-        let missing = text(&respond(b"GET / HTTP/1.1\r\n\r\n", ok));
-        assert!(missing.starts_with("HTTP/1.1 404 "), "{missing}");
-        let post = text(&respond(b"POST /metrics HTTP/1.1\r\n\r\n", ok));
-        assert!(post.starts_with("HTTP/1.1 405 "), "{post}");
-        assert!(post.contains("\r\nAllow: GET, HEAD\r\n"), "{post}");
-        for bad in [
-            &b"GET /metrics\r\n\r\n"[..],
-            b"\x00\xff\r\n\r\n",
-            b"GET /metrics SPDY/3\r\n\r\n",
-        ] {
-            let answer = text(&respond(bad, ok));
-            assert!(answer.starts_with("HTTP/1.1 400 "), "{answer}");
-        }
-        let down = text(&respond(b"GET /metrics HTTP/1.1\r\n\r\n", || {
-            Err("the relay is shutting down".into())
-        }));
-        assert!(down.starts_with("HTTP/1.1 503 "), "{down}");
-        assert!(down.ends_with("shutting down\n"), "{down}");
-    }
-
-    #[test]
-    fn request_heads_are_bounded() {
-        let deadline = Instant::now() + Duration::from_secs(1);
-        let mut short: &[u8] = b"GET /metrics HTTP/1.1\r\nA: b\r\n\r\nbody";
-        assert_eq!(
-            read_head(&mut short, deadline).expect("a head"),
-            b"GET /metrics HTTP/1.1\r\nA: b\r\n\r\n"
-        );
-        let mut bare: &[u8] = b"GET /metrics HTTP/1.0\n\n";
-        assert!(read_head(&mut bare, deadline).is_ok());
-        let mut cut: &[u8] = b"GET /metrics HTTP/1.1\r\n";
-        assert_eq!(read_head(&mut cut, deadline), Err(HeadError::Closed));
-        let huge = vec![b'a'; MAX_HEAD * 2];
-        assert_eq!(
-            read_head(&mut huge.as_slice(), deadline),
-            Err(HeadError::TooLarge)
-        );
-    }
+    use std::io::Read;
 
     #[test]
     fn a_scrape_over_tcp_is_answered_from_the_channel() {

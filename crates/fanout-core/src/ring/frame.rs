@@ -147,10 +147,14 @@ pub(crate) struct Header {
     pub(crate) rx_hash: Option<u32>,
 }
 
-/// Why a frame header was refused.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Malformed {
+/// Why a received frame's header was refused (counted in `RxCounters::malformed`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum Malformed {
+    /// The header does not fit in its block or slot, or the data would start inside it.
+    #[error("frame header outside its block, or data starting inside the header")]
     HeaderOutOfBounds,
+    /// `tp_mac + tp_snaplen` runs past the end of the block or slot.
+    #[error("frame data past the end of its block or slot")]
     DataOutOfBounds,
 }
 

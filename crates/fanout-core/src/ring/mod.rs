@@ -14,11 +14,12 @@ mod tx_builder;
 mod tx_held;
 mod v2;
 mod v3;
+pub mod walk;
 
 use nix::errno::Errno;
 
 pub use builder::{RetireTimeout, RxRingBuilder};
-pub use frame::{Frame, PacketType};
+pub use frame::{Frame, Malformed, PacketType};
 pub use geometry::{Geometry, GeometryError};
 pub use rx::{Block, Frames, Readiness, RxCounters, RxRing};
 pub use tx::{TxCounters, TxRing, TxSlot, UdpSegments};

@@ -120,19 +120,28 @@ impl<'b> Iterator for V2Frames<'b> {
             self.map
                 .user_bytes(offset, self.geometry.frame_size() as usize)
         };
-        let field32 = |at| u32_at(slot, at).unwrap_or(0);
-        let field16 = |at| u16_at(slot, at).unwrap_or(0);
-        let header = Header {
-            status: field32(frame::v2::STATUS),
-            original_len: field32(frame::v2::LEN),
-            snap_len: field32(frame::v2::SNAPLEN),
-            mac: field16(frame::v2::MAC),
-            sec: field32(frame::v2::SEC),
-            nsec: field32(frame::v2::NSEC),
-            vlan_tci: field16(frame::v2::VLAN_TCI),
-            vlan_tpid: field16(frame::v2::VLAN_TPID),
-            rx_hash: None,
-        };
-        Some(Frame::cut(slot, header, frame::v2::SLL, None))
+        Some(slot_frame(slot))
     }
+}
+
+/// The frame in one slot (`slot` spans the whole slot, header included): the one decoding of
+/// both the mapped ring and [`super::walk::v2_slot`].
+pub(crate) fn slot_frame(slot: &[u8]) -> Result<Frame<'_>, Malformed> {
+    if slot.len() < frame::v2::SIZE {
+        return Err(Malformed::HeaderOutOfBounds);
+    }
+    let field32 = |at| u32_at(slot, at).unwrap_or(0);
+    let field16 = |at| u16_at(slot, at).unwrap_or(0);
+    let header = Header {
+        status: field32(frame::v2::STATUS),
+        original_len: field32(frame::v2::LEN),
+        snap_len: field32(frame::v2::SNAPLEN),
+        mac: field16(frame::v2::MAC),
+        sec: field32(frame::v2::SEC),
+        nsec: field32(frame::v2::NSEC),
+        vlan_tci: field16(frame::v2::VLAN_TCI),
+        vlan_tpid: field16(frame::v2::VLAN_TPID),
+        rx_hash: None,
+    };
+    Frame::cut(slot, header, frame::v2::SLL, None)
 }

@@ -123,12 +123,32 @@ pub(crate) fn frames<'b>(
             geometry.block_size() as usize,
         )
     };
-    V3Frames {
+    V3Frames::over(
         block,
-        next: Some(info.first_offset as usize),
-        remaining: info.num_pkts,
-        seq_num: info.seq_num,
+        info.first_offset,
+        info.num_pkts,
+        info.seq_num,
         rx_hash,
+    )
+}
+
+impl<'b> V3Frames<'b> {
+    /// Walks `num_pkts` frames of `block` (a whole block, header included) from
+    /// `first_offset`: the one walk of both the mapped ring and [`super::walk::v3_block`].
+    pub(crate) fn over(
+        block: &'b [u8],
+        first_offset: u32,
+        num_pkts: u32,
+        seq_num: u64,
+        rx_hash: bool,
+    ) -> Self {
+        V3Frames {
+            block,
+            next: Some(first_offset as usize),
+            remaining: num_pkts,
+            seq_num,
+            rx_hash,
+        }
     }
 }
 

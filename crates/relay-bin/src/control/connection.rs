@@ -1,15 +1,15 @@
 //! One control connection: its seat among the [`super::Limits::max_connections`], its
-//! credentials, and its request lines, read with a timeout and a bounded buffer and answered one
-//! by one.
+//! credentials, and its request lines, each read by a deadline into a bounded buffer and
+//! answered one by one.
 
-use super::Pending;
 use super::proto::{self, Response};
+use super::{Limits, Pending};
 use std::io::{self, BufRead, BufReader, Read, Write};
 use std::os::unix::net::UnixStream;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::mpsc::{self, Sender};
-use std::time::Duration;
+use std::sync::mpsc::{self, RecvTimeoutError, Sender};
+use std::time::{Duration, Instant};
 
 /// One of the [`Limits::max_connections`] connections being served; given back on drop (also
 /// when the connection's thread could not be started).
@@ -72,6 +72,28 @@ fn discard_line<R: BufRead>(reader: &mut R) -> io::Result<bool> {
     }
 }
 
+/// A stream whose reads all end by one deadline, set per request line: each read waits only for
+/// what is left of it, so a client that trickles a byte at a time gets no more time than one
+/// that sends nothing.
+struct LineDeadline {
+    stream: UnixStream,
+    deadline: Instant,
+}
+
+impl Read for LineDeadline {
+    fn read(&mut self, buffer: &mut [u8]) -> io::Result<usize> {
+        let left = self.deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                "the request line's deadline passed",
+            ));
+        }
+        self.stream.set_read_timeout(Some(left))?;
+        self.stream.read(buffer)
+    }
+}
+
 /// Whether a read or write failed because the connection's timeout expired.
 fn timed_out(error: &io::Error) -> bool {
     matches!(
@@ -80,14 +102,14 @@ fn timed_out(error: &io::Error) -> bool {
     )
 }
 
-pub(super) fn serve(stream: UnixStream, owner: u32, requests: &Sender<Pending>, idle: Duration) {
+pub(super) fn serve(stream: UnixStream, owner: u32, requests: &Sender<Pending>, limits: &Limits) {
+    let idle = limits.idle_timeout;
     let mut writer = match stream.try_clone() {
         Ok(writer) => writer,
         Err(_) => return,
     };
-    // Both directions: a client that stops reading its answers blocks the writes instead.
-    if stream.set_read_timeout(Some(idle)).is_err() || stream.set_write_timeout(Some(idle)).is_err()
-    {
+    // A client that stops reading its answers blocks the writes: they time out too.
+    if stream.set_write_timeout(Some(idle)).is_err() {
         return;
     }
     let peer = nix::sys::socket::getsockopt(&stream, nix::sys::socket::sockopt::PeerCredentials);
@@ -108,8 +130,12 @@ pub(super) fn serve(stream: UnixStream, owner: u32, requests: &Sender<Pending>, 
         );
         return;
     }
-    let mut reader = BufReader::new(stream);
+    let mut reader = BufReader::new(LineDeadline {
+        stream,
+        deadline: Instant::now() + idle,
+    });
     loop {
+        reader.get_mut().deadline = Instant::now() + idle;
         let mut line = Vec::new();
         let read = (&mut reader)
             .take(proto::MAX_REQUEST as u64 + 1)
@@ -129,7 +155,7 @@ pub(super) fn serve(stream: UnixStream, owner: u32, requests: &Sender<Pending>, 
                 last_answer(
                     &mut writer,
                     &Response::refused(format!(
-                        "closing the connection: nothing received for {} s",
+                        "closing the connection: no whole request line within {} s",
                         idle.as_secs_f64()
                     )),
                 );
@@ -142,20 +168,28 @@ pub(super) fn serve(stream: UnixStream, owner: u32, requests: &Sender<Pending>, 
         }
         let response = match proto::parse_request(line.trim_ascii_end()) {
             Err(error) => Response::refused(error),
-            Ok(request) => {
-                let (reply, answer_rx) = mpsc::channel();
-                if requests.send(Pending { request, reply }).is_err() {
-                    Response::refused("the relay is shutting down")
-                } else {
-                    answer_rx
-                        .recv()
-                        .unwrap_or_else(|_| Response::refused("the relay is shutting down"))
-                }
-            }
+            Ok(request) => ask(requests, request, limits.answer_timeout),
         };
         if answer(&mut writer, &response).is_err() {
             return;
         }
+    }
+}
+
+/// Passes `request` to the supervisor and waits at most `timeout` for its answer.
+fn ask(requests: &Sender<Pending>, request: proto::Request, timeout: Duration) -> Response {
+    let (reply, answer) = mpsc::channel();
+    if requests.send(Pending { request, reply }).is_err() {
+        return Response::refused("the relay is shutting down");
+    }
+    match answer.recv_timeout(timeout) {
+        Ok(response) => response,
+        Err(RecvTimeoutError::Timeout) => Response::refused(format!(
+            "the relay did not answer within {} s; the request may still be carried out: \
+             check with `ctl list` or `ctl workers`",
+            timeout.as_secs_f64()
+        )),
+        Err(RecvTimeoutError::Disconnected) => Response::refused("the relay is shutting down"),
     }
 }
 

@@ -6,9 +6,15 @@
 //! passes them to the supervisor's loop, which owns all state and answers one request at a time.
 //!
 //! What a client can cost the relay is bounded whatever it sends: at most [`MAX_CONNECTIONS`]
-//! connections are served at once (the next one is told why and closed), a connection that sends
-//! nothing for [`IDLE_TIMEOUT`] is closed, and a line longer than [`proto::MAX_REQUEST`] is
-//! refused while the rest of it is read and thrown away in small chunks, never held in memory.
+//! connections are served at once (the next one is told why and closed), a connection that does
+//! not send a whole request line within [`IDLE_TIMEOUT`] is closed (however it trickles the
+//! bytes: the time is the line's, not each read's), a request the supervisor has not answered
+//! within [`ANSWER_TIMEOUT`] is answered with an error, and a line longer than
+//! [`proto::MAX_REQUEST`] is refused while the rest of it is read and thrown away in small
+//! chunks, never held in memory.
+//!
+//! A socket file left by a relay that died is replaced; anything else at the path (a regular
+//! file, a directory, a link) is left alone and named in the error.
 
 mod connection;
 pub mod proto;
@@ -27,20 +33,28 @@ use std::time::Duration;
 /// The default control socket path.
 pub const DEFAULT_SOCKET: &str = "/run/fanout-relay/control.sock";
 
-/// A connection that sends nothing for this long (or does not take its answer for this long) is
-/// closed, so a forgotten client does not keep a thread of the relay forever.
+/// A connection that does not send a whole request line within this long of the previous answer
+/// (or of connecting), or does not take its answer for this long, is closed, so neither a
+/// forgotten client nor one trickling bytes keeps a thread of the relay.
 pub const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// The longest a connection waits for the supervisor's answer to a request. The supervisor
+/// answers a change once every worker confirmed it, which takes seconds at worst; past this the
+/// client is told that the answer did not come (the change may still be carried out).
+pub const ANSWER_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// Connections served at once; each costs a thread and up to [`proto::MAX_REQUEST`] bytes of
 /// buffer. The next one is answered with an error saying so and closed.
 pub const MAX_CONNECTIONS: usize = 64;
 
-/// What the control socket allows its clients: [`IDLE_TIMEOUT`] and [`MAX_CONNECTIONS`] unless
-/// a test asks for less.
+/// What the control socket allows its clients: [`IDLE_TIMEOUT`], [`ANSWER_TIMEOUT`] and
+/// [`MAX_CONNECTIONS`] unless a test asks for less.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Limits {
-    /// How long a connection may stay silent.
+    /// How long a connection may take to send a whole request line.
     pub idle_timeout: Duration,
+    /// How long a connection waits for the supervisor's answer.
+    pub answer_timeout: Duration,
     /// How many connections are served at once.
     pub max_connections: usize,
 }
@@ -49,6 +63,7 @@ impl Default for Limits {
     fn default() -> Self {
         Limits {
             idle_timeout: IDLE_TIMEOUT,
+            answer_timeout: ANSWER_TIMEOUT,
             max_connections: MAX_CONNECTIONS,
         }
     }
@@ -92,7 +107,7 @@ pub struct ControlServer {
 impl ControlServer {
     /// Creates the socket at `path` and starts accepting connections, whose requests are sent
     /// to `requests`. A live relay already listening there is an error; a stale socket file is
-    /// replaced.
+    /// replaced; anything but a socket at the path is an error, and left where it is.
     pub fn start(path: &Path, requests: Sender<Pending>) -> Result<Self, ControlError> {
         Self::start_with(path, requests, Limits::default())
     }
@@ -115,15 +130,7 @@ impl ControlServer {
                 .create(dir)
                 .map_err(|error| fail("creating its directory", error))?;
         }
-        if path.exists() {
-            if UnixStream::connect(path).is_ok() {
-                return Err(fail(
-                    "in use",
-                    io::Error::new(io::ErrorKind::AddrInUse, "another relay answers there"),
-                ));
-            }
-            std::fs::remove_file(path).map_err(|error| fail("removing a stale socket", error))?;
-        }
+        remove_stale_socket(path).map_err(|error| fail("replacing what is at its path", error))?;
         let listener = UnixListener::bind(path).map_err(|error| fail("bind", error))?;
         std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
             .map_err(|error| fail("chmod 0600", error))?;
@@ -142,7 +149,7 @@ impl ControlServer {
                     let spawned = std::thread::Builder::new()
                         .name("control-conn".into())
                         .spawn(move || {
-                            serve(stream, owner, &requests, limits.idle_timeout);
+                            serve(stream, owner, &requests, &limits);
                             drop(seat);
                         });
                     // The closure, with the connection and its seat, is dropped: the client
@@ -177,6 +184,43 @@ impl Drop for ControlServer {
     }
 }
 
+/// Removes what is at `path` if it is a socket no relay answers on (one left by a relay that
+/// died). A live socket, and anything that is not a socket (the path may be mistyped, or name
+/// someone's file), is an error naming what is there; a link is not followed.
+fn remove_stale_socket(path: &Path) -> io::Result<()> {
+    use std::os::unix::fs::FileTypeExt;
+    let kind = match std::fs::symlink_metadata(path) {
+        Ok(metadata) => metadata.file_type(),
+        Err(error) if error.kind() == io::ErrorKind::NotFound => return Ok(()),
+        Err(error) => return Err(error),
+    };
+    if !kind.is_socket() {
+        let what = if kind.is_file() {
+            "a regular file"
+        } else if kind.is_dir() {
+            "a directory"
+        } else if kind.is_symlink() {
+            "a symbolic link"
+        } else {
+            "not a socket"
+        };
+        return Err(io::Error::new(
+            io::ErrorKind::AlreadyExists,
+            format!(
+                "{what} is there, not a socket: it is left alone; remove it or choose another \
+                 relay.control_socket"
+            ),
+        ));
+    }
+    if UnixStream::connect(path).is_ok() {
+        return Err(io::Error::new(
+            io::ErrorKind::AddrInUse,
+            "another relay answers there",
+        ));
+    }
+    std::fs::remove_file(path)
+}
+
 /// Sends `request` to the relay listening at `path` and returns its answer.
 pub fn call(path: &Path, request: &Request) -> io::Result<Response> {
     let mut stream = UnixStream::connect(path)?;
@@ -205,6 +249,7 @@ mod tests {
     use super::proto::{Command, Reply, VERSION};
     use super::*;
     use std::sync::mpsc;
+    use std::time::Instant;
 
     #[test]
     fn answers_requests_and_survives_garbage() {
@@ -354,7 +399,122 @@ mod tests {
         let closing = read_response(&mut reader).expect("an answer before the close");
         assert!(!closing.ok);
         let reason = closing.error.unwrap_or_default();
-        assert!(reason.contains("nothing received for 0.1 s"), "{reason}");
+        assert!(
+            reason.contains("no whole request line within 0.1 s"),
+            "{reason}"
+        );
         assert_eq!(read_response(&mut reader), None, "closed after the answer");
+    }
+
+    #[test]
+    fn a_client_trickling_a_line_is_closed_at_the_line_deadline() {
+        let deadline = Duration::from_millis(500);
+        let (_dir, server) = answering_server(Limits {
+            idle_timeout: deadline,
+            max_connections: 1,
+            ..Limits::default()
+        });
+        let (mut stream, mut reader) = client(server.path());
+        let start = Instant::now();
+        // A byte every 100 ms, never a newline: each read finds data long before a per-read
+        // timeout would fire, so only a deadline for the whole line ends it.
+        let trickle = std::thread::spawn(move || {
+            for _ in 0..100 {
+                if stream.write_all(b"{").is_err() {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        });
+        let closing = read_response(&mut reader).expect("an answer before the close");
+        let took = start.elapsed();
+        assert!(!closing.ok);
+        assert!(
+            closing
+                .error
+                .unwrap_or_default()
+                .contains("no whole request line within 0.5 s")
+        );
+        assert!(
+            took >= deadline && took < deadline * 4,
+            "closed after {took:?}"
+        );
+        trickle.join().expect("the trickling client ends");
+        // Its seat (the only one) is free again for a client that asks properly.
+        let request = Request {
+            version: VERSION,
+            command: Command::Workers,
+        };
+        let mut served = false;
+        for _ in 0..100 {
+            if call(server.path(), &request).is_ok_and(|answer| answer.ok) {
+                served = true;
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        assert!(served, "the seat was not given back");
+    }
+
+    #[test]
+    fn the_wait_for_the_supervisors_answer_is_bounded() {
+        let dir = tempfile::tempdir().expect("a temporary directory");
+        let (tx, rx) = mpsc::channel::<Pending>();
+        let limits = Limits {
+            answer_timeout: Duration::from_millis(200),
+            ..Limits::default()
+        };
+        let server = ControlServer::start_with(&dir.path().join("control.sock"), tx, limits)
+            .expect("socket created");
+        // A supervisor that takes requests and never answers them.
+        let held = std::thread::spawn(move || rx.iter().collect::<Vec<_>>());
+        let request = Request {
+            version: VERSION,
+            command: Command::Workers,
+        };
+        let start = Instant::now();
+        let answer = call(server.path(), &request).expect("answered");
+        assert!(
+            start.elapsed() < Duration::from_secs(5),
+            "{:?}",
+            start.elapsed()
+        );
+        assert!(!answer.ok);
+        let reason = answer.error.unwrap_or_default();
+        assert!(reason.contains("did not answer within 0.2 s"), "{reason}");
+        drop(server);
+        drop(held);
+    }
+
+    #[test]
+    fn only_a_stale_socket_is_replaced() {
+        let dir = tempfile::tempdir().expect("a temporary directory");
+        let path = dir.path().join("control.sock");
+        // A regular file where the socket goes: left alone, and the error says what it is.
+        std::fs::write(&path, b"someone's notes\n").expect("a file");
+        let error = ControlServer::start(&path, mpsc::channel().0).expect_err("not a socket");
+        let text = error.to_string();
+        assert!(
+            text.contains("a regular file is there, not a socket: it is left alone"),
+            "{text}"
+        );
+        assert_eq!(
+            std::fs::read(&path).expect("still there"),
+            b"someone's notes\n"
+        );
+        // A link to a socket is not followed either.
+        std::fs::remove_file(&path).expect("removed");
+        let target = dir.path().join("elsewhere.sock");
+        let stale = UnixListener::bind(&target).expect("a socket");
+        drop(stale);
+        std::os::unix::fs::symlink(&target, &path).expect("a link");
+        let error = ControlServer::start(&path, mpsc::channel().0).expect_err("a link");
+        assert!(error.to_string().contains("a symbolic link"), "{error}");
+        assert!(target.exists(), "the link's target is left alone");
+        // A socket nobody answers on (its relay died) is replaced.
+        std::fs::remove_file(&path).expect("removed");
+        drop(UnixListener::bind(&path).expect("a socket"));
+        let server = ControlServer::start(&path, mpsc::channel().0).expect("replaced");
+        drop(server);
     }
 }

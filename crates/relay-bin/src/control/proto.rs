@@ -340,8 +340,38 @@ fn describe(value: &serde_json::Value) -> String {
     }
 }
 
-/// Parses one request line; the error says what is wrong with it.
+/// Longest refusal of a request, in characters: enough for what is wrong, too short to echo
+/// a long request back.
+const MAX_REFUSAL: usize = 400;
+
+/// `text` as one line of at most [`MAX_REFUSAL`] characters: control characters (a newline in a
+/// JSON string the request carried) are escaped, the rest is cut with an ellipsis.
+fn one_line(text: &str) -> String {
+    let mut out = String::new();
+    let escaped = text.chars().flat_map(|c| {
+        let (plain, escape) = if c.is_control() {
+            (None, Some(c.escape_default()))
+        } else {
+            (Some(c), None)
+        };
+        plain.into_iter().chain(escape.into_iter().flatten())
+    });
+    for (count, c) in escaped.enumerate() {
+        if count == MAX_REFUSAL {
+            out.push('…');
+            break;
+        }
+        out.push(c);
+    }
+    out
+}
+
+/// Parses one request line; the error says what is wrong with it, on one line.
 pub fn parse_request(line: &[u8]) -> Result<Request, String> {
+    parse(line).map_err(|error| one_line(&error))
+}
+
+fn parse(line: &[u8]) -> Result<Request, String> {
     if line.len() > MAX_REQUEST {
         return Err(format!("request longer than {MAX_REQUEST} bytes"));
     }
@@ -427,6 +457,19 @@ mod tests {
         let error = parse_request(br#"{"version":1,"command":"add","rule":{"name":"x"}}"#)
             .expect_err("incomplete rule");
         assert!(error.contains("input"), "{error}");
+    }
+
+    #[test]
+    fn a_refusal_is_one_short_line() {
+        // Found by fuzz/control: serde's message quoted the unknown command with its newline.
+        let found = include_bytes!("../../fuzz-regressions/control-newline-in-command");
+        let error = parse_request(found).expect_err("no such command");
+        assert!(error.contains(r"remoscoda\nmm"), "{error}");
+        assert!(!error.contains('\n'), "{error}");
+        let long = format!(r#"{{"version":1,"command":"{}"}}"#, "x".repeat(100_000));
+        let error = parse_request(long.as_bytes()).expect_err("no such command");
+        assert!(error.chars().count() <= MAX_REFUSAL + 1, "{error}");
+        assert!(error.starts_with("bad request: unknown variant") && error.ends_with('…'));
     }
 
     #[test]

@@ -46,6 +46,17 @@ pub use setup::{Overrides, Plan, SetupError};
 pub use state::{Change, Problem, StateError, write_atomically};
 pub use summary::RunSummary;
 
+/// The rules and settings a start would restore from the state file `path` and its journal for
+/// the configuration whose text is `config_text` ([`Plan::load`] with its state), recovering
+/// from damage as a start does (set aside, logged, written afresh). Public so that the state
+/// file and journal readers can be fuzzed as a start uses them.
+pub fn restore_state(
+    path: &std::path::Path,
+    config_text: &str,
+) -> Result<Option<crate::config::ConfigFile>, StateError> {
+    state::restore(path, config_text)
+}
+
 use crate::control::ControlServer;
 use events::Event;
 use nix::sys::signal::{SigSet, Signal};

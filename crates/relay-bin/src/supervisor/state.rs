@@ -471,13 +471,8 @@ fn replace_file(path: &Path, bytes: &[u8]) -> Result<(), Unwritten> {
             "the path names no file",
         ))
     })?;
-    let temporary = dir.join(format!(
-        ".{}.{}.tmp",
-        name.to_string_lossy(),
-        std::process::id()
-    ));
+    let (mut file, temporary) = create_temporary(&dir, &name.to_string_lossy()).map_err(before)?;
     let written = (|| {
-        let mut file = std::fs::File::create(&temporary)?;
         file.write_all(bytes)?;
         file.sync_all()?;
         std::fs::rename(&temporary, path)
@@ -494,6 +489,49 @@ fn replace_file(path: &Path, bytes: &[u8]) -> Result<(), Unwritten> {
             error,
             left_behind: true,
         })
+}
+
+/// A new, empty temporary file in `dir` for the file `name`. Its name is not predictable from
+/// outside (process, clock, a counter), and a name taken meanwhile is skipped.
+fn create_temporary(dir: &Path, name: &str) -> io::Result<(std::fs::File, PathBuf)> {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    let names = (0..16).map(|_| {
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |elapsed| elapsed.subsec_nanos());
+        format!(
+            ".{name}.{}.{}.{nanos:x}.tmp",
+            std::process::id(),
+            NEXT.fetch_add(1, Ordering::Relaxed)
+        )
+    });
+    create_first_free(dir, names)
+}
+
+/// Creates the first of `names` in `dir` that does not exist, opened with `O_EXCL|O_NOFOLLOW`:
+/// whatever anyone put at a name (a link to a file elsewhere, say, in a directory others may
+/// write to) is neither followed nor written through, only skipped.
+fn create_first_free(
+    dir: &Path,
+    names: impl IntoIterator<Item = String>,
+) -> io::Result<(std::fs::File, PathBuf)> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut last = None;
+    for name in names {
+        let path = dir.join(name);
+        match std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .custom_flags(libc::O_NOFOLLOW)
+            .open(&path)
+        {
+            Ok(file) => return Ok((file, path)),
+            Err(error) if error.kind() == io::ErrorKind::AlreadyExists => last = Some(error),
+            Err(error) => return Err(error),
+        }
+    }
+    Err(last.unwrap_or_else(|| io::Error::from(io::ErrorKind::AlreadyExists)))
 }
 
 #[cfg(test)]

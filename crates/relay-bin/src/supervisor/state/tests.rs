@@ -497,3 +497,26 @@ fn waiting_rules_added_and_removed_at_run_time_are_restored() {
         ["base", "late"]
     );
 }
+
+#[test]
+fn a_planted_link_at_a_temporary_name_is_skipped_not_followed() {
+    let dir = tempfile::tempdir().expect("a temporary directory");
+    let victim = dir.path().join("victim");
+    std::fs::write(&victim, b"keep me\n").expect("a file to protect");
+    std::os::unix::fs::symlink(&victim, dir.path().join(".planted.tmp")).expect("a link");
+    let names = [".planted.tmp".to_owned(), ".free.tmp".to_owned()];
+    let (mut file, path) = create_first_free(dir.path(), names).expect("a free name");
+    file.write_all(b"new").expect("written");
+    assert_eq!(path, dir.path().join(".free.tmp"));
+    assert_eq!(std::fs::read(&victim).expect("the victim"), b"keep me\n");
+    // Only taken names: refused, nothing created or followed.
+    let taken = create_first_free(dir.path(), [".planted.tmp".to_owned()]).expect_err("taken");
+    assert_eq!(taken.kind(), io::ErrorKind::AlreadyExists);
+    assert_eq!(std::fs::read(&victim).expect("the victim"), b"keep me\n");
+    // And a save to a link replaces the link, leaving its target alone.
+    let target = dir.path().join("saved.toml");
+    std::os::unix::fs::symlink(&victim, &target).expect("a link");
+    write_atomically(&target, b"saved").expect("saved");
+    assert!(std::fs::symlink_metadata(&target).expect("saved").is_file());
+    assert_eq!(std::fs::read(&victim).expect("the victim"), b"keep me\n");
+}
