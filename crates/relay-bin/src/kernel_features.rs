@@ -15,6 +15,25 @@ pub const FORCE_OFF_VAR: &str = "FANOUT_RELAY_FORCE_NO_FEATURES";
 /// commas ([`inherited`]).
 pub const INHERITED_VAR: &str = "FANOUT_RELAY_KERNEL_FEATURES";
 
+/// An environment switch of this module that cannot be read.
+#[derive(Debug, thiserror::Error)]
+pub enum EnvError {
+    /// [`INHERITED_VAR`] is not what a supervisor sets.
+    #[error("{INHERITED_VAR}={0:?} is not what a supervisor sets")]
+    Inherited(String),
+    /// [`FORCE_OFF_VAR`] is not UTF-8.
+    #[error("{FORCE_OFF_VAR}={0:?} is not UTF-8")]
+    NotUtf8(std::ffi::OsString),
+    /// [`FORCE_OFF_VAR`] names a feature that does not exist.
+    #[error("{FORCE_OFF_VAR}: unknown feature {name:?} (known: {known}, or all)")]
+    UnknownFeature {
+        /// The name given.
+        name: String,
+        /// The features there are, comma-separated.
+        known: String,
+    },
+}
+
 /// This process's features as [`INHERITED_VAR`] carries them.
 pub fn inherited() -> String {
     let features = Features::get();
@@ -37,11 +56,11 @@ pub fn inherited() -> String {
 /// Reads [`INHERITED_VAR`], if set, as this process's features (a worker); then
 /// [`FORCE_OFF_VAR`], which forces features off where nothing was inherited. Call it before
 /// anything opens a ring.
-pub fn from_env() -> Result<(), String> {
+pub fn from_env() -> Result<(), EnvError> {
     if let Some(value) = std::env::var_os(INHERITED_VAR) {
         let value = value.to_string_lossy();
         let features = parse_inherited(&value)
-            .ok_or_else(|| format!("{INHERITED_VAR}={value:?} is not what a supervisor sets"))?;
+            .ok_or_else(|| EnvError::Inherited(value.clone().into_owned()))?;
         features::adopt(features);
         return Ok(());
     }
@@ -64,13 +83,11 @@ fn parse_inherited(value: &str) -> Option<Features> {
 }
 
 /// Reads [`FORCE_OFF_VAR`] and forces those features off for this process.
-fn force_off_from_env() -> Result<(), String> {
+fn force_off_from_env() -> Result<(), EnvError> {
     let Some(value) = std::env::var_os(FORCE_OFF_VAR) else {
         return Ok(());
     };
-    let value = value
-        .into_string()
-        .map_err(|value| format!("{FORCE_OFF_VAR}={value:?} is not UTF-8"))?;
+    let value = value.into_string().map_err(EnvError::NotUtf8)?;
     let off = parse_list(&value)?;
     if !off.is_empty() {
         log::warn!(
@@ -83,7 +100,7 @@ fn force_off_from_env() -> Result<(), String> {
 }
 
 /// `tx_gso,rollover` or `all` as features; empty items are ignored.
-fn parse_list(value: &str) -> Result<Vec<Feature>, String> {
+fn parse_list(value: &str) -> Result<Vec<Feature>, EnvError> {
     if value.trim() == "all" {
         return Ok(Feature::ALL.to_vec());
     }
@@ -94,10 +111,10 @@ fn parse_list(value: &str) -> Result<Vec<Feature>, String> {
         .map(|name| {
             Feature::parse(name).ok_or_else(|| {
                 let known: Vec<&str> = Feature::ALL.iter().map(|f| f.name()).collect();
-                format!(
-                    "{FORCE_OFF_VAR}: unknown feature {name:?} (known: {}, or all)",
-                    known.join(", ")
-                )
+                EnvError::UnknownFeature {
+                    name: name.to_owned(),
+                    known: known.join(", "),
+                }
             })
         })
         .collect()
@@ -208,15 +225,17 @@ mod tests {
     #[test]
     fn lists_of_features_parse_and_unknown_names_are_refused() {
         assert_eq!(
-            parse_list("tx_gso, rollover,"),
-            Ok(vec![Feature::TxSegmentation, Feature::Rollover])
+            parse_list("tx_gso, rollover,").expect("two features"),
+            vec![Feature::TxSegmentation, Feature::Rollover]
         );
         assert_eq!(
-            parse_list("all").map(|all| all.len()),
-            Ok(Feature::ALL.len())
+            parse_list("all").expect("every feature").len(),
+            Feature::ALL.len()
         );
-        assert_eq!(parse_list(""), Ok(vec![]));
-        let error = parse_list("tx_gso,gro").expect_err("gro is no feature");
+        assert!(parse_list("").expect("none").is_empty());
+        let error = parse_list("tx_gso,gro")
+            .expect_err("gro is no feature")
+            .to_string();
         assert!(
             error.contains("\"gro\"") && error.contains("tx_linear"),
             "{error}"
