@@ -30,6 +30,7 @@ fuzz_target!(|line: &[u8]| {
             }
         }
         Err(error) => {
+            let error = error.refusal();
             assert!(!error.is_empty());
             assert!(!error.contains('\n'), "one line: {error:?}");
             assert!(error.len() <= MAX_REFUSAL, "{} bytes: {error}", error.len());

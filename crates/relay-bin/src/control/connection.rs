@@ -167,7 +167,7 @@ pub(super) fn serve(stream: UnixStream, owner: u32, requests: &Sender<Pending>, 
             continue;
         }
         let response = match proto::parse_request(line.trim_ascii_end()) {
-            Err(error) => Response::refused(error),
+            Err(error) => Response::refused(error.refusal()),
             Ok(request) => ask(requests, request, limits.answer_timeout),
         };
         if answer(&mut writer, &response).is_err() {

@@ -366,38 +366,73 @@ fn one_line(text: &str) -> String {
     out
 }
 
-/// Parses one request line; the error says what is wrong with it, on one line.
-pub fn parse_request(line: &[u8]) -> Result<Request, String> {
-    parse(line).map_err(|error| one_line(&error))
+/// Why a request line is refused.
+#[derive(Debug, thiserror::Error)]
+pub enum RequestError {
+    /// Longer than [`MAX_REQUEST`].
+    #[error("request longer than {MAX_REQUEST} bytes")]
+    TooLong,
+    /// Not JSON at all.
+    #[error("not a JSON object: {0}")]
+    NotJson(#[source] serde_json::Error),
+    /// JSON, but not an object (what it is instead).
+    #[error("not a JSON object: {0}")]
+    NotObject(String),
+    /// No `version`.
+    #[error("missing \"version\": {VERSION}")]
+    NoVersion,
+    /// A version this relay does not speak.
+    #[error("protocol version {0} is not spoken here (this relay speaks {VERSION})")]
+    Version(u64),
+    /// A `version` that is not an unsigned integer (what it is instead).
+    #[error("\"version\" must be the integer {VERSION}, not {0}")]
+    VersionType(String),
+    /// Not a command, or a command with fields of the wrong shape.
+    #[error("bad request: {0}")]
+    Bad(#[source] serde_json::Error),
+    /// A field the command does not take.
+    #[error("bad request: unknown field \"{field}\": \"{command}\" takes {takes}")]
+    UnknownField {
+        /// The field.
+        field: String,
+        /// The command.
+        command: String,
+        /// The fields it takes, quoted, or "no other field".
+        takes: String,
+    },
+    /// `save` to a relative path.
+    #[error(
+        "bad request: save: \"{0}\" is not an absolute path; the relay's working directory is \
+         not the client's, so give the whole path"
+    )]
+    RelativeSave(String),
 }
 
-fn parse(line: &[u8]) -> Result<Request, String> {
-    if line.len() > MAX_REQUEST {
-        return Err(format!("request longer than {MAX_REQUEST} bytes"));
+impl RequestError {
+    /// What the refusal says: one line of at most 400 characters, whatever the request held.
+    pub fn refusal(&self) -> String {
+        one_line(&self.to_string())
     }
-    let value: serde_json::Value =
-        serde_json::from_slice(line).map_err(|error| format!("not a JSON object: {error}"))?;
+}
+
+/// Parses one request line; [`RequestError::refusal`] says what is wrong with it, on one line.
+pub fn parse_request(line: &[u8]) -> Result<Request, RequestError> {
+    if line.len() > MAX_REQUEST {
+        return Err(RequestError::TooLong);
+    }
+    let value: serde_json::Value = serde_json::from_slice(line).map_err(RequestError::NotJson)?;
     let Some(object) = value.as_object() else {
-        return Err(format!("not a JSON object: {}", describe(&value)));
+        return Err(RequestError::NotObject(describe(&value)));
     };
     match object.get("version") {
-        None => return Err(format!("missing \"version\": {VERSION}")),
+        None => return Err(RequestError::NoVersion),
         Some(version) => match version.as_u64() {
             Some(version) if version == u64::from(VERSION) => {}
-            Some(version) => {
-                return Err(format!(
-                    "protocol version {version} is not spoken here (this relay speaks {VERSION})"
-                ));
-            }
-            None => {
-                return Err(format!(
-                    "\"version\" must be the integer {VERSION}, not {}",
-                    describe(version)
-                ));
-            }
+            Some(version) => return Err(RequestError::Version(version)),
+            None => return Err(RequestError::VersionType(describe(version))),
         },
     }
-    let request = Request::deserialize(&value).map_err(|error| format!("bad request: {error}"))?;
+    let request = Request::deserialize(&value).map_err(RequestError::Bad)?;
     let allowed = fields(&request.command);
     if let Some(unknown) = object.keys().find(|key| {
         !matches!(key.as_str(), "version" | "command") && !allowed.contains(&key.as_str())
@@ -415,17 +450,16 @@ fn parse(line: &[u8]) -> Result<Request, String> {
             .get("command")
             .and_then(serde_json::Value::as_str)
             .unwrap_or_default();
-        return Err(format!(
-            "bad request: unknown field \"{unknown}\": \"{command}\" takes {takes}"
-        ));
+        return Err(RequestError::UnknownField {
+            field: unknown.clone(),
+            command: command.to_owned(),
+            takes,
+        });
     }
     if let Command::Save { path } = &request.command
         && !Path::new(path).is_absolute()
     {
-        return Err(format!(
-            "bad request: save: \"{path}\" is not an absolute path; the relay's working \
-             directory is not the client's, so give the whole path"
-        ));
+        return Err(RequestError::RelativeSave(path.clone()));
     }
     Ok(request)
 }
@@ -437,24 +471,33 @@ mod tests {
     #[test]
     fn requests_parse_and_refuse_with_reasons() {
         assert_eq!(
-            parse_request(br#"{"version":1,"command":"list"}"#),
-            Ok(Request {
+            parse_request(br#"{"version":1,"command":"list"}"#).expect("a list request"),
+            Request {
                 version: 1,
                 command: Command::List
-            })
+            }
         );
         let remove = parse_request(br#"{"version":1,"command":"remove","name":"cam"}"#)
             .expect("valid remove");
         assert!(matches!(remove.command, Command::Remove { name: Some(ref n), .. } if n == "cam"));
-        let error = parse_request(br#"{"version":2,"command":"list"}"#).expect_err("version 2");
+        let error = parse_request(br#"{"version":2,"command":"list"}"#)
+            .map_err(|error| error.refusal())
+            .expect_err("version 2");
         assert!(error.contains("version 2"), "{error}");
-        let error = parse_request(br#"{"command":"list"}"#).expect_err("no version");
+        let error = parse_request(br#"{"command":"list"}"#)
+            .map_err(|error| error.refusal())
+            .expect_err("no version");
         assert!(error.contains("version"), "{error}");
-        let error = parse_request(br#"{"version":1,"command":"explode"}"#).expect_err("unknown");
+        let error = parse_request(br#"{"version":1,"command":"explode"}"#)
+            .map_err(|error| error.refusal())
+            .expect_err("unknown");
         assert!(error.contains("explode"), "{error}");
-        let error = parse_request(b"\x00\xff garbage").expect_err("garbage");
+        let error = parse_request(b"\x00\xff garbage")
+            .map_err(|error| error.refusal())
+            .expect_err("garbage");
         assert!(error.contains("JSON"), "{error}");
         let error = parse_request(br#"{"version":1,"command":"add","rule":{"name":"x"}}"#)
+            .map_err(|error| error.refusal())
             .expect_err("incomplete rule");
         assert!(error.contains("input"), "{error}");
     }
@@ -463,11 +506,15 @@ mod tests {
     fn a_refusal_is_one_short_line() {
         // Found by fuzz/control: serde's message quoted the unknown command with its newline.
         let found = include_bytes!("../../fuzz-regressions/control-newline-in-command");
-        let error = parse_request(found).expect_err("no such command");
+        let error = parse_request(found)
+            .map_err(|error| error.refusal())
+            .expect_err("no such command");
         assert!(error.contains(r"remoscoda\nmm"), "{error}");
         assert!(!error.contains('\n'), "{error}");
         let long = format!(r#"{{"version":1,"command":"{}"}}"#, "x".repeat(100_000));
-        let error = parse_request(long.as_bytes()).expect_err("no such command");
+        let error = parse_request(long.as_bytes())
+            .map_err(|error| error.refusal())
+            .expect_err("no such command");
         assert!(error.chars().count() <= MAX_REFUSAL + 1, "{error}");
         assert!(error.starts_with("bad request: unknown variant") && error.ends_with('…'));
     }
@@ -476,7 +523,9 @@ mod tests {
     fn unknown_fields_are_refused_in_every_request() {
         for command in ["list", "workers", "stats", "reload"] {
             let line = format!(r#"{{"version":1,"command":"{command}","colour":"red"}}"#);
-            let error = parse_request(line.as_bytes()).expect_err("an unknown field");
+            let error = parse_request(line.as_bytes())
+                .map_err(|error| error.refusal())
+                .expect_err("an unknown field");
             assert_eq!(
                 error,
                 format!(
@@ -485,9 +534,11 @@ mod tests {
             );
         }
         let error = parse_request(br#"{"version":1,"command":"remove","name":"a","colour":1}"#)
+            .map_err(|error| error.refusal())
             .expect_err("an unknown field");
         assert!(error.contains("colour"), "{error}");
         let error = parse_request(br#"{"version":1,"command":"save","path":"/x","mode":1}"#)
+            .map_err(|error| error.refusal())
             .expect_err("an unknown field");
         assert!(
             error.contains("`mode`") && error.contains("`path`"),
@@ -500,33 +551,49 @@ mod tests {
 
     #[test]
     fn a_version_of_the_wrong_type_is_told_apart_from_a_missing_one() {
-        let error = parse_request(br#"{"version":"1","command":"list"}"#).expect_err("a string");
+        let error = parse_request(br#"{"version":"1","command":"list"}"#)
+            .map_err(|error| error.refusal())
+            .expect_err("a string");
         assert_eq!(error, "\"version\" must be the integer 1, not \"1\"");
-        let error = parse_request(br#"{"version":1.5,"command":"list"}"#).expect_err("a float");
+        let error = parse_request(br#"{"version":1.5,"command":"list"}"#)
+            .map_err(|error| error.refusal())
+            .expect_err("a float");
         assert_eq!(error, "\"version\" must be the integer 1, not 1.5");
-        let error = parse_request(br#"{"version":-1,"command":"list"}"#).expect_err("negative");
+        let error = parse_request(br#"{"version":-1,"command":"list"}"#)
+            .map_err(|error| error.refusal())
+            .expect_err("negative");
         assert_eq!(error, "\"version\" must be the integer 1, not -1");
-        let error = parse_request(br#"{"version":null,"command":"list"}"#).expect_err("null");
+        let error = parse_request(br#"{"version":null,"command":"list"}"#)
+            .map_err(|error| error.refusal())
+            .expect_err("null");
         assert_eq!(error, "\"version\" must be the integer 1, not null");
-        let error = parse_request(br#"{"command":"list"}"#).expect_err("absent");
+        let error = parse_request(br#"{"command":"list"}"#)
+            .map_err(|error| error.refusal())
+            .expect_err("absent");
         assert_eq!(error, "missing \"version\": 1");
-        let error = parse_request(b"[1,2,3]").expect_err("an array");
+        let error = parse_request(b"[1,2,3]")
+            .map_err(|error| error.refusal())
+            .expect_err("an array");
         assert_eq!(error, "not a JSON object: [1,2,3]");
         let long = format!("[{}1]", "1,".repeat(100));
-        let error = parse_request(long.as_bytes()).expect_err("a long array");
+        let error = parse_request(long.as_bytes())
+            .map_err(|error| error.refusal())
+            .expect_err("a long array");
         assert_eq!(error, "not a JSON object: an array");
     }
 
     #[test]
     fn save_takes_only_absolute_paths() {
         let error = parse_request(br#"{"version":1,"command":"save","path":"saved.toml"}"#)
+            .map_err(|error| error.refusal())
             .expect_err("relative");
         assert!(
             error.contains("\"saved.toml\" is not an absolute path"),
             "{error}"
         );
-        let error =
-            parse_request(br#"{"version":1,"command":"save","path":""}"#).expect_err("empty");
+        let error = parse_request(br#"{"version":1,"command":"save","path":""}"#)
+            .map_err(|error| error.refusal())
+            .expect_err("empty");
         assert!(error.contains("not an absolute path"), "{error}");
     }
 
