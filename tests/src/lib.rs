@@ -183,6 +183,18 @@ fn why_unprivileged() -> Option<String> {
     }
 }
 
+/// Clock ticks (utime + stime, fields 14 and 15 of `/proc/<pid>/stat`) process `pid` has used;
+/// `None` once it is gone.
+pub fn process_cpu_ticks(pid: u32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name may hold spaces; the fields after it are plain.
+    let rest = &stat[stat.rfind(')')? + 1..];
+    let mut fields = rest.split_whitespace().skip(11);
+    let user: u64 = fields.next()?.parse().ok()?;
+    let system: u64 = fields.next()?.parse().ok()?;
+    Some(user + system)
+}
+
 /// Says whether `program` can be started, for tests that need an optional tool (`ping`, `ethtool`).
 pub fn have_program(program: &str) -> bool {
     use std::os::unix::fs::PermissionsExt as _;

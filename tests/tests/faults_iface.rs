@@ -44,6 +44,36 @@ fn metric(topo: &Topology, name: &str, interface: Option<&str>) -> Option<f64> {
     Metrics::parse(&page.body).get(name, &labels)
 }
 
+/// The relay of `config`, settled, and the test's stream through it, once its first datagram
+/// arrived; with the generation the workers settled at.
+fn relaying(topo: &Topology, dir: &Workdir, config: &str) -> (RelayProcess, Ctl, Stream, u64) {
+    let relay = RelayProcess::start(&topo.relay, config, &["--metrics", METRICS]);
+    let ctl = Ctl::new(dir);
+    let settled = ctl.wait_settled(Duration::from_secs(10));
+    let stream = Stream::start(topo, TAG, PPS);
+    let from = stream.next_seq();
+    assert!(
+        stream
+            .wait_from(from, Instant::now(), Duration::from_secs(5))
+            .is_some(),
+        "nothing relayed before the fault; log:\n{}",
+        relay.log()
+    );
+    (relay, ctl, stream, settled)
+}
+
+/// Polls `count` every 20 ms for up to 2 s until it is above zero; returns its last value.
+fn rises(count: impl Fn() -> u64) -> u64 {
+    let deadline = Instant::now() + Duration::from_secs(2);
+    loop {
+        let now = count();
+        if now > 0 || Instant::now() >= deadline {
+            return now;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
 #[test]
 fn input_absent_at_start_then_created() {
     if !ready("input_absent_at_start_then_created") {
@@ -154,18 +184,7 @@ fn input_deleted_and_recreated() {
     send_through(&topo, LATE_PEER, Some(Topology::SENDER_IF));
     let config = relay_section(&dir, "workers = \"0-1\"\nfanout = \"cpu\"")
         + &rule("cam", "239.1.1.1", 5000, "239.2.2.2", 6000).replace("rin0", LATE_IF);
-    let relay = RelayProcess::start(&topo.relay, &config, &["--metrics", METRICS]);
-    let ctl = Ctl::new(&dir);
-    ctl.wait_settled(Duration::from_secs(10));
-    let stream = Stream::start(&topo, TAG, PPS);
-    let from = stream.next_seq();
-    assert!(
-        stream
-            .wait_from(from, Instant::now(), Duration::from_secs(5))
-            .is_some(),
-        "nothing relayed before the deletion; log:\n{}",
-        relay.log()
-    );
+    let (relay, ctl, stream, _) = relaying(&topo, &dir, &config);
 
     topo.relay.ip(&["link", "del", LATE_IF]);
     relay.wait_for_log("the rule to wait again", Duration::from_secs(5), |line| {
@@ -229,18 +248,7 @@ fn output_deleted_and_recreated() {
     let dir = Workdir::new("ifc_out");
     let config = relay_section(&dir, "workers = \"0-1\"\nfanout = \"cpu\"")
         + &rule("cam", "239.1.1.1", 5000, "239.2.2.2", 6000);
-    let relay = RelayProcess::start(&topo.relay, &config, &["--metrics", METRICS]);
-    let ctl = Ctl::new(&dir);
-    ctl.wait_settled(Duration::from_secs(10));
-    let stream = Stream::start(&topo, TAG, PPS);
-    let from = stream.next_seq();
-    assert!(
-        stream
-            .wait_from(from, Instant::now(), Duration::from_secs(5))
-            .is_some(),
-        "nothing relayed before the deletion; log:\n{}",
-        relay.log()
-    );
+    let (relay, ctl, _stream, _) = relaying(&topo, &dir, &config);
 
     let out = Topology::RELAY_OUT_IF;
     topo.relay.ip(&["link", "del", out]);
@@ -260,11 +268,10 @@ fn output_deleted_and_recreated() {
             .flat_map(|by_errno| by_errno.values())
             .sum()
     };
-    let deadline = Instant::now() + Duration::from_secs(2);
-    while failed() == 0 && Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    assert!(failed() > 0, "no send error counted on the deleted {out}");
+    assert!(
+        rises(failed) > 0,
+        "no send error counted on the deleted {out}"
+    );
 
     // The pair again, with both addresses: the receiver's stack has no membership on its new
     // end, so a capture there sees what the relay sends.
@@ -320,18 +327,7 @@ fn mtu_lowered_below_a_frame_and_raised_back() {
     let dir = Workdir::new("ifc_mtu");
     let config = relay_section(&dir, "workers = \"0-1\"\nfanout = \"cpu\"")
         + &rule("cam", "239.1.1.1", 5000, "239.2.2.2", 6000);
-    let relay = RelayProcess::start(&topo.relay, &config, &["--metrics", METRICS]);
-    let ctl = Ctl::new(&dir);
-    let settled = ctl.wait_settled(Duration::from_secs(10));
-    let stream = Stream::start(&topo, TAG, PPS);
-    let from = stream.next_seq();
-    assert!(
-        stream
-            .wait_from(from, Instant::now(), Duration::from_secs(5))
-            .is_some(),
-        "nothing relayed before the change; log:\n{}",
-        relay.log()
-    );
+    let (relay, ctl, stream, settled) = relaying(&topo, &dir, &config);
     let too_big = || -> u64 { ctl.stats().workers.iter().map(|w| w.counters.too_big).sum() };
     assert_eq!(too_big(), 0);
 
@@ -351,11 +347,10 @@ fn mtu_lowered_below_a_frame_and_raised_back() {
         "datagrams that fit the lowered MTU stopped too; log:\n{}",
         relay.log()
     );
-    let deadline = Instant::now() + Duration::from_secs(2);
-    while too_big() == 0 && Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    assert!(too_big() > 0, "nothing counted as too big for MTU {LOW}");
+    assert!(
+        rises(too_big) > 0,
+        "nothing counted as too big for MTU {LOW}"
+    );
     let big_sent_low = stream.next_seq();
     std::thread::sleep(Duration::from_millis(200));
     assert_eq!(

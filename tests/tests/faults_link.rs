@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use fanout_relay_tests::ctl::{Ctl, Workdir, json_u64, relay_section, rule};
 use fanout_relay_tests::obs::{Metrics, promtool_check, scrape};
 use fanout_relay_tests::relay::{RelayProcess, Stream, quiet_topology};
-use fanout_relay_tests::{Topology, privileged, skip};
+use fanout_relay_tests::{Topology, privileged, process_cpu_ticks, skip};
 
 /// Datagrams per second of the stream.
 const PPS: u32 = 5000;
@@ -33,16 +33,9 @@ const SETTLE: Duration = Duration::from_secs(10);
 /// The tag of the test's stream.
 const TAG: u8 = 1;
 
-/// Clock ticks (utime + stime) process `pid` has used.
+/// Clock ticks process `pid` has used; it must still run.
 fn cpu_ticks(pid: u32) -> u64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .unwrap_or_else(|e| panic!("read /proc/{pid}/stat: {e}"));
-    // The command name may hold spaces; the fields after it are plain.
-    let after = &stat[stat.rfind(')').expect("a stat line has the command in ()") + 2..];
-    let fields: Vec<&str> = after.split_whitespace().collect();
-    // utime and stime are fields 14 and 15 of the line, 12 and 13 after the command.
-    let field = |at: usize| -> u64 { fields[at].parse().expect("a number of ticks") };
-    field(11) + field(12)
+    process_cpu_ticks(pid).unwrap_or_else(|| panic!("no CPU time readable for pid {pid}"))
 }
 
 /// Share of one CPU each worker (by CPU) used over [`MEASURE`] from now.

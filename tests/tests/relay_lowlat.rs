@@ -8,7 +8,9 @@ use std::time::{Duration, Instant};
 use fanout_relay_tests::relay::{
     RelayProcess, UdpReceiver, UdpSender, check_stream, quiet_topology, worker_logged as logged,
 };
-use fanout_relay_tests::{Topology, cpu_time_alone, privileged, two_online_cpus};
+use fanout_relay_tests::{
+    Topology, cpu_time_alone, privileged, process_cpu_ticks, two_online_cpus,
+};
 
 /// Datagrams in the stream: two seconds at [`PPS`].
 const N: u32 = 1000;
@@ -191,7 +193,7 @@ fn busy_polling_pauses_while_another_task_uses_the_cpu() {
             .is_some_and(|at| log[at..].contains("busy polling resumes"))
     };
     let worker = relay.worker_pids().get(&cpu).copied();
-    let before = (cpu_busy_ticks(cpu), worker.and_then(process_ticks));
+    let before = (cpu_busy_ticks(cpu), worker.and_then(process_cpu_ticks));
     for more in 3..13 {
         sender.send_numbered(
             "239.1.1.1:5000",
@@ -203,7 +205,7 @@ fn busy_polling_pauses_while_another_task_uses_the_cpu() {
             break;
         }
     }
-    let after = (cpu_busy_ticks(cpu), worker.and_then(process_ticks));
+    let after = (cpu_busy_ticks(cpu), worker.and_then(process_cpu_ticks));
     let exit = relay.stop();
     let log = &exit.log;
     let paused = log
@@ -256,14 +258,4 @@ fn cpu_busy_ticks(cpu: u32) -> Option<u64> {
         .filter_map(|&i| fields.get(i))
         .sum();
     Some(busy)
-}
-
-/// User plus system clock ticks of process `pid` and its threads, from `/proc/<pid>/stat`.
-fn process_ticks(pid: u32) -> Option<u64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    let rest = &stat[stat.rfind(')')? + 1..];
-    let mut fields = rest.split_whitespace().skip(11);
-    let user: u64 = fields.next()?.parse().ok()?;
-    let system: u64 = fields.next()?.parse().ok()?;
-    Some(user + system)
 }

@@ -2,12 +2,11 @@
 //! it relays every datagram; without CAP_NET_RAW it refuses to start and names the capability.
 
 use std::os::unix::fs::PermissionsExt;
-use std::process::Command;
 use std::time::Duration;
 
 use fanout_relay_tests::ctl::{Ctl, Workdir, relay_section, rule};
 use fanout_relay_tests::relay::{RelayProcess, Stream, quiet_topology, relay_binary};
-use fanout_relay_tests::{privileged, skip};
+use fanout_relay_tests::{have_program, privileged, skip};
 
 /// The user the relay runs as: `nobody`.
 const NOBODY: &str = "65534";
@@ -16,7 +15,7 @@ fn ready(test: &str) -> bool {
     if !privileged(test) {
         return false;
     }
-    if Command::new("setpriv").arg("--version").output().is_err() {
+    if !have_program("setpriv") {
         skip(test, "setpriv (util-linux) is not installed");
         return false;
     }

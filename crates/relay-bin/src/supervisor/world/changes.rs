@@ -269,16 +269,7 @@ impl World {
             });
         let (text, rules, waiting) = match loaded {
             Ok(loaded) => loaded,
-            Err(error) => {
-                log::error!("reload refused, nothing changed: {error}");
-                if let Some(reply) = reply {
-                    respond(
-                        &reply,
-                        Response::refused(format!("reload refused: {error}")),
-                    );
-                }
-                return;
-            }
+            Err(error) => return refuse_reload(reply, &error),
         };
         let change = Change::between(self.state.set().rules(), &rules);
         let file_rules: BTreeSet<String> = rules
@@ -303,14 +294,7 @@ impl World {
                 .ok()
                 .and_then(|refusal| refusal.error)
                 .unwrap_or_else(|| "the change was refused".into());
-            log::error!("reload refused, nothing changed: {error}");
-            if let Some(reply) = reply {
-                respond(
-                    &reply,
-                    Response::refused(format!("reload refused: {error}")),
-                );
-            }
-            return;
+            return refuse_reload(reply, &error);
         }
         self.file_rules = file_rules;
         fanout_core::heap::trim();
@@ -666,5 +650,17 @@ impl World {
                 }),
             _ => Err(Refusal::NameOrKey),
         }
+    }
+}
+
+/// Logs a refused reload with its reason (for a SIGHUP the log is the only answer) and answers
+/// the client, if there is one.
+fn refuse_reload(reply: Option<Sender<Response>>, error: &str) {
+    log::error!("reload refused, nothing changed: {error}");
+    if let Some(reply) = reply {
+        respond(
+            &reply,
+            Response::refused(format!("reload refused: {error}")),
+        );
     }
 }

@@ -164,7 +164,7 @@ impl World {
         };
         let sent = Sent {
             serving: slot.life.is_serving(),
-            resyncing: slot.life.name() == "resyncing",
+            resyncing: slot.life.is_serving() && !slot.life.is_ready(),
             generation: slot.run().map_or(0, |run| run.sent_generation),
         };
         match judge_table(generation, expected, report, sent) {
