@@ -26,6 +26,10 @@ use std::str::FromStr;
 use nix::errno::Errno;
 use nix::sys::socket::{ControlMessage, ControlMessageOwned, MsgFlags};
 
+mod fds;
+
+pub use fds::{MAX_FDS, recv_with_fds, send_with_fds};
+
 use crate::fanout;
 use crate::ring::geometry::{Constraints, FRAME_ALIGNMENT, Geometry};
 use crate::ring::{RingError, RingVersion, RxRing};
@@ -70,6 +74,14 @@ pub enum HandoffError {
     /// The peer closed the channel or sent no descriptor.
     #[error("the hand-off message carried no file descriptor (peer closed or sent plain data)")]
     NoDescriptor,
+    /// More descriptors than one message may carry were sent or received.
+    #[error("{count} descriptors in one message; at most {max} may travel together")]
+    TooManyDescriptors {
+        /// How many (a received message says only that there were more than `max`).
+        count: usize,
+        /// The limit.
+        max: usize,
+    },
     /// The ring description is malformed.
     #[error("malformed ring descriptor: {reason}")]
     BadDescriptor {

@@ -124,6 +124,10 @@ pub struct RelaySection {
     /// Whether the relay turns RPS on for input interfaces that need it.
     #[serde(default, skip_serializing_if = "RpsSetting::is_off")]
     pub rps: RpsSetting,
+    /// The user workers run as (they hold no capability either way); by default `nobody` when
+    /// the relay runs as root, else the relay's own user.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user: Option<String>,
 }
 
 /// Whether the relay spreads single-queue inputs over the workers' CPUs with RPS.

@@ -17,6 +17,7 @@ pub mod kernel_features;
 pub mod metrics;
 pub mod netns;
 pub mod notices;
+pub mod outputs;
 pub mod protocol;
 pub mod ratelimit;
 pub mod rings;

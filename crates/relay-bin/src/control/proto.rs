@@ -96,6 +96,13 @@ pub enum Command {
         /// CPU of the worker.
         cpu: u32,
     },
+    /// Make the worker on `cpu` call what its seccomp filter forbids, to test that it is
+    /// killed and replaced. Only in builds with the `drift-test` feature.
+    #[cfg(feature = "drift-test")]
+    DebugForbiddenSyscall {
+        /// CPU of the worker.
+        cpu: u32,
+    },
 }
 
 /// A rule's match key, to remove by.
@@ -322,6 +329,8 @@ fn fields(command: &Command) -> &'static [&'static str] {
         Command::List | Command::Stats | Command::Workers | Command::Reload => &[],
         #[cfg(feature = "drift-test")]
         Command::DebugCorruptTable { .. } => &["cpu"],
+        #[cfg(feature = "drift-test")]
+        Command::DebugForbiddenSyscall { .. } => &["cpu"],
     }
 }
 

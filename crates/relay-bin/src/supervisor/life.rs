@@ -196,6 +196,18 @@ impl<P> Life<P> {
         }
     }
 
+    /// The process that went away nobody asking was killed for `reason` after all (the exit
+    /// status said so): its restart is counted for it.
+    pub(crate) fn blame(&mut self, reason: RestartReason) {
+        if let Life::Waiting {
+            reason: Some(blamed @ RestartReason::Exited),
+            ..
+        } = self
+        {
+            *blamed = reason;
+        }
+    }
+
     /// Its process was started: it builds its table and confirms it.
     pub(crate) fn started(&mut self, run: Run<P>) {
         *self = Life::Starting(run);

@@ -24,6 +24,7 @@
 mod checks;
 mod decide;
 mod events;
+mod handover;
 mod inflight;
 mod inputs;
 mod life;
@@ -104,6 +105,7 @@ pub struct RunOptions {
 /// signal is tied to the thread that spawned it.
 pub fn run(plan: Plan, options: &RunOptions) -> Result<RunSummary, RunError> {
     privileges::check(plan.config.relay.rps == crate::config::RpsSetting::Auto)?;
+    let worker_user = privileges::worker_user(plan.config.relay.user.as_deref())?;
     let mut mask = SigSet::empty();
     for signal in [Signal::SIGINT, Signal::SIGTERM, Signal::SIGHUP] {
         mask.add(signal);
@@ -139,6 +141,7 @@ pub fn run(plan: Plan, options: &RunOptions) -> Result<RunSummary, RunError> {
     );
     let metrics_addr = plan.config.relay.metrics;
     let mut world = plan.build()?;
+    world.worker_user = worker_user;
     let (event_tx, events) = mpsc::channel::<Event>();
     // Subscribed before the workers start; interfaces that appeared since the plan looked
     // for them are caught up with below.

@@ -20,15 +20,18 @@ pub enum RestartReason {
     Handover,
     /// Its process could not be started.
     StartFailed,
+    /// The kernel killed it for a system call outside its seccomp allow list (`SIGSYS`).
+    ForbiddenSyscall,
 }
 
 impl RestartReason {
     /// Every reason, in the order they are reported.
-    pub const ALL: [RestartReason; 4] = [
+    pub const ALL: [RestartReason; 5] = [
         RestartReason::Exited,
         RestartReason::Unresponsive,
         RestartReason::Handover,
         RestartReason::StartFailed,
+        RestartReason::ForbiddenSyscall,
     ];
 
     /// The reason's name in `ctl workers`, the metrics' `reason` label and the log.
@@ -38,6 +41,7 @@ impl RestartReason {
             RestartReason::Unresponsive => "unresponsive",
             RestartReason::Handover => "handover",
             RestartReason::StartFailed => "start_failed",
+            RestartReason::ForbiddenSyscall => "forbidden_syscall",
         }
     }
 
@@ -47,6 +51,7 @@ impl RestartReason {
             RestartReason::Unresponsive => 1,
             RestartReason::Handover => 2,
             RestartReason::StartFailed => 3,
+            RestartReason::ForbiddenSyscall => 4,
         }
     }
 }

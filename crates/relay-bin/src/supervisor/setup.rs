@@ -288,6 +288,7 @@ impl Plan {
                 .with_waiting(self.waiting.into_iter().map(|(rule, _)| rule)),
             config_path: self.path,
             ring,
+            worker_user: None,
             fanout,
             placement,
             inputs,

@@ -1,13 +1,18 @@
 //! Worker processes: spawning one, handing it its rings and rules, and restarting it with backoff.
 
+use super::handover::{HandedOutputs, hand_over};
 use super::life::{Life, Run, Then};
 use super::restarts::{RestartCounts, RestartReason};
+use crate::config::RingSection;
 use crate::counters::WorkerCounters;
+use crate::outputs::OutputKey;
 use crate::protocol::{self, FromWorker, ToWorker, WorkerStart};
 use fanout_core::handoff::{self, RingHandle};
+use relay_rules::Interfaces;
 use std::io::{self, BufReader};
 use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::net::UnixStream;
+use std::os::unix::process::ExitStatusExt;
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc::Sender;
 use std::time::{Duration, Instant};
@@ -90,6 +95,8 @@ pub(crate) struct WorkerProcess {
     child: Child,
     /// The supervisor's end of the control socket.
     control: UnixStream,
+    /// The transmit rings and sockets it was handed.
+    outputs: HandedOutputs,
 }
 
 impl WorkerSlot {
@@ -216,11 +223,24 @@ impl WorkerSlot {
             .env_remove("WATCHDOG_PID")
             .spawn()?;
         let pid = child.id();
+        let mut outputs = HandedOutputs::default();
         let handed = ours.try_clone().and_then(|mut writer| {
             self.rings
                 .iter()
                 .try_for_each(|(_, ring)| {
                     handoff::send_ring(ours.as_fd(), ring).map_err(io::Error::other)
+                })
+                .and_then(|()| {
+                    let interfaces: Interfaces = start.interfaces.iter().cloned().collect();
+                    let keys = outputs.reset(start.rules.iter(), &interfaces);
+                    hand_over(
+                        &mut writer,
+                        &mut outputs,
+                        &keys,
+                        &interfaces,
+                        &start.ring,
+                        self.cpu,
+                    )
                 })
                 .and_then(|()| {
                     protocol::send(&mut writer, &ToWorker::Start(Box::new(start.clone())))
@@ -247,6 +267,7 @@ impl WorkerSlot {
         Ok(WorkerProcess {
             child,
             control: ours,
+            outputs,
         })
     }
 
@@ -298,6 +319,15 @@ impl WorkerSlot {
             log::debug!("worker on cpu {}: kill: {error}", self.cpu);
         }
         let status = process.child.wait().ok();
+        if exit.unexpected && status.and_then(|status| status.signal()) == Some(libc::SIGSYS) {
+            log::error!(
+                "worker on cpu {} (pid {}) made a system call outside its allow list and was \
+                 killed by the kernel (SIGSYS); see the kernel log (audit type 1326) for which",
+                self.cpu,
+                exit.run.pid
+            );
+            self.life.blame(RestartReason::ForbiddenSyscall);
+        }
         self.retired.absorb(&exit.run.counters);
         if exit.unexpected {
             self.outages += 1;
@@ -343,16 +373,47 @@ impl WorkerSlot {
             return Ok(());
         };
         let sent = protocol::send(&mut run.process.control, message);
+        self.unless_stuck(sent)
+    }
+
+    /// Hands the live process, if any, the transmit rings and sockets that `change` (a count
+    /// of the rules it is about to hold, see [`HandedOutputs`]) says it lacks: before the
+    /// message with the rules that need them. Fails like [`WorkerSlot::tell`].
+    pub(crate) fn hand_outputs(
+        &mut self,
+        interfaces: &Interfaces,
+        ring: &RingSection,
+        change: impl FnOnce(&mut HandedOutputs) -> Vec<OutputKey>,
+    ) -> io::Result<()> {
+        let cpu = self.cpu;
+        let Some(run) = self.life.run_mut() else {
+            return Ok(());
+        };
+        let process = &mut run.process;
+        let keys = change(&mut process.outputs);
+        let sent = hand_over(
+            &mut process.control,
+            &mut process.outputs,
+            &keys,
+            interfaces,
+            ring,
+            cpu,
+        );
+        self.unless_stuck(sent)
+    }
+
+    /// Kills the live process if `sent` timed out: it has not read for [`WRITE_TIMEOUT`].
+    fn unless_stuck(&mut self, sent: io::Result<()>) -> io::Result<()> {
         if let Err(error) = &sent
             && matches!(
                 error.kind(),
                 io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
             )
+            && let Some(pid) = self.pid()
         {
             log::error!(
-                "worker on cpu {} (pid {}) read nothing for {} s: killed, to be restarted",
+                "worker on cpu {} (pid {pid}) read nothing for {} s: killed, to be restarted",
                 self.cpu,
-                run.pid,
                 WRITE_TIMEOUT.as_secs()
             );
             self.kill(RestartReason::Unresponsive);

@@ -76,6 +76,8 @@ pub(super) struct World {
     pub(super) config_path: PathBuf,
     /// The ring settings every worker gets.
     pub(super) ring: RingSection,
+    /// The user workers become (`None`: the supervisor's).
+    pub(super) worker_user: Option<crate::protocol::WorkerUser>,
     pub(super) fanout: FanoutSetting,
     pub(super) placement: PlacementSetting,
     /// The receive rings, fanout groups, filters and memberships of the rules' inputs.

@@ -128,19 +128,27 @@ impl World {
                 return self.set_workers(&workers, class.as_deref(), reply);
             }
             #[cfg(feature = "drift-test")]
-            Command::DebugCorruptTable { cpu } => {
-                match self.slots.iter_mut().find(|slot| slot.cpu == cpu) {
-                    Some(slot) => match slot.tell(&ToWorker::CorruptTable) {
-                        Ok(()) => Response::ok(Reply::Workers {
-                            workers: Vec::new(),
-                        }),
-                        Err(error) => Response::refused(error.to_string()),
-                    },
-                    None => Response::refused(format!("no worker on cpu {cpu}")),
-                }
+            Command::DebugCorruptTable { cpu } => self.debug_request(cpu, &ToWorker::CorruptTable),
+            #[cfg(feature = "drift-test")]
+            Command::DebugForbiddenSyscall { cpu } => {
+                self.debug_request(cpu, &ToWorker::ForbiddenSyscall)
             }
         };
         respond(&reply, answer);
+    }
+
+    /// Passes a test build's debug request to the worker on `cpu`.
+    #[cfg(feature = "drift-test")]
+    fn debug_request(&mut self, cpu: u32, request: &ToWorker) -> Response {
+        match self.slots.iter_mut().find(|slot| slot.cpu == cpu) {
+            Some(slot) => match slot.tell(request) {
+                Ok(()) => Response::ok(Reply::Workers {
+                    workers: Vec::new(),
+                }),
+                Err(error) => Response::refused(error.to_string()),
+            },
+            None => Response::refused(format!("no worker on cpu {cpu}")),
+        }
     }
 
     /// Adds a rule that waits for the interfaces `missing` names, or removes a waiting rule,
@@ -481,6 +489,16 @@ impl World {
                 let slot = &mut self.slots[index];
                 // A starting worker gets the whole table once it is ready (`decide::reports`).
                 if slot.life.is_serving()
+                    && slot
+                        .hand_outputs(self.state.set().interfaces(), &self.ring, |handed| {
+                            let known = self.state.set().interfaces();
+                            handed.remove(
+                                remove.iter().filter_map(|name| undo.removed_rule(name)),
+                                known,
+                            );
+                            handed.add(add.iter(), known)
+                        })
+                        .is_ok()
                     && slot
                         .tell(&ToWorker::Update {
                             generation,
