@@ -7,6 +7,7 @@
 //! fanout = "cpu"           # cpu | hash | lb | qm | rollover
 //! metrics = "127.0.0.1:9469" # optional: serve Prometheus metrics on GET /metrics
 //! rps = "off"              # or "auto": turn RPS on for single-queue inputs while running
+//! user = "relay"            # the workers' user; nobody by default when run as root
 //!
 //! [ring]                   # optional: receive and transmit ring geometry
 //! version = "v3"           # v3 (throughput) | v2 (latency: frames handed over one by one)
