@@ -280,10 +280,9 @@ impl RingHandle {
                 found,
             });
         }
-        let interface = nix::net::if_::if_indextoname(d.ifindex)
-            .ok()
-            .and_then(|n| n.into_string().ok())
-            .unwrap_or_else(|| format!("#{}", d.ifindex));
+        // By index: looking the name up would take a socket, which a process boxed in may not
+        // open (mapping makes no system call but `getsockopt` and `mmap`).
+        let interface = format!("#{}", d.ifindex);
         let len =
             usize::try_from(d.geometry.ring_bytes()).map_err(|_| HandoffError::BadDescriptor {
                 reason: "ring larger than the address space",

@@ -47,6 +47,15 @@ pub enum ToWorker {
         /// What each descriptor is.
         outputs: Vec<crate::outputs::HandedOutput>,
     },
+    /// Receive rings to serve from now on, one descriptor each attached to the line in this
+    /// order (a new input interface), and the interfaces whose rings to let go (deleted ones).
+    /// Not answered: the change that needs them follows.
+    Rings {
+        /// Each ring's [`fanout_core::RingDescriptor`] in its text form.
+        rings: Vec<String>,
+        /// Indices of interfaces whose rings the worker closes.
+        drop: Vec<u32>,
+    },
     /// Send the counters now; answered with [`FromWorker::Counters`].
     Counters,
     /// Finish the batch in hand, send the final counters and exit.

@@ -289,8 +289,8 @@ pub struct WorkerReport {
     pub state: String,
     /// Restarts so far.
     pub restarts: u32,
-    /// Of `restarts`, how many for each reason (`exited`, `unresponsive`, `handover`,
-    /// `start_failed`); reasons never seen are left out.
+    /// Of `restarts`, how many for each reason (`exited`, `unresponsive`, `start_failed`,
+    /// `forbidden_syscall`); reasons never seen are left out.
     #[serde(default)]
     pub restart_reasons: BTreeMap<String, u32>,
     /// Generation of the table the worker confirmed.

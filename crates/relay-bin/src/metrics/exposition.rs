@@ -296,8 +296,8 @@ fn workers(out: &mut Exposition, snapshot: &Snapshot) {
         "fanout_relay_worker_restarts_total",
         Kind::Counter,
         "Times the supervisor restarted the worker's process, by reason: exited (it died by \
-         itself or was killed by someone else), unresponsive (the watchdog killed it), handover \
-         (stopped to take new rings), start_failed.",
+         itself or was killed by someone else), unresponsive (the watchdog killed it), \
+         start_failed, forbidden_syscall (its seccomp filter killed it).",
         slots
             .iter()
             .flat_map(|slot| {
@@ -532,7 +532,7 @@ mod tests {
             "fanout_relay_worker_malformed_total{cpu=\"1\",reason=\"bad_checksum\"} 2",
             "fanout_relay_worker_restarts_total{cpu=\"1\",reason=\"exited\"} 3",
             "fanout_relay_worker_restarts_total{cpu=\"1\",reason=\"unresponsive\"} 1",
-            "fanout_relay_worker_restarts_total{cpu=\"1\",reason=\"handover\"} 0",
+            "fanout_relay_worker_restarts_total{cpu=\"1\",reason=\"forbidden_syscall\"} 0",
             "fanout_relay_worker_table_generation{cpu=\"1\"} 3",
             "fanout_relay_worker_ready{cpu=\"1\"} 1",
             "fanout_relay_worker_info{cpu=\"1\",class=\"default\"} 1",

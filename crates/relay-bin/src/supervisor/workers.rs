@@ -402,6 +402,62 @@ impl WorkerSlot {
         self.unless_stuck(sent)
     }
 
+    /// Adds `rings` (fanout member, ring) to those the slot serves, and hands them to its live
+    /// process, if any, which serves them from then on; a later process gets them at start.
+    pub(crate) fn add_rings(&mut self, rings: Vec<(u32, RingHandle)>) {
+        let sent = self.send_rings(rings.iter().map(|(_, ring)| ring), &[]);
+        if let Err(error) = sent {
+            log::debug!("worker on cpu {}: rings not sent: {error}", self.cpu);
+        }
+        self.rings.extend(rings);
+    }
+
+    /// Lets the rings on interface `ifindex` go (it was deleted: the kernel unbound them), and
+    /// tells the live process, if any, to close its own.
+    pub(crate) fn drop_rings(&mut self, ifindex: u32) {
+        let before = self.rings.len();
+        self.rings
+            .retain(|(_, ring)| ring.descriptor().ifindex != ifindex);
+        if self.rings.len() == before {
+            return;
+        }
+        if let Err(error) = self.send_rings(std::iter::empty(), &[ifindex]) {
+            log::debug!("worker on cpu {}: ring release not sent: {error}", self.cpu);
+        }
+    }
+
+    fn send_rings<'a>(
+        &mut self,
+        rings: impl Iterator<Item = &'a RingHandle>,
+        drop: &[u32],
+    ) -> io::Result<()> {
+        let Some(run) = self.life.run_mut() else {
+            return Ok(());
+        };
+        let rings: Vec<&RingHandle> = rings.collect();
+        let mut sent = Ok(());
+        // At most MAX_FDS to a message; the releases go with the first.
+        let mut batches = rings.chunks(handoff::MAX_FDS).peekable();
+        let mut first = true;
+        while first || batches.peek().is_some() {
+            let batch = batches.next().unwrap_or(&[]);
+            let message = ToWorker::Rings {
+                rings: batch
+                    .iter()
+                    .map(|ring| ring.descriptor().to_string())
+                    .collect(),
+                drop: if first { drop.to_vec() } else { Vec::new() },
+            };
+            let fds: Vec<_> = batch.iter().map(|ring| ring.as_fd()).collect();
+            sent = protocol::send_with_fds(&mut run.process.control, &message, &fds);
+            first = false;
+            if sent.is_err() {
+                break;
+            }
+        }
+        self.unless_stuck(sent)
+    }
+
     /// Kills the live process if `sent` timed out: it has not read for [`WRITE_TIMEOUT`].
     fn unless_stuck(&mut self, sent: io::Result<()>) -> io::Result<()> {
         if let Err(error) = &sent

@@ -8,7 +8,8 @@
 use super::sinks::Handed;
 use crate::outputs::{HandedOutput, Received};
 use crate::protocol::{LineBuffer, ToWorker};
-use fanout_core::HandoffError;
+use fanout_core::handoff::RingHandle;
+use fanout_core::{HandoffError, RingDescriptor};
 use std::collections::VecDeque;
 use std::io::{self, Read};
 use std::os::fd::{AsFd, OwnedFd};
@@ -71,6 +72,28 @@ impl Channel {
             into.insert(handed.key, received);
         }
         Ok(())
+    }
+}
+
+impl Channel {
+    /// Takes the descriptors of `rings` (descriptions in text form) from the queue. Like
+    /// [`Channel::take_outputs`], a missing descriptor is an error.
+    pub(super) fn take_rings(&mut self, rings: &[String]) -> io::Result<Vec<RingHandle>> {
+        rings
+            .iter()
+            .map(|text| {
+                let descriptor: RingDescriptor = text
+                    .parse()
+                    .map_err(|error| io::Error::new(io::ErrorKind::InvalidData, error))?;
+                let fd = self.fds.pop_front().ok_or_else(|| {
+                    io::Error::new(
+                        io::ErrorKind::InvalidData,
+                        format!("no descriptor came with ring {text}"),
+                    )
+                })?;
+                Ok(RingHandle::from_fd(fd, descriptor))
+            })
+            .collect()
     }
 }
 

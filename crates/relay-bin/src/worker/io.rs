@@ -174,6 +174,10 @@ impl WorkerIo {
                         ToWorker::Outputs { outputs } => {
                             channel.take_outputs(&outputs, &mut self.handed)?;
                         }
+                        ToWorker::Rings { rings, drop } => {
+                            let handles = channel.take_rings(&rings)?;
+                            self.change_rings(handles, &drop);
+                        }
                         ToWorker::Counters => {
                             let counters = self.counters();
                             outbox.push(&FromWorker::Counters(Box::new(counters)))?;
@@ -284,6 +288,39 @@ impl WorkerIo {
         if unused || remove.len() >= TRIM_AFTER_REMOVING {
             fanout_core::heap::trim();
         }
+    }
+
+    /// Lets the rings of the interfaces `drop` go and maps `handles`, which are served from
+    /// the next pass on. A ring that cannot be mapped is logged and left out: its frames wait
+    /// for the next worker, which the supervisor starts with every ring.
+    fn change_rings(&mut self, handles: Vec<RingHandle>, drop: &[u32]) {
+        let kept: Vec<bool> = self
+            .rx
+            .iter()
+            .map(|(ifindex, _)| !drop.contains(ifindex))
+            .collect();
+        self.waiter.keep_rings(&kept);
+        let mut index = 0;
+        self.rx.retain(|_| {
+            let keep = kept[index];
+            index += 1;
+            keep
+        });
+        for handle in handles {
+            let ifindex = handle.descriptor().ifindex;
+            match handle.map() {
+                Ok(ring) => self.rx.push((ifindex, ring)),
+                Err(error) => log::error!(
+                    "worker on cpu {}: the receive ring of interface #{ifindex}: {error}",
+                    self.cpu
+                ),
+            }
+        }
+        log::info!(
+            "worker on cpu {}: serves {} receive ring(s) now",
+            self.cpu,
+            self.rx.len()
+        );
     }
 
     /// Closes what was handed over for a change that did not take it: a resync hands over

@@ -11,10 +11,9 @@ use crate::rings;
 use crate::supervisor::checks::check_rules;
 use crate::supervisor::decide::resize;
 use crate::supervisor::inflight::PendingChange;
-use crate::supervisor::life::Then;
 use crate::supervisor::lifecycle::{interfaces_of, split_waiting};
-use crate::supervisor::restarts::RestartReason;
 use crate::supervisor::state::Change;
+use fanout_core::handoff::RingHandle;
 use relay_rules::InterfaceFacts;
 use relay_rules::Rule;
 use relay_rules::validate::Problem;
@@ -465,64 +464,66 @@ impl World {
             report.added,
             report.removed
         );
-        if new_rings.is_empty() {
-            let interfaces: Vec<InterfaceFacts> =
-                self.state.set().interfaces().iter().cloned().collect();
-            for index in 0..self.slots.len() {
-                // A worker hears only of the rules it holds: its class's, its shards'.
-                let shard = self.shard_of(index);
-                let remove: Vec<String> = change
-                    .remove
-                    .iter()
-                    .filter(|name| {
-                        undo.removed_rule(name)
-                            .is_none_or(|rule| self.holds(index, rule, shard.as_ref()))
+        // A new input interface: its rings go to the workers that own its fanout members, as
+        // they serve, ahead of the rules that need them. The rings filled meanwhile.
+        let mut handed: Vec<Vec<(u32, RingHandle)>> =
+            self.slots.iter().map(|_| Vec::new()).collect();
+        for (class, member, handle) in new_rings {
+            if let Some(owner) = self.owners[class].get(member as usize).copied()
+                && let Some(rings) = handed.get_mut(owner)
+            {
+                rings.push((member, handle));
+            }
+        }
+        for (slot, rings) in self.slots.iter_mut().zip(handed) {
+            if !rings.is_empty() {
+                slot.add_rings(rings);
+            }
+        }
+        let interfaces: Vec<InterfaceFacts> =
+            self.state.set().interfaces().iter().cloned().collect();
+        for index in 0..self.slots.len() {
+            // A worker hears only of the rules it holds: its class's, its shards'.
+            let shard = self.shard_of(index);
+            let remove: Vec<String> = change
+                .remove
+                .iter()
+                .filter(|name| {
+                    undo.removed_rule(name)
+                        .is_none_or(|rule| self.holds(index, rule, shard.as_ref()))
+                })
+                .cloned()
+                .collect();
+            let add: Vec<Rule> = change
+                .add
+                .iter()
+                .filter(|rule| self.holds(index, rule, shard.as_ref()))
+                .cloned()
+                .collect();
+            let slot = &mut self.slots[index];
+            // A starting worker gets the whole table once it is ready (`decide::reports`).
+            if slot.life.is_serving()
+                && slot
+                    .hand_outputs(self.state.set().interfaces(), &self.ring, |handed| {
+                        let known = self.state.set().interfaces();
+                        handed.remove(
+                            remove.iter().filter_map(|name| undo.removed_rule(name)),
+                            known,
+                        );
+                        handed.add(add.iter(), known)
                     })
-                    .cloned()
-                    .collect();
-                let add: Vec<Rule> = change
-                    .add
-                    .iter()
-                    .filter(|rule| self.holds(index, rule, shard.as_ref()))
-                    .cloned()
-                    .collect();
-                let slot = &mut self.slots[index];
-                // A starting worker gets the whole table once it is ready (`decide::reports`).
-                if slot.life.is_serving()
-                    && slot
-                        .hand_outputs(self.state.set().interfaces(), &self.ring, |handed| {
-                            let known = self.state.set().interfaces();
-                            handed.remove(
-                                remove.iter().filter_map(|name| undo.removed_rule(name)),
-                                known,
-                            );
-                            handed.add(add.iter(), known)
-                        })
-                        .is_ok()
-                    && slot
-                        .tell(&ToWorker::Update {
-                            generation,
-                            remove,
-                            add,
-                            interfaces: interfaces.clone(),
-                        })
-                        .is_ok()
-                    && let Some(run) = slot.life.run_mut()
-                {
-                    run.sent_generation = generation;
-                }
-            }
-        } else {
-            // A new input interface: its rings go to the workers, which take rings only when
-            // they start, so each worker is restarted in turn. The rings keep filling meanwhile.
-            for (class, member, handle) in new_rings {
-                let owner = self.owners[class].get(member as usize).copied();
-                if let Some(slot) = owner.and_then(|owner| self.slots.get_mut(owner)) {
-                    slot.rings.push((member, handle));
-                }
-            }
-            for slot in &mut self.slots {
-                slot.stop(Then::RestartNow(RestartReason::Handover));
+                    .is_ok()
+                && slot
+                    .tell(&ToWorker::Update {
+                        generation,
+                        remove,
+                        add,
+                        interfaces: interfaces.clone(),
+                    })
+                    .is_ok()
+                && let Some(run) = slot.life.run_mut()
+            {
+                run.sent_generation = generation;
             }
         }
         self.pending.push(PendingChange {
