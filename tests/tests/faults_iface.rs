@@ -195,6 +195,11 @@ fn input_deleted_and_recreated() {
         listed.contains("cam") && listed.contains("waiting for interface(s) late0"),
         "ctl list does not show the rule waiting again:\n{listed}"
     );
+    let workers_table = ctl.ok(&["workers"]);
+    assert!(
+        workers_table.contains("cam") && workers_table.contains("waiting for interface(s) late0"),
+        "ctl workers does not show the rule waiting:\n{workers_table}"
+    );
     assert_eq!(metric(&topo, "fanout_relay_rules_waiting", None), Some(1.0));
     assert_eq!(
         metric(&topo, "fanout_relay_interface_up", Some(LATE_IF)),

@@ -1,6 +1,6 @@
 //! The human tables of `ctl stats` and `ctl workers`.
 
-use crate::control::proto::{StatsReport, WorkerReport};
+use crate::control::proto::{StatsReport, WaitingRule, WorkerReport};
 use std::fmt::Write as _;
 
 /// Per-rule and per-worker counters with rates, and how evenly the workers share the load.
@@ -102,6 +102,27 @@ fn restarted_for(worker: &WorkerReport) -> String {
         .map(|(reason, count)| format!("{reason}={count}"))
         .collect();
     reasons.join(",")
+}
+
+/// The rules that wait for interfaces, one line each with what they miss.
+pub fn waiting(waiting: &[WaitingRule]) -> String {
+    let mut out = String::new();
+    crate::text::append(&mut out, |out| {
+        for waiting in waiting {
+            let input = &waiting.rule.input;
+            writeln!(
+                out,
+                "{:<24} {}:{}:{} waiting for interface(s) {}",
+                waiting.rule.name,
+                input.interface,
+                input.destination,
+                input.port,
+                waiting.missing.join(", ")
+            )?;
+        }
+        Ok(())
+    });
+    out
 }
 
 /// The worker slots; with a class column when any worker belongs to a `[[class]]`.

@@ -185,6 +185,9 @@ pub enum Reply {
     Workers {
         /// One entry per worker slot.
         workers: Vec<WorkerReport>,
+        /// Rules that no worker holds yet: they wait for interfaces that do not exist.
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        waiting: Vec<WaitingRule>,
     },
 }
 

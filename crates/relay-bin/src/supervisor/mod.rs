@@ -33,6 +33,7 @@ mod links;
 mod placement;
 mod privileges;
 mod rates;
+mod removed;
 mod restarts;
 mod service;
 mod setup;

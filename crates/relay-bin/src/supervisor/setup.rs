@@ -301,6 +301,7 @@ impl Plan {
             rates: super::rates::RateWindow::default(),
             notices: crate::notices::Notices::default(),
             file_rules,
+            removed: Default::default(),
             next_poll: None,
         })
     }

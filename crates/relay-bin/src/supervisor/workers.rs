@@ -161,6 +161,20 @@ impl WorkerSlot {
         total
     }
 
+    /// The rules of the slot's past counters: removed ones, and those its earlier processes
+    /// counted.
+    pub(crate) fn retired_rules(&self) -> impl Iterator<Item = &str> {
+        self.retired.rules.keys().map(String::as_str)
+    }
+
+    /// Drops the counters of the rules `names`, which were removed long enough ago (a live
+    /// process no longer counts a removed rule).
+    pub(crate) fn forget_rules(&mut self, names: &[String]) {
+        for name in names {
+            self.retired.rules.remove(name);
+        }
+    }
+
     /// Folds `counters` from its live process `pid` in, keeping the counts of rules it no
     /// longer reports (removed ones) with the slot's retired counters.
     pub(crate) fn take_counters(&mut self, pid: u32, counters: WorkerCounters) {

@@ -102,6 +102,8 @@ pub(super) struct World {
     pub(super) file_rules: BTreeSet<String>,
     /// The interfaces the rules name, as netlink tells of them.
     pub(super) lifecycle: Lifecycle,
+    /// Since when the rules that have counters but no longer run were found gone.
+    pub(super) removed: super::removed::RemovedRules,
     /// When the workers are next asked for their counters (none: at the first tick).
     pub(super) next_poll: Option<Instant>,
 }
@@ -151,6 +153,7 @@ impl World {
         if self.next_poll.is_none_or(|at| now >= at) {
             self.sample_rates();
             self.poll_counters(now);
+            self.forget_removed_rules(now);
             self.autoscale(now);
             self.notices.tick(
                 now,
@@ -165,6 +168,30 @@ impl World {
         self.watch(now);
         self.expire_changes(now);
         self.advance_resize();
+    }
+
+    /// Drops the counters of rules that have not run for [`super::removed::KEPT_FOR`].
+    fn forget_removed_rules(&mut self, now: Instant) {
+        let counted: BTreeSet<&str> = self
+            .slots
+            .iter()
+            .flat_map(|slot| slot.retired_rules())
+            .collect();
+        let gone = counted.into_iter().filter(|name| {
+            self.state.set().get(name).is_none() && !self.state.waiting().contains_key(*name)
+        });
+        let expired = self.removed.expired(now, gone);
+        if expired.is_empty() {
+            return;
+        }
+        for slot in &mut self.slots {
+            slot.forget_rules(&expired);
+        }
+        log::debug!(
+            "forgot the counters of {} rule(s) removed {} s ago or more",
+            expired.len(),
+            super::removed::KEPT_FOR.as_secs()
+        );
     }
 
     /// When [`World::tick`] next has something to do.

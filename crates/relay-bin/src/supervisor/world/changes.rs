@@ -76,6 +76,7 @@ impl World {
             Command::Stats => Response::ok(Reply::Stats(self.stats_report())),
             Command::Workers => Response::ok(Reply::Workers {
                 workers: self.worker_reports(),
+                waiting: self.waiting_rules(),
             }),
             Command::Add { rule } => {
                 let missing: Vec<&str> = interfaces_of(&rule)
@@ -143,6 +144,7 @@ impl World {
             Some(slot) => match slot.tell(request) {
                 Ok(()) => Response::ok(Reply::Workers {
                     workers: Vec::new(),
+                    waiting: Vec::new(),
                 }),
                 Err(error) => Response::refused(error.to_string()),
             },
