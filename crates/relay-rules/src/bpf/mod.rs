@@ -27,6 +27,7 @@
 //! ```
 
 mod check;
+mod consume;
 pub mod interp;
 mod keys;
 mod prefilter;
@@ -35,6 +36,7 @@ mod steering;
 mod test_packets;
 
 pub use check::{ProgramError, validate_program};
+pub use consume::{TC_ACT_SHOT, TC_ACT_UNSPEC, consume_program};
 pub use keys::{KEY_FILTER_MAX_KEYS, KeyFilterError, KeySense, key_filter};
 pub use prefilter::udp_prefilter;
 pub use steering::steering_program;
