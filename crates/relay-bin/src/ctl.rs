@@ -171,7 +171,10 @@ pub fn render(reply: &Reply) -> String {
                 writeln!(out, "wrote {rules} rule(s) to {path}")?;
             }
             Reply::Stats(stats) => out.push_str(&crate::ctl_tables::stats(stats)),
-            Reply::Workers { workers } => out.push_str(&crate::ctl_tables::workers(workers)),
+            Reply::Workers { workers, consume } => {
+                out.push_str(&crate::ctl_tables::workers(workers));
+                out.push_str(&crate::ctl_tables::consume_filters(consume));
+            }
         }
         Ok(())
     });

@@ -266,7 +266,10 @@ mod tests {
             for pending in rx {
                 respond(
                     &pending.reply,
-                    Response::ok(Reply::Workers { workers: vec![] }),
+                    Response::ok(Reply::Workers {
+                        workers: vec![],
+                        consume: vec![],
+                    }),
                 );
             }
         });
@@ -308,7 +311,10 @@ mod tests {
             for pending in rx {
                 respond(
                     &pending.reply,
-                    Response::ok(Reply::Workers { workers: vec![] }),
+                    Response::ok(Reply::Workers {
+                        workers: vec![],
+                        consume: vec![],
+                    }),
                 );
             }
         });

@@ -56,6 +56,8 @@ pub struct Snapshot {
     pub waiting: usize,
     /// The interfaces the rules name, as netlink told of them.
     pub links: Vec<crate::control::proto::InterfaceState>,
+    /// With `consume_input`, the ingress filter of each input interface.
+    pub consume: Vec<crate::control::proto::ConsumeFilter>,
 }
 
 /// A metric type.
@@ -110,6 +112,39 @@ pub fn render(snapshot: &Snapshot) -> String {
         Kind::Counter,
         "Times an interface a rule names was deleted or renamed away.",
         by_link(|link| link.removals),
+    );
+    out.family(
+        "fanout_relay_consume_filter_installed",
+        Kind::Gauge,
+        "With consume_input, 1 while the ingress filter that drops relayed input after the \
+         relay's receive rings took it is installed on the input interface, 0 when it could not \
+         be (the host's stack then takes every relayed frame as well).",
+        snapshot
+            .consume
+            .iter()
+            .map(|filter| {
+                (
+                    labels(&[("interface", &filter.interface)]),
+                    u64::from(filter.installed),
+                )
+            })
+            .collect(),
+    );
+    out.family(
+        "fanout_relay_consume_keys",
+        Kind::Gauge,
+        "With consume_input, the (destination, port) keys the input interface's ingress filter \
+         drops.",
+        snapshot
+            .consume
+            .iter()
+            .map(|filter| {
+                (
+                    labels(&[("interface", &filter.interface)]),
+                    filter.keys as u64,
+                )
+            })
+            .collect(),
     );
     let rules = &snapshot.stats.rules;
     let by_rule = |value: fn(&crate::control::proto::RuleStats) -> u64| {

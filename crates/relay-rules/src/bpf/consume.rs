@@ -54,7 +54,10 @@ pub fn consume_program(
         },
     )?;
     let mut instructions = vec![
-        Instruction::stmt(BPF_LD | BPF_W | BPF_ABS, SKF_AD_OFF + SKF_AD_VLAN_TAG_PRESENT),
+        Instruction::stmt(
+            BPF_LD | BPF_W | BPF_ABS,
+            SKF_AD_OFF + SKF_AD_VLAN_TAG_PRESENT,
+        ),
         Instruction::jump(BPF_JMP | BPF_JEQ | BPF_K, 0, 1, 0),
         Instruction::stmt(BPF_RET | BPF_K, TC_ACT_UNSPEC),
     ];
@@ -82,7 +85,11 @@ mod tests {
     #[test]
     fn drops_the_keys_and_leaves_everything_else_to_the_stack() {
         let group = Ipv4Addr::new(239, 1, 1, 1);
-        let keys = [(group, 5000), (group, 5002), (Ipv4Addr::new(10, 0, 0, 1), 7000)];
+        let keys = [
+            (group, 5000),
+            (group, 5002),
+            (Ipv4Addr::new(10, 0, 0, 1), 7000),
+        ];
         let program = consume_program(keys).expect("three keys fit");
         assert_eq!(validate_program(&program), Ok(()));
         for (address, port) in keys {
@@ -93,11 +100,17 @@ mod tests {
         }
         for (address, port) in [(group, 5001), (Ipv4Addr::new(239, 1, 1, 2), 5000)] {
             let packet = udp_packet(address, port, 0);
-            assert_eq!(run(&program, &Skb::received(&packet, 0x0800)), TC_ACT_UNSPEC);
+            assert_eq!(
+                run(&program, &Skb::received(&packet, 0x0800)),
+                TC_ACT_UNSPEC
+            );
         }
         let packet = udp_packet(group, 5000, 0);
         // Not IPv4 by its EtherType.
-        assert_eq!(run(&program, &Skb::received(&packet, 0x86dd)), TC_ACT_UNSPEC);
+        assert_eq!(
+            run(&program, &Skb::received(&packet, 0x86dd)),
+            TC_ACT_UNSPEC
+        );
         // A tagged frame on its way to a VLAN interface.
         let mut tagged = Skb::received(&packet, 0x0800);
         tagged.vlan = Some(VlanTag {
@@ -108,7 +121,10 @@ mod tests {
         // A later fragment carries no UDP header.
         let mut fragment = packet.clone();
         fragment[7] = 1;
-        assert_eq!(run(&program, &Skb::received(&fragment, 0x0800)), TC_ACT_UNSPEC);
+        assert_eq!(
+            run(&program, &Skb::received(&fragment, 0x0800)),
+            TC_ACT_UNSPEC
+        );
         // Not UDP.
         let mut tcp = packet;
         tcp[9] = 6;
@@ -119,7 +135,10 @@ mod tests {
     fn no_keys_drop_nothing() {
         let program = consume_program([]).expect("no keys fit");
         let packet = udp_packet(Ipv4Addr::new(239, 1, 1, 1), 5000, 0);
-        assert_eq!(run(&program, &Skb::received(&packet, 0x0800)), TC_ACT_UNSPEC);
+        assert_eq!(
+            run(&program, &Skb::received(&packet, 0x0800)),
+            TC_ACT_UNSPEC
+        );
     }
 
     #[test]

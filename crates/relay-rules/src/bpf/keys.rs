@@ -89,7 +89,14 @@ pub fn key_filter(
     keys: impl IntoIterator<Item = (Ipv4Addr, u16)>,
     sense: KeySense,
 ) -> Result<Program, KeyFilterError> {
-    key_program(keys, sense, Verdicts { keep: ACCEPT, drop: REJECT })
+    key_program(
+        keys,
+        sense,
+        Verdicts {
+            keep: ACCEPT,
+            drop: REJECT,
+        },
+    )
 }
 
 /// What a key program returns for the frames it keeps and for the others: a socket filter's

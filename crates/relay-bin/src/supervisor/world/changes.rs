@@ -77,6 +77,7 @@ impl World {
             Command::Stats => Response::ok(Reply::Stats(self.stats_report())),
             Command::Workers => Response::ok(Reply::Workers {
                 workers: self.worker_reports(),
+                consume: self.consume.report(),
             }),
             Command::Add { rule } => {
                 let missing: Vec<&str> = interfaces_of(&rule)
@@ -144,6 +145,7 @@ impl World {
             Some(slot) => match slot.tell(request) {
                 Ok(()) => Response::ok(Reply::Workers {
                     workers: Vec::new(),
+                    consume: self.consume.report(),
                 }),
                 Err(error) => Response::refused(error.to_string()),
             },
@@ -452,6 +454,8 @@ impl World {
         for facts in self.state.set().interfaces().iter() {
             self.lifecycle.follow_known(facts);
         }
+        self.consume
+            .follow(self.state.set(), &change.add, &change.remove);
         let report = ChangeReport {
             generation,
             added: change.add.iter().map(|rule| rule.name.clone()).collect(),

@@ -63,6 +63,7 @@ impl World {
                         &reply,
                         Response::ok(Reply::Workers {
                             workers: self.worker_reports(),
+                            consume: self.consume.report(),
                         }),
                     );
                 }
@@ -218,6 +219,7 @@ impl World {
             log::info!("workers now on cpus {:?} ({elapsed} ms)", resize.cpus);
             Response::ok(Reply::Workers {
                 workers: self.worker_reports(),
+                consume: self.consume.report(),
             })
         } else {
             log::warn!(
