@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use fanout_relay_tests::ctl::signal;
 use fanout_relay_tests::ctl::{Ctl, Workdir, relay_section, rule};
 use fanout_relay_tests::relay::{
-    RelayProcess, UdpReceiver, UdpSender, check_stream, quiet_topology,
+    RelayProcess, UdpReceiver, UdpSender, check_stream, quiet_topology, relay_binary,
 };
 use fanout_relay_tests::{Netns, Topology, have_program, privileged, skip, veth_pair};
 use nix::sys::signal::Signal;
@@ -132,6 +132,17 @@ fn consumed_input_is_relayed_and_reaches_no_local_socket() {
         ),
         (Topology::RELAY_IN_IF, true, 1),
         "{filters:?}"
+    );
+    let steering = topo
+        .relay
+        .cmd(relay_binary())
+        .args(["check-steering", "rin0"])
+        .output();
+    let steering = steering.expect("run check-steering");
+    let steering = String::from_utf8_lossy(&steering.stdout);
+    assert!(
+        steering.contains("consume     the relay's ingress filter drops the relayed frames"),
+        "check-steering does not show the filter:\n{steering}"
     );
     let table = ctl.ok(&["workers"]);
     assert!(

@@ -550,6 +550,13 @@ mod tests {
             receive_packets: 15,
             ..InterfaceCounters::default()
         });
+        snapshot.consume.push(crate::control::proto::ConsumeFilter {
+            interface: "in0".into(),
+            ifindex: 4,
+            installed: true,
+            keys: 1,
+            problem: None,
+        });
         snapshot
     }
 
@@ -572,6 +579,8 @@ mod tests {
             "fanout_relay_worker_ready{cpu=\"1\"} 1",
             "fanout_relay_worker_info{cpu=\"1\",class=\"default\"} 1",
             "fanout_relay_interface_receive_packets_total{interface=\"in0\"} 15",
+            "fanout_relay_consume_filter_installed{interface=\"in0\"} 1",
+            "fanout_relay_consume_keys{interface=\"in0\"} 1",
             "# TYPE fanout_relay_worker_tx_full_total counter",
             "# TYPE fanout_relay_worker_ready gauge",
         ] {
