@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 
 use fanout_relay_tests::ctl::signal;
 use fanout_relay_tests::ctl::{Ctl, Workdir, relay_section, rule};
+use fanout_relay_tests::obs::{Metrics, scrape};
 use fanout_relay_tests::relay::{
     RelayProcess, UdpReceiver, UdpSender, check_stream, quiet_topology, relay_binary,
 };
@@ -28,6 +29,8 @@ const AFTER: Duration = Duration::from_millis(500);
 /// How long a local socket listens for a stream of at most [`N`] (sent in one second at
 /// [`PPS`]): one that should get nothing waits this long, not [`RECEIVE_TIMEOUT`].
 const LOCAL_TIMEOUT: Duration = Duration::from_secs(4);
+/// Where the relay serves its metrics, inside its own namespace.
+const METRICS: &str = "127.0.0.1:9473";
 /// The relay's filter as `tc filter show` prints it (see `relay_bin::ingress`).
 const OURS: &str = "handle 0x46524c59";
 
@@ -113,7 +116,7 @@ fn consumed_input_is_relayed_and_reaches_no_local_socket() {
     }
     let topo = topology("consume_on");
     let dir = Workdir::new("consume_on");
-    let relay = RelayProcess::start(&topo.relay, &config(&dir, ""), &[]);
+    let relay = RelayProcess::start(&topo.relay, &config(&dir, ""), &["--metrics", METRICS]);
     let ctl = Ctl::new(&dir);
     ctl.wait_settled(Duration::from_secs(10));
     assert_eq!(our_filters(&topo.relay, Topology::RELAY_IN_IF), 1);
@@ -143,6 +146,19 @@ fn consumed_input_is_relayed_and_reaches_no_local_socket() {
     assert!(
         steering.contains("consume     the relay's ingress filter drops the relayed frames"),
         "check-steering does not show the filter:\n{steering}"
+    );
+    let page = scrape(&topo.relay, METRICS, "/metrics");
+    assert_eq!(page.status, 200, "{}", page.head);
+    let metrics = Metrics::parse(&page.body);
+    let rin0 = [("interface", Topology::RELAY_IN_IF)];
+    assert_eq!(
+        (
+            metrics.get("fanout_relay_consume_filter_installed", &rin0),
+            metrics.get("fanout_relay_consume_keys", &rin0)
+        ),
+        (Some(1.0), Some(1.0)),
+        "{}",
+        page.body
     );
     let table = ctl.ok(&["workers"]);
     assert!(
@@ -267,20 +283,7 @@ fn a_killed_supervisors_filter_is_replaced_at_start_and_none_is_left_at_exit() {
     Ctl::new(&dir).wait_settled(Duration::from_secs(10));
     assert_eq!(our_filters(&topo.relay, Topology::RELAY_IN_IF), 1);
     signal(relay.pid(), Signal::SIGKILL);
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while std::fs::metadata(format!("/proc/{}/status", relay.pid())).is_ok_and(|_| {
-        std::fs::read_to_string(format!("/proc/{}/stat", relay.pid())).is_ok_and(|stat| {
-            !stat
-                .rsplit_once(')')
-                .is_some_and(|(_, r)| r.trim_start().starts_with('Z'))
-        })
-    }) {
-        assert!(
-            Instant::now() < deadline,
-            "the supervisor outlived SIGKILL by 10 s"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    wait_gone(relay.pid());
     assert_eq!(
         our_filters(&topo.relay, Topology::RELAY_IN_IF),
         1,
@@ -293,14 +296,52 @@ fn a_killed_supervisors_filter_is_replaced_at_start_and_none_is_left_at_exit() {
     assert_eq!(our_filters(&topo.relay, Topology::RELAY_IN_IF), 1);
     let (relayed, local) = one_stream(&topo, 1);
     assert_eq!((relayed, local), (N as usize, 0));
-    let exit = relay.stop();
     assert!(
-        exit.log
+        relay
+            .log()
             .contains("removed the ingress filter(s) a previous run left"),
         "the start did not say it found the filter left behind:\n{}",
-        exit.log
+        relay.log()
     );
+
+    // Killed again, and started with the setting off: the filter left behind goes all the same.
+    signal(relay.pid(), Signal::SIGKILL);
+    wait_gone(relay.pid());
+    drop(relay);
+    assert_eq!(our_filters(&topo.relay, Topology::RELAY_IN_IF), 1);
+    let relay = RelayProcess::start(&topo.relay, &config(&dir, "consume_input = false"), &[]);
     assert_eq!(our_filters(&topo.relay, Topology::RELAY_IN_IF), 0);
+    let (relayed, local) = one_stream(&topo, 2);
+    assert_eq!((relayed, local), (N as usize, N as usize));
+    relay.stop();
+
+    let relay = RelayProcess::start(&topo.relay, &text, &[]);
+    assert_eq!(our_filters(&topo.relay, Topology::RELAY_IN_IF), 1);
+    relay.stop();
+    assert_eq!(
+        our_filters(&topo.relay, Topology::RELAY_IN_IF),
+        0,
+        "a clean exit left the filter"
+    );
+}
+
+/// Waits until process `pid` is gone (or a zombie), for at most 10 s.
+fn wait_gone(pid: u32) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let alive = || {
+        std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
+            !stat
+                .rsplit_once(')')
+                .is_some_and(|(_, rest)| rest.trim_start().starts_with('Z'))
+        })
+    };
+    while alive() {
+        assert!(
+            Instant::now() < deadline,
+            "process {pid} outlived SIGKILL by 10 s"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
 }
 
 #[test]
