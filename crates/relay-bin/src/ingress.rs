@@ -30,6 +30,8 @@ pub const PRIORITY: u16 = 0xF652;
 pub const HANDLE: u32 = 0x4652_4C59;
 
 const ETH_P_ALL: u16 = 0x0003;
+/// Room for one datagram of answers: the kernel fills a dump's datagrams to at most 32 KiB.
+const RECEIVE_BUFFER: usize = 64 * 1024;
 const TCA_BPF_OPS_LEN: u16 = 4;
 const TCA_BPF_OPS: u16 = 5;
 /// The `clsact` qdisc's handle, `ffff:0`.
@@ -112,6 +114,7 @@ impl IngressFilter {
 pub struct Tc {
     socket: Socket,
     sequence: u32,
+    buffer: Vec<u8>,
 }
 
 impl Tc {
@@ -128,6 +131,7 @@ impl Tc {
         Ok(Tc {
             socket,
             sequence: 0,
+            buffer: vec![0u8; RECEIVE_BUFFER],
         })
     }
 
@@ -340,10 +344,16 @@ impl Tc {
             })?;
         let dump = flags & NLM_F_DUMP == NLM_F_DUMP;
         let mut answers = Vec::new();
-        let mut buffer = vec![0u8; 64 * 1024];
         loop {
-            let len = match self.socket.recv(&mut &mut buffer[..], 0) {
-                Ok(len) => len.min(buffer.len()),
+            let buffer = &mut self.buffer[..];
+            let len = match self.socket.recv(&mut &mut buffer[..], libc::MSG_TRUNC) {
+                Ok(len) if len > buffer.len() => {
+                    return Err(TcError::Answer {
+                        what,
+                        reason: format!("a datagram of {len} bytes, over {}", buffer.len()),
+                    });
+                }
+                Ok(len) => len,
                 Err(error) if error.kind() == std::io::ErrorKind::Interrupted => continue,
                 Err(source) => {
                     return Err(TcError::Socket {
