@@ -29,12 +29,59 @@ type Key = (Ipv4Addr, u16);
 pub(super) struct Consume {
     /// The netlink socket; none when the setting is off or the socket could not be opened.
     tc: Option<Tc>,
-    /// The interface and key of each consumed rule, by name.
-    rules: HashMap<String, (String, Key)>,
-    /// By interface, the consumed keys with how many rules have each.
-    keys: BTreeMap<String, BTreeMap<Key, u32>>,
+    keys: ConsumedKeys,
     /// By interface, what is on its ingress hook.
     filters: BTreeMap<String, Filter>,
+}
+
+/// The keys of the consumed rules per interface, with how many rules have each, so that a
+/// change costs in proportion to its own rules.
+#[derive(Debug, Default)]
+struct ConsumedKeys {
+    /// The interface and key of each consumed rule, by name.
+    rules: HashMap<String, (String, Key)>,
+    /// By interface, the keys with how many rules have each.
+    counts: BTreeMap<String, BTreeMap<Key, u32>>,
+}
+
+impl ConsumedKeys {
+    /// Counts rule `name`'s key on `interface`.
+    fn add(&mut self, name: &str, interface: &str, key: Key) {
+        *self
+            .counts
+            .entry(interface.to_owned())
+            .or_default()
+            .entry(key)
+            .or_insert(0) += 1;
+        self.rules
+            .insert(name.to_owned(), (interface.to_owned(), key));
+    }
+
+    /// Takes rule `name`'s key back; returns its interface, if the rule was counted.
+    fn remove(&mut self, name: &str) -> Option<String> {
+        let (interface, key) = self.rules.remove(name)?;
+        if let Some(keys) = self.counts.get_mut(&interface) {
+            match keys.get_mut(&key) {
+                Some(count) if *count > 1 => *count -= 1,
+                Some(_) => {
+                    keys.remove(&key);
+                }
+                None => {}
+            }
+            if keys.is_empty() {
+                self.counts.remove(&interface);
+            }
+        }
+        Some(interface)
+    }
+
+    /// The distinct keys on `interface`, in order.
+    fn of(&self, interface: &str) -> Vec<Key> {
+        self.counts
+            .get(interface)
+            .map(|keys| keys.keys().copied().collect())
+            .unwrap_or_default()
+    }
 }
 
 /// The relay's filter on one interface.
@@ -77,8 +124,7 @@ impl Consume {
         }
         Consume {
             tc: if enabled { tc } else { None },
-            rules: HashMap::new(),
-            keys: BTreeMap::new(),
+            keys: ConsumedKeys::default(),
             filters: BTreeMap::new(),
         }
     }
@@ -95,38 +141,15 @@ impl Consume {
             return;
         }
         let mut touched = BTreeSet::new();
-        for name in removed {
-            if let Some((interface, key)) = self.rules.remove(name) {
-                if let Some(keys) = self.keys.get_mut(&interface) {
-                    match keys.get_mut(&key) {
-                        Some(count) if *count > 1 => *count -= 1,
-                        Some(_) => {
-                            keys.remove(&key);
-                        }
-                        None => {}
-                    }
-                    if keys.is_empty() {
-                        self.keys.remove(&interface);
-                    }
-                }
-                touched.insert(interface);
-            }
-        }
+        // Removed first: a rule changed in place is removed and added under one name.
+        touched.extend(removed.iter().filter_map(|name| self.keys.remove(name)));
         for rule in added {
             if rule.input.source.is_some() || set.get(&rule.name).is_none() {
                 continue;
             }
-            let interface = rule.input.interface.clone();
             let key = (rule.input.destination, rule.input.port);
-            *self
-                .keys
-                .entry(interface.clone())
-                .or_default()
-                .entry(key)
-                .or_insert(0) += 1;
-            self.rules
-                .insert(rule.name.clone(), (interface.clone(), key));
-            touched.insert(interface);
+            self.keys.add(&rule.name, &rule.input.interface, key);
+            touched.insert(rule.input.interface.clone());
         }
         for interface in touched {
             let ifindex = set.interfaces().get(&interface).map(|facts| facts.index);
@@ -140,11 +163,7 @@ impl Consume {
         let Some(tc) = self.tc.as_mut() else {
             return;
         };
-        let keys: Vec<Key> = self
-            .keys
-            .get(interface)
-            .map(|keys| keys.keys().copied().collect())
-            .unwrap_or_default();
+        let keys = self.keys.of(interface);
         // The old filter goes when the interface went (its index with it) or has no keys left.
         if let Some(old) = self.filters.get(interface).cloned()
             && (keys.is_empty() || ifindex != Some(old.ifindex))
@@ -251,5 +270,42 @@ fn remove(tc: &mut Tc, interface: &str, filter: &Filter) {
         },
         Ok(true) => {}
         Err(error) => log::warn!("{interface}: {error}; its clsact qdisc is left"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_are_counted_per_interface_and_rule() {
+        let key = |port| (Ipv4Addr::new(239, 1, 1, 1), port);
+        let mut keys = ConsumedKeys::default();
+        keys.add("a", "in0", key(5000));
+        keys.add("b", "in0", key(5000));
+        keys.add("c", "in0", key(5001));
+        keys.add("d", "in1", key(5000));
+        assert_eq!(keys.of("in0"), vec![key(5000), key(5001)]);
+        assert_eq!(keys.of("in1"), vec![key(5000)]);
+        assert_eq!(keys.remove("a").as_deref(), Some("in0"));
+        assert_eq!(
+            keys.of("in0"),
+            vec![key(5000), key(5001)],
+            "b still has 5000"
+        );
+        assert_eq!(keys.remove("b").as_deref(), Some("in0"));
+        assert_eq!(keys.of("in0"), vec![key(5001)]);
+        assert_eq!(keys.remove("b"), None, "removed once");
+        assert_eq!(keys.remove("never"), None);
+        // A rule changed in place: its old key goes, its new one comes.
+        assert_eq!(keys.remove("c").as_deref(), Some("in0"));
+        keys.add("c", "in0", key(5002));
+        assert_eq!(keys.of("in0"), vec![key(5002)]);
+        assert_eq!(keys.remove("d").as_deref(), Some("in1"));
+        assert_eq!(keys.of("in1"), vec![]);
+        assert!(
+            !keys.counts.contains_key("in1"),
+            "an interface without keys is forgotten"
+        );
     }
 }
