@@ -160,9 +160,14 @@ pub fn render(reply: &Reply) -> String {
                 writeln!(out, "wrote {rules} rule(s) to {path}")?;
             }
             Reply::Stats(stats) => out.push_str(&crate::ctl_tables::stats(stats)),
-            Reply::Workers { workers, waiting } => {
+            Reply::Workers {
+                workers,
+                waiting,
+                consume,
+            } => {
                 out.push_str(&crate::ctl_tables::workers(workers));
                 out.push_str(&crate::ctl_tables::waiting(waiting));
+                out.push_str(&crate::ctl_tables::consume_filters(consume));
             }
         }
         Ok(())

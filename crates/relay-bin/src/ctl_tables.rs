@@ -1,6 +1,6 @@
 //! The human tables of `ctl stats` and `ctl workers`.
 
-use crate::control::proto::{StatsReport, WaitingRule, WorkerReport};
+use crate::control::proto::{ConsumeFilter, StatsReport, WaitingRule, WorkerReport};
 use std::fmt::Write as _;
 
 /// Per-rule and per-worker counters with rates, and how evenly the workers share the load.
@@ -175,6 +175,33 @@ pub fn workers(workers: &[WorkerReport]) -> String {
                 restarted_for(worker),
                 class_of(worker)
             )?;
+        }
+        Ok(())
+    });
+    out
+}
+
+/// `ctl workers`' lines on the ingress filters that consume relayed input (none without
+/// `consume_input`).
+pub fn consume_filters(filters: &[ConsumeFilter]) -> String {
+    let mut out = String::new();
+    crate::text::append(&mut out, |out| {
+        for filter in filters {
+            match (&filter.problem, filter.installed) {
+                (Some(problem), _) => writeln!(
+                    out,
+                    "consume_input {} (index {}): not consumed: {problem}",
+                    filter.interface, filter.ifindex
+                )?,
+                (None, installed) => writeln!(
+                    out,
+                    "consume_input {} (index {}): {} key(s) dropped at ingress{}",
+                    filter.interface,
+                    filter.ifindex,
+                    filter.keys,
+                    if installed { "" } else { " (not installed)" }
+                )?,
+            }
         }
         Ok(())
     });

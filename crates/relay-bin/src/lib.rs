@@ -13,6 +13,7 @@ pub mod cpus;
 pub mod ctl;
 pub mod ctl_tables;
 pub mod demo;
+pub mod ingress;
 pub mod kernel_features;
 pub mod metrics;
 pub mod netns;

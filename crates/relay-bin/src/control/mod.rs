@@ -269,6 +269,7 @@ mod tests {
                     Response::ok(Reply::Workers {
                         workers: vec![],
                         waiting: vec![],
+                        consume: vec![],
                     }),
                 );
             }
@@ -314,6 +315,7 @@ mod tests {
                     Response::ok(Reply::Workers {
                         workers: vec![],
                         waiting: vec![],
+                        consume: vec![],
                     }),
                 );
             }

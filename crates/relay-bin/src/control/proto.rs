@@ -188,7 +188,27 @@ pub enum Reply {
         /// Rules that no worker holds yet: they wait for interfaces that do not exist.
         #[serde(default, skip_serializing_if = "Vec::is_empty")]
         waiting: Vec<WaitingRule>,
+        /// With `consume_input`, the ingress filter of each input interface.
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        consume: Vec<ConsumeFilter>,
     },
+}
+
+/// The relay's ingress filter on one input interface (`consume_input`), which drops the frames
+/// its rules relay once its receive rings took them.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ConsumeFilter {
+    /// The input interface.
+    pub interface: String,
+    /// Its kernel index.
+    pub ifindex: u32,
+    /// Whether the filter is installed.
+    pub installed: bool,
+    /// The (destination, port) keys it drops.
+    pub keys: usize,
+    /// Why it is not installed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub problem: Option<String>,
 }
 
 /// The outcome of add, remove or reload.

@@ -22,6 +22,7 @@
 //! requests arrive over one channel and are handled one at a time, so there are no locks.
 
 mod checks;
+mod consume;
 mod decide;
 mod events;
 mod handover;
@@ -215,6 +216,7 @@ pub fn run(plan: Plan, options: &RunOptions) -> Result<RunSummary, RunError> {
     }
     service.stopping();
     world.stop(&events);
+    world.consume.close();
     Ok(world.summary())
 }
 

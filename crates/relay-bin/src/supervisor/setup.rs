@@ -280,6 +280,9 @@ impl Plan {
             });
         let (ring, relay) = (self.config.ring, &self.config.relay);
         let (fanout, placement) = (relay.fanout, relay.placement);
+        // After the rings: a frame is dropped at ingress only once a ring can take it.
+        let mut consume = super::consume::Consume::start(relay.consume_input.0);
+        consume.follow(&self.set, self.set.rules(), &[]);
         Ok(World {
             slots,
             owners,
@@ -292,6 +295,7 @@ impl Plan {
             fanout,
             placement,
             inputs,
+            consume,
             pending: Vec::new(),
             resize: None,
             supervisor_cpus,

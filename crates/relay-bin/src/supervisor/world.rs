@@ -28,6 +28,7 @@ mod resize;
 mod watchdog;
 mod workers;
 
+use super::consume::Consume;
 use super::decide::autoscale::Autoscaler;
 use super::events::Event;
 use super::inflight::{PendingChange, Resize};
@@ -82,6 +83,8 @@ pub(super) struct World {
     pub(super) placement: PlacementSetting,
     /// The receive rings, fanout groups, filters and memberships of the rules' inputs.
     pub(super) inputs: Inputs,
+    /// With `consume_input`, the ingress filters that drop relayed input after the rings.
+    pub(super) consume: Consume,
     /// Applied changes waiting for the workers' confirmations, oldest first.
     pub(super) pending: Vec<PendingChange>,
     /// A change of the worker set in progress.

@@ -77,6 +77,7 @@ impl World {
             Command::Workers => Response::ok(Reply::Workers {
                 workers: self.worker_reports(),
                 waiting: self.waiting_rules(),
+                consume: self.consume.report(),
             }),
             Command::Add { rule } => {
                 let missing: Vec<&str> = interfaces_of(&rule)
@@ -145,6 +146,7 @@ impl World {
                 Ok(()) => Response::ok(Reply::Workers {
                     workers: Vec::new(),
                     waiting: Vec::new(),
+                    consume: self.consume.report(),
                 }),
                 Err(error) => Response::refused(error.to_string()),
             },
@@ -453,6 +455,8 @@ impl World {
         for facts in self.state.set().interfaces().iter() {
             self.lifecycle.follow_known(facts);
         }
+        self.consume
+            .follow(self.state.set(), &change.add, &change.remove);
         let report = ChangeReport {
             generation,
             added: change.add.iter().map(|rule| rule.name.clone()).collect(),

@@ -64,6 +64,7 @@ impl World {
                         Response::ok(Reply::Workers {
                             workers: self.worker_reports(),
                             waiting: self.waiting_rules(),
+                            consume: self.consume.report(),
                         }),
                     );
                 }
@@ -220,6 +221,7 @@ impl World {
             Response::ok(Reply::Workers {
                 workers: self.worker_reports(),
                 waiting: self.waiting_rules(),
+                consume: self.consume.report(),
             })
         } else {
             log::warn!(
