@@ -1,5 +1,5 @@
-//! The transmit rings and sockets of a worker's outputs: which ones its rules need, opened by
-//! the supervisor and handed over.
+//! The transmit rings and sockets of a worker's outputs, as the supervisor hands them over
+//! (`supervisor/handover.rs` opens them) and the worker takes them.
 //!
 //! Opening a packet socket takes `CAP_NET_RAW`, and a worker keeps no capability: so the
 //! supervisor opens what a worker's rules send through (a transmit ring per output interface, a
@@ -7,10 +7,8 @@
 //! sends the descriptors over the worker's control socket ([`crate::protocol`]). A worker maps a
 //! ring or takes a socket when a rule first needs it, and closes it when no rule does any more.
 
-use crate::config::RingSection;
-use crate::rings;
-use fanout_core::{HandoffError, RingVersion, TxDescriptor, TxRingBuilder, TxRingHandle};
-use relay_rules::{CompiledOutput, Interfaces};
+use fanout_core::{HandoffError, RingVersion, TxDescriptor, TxRingHandle};
+use relay_rules::CompiledOutput;
 use serde::{Deserialize, Serialize};
 use std::net::{Ipv4Addr, UdpSocket};
 use std::os::fd::OwnedFd;
@@ -128,7 +126,8 @@ pub struct RingLayout {
 }
 
 impl RingLayout {
-    fn of(descriptor: &TxDescriptor) -> Self {
+    /// The layout `descriptor` describes.
+    pub fn of(descriptor: &TxDescriptor) -> Self {
         RingLayout {
             version: match descriptor.version {
                 RingVersion::V2 => 2,
@@ -174,65 +173,6 @@ pub struct HandedOutput {
     pub ring: Option<RingLayout>,
 }
 
-/// An output opened for a worker: what to tell it, and the descriptor to send.
-#[derive(Debug)]
-pub struct Opened {
-    /// What the message says about it.
-    pub handed: HandedOutput,
-    /// The socket.
-    pub fd: OwnedFd,
-}
-
-/// Opens what `key` names, set up for `ring`'s settings (a transmit ring is not mapped here).
-pub fn open(
-    key: OutputKey,
-    interfaces: &Interfaces,
-    ring: &RingSection,
-) -> Result<Opened, OutputError> {
-    let ifindex = key.ifindex();
-    let name = interfaces
-        .by_index(ifindex)
-        .map(|facts| facts.name.clone())
-        .ok_or(OutputError::UnknownInterface { ifindex })?;
-    match key {
-        OutputKey::Ring { .. } => {
-            let handle = TxRingBuilder::new(name.as_str())
-                .geometry(rings::tx_geometry(ring))
-                .qdisc_bypass(crate::kernel_features::qdisc_bypass(ring))
-                .linear(crate::kernel_features::tx_linear(ring))
-                .segmentation(rings::tx_segmentation(ring))
-                .build_unmapped()
-                .map_err(|source| OutputError::TxRing {
-                    interface: name.clone(),
-                    source,
-                })?;
-            Ok(Opened {
-                handed: HandedOutput {
-                    key,
-                    ring: Some(RingLayout::of(&handle.descriptor())),
-                },
-                fd: handle.into_fd(),
-            })
-        }
-        OutputKey::Socket {
-            source, ttl, dscp, ..
-        } => {
-            let socket = output_socket(&name, source, ttl, dscp).map_err(|(call, error)| {
-                OutputError::Socket {
-                    interface: name.clone(),
-                    from: source,
-                    call,
-                    source: error,
-                }
-            })?;
-            Ok(Opened {
-                handed: HandedOutput { key, ring: None },
-                fd: OwnedFd::from(socket),
-            })
-        }
-    }
-}
-
 /// What a worker does with a handed output: a ring to map, or a socket to send through.
 #[derive(Debug)]
 pub enum Received {
@@ -254,47 +194,4 @@ impl Received {
             OutputKey::Socket { .. } => Some(Received::Socket(UdpSocket::from(fd))),
         }
     }
-}
-
-/// A UDP socket sending from `source` out of interface `name` with the output's TTL and DSCP;
-/// an error names the call that failed.
-fn output_socket(
-    name: &str,
-    source: Ipv4Addr,
-    ttl: u8,
-    dscp: Option<u8>,
-) -> Result<UdpSocket, (&'static str, std::io::Error)> {
-    use nix::sys::socket::{setsockopt, sockopt};
-    fn call<T, E: Into<std::io::Error>>(
-        name: &'static str,
-        result: Result<T, E>,
-    ) -> Result<T, (&'static str, std::io::Error)> {
-        result.map_err(|error| (name, error.into()))
-    }
-    let socket = call("bind", UdpSocket::bind((source, 0)))?;
-    call(
-        "setsockopt(SO_BINDTODEVICE)",
-        setsockopt(
-            &socket,
-            sockopt::BindToDevice,
-            &std::ffi::OsString::from(name),
-        ),
-    )?;
-    call("setsockopt(IP_TTL)", socket.set_ttl(u32::from(ttl)))?;
-    call(
-        "setsockopt(IP_MULTICAST_TTL)",
-        socket.set_multicast_ttl_v4(u32::from(ttl)),
-    )?;
-    call(
-        "setsockopt(IP_MULTICAST_LOOP)",
-        socket.set_multicast_loop_v4(false),
-    )?;
-    if let Some(dscp) = dscp {
-        call(
-            "setsockopt(IP_TOS)",
-            setsockopt(&socket, sockopt::Ipv4Tos, &(i32::from(dscp) << 2)),
-        )?;
-    }
-    call("fcntl(O_NONBLOCK)", socket.set_nonblocking(true))?;
-    Ok(socket)
 }

@@ -1,5 +1,6 @@
-//! The outputs a worker process was handed: which transmit rings and sockets it holds, counted
-//! by the rules that use them, so that a change hands over only what is new.
+//! The outputs a worker process is handed: the supervisor opens them (a worker holds no
+//! capability to), counts which transmit rings and sockets each process holds by the rules that
+//! use them, so that a change hands over only what is new, and sends them.
 //!
 //! The count mirrors the worker's own (a ring or socket lives while a rule of its table uses
 //! it). Should they part (the worker refused a rule the supervisor counted), the worker's table
@@ -7,14 +8,17 @@
 //! anew.
 
 use crate::config::RingSection;
-use crate::outputs::{self, OutputKey};
+use crate::outputs::{HandedOutput, OutputError, OutputKey, RingLayout};
 use crate::protocol::{self, ToWorker};
+use crate::rings;
+use fanout_core::TxRingBuilder;
 use fanout_core::handoff::MAX_FDS;
 use relay_rules::table::compile_outputs;
 use relay_rules::{Interfaces, Rule};
 use std::collections::HashMap;
 use std::io;
-use std::os::fd::{AsFd, BorrowedFd};
+use std::net::{Ipv4Addr, UdpSocket};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::net::UnixStream;
 
 /// What one worker process holds, by the number of its rules' outputs that send through each.
@@ -104,7 +108,7 @@ pub(crate) fn hand_over(
 ) -> io::Result<()> {
     let mut opened = Vec::with_capacity(keys.len());
     for key in keys {
-        match outputs::open(*key, interfaces, ring) {
+        match open(*key, interfaces, ring) {
             Ok(output) => opened.push(output),
             Err(error) => {
                 log::error!("worker on cpu {cpu}: output not opened: {error}");
@@ -121,6 +125,108 @@ pub(crate) fn hand_over(
     }
     // The worker holds its own descriptors now: ours close here.
     Ok(())
+}
+
+/// An output opened for a worker: what to tell it, and the descriptor to send.
+#[derive(Debug)]
+pub(crate) struct Opened {
+    /// What the message says about it.
+    pub(crate) handed: HandedOutput,
+    /// The socket.
+    pub(crate) fd: OwnedFd,
+}
+
+/// Opens what `key` names, set up for `ring`'s settings (a transmit ring is not mapped here).
+pub(crate) fn open(
+    key: OutputKey,
+    interfaces: &Interfaces,
+    ring: &RingSection,
+) -> Result<Opened, OutputError> {
+    let ifindex = key.ifindex();
+    let name = interfaces
+        .by_index(ifindex)
+        .map(|facts| facts.name.clone())
+        .ok_or(OutputError::UnknownInterface { ifindex })?;
+    match key {
+        OutputKey::Ring { .. } => {
+            let handle = TxRingBuilder::new(name.as_str())
+                .geometry(rings::tx_geometry(ring))
+                .qdisc_bypass(crate::kernel_features::qdisc_bypass(ring))
+                .linear(crate::kernel_features::tx_linear(ring))
+                .segmentation(rings::tx_segmentation(ring))
+                .build_unmapped()
+                .map_err(|source| OutputError::TxRing {
+                    interface: name.clone(),
+                    source,
+                })?;
+            Ok(Opened {
+                handed: HandedOutput {
+                    key,
+                    ring: Some(RingLayout::of(&handle.descriptor())),
+                },
+                fd: handle.into_fd(),
+            })
+        }
+        OutputKey::Socket {
+            source, ttl, dscp, ..
+        } => {
+            let socket = output_socket(&name, source, ttl, dscp).map_err(|(call, error)| {
+                OutputError::Socket {
+                    interface: name.clone(),
+                    from: source,
+                    call,
+                    source: error,
+                }
+            })?;
+            Ok(Opened {
+                handed: HandedOutput { key, ring: None },
+                fd: OwnedFd::from(socket),
+            })
+        }
+    }
+}
+
+/// A UDP socket sending from `source` out of interface `name` with the output's TTL and DSCP;
+/// an error names the call that failed.
+fn output_socket(
+    name: &str,
+    source: Ipv4Addr,
+    ttl: u8,
+    dscp: Option<u8>,
+) -> Result<UdpSocket, (&'static str, io::Error)> {
+    use nix::sys::socket::{setsockopt, sockopt};
+    fn call<T, E: Into<io::Error>>(
+        name: &'static str,
+        result: Result<T, E>,
+    ) -> Result<T, (&'static str, io::Error)> {
+        result.map_err(|error| (name, error.into()))
+    }
+    let socket = call("bind", UdpSocket::bind((source, 0)))?;
+    call(
+        "setsockopt(SO_BINDTODEVICE)",
+        setsockopt(
+            &socket,
+            sockopt::BindToDevice,
+            &std::ffi::OsString::from(name),
+        ),
+    )?;
+    call("setsockopt(IP_TTL)", socket.set_ttl(u32::from(ttl)))?;
+    call(
+        "setsockopt(IP_MULTICAST_TTL)",
+        socket.set_multicast_ttl_v4(u32::from(ttl)),
+    )?;
+    call(
+        "setsockopt(IP_MULTICAST_LOOP)",
+        socket.set_multicast_loop_v4(false),
+    )?;
+    if let Some(dscp) = dscp {
+        call(
+            "setsockopt(IP_TOS)",
+            setsockopt(&socket, sockopt::Ipv4Tos, &(i32::from(dscp) << 2)),
+        )?;
+    }
+    call("fcntl(O_NONBLOCK)", socket.set_nonblocking(true))?;
+    Ok(socket)
 }
 
 #[cfg(test)]
