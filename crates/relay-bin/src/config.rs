@@ -4,7 +4,7 @@
 //! [relay]
 //! workers = "all"          # or a count of workers (2): the first N online CPUs get one
 //! # cpus = "1,4-5"         # or instead of workers: exactly these CPUs get one
-//! fanout = "cpu"           # cpu | hash | lb | qm | rollover
+//! fanout = "cpu"           # cpu | hash | lb | qm | rollover | rnd | steer
 //! metrics = "127.0.0.1:9469" # optional: serve Prometheus metrics on GET /metrics
 //! rps = "off"              # or "auto": turn RPS on for single-queue inputs while running
 //!
@@ -302,6 +302,8 @@ pub enum FanoutSetting {
     Qm,
     /// Fill one worker's ring, then the next.
     Rollover,
+    /// A random worker for each packet (the kernel's `PACKET_FANOUT_RND`).
+    Rnd,
     /// A classic BPF program computes each packet's rule shard from its group and port
     /// (`relay_rules::shard`), so a packet always reaches the worker that holds its rule.
     Steer,

@@ -192,6 +192,7 @@ pub fn open_fanout_members(
         FanoutSetting::Lb => (FanoutMode::Lb, rollover),
         FanoutSetting::Qm => (FanoutMode::Qm, rollover),
         FanoutSetting::Rollover => (FanoutMode::Rollover, FanoutFlags::NONE),
+        FanoutSetting::Rnd => (FanoutMode::Rnd, rollover),
         // No rollover: a packet must reach the worker holding its rule or be dropped there.
         FanoutSetting::Steer => (FanoutMode::Cbpf, FanoutFlags::NONE),
     };
