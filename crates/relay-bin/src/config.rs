@@ -12,7 +12,7 @@
 //! version = "v3"           # v3 (throughput) | v2 (latency: frames handed over one by one)
 //! block_size = 262144
 //! block_count = 64
-//! frame_size = 2048
+//! # frame_size = 2048     # default: each ring sized for its interface's MTU
 //! retire_timeout_ms = 2
 //! tx_frames = 4096
 //! busy_poll_us = 0         # low latency (v2 only): spin on the ring this long before sleeping

@@ -1,5 +1,7 @@
 //! The relay's use of the two libraries: interface facts, rule checking, ring sockets.
 
+pub mod room;
+
 use crate::config::{FanoutSetting, RingSection, RingVersionSetting, SEGMENTED_SLOT_BYTES};
 use crate::protocol::ShardEntry;
 use fanout_core::handoff::RingHandle;
@@ -121,29 +123,37 @@ pub fn key_filter(
         .map_err(|source| KeyFilterError::Kernel { count, source })
 }
 
-/// The receive ring geometry of the configuration.
-pub fn rx_geometry(ring: &RingSection) -> Geometry {
-    Geometry::new(ring.block_size, ring.block_count, ring.frame_size)
+/// The receive ring geometry of the configuration on an input of `mtu` (see [`room`]).
+pub fn rx_geometry(ring: &RingSection, mtu: u32) -> Geometry {
+    Geometry::new(
+        ring.block_size,
+        ring.block_count,
+        room::frame_size(ring, mtu),
+    )
 }
 
-/// The transmit ring geometry of the configuration: `tx_frames` slots of `frame_size` bytes in
-/// blocks of (at least) one page; with segmented frames (see [`tx_segmentation`]) as many
-/// slots of [`SEGMENTED_SLOT_BYTES`] as fit in the same memory, and at least 64.
-pub fn tx_geometry(ring: &RingSection) -> Geometry {
+/// The transmit ring geometry of the configuration on an output of `mtu`: `tx_frames` slots of
+/// the frame size (configured, or for the MTU: see [`room`]) in blocks of whole pages; with
+/// segmented frames (see [`tx_segmentation`]) as many slots of [`SEGMENTED_SLOT_BYTES`] as fit
+/// in the same memory, and at least 64. A segmented frame stays within 15,872 bytes whatever
+/// the MTU (see the worker's sinks), so on a jumbo MTU a full-size datagram fills one alone.
+pub fn tx_geometry(ring: &RingSection, mtu: u32) -> Geometry {
+    let slot = room::frame_size(ring, mtu);
     let (frame_size, frames) = if tx_segmentation(ring) {
-        let bytes = u64::from(ring.tx_frames) * u64::from(ring.frame_size);
+        let bytes = u64::from(ring.tx_frames) * u64::from(slot);
         let slots = (bytes / u64::from(SEGMENTED_SLOT_BYTES)).max(64);
         (
             SEGMENTED_SLOT_BYTES,
             u32::try_from(slots).unwrap_or(u32::MAX),
         )
     } else {
-        (ring.frame_size, ring.tx_frames)
+        (slot, ring.tx_frames)
     };
-    let page = 4096u32.max(frame_size);
-    let per_block = (page / frame_size).max(1);
+    // A block is a whole number of pages holding at least one slot.
+    let block = frame_size.next_multiple_of(4096).max(4096);
+    let per_block = (block / frame_size).max(1);
     let blocks = frames.div_ceil(per_block).max(1);
-    Geometry::new(per_block * frame_size, blocks, frame_size)
+    Geometry::new(block, blocks, frame_size)
 }
 
 /// Whether transmit rings carry segmented frames: `tx_gso` with `tx_linear` (a segmented frame
@@ -206,6 +216,8 @@ pub fn open_fanout_members(
         RingVersionSetting::V3 => RingVersion::V3,
         RingVersionSetting::V2 => RingVersion::V2,
     };
+    // Read once for the rings opened now; one missing fails below, naming the interface.
+    let mtu = InterfaceInfo::lookup(interface).map_or(1500, |info| info.mtu);
     let mut group = group;
     let mut handles = Vec::with_capacity(count);
     for member in 0..count {
@@ -224,7 +236,7 @@ pub fn open_fanout_members(
         let rx = RxRingBuilder::new(interface)
             .filter(filter.clone())
             .version(version)
-            .geometry(rx_geometry(ring))
+            .geometry(rx_geometry(ring, mtu))
             .retire_timeout(RetireTimeout::Millis(ring.retire_timeout_ms.max(1)))
             .ignore_outgoing(true)
             .populate(false)

@@ -166,6 +166,15 @@ impl Datapath {
         }
     }
 
+    /// Counts a frame the receive ring truncated (`tp_snaplen < tp_len`): received, and dropped
+    /// under [`DropReason::RingTruncated`] without being parsed, since a rewrite of its start
+    /// would relay a datagram cut short.
+    #[inline]
+    pub fn truncated(&mut self) {
+        self.received += 1;
+        self.malformed[DropReason::RingTruncated.index()] += 1;
+    }
+
     /// Removes the rule called `name`, if there is one.
     pub fn remove(&mut self, name: &str) {
         self.table.remove(name);

@@ -278,9 +278,9 @@ impl Sinks {
         ring: &RingSection,
     ) -> Result<(), OutputError> {
         let ifindex = output.ifindex();
-        let name = interfaces
+        let (name, mtu) = interfaces
             .by_index(ifindex)
-            .map(|facts| facts.name.clone())
+            .map(|facts| (facts.name.clone(), facts.mtu))
             .ok_or(OutputError::UnknownInterface { ifindex })?;
         match output {
             CompiledOutput::Ring { .. } => {
@@ -289,7 +289,7 @@ impl Sinks {
                     return Ok(());
                 }
                 let tx = TxRingBuilder::new(name.as_str())
-                    .geometry(rings::tx_geometry(ring))
+                    .geometry(rings::tx_geometry(ring, mtu))
                     .qdisc_bypass(crate::kernel_features::qdisc_bypass(ring))
                     .linear(crate::kernel_features::tx_linear(ring))
                     .segmentation(rings::tx_segmentation(ring))
@@ -331,7 +331,8 @@ impl Sinks {
                     batch: UdpBatch::new(
                         socket,
                         SOCKET_BATCH,
-                        MAX_PAYLOAD.min(ring.frame_size as usize * 32),
+                        ring.frame_size
+                            .map_or(MAX_PAYLOAD, |size| MAX_PAYLOAD.min(size as usize * 32)),
                     ),
                     errors: ErrnoCounts::default(),
                     users: 1,

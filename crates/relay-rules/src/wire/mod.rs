@@ -107,11 +107,16 @@ pub enum DropReason {
     /// The UDP length field is below 8 or differs from the IPv4 payload length.
     #[error("UDP length inconsistent with the IPv4 total length")]
     UdpBadLength,
+    /// The receive ring had no room for the whole frame and kept only its start (the capture
+    /// length is below the frame's length: `tp_snaplen < tp_len`). The parser never sees the
+    /// frame's length on the wire; the code that reads the ring counts this reason.
+    #[error("frame longer than the receive ring's room (truncated by the kernel)")]
+    RingTruncated,
 }
 
 impl DropReason {
     /// Every reason, in [`DropReason::index`] order, for building counter arrays and labels.
-    pub const ALL: [DropReason; 14] = [
+    pub const ALL: [DropReason; 15] = [
         DropReason::EthernetTruncated,
         DropReason::VlanTruncated,
         DropReason::TooManyVlanTags,
@@ -126,6 +131,7 @@ impl DropReason {
         DropReason::NotUdp,
         DropReason::UdpTruncated,
         DropReason::UdpBadLength,
+        DropReason::RingTruncated,
     ];
 
     /// How many reasons there are: the length of a per-reason counter array.
@@ -159,6 +165,7 @@ impl DropReason {
             DropReason::NotUdp => "not_udp",
             DropReason::UdpTruncated => "udp_truncated",
             DropReason::UdpBadLength => "udp_bad_length",
+            DropReason::RingTruncated => "ring_truncated",
         }
     }
 }
@@ -172,7 +179,7 @@ mod tests {
         for (i, reason) in DropReason::ALL.iter().enumerate() {
             assert_eq!(reason.index(), i, "{reason:?}");
         }
-        assert_eq!(DropReason::COUNT, 14);
+        assert_eq!(DropReason::COUNT, 15);
     }
 
     #[test]
