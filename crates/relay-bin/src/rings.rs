@@ -96,8 +96,9 @@ pub fn table(set: &RuleSet, generation: u64, shards: Option<&ShardSet>) -> RuleT
 /// count is that of the rule's class.
 pub fn in_shard(rule: &Rule, shard: Option<&ShardEntry>) -> bool {
     shard.is_none_or(|shard| {
+        let input = &rule.input;
         let theirs =
-            relay_rules::shard::shard(rule.input.destination, rule.input.port, shard.count);
+            relay_rules::shard::shard_vlan(input.destination, input.port, input.vlan, shard.count);
         shard.indices.contains(&theirs)
     })
 }
@@ -113,7 +114,7 @@ pub fn udp_prefilter() -> BpfProgram {
 /// The relay-rules key filter in the kernel's form: the IPv4 UDP frames of `keys` only
 /// ([`KeySense::Listed`]), or every frame the pre-filter takes but those ([`KeySense::Unlisted`]).
 pub fn key_filter(
-    keys: Vec<(Ipv4Addr, u16)>,
+    keys: Vec<(Ipv4Addr, u16, Option<u16>)>,
     sense: KeySense,
 ) -> Result<BpfProgram, KeyFilterError> {
     let count = keys.len();

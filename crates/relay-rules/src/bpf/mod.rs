@@ -35,7 +35,7 @@ mod steering;
 mod test_packets;
 
 pub use check::{ProgramError, validate_program};
-pub use keys::{KEY_FILTER_MAX_KEYS, KeyFilterError, KeySense, key_filter};
+pub use keys::{FilterKey, KEY_FILTER_MAX_KEYS, KeyFilterError, KeySense, key_filter};
 pub use prefilter::udp_prefilter;
 pub use steering::steering_program;
 

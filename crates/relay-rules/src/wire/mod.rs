@@ -21,12 +21,14 @@ mod datagram;
 mod ethernet;
 mod ipv4;
 mod udp;
+mod vlan_key;
 
 pub use checksum::{adjust, fold, pseudo_header_sum, sum};
 pub use datagram::{Datagram, parse};
 pub use ethernet::{EtherType, EthernetFrame, VlanHeader};
 pub use ipv4::{Ipv4Packet, PROTOCOL_UDP};
 pub use udp::UdpPacket;
+pub use vlan_key::vlan_key;
 
 /// The TPID of an 802.1Q tag.
 pub const TPID_8021Q: u16 = 0x8100;
@@ -112,11 +114,15 @@ pub enum DropReason {
     /// frame's length on the wire; the code that reads the ring counts this reason.
     #[error("frame longer than the receive ring's room (truncated by the kernel)")]
     RingTruncated,
+    /// Two VLAN tags (802.1ad, Q-in-Q): no rule matches a frame by two tags, so the relay drops
+    /// it rather than relay it as if it were of its outer or inner VLAN alone ([`vlan_key`]).
+    #[error("two VLAN tags (802.1ad): no rule matches double-tagged frames")]
+    DoubleTagged,
 }
 
 impl DropReason {
     /// Every reason, in [`DropReason::index`] order, for building counter arrays and labels.
-    pub const ALL: [DropReason; 15] = [
+    pub const ALL: [DropReason; 16] = [
         DropReason::EthernetTruncated,
         DropReason::VlanTruncated,
         DropReason::TooManyVlanTags,
@@ -132,6 +138,7 @@ impl DropReason {
         DropReason::UdpTruncated,
         DropReason::UdpBadLength,
         DropReason::RingTruncated,
+        DropReason::DoubleTagged,
     ];
 
     /// How many reasons there are: the length of a per-reason counter array.
@@ -166,6 +173,7 @@ impl DropReason {
             DropReason::UdpTruncated => "udp_truncated",
             DropReason::UdpBadLength => "udp_bad_length",
             DropReason::RingTruncated => "ring_truncated",
+            DropReason::DoubleTagged => "double_tagged",
         }
     }
 }
@@ -179,7 +187,7 @@ mod tests {
         for (i, reason) in DropReason::ALL.iter().enumerate() {
             assert_eq!(reason.index(), i, "{reason:?}");
         }
-        assert_eq!(DropReason::COUNT, 15);
+        assert_eq!(DropReason::COUNT, 16);
     }
 
     #[test]

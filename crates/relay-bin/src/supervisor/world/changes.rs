@@ -516,16 +516,17 @@ impl World {
         true
     }
 
-    /// Why `change` would put one (interface, group, port) key in two classes, if it would:
+    /// Why `change` would put one (interface, group, port, VLAN) key in two classes, if it would:
     /// checked against the class key counts, so in time proportional to the change.
     fn shared_key(&self, change: &Change) -> Option<String> {
         if self.inputs.class_count() == 1 {
             return None;
         }
-        fn key_of(rule: &Rule) -> (&str, crate::supervisor::inputs::Key) {
+        fn key_of(rule: &Rule) -> (&str, crate::supervisor::inputs::ClassKey) {
+            let input = &rule.input;
             (
-                rule.input.interface.as_str(),
-                (rule.input.destination, rule.input.port),
+                input.interface.as_str(),
+                (input.destination, input.port, input.vlan),
             )
         }
         let removed: Vec<&Rule> = change
@@ -533,7 +534,7 @@ impl World {
             .iter()
             .filter_map(|name| self.state.set().get(name))
             .collect();
-        let mut added: HashMap<(&str, crate::supervisor::inputs::Key), &Rule> = HashMap::new();
+        let mut added: HashMap<(&str, crate::supervisor::inputs::ClassKey), &Rule> = HashMap::new();
         for rule in &change.add {
             let key = key_of(rule);
             if let Some(other) = added.get(&key)
@@ -637,16 +638,20 @@ impl World {
                         && rule.input.destination == key.destination
                         && rule.input.port == key.port
                         && rule.input.source == key.source
+                        && rule.input.vlan == key.vlan
                 })
                 .map(|rule| rule.name.clone())
                 .ok_or_else(|| {
-                    Refusal::NoMatch(format!(
-                        "{}:{}:{}{}",
-                        key.interface,
-                        key.destination,
-                        key.port,
-                        key.source.map(|s| format!(" from {s}")).unwrap_or_default()
-                    ))
+                    Refusal::NoMatch(
+                        relay_rules::RuleKey {
+                            interface: key.interface,
+                            destination: key.destination,
+                            port: key.port,
+                            source: key.source,
+                            vlan: key.vlan,
+                        }
+                        .to_string(),
+                    )
                 }),
             _ => Err(Refusal::NameOrKey),
         }
