@@ -159,7 +159,7 @@ fn frames_longer_than_a_set_frame_size_are_counted_and_never_relayed() {
     let topo = jumbo_topology("jtrunc");
     let relay = RelayProcess::start(&topo.relay, &config(SMALL_SLOTS), &["--workers", "1"]);
     // Even datagrams are full size, odd ones small.
-    let len = |seq: u32| if seq % 2 == 0 { JUMBO } else { SMALL };
+    let len = |seq: u32| if seq.is_multiple_of(2) { JUMBO } else { SMALL };
     let small: Vec<u32> = (0..N).filter(|seq| seq % 2 == 1).collect();
     let group = UdpReceiver::join(&topo.receiver, "239.2.2.2:6000", Topology::RECEIVER_ADDR)
         .collect(small.len(), RECEIVE_TIMEOUT);
