@@ -31,6 +31,10 @@
 //! name = "video"
 //! cpus = "0-1"             # the other CPUs of relay.workers serve rules that name no class
 //!
+//! [[interface_group]]      # optional: a rule's input on "uplinks" is one rule per member
+//! name = "uplinks"
+//! interfaces = ["eth3", "eth4"]
+//!
 //! [[rule]]
 //! name = "camera-1"
 //! class = "video"          # optional: served only by this class's workers
@@ -57,6 +61,7 @@ use std::path::{Path, PathBuf};
 mod autoscale;
 mod class;
 mod error;
+mod groups;
 mod pieces;
 mod ring;
 pub use autoscale::AutoscaleSection;
@@ -66,6 +71,7 @@ pub use class::{
 pub use error::{
     AutoscaleError, ConfigError, CpuListError, ParseError, RingFieldError, WorkersError,
 };
+pub use groups::{InterfaceGroup, check_groups};
 pub use ring::{MAX_BUSY_POLL_US, RingSection, RingVersionSetting, SEGMENTED_SLOT_BYTES};
 
 /// Files from this size on are parsed piece by piece: a whole parse needs about 40 times the
@@ -88,6 +94,13 @@ pub struct ConfigFile {
     /// Worker classes: named sets of CPUs whose workers serve only the rules that name them.
     #[serde(default, rename = "class", skip_serializing_if = "Vec::is_empty")]
     pub classes: Vec<ClassEntry>,
+    /// Named sets of input interfaces, which a rule's input may name (see [`InterfaceGroup`]).
+    #[serde(
+        default,
+        rename = "interface_group",
+        skip_serializing_if = "Vec::is_empty"
+    )]
+    pub interface_groups: Vec<InterfaceGroup>,
     /// Forwarding rules, in the order written.
     #[serde(default, rename = "rule")]
     pub rules: Vec<Rule>,
@@ -366,9 +379,10 @@ impl ConfigFile {
         Ok(config)
     }
 
-    /// The rules, in the order written.
+    /// The rules, in the order written, a rule on an `[[interface_group]]` as one rule per
+    /// member (`RULE.MEMBER`).
     pub fn to_rules(&self) -> Vec<Rule> {
-        self.rules.clone()
+        groups::expand(&self.rules, &self.interface_groups)
     }
 }
 

@@ -252,6 +252,12 @@ impl World {
             .and_then(|text| {
                 let config = ConfigFile::parse(&text)
                     .map_err(|error| format!("{}: {error}", path.display()))?;
+                let problems = crate::config::check_groups(&config.interface_groups, |name| {
+                    rings::interface_facts(name).is_some()
+                });
+                if !problems.is_empty() {
+                    return Err(format!("{}: {}", path.display(), problems.join("; ")));
+                }
                 // Rules on interfaces that do not exist wait for them, as at start.
                 let (rules, waiting) = split_waiting(config.to_rules(), |name| {
                     rings::interface_facts(name).is_some()
