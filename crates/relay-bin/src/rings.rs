@@ -150,8 +150,15 @@ pub fn tx_geometry(ring: &RingSection, mtu: u32) -> Geometry {
     } else {
         (slot, ring.tx_frames)
     };
-    // A block is a whole number of pages holding at least one slot.
-    let block = frame_size.next_multiple_of(4096).max(4096);
+    // A block is a whole number of pages; a slot that does not divide a page or a run of
+    // pages evenly (9,088 bytes for a 9000 MTU) gets blocks of eight, which waste a few
+    // percent instead of a third of every block.
+    let page = 4096;
+    let block = if page % frame_size == 0 || frame_size % page == 0 {
+        frame_size.max(page)
+    } else {
+        frame_size.saturating_mul(8).next_multiple_of(page)
+    };
     let per_block = (block / frame_size).max(1);
     let blocks = frames.div_ceil(per_block).max(1);
     Geometry::new(block, blocks, frame_size)
@@ -257,4 +264,41 @@ pub fn open_fanout_members(
         group,
         rings: handles,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn transmit_slots_follow_the_mtu_in_blocks_of_whole_pages() {
+        // Without segmentation, so that no kernel feature is asked for.
+        let ring = RingSection {
+            tx_gso: false,
+            ..RingSection::default()
+        };
+        let standard = tx_geometry(&ring, 1500);
+        assert_eq!(
+            (standard.block_size(), standard.frame_size()),
+            (4096, 2048),
+            "as before MTUs were followed"
+        );
+        assert_eq!(standard.frame_count(), u64::from(ring.tx_frames));
+        let jumbo = tx_geometry(&ring, 9000);
+        assert_eq!(jumbo.frame_size(), 9088);
+        assert_eq!(jumbo.block_size() % 4096, 0);
+        assert_eq!(jumbo.frames_per_block(), 8);
+        assert!(jumbo.frame_count() >= u64::from(ring.tx_frames));
+        let set = RingSection {
+            frame_size: Some(2048),
+            ..ring
+        };
+        assert_eq!(
+            tx_geometry(&set, 9000).frame_size(),
+            2048,
+            "a set size wins"
+        );
+        assert_eq!(rx_geometry(&set, 9000).frame_size(), 2048);
+        assert_eq!(rx_geometry(&ring, 9000).frame_size(), 9088);
+    }
 }
