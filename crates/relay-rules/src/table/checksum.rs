@@ -13,7 +13,9 @@
 //! bytes, optional values as a 0 byte or a 1 byte then the value):
 //! version byte 1, name, input interface, input destination (4 bytes), input port (2), input
 //! source (optional 4), output count (u32), then for each output in order: interface,
-//! destination (4), port (2), ttl (1), source (optional 4), dscp (optional 1), vlan (optional 2).
+//! destination (4), port (2), ttl (1), source (optional 4), dscp (optional 1), vlan (optional 2);
+//! last, only for an input with a VLAN, the byte 2 and the VLAN (2), so that the checksum of a
+//! rule without one is what it was before inputs had VLANs.
 
 use crate::rule::Rule;
 use std::net::Ipv4Addr;
@@ -81,6 +83,10 @@ pub fn rule_checksum(rule: &Rule) -> u64 {
         h.option(output.dscp, |h, dscp| h.bytes(&[dscp]));
         h.option(output.vlan, |h, vlan| h.bytes(&vlan.to_be_bytes()));
     }
+    if let Some(vlan) = rule.input.vlan {
+        h.bytes(&[2]);
+        h.bytes(&vlan.to_be_bytes());
+    }
     finalize(h.0)
 }
 
@@ -107,6 +113,7 @@ mod tests {
                 destination: Ipv4Addr::new(239, 1, 1, 1),
                 port,
                 source: None,
+                vlan: None,
             },
             outputs: vec![Output {
                 interface: "eth1".into(),
