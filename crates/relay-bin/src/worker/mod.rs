@@ -103,9 +103,6 @@ pub enum SetupError {
         /// Why, with the syscall and errno.
         source: fanout_core::HandoffError,
     },
-    /// An output's socket or ring could not be opened.
-    #[error(transparent)]
-    Output(OutputError),
     /// The worker could not box itself in.
     #[error(transparent)]
     Sandbox(#[from] SandboxError),
