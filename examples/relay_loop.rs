@@ -178,6 +178,10 @@ impl Relay {
                 vlan: None,
             }],
             class: None,
+            inspect: None,
+            rtp_clock_hz: None,
+            max_pps: None,
+            max_bps: None,
         };
         let interfaces = [in_facts, out_facts].into_iter().collect();
         let set = RuleSet::new(vec![rule], interfaces, Limits::default())?;

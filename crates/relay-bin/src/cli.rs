@@ -9,6 +9,9 @@ use crate::config::{
     CpuList, CpuListError, FanoutSetting, RpsSetting, WorkersError, WorkersSetting,
 };
 use clap::{Args, Parser, Subcommand};
+
+mod stream;
+pub use stream::StreamArgs;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
@@ -182,7 +185,8 @@ pub enum CtlCommand {
     ///
     /// Compact form: NAME INPUT OUTPUT..., where INPUT is IFACE:ADDRESS:PORT[@SOURCE] and each
     /// OUTPUT is IFACE:ADDRESS:PORT[,ttl=N][,source=ADDRESS][,dscp=N][,vlan=N]. Example:
-    /// `fanout-relay ctl add cam1 eth0:239.1.1.1:5000 eth1:239.2.2.2:6000,ttl=8`
+    /// `fanout-relay ctl add cam1 eth0:239.1.1.1:5000 eth1:239.2.2.2:6000,ttl=8`; with
+    /// `--inspect rtp+mpegts --max-pps 20000` it also counts the stream's health and limits it.
     Add {
         /// Rule name.
         name: Option<String>,
@@ -193,6 +197,9 @@ pub enum CtlCommand {
         /// The worker class that serves it (a `[[class]]` of the configuration).
         #[arg(long, value_name = "NAME", conflicts_with = "toml")]
         class: Option<String>,
+        /// Stream inspection and storm guard.
+        #[command(flatten)]
+        stream: StreamArgs,
         /// Read one [[rule]] table from this TOML file instead (`-` for standard input).
         #[arg(long, value_name = "FILE", conflicts_with_all = ["name", "input", "outputs"])]
         toml: Option<PathBuf>,

@@ -84,6 +84,10 @@ fn rule_set(count: usize) -> RuleSet {
                     vlan: None,
                 }],
                 class: None,
+                inspect: None,
+                rtp_clock_hz: None,
+                max_pps: None,
+                max_bps: None,
             }
         })
         .collect();

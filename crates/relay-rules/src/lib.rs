@@ -46,6 +46,10 @@
 //!         ttl: 8, source: None, dscp: None, vlan: None,
 //!     }],
 //!     class: None,
+//!     inspect: None,
+//!     rtp_clock_hz: None,
+//!     max_pps: None,
+//!     max_bps: None,
 //! };
 //! let set = RuleSet::new(vec![rule], interfaces, Limits::default()).expect("a valid rule");
 //! let table = RuleTable::build(&set, 1);
@@ -73,6 +77,7 @@
 
 pub mod bpf;
 pub mod counters;
+pub mod inspect;
 pub mod interface;
 pub mod replicate;
 #[cfg(feature = "fanout-core")]

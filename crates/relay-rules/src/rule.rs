@@ -4,6 +4,7 @@
 //! out). [`crate::validate`] checks a set of them against the interfaces it will run on, and
 //! [`crate::table`] compiles the checked set into the table the data path looks packets up in.
 
+use crate::inspect::Inspect;
 use std::fmt;
 use std::net::Ipv4Addr;
 
@@ -30,6 +31,33 @@ pub struct Rule {
         serde(default, skip_serializing_if = "Option::is_none")
     )]
     pub class: Option<String>,
+    /// Stream inspection ([`crate::inspect`]): the payload of every datagram matched is read
+    /// as RTP, MPEG-TS or MPEG-TS in RTP and its health counted; `None` reads nothing.
+    #[cfg_attr(
+        feature = "serde",
+        serde(default, skip_serializing_if = "Option::is_none")
+    )]
+    pub inspect: Option<Inspect>,
+    /// The RTP clock rate, in Hz, that the jitter of an inspected RTP stream is measured at;
+    /// `None` for [`crate::inspect::DEFAULT_RTP_CLOCK_HZ`].
+    #[cfg_attr(
+        feature = "serde",
+        serde(default, skip_serializing_if = "Option::is_none")
+    )]
+    pub rtp_clock_hz: Option<u32>,
+    /// Storm guard: the most datagrams per second the rule forwards, over all the workers that
+    /// serve it ([`crate::guard`]); the excess is dropped and counted. `None`: no limit.
+    #[cfg_attr(
+        feature = "serde",
+        serde(default, skip_serializing_if = "Option::is_none")
+    )]
+    pub max_pps: Option<u64>,
+    /// Storm guard: the most UDP payload bits per second the rule forwards, like `max_pps`.
+    #[cfg_attr(
+        feature = "serde",
+        serde(default, skip_serializing_if = "Option::is_none")
+    )]
+    pub max_bps: Option<u64>,
 }
 
 /// What a rule matches: UDP datagrams arriving on an interface for an address and port.

@@ -126,6 +126,7 @@ fn check_rule<'a>(
         );
     }
     check_input(input, interfaces, &mut report);
+    stream::check(rule, &mut report);
     if rule.outputs.is_empty() {
         report(Field::Outputs, Problem::NoOutputs);
     } else if rule.outputs.len() > limits.max_outputs {
@@ -272,6 +273,8 @@ fn check_output(
 pub(crate) fn is_ring_output(output: &Output, facts: &InterfaceFacts) -> bool {
     output.destination.is_multicast() && facts.has_ethernet()
 }
+
+mod stream;
 
 /// Fixtures shared with the table's tests.
 #[cfg(test)]

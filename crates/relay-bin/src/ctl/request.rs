@@ -34,19 +34,28 @@ pub(super) fn command(command: &CtlCommand) -> Result<Command, RequestError> {
             input,
             outputs,
             class,
+            stream,
             toml,
         } => Command::Add {
             rule: match (toml, name, input) {
                 (Some(path), None, None) if outputs.is_empty() => rule_from_toml(path)?,
-                (None, Some(name), Some(input)) if !outputs.is_empty() => Rule {
-                    name: name.clone(),
-                    input: parse_input(input)?,
-                    outputs: outputs
-                        .iter()
-                        .map(|o| parse_output(o))
-                        .collect::<Result<_, _>>()?,
-                    class: class.clone(),
-                },
+                (None, Some(name), Some(input)) if !outputs.is_empty() => {
+                    let mut rule = Rule {
+                        name: name.clone(),
+                        input: parse_input(input)?,
+                        outputs: outputs
+                            .iter()
+                            .map(|o| parse_output(o))
+                            .collect::<Result<_, _>>()?,
+                        class: class.clone(),
+                        inspect: None,
+                        rtp_clock_hz: None,
+                        max_pps: None,
+                        max_bps: None,
+                    };
+                    stream.apply(&mut rule);
+                    rule
+                }
                 _ => return Err(RequestError::AddForm),
             },
         },

@@ -509,6 +509,10 @@ mod tests {
             },
             outputs: Vec::new(),
             class: None,
+            inspect: None,
+            rtp_clock_hz: None,
+            max_pps: None,
+            max_bps: None,
         });
         snapshot.interfaces.push(InterfaceCounters {
             name: "in0".into(),

@@ -331,6 +331,10 @@ mod tests {
                 output("tun0", Ipv4Addr::new(10, 9, 9, 9), 7000),
             ],
             class: None,
+            inspect: None,
+            rtp_clock_hz: None,
+            max_pps: None,
+            max_bps: None,
         }
     }
 

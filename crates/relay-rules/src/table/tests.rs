@@ -202,6 +202,10 @@ fn many_rules(count: u32) -> Vec<Rule> {
             },
             outputs: vec![output("eth1", (base + i).to_be_bytes(), 6000)],
             class: None,
+            inspect: None,
+            rtp_clock_hz: None,
+            max_pps: None,
+            max_bps: None,
         })
         .collect()
 }

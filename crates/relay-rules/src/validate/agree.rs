@@ -59,6 +59,10 @@ fn rule() -> impl Strategy<Value = Rule> {
                 },
                 outputs,
                 class: None,
+                inspect: None,
+                rtp_clock_hz: None,
+                max_pps: None,
+                max_bps: None,
             },
         )
 }

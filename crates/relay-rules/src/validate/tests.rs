@@ -54,6 +54,10 @@ pub(crate) fn rule(name: &str) -> Rule {
         },
         outputs: vec![output("eth1", [239, 2, 2, 2], 6000)],
         class: None,
+        inspect: None,
+        rtp_clock_hz: None,
+        max_pps: None,
+        max_bps: None,
     }
 }
 

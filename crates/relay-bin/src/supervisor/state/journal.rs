@@ -316,6 +316,10 @@ mod tests {
                 vlan: None,
             }],
             class: None,
+            inspect: None,
+            rtp_clock_hz: None,
+            max_pps: None,
+            max_bps: None,
         }
     }
 

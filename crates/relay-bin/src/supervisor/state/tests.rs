@@ -25,6 +25,10 @@ fn rule(name: &str, port: u16) -> Rule {
             vlan: None,
         }],
         class: None,
+        inspect: None,
+        rtp_clock_hz: None,
+        max_pps: None,
+        max_bps: None,
     }
 }
 
