@@ -10,6 +10,9 @@ use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
 
+mod stream;
+pub use stream::StreamCount;
+
 /// One worker's counters since it started.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
 pub struct WorkerCounters {
@@ -100,12 +103,26 @@ pub fn errors(counts: &ErrorCounts) -> impl Iterator<Item = (&str, &str, u64)> {
 }
 
 /// Packets and bytes of one rule.
-#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
 pub struct RuleCount {
-    /// Packets matched.
+    /// Packets matched and forwarded.
     pub packets: u64,
-    /// Bytes of UDP payload matched.
+    /// Bytes of UDP payload matched and forwarded.
     pub bytes: u64,
+    /// Inspection and storm guard counters of a rule that has stream options.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stream: Option<StreamCount>,
+}
+
+impl RuleCount {
+    /// Adds another count of the same rule into this one.
+    pub fn add(&mut self, other: &RuleCount) {
+        self.packets += other.packets;
+        self.bytes += other.bytes;
+        if let Some(stream) = &other.stream {
+            self.stream.get_or_insert_default().add(stream);
+        }
+    }
 }
 
 impl WorkerCounters {
@@ -154,9 +171,7 @@ impl WorkerCounters {
             add_error(&mut self.output_errors, interface, errno, count);
         }
         for (rule, count) in &other.rules {
-            let total = self.rules.entry(rule.clone()).or_default();
-            total.packets += count.packets;
-            total.bytes += count.bytes;
+            self.rules.entry(rule.clone()).or_default().add(count);
         }
     }
 }
@@ -171,14 +186,13 @@ pub fn update_keeping_rules(
     kept: &mut WorkerCounters,
 ) {
     for (name, count) in &current.rules {
-        let forgotten = latest
-            .rules
-            .get(name)
-            .is_none_or(|now| now.packets < count.packets || now.bytes < count.bytes);
+        let forgotten = latest.rules.get(name).is_none_or(|now| {
+            now.packets < count.packets
+                || now.bytes < count.bytes
+                || StreamCount::went_back(now.stream.as_ref(), count.stream.as_ref())
+        });
         if forgotten {
-            let total = kept.rules.entry(name.clone()).or_default();
-            total.packets += count.packets;
-            total.bytes += count.bytes;
+            kept.rules.entry(name.clone()).or_default().add(count);
         }
     }
     *current = latest;
@@ -273,6 +287,7 @@ mod tests {
             RuleCount {
                 packets: 4,
                 bytes: 40,
+                stream: None,
             },
         );
         add_error(&mut one.interface_errors, "eth0", "ENETDOWN", 2);
@@ -298,7 +313,8 @@ mod tests {
             total.rules["a"],
             RuleCount {
                 packets: 8,
-                bytes: 80
+                bytes: 80,
+                stream: None,
             }
         );
         let text = summary(&[(0, one.clone(), 1), (1, one, 0)]);
@@ -319,6 +335,7 @@ mod tests {
                         RuleCount {
                             packets,
                             bytes: 10 * packets,
+                            stream: None,
                         },
                     )
                 })

@@ -22,6 +22,9 @@ pub fn stats(stats: &StatsReport) -> String {
                 rule.rates.packets_per_second,
                 si(rule.rates.bits_per_second)
             )?;
+            if let Some(line) = rule.stream.as_ref().and_then(|s| s.health_line()) {
+                writeln!(out, "  {line}")?;
+            }
         }
         writeln!(
             out,

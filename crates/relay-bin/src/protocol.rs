@@ -93,6 +93,15 @@ pub struct WorkerStart {
     /// `relay_rules::shard(group, port, count)` is one of `indices`.
     #[serde(default)]
     pub shard: Option<ShardEntry>,
+    /// How many workers share each rule's storm guard limits: under replicate placement the
+    /// fanout members of the worker's class (any of them may receive a rule's packets), under
+    /// shard placement 1 (only the rule's shard does).
+    #[serde(default = "one")]
+    pub guard_share: u32,
+}
+
+fn one() -> u32 {
+    1
 }
 
 /// One worker's shards of the rules: the fanout members it serves.
@@ -319,6 +328,7 @@ mod tests {
                 RuleCount {
                     packets: rule,
                     bytes: 100 * rule,
+                    stream: None,
                 },
             );
         }

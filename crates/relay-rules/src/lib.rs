@@ -77,6 +77,7 @@
 
 pub mod bpf;
 pub mod counters;
+pub mod guard;
 pub mod inspect;
 pub mod interface;
 pub mod replicate;
@@ -84,6 +85,7 @@ pub mod replicate;
 pub mod ring_frames;
 pub mod rule;
 pub mod shard;
+pub mod stream;
 pub mod table;
 pub mod validate;
 pub mod wire;

@@ -32,6 +32,8 @@
 //! interface a rule names, so a dashboard can set what reached an input against what the
 //! workers received.
 
+mod streams;
+
 use super::netdev::InterfaceCounters;
 use crate::control::proto::{StatsReport, WorkerReport};
 use crate::counters::WorkerCounters;
@@ -130,6 +132,7 @@ pub fn render(snapshot: &Snapshot) -> String {
         "UDP payload bytes of the packets the rule matched.",
         by_rule(|stats| stats.bytes),
     );
+    streams::streams(&mut out, rules);
     let features = fanout_core::Features::get();
     out.family(
         "fanout_relay_kernel_feature",

@@ -1,11 +1,12 @@
 //! What a worker does with one frame, apart from the rings: parse, look up, write every output,
 //! count. Kept free of I/O behind [`Outputs`] so it is tested on plain bytes.
 
-use crate::counters::{RuleCount, WorkerCounters};
+use crate::counters::{RuleCount, StreamCount, WorkerCounters};
 use relay_rules::replicate::may_segment;
 use relay_rules::table::Insertion;
 use relay_rules::table::{CompiledOutput, RuleTable, TableError};
 use relay_rules::wire::{self, DropReason, VlanTag};
+use relay_rules::stream::StreamState;
 use relay_rules::{Datagram, FrameTemplate, Interfaces, Rule, RuleCounters};
 use std::collections::HashMap;
 use std::net::SocketAddrV4;
@@ -67,6 +68,10 @@ pub trait Outputs {
 pub struct Datapath {
     table: RuleTable,
     rules: Vec<RuleCounters>,
+    /// Per rule id: the inspection and storm guard state of a rule that has stream options.
+    streams: Vec<Option<Box<StreamState>>>,
+    /// How many workers share each rule's storm guard limits (see `StreamState::new`).
+    guard_share: u32,
     received: u64,
     forwarded: u64,
     no_rule: u64,
@@ -82,9 +87,11 @@ impl Datapath {
     /// A data path serving `table`, counters at zero.
     pub fn new(table: RuleTable) -> Self {
         let rules = vec![RuleCounters::default(); table.id_capacity()];
-        Datapath {
+        let mut datapath = Datapath {
             table,
             rules,
+            streams: Vec::new(),
+            guard_share: 1,
             received: 0,
             forwarded: 0,
             no_rule: 0,
@@ -94,7 +101,35 @@ impl Datapath {
             unopened: 0,
             socket_errors: 0,
             ip_id: 0,
+        };
+        datapath.streams = datapath.fresh_streams(|_| None);
+        datapath
+    }
+
+    /// Splits each rule's storm guard limits over `share` workers from now on (the guards
+    /// start anew).
+    pub fn set_guard_share(&mut self, share: u32) {
+        self.guard_share = share.max(1);
+        self.streams = self.fresh_streams(|_| None);
+    }
+
+    /// Stream states for the rules of the table that have stream options: `kept` gives the
+    /// state a rule had before (by name), used if its options did not change.
+    fn fresh_streams(
+        &self,
+        mut kept: impl FnMut(&str) -> Option<Box<StreamState>>,
+    ) -> Vec<Option<Box<StreamState>>> {
+        let mut streams: Vec<Option<Box<StreamState>>> = Vec::new();
+        streams.resize_with(self.table.id_capacity(), || None);
+        for rule in self.table.rules() {
+            if let Some(options) = rule.stream {
+                let state = kept(&rule.name)
+                    .filter(|state| state.options() == options)
+                    .unwrap_or_else(|| Box::new(StreamState::new(options, self.guard_share)));
+                streams[rule.id.index()] = Some(state);
+            }
         }
+        streams
     }
 
     /// Frames handed to [`Datapath::handle`] so far.
@@ -145,7 +180,16 @@ impl Datapath {
             self.no_rule += 1;
             return;
         };
-        self.rules[rule.id.index()].record(datagram.payload.len(), now_ns);
+        let id = rule.id.index();
+        if rule.stream.is_some()
+            && let Some(stream) = self.streams.get_mut(id).and_then(Option::as_deref_mut)
+        {
+            stream.inspect(datagram.payload, now_ns);
+            if !stream.admit(datagram.payload.len(), now_ns) {
+                return;
+            }
+        }
+        self.rules[id].record(datagram.payload.len(), now_ns);
         for output in &rule.outputs {
             let written = match output {
                 CompiledOutput::Ring { ifindex, template } => {
@@ -186,6 +230,12 @@ impl Datapath {
                     self.rules.resize(capacity, RuleCounters::default());
                 }
                 self.rules[id.index()] = RuleCounters::default();
+                if self.streams.len() < capacity {
+                    self.streams.resize_with(capacity, || None);
+                }
+                let stream = self.table.get(id).and_then(|rule| rule.stream);
+                self.streams[id.index()] = stream
+                    .map(|options| Box::new(StreamState::new(options, self.guard_share)));
                 Ok(self
                     .table
                     .get(id)
@@ -214,7 +264,14 @@ impl Datapath {
                 rules[rule.id.index()] = self.rules[index];
             }
         }
+        let mut old_streams: HashMap<String, Box<StreamState>> = HashMap::new();
+        for rule in self.table.rules() {
+            if let Some(state) = self.streams.get_mut(rule.id.index()).and_then(Option::take) {
+                old_streams.insert(rule.name.clone(), state);
+            }
+        }
         self.table = table;
+        self.streams = self.fresh_streams(|name| old_streams.remove(name));
         self.rules = rules;
     }
 
@@ -241,12 +298,18 @@ impl Datapath {
         counters.set_refused(&self.malformed);
         for rule in self.table.rules() {
             let count = &self.rules[rule.id.index()];
-            if count.packets > 0 {
+            let stream = self
+                .streams
+                .get(rule.id.index())
+                .and_then(Option::as_deref)
+                .map(StreamCount::of);
+            if count.packets > 0 || stream.is_some() {
                 counters.rules.insert(
                     rule.name.clone(),
                     RuleCount {
                         packets: count.packets,
                         bytes: count.bytes,
+                        stream,
                     },
                 );
             }
@@ -336,6 +399,65 @@ mod tests {
             max_pps: None,
             max_bps: None,
         }
+    }
+
+    /// A frame from 192.0.2.10 to 239.1.1.1:5000 carrying `payload`.
+    fn frame_with(payload: &[u8]) -> Vec<u8> {
+        let mut frame = frame();
+        frame.truncate(42);
+        frame.extend_from_slice(payload);
+        let ip_len = u16::try_from(frame.len() - 14).expect("a test frame fits");
+        frame[16..18].copy_from_slice(&ip_len.to_be_bytes());
+        frame[38..40].copy_from_slice(&(ip_len - 20).to_be_bytes());
+        // No UDP checksum: IPv4 allows it, and the test does not rewrite the payload.
+        frame[40..42].copy_from_slice(&[0, 0]);
+        wire::Ipv4Packet::new_unchecked(&mut frame[14..]).fill_checksum();
+        frame
+    }
+
+    #[test]
+    fn an_inspected_rule_counts_its_stream_and_its_guard_drops_the_excess() {
+        use relay_rules::inspect::{Inspect, synth::TsSynth};
+        let mut inspected = rule();
+        inspected.inspect = Some(Inspect::MpegTs);
+        // A burst of 1/10 s: 10 datagrams, then almost no credit in the 30 us of the test.
+        inspected.max_pps = Some(100);
+        let set = RuleSet::new(vec![inspected], interfaces(), Limits::default()).expect("valid");
+        let mut datapath = Datapath::new(RuleTable::build(&set, 1));
+        let mut outputs = Scripted {
+            ring: Written::Queued,
+            socket: Written::Queued,
+        };
+        let mut synth = TsSynth::new(false);
+        let mut payload = [0u8; TsSynth::MAX_DATAGRAM];
+        for i in 0..30u64 {
+            let len = synth.write(&mut payload, 0);
+            if i == 12 {
+                continue; // lost on the way
+            }
+            let frame = frame_with(&payload[..len]);
+            datapath.handle(2, &frame, None, RxChecksum::Verified, i * 1_000, &mut outputs);
+        }
+        let counters = datapath.counters(0);
+        let cam = &counters.rules["cam"];
+        assert_eq!(cam.packets, 10, "the burst");
+        let stream = cam.stream.as_ref().expect("stream counters");
+        assert_eq!(stream.limited_packets, 19);
+        assert_eq!(stream.limited_bytes, 19 * 7 * 188);
+        let ts = stream.ts.expect("MPEG-TS counters");
+        assert_eq!((ts.packets, ts.cc_errors, ts.pids), (29 * 7, 4, 4), "inspected before the guard");
+        assert_eq!(stream.ts_cc_errors_by_pid.values().collect::<Vec<_>>(), [&1; 4]);
+        assert_eq!(stream.rtp, None);
+        assert_eq!(counters.forwarded, 20, "10 datagrams to two outputs");
+
+        // A rule without options has no stream counters, and keeps its counters when the
+        // table is replaced, as an inspected rule keeps its state.
+        let mut plain = self::datapath();
+        plain.handle(2, &frame(), None, RxChecksum::Verified, 0, &mut outputs);
+        assert_eq!(plain.counters(0).rules["cam"].stream, None);
+        datapath.replace(RuleTable::build(&set, 2));
+        let kept = datapath.counters(0);
+        assert_eq!(kept.rules["cam"].stream.as_ref().map(|s| s.limited_packets), Some(19));
     }
 
     /// A frame from 192.0.2.10 to 239.1.1.1:5000 carrying `hello`.

@@ -26,6 +26,8 @@ pub const NULL_PID: u16 = 0x1fff;
 
 /// What the transport stream of one rule counted.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
+#[cfg_attr(feature = "serde", serde(default))]
 pub struct TsCounters {
     /// Packets with a sync byte.
     pub packets: u64,

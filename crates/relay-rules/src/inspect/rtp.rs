@@ -20,6 +20,8 @@ pub const WINDOW: u16 = 64;
 
 /// What one RTP stream counted.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
+#[cfg_attr(feature = "serde", serde(default))]
 pub struct RtpCounters {
     /// Valid RTP packets.
     pub packets: u64,

@@ -5,6 +5,7 @@ use super::error::TableError;
 use crate::interface::{InterfaceFacts, Interfaces};
 use crate::replicate::{FrameTemplate, TemplateSpec, multicast_mac};
 use crate::rule::{Rule, RuleKey};
+use crate::stream::StreamOptions;
 use crate::validate::{Field, InputField, OutputField, is_ring_output};
 use smallvec::SmallVec;
 use std::net::{Ipv4Addr, SocketAddrV4};
@@ -39,6 +40,9 @@ pub struct CompiledRule {
     pub ifindex: u32,
     /// The outputs, in the rule's order. Most rules have one, kept inline.
     pub outputs: SmallVec<[CompiledOutput; 1]>,
+    /// Inspection and storm guard; `None` for the rules that ask for neither, which the data
+    /// path then forwards without looking further.
+    pub stream: Option<StreamOptions>,
 }
 
 /// How one output is sent.
@@ -168,6 +172,7 @@ pub(super) fn compile(
         key: rule.input.key(),
         ifindex: input.index,
         outputs,
+        stream: StreamOptions::of(rule),
     })
 }
 
@@ -184,5 +189,6 @@ pub(super) fn vacant(id: RuleId) -> CompiledRule {
         },
         ifindex: 0,
         outputs: SmallVec::new(),
+        stream: None,
     }
 }

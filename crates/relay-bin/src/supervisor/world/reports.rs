@@ -41,6 +41,9 @@ impl World {
                 let entry = rules.entry(name.clone()).or_default();
                 entry.packets += count.packets;
                 entry.bytes += count.bytes;
+                if let Some(stream) = &count.stream {
+                    entry.stream.get_or_insert_default().add(stream);
+                }
             }
         }
         for rule in self.state.set().rules() {

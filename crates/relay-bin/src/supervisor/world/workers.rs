@@ -216,6 +216,10 @@ impl World {
             cpu: self.slots[slot].cpu,
             generation: self.state.generation(),
             shard: self.shard_of(slot),
+            guard_share: match self.placement {
+                PlacementSetting::Shard => 1,
+                PlacementSetting::Replicate => self.inputs.members(self.slots[slot].class),
+            },
             rules: self.slot_entries(slot),
             interfaces: self.interface_entries(),
             ring: self.ring,
