@@ -11,7 +11,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
 
 mod stream;
-pub use stream::StreamCount;
+pub use stream::{PidErrors, StreamCount};
 
 /// One worker's counters since it started.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]

@@ -20,9 +20,20 @@ pub struct StreamCount {
     /// MPEG-TS counters, when the rule inspects MPEG-TS.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub ts: Option<TsCounters>,
-    /// Continuity-counter errors by PID, for every PID the rule follows.
-    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
-    pub ts_cc_errors_by_pid: BTreeMap<u16, u64>,
+    /// Continuity-counter errors by PID, for every PID the rule follows, ascending by PID.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub ts_pids: Vec<PidErrors>,
+}
+
+/// The continuity-counter errors of one PID. (A list of these rather than a map keyed by
+/// PID: JSON keys are strings, and the worker's messages are read through a buffered enum
+/// that does not turn them back into numbers.)
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq, PartialOrd, Ord)]
+pub struct PidErrors {
+    /// The PID.
+    pub pid: u16,
+    /// Its continuity-counter errors.
+    pub cc_errors: u64,
 }
 
 impl StreamCount {
@@ -37,11 +48,18 @@ impl StreamCount {
             limited_bytes: limited.bytes,
             rtp: kind.filter(|kind| kind.rtp()).map(|_| health.rtp),
             ts: kind.filter(|kind| kind.mpegts()).map(|_| health.ts),
-            ts_cc_errors_by_pid: inspector
-                .into_iter()
-                .flat_map(|inspector| inspector.pids())
-                .map(|pid| (pid.pid, pid.cc_errors))
-                .collect(),
+            ts_pids: {
+                let mut pids: Vec<PidErrors> = inspector
+                    .into_iter()
+                    .flat_map(|inspector| inspector.pids())
+                    .map(|pid| PidErrors {
+                        pid: pid.pid,
+                        cc_errors: pid.cc_errors,
+                    })
+                    .collect();
+                pids.sort_unstable();
+                pids
+            },
         }
     }
 
@@ -55,9 +73,17 @@ impl StreamCount {
         if let Some(ts) = &other.ts {
             self.ts.get_or_insert_default().merge(ts);
         }
-        for (pid, errors) in &other.ts_cc_errors_by_pid {
-            *self.ts_cc_errors_by_pid.entry(*pid).or_default() += errors;
+        for theirs in &other.ts_pids {
+            match self.ts_pids.binary_search_by_key(&theirs.pid, |ours| ours.pid) {
+                Ok(at) => self.ts_pids[at].cc_errors += theirs.cc_errors,
+                Err(at) => self.ts_pids.insert(at, *theirs),
+            }
         }
+    }
+
+    /// The continuity-counter errors by PID, as a map.
+    pub fn cc_errors_by_pid(&self) -> BTreeMap<u16, u64> {
+        self.ts_pids.iter().map(|p| (p.pid, p.cc_errors)).collect()
     }
 
     /// Whether `now` counts less than `before`: the worker started the rule's counts anew.

@@ -446,7 +446,10 @@ mod tests {
         assert_eq!(stream.limited_bytes, 19 * 7 * 188);
         let ts = stream.ts.expect("MPEG-TS counters");
         assert_eq!((ts.packets, ts.cc_errors, ts.pids), (29 * 7, 4, 4), "inspected before the guard");
-        assert_eq!(stream.ts_cc_errors_by_pid.values().collect::<Vec<_>>(), [&1; 4]);
+        assert_eq!(
+            stream.cc_errors_by_pid().into_values().collect::<Vec<_>>(),
+            [1; 4]
+        );
         assert_eq!(stream.rtp, None);
         assert_eq!(counters.forwarded, 20, "10 datagrams to two outputs");
 

@@ -4,8 +4,10 @@
 //! PID is in every datagram: a program association table (PID 0), a program map table
 //! ([`PMT_PID`]), four packets of video ([`VIDEO_PID`]) and one of audio ([`AUDIO_PID`]). The
 //! tables are real (with their CRC) so that a player or analyser accepts the stream's
-//! structure; the video and audio payloads are filler. Losing one datagram therefore breaks
-//! the continuity of each of the four PIDs exactly once.
+//! structure; the video and audio payloads are filler, except that the first video packet of
+//! each datagram starts with the datagram's number (from 0, big-endian u32), so that a receiver
+//! can tell which datagrams it missed ([`datagram_number`]). Losing one datagram therefore
+//! breaks the continuity of each of the four PIDs exactly once.
 
 use super::mpegts::{PACKET_LEN, SYNC_BYTE};
 
@@ -24,6 +26,17 @@ pub const PIDS: [u16; 4] = [0, PMT_PID, VIDEO_PID, AUDIO_PID];
 /// RTP payload type of MPEG-TS (RFC 3551).
 pub const RTP_PAYLOAD_TYPE: u8 = 33;
 const RTP_HEADER_LEN: usize = 12;
+/// Where the datagram number is, from the first TS packet: the payload of the first video
+/// packet (the third packet).
+const NUMBER_AT: usize = 2 * PACKET_LEN + 4;
+
+/// The number [`TsSynth::write`] wrote into `datagram` (with an RTP header when `rtp`), or
+/// `None` if it is too short to hold one.
+pub fn datagram_number(datagram: &[u8], rtp: bool) -> Option<u32> {
+    let at = if rtp { RTP_HEADER_LEN } else { 0 } + NUMBER_AT;
+    let bytes = datagram.get(at..at + 4)?;
+    Some(u32::from_be_bytes([bytes[0], bytes[1], bytes[2], bytes[3]]))
+}
 
 /// The next datagram of the stream, from its counters.
 #[derive(Debug, Clone)]
@@ -33,6 +46,8 @@ pub struct TsSynth {
     ssrc: u32,
     /// Continuity counter of each PID of [`PIDS`].
     cc: [u8; 4],
+    /// Number of the next datagram.
+    number: u32,
 }
 
 impl TsSynth {
@@ -47,6 +62,7 @@ impl TsSynth {
             sequence: 0,
             ssrc: 0x5eed_0001,
             cc: [0; 4],
+            number: 0,
         }
     }
 
@@ -68,6 +84,9 @@ impl TsSynth {
             self.packet(pid, slot);
             at += PACKET_LEN;
         }
+        let first_video = if self.rtp { RTP_HEADER_LEN } else { 0 } + NUMBER_AT;
+        out[first_video..first_video + 4].copy_from_slice(&self.number.to_be_bytes());
+        self.number = self.number.wrapping_add(1);
         at
     }
 
@@ -194,8 +213,11 @@ mod tests {
                 (AUDIO_PID, 1)
             ]
         );
+        assert_eq!(datagram_number(&out, true), Some(1));
         let mut plain = TsSynth::new(false);
         assert_eq!(plain.write(&mut out, 0), 7 * PACKET_LEN);
         assert_eq!(out[0], SYNC_BYTE);
+        assert_eq!(datagram_number(&out, false), Some(0));
+        assert_eq!(datagram_number(&out[..300], false), None);
     }
 }

@@ -66,8 +66,9 @@ pub(super) fn streams(out: &mut Exposition, rules: &BTreeMap<String, RuleStats>)
         streams
             .iter()
             .flat_map(|(name, stream)| {
-                stream.ts_cc_errors_by_pid.iter().map(move |(pid, errors)| {
-                    (labels(&[("rule", name), ("pid", &pid.to_string())]), *errors)
+                stream.ts_pids.iter().map(move |pid| {
+                    let labels = labels(&[("rule", name), ("pid", &pid.pid.to_string())]);
+                    (labels, pid.cc_errors)
                 })
             })
             .collect(),
