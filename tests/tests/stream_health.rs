@@ -196,6 +196,8 @@ fn mpegts_counts_no_error_clean_and_each_lost_datagram_once_per_pid() {
     let receiver = UdpReceiver::join(&topo.receiver, "239.2.2.2:6000", Topology::RECEIVER_ADDR)
         .collect(IMPAIRED as usize, Duration::from_secs(10));
     send_synth(&sender, &mut synth, IMPAIRED, None);
+    // The last datagrams may still be on their way through the relay.
+    std::thread::sleep(Duration::from_millis(500));
     let got = receiver.stop();
     let dropped = dropped(&topo);
     let (missing, late) = missing_and_late(&numbers(&got, false), CLEAN..CLEAN + IMPAIRED);
@@ -236,6 +238,8 @@ fn rtp_counts_what_was_dropped_and_reordered() {
         .collect(N as usize, Duration::from_secs(10));
     // Every 25th datagram is sent after its successor.
     send_synth(&sender, &mut synth, N, Some(25));
+    // The last datagrams may still be on their way through the relay.
+    std::thread::sleep(Duration::from_millis(500));
     let got = receiver.stop();
     let dropped = dropped(&topo);
     let (missing, late) = missing_and_late(&numbers(&got, true), 0..N);
