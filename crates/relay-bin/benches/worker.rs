@@ -1,14 +1,18 @@
 //! What one received frame costs a worker's data path, [`Datapath::handle`]: parse, look up,
 //! count, and write the rule's one ring output into a 2048-byte buffer.
 //!
-//! `handle/plain` is a rule without stream inspection; it is the figure to compare across
-//! changes to the data path (build the bench at both commits and run them side by side).
+//! `handle/plain` is a rule without stream options; it is the figure to compare across changes
+//! to the data path (build the bench at both commits and run them side by side). The others
+//! show what the stream options cost a rule that has them: `mpegts` and `rtp_mpegts` inspect
+//! a synthetic stream (seven TS packets a datagram), `guarded` has a `max_pps` it never
+//! reaches.
 //!
 //! Run with `cargo bench -p relay-bin --bench worker`.
 
 use criterion::{Criterion, Throughput};
 use relay_bin::config::ConfigFile;
 use relay_bin::worker::{Datapath, Outputs, RxChecksum, Written};
+use relay_rules::inspect::synth::TsSynth;
 use relay_rules::wire::{EtherType, EthernetFrame, Ipv4Packet, PROTOCOL_UDP, UdpPacket};
 use relay_rules::{
     CompiledOutput, Datagram, FrameTemplate, InterfaceFacts, Interfaces, Limits, RuleSet,
@@ -120,11 +124,8 @@ fn bench_handle(c: &mut Criterion, name: &str, mut datapath: Datapath, frames: &
     for frame in frames {
         datapath.handle(ETH0, frame, None, RxChecksum::Verified, 1, &mut outputs);
     }
-    assert_eq!(
-        outputs.written,
-        frames.len() * (14 + 20 + 8 + PAYLOAD),
-        "every bench frame is forwarded"
-    );
+    let expected: usize = frames.iter().map(Vec::len).sum();
+    assert_eq!(outputs.written, expected, "every bench frame is forwarded");
     let mut group = c.benchmark_group("handle");
     group.throughput(Throughput::Elements(BATCH as u64));
     let mut now = 0u64;
@@ -155,5 +156,25 @@ fn main() {
         .configure_from_args();
     let plain: Vec<Vec<u8>> = vec![frame(&[0x47; PAYLOAD])];
     bench_handle(&mut c, "plain", datapath(""), &plain);
+    bench_handle(
+        &mut c,
+        "guarded",
+        datapath("max_pps = 1000000000000\n"),
+        &plain,
+    );
+    // A stream of consecutive datagrams, cycled: each batch wraps once, one continuity
+    // break per PID per batch, as a real stream's errors would be rare.
+    for (name, rtp, inspect) in [("mpegts", false, "mpegts"), ("rtp_mpegts", true, "rtp+mpegts")] {
+        let mut synth = TsSynth::new(rtp);
+        let mut payload = [0u8; TsSynth::MAX_DATAGRAM];
+        let frames: Vec<Vec<u8>> = (0..BATCH as u32)
+            .map(|i| {
+                let len = synth.write(&mut payload, i * 90);
+                frame(&payload[..len])
+            })
+            .collect();
+        let options = format!("inspect = {inspect:?}\n");
+        bench_handle(&mut c, name, datapath(&options), &frames);
+    }
     c.final_summary();
 }
