@@ -38,6 +38,10 @@ pub struct WorkerCounters {
     /// (opening it failed when its rule was added; the worker's log says why).
     #[serde(default)]
     pub unopened: u64,
+    /// Output datagrams dropped because their output decrements the TTL (`ttl = "decrement"`)
+    /// and they arrived with a TTL of 1 or 0: the end of a loop between relays.
+    #[serde(default)]
+    pub ttl_expired: u64,
     /// Datagrams the kernel refused on a socket output (`sendmmsg`); also counted by errno in
     /// `output_errors`.
     pub socket_errors: u64,
@@ -158,6 +162,7 @@ impl WorkerCounters {
         self.tx_full += other.tx_full;
         self.too_big += other.too_big;
         self.unopened += other.unopened;
+        self.ttl_expired += other.ttl_expired;
         self.socket_errors += other.socket_errors;
         self.kernel_drops += other.kernel_drops;
         self.freezes += other.freezes;

@@ -78,7 +78,7 @@ fn rule_set(count: usize) -> RuleSet {
                     interface: "eth1".to_owned(),
                     destination: Ipv4Addr::from(0xef80_0000 + index),
                     port: 6000,
-                    ttl: 16,
+                    ttl: Ttl::Fixed(16),
                     source: None,
                     dscp: None,
                     vlan: None,

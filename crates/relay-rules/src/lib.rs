@@ -30,7 +30,7 @@
 //! - [`counters`]: per-rule counters for a single writer.
 //!
 //! ```
-//! use relay_rules::{wire, Input, InterfaceFacts, Interfaces, Limits, Output, Rule, RuleSet, RuleTable};
+//! use relay_rules::{wire, Input, InterfaceFacts, Interfaces, Limits, Output, Rule, RuleSet, RuleTable, Ttl};
 //! use std::net::Ipv4Addr;
 //!
 //! let interfaces: Interfaces = [
@@ -43,7 +43,7 @@
 //!     input: Input { interface: "in0".into(), destination: Ipv4Addr::new(239, 1, 1, 1), port: 5000, source: None },
 //!     outputs: vec![Output {
 //!         interface: "out0".into(), destination: Ipv4Addr::new(239, 2, 2, 2), port: 6000,
-//!         ttl: 8, source: None, dscp: None, vlan: None,
+//!         ttl: Ttl::Fixed(8), source: None, dscp: None, vlan: None,
 //!     }],
 //!     class: None,
 //!     inspect: None,
@@ -93,7 +93,7 @@ pub mod wire;
 pub use counters::RuleCounters;
 pub use interface::{InterfaceFacts, Interfaces};
 pub use replicate::{FrameTemplate, RewriteError, TemplateSpec};
-pub use rule::{Input, Limits, Output, Rule, RuleKey};
+pub use rule::{Input, Limits, Output, Rule, RuleKey, Ttl};
 pub use table::{CompiledOutput, CompiledRule, RuleId, RuleTable};
 pub use table::{Insertion, TableError};
 pub use validate::{RuleSet, ValidationError, ValidationErrors};

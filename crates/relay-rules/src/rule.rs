@@ -5,6 +5,9 @@
 //! [`crate::table`] compiles the checked set into the table the data path looks packets up in.
 
 use crate::inspect::Inspect;
+
+mod ttl;
+pub use ttl::{BadTtl, Ttl};
 use std::fmt;
 use std::net::Ipv4Addr;
 
@@ -92,10 +95,12 @@ pub struct Output {
     pub destination: Ipv4Addr,
     /// UDP destination port, never 0.
     pub port: u16,
-    /// IP time to live of the rewritten datagram, never 0; [`Output::DEFAULT_TTL`] where a
-    /// file or message leaves it out (and always written, so a saved rule says what it does).
+    /// IP time to live of the rewritten datagram: a number, never 0, or the incoming TTL less
+    /// one ([`Ttl::Decrement`], multicast outputs on Ethernet interfaces only);
+    /// [`Output::DEFAULT_TTL`] where a file or message leaves it out (and always written, so a
+    /// saved rule says what it does).
     #[cfg_attr(feature = "serde", serde(default = "Output::default_ttl"))]
-    pub ttl: u8,
+    pub ttl: Ttl,
     /// Source address; `None` takes the output interface's first IPv4 address.
     #[cfg_attr(
         feature = "serde",
@@ -118,10 +123,10 @@ pub struct Output {
 
 impl Output {
     /// The TTL of an output that does not set one: enough to cross a campus, not the world.
-    pub const DEFAULT_TTL: u8 = 16;
+    pub const DEFAULT_TTL: Ttl = Ttl::Fixed(16);
 
     #[cfg(feature = "serde")]
-    fn default_ttl() -> u8 {
+    fn default_ttl() -> Ttl {
         Output::DEFAULT_TTL
     }
 }

@@ -20,7 +20,7 @@ pub use error::{Field, InputField, OutputField, Problem, ValidationError, Valida
 pub use set::{AppliedChange, RuleSet};
 
 use crate::interface::{InterfaceFacts, Interfaces};
-use crate::rule::{Input, Limits, Output, Rule};
+use crate::rule::{Input, Limits, Output, Rule, Ttl};
 use ahash::AHashMap;
 use std::collections::hash_map::Entry;
 use std::net::Ipv4Addr;
@@ -233,8 +233,11 @@ fn check_output(
     if output.port == 0 {
         report(OutputField::Port, Problem::PortZero);
     }
-    if output.ttl == 0 {
+    if output.ttl == Ttl::Fixed(0) {
         report(OutputField::Ttl, Problem::TtlZero);
+    }
+    if output.ttl == Ttl::Decrement && facts.is_some_and(|facts| !is_ring_output(output, facts)) {
+        report(OutputField::Ttl, Problem::DecrementOnSocketOutput);
     }
     if let Some(dscp) = output.dscp.filter(|&dscp| dscp > 63) {
         report(OutputField::Dscp, Problem::DscpOutOfRange(dscp));

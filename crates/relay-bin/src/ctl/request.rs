@@ -135,6 +135,7 @@ pub fn parse_output(text: &str) -> Result<Output, ArgError> {
             max,
         };
         match key {
+            // A number, or `decrement` (the incoming TTL less one).
             "ttl" => output.ttl = value.parse().map_err(|_| out_of_range("ttl", 1, 255))?,
             "dscp" => output.dscp = Some(value.parse().map_err(|_| out_of_range("dscp", 0, 63))?),
             "vlan" => {
@@ -198,7 +199,9 @@ mod tests {
         assert_eq!(input.source, Some(Ipv4Addr::new(192, 0, 2, 10)));
         let output = parse_output("eth1:239.2.2.2:6000,ttl=4,dscp=46,source=10.0.0.1")
             .expect("valid output");
-        assert_eq!(output.ttl, 4);
+        assert_eq!(output.ttl, relay_rules::Ttl::Fixed(4));
+        let decrement = parse_output("eth1:239.2.2.2:6000,ttl=decrement").expect("valid");
+        assert_eq!(decrement.ttl, relay_rules::Ttl::Decrement);
         assert_eq!(output.dscp, Some(46));
         assert_eq!(output.source, Some(Ipv4Addr::new(10, 0, 0, 1)));
         assert_eq!(

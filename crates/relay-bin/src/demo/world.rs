@@ -306,7 +306,7 @@ mod tests {
                 assert_eq!(output.interface, RECEIVERS[leg.receiver].relay_if);
                 assert_eq!(output.destination, *leg.to.ip());
                 assert_eq!(output.port, leg.to.port());
-                assert_eq!(output.ttl, OUTPUT_TTL);
+                assert_eq!(output.ttl, relay_rules::Ttl::Fixed(OUTPUT_TTL));
             }
         }
         assert_eq!(

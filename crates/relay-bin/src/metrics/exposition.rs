@@ -12,7 +12,11 @@
 //! | `fanout_relay_interface_up` | gauge | interface |
 //! | `fanout_relay_interface_{downs,removals}_total` | counter | interface |
 //! | `fanout_relay_rule_packets_total`, `fanout_relay_rule_bytes_total` | counter | rule |
-//! | `fanout_relay_worker_{received,forwarded,no_rule,not_udp,tx_full,too_big,unopened,socket_errors,tx_wrong_format,tx_segmented,tx_segmented_datagrams,kernel_drops,freezes,drift_repairs}_total` | counter | cpu |
+//! | `fanout_relay_rtp_{packets,invalid,lost,reordered,duplicated,ssrc_changes,restarts}_total`, `fanout_relay_rtp_jitter_microseconds` (gauge) | counter | rule (rules with `inspect` of RTP) |
+//! | `fanout_relay_ts_{packets,cc_errors,sync_errors,tei_packets,pid_overflow}_total`, `fanout_relay_ts_pids` (gauge) | counter | rule (rules with `inspect` of MPEG-TS) |
+//! | `fanout_relay_ts_pid_cc_errors_total` | counter | rule, pid |
+//! | `fanout_relay_rule_limited_{packets,bytes}_total` | counter | rule (rules with stream options) |
+//! | `fanout_relay_worker_{received,forwarded,no_rule,not_udp,tx_full,too_big,unopened,ttl_expired,socket_errors,tx_wrong_format,tx_segmented,tx_segmented_datagrams,kernel_drops,freezes,drift_repairs}_total` | counter | cpu |
 //! | `fanout_relay_worker_restarts_total` | counter | cpu, reason |
 //! | `fanout_relay_worker_malformed_total` | counter | cpu, reason |
 //! | `fanout_relay_interface_errors_total` | counter | cpu, interface, errno |
@@ -165,7 +169,7 @@ type InterfaceCounterOf = fn(&InterfaceCounters) -> u64;
 fn workers(out: &mut Exposition, snapshot: &Snapshot) {
     let workers = &snapshot.stats.workers;
     let cpu = |cpu: u32| labels(&[("cpu", &cpu.to_string())]);
-    let counters: [(&str, &str, CounterOf); 13] = [
+    let counters: [(&str, &str, CounterOf); 14] = [
         (
             "received",
             "Frames the worker took off its receive rings.",
@@ -201,6 +205,12 @@ fn workers(out: &mut Exposition, snapshot: &Snapshot) {
             "Output frames dropped because their output's transmit ring or socket could not be \
              opened (the worker's log says why).",
             |c| c.unopened,
+        ),
+        (
+            "ttl_expired",
+            "Output datagrams dropped because their output decrements the TTL and they arrived \
+             with a TTL of 1 or 0 (a loop between relays dying out).",
+            |c| c.ttl_expired,
         ),
         (
             "socket_errors",

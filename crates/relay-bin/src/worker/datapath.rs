@@ -27,6 +27,8 @@ pub enum Written {
     /// The output's transmit ring or socket is not open: opening it failed when its rule was
     /// added, and the worker logged why (`unopened`).
     Unopened,
+    /// The output decrements the TTL and the datagram arrived with 1 or 0 (`ttl_expired`).
+    TtlExpired,
 }
 
 /// What the kernel said of a received frame's UDP checksum.
@@ -79,6 +81,7 @@ pub struct Datapath {
     tx_full: u64,
     too_big: u64,
     unopened: u64,
+    ttl_expired: u64,
     socket_errors: u64,
     ip_id: u16,
 }
@@ -99,6 +102,7 @@ impl Datapath {
             tx_full: 0,
             too_big: 0,
             unopened: 0,
+            ttl_expired: 0,
             socket_errors: 0,
             ip_id: 0,
         };
@@ -195,6 +199,8 @@ impl Datapath {
                 CompiledOutput::Ring { ifindex, template } => {
                     self.ip_id = self.ip_id.wrapping_add(1);
                     let ip_id = self.ip_id;
+                    // Datagrams of a segmented frame share its header, and so its TTL.
+                    let segmentable = segmentable && !template.decrements_ttl();
                     outputs.write_datagram(*ifindex, template, &datagram, ip_id, segmentable)
                 }
                 CompiledOutput::Socket { destination, .. } => {
@@ -206,6 +212,7 @@ impl Datapath {
                 Written::RingFull => self.tx_full += 1,
                 Written::TooBig => self.too_big += 1,
                 Written::Unopened => self.unopened += 1,
+                Written::TtlExpired => self.ttl_expired += 1,
             }
         }
     }
@@ -292,6 +299,7 @@ impl Datapath {
             tx_full: self.tx_full,
             too_big: self.too_big,
             unopened: self.unopened,
+            ttl_expired: self.ttl_expired,
             socket_errors: self.socket_errors,
             ..WorkerCounters::default()
         };
@@ -376,7 +384,7 @@ mod tests {
             interface: interface.into(),
             destination,
             port,
-            ttl: 8,
+            ttl: relay_rules::Ttl::Fixed(8),
             source: None,
             dscp: None,
             vlan: None,

@@ -13,11 +13,11 @@
 //! bytes, optional values as a 0 byte or a 1 byte then the value):
 //! version byte 1, name, input interface, input destination (4 bytes), input port (2), input
 //! source (optional 4), output count (u32), then for each output in order: interface,
-//! destination (4), port (2), ttl (1), source (optional 4), dscp (optional 1), vlan (optional 2);
+//! destination (4), port (2), ttl (1: the fixed TTL, 0 for `decrement`), source (optional 4), dscp (optional 1), vlan (optional 2);
 //! then, only if the rule has any stream option, a 0x5a byte, inspect (optional 1: its
 //! declaration index), rtp_clock_hz (optional 4), max_pps (optional 8), max_bps (optional 8).
 
-use crate::rule::Rule;
+use crate::rule::{Rule, Ttl};
 use std::net::Ipv4Addr;
 
 const FNV_OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
@@ -81,7 +81,11 @@ pub fn rule_checksum(rule: &Rule) -> u64 {
         h.str(&output.interface);
         h.address(output.destination);
         h.bytes(&output.port.to_be_bytes());
-        h.bytes(&[output.ttl]);
+        // `decrement` as 0, which no fixed TTL is: rules without it keep their checksums.
+        h.bytes(&[match output.ttl {
+            Ttl::Fixed(ttl) => ttl,
+            Ttl::Decrement => 0,
+        }]);
         h.option(output.source, Fnv::address);
         h.option(output.dscp, |h, dscp| h.bytes(&[dscp]));
         h.option(output.vlan, |h, vlan| h.bytes(&vlan.to_be_bytes()));
@@ -125,7 +129,7 @@ mod tests {
                 interface: "eth1".into(),
                 destination: Ipv4Addr::new(239, 2, 2, 2),
                 port: 6000,
-                ttl: 16,
+                ttl: Ttl::Fixed(16),
                 source: None,
                 dscp: None,
                 vlan: None,
@@ -175,7 +179,7 @@ mod tests {
             "stream options count"
         );
         let mut changed = b.clone();
-        changed.outputs[0].ttl = 17;
+        changed.outputs[0].ttl = Ttl::Fixed(17);
         assert_ne!(checksum_of([&a, &b]), checksum_of([&a, &changed]));
         let mut tagged = b.clone();
         tagged.outputs[0].vlan = Some(0);

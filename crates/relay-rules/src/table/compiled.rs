@@ -4,7 +4,7 @@
 use super::error::TableError;
 use crate::interface::{InterfaceFacts, Interfaces};
 use crate::replicate::{FrameTemplate, TemplateSpec, multicast_mac};
-use crate::rule::{Rule, RuleKey};
+use crate::rule::{Output, Rule, RuleKey, Ttl};
 use crate::stream::StreamOptions;
 use crate::validate::{Field, InputField, OutputField, is_ring_output};
 use smallvec::SmallVec;
@@ -26,6 +26,12 @@ impl RuleId {
         self.0 as usize
     }
 }
+
+/// [`Output::DEFAULT_TTL`] as a number.
+const DEFAULT_FIXED_TTL: u8 = match Output::DEFAULT_TTL {
+    Ttl::Fixed(ttl) => ttl,
+    Ttl::Decrement => 16,
+};
 
 /// A rule compiled for the data path.
 #[derive(Debug, Clone)]
@@ -142,7 +148,12 @@ fn compile_output(
             ifindex: facts.index,
             source,
             destination: SocketAddrV4::new(output.destination, output.port),
-            ttl: output.ttl,
+            // A socket's TTL is set once; validation refuses `decrement` on a socket output,
+            // so the default stands in only for a rule that skipped validation.
+            ttl: match output.ttl {
+                Ttl::Fixed(ttl) => ttl,
+                Ttl::Decrement => DEFAULT_FIXED_TTL,
+            },
             dscp: output.dscp,
         },
     })

@@ -37,7 +37,7 @@ fn rule() -> impl Strategy<Value = Rule> {
             interface,
             destination,
             port,
-            ttl,
+            ttl: Ttl::Fixed(ttl),
             source: None,
             dscp: None,
             vlan: None,

@@ -157,6 +157,11 @@ pub enum Problem {
         "a VLAN tag needs a multicast destination on an Ethernet interface; this output is sent through a socket"
     )]
     VlanOnSocketOutput,
+    /// A socket output's TTL is set on the socket, once, not per datagram.
+    #[error(
+        "\"decrement\" needs a multicast destination on an Ethernet interface; this output is sent through a socket, whose TTL is fixed"
+    )]
+    DecrementOnSocketOutput,
     /// The relay can only send from addresses the output interface has.
     #[error("{address} is not an address of {interface}")]
     SourceNotLocal {
