@@ -272,6 +272,10 @@ pub struct DemoArgs {
     /// Packets per second per stream.
     #[arg(long, default_value_t = 500, value_parser = clap::value_parser!(u32).range(1..))]
     pub rate: u32,
+    /// Drop one datagram in 100 of the MPEG-TS stream on the way, to see the relay count the
+    /// continuity errors.
+    #[arg(long)]
+    pub impair: bool,
 }
 
 /// Checks a worker set here, and passes the text on as the relay parses it.

@@ -118,6 +118,17 @@ pub(super) const PROBE: StreamSpec = StreamSpec {
     }],
 };
 
+/// A synthetic MPEG-TS stream (module `health`) through a rule with `inspect = "mpegts"`,
+/// whose health the relay counts.
+pub(super) const VIDEO: StreamSpec = StreamSpec {
+    rule: "video",
+    input: group(239, 1, 1, 20, 5020),
+    legs: &[Leg {
+        receiver: 0,
+        to: group(239, 20, 20, 20, 7020),
+    }],
+};
+
 /// TTL of the relayed packets.
 const OUTPUT_TTL: u8 = 4;
 
@@ -136,13 +147,22 @@ pub(super) fn config_text(workers: usize) -> String {
          [relay]\n",
     );
     crate::text::append(&mut text, |text| {
-        writeln!(text, "workers = {workers}\nfanout = \"cpu\"\n")?;
-        // Small rings: the demo's streams are slow, and a machine with many CPUs stays light.
-        text.push_str("[ring]\nblock_size = 262144\nblock_count = 4\n");
-        for stream in STREAMS.iter().chain([&PROBE]) {
+        // Steering keeps each flow on one worker, always (no rollover to another when its ring
+        // fills up), which the inspected MPEG-TS stream needs to be counted exactly.
+        writeln!(text, "workers = {workers}\nfanout = \"steer\"\n")?;
+        // Small rings: the demo's streams are slow, and at most two workers have one each. Room
+        // for three seconds of the MPEG-TS stream, so a worker that a busy machine leaves
+        // waiting drops nothing (a drop would show in its health line).
+        text.push_str("[ring]\nblock_size = 262144\nblock_count = 16\n");
+        for stream in STREAMS.iter().chain([&PROBE, &VIDEO]) {
+            let inspect = if stream.rule == VIDEO.rule {
+                "inspect = \"mpegts\"\n"
+            } else {
+                ""
+            };
             writeln!(
                 text,
-                "\n[[rule]]\nname = \"{}\"\ninput = {{ interface = \"{RELAY_IN_IF}\", destination = \"{}\", port = {} }}\noutputs = [",
+                "\n[[rule]]\nname = \"{}\"\n{inspect}input = {{ interface = \"{RELAY_IN_IF}\", destination = \"{}\", port = {} }}\noutputs = [",
                 stream.rule,
                 stream.input.ip(),
                 stream.input.port()
