@@ -28,6 +28,9 @@
 //!   updated incrementally; several datagrams of one output in one frame for the kernel to
 //!   split again ([`replicate::segments`]).
 //! - [`counters`]: per-rule counters for a single writer.
+//! - [`inspect`], [`guard`], [`stream`]: what a rule may ask of its stream beyond forwarding
+//!   it: RTP and MPEG-TS health counted in fixed-size state, a token bucket that bounds its
+//!   rate, and the per-rule state a worker keeps for both.
 //!
 //! ```
 //! use relay_rules::{wire, Input, InterfaceFacts, Interfaces, Limits, Output, Rule, RuleSet, RuleTable, Ttl};
