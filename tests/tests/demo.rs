@@ -198,7 +198,8 @@ fn the_demo_relays_every_packet_and_leaves_nothing_behind() {
     assert!(run.stdout.contains("relay workers ("), "{all}");
     // The MPEG-TS stream through the inspected rule arrived whole: no continuity error.
     assert!(
-        run.stdout.contains("  video: ts cc 0 sync 0 tei 0 pids 4\n"),
+        run.stdout
+            .contains("  video: ts cc 0 sync 0 tei 0 pids 4\n"),
         "{all}"
     );
 
@@ -280,7 +281,11 @@ fn the_impaired_demo_shows_the_continuity_errors_of_its_drops() {
     let pid = child.id();
     let run = finish(child, None);
     let all = format!("stdout:\n{}\nstderr:\n{}", run.stdout, run.stderr);
-    assert!(run.status.success(), "the demo failed ({}):\n{all}", run.status);
+    assert!(
+        run.status.success(),
+        "the demo failed ({}):\n{all}",
+        run.status
+    );
     // 1000 datagrams, one in 100 dropped: 10 losses, each breaking the continuity of the
     // stream's four PIDs once.
     assert!(
@@ -289,7 +294,8 @@ fn the_impaired_demo_shows_the_continuity_errors_of_its_drops() {
         "{all}"
     );
     assert!(
-        run.stdout.contains("  video: ts cc 40 sync 0 tei 0 pids 4\n"),
+        run.stdout
+            .contains("  video: ts cc 40 sync 0 tei 0 pids 4\n"),
         "{all}"
     );
     assert_eq!(namespaces_of(pid), Vec::<String>::new(), "{all}");

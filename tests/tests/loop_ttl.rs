@@ -41,7 +41,13 @@ fn a_loop_between_two_relays_dies_out_with_decrement() {
     // Relay a, on rout0: 239.5.5.5 -> 239.6.6.6; relay b, across the pair on rcv0: back again.
     let a = RelayProcess::start(
         &topo.relay,
-        &config(&dir_a, "a", Topology::RELAY_OUT_IF, "239.5.5.5", "239.6.6.6"),
+        &config(
+            &dir_a,
+            "a",
+            Topology::RELAY_OUT_IF,
+            "239.5.5.5",
+            "239.6.6.6",
+        ),
         &[],
     );
     let b = RelayProcess::start(
@@ -79,7 +85,15 @@ fn a_loop_between_two_relays_dies_out_with_decrement() {
     }
     // The loop is over: nothing more is relayed.
     std::thread::sleep(Duration::from_millis(2500));
-    assert_eq!(counts(&ctl_a.stats(), "a"), want_a, "relay a after the loop died");
-    assert_eq!(counts(&ctl_b.stats(), "b"), want_b, "relay b after the loop died");
+    assert_eq!(
+        counts(&ctl_a.stats(), "a"),
+        want_a,
+        "relay a after the loop died"
+    );
+    assert_eq!(
+        counts(&ctl_b.stats(), "b"),
+        want_b,
+        "relay b after the loop died"
+    );
     drop((a, b));
 }

@@ -4,7 +4,9 @@
 use std::time::{Duration, Instant};
 
 use fanout_relay_tests::ctl::{Ctl, Workdir, relay_section};
-use fanout_relay_tests::relay::{RelayProcess, UdpReceiver, UdpSender, check_stream, quiet_topology};
+use fanout_relay_tests::relay::{
+    RelayProcess, UdpReceiver, UdpSender, check_stream, quiet_topology,
+};
 use fanout_relay_tests::{Topology, online_cpus, privileged};
 
 const FLOOD_PPS: u32 = 20_000;
@@ -94,15 +96,23 @@ fn a_flood_is_cut_to_max_pps_and_another_rule_is_untouched() {
     );
     assert_eq!(
         (flood_stats.packets, limited),
-        (flood_got.len() as u64, u64::from(flood_n) - flood_got.len() as u64),
+        (
+            flood_got.len() as u64,
+            u64::from(flood_n) - flood_got.len() as u64
+        ),
         "forwarded and limited datagrams of the flood"
     );
     assert_eq!(stats.rules["calm"].packets, u64::from(calm_n));
-    assert_eq!(stats.rules["calm"].stream, None, "no options, no stream counters");
+    assert_eq!(
+        stats.rules["calm"].stream, None,
+        "no options, no stream counters"
+    );
     let table = ctl.ok(&["stats"]);
     assert!(table.contains(&format!("limited {limited}")), "{table}");
-    relay.wait_for_log("the storm guard's log line", Duration::from_secs(5), |line| {
-        line.contains("rule \"flood\" is limited (max_pps 5000)")
-    });
+    relay.wait_for_log(
+        "the storm guard's log line",
+        Duration::from_secs(5),
+        |line| line.contains("rule \"flood\" is limited (max_pps 5000)"),
+    );
     drop(relay);
 }

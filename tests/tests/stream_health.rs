@@ -106,8 +106,14 @@ fn numbers(got: &[Datagram], rtp: bool) -> Vec<u32> {
 /// that did), and how many came after a higher number.
 fn missing_and_late(arrived: &[u32], range: std::ops::Range<u32>) -> (u64, u64) {
     let received: BTreeSet<u32> = arrived.iter().copied().collect();
-    let last = received.range(range.clone()).next_back().copied().unwrap_or(range.start);
-    let missing = (range.start..last).filter(|n| !received.contains(n)).count() as u64;
+    let last = received
+        .range(range.clone())
+        .next_back()
+        .copied()
+        .unwrap_or(range.start);
+    let missing = (range.start..last)
+        .filter(|n| !received.contains(n))
+        .count() as u64;
     let mut highest = None;
     let mut late = 0;
     for &number in arrived {
@@ -144,7 +150,9 @@ fn drop_one_in(topo: &Topology, n: u32) {
 
 /// Datagrams the rule of [`drop_one_in`] dropped so far.
 fn dropped(topo: &Topology) -> u64 {
-    let listing = topo.sender.exec_checked(&["nft", "list", "chain", "netdev", "impair", "out"]);
+    let listing = topo
+        .sender
+        .exec_checked(&["nft", "list", "chain", "netdev", "impair", "out"]);
     listing
         .split_whitespace()
         .skip_while(|word| *word != "packets")
@@ -181,7 +189,11 @@ fn mpegts_counts_no_error_clean_and_each_lost_datagram_once_per_pid() {
     let receiver = UdpReceiver::join(&topo.receiver, "239.2.2.2:6000", Topology::RECEIVER_ADDR)
         .collect(CLEAN as usize, TIMEOUT);
     send_synth(&sender, &mut synth, CLEAN, None);
-    assert_eq!(receiver.finish().len(), CLEAN as usize, "the clean stream arrived whole");
+    assert_eq!(
+        receiver.finish().len(),
+        CLEAN as usize,
+        "the clean stream arrived whole"
+    );
     let clean = stream_after(&ctl, u64::from(CLEAN));
     let ts = clean.ts.expect("MPEG-TS counters");
     assert_eq!(
@@ -201,7 +213,11 @@ fn mpegts_counts_no_error_clean_and_each_lost_datagram_once_per_pid() {
     let got = receiver.stop();
     let dropped = dropped(&topo);
     let (missing, late) = missing_and_late(&numbers(&got, false), CLEAN..CLEAN + IMPAIRED);
-    assert_eq!((dropped, missing, late), (40, 40, 0), "what nft dropped and the receiver missed");
+    assert_eq!(
+        (dropped, missing, late),
+        (40, 40, 0),
+        "what nft dropped and the receiver missed"
+    );
     let impaired = stream_after(&ctl, u64::from(CLEAN) + got.len() as u64);
     let ts = impaired.ts.expect("MPEG-TS counters");
     assert_eq!(
@@ -249,12 +265,21 @@ fn rtp_counts_what_was_dropped_and_reordered() {
     let rtp = stream.rtp.expect("RTP counters");
     assert_eq!(rtp.packets, got.len() as u64, "{stream:?}");
     assert_eq!(
-        (rtp.lost, rtp.reordered, rtp.duplicated, rtp.ssrc_changes, rtp.invalid),
+        (
+            rtp.lost,
+            rtp.reordered,
+            rtp.duplicated,
+            rtp.ssrc_changes,
+            rtp.invalid
+        ),
         (missing, late, 0, 0, 0),
         "(lost, reordered, duplicated, ssrc_changes, invalid) against the receiver's count"
     );
     let ts = stream.ts.expect("MPEG-TS counters");
-    assert!(ts.cc_errors >= 4 * missing, "each loss breaks every PID: {ts:?}");
+    assert!(
+        ts.cc_errors >= 4 * missing,
+        "each loss breaks every PID: {ts:?}"
+    );
     drop(relay);
 }
 
@@ -271,9 +296,8 @@ fn an_ffmpeg_rtp_mpegts_stream_is_clean_then_counts_its_losses() {
     let cpu = online_cpus()[0].to_string();
 
     let run_ffmpeg = |seconds: &str| -> Vec<Datagram> {
-        let receiver =
-            UdpReceiver::join(&topo.receiver, "239.2.2.2:6000", Topology::RECEIVER_ADDR)
-                .collect(usize::MAX, Duration::from_secs(30));
+        let receiver = UdpReceiver::join(&topo.receiver, "239.2.2.2:6000", Topology::RECEIVER_ADDR)
+            .collect(usize::MAX, Duration::from_secs(30));
         let url = format!(
             "rtp://239.1.1.1:5000?ttl=4&localaddr={}&pkt_size=1328",
             Topology::SENDER_ADDR
@@ -281,10 +305,27 @@ fn an_ffmpeg_rtp_mpegts_stream_is_clean_then_counts_its_losses() {
         let output = topo
             .sender
             .cmd("taskset")
-            .args(["-c", &cpu, "ffmpeg", "-hide_banner", "-loglevel", "error", "-re"])
+            .args([
+                "-c",
+                &cpu,
+                "ffmpeg",
+                "-hide_banner",
+                "-loglevel",
+                "error",
+                "-re",
+            ])
             .args(["-f", "lavfi", "-i", "testsrc=size=320x240:rate=25"])
             .args(["-f", "lavfi", "-i", "sine=frequency=1000"])
-            .args(["-t", seconds, "-c:v", "mpeg2video", "-b:v", "2M", "-c:a", "mp2"])
+            .args([
+                "-t",
+                seconds,
+                "-c:v",
+                "mpeg2video",
+                "-b:v",
+                "2M",
+                "-c:a",
+                "mp2",
+            ])
             .args(["-f", "rtp_mpegts", &url])
             .output()
             .unwrap_or_else(|e| panic!("run ffmpeg: {e}"));
@@ -300,15 +341,29 @@ fn an_ffmpeg_rtp_mpegts_stream_is_clean_then_counts_its_losses() {
     let sequence = |d: &Datagram| u16::from_be_bytes([d.payload[2], d.payload[3]]);
 
     let clean = run_ffmpeg("3");
-    assert!(clean.len() > 100, "ffmpeg's stream arrived: {} datagrams", clean.len());
+    assert!(
+        clean.len() > 100,
+        "ffmpeg's stream arrived: {} datagrams",
+        clean.len()
+    );
     let stream = stream_after(&ctl, clean.len() as u64);
     let (rtp, ts) = (stream.rtp.expect("RTP"), stream.ts.expect("MPEG-TS"));
     assert_eq!(
-        (rtp.packets, rtp.lost, rtp.reordered, rtp.duplicated, rtp.invalid),
+        (
+            rtp.packets,
+            rtp.lost,
+            rtp.reordered,
+            rtp.duplicated,
+            rtp.invalid
+        ),
         (clean.len() as u64, 0, 0, 0, 0),
         "{stream:?}"
     );
-    assert_eq!((ts.cc_errors, ts.sync_errors, ts.tei), (0, 0, 0), "{stream:?}");
+    assert_eq!(
+        (ts.cc_errors, ts.sync_errors, ts.tei),
+        (0, 0, 0),
+        "{stream:?}"
+    );
     assert!(ts.pids >= 4, "PAT, PMT, video and audio at least: {ts:?}");
 
     drop_one_in(&topo, 30);
@@ -332,6 +387,9 @@ fn an_ffmpeg_rtp_mpegts_stream_is_clean_then_counts_its_losses() {
         missing == dropped || missing + 1 == dropped,
         "the receiver missed {missing} of {dropped} dropped (the last may be after the last received)"
     );
-    assert!(ts.cc_errors >= missing, "each lost datagram breaks continuity: {ts:?}");
+    assert!(
+        ts.cc_errors >= missing,
+        "each lost datagram breaks continuity: {ts:?}"
+    );
     drop(relay);
 }

@@ -15,8 +15,7 @@ use relay_bin::worker::{Datapath, Outputs, RxChecksum, Written};
 use relay_rules::inspect::synth::TsSynth;
 use relay_rules::wire::{EtherType, EthernetFrame, Ipv4Packet, PROTOCOL_UDP, UdpPacket};
 use relay_rules::{
-    CompiledOutput, Datagram, FrameTemplate, InterfaceFacts, Interfaces, Limits, RuleSet,
-    RuleTable,
+    CompiledOutput, Datagram, FrameTemplate, InterfaceFacts, Interfaces, Limits, RuleSet, RuleTable,
 };
 use std::hint::black_box;
 use std::net::{Ipv4Addr, SocketAddrV4};
@@ -81,8 +80,11 @@ fn datapath(options: &str) -> Datapath {
          input = {{ interface = \"eth0\", destination = \"239.1.1.1\", port = 5000 }}\n\
          outputs = [{{ interface = \"eth1\", destination = \"239.2.2.2\", port = 6000 }}]\n"
     );
-    let rules = ConfigFile::parse(&text).expect("the bench rule parses").rules;
-    let set = RuleSet::new(rules, interfaces(), Limits::default()).expect("the bench rule is valid");
+    let rules = ConfigFile::parse(&text)
+        .expect("the bench rule parses")
+        .rules;
+    let set =
+        RuleSet::new(rules, interfaces(), Limits::default()).expect("the bench rule is valid");
     Datapath::new(RuleTable::build(&set, 1))
 }
 
@@ -164,7 +166,10 @@ fn main() {
     );
     // A stream of consecutive datagrams, cycled: each batch wraps once, one continuity
     // break per PID per batch, as a real stream's errors would be rare.
-    for (name, rtp, inspect) in [("mpegts", false, "mpegts"), ("rtp_mpegts", true, "rtp+mpegts")] {
+    for (name, rtp, inspect) in [
+        ("mpegts", false, "mpegts"),
+        ("rtp_mpegts", true, "rtp+mpegts"),
+    ] {
         let mut synth = TsSynth::new(rtp);
         let mut payload = [0u8; TsSynth::MAX_DATAGRAM];
         let frames: Vec<Vec<u8>> = (0..BATCH as u32)

@@ -11,9 +11,9 @@ use crate::config::{
 use clap::{Args, Parser, Subcommand};
 
 mod stream;
-pub use stream::StreamArgs;
 use std::net::SocketAddr;
 use std::path::PathBuf;
+pub use stream::StreamArgs;
 
 /// Relay UDP multicast at line rate, rewriting groups and ports.
 ///

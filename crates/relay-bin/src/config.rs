@@ -442,7 +442,10 @@ mod tests {
             assert!(ConfigFile::parse(&text).is_err(), "{wrong} is refused");
         }
         let text = text.replace(r#""rtp+mpegts""#, r#""h264""#);
-        assert!(ConfigFile::parse(&text).is_err(), "an unknown inspection is refused");
+        assert!(
+            ConfigFile::parse(&text).is_err(),
+            "an unknown inspection is refused"
+        );
     }
 
     #[test]

@@ -228,7 +228,10 @@ mod tests {
                         pids: 4,
                         ..TsCounters::default()
                     }),
-                    ts_pids: vec![PidErrors { pid: 0, cc_errors: 10 }],
+                    ts_pids: vec![PidErrors {
+                        pid: 0,
+                        cc_errors: 10,
+                    }],
                     ..StreamCount::default()
                 }),
             },
@@ -250,7 +253,10 @@ mod tests {
             "  rtp lost 10 reordered 2 dup 0 ssrc 0 jitter 88 us, ts cc 40 sync 0 tei 0 pids 4",
             "{table}"
         );
-        assert!(lines[3].starts_with("plain "), "no line under a plain rule:\n{table}");
+        assert!(
+            lines[3].starts_with("plain "),
+            "no line under a plain rule:\n{table}"
+        );
     }
 
     #[test]

@@ -24,7 +24,7 @@ use relay_rules::replicate::multicast_mac;
 use relay_rules::wire::{self, EtherType, EthernetFrame, Ipv4Packet, PROTOCOL_UDP, UdpPacket};
 use relay_rules::{
     CompiledOutput, CompiledRule, FrameTemplate, Input, InterfaceFacts, Interfaces, Limits, Output,
-    Rule, RuleSet, RuleTable,
+    Rule, RuleSet, RuleTable, Ttl,
 };
 
 #[global_allocator]

@@ -121,7 +121,10 @@ mod tests {
         let mut bucket = TokenBucket::new(1);
         assert!(bucket.take(1, 5_000_000_000), "the burst is at least one");
         assert!(!bucket.take(1, 1_000), "back in time");
-        assert!(!bucket.take(1, 5_500_000_000), "half a second after the last");
+        assert!(
+            !bucket.take(1, 5_500_000_000),
+            "half a second after the last"
+        );
         assert!(bucket.take(1, 6_000_000_000));
         let mut fast = TokenBucket::new(u64::MAX);
         assert!((0..1000).all(|i| fast.take(1500, i)));

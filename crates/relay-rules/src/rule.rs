@@ -7,9 +7,9 @@
 use crate::inspect::Inspect;
 
 mod ttl;
-pub use ttl::{BadTtl, Ttl};
 use std::fmt;
 use std::net::Ipv4Addr;
+pub use ttl::{BadTtl, Ttl};
 
 /// A forwarding rule: frames matching `input` are re-sent to every one of `outputs`.
 ///

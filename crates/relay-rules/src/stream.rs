@@ -66,9 +66,7 @@ impl StreamState {
                 .inspect
                 .map(|kind| Inspector::new(kind, options.rtp_clock_hz)),
             packets: options.max_pps.map(|pps| TokenBucket::new(pps / share)),
-            bytes: options
-                .max_bps
-                .map(|bps| TokenBucket::new(bps / 8 / share)),
+            bytes: options.max_bps.map(|bps| TokenBucket::new(bps / 8 / share)),
             limited: Limited::default(),
         }
     }
@@ -82,7 +80,10 @@ impl StreamState {
     /// one it refuses is counted in [`StreamState::limited`].
     #[inline]
     pub fn admit(&mut self, payload_len: usize, now_ns: u64) -> bool {
-        let pass = self.packets.as_mut().is_none_or(|bucket| bucket.take(1, now_ns))
+        let pass = self
+            .packets
+            .as_mut()
+            .is_none_or(|bucket| bucket.take(1, now_ns))
             && self
                 .bytes
                 .as_mut()
@@ -137,7 +138,13 @@ mod tests {
         let mut state = StreamState::new(options(Some(1_000), None), 4);
         let passed = (0..100).filter(|_| state.admit(100, 0)).count();
         assert_eq!(passed, 25);
-        assert_eq!(state.limited(), Limited { packets: 75, bytes: 7_500 });
+        assert_eq!(
+            state.limited(),
+            Limited {
+                packets: 75,
+                bytes: 7_500
+            }
+        );
     }
 
     #[test]

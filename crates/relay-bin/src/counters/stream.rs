@@ -74,7 +74,10 @@ impl StreamCount {
             self.ts.get_or_insert_default().merge(ts);
         }
         for theirs in &other.ts_pids {
-            match self.ts_pids.binary_search_by_key(&theirs.pid, |ours| ours.pid) {
+            match self
+                .ts_pids
+                .binary_search_by_key(&theirs.pid, |ours| ours.pid)
+            {
                 Ok(at) => self.ts_pids[at].cc_errors += theirs.cc_errors,
                 Err(at) => self.ts_pids.insert(at, *theirs),
             }
@@ -124,7 +127,10 @@ impl StreamCount {
                 ts.cc_errors, ts.sync_errors, ts.tei, ts.pids
             );
             if ts.pid_overflow > 0 {
-                line.push_str(&format!(" (+{} packets of PIDs beyond the table)", ts.pid_overflow));
+                line.push_str(&format!(
+                    " (+{} packets of PIDs beyond the table)",
+                    ts.pid_overflow
+                ));
             }
             parts.push(line);
         }

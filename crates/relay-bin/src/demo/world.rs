@@ -315,9 +315,12 @@ mod tests {
     fn the_configuration_says_what_the_receivers_expect() {
         let config = ConfigFile::parse(&config_text(2)).expect("the demo's config parses");
         let rules = config.to_rules();
-        assert_eq!(rules.len(), STREAMS.len() + 1);
-        for (rule, stream) in rules.iter().zip(STREAMS.iter().chain([&PROBE])) {
+        assert_eq!(rules.len(), STREAMS.len() + 2);
+        for (rule, stream) in rules.iter().zip(STREAMS.iter().chain([&PROBE, &VIDEO])) {
             assert_eq!(rule.name, stream.rule);
+            let inspect =
+                (stream.rule == VIDEO.rule).then_some(relay_rules::inspect::Inspect::MpegTs);
+            assert_eq!(rule.inspect, inspect, "only the video rule inspects");
             assert_eq!(rule.input.interface, RELAY_IN_IF);
             assert_eq!(rule.input.destination, *stream.input.ip());
             assert_eq!(rule.input.port, stream.input.port());

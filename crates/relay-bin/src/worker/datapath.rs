@@ -3,10 +3,10 @@
 
 use crate::counters::{RuleCount, StreamCount, WorkerCounters};
 use relay_rules::replicate::may_segment;
+use relay_rules::stream::StreamState;
 use relay_rules::table::Insertion;
 use relay_rules::table::{CompiledOutput, RuleTable, TableError};
 use relay_rules::wire::{self, DropReason, VlanTag};
-use relay_rules::stream::StreamState;
 use relay_rules::{Datagram, FrameTemplate, Interfaces, Rule, RuleCounters};
 use std::collections::HashMap;
 use std::net::SocketAddrV4;
@@ -241,8 +241,8 @@ impl Datapath {
                     self.streams.resize_with(capacity, || None);
                 }
                 let stream = self.table.get(id).and_then(|rule| rule.stream);
-                self.streams[id.index()] = stream
-                    .map(|options| Box::new(StreamState::new(options, self.guard_share)));
+                self.streams[id.index()] =
+                    stream.map(|options| Box::new(StreamState::new(options, self.guard_share)));
                 Ok(self
                     .table
                     .get(id)
@@ -444,7 +444,14 @@ mod tests {
                 continue; // lost on the way
             }
             let frame = frame_with(&payload[..len]);
-            datapath.handle(2, &frame, None, RxChecksum::Verified, i * 1_000, &mut outputs);
+            datapath.handle(
+                2,
+                &frame,
+                None,
+                RxChecksum::Verified,
+                i * 1_000,
+                &mut outputs,
+            );
         }
         let counters = datapath.counters(0);
         let cam = &counters.rules["cam"];
@@ -453,7 +460,11 @@ mod tests {
         assert_eq!(stream.limited_packets, 19);
         assert_eq!(stream.limited_bytes, 19 * 7 * 188);
         let ts = stream.ts.expect("MPEG-TS counters");
-        assert_eq!((ts.packets, ts.cc_errors, ts.pids), (29 * 7, 4, 4), "inspected before the guard");
+        assert_eq!(
+            (ts.packets, ts.cc_errors, ts.pids),
+            (29 * 7, 4, 4),
+            "inspected before the guard"
+        );
         assert_eq!(
             stream.cc_errors_by_pid().into_values().collect::<Vec<_>>(),
             [1; 4]
@@ -468,7 +479,10 @@ mod tests {
         assert_eq!(plain.counters(0).rules["cam"].stream, None);
         datapath.replace(RuleTable::build(&set, 2));
         let kept = datapath.counters(0);
-        assert_eq!(kept.rules["cam"].stream.as_ref().map(|s| s.limited_packets), Some(19));
+        assert_eq!(
+            kept.rules["cam"].stream.as_ref().map(|s| s.limited_packets),
+            Some(19)
+        );
     }
 
     /// A frame from 192.0.2.10 to 239.1.1.1:5000 carrying `hello`.

@@ -151,8 +151,8 @@ impl TsState {
         let cc = b3 & 0x0f;
         let has_payload = control & 0b01 != 0;
         // Adaptation field length, then flags: bit 7 is the discontinuity indicator.
-        let discontinuity =
-            control & 0b10 != 0 && matches!(rest, [len, flags, ..] if *len > 0 && flags & 0x80 != 0);
+        let discontinuity = control & 0b10 != 0
+            && matches!(rest, [len, flags, ..] if *len > 0 && flags & 0x80 != 0);
         let Some(entry) = self.entry(pid) else {
             self.counters.pid_overflow += 1;
             return;
@@ -181,7 +181,9 @@ impl TsState {
 
     /// The entry of `pid`, added if there is room.
     fn entry(&mut self, pid: u16) -> Option<&mut PidEntry> {
-        let found = self.table[..self.len].iter().position(|entry| entry.pid == pid);
+        let found = self.table[..self.len]
+            .iter()
+            .position(|entry| entry.pid == pid);
         let index = match found {
             Some(index) => index,
             None if self.len < MAX_PIDS => {
@@ -239,8 +241,14 @@ mod tests {
         assert_eq!(
             state.pids().collect::<Vec<_>>(),
             [
-                PidHealth { pid: 0x100, cc_errors: 1 },
-                PidHealth { pid: 0x101, cc_errors: 1 },
+                PidHealth {
+                    pid: 0x100,
+                    cc_errors: 1
+                },
+                PidHealth {
+                    pid: 0x101,
+                    cc_errors: 1
+                },
             ]
         );
         assert_eq!(state.counters().pids, 2);
@@ -295,13 +303,24 @@ mod tests {
         bad_sync[0] = 0x46;
         let mut tei = packet(0x100, 7, 1, 0);
         tei[1] |= 0x80;
-        let mut state = run(&[packet(0x100, 0, 1, 0), bad_sync, tei, packet(0x100, 1, 1, 0)]);
+        let mut state = run(&[
+            packet(0x100, 0, 1, 0),
+            bad_sync,
+            tei,
+            packet(0x100, 1, 1, 0),
+        ]);
         state.inspect(&[SYNC_BYTE; 100]);
         let counters = state.counters();
-        assert_eq!(counters.sync_errors, 2, "a bad sync byte and a short datagram");
+        assert_eq!(
+            counters.sync_errors, 2,
+            "a bad sync byte and a short datagram"
+        );
         assert_eq!(counters.tei, 1);
         assert_eq!(counters.packets, 3);
-        assert_eq!(counters.cc_errors, 0, "the TEI packet's header is not trusted");
+        assert_eq!(
+            counters.cc_errors, 0,
+            "the TEI packet's header is not trusted"
+        );
     }
 
     #[test]

@@ -281,7 +281,11 @@ mod tests {
         assert_eq!(parse(&[0x80; 11]), None, "short");
         assert_eq!(parse(&[0x40; 12]), None, "version 1");
         assert_eq!(parse(&[0x8f; 20]), None, "15 CSRCs do not fit");
-        assert_eq!(parse(&[0x90; 14]), None, "the extension header does not fit");
+        assert_eq!(
+            parse(&[0x90; 14]),
+            None,
+            "the extension header does not fit"
+        );
         let mut padded = vec![0xa0; 12];
         padded.push(0);
         assert_eq!(parse(&padded), None, "padding of 0");
@@ -296,7 +300,11 @@ mod tests {
         let mut state = RtpState::new(0);
         feed(&mut state, &[65_533, 65_534, 1, 2, 5]);
         let counters = state.counters();
-        assert_eq!((counters.packets, counters.lost), (5, 4), "65535, 0, 3 and 4");
+        assert_eq!(
+            (counters.packets, counters.lost),
+            (5, 4),
+            "65535, 0, 3 and 4"
+        );
         assert_eq!((counters.reordered, counters.duplicated), (0, 0));
     }
 
@@ -346,7 +354,10 @@ mod tests {
             "jitter {}",
             counters.jitter
         );
-        assert_eq!(counters.jitter_us(), u64::from(counters.jitter) * 1_000_000 / 90_000);
+        assert_eq!(
+            counters.jitter_us(),
+            u64::from(counters.jitter) * 1_000_000 / 90_000
+        );
         let mut steady = RtpState::new(90_000);
         for i in 0..100u32 {
             steady.inspect(&packet(i as u16, i * 900, 1), u64::from(i) * 10_000_000);

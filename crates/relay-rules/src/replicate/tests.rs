@@ -248,14 +248,17 @@ fn a_decrementing_output_writes_the_incoming_ttl_less_one_with_a_valid_checksum(
         0x0102,
     )
     .expect("a fixed TTL");
-    assert_eq!(out, fixed_at_3, "the same bytes as a fixed TTL of 3, checksum included");
+    assert_eq!(
+        out, fixed_at_3,
+        "the same bytes as a fixed TTL of 3, checksum included"
+    );
     let parsed = wire::parse(&out, None).expect("the output parses, its checksum checked");
     assert_eq!(parsed.ttl, 3);
 
     for ttl in [1, 0] {
         let mut frame = hex(CAPTURED);
         frame[22] = ttl;
-        wire::Ipv4Packet::new_unchecked(&mut frame[14..]).fill_checksum();
+        Ipv4Packet::new_unchecked(&mut frame[14..]).fill_checksum();
         assert_eq!(
             write(&spec, &frame, 1),
             Err(RewriteError::TtlExpired { ttl }),

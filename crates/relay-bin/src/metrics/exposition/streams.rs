@@ -20,14 +20,54 @@ pub(super) fn streams(out: &mut Exposition, rules: &BTreeMap<String, RuleStats>)
         .collect();
     let rule = |name: &str| labels(&[("rule", name)]);
     let rtp: [(&str, Kind, &str, RtpOf); 8] = [
-        ("packets_total", Kind::Counter, "Valid RTP packets the rule received.", |c| c.packets),
-        ("invalid_total", Kind::Counter, "Datagrams of an RTP-inspected rule that are not RTP.", |c| c.invalid),
-        ("lost_total", Kind::Counter, "RTP sequence numbers skipped and never received late.", |c| c.lost),
-        ("reordered_total", Kind::Counter, "RTP packets that arrived after a higher sequence number.", |c| c.reordered),
-        ("duplicated_total", Kind::Counter, "RTP packets whose sequence number was seen already.", |c| c.duplicated),
-        ("ssrc_changes_total", Kind::Counter, "Times the RTP synchronization source changed.", |c| c.ssrc_changes),
-        ("restarts_total", Kind::Counter, "RTP sequence jumps the stream was restarted at.", |c| c.restarts),
-        ("jitter_microseconds", Kind::Gauge, "RTP interarrival jitter (RFC 3550 6.4.1) now, in microseconds (the worst over workers).", |c| c.jitter_us()),
+        (
+            "packets_total",
+            Kind::Counter,
+            "Valid RTP packets the rule received.",
+            |c| c.packets,
+        ),
+        (
+            "invalid_total",
+            Kind::Counter,
+            "Datagrams of an RTP-inspected rule that are not RTP.",
+            |c| c.invalid,
+        ),
+        (
+            "lost_total",
+            Kind::Counter,
+            "RTP sequence numbers skipped and never received late.",
+            |c| c.lost,
+        ),
+        (
+            "reordered_total",
+            Kind::Counter,
+            "RTP packets that arrived after a higher sequence number.",
+            |c| c.reordered,
+        ),
+        (
+            "duplicated_total",
+            Kind::Counter,
+            "RTP packets whose sequence number was seen already.",
+            |c| c.duplicated,
+        ),
+        (
+            "ssrc_changes_total",
+            Kind::Counter,
+            "Times the RTP synchronization source changed.",
+            |c| c.ssrc_changes,
+        ),
+        (
+            "restarts_total",
+            Kind::Counter,
+            "RTP sequence jumps the stream was restarted at.",
+            |c| c.restarts,
+        ),
+        (
+            "jitter_microseconds",
+            Kind::Gauge,
+            "RTP interarrival jitter (RFC 3550 6.4.1) now, in microseconds (the worst over workers).",
+            |c| c.jitter_us(),
+        ),
     ];
     for (suffix, kind, help, value) in rtp {
         out.family(
@@ -41,12 +81,39 @@ pub(super) fn streams(out: &mut Exposition, rules: &BTreeMap<String, RuleStats>)
         );
     }
     let ts: [(&str, Kind, &str, TsOf); 6] = [
-        ("packets_total", Kind::Counter, "MPEG-TS packets with a sync byte the rule received.", |c| c.packets),
-        ("cc_errors_total", Kind::Counter, "MPEG-TS continuity-counter errors, over every PID.", |c| c.cc_errors),
-        ("sync_errors_total", Kind::Counter, "MPEG-TS packets without the sync byte, and datagrams ending inside a packet.", |c| c.sync_errors),
-        ("tei_packets_total", Kind::Counter, "MPEG-TS packets with the transport error indicator set.", |c| c.tei),
-        ("pids", Kind::Gauge, "MPEG-TS PIDs the rule follows.", |c| u64::from(c.pids)),
-        ("pid_overflow_total", Kind::Counter, "MPEG-TS packets of PIDs beyond the rule's table, not checked.", |c| c.pid_overflow),
+        (
+            "packets_total",
+            Kind::Counter,
+            "MPEG-TS packets with a sync byte the rule received.",
+            |c| c.packets,
+        ),
+        (
+            "cc_errors_total",
+            Kind::Counter,
+            "MPEG-TS continuity-counter errors, over every PID.",
+            |c| c.cc_errors,
+        ),
+        (
+            "sync_errors_total",
+            Kind::Counter,
+            "MPEG-TS packets without the sync byte, and datagrams ending inside a packet.",
+            |c| c.sync_errors,
+        ),
+        (
+            "tei_packets_total",
+            Kind::Counter,
+            "MPEG-TS packets with the transport error indicator set.",
+            |c| c.tei,
+        ),
+        ("pids", Kind::Gauge, "MPEG-TS PIDs the rule follows.", |c| {
+            u64::from(c.pids)
+        }),
+        (
+            "pid_overflow_total",
+            Kind::Counter,
+            "MPEG-TS packets of PIDs beyond the rule's table, not checked.",
+            |c| c.pid_overflow,
+        ),
     ];
     for (suffix, kind, help, value) in ts {
         out.family(
