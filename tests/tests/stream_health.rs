@@ -14,6 +14,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 
 use fanout_relay_tests::ctl::{Ctl, Workdir, relay_section};
+use fanout_relay_tests::obs::{Metrics, promtool_check, scrape};
 use fanout_relay_tests::relay::{Datagram, RelayProcess, UdpReceiver, UdpSender, quiet_topology};
 use fanout_relay_tests::{Topology, have_program, online_cpus, privileged, skip};
 use relay_bin::counters::StreamCount;
@@ -22,6 +23,8 @@ use relay_rules::inspect::synth::{self, TsSynth};
 /// Datagrams per second: a debug relay keeps up, and netem's delays reorder a few.
 const PPS: u32 = 500;
 const TIMEOUT: Duration = Duration::from_secs(30);
+/// Where the relay of the MPEG-TS test serves metrics, inside its namespace.
+const METRICS: &str = "127.0.0.1:9479";
 
 fn config(dir: &Workdir, inspect: &str) -> String {
     let cpu = online_cpus()[0];
@@ -180,7 +183,11 @@ fn mpegts_counts_no_error_clean_and_each_lost_datagram_once_per_pid() {
     }
     let topo = quiet_topology("tsh");
     let dir = Workdir::new("tsh");
-    let relay = RelayProcess::start(&topo.relay, &config(&dir, "mpegts"), &[]);
+    let relay = RelayProcess::start(
+        &topo.relay,
+        &config(&dir, "mpegts"),
+        &["--metrics", METRICS],
+    );
     let ctl = Ctl::new(&dir);
     let sender = UdpSender::new(&topo.sender, Topology::SENDER_ADDR, 4);
     let mut synth = TsSynth::new(false);
@@ -233,6 +240,24 @@ fn mpegts_counts_no_error_clean_and_each_lost_datagram_once_per_pid() {
         stats.contains(&format!("ts cc {} sync 0 tei 0 pids 4", 4 * dropped)),
         "the health line of ctl stats:\n{stats}"
     );
+    let scraped = scrape(&topo.relay, METRICS, "/metrics");
+    let metrics = Metrics::parse(&scraped.body);
+    let rule = [("rule", "ts")];
+    assert_eq!(
+        metrics.get("fanout_relay_ts_cc_errors_total", &rule),
+        Some((4 * dropped) as f64),
+        "{}",
+        scraped.body
+    );
+    assert_eq!(metrics.get("fanout_relay_ts_pids", &rule), Some(4.0));
+    let video = [("rule", "ts"), ("pid", "256")];
+    assert_eq!(
+        metrics.get("fanout_relay_ts_pid_cc_errors_total", &video),
+        Some(dropped as f64)
+    );
+    if let Some(Err(said)) = promtool_check(&scraped.body) {
+        panic!("promtool check metrics refused:\n{said}\n{}", scraped.body);
+    }
     drop(relay);
 }
 
