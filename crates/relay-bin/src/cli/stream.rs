@@ -23,6 +23,25 @@ pub struct StreamArgs {
 }
 
 impl StreamArgs {
+    /// The stream options of `rule` as `ctl list` shows them (` inspect mpegts max_pps 5000`),
+    /// empty for a rule without any.
+    pub fn describe(rule: &Rule) -> String {
+        let mut text = String::new();
+        if let Some(kind) = rule.inspect {
+            text.push_str(&format!(" inspect {kind}"));
+        }
+        if let Some(hz) = rule.rtp_clock_hz {
+            text.push_str(&format!(" rtp_clock_hz {hz}"));
+        }
+        if let Some(pps) = rule.max_pps {
+            text.push_str(&format!(" max_pps {pps}"));
+        }
+        if let Some(bps) = rule.max_bps {
+            text.push_str(&format!(" max_bps {bps}"));
+        }
+        text
+    }
+
     /// Sets the options given on `rule`.
     pub fn apply(&self, rule: &mut Rule) {
         rule.inspect = self.inspect;

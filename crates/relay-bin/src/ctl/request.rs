@@ -192,6 +192,50 @@ mod tests {
     use super::*;
 
     #[test]
+    fn compact_add_takes_the_stream_options() {
+        use clap::Parser as _;
+        let args = [
+            "fanout-relay",
+            "ctl",
+            "add",
+            "cam",
+            "eth0:239.1.1.1:5000",
+            "eth1:239.2.2.2:6000,ttl=decrement",
+            "--inspect",
+            "rtp+mpegts",
+            "--rtp-clock-hz",
+            "27000000",
+            "--max-pps",
+            "5000",
+            "--max-bps",
+            "8000000",
+        ];
+        let cli = crate::cli::Cli::try_parse_from(args).expect("valid arguments");
+        let crate::cli::Command::Ctl(ctl) = cli.command else {
+            panic!("not ctl: {cli:?}");
+        };
+        let Ok(Command::Add { rule }) = command(&ctl.command) else {
+            panic!("not an add");
+        };
+        assert_eq!(rule.inspect, Some(relay_rules::inspect::Inspect::RtpMpegTs));
+        assert_eq!(
+            (rule.rtp_clock_hz, rule.max_pps, rule.max_bps),
+            (Some(27_000_000), Some(5000), Some(8_000_000))
+        );
+        assert_eq!(rule.outputs[0].ttl, relay_rules::Ttl::Decrement);
+        assert_eq!(
+            crate::cli::StreamArgs::describe(&rule),
+            " inspect rtp+mpegts rtp_clock_hz 27000000 max_pps 5000 max_bps 8000000"
+        );
+        let mut wrong = args.to_vec();
+        wrong[7] = "h264";
+        assert!(
+            crate::cli::Cli::try_parse_from(wrong).is_err(),
+            "an unknown inspection"
+        );
+    }
+
+    #[test]
     fn compact_rules_parse() {
         let input = parse_input("eth0:239.1.1.1:5000@192.0.2.10").expect("valid input");
         assert_eq!(input.interface, "eth0");
