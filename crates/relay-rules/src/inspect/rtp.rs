@@ -217,8 +217,7 @@ impl RtpState {
         if clock == 0 {
             return;
         }
-        // Arrival in timestamp units; only differences matter, so the wrap to 32 bits is fine.
-        let arrival = (u128::from(now_ns) * u128::from(clock) / 1_000_000_000) as u32;
+        let arrival = arrival_units(now_ns, clock);
         let transit = arrival.wrapping_sub(header.timestamp);
         if let Some(previous) = self.transit {
             let d = transit.wrapping_sub(previous) as i32;
@@ -231,6 +230,19 @@ impl RtpState {
         }
         self.transit = Some(transit);
     }
+}
+
+/// `now_ns` in ticks of a `clock_hz` clock, modulo 2^32 (only differences matter): exactly
+/// `now_ns * clock_hz / 10^9`, computed as whole seconds times the rate plus the ticks of the
+/// fraction, so that no 128-bit division runs per packet (the fraction's product stays below
+/// 2^63, and a division by a constant is a multiplication).
+#[inline]
+fn arrival_units(now_ns: u64, clock_hz: u32) -> u32 {
+    const NS: u64 = 1_000_000_000;
+    let clock = u64::from(clock_hz);
+    let whole = (now_ns / NS).wrapping_mul(clock);
+    let fraction = (now_ns % NS) * clock / NS;
+    whole.wrapping_add(fraction) as u32
 }
 
 #[cfg(test)]
@@ -336,6 +348,23 @@ mod tests {
         state.inspect(&packet(50_001, 0, 8), 0);
         let counters = state.counters();
         assert_eq!((counters.ssrc_changes, counters.lost), (1, 0));
+    }
+
+    #[test]
+    fn arrival_ticks_are_the_exact_product() {
+        for now in [
+            0,
+            1,
+            999_999_999,
+            1_000_000_000,
+            123_456_789_012_345,
+            u64::MAX,
+        ] {
+            for clock in [1, 8_000, 90_000, 27_000_000, u32::MAX] {
+                let exact = (u128::from(now) * u128::from(clock) / 1_000_000_000) as u32;
+                assert_eq!(arrival_units(now, clock), exact, "{now} ns at {clock} Hz");
+            }
+        }
     }
 
     #[test]
