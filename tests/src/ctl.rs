@@ -229,7 +229,7 @@ impl Ctl {
         match self.request(Request::Workers) {
             Response {
                 ok: true,
-                result: Some(Reply::Workers { workers }),
+                result: Some(Reply::Workers { workers, .. }),
                 ..
             } => workers,
             other => panic!("workers: unexpected answer {other:?}"),

@@ -177,7 +177,12 @@ fn metrics_agree_with_ctl_stats_and_pass_promtool() {
     for worker in ctl.workers() {
         let cpu = worker.cpu.to_string();
         let labels = [("cpu", cpu.as_str())];
-        for reason in ["exited", "unresponsive", "handover", "start_failed"] {
+        for reason in [
+            "exited",
+            "unresponsive",
+            "start_failed",
+            "forbidden_syscall",
+        ] {
             assert_eq!(
                 settled.count(
                     "fanout_relay_worker_restarts_total",

@@ -26,6 +26,10 @@ use std::str::FromStr;
 use nix::errno::Errno;
 use nix::sys::socket::{ControlMessage, ControlMessageOwned, MsgFlags};
 
+mod fds;
+
+pub use fds::{MAX_FDS, recv_with_fds, send_with_fds};
+
 use crate::fanout;
 use crate::ring::geometry::{Constraints, FRAME_ALIGNMENT, Geometry};
 use crate::ring::{RingError, RingVersion, RxRing};
@@ -70,6 +74,14 @@ pub enum HandoffError {
     /// The peer closed the channel or sent no descriptor.
     #[error("the hand-off message carried no file descriptor (peer closed or sent plain data)")]
     NoDescriptor,
+    /// More descriptors than one message may carry were sent or received.
+    #[error("{count} descriptors in one message; at most {max} may travel together")]
+    TooManyDescriptors {
+        /// How many (a received message says only that there were more than `max`).
+        count: usize,
+        /// The limit.
+        max: usize,
+    },
     /// The ring description is malformed.
     #[error("malformed ring descriptor: {reason}")]
     BadDescriptor {
@@ -268,10 +280,9 @@ impl RingHandle {
                 found,
             });
         }
-        let interface = nix::net::if_::if_indextoname(d.ifindex)
-            .ok()
-            .and_then(|n| n.into_string().ok())
-            .unwrap_or_else(|| format!("#{}", d.ifindex));
+        // By index: looking the name up would take a socket, which a process boxed in may not
+        // open (mapping makes no system call but `getsockopt` and `mmap`).
+        let interface = format!("#{}", d.ifindex);
         let len =
             usize::try_from(d.geometry.ring_bytes()).map_err(|_| HandoffError::BadDescriptor {
                 reason: "ring larger than the address space",

@@ -113,7 +113,10 @@ pub use iface::{IfaceError, InterfaceInfo};
 /// The errno that every error of this crate carries, so callers can match on it without
 /// depending on `nix` themselves.
 pub use nix::errno::Errno;
-pub use ring::{Frame, RingError, RingVersion, RxRing, RxRingBuilder, TxRing, TxRingBuilder};
+pub use ring::{
+    Frame, RingError, RingVersion, RxRing, RxRingBuilder, TxDescriptor, TxRing, TxRingBuilder,
+    TxRingHandle,
+};
 pub use socket::{PacketSocket, Protocol, SocketError};
 pub use stats::RingStats;
 pub use steering::{Steering, SteeringError, SteeringReport};

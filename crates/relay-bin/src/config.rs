@@ -7,6 +7,8 @@
 //! fanout = "cpu"           # cpu | hash | lb | qm | rollover
 //! metrics = "127.0.0.1:9469" # optional: serve Prometheus metrics on GET /metrics
 //! rps = "off"              # or "auto": turn RPS on for single-queue inputs while running
+//! user = "relay"            # the workers' user; nobody by default when run as root
+//! consume_input = true     # drop relayed input at the interface's ingress, after the rings
 //!
 //! [ring]                   # optional: receive and transmit ring geometry
 //! version = "v3"           # v3 (throughput) | v2 (latency: frames handed over one by one)
@@ -124,6 +126,33 @@ pub struct RelaySection {
     /// Whether the relay turns RPS on for input interfaces that need it.
     #[serde(default, skip_serializing_if = "RpsSetting::is_off")]
     pub rps: RpsSetting,
+    /// The user workers run as (they hold no capability either way); by default `nobody` when
+    /// the relay runs as root, else the relay's own user.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user: Option<String>,
+    /// Whether the frames a rule relays are dropped at their input interface's ingress hook
+    /// once the relay's receive rings took them, so that the host's own IP stack does not
+    /// route, checksum and drop them. On by default; off where the host's own applications
+    /// read the input groups too.
+    #[serde(default, skip_serializing_if = "ConsumeInput::is_on")]
+    pub consume_input: ConsumeInput,
+}
+
+/// `consume_input`: on (`true`, the default) or off.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(transparent)]
+pub struct ConsumeInput(pub bool);
+
+impl Default for ConsumeInput {
+    fn default() -> Self {
+        ConsumeInput(true)
+    }
+}
+
+impl ConsumeInput {
+    fn is_on(&self) -> bool {
+        self.0
+    }
 }
 
 /// Whether the relay spreads single-queue inputs over the workers' CPUs with RPS.
@@ -382,6 +411,7 @@ mod tests {
         fanout = "hash"
         metrics = "127.0.0.1:9469"
         rps = "auto"
+        consume_input = false
 
         [ring]
         block_count = 4
@@ -403,6 +433,11 @@ mod tests {
         assert_eq!(config.relay.metrics, Some(([127, 0, 0, 1], 9469).into()));
         assert_eq!(config.relay.rps, RpsSetting::Auto);
         assert_eq!(ConfigFile::default().relay.rps, RpsSetting::Off);
+        assert_eq!(config.relay.consume_input, ConsumeInput(false));
+        assert_eq!(
+            ConfigFile::default().relay.consume_input,
+            ConsumeInput(true)
+        );
         assert_eq!(config.ring.block_count, 4);
         assert_eq!(config.ring.block_size, RingSection::default().block_size);
         let rules = config.to_rules();

@@ -113,18 +113,7 @@ pub fn render(reply: &Reply) -> String {
                 interfaces,
             } => {
                 writeln!(out, "generation {generation}, {} rule(s)", rules.len())?;
-                for waiting in waiting {
-                    let input = &waiting.rule.input;
-                    writeln!(
-                        out,
-                        "{:<24} {}:{}:{} waiting for interface(s) {}",
-                        waiting.rule.name,
-                        input.interface,
-                        input.destination,
-                        input.port,
-                        waiting.missing.join(", ")
-                    )?;
-                }
+                out.push_str(&crate::ctl_tables::waiting(waiting));
                 for interface in interfaces.iter().filter(|interface| !interface.up) {
                     let state = if interface.index.is_some() {
                         "down"
@@ -172,7 +161,15 @@ pub fn render(reply: &Reply) -> String {
                 writeln!(out, "wrote {rules} rule(s) to {path}")?;
             }
             Reply::Stats(stats) => out.push_str(&crate::ctl_tables::stats(stats)),
-            Reply::Workers { workers } => out.push_str(&crate::ctl_tables::workers(workers)),
+            Reply::Workers {
+                workers,
+                waiting,
+                consume,
+            } => {
+                out.push_str(&crate::ctl_tables::workers(workers));
+                out.push_str(&crate::ctl_tables::waiting(waiting));
+                out.push_str(&crate::ctl_tables::consume_filters(consume));
+            }
         }
         Ok(())
     });

@@ -1,6 +1,6 @@
 //! The human tables of `ctl stats` and `ctl workers`.
 
-use crate::control::proto::{StatsReport, WorkerReport};
+use crate::control::proto::{ConsumeFilter, StatsReport, WaitingRule, WorkerReport};
 use std::fmt::Write as _;
 
 /// Per-rule and per-worker counters with rates, and how evenly the workers share the load.
@@ -107,6 +107,27 @@ fn restarted_for(worker: &WorkerReport) -> String {
     reasons.join(",")
 }
 
+/// The rules that wait for interfaces, one line each with what they miss.
+pub fn waiting(waiting: &[WaitingRule]) -> String {
+    let mut out = String::new();
+    crate::text::append(&mut out, |out| {
+        for waiting in waiting {
+            let input = &waiting.rule.input;
+            writeln!(
+                out,
+                "{:<24} {}:{}:{} waiting for interface(s) {}",
+                waiting.rule.name,
+                input.interface,
+                input.destination,
+                input.port,
+                waiting.missing.join(", ")
+            )?;
+        }
+        Ok(())
+    });
+    out
+}
+
 /// The worker slots; with a class column when any worker belongs to a `[[class]]`.
 pub fn workers(workers: &[WorkerReport]) -> String {
     let mut out = String::new();
@@ -157,6 +178,33 @@ pub fn workers(workers: &[WorkerReport]) -> String {
                 restarted_for(worker),
                 class_of(worker)
             )?;
+        }
+        Ok(())
+    });
+    out
+}
+
+/// `ctl workers`' lines on the ingress filters that consume relayed input (none without
+/// `consume_input`).
+pub fn consume_filters(filters: &[ConsumeFilter]) -> String {
+    let mut out = String::new();
+    crate::text::append(&mut out, |out| {
+        for filter in filters {
+            match (&filter.problem, filter.installed) {
+                (Some(problem), _) => writeln!(
+                    out,
+                    "consume_input {} (index {}): not consumed: {problem}",
+                    filter.interface, filter.ifindex
+                )?,
+                (None, installed) => writeln!(
+                    out,
+                    "consume_input {} (index {}): {} key(s) dropped at ingress{}",
+                    filter.interface,
+                    filter.ifindex,
+                    filter.keys,
+                    if installed { "" } else { " (not installed)" }
+                )?,
+            }
         }
         Ok(())
     });

@@ -303,7 +303,10 @@ fn fetch(requests: &Sender<Pending>, deadline: Instant) -> Result<Snapshot, Fetc
     let Reply::Stats(stats) = ask(Command::Stats, "stats")? else {
         return Err(FetchError::Unexpected { command: "stats" });
     };
-    let Reply::Workers { workers } = ask(Command::Workers, "workers")? else {
+    let Reply::Workers {
+        workers, consume, ..
+    } = ask(Command::Workers, "workers")?
+    else {
         return Err(FetchError::Unexpected { command: "workers" });
     };
     let Reply::Rules {
@@ -324,6 +327,7 @@ fn fetch(requests: &Sender<Pending>, deadline: Instant) -> Result<Snapshot, Fetc
         interfaces,
         waiting: waiting.len(),
         links,
+        consume,
     })
 }
 
@@ -340,7 +344,11 @@ mod tests {
             for pending in rx {
                 let reply = match pending.request.command {
                     Command::Stats => Reply::Stats(Default::default()),
-                    Command::Workers => Reply::Workers { workers: vec![] },
+                    Command::Workers => Reply::Workers {
+                        workers: vec![],
+                        waiting: vec![],
+                        consume: vec![],
+                    },
                     _ => Reply::Rules {
                         generation: 7,
                         rules: vec![],

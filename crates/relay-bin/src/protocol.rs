@@ -3,7 +3,8 @@
 //! Each worker's standard input is one end of a Unix stream socket pair; the supervisor holds the
 //! other. The receive ring sockets travel over the same socket with `SCM_RIGHTS` before the first
 //! line, so the supervisor keeps them (and with them the fanout group's membership order) while
-//! workers come and go.
+//! workers come and go; the transmit rings and sockets of outputs travel attached to the
+//! [`ToWorker::Outputs`] lines that describe them, before the start or change that needs them.
 
 use crate::counters::WorkerCounters;
 use relay_rules::{InterfaceFacts, Rule};
@@ -39,6 +40,22 @@ pub enum ToWorker {
         /// Facts of every interface the rules name.
         interfaces: Vec<InterfaceFacts>,
     },
+    /// Transmit rings and sockets for outputs of rules the worker is about to hold, one
+    /// descriptor each attached to the line in this order (see [`send_with_fds`]). Not
+    /// answered: the change that needs them follows.
+    Outputs {
+        /// What each descriptor is.
+        outputs: Vec<crate::outputs::HandedOutput>,
+    },
+    /// Receive rings to serve from now on, one descriptor each attached to the line in this
+    /// order (a new input interface), and the interfaces whose rings to let go (deleted ones).
+    /// Not answered: the change that needs them follows.
+    Rings {
+        /// Each ring's [`fanout_core::RingDescriptor`] in its text form.
+        rings: Vec<String>,
+        /// Indices of interfaces whose rings the worker closes.
+        drop: Vec<u32>,
+    },
     /// Send the counters now; answered with [`FromWorker::Counters`].
     Counters,
     /// Finish the batch in hand, send the final counters and exit.
@@ -46,6 +63,10 @@ pub enum ToWorker {
     /// Damage the table without changing its generation, to test drift repair. Only obeyed by
     /// workers built with the `drift-test` feature.
     CorruptTable,
+    /// Make a system call outside the worker's seccomp allow list, to test that the kernel
+    /// kills it and the supervisor replaces it. Only obeyed by workers built with the
+    /// `drift-test` feature.
+    ForbiddenSyscall,
 }
 
 /// Worker to supervisor.
@@ -98,10 +119,26 @@ pub struct WorkerStart {
     /// shard placement 1 (only the rule's shard does).
     #[serde(default = "one")]
     pub guard_share: u32,
+    /// The user the worker becomes before it serves; `None`: it keeps the supervisor's (which
+    /// is then not root, or cannot switch users).
+    #[serde(default)]
+    pub user: Option<WorkerUser>,
 }
 
 fn one() -> u32 {
     1
+}
+
+/// A user a worker runs as, resolved by the supervisor (the worker cannot read the user
+/// database once boxed in).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct WorkerUser {
+    /// Its name, for messages.
+    pub name: String,
+    /// Its uid.
+    pub uid: u32,
+    /// Its primary gid, the worker's only group.
+    pub gid: u32,
 }
 
 /// One worker's shards of the rules: the fanout members it serves.
@@ -127,6 +164,31 @@ pub fn send<W: Write, M: Serialize>(writer: &mut W, message: &M) -> io::Result<(
     line.push(b'\n');
     writer.write_all(&line)?;
     writer.flush()
+}
+
+/// Writes one message as a line with `fds` attached to its first byte (at most
+/// [`fanout_core::handoff::MAX_FDS`]). `stream` may have a write timeout: like `write_all`, an
+/// expired one is an error, and the line may then be half written.
+pub fn send_with_fds<M: Serialize>(
+    stream: &mut std::os::unix::net::UnixStream,
+    message: &M,
+    fds: &[std::os::fd::BorrowedFd<'_>],
+) -> io::Result<()> {
+    use std::os::fd::AsFd;
+    let mut line = serde_json::to_vec(message).map_err(io::Error::other)?;
+    line.push(b'\n');
+    let sent = loop {
+        match fanout_core::handoff::send_with_fds(stream.as_fd(), &line, fds) {
+            Ok(sent) => break sent,
+            Err(fanout_core::HandoffError::Send {
+                errno: nix::errno::Errno::EINTR,
+            }) => {}
+            Err(fanout_core::HandoffError::Send { errno }) => return Err(errno.into()),
+            Err(other) => return Err(io::Error::other(other)),
+        }
+    };
+    stream.write_all(&line[sent..])?;
+    stream.flush()
 }
 
 /// Reads one message; `Ok(None)` at end of stream. A line that is too long or not a message is

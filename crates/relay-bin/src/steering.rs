@@ -6,10 +6,12 @@
 //! of them, the workers' CPUs and the fanout mode. Sysfs shows the network namespace of whoever
 //! mounted it, so run this in the relay's namespace the way the relay runs (`ip netns exec`).
 
+mod consume;
 mod error;
 mod rps;
 mod verdict;
 
+pub use consume::ConsumeCheck;
 pub use error::{CheckSteeringError, NamespaceError};
 pub use rps::RpsFallback;
 pub use verdict::{Level, Verdict, verdict};
@@ -44,11 +46,13 @@ pub fn run(args: &CheckSteeringArgs) -> Result<(), CheckSteeringError> {
         })?;
     let report = Steering::new().report(&args.interface)?;
     let verdict = verdict(&report, &workers, fanout);
+    let consume = ConsumeCheck::of(&args.interface);
     if args.json {
-        let json = JsonReport::new(&report, &workers, fanout, &verdict);
+        let mut json = JsonReport::new(&report, &workers, fanout, &verdict);
+        json.consume_input = Some(&consume);
         println!("{}", serde_json::to_string_pretty(&json)?);
     } else {
-        print!("{}", render(&report, &workers, fanout, &verdict));
+        print!("{}", render(&report, &workers, fanout, &consume, &verdict));
     }
     Ok(())
 }
@@ -58,6 +62,7 @@ pub fn render(
     report: &SteeringReport,
     workers: &[u32],
     fanout: FanoutSetting,
+    consume: &ConsumeCheck,
     verdict: &Verdict,
 ) -> String {
     let mut out = String::new();
@@ -130,6 +135,7 @@ pub fn render(
             workers.len(),
             fanout_name(fanout)
         )?;
+        writeln!(out, "  consume     {}", consume.describe())?;
         let level = match verdict.level {
             Level::Good => "GOOD",
             Level::Warning => "WARNING",
@@ -178,6 +184,8 @@ struct JsonReport<'a> {
     workers: &'a [u32],
     fanout: FanoutSetting,
     verdict: &'a Verdict,
+    /// Whether the relay's ingress filter is on the interface.
+    consume_input: Option<&'a ConsumeCheck>,
 }
 
 #[derive(Debug, Serialize)]
@@ -261,6 +269,7 @@ impl<'a> JsonReport<'a> {
             workers,
             fanout,
             verdict,
+            consume_input: None,
         }
     }
 }
@@ -293,7 +302,13 @@ mod tests {
     fn the_human_report_shows_facts_and_verdict() {
         let report = veth();
         let verdict = verdict(&report, &[0, 1], FanoutSetting::Cpu);
-        let text = render(&report, &[0, 1], FanoutSetting::Cpu, &verdict);
+        let text = render(
+            &report,
+            &[0, 1],
+            FanoutSetting::Cpu,
+            &ConsumeCheck::Installed,
+            &verdict,
+        );
         for needle in [
             "interface veth0",
             "RX queues   1 (TX 1)",
@@ -303,6 +318,7 @@ mod tests {
             "workers     2 on cpus 0-1, fanout cpu",
             "verdict: BAD: 1 RX queue and no RPS",
             "advice: use --rps auto",
+            "consume     the relay's ingress filter drops the relayed frames",
         ] {
             assert!(text.contains(needle), "{needle:?} missing from:\n{text}");
         }

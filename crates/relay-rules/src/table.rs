@@ -37,7 +37,7 @@ mod error;
 
 pub use change::Insertion;
 pub use checksum::{checksum_of, rule_checksum};
-pub use compiled::{CompiledOutput, CompiledRule, RuleId};
+pub use compiled::{CompiledOutput, CompiledRule, RuleId, compile_outputs};
 pub use error::TableError;
 
 use crate::rule::Rule;

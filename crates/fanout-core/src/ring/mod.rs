@@ -11,6 +11,7 @@ mod mmap;
 mod rx;
 mod tx;
 mod tx_builder;
+mod tx_handle;
 mod tx_held;
 mod v2;
 mod v3;
@@ -24,6 +25,7 @@ pub use geometry::{Geometry, GeometryError};
 pub use rx::{Block, Frames, Readiness, RxCounters, RxRing};
 pub use tx::{TxCounters, TxRing, TxSlot, UdpSegments};
 pub use tx_builder::{TxRingBuilder, TxVersion};
+pub use tx_handle::{TxDescriptor, TxRingHandle};
 pub use tx_held::HeldSlot;
 
 use std::os::fd::BorrowedFd;

@@ -1,19 +1,16 @@
-//! The transmit ring builder: validate, then version, loss, vnet header, ring, mmap, bind, qdisc
-//! bypass, in the order the kernel accepts (`PACKET_VERSION`, `PACKET_LOSS` and
+//! The transmit ring builder: validate, then version, loss, vnet header, ring, bind, qdisc
+//! bypass, mmap, in the order the kernel accepts (`PACKET_VERSION`, `PACKET_LOSS` and
 //! `PACKET_VNET_HDR` must precede `PACKET_TX_RING`).
-
-use std::os::fd::AsFd;
 
 use nix::errno::Errno;
 
 use super::geometry::{Constraints, Geometry};
-use super::mmap::Mapping;
-use super::tx::{TxCounters, TxRing, VNET_HDR_LEN};
+use super::tx::{TxRing, VNET_HDR_LEN};
+use super::tx_handle::{TxDescriptor, TxRingHandle};
 use super::{RingError, RingVersion};
 use crate::socket::{self, PacketSocket, Protocol, SocketError};
 use crate::sys;
 use crate::vnet::PACKET_VNET_HDR;
-use smallvec::SmallVec;
 
 /// Which transmit ring version to use.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -136,8 +133,17 @@ impl TxRingBuilder {
         self
     }
 
-    /// Validates, then sets up: version, loss, ring, mmap, bind, qdisc bypass.
+    /// Validates, then sets up: version, loss, ring, bind, qdisc bypass, mmap.
     pub fn build(&self) -> Result<TxRing, RingError> {
+        // A handle made here matches its own description: no need to check it.
+        self.build_unmapped()?
+            .map_checked_by_caller(self.populate, self.dont_fork)
+    }
+
+    /// Sets the ring up like [`TxRingBuilder::build`] but leaves it unmapped: for a process
+    /// that may open packet sockets to hand to one that may not, which maps it with
+    /// [`TxRingHandle::map`] (sending the descriptor with [`crate::handoff::send_with_fds`]).
+    pub fn build_unmapped(&self) -> Result<TxRingHandle, RingError> {
         let interface = self.interface.clone();
         let page_size = u32::try_from(sys::page_size()).unwrap_or(u32::MAX);
         let constraints = |version| Constraints {
@@ -193,34 +199,20 @@ impl TxRingBuilder {
                 Err(other) => return Err(other),
             },
         };
-        let len = usize::try_from(self.geometry.ring_bytes())
-            .expect("validated: ring fits the address space");
-        let map =
-            Mapping::map(socket.as_fd(), len, self.populate, self.dont_fork).map_err(|errno| {
-                RingError::Map {
-                    interface: interface.clone(),
-                    len: self.geometry.ring_bytes(),
-                    errno,
-                }
-            })?;
         socket.bind_resolved(ifindex, interface, self.protocol)?;
         if self.qdisc_bypass {
             socket.set_qdisc_bypass(true)?;
         }
-        Ok(TxRing {
+        Ok(TxRingHandle::from_socket(
             socket,
-            map,
-            geometry: self.geometry,
-            version,
-            linear,
-            segmentation: self.segmentation,
-            held: SmallVec::new(),
-            head: 0,
-            tail: 0,
-            in_flight: 0,
-            unkicked: 0,
-            counters: TxCounters::default(),
-        })
+            TxDescriptor {
+                version,
+                geometry: self.geometry,
+                linear,
+                segmentation: self.segmentation,
+                ifindex,
+            },
+        ))
     }
 
     fn create_ring(

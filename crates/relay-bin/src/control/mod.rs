@@ -266,7 +266,11 @@ mod tests {
             for pending in rx {
                 respond(
                     &pending.reply,
-                    Response::ok(Reply::Workers { workers: vec![] }),
+                    Response::ok(Reply::Workers {
+                        workers: vec![],
+                        waiting: vec![],
+                        consume: vec![],
+                    }),
                 );
             }
         });
@@ -308,7 +312,11 @@ mod tests {
             for pending in rx {
                 respond(
                     &pending.reply,
-                    Response::ok(Reply::Workers { workers: vec![] }),
+                    Response::ok(Reply::Workers {
+                        workers: vec![],
+                        waiting: vec![],
+                        consume: vec![],
+                    }),
                 );
             }
         });

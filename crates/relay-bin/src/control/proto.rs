@@ -96,6 +96,13 @@ pub enum Command {
         /// CPU of the worker.
         cpu: u32,
     },
+    /// Make the worker on `cpu` call what its seccomp filter forbids, to test that it is
+    /// killed and replaced. Only in builds with the `drift-test` feature.
+    #[cfg(feature = "drift-test")]
+    DebugForbiddenSyscall {
+        /// CPU of the worker.
+        cpu: u32,
+    },
 }
 
 /// A rule's match key, to remove by.
@@ -178,7 +185,30 @@ pub enum Reply {
     Workers {
         /// One entry per worker slot.
         workers: Vec<WorkerReport>,
+        /// Rules that no worker holds yet: they wait for interfaces that do not exist.
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        waiting: Vec<WaitingRule>,
+        /// With `consume_input`, the ingress filter of each input interface.
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        consume: Vec<ConsumeFilter>,
     },
+}
+
+/// The relay's ingress filter on one input interface (`consume_input`), which drops the frames
+/// its rules relay once its receive rings took them.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ConsumeFilter {
+    /// The input interface.
+    pub interface: String,
+    /// Its kernel index.
+    pub ifindex: u32,
+    /// Whether the filter is installed.
+    pub installed: bool,
+    /// The (destination, port) keys it drops.
+    pub keys: usize,
+    /// Why it is not installed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub problem: Option<String>,
 }
 
 /// The outcome of add, remove or reload.
@@ -286,8 +316,8 @@ pub struct WorkerReport {
     pub state: String,
     /// Restarts so far.
     pub restarts: u32,
-    /// Of `restarts`, how many for each reason (`exited`, `unresponsive`, `handover`,
-    /// `start_failed`); reasons never seen are left out.
+    /// Of `restarts`, how many for each reason (`exited`, `unresponsive`, `start_failed`,
+    /// `forbidden_syscall`); reasons never seen are left out.
     #[serde(default)]
     pub restart_reasons: BTreeMap<String, u32>,
     /// Generation of the table the worker confirmed.
@@ -326,6 +356,8 @@ fn fields(command: &Command) -> &'static [&'static str] {
         Command::List | Command::Stats | Command::Workers | Command::Reload => &[],
         #[cfg(feature = "drift-test")]
         Command::DebugCorruptTable { .. } => &["cpu"],
+        #[cfg(feature = "drift-test")]
+        Command::DebugForbiddenSyscall { .. } => &["cpu"],
     }
 }
 

@@ -62,6 +62,8 @@ pub struct Snapshot {
     pub waiting: usize,
     /// The interfaces the rules name, as netlink told of them.
     pub links: Vec<crate::control::proto::InterfaceState>,
+    /// With `consume_input`, the ingress filter of each input interface.
+    pub consume: Vec<crate::control::proto::ConsumeFilter>,
 }
 
 /// A metric type.
@@ -116,6 +118,39 @@ pub fn render(snapshot: &Snapshot) -> String {
         Kind::Counter,
         "Times an interface a rule names was deleted or renamed away.",
         by_link(|link| link.removals),
+    );
+    out.family(
+        "fanout_relay_consume_filter_installed",
+        Kind::Gauge,
+        "With consume_input, 1 while the ingress filter that drops relayed input after the \
+         relay's receive rings took it is installed on the input interface, 0 when it could not \
+         be (the host's stack then takes every relayed frame as well).",
+        snapshot
+            .consume
+            .iter()
+            .map(|filter| {
+                (
+                    labels(&[("interface", &filter.interface)]),
+                    u64::from(filter.installed),
+                )
+            })
+            .collect(),
+    );
+    out.family(
+        "fanout_relay_consume_keys",
+        Kind::Gauge,
+        "With consume_input, the (destination, port) keys the input interface's ingress filter \
+         drops.",
+        snapshot
+            .consume
+            .iter()
+            .map(|filter| {
+                (
+                    labels(&[("interface", &filter.interface)]),
+                    filter.keys as u64,
+                )
+            })
+            .collect(),
     );
     let rules = &snapshot.stats.rules;
     let by_rule = |value: fn(&crate::control::proto::RuleStats) -> u64| {
@@ -309,8 +344,8 @@ fn workers(out: &mut Exposition, snapshot: &Snapshot) {
         "fanout_relay_worker_restarts_total",
         Kind::Counter,
         "Times the supervisor restarted the worker's process, by reason: exited (it died by \
-         itself or was killed by someone else), unresponsive (the watchdog killed it), handover \
-         (stopped to take new rings), start_failed.",
+         itself or was killed by someone else), unresponsive (the watchdog killed it), \
+         start_failed, forbidden_syscall (its seccomp filter killed it).",
         slots
             .iter()
             .flat_map(|slot| {
@@ -532,6 +567,13 @@ mod tests {
             receive_packets: 15,
             ..InterfaceCounters::default()
         });
+        snapshot.consume.push(crate::control::proto::ConsumeFilter {
+            interface: "in0".into(),
+            ifindex: 4,
+            installed: true,
+            keys: 1,
+            problem: None,
+        });
         snapshot
     }
 
@@ -549,11 +591,13 @@ mod tests {
             "fanout_relay_worker_malformed_total{cpu=\"1\",reason=\"bad_checksum\"} 2",
             "fanout_relay_worker_restarts_total{cpu=\"1\",reason=\"exited\"} 3",
             "fanout_relay_worker_restarts_total{cpu=\"1\",reason=\"unresponsive\"} 1",
-            "fanout_relay_worker_restarts_total{cpu=\"1\",reason=\"handover\"} 0",
+            "fanout_relay_worker_restarts_total{cpu=\"1\",reason=\"forbidden_syscall\"} 0",
             "fanout_relay_worker_table_generation{cpu=\"1\"} 3",
             "fanout_relay_worker_ready{cpu=\"1\"} 1",
             "fanout_relay_worker_info{cpu=\"1\",class=\"default\"} 1",
             "fanout_relay_interface_receive_packets_total{interface=\"in0\"} 15",
+            "fanout_relay_consume_filter_installed{interface=\"in0\"} 1",
+            "fanout_relay_consume_keys{interface=\"in0\"} 1",
             "# TYPE fanout_relay_worker_tx_full_total counter",
             "# TYPE fanout_relay_worker_ready gauge",
         ] {

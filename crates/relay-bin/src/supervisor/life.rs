@@ -89,8 +89,6 @@ pub(crate) enum Life<P> {
 /// What follows a stop.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Then {
-    /// Started again as soon as it is gone (to take new rings), counted for the reason.
-    RestartNow(RestartReason),
     /// Started again after the backoff, counted for the reason (it was killed).
     Restart(RestartReason),
     /// Held until a resize has moved its rings.
@@ -196,6 +194,18 @@ impl<P> Life<P> {
         }
     }
 
+    /// The process that went away nobody asking was killed for `reason` after all (the exit
+    /// status said so): its restart is counted for it.
+    pub(crate) fn blame(&mut self, reason: RestartReason) {
+        if let Life::Waiting {
+            reason: Some(blamed @ RestartReason::Exited),
+            ..
+        } = self
+        {
+            *blamed = reason;
+        }
+    }
+
     /// Its process was started: it builds its table and confirms it.
     pub(crate) fn started(&mut self, run: Run<P>) {
         *self = Life::Starting(run);
@@ -250,7 +260,7 @@ impl<P> Life<P> {
                 match then {
                     Then::Hold => *self = Life::Held,
                     Then::End => *self = Life::Stopped,
-                    Then::RestartNow(_) | Then::Restart(_) => {}
+                    Then::Restart(_) => {}
                 }
                 false
             }
@@ -293,10 +303,6 @@ impl<P> Life<P> {
             }
             Life::Stopping { run, then } => {
                 let next = match then {
-                    Then::RestartNow(reason) => Life::Waiting {
-                        at: now,
-                        reason: Some(reason),
-                    },
                     Then::Restart(reason) => Life::Waiting {
                         at: now + backoff,
                         reason: Some(reason),
@@ -359,28 +365,14 @@ mod tests {
     }
 
     #[test]
-    fn a_handover_restarts_at_once_and_is_no_outage() {
-        let now = Instant::now();
-        let mut life = serving(now);
-        assert!(life.stop(Then::RestartNow(RestartReason::Handover)));
-        assert_eq!(life.name(), "stopping");
-        assert!(
-            !life.stop(Then::RestartNow(RestartReason::Handover)),
-            "told once"
-        );
-        let exit = life.exited(now, BACKOFF).expect("a process");
-        assert!(!exit.unexpected);
-        assert_eq!(life.start_due(), Some(now));
-        assert_eq!(life.restart_reason(), Some(RestartReason::Handover));
-    }
-
-    #[test]
     fn a_killed_worker_is_restarted_after_the_backoff_for_the_kill_reason() {
         let now = Instant::now();
         let mut life = serving(now);
         assert!(life.killed(RestartReason::Unresponsive));
-        // A handover asked of it while it dies does not hurry the restart.
-        assert!(!life.stop(Then::RestartNow(RestartReason::Handover)));
+        assert!(
+            !life.stop(Then::Restart(RestartReason::Exited)),
+            "told once"
+        );
         let exit = life.exited(now, BACKOFF).expect("a process");
         assert!(!exit.unexpected, "the kill was asked for");
         assert_eq!(life.start_due(), Some(now + BACKOFF));
@@ -415,12 +407,12 @@ mod tests {
         };
         assert!(!waiting.stop(Then::Hold));
         assert_eq!(waiting.name(), "resizing");
-        // A handover in progress becomes a hold.
-        let mut handing = serving(now);
-        handing.stop(Then::RestartNow(RestartReason::Handover));
-        handing.stop(Then::Hold);
-        handing.exited(now, BACKOFF).expect("a process");
-        assert_eq!(handing.name(), "resizing");
+        // A kill in progress becomes a hold.
+        let mut killing = serving(now);
+        killing.killed(RestartReason::Unresponsive);
+        killing.stop(Then::Hold);
+        killing.exited(now, BACKOFF).expect("a process");
+        assert_eq!(killing.name(), "resizing");
         // A retired slot that joins again is held first, then started.
         let mut retired: Life<u32> = Life::Retired;
         assert!(!retired.in_worker_set());

@@ -22,8 +22,10 @@
 //! requests arrive over one channel and are handled one at a time, so there are no locks.
 
 mod checks;
+mod consume;
 mod decide;
 mod events;
+mod handover;
 mod inflight;
 mod inputs;
 mod life;
@@ -32,6 +34,7 @@ mod links;
 mod placement;
 mod privileges;
 mod rates;
+mod removed;
 mod restarts;
 mod service;
 mod setup;
@@ -104,6 +107,7 @@ pub struct RunOptions {
 /// signal is tied to the thread that spawned it.
 pub fn run(plan: Plan, options: &RunOptions) -> Result<RunSummary, RunError> {
     privileges::check(plan.config.relay.rps == crate::config::RpsSetting::Auto)?;
+    let worker_user = privileges::worker_user(plan.config.relay.user.as_deref())?;
     let mut mask = SigSet::empty();
     for signal in [Signal::SIGINT, Signal::SIGTERM, Signal::SIGHUP] {
         mask.add(signal);
@@ -139,6 +143,7 @@ pub fn run(plan: Plan, options: &RunOptions) -> Result<RunSummary, RunError> {
     );
     let metrics_addr = plan.config.relay.metrics;
     let mut world = plan.build()?;
+    world.worker_user = worker_user;
     let (event_tx, events) = mpsc::channel::<Event>();
     // Subscribed before the workers start; interfaces that appeared since the plan looked
     // for them are caught up with below.
@@ -211,6 +216,7 @@ pub fn run(plan: Plan, options: &RunOptions) -> Result<RunSummary, RunError> {
     }
     service.stopping();
     world.stop(&events);
+    world.consume.close();
     Ok(world.summary())
 }
 

@@ -5,6 +5,7 @@
 //! it runs as any user that holds them (ambient or file capabilities, or systemd's
 //! `AmbientCapabilities=`).
 
+use crate::protocol::WorkerUser;
 use caps::{CapSet, Capability};
 
 /// A capability the relay needs and does not hold.
@@ -27,6 +28,68 @@ pub enum PrivilegeError {
     /// The capability sets could not be read.
     #[error("reading the process's capabilities: {0}")]
     Read(#[source] caps::errors::CapsError),
+    /// `relay.user` names no user of this host.
+    #[error("relay.user = {0:?}: no such user")]
+    UnknownUser(String),
+    /// The user database could not be read.
+    #[error("looking up user {user:?}: {errno}")]
+    Lookup {
+        /// The user.
+        user: String,
+        /// Why.
+        errno: nix::errno::Errno,
+    },
+    /// `relay.user` names another user, and the relay cannot switch users.
+    #[error(
+        "relay.user = {0:?}, but the relay cannot make its workers another user (it needs \
+         CAP_SETUID and CAP_SETGID, i.e. to run as root): leave relay.user out, and the workers \
+         run as the relay's own user, without capabilities"
+    )]
+    CannotSwitch(String),
+}
+
+/// The user workers run as when the relay runs as root and the configuration names none.
+pub(super) const DEFAULT_WORKER_USER: &str = "nobody";
+
+/// The user the workers become, given `relay.user`: the configured one, or when the relay can
+/// switch users (it runs as root) [`DEFAULT_WORKER_USER`]; `None` keeps the relay's own, which is
+/// then already unprivileged, or the configured one.
+pub(super) fn worker_user(configured: Option<&str>) -> Result<Option<WorkerUser>, PrivilegeError> {
+    let can_switch = [Capability::CAP_SETUID, Capability::CAP_SETGID]
+        .into_iter()
+        .map(|capability| caps::has_cap(None, CapSet::Effective, capability))
+        .try_fold(true, |all, held| held.map(|held| all && held))
+        .map_err(PrivilegeError::Read)?;
+    let name = match configured {
+        Some(name) => name,
+        None if can_switch => DEFAULT_WORKER_USER,
+        None => return Ok(None),
+    };
+    let found = nix::unistd::User::from_name(name).map_err(|errno| PrivilegeError::Lookup {
+        user: name.to_owned(),
+        errno,
+    })?;
+    let Some(user) = found else {
+        if configured.is_none() {
+            log::warn!(
+                "there is no user {DEFAULT_WORKER_USER:?}: workers keep the relay's user (set \
+                 relay.user to one without privileges)"
+            );
+            return Ok(None);
+        }
+        return Err(PrivilegeError::UnknownUser(name.to_owned()));
+    };
+    if user.uid == nix::unistd::geteuid() {
+        return Ok(None);
+    }
+    if !can_switch {
+        return Err(PrivilegeError::CannotSwitch(name.to_owned()));
+    }
+    Ok(Some(WorkerUser {
+        name: user.name,
+        uid: user.uid.as_raw(),
+        gid: user.gid.as_raw(),
+    }))
 }
 
 /// Checks that the process holds `CAP_NET_RAW`, and what writing RPS masks needs when `rps`.

@@ -16,10 +16,10 @@ pub enum RestartReason {
     /// counters request within the watchdog's `SILENCE_LIMIT`, 3 s) or a write to it that
     /// timed out.
     Unresponsive,
-    /// It was stopped to take new receive rings (a new input interface).
-    Handover,
     /// Its process could not be started.
     StartFailed,
+    /// The kernel killed it for a system call outside its seccomp allow list (`SIGSYS`).
+    ForbiddenSyscall,
 }
 
 impl RestartReason {
@@ -27,8 +27,8 @@ impl RestartReason {
     pub const ALL: [RestartReason; 4] = [
         RestartReason::Exited,
         RestartReason::Unresponsive,
-        RestartReason::Handover,
         RestartReason::StartFailed,
+        RestartReason::ForbiddenSyscall,
     ];
 
     /// The reason's name in `ctl workers`, the metrics' `reason` label and the log.
@@ -36,8 +36,8 @@ impl RestartReason {
         match self {
             RestartReason::Exited => "exited",
             RestartReason::Unresponsive => "unresponsive",
-            RestartReason::Handover => "handover",
             RestartReason::StartFailed => "start_failed",
+            RestartReason::ForbiddenSyscall => "forbidden_syscall",
         }
     }
 
@@ -45,8 +45,8 @@ impl RestartReason {
         match self {
             RestartReason::Exited => 0,
             RestartReason::Unresponsive => 1,
-            RestartReason::Handover => 2,
-            RestartReason::StartFailed => 3,
+            RestartReason::StartFailed => 2,
+            RestartReason::ForbiddenSyscall => 3,
         }
     }
 }
@@ -87,7 +87,7 @@ mod tests {
         counts.count(RestartReason::Exited);
         counts.count(RestartReason::Unresponsive);
         assert_eq!(counts.get(RestartReason::Unresponsive), 2);
-        assert_eq!(counts.get(RestartReason::Handover), 0);
+        assert_eq!(counts.get(RestartReason::ForbiddenSyscall), 0);
         assert_eq!(
             counts.by_name(),
             BTreeMap::from([("exited".to_owned(), 1), ("unresponsive".to_owned(), 2)])

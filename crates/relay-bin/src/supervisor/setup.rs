@@ -280,6 +280,9 @@ impl Plan {
             });
         let (ring, relay) = (self.config.ring, &self.config.relay);
         let (fanout, placement) = (relay.fanout, relay.placement);
+        // After the rings: a frame is dropped at ingress only once a ring can take it.
+        let mut consume = super::consume::Consume::start(relay.consume_input.0);
+        consume.follow(&self.set, self.set.rules(), &[]);
         Ok(World {
             slots,
             owners,
@@ -288,9 +291,11 @@ impl Plan {
                 .with_waiting(self.waiting.into_iter().map(|(rule, _)| rule)),
             config_path: self.path,
             ring,
+            worker_user: None,
             fanout,
             placement,
             inputs,
+            consume,
             pending: Vec::new(),
             resize: None,
             supervisor_cpus,
@@ -300,6 +305,7 @@ impl Plan {
             rates: super::rates::RateWindow::default(),
             notices: crate::notices::Notices::default(),
             file_rules,
+            removed: Default::default(),
             next_poll: None,
         })
     }

@@ -1,13 +1,18 @@
 //! Worker processes: spawning one, handing it its rings and rules, and restarting it with backoff.
 
+use super::handover::{HandedOutputs, hand_over};
 use super::life::{Life, Run, Then};
 use super::restarts::{RestartCounts, RestartReason};
+use crate::config::RingSection;
 use crate::counters::WorkerCounters;
+use crate::outputs::OutputKey;
 use crate::protocol::{self, FromWorker, ToWorker, WorkerStart};
 use fanout_core::handoff::{self, RingHandle};
+use relay_rules::Interfaces;
 use std::io::{self, BufReader};
 use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::net::UnixStream;
+use std::os::unix::process::ExitStatusExt;
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc::Sender;
 use std::time::{Duration, Instant};
@@ -90,6 +95,8 @@ pub(crate) struct WorkerProcess {
     child: Child,
     /// The supervisor's end of the control socket.
     control: UnixStream,
+    /// The transmit rings and sockets it was handed.
+    outputs: HandedOutputs,
 }
 
 impl WorkerSlot {
@@ -154,6 +161,20 @@ impl WorkerSlot {
         total
     }
 
+    /// The rules of the slot's past counters: removed ones, and those its earlier processes
+    /// counted.
+    pub(crate) fn retired_rules(&self) -> impl Iterator<Item = &str> {
+        self.retired.rules.keys().map(String::as_str)
+    }
+
+    /// Drops the counters of the rules `names`, which were removed long enough ago (a live
+    /// process no longer counts a removed rule).
+    pub(crate) fn forget_rules(&mut self, names: &[String]) {
+        for name in names {
+            self.retired.rules.remove(name);
+        }
+    }
+
     /// Folds `counters` from its live process `pid` in, keeping the counts of rules it no
     /// longer reports (removed ones) with the slot's retired counters.
     pub(crate) fn take_counters(&mut self, pid: u32, counters: WorkerCounters) {
@@ -216,11 +237,24 @@ impl WorkerSlot {
             .env_remove("WATCHDOG_PID")
             .spawn()?;
         let pid = child.id();
+        let mut outputs = HandedOutputs::default();
         let handed = ours.try_clone().and_then(|mut writer| {
             self.rings
                 .iter()
                 .try_for_each(|(_, ring)| {
                     handoff::send_ring(ours.as_fd(), ring).map_err(io::Error::other)
+                })
+                .and_then(|()| {
+                    let interfaces: Interfaces = start.interfaces.iter().cloned().collect();
+                    let keys = outputs.reset(start.rules.iter(), &interfaces);
+                    hand_over(
+                        &mut writer,
+                        &mut outputs,
+                        &keys,
+                        &interfaces,
+                        &start.ring,
+                        self.cpu,
+                    )
                 })
                 .and_then(|()| {
                     protocol::send(&mut writer, &ToWorker::Start(Box::new(start.clone())))
@@ -247,6 +281,7 @@ impl WorkerSlot {
         Ok(WorkerProcess {
             child,
             control: ours,
+            outputs,
         })
     }
 
@@ -298,6 +333,15 @@ impl WorkerSlot {
             log::debug!("worker on cpu {}: kill: {error}", self.cpu);
         }
         let status = process.child.wait().ok();
+        if exit.unexpected && status.and_then(|status| status.signal()) == Some(libc::SIGSYS) {
+            log::error!(
+                "worker on cpu {} (pid {}) made a system call outside its allow list and was \
+                 killed by the kernel (SIGSYS); see the kernel log (audit type 1326) for which",
+                self.cpu,
+                exit.run.pid
+            );
+            self.life.blame(RestartReason::ForbiddenSyscall);
+        }
         self.retired.absorb(&exit.run.counters);
         if exit.unexpected {
             self.outages += 1;
@@ -343,16 +387,103 @@ impl WorkerSlot {
             return Ok(());
         };
         let sent = protocol::send(&mut run.process.control, message);
+        self.unless_stuck(sent)
+    }
+
+    /// Hands the live process, if any, the transmit rings and sockets that `change` (a count
+    /// of the rules it is about to hold, see [`HandedOutputs`]) says it lacks: before the
+    /// message with the rules that need them. Fails like [`WorkerSlot::tell`].
+    pub(crate) fn hand_outputs(
+        &mut self,
+        interfaces: &Interfaces,
+        ring: &RingSection,
+        change: impl FnOnce(&mut HandedOutputs) -> Vec<OutputKey>,
+    ) -> io::Result<()> {
+        let cpu = self.cpu;
+        let Some(run) = self.life.run_mut() else {
+            return Ok(());
+        };
+        let process = &mut run.process;
+        let keys = change(&mut process.outputs);
+        let sent = hand_over(
+            &mut process.control,
+            &mut process.outputs,
+            &keys,
+            interfaces,
+            ring,
+            cpu,
+        );
+        self.unless_stuck(sent)
+    }
+
+    /// Adds `rings` (fanout member, ring) to those the slot serves, and hands them to its live
+    /// process, if any, which serves them from then on; a later process gets them at start.
+    pub(crate) fn add_rings(&mut self, rings: Vec<(u32, RingHandle)>) {
+        let sent = self.send_rings(rings.iter().map(|(_, ring)| ring), &[]);
+        if let Err(error) = sent {
+            log::debug!("worker on cpu {}: rings not sent: {error}", self.cpu);
+        }
+        self.rings.extend(rings);
+    }
+
+    /// Lets the rings on interface `ifindex` go (it was deleted: the kernel unbound them), and
+    /// tells the live process, if any, to close its own.
+    pub(crate) fn drop_rings(&mut self, ifindex: u32) {
+        let before = self.rings.len();
+        self.rings
+            .retain(|(_, ring)| ring.descriptor().ifindex != ifindex);
+        if self.rings.len() == before {
+            return;
+        }
+        if let Err(error) = self.send_rings(std::iter::empty(), &[ifindex]) {
+            log::debug!("worker on cpu {}: ring release not sent: {error}", self.cpu);
+        }
+    }
+
+    fn send_rings<'a>(
+        &mut self,
+        rings: impl Iterator<Item = &'a RingHandle>,
+        drop: &[u32],
+    ) -> io::Result<()> {
+        let Some(run) = self.life.run_mut() else {
+            return Ok(());
+        };
+        let rings: Vec<&RingHandle> = rings.collect();
+        let mut sent = Ok(());
+        // At most MAX_FDS to a message; the releases go with the first.
+        let mut batches = rings.chunks(handoff::MAX_FDS).peekable();
+        let mut first = true;
+        while first || batches.peek().is_some() {
+            let batch = batches.next().unwrap_or(&[]);
+            let message = ToWorker::Rings {
+                rings: batch
+                    .iter()
+                    .map(|ring| ring.descriptor().to_string())
+                    .collect(),
+                drop: if first { drop.to_vec() } else { Vec::new() },
+            };
+            let fds: Vec<_> = batch.iter().map(|ring| ring.as_fd()).collect();
+            sent = protocol::send_with_fds(&mut run.process.control, &message, &fds);
+            first = false;
+            if sent.is_err() {
+                break;
+            }
+        }
+        self.unless_stuck(sent)
+    }
+
+    /// Kills the live process if `sent` timed out: it has not read for [`WRITE_TIMEOUT`].
+    fn unless_stuck(&mut self, sent: io::Result<()>) -> io::Result<()> {
         if let Err(error) = &sent
             && matches!(
                 error.kind(),
                 io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
             )
+            && let Some(pid) = self.pid()
         {
             log::error!(
-                "worker on cpu {} (pid {}) read nothing for {} s: killed, to be restarted",
+                "worker on cpu {} (pid {pid}) read nothing for {} s: killed, to be restarted",
                 self.cpu,
-                run.pid,
                 WRITE_TIMEOUT.as_secs()
             );
             self.kill(RestartReason::Unresponsive);

@@ -28,6 +28,7 @@ mod resize;
 mod watchdog;
 mod workers;
 
+use super::consume::Consume;
 use super::decide::autoscale::Autoscaler;
 use super::events::Event;
 use super::inflight::{PendingChange, Resize};
@@ -76,10 +77,14 @@ pub(super) struct World {
     pub(super) config_path: PathBuf,
     /// The ring settings every worker gets.
     pub(super) ring: RingSection,
+    /// The user workers become (`None`: the supervisor's).
+    pub(super) worker_user: Option<crate::protocol::WorkerUser>,
     pub(super) fanout: FanoutSetting,
     pub(super) placement: PlacementSetting,
     /// The receive rings, fanout groups, filters and memberships of the rules' inputs.
     pub(super) inputs: Inputs,
+    /// With `consume_input`, the ingress filters that drop relayed input after the rings.
+    pub(super) consume: Consume,
     /// Applied changes waiting for the workers' confirmations, oldest first.
     pub(super) pending: Vec<PendingChange>,
     /// A change of the worker set in progress.
@@ -100,6 +105,8 @@ pub(super) struct World {
     pub(super) file_rules: BTreeSet<String>,
     /// The interfaces the rules name, as netlink tells of them.
     pub(super) lifecycle: Lifecycle,
+    /// Since when the rules that have counters but no longer run were found gone.
+    pub(super) removed: super::removed::RemovedRules,
     /// When the workers are next asked for their counters (none: at the first tick).
     pub(super) next_poll: Option<Instant>,
 }
@@ -149,6 +156,7 @@ impl World {
         if self.next_poll.is_none_or(|at| now >= at) {
             self.sample_rates();
             self.poll_counters(now);
+            self.forget_removed_rules(now);
             self.autoscale(now);
             self.notices.tick(
                 now,
@@ -163,6 +171,30 @@ impl World {
         self.watch(now);
         self.expire_changes(now);
         self.advance_resize();
+    }
+
+    /// Drops the counters of rules that have not run for [`super::removed::KEPT_FOR`].
+    fn forget_removed_rules(&mut self, now: Instant) {
+        let counted: BTreeSet<&str> = self
+            .slots
+            .iter()
+            .flat_map(|slot| slot.retired_rules())
+            .collect();
+        let gone = counted.into_iter().filter(|name| {
+            self.state.set().get(name).is_none() && !self.state.waiting().contains_key(*name)
+        });
+        let expired = self.removed.expired(now, gone);
+        if expired.is_empty() {
+            return;
+        }
+        for slot in &mut self.slots {
+            slot.forget_rules(&expired);
+        }
+        log::debug!(
+            "forgot the counters of {} rule(s) removed {} s ago or more",
+            expired.len(),
+            super::removed::KEPT_FOR.as_secs()
+        );
     }
 
     /// When [`World::tick`] next has something to do.

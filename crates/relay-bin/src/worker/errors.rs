@@ -1,5 +1,5 @@
-//! Errors of a worker's outputs: why one could not be opened, and the errors of an open ring or
-//! socket, counted by errno without allocating on the data path.
+//! Errors of a worker's open rings and sockets, counted by errno without allocating on the data
+//! path.
 //!
 //! An error of an open output is rare (a link going down, a route going away), but while it
 //! lasts it may repeat once per batch; so counting is an increment in a small inline list, and
@@ -8,38 +8,6 @@
 use crate::counters::{ErrorCounts, add_error};
 use nix::errno::Errno;
 use smallvec::SmallVec;
-use std::net::Ipv4Addr;
-
-/// Why an output's transmit ring or socket could not be opened.
-#[derive(Debug, thiserror::Error)]
-pub enum OutputError {
-    /// The output's interface is not among the facts the supervisor handed over.
-    #[error("output interface #{ifindex} is not among the interfaces handed over")]
-    UnknownInterface {
-        /// The interface index the compiled output names.
-        ifindex: u32,
-    },
-    /// The transmit ring could not be set up.
-    #[error("transmit ring on {interface}: {source}")]
-    TxRing {
-        /// The output interface.
-        interface: String,
-        /// The step that failed, with its syscall and errno.
-        source: fanout_core::RingError,
-    },
-    /// The socket of a socket output could not be made or configured.
-    #[error("socket output on {interface} from {from}: {call}: {source}")]
-    Socket {
-        /// The output interface.
-        interface: String,
-        /// The address it sends from.
-        from: Ipv4Addr,
-        /// The call that failed: `bind`, `setsockopt(SO_BINDTODEVICE)`, ...
-        call: &'static str,
-        /// What it returned.
-        source: std::io::Error,
-    },
-}
 
 /// Counts by raw errno value; a handful of distinct errnos fit inline.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]

@@ -1,11 +1,13 @@
 //! The worker's rings and sockets, and the loop that drives the data path over them.
 
+use super::channel::Channel;
 use super::datapath::{Datapath, RxChecksum};
+use super::sinks::Handed;
 use super::sinks::Sinks;
 use super::wait::Waiter;
 use super::{SetupError, WorkerError};
 use crate::config::RingSection;
-use crate::protocol::{FromWorker, LineBuffer, Outbox, ToWorker, WorkerStart};
+use crate::protocol::{FromWorker, Outbox, ToWorker, WorkerStart};
 use crate::rings;
 use fanout_core::handoff::RingHandle;
 use fanout_core::{RingStats, RxRing};
@@ -54,6 +56,8 @@ pub(super) struct WorkerIo {
     rx: Vec<(u32, RxRing)>,
     datapath: Datapath,
     sinks: Sinks,
+    /// Outputs handed over for the next change, until it takes them.
+    handed: Handed,
     waiter: Waiter,
     kernel: RingStats,
     /// Received frames whose output has not been kicked yet, across passes over the rings.
@@ -62,7 +66,11 @@ pub(super) struct WorkerIo {
 
 impl WorkerIo {
     /// Pins to the CPU, builds the table, maps the handed rings and opens the outputs.
-    pub(super) fn new(start: &WorkerStart, handles: Vec<RingHandle>) -> Result<Self, SetupError> {
+    pub(super) fn new(
+        start: &WorkerStart,
+        handles: Vec<RingHandle>,
+        mut handed: Handed,
+    ) -> Result<Self, SetupError> {
         fanout_core::cpu::pin_current_thread(start.cpu as usize).map_err(|source| {
             SetupError::Pin {
                 cpu: start.cpu,
@@ -92,9 +100,11 @@ impl WorkerIo {
         let mut sinks = Sinks::default();
         for rule in table.rules() {
             for output in &rule.outputs {
-                sinks
-                    .open(output, &interfaces, &start.ring)
-                    .map_err(SetupError::Output)?;
+                // Like a rule added later: the other outputs serve, this one counts what it
+                // cannot send.
+                if let Err(error) = sinks.open(output, &start.ring, &mut handed) {
+                    log::error!("worker on cpu {}: rule {:?}: {error}", start.cpu, rule.name);
+                }
             }
         }
         Ok(WorkerIo {
@@ -109,6 +119,7 @@ impl WorkerIo {
                 datapath
             },
             sinks,
+            handed: Handed::default(),
             waiter: Waiter::new(start.ring.busy_poll_us, start.cpu),
             kernel: RingStats::default(),
             unsent: 0,
@@ -129,16 +140,18 @@ impl WorkerIo {
     /// [`Outbox`]: the socket is non-blocking, and a counters reply (an entry per rule that saw
     /// traffic) can outgrow its buffer; what does not fit is written when `poll` says the socket
     /// is writable, so the data path never waits for the supervisor.
-    pub(super) fn serve(&mut self, control: UnixStream) -> Result<(), WorkerError> {
-        control.set_nonblocking(true)?;
-        let mut writer = control.try_clone()?;
-        let mut reader = control;
-        let mut lines = LineBuffer::default();
+    pub(super) fn serve(
+        &mut self,
+        mut channel: Channel,
+        backlog: Vec<ToWorker>,
+    ) -> Result<(), WorkerError> {
+        let mut writer = channel.stream().try_clone()?;
         let mut outbox = Outbox::default();
+        let mut backlog = Some(backlog);
         loop {
             let woken = self
                 .waiter
-                .wait(&reader, !outbox.is_empty(), &self.rx)
+                .wait(channel.stream(), !outbox.is_empty(), &self.rx)
                 .map_err(|errno| WorkerError::Control(errno.into()))?;
             // A ring is drained even without a wake-up: a V3 block can be handed over between
             // the last drain and the poll without the socket becoming readable again.
@@ -146,18 +159,29 @@ impl WorkerIo {
             if woken.writable {
                 outbox.write_to(&mut writer)?;
             }
-            if woken.control {
-                let messages = match lines.read_from(&mut reader) {
-                    Ok(Some(messages)) => messages,
+            let messages = match backlog.take() {
+                Some(messages) if !messages.is_empty() => Some(messages),
+                _ if woken.control => match channel.read() {
+                    Ok(Some(messages)) => Some(messages),
                     Ok(None) => {
                         return Err(WorkerError::Control(
                             std::io::ErrorKind::UnexpectedEof.into(),
                         ));
                     }
                     Err(error) => return Err(WorkerError::Control(error)),
-                };
+                },
+                _ => None,
+            };
+            if let Some(messages) = messages {
                 for message in messages {
                     match message {
+                        ToWorker::Outputs { outputs } => {
+                            channel.take_outputs(&outputs, &mut self.handed)?;
+                        }
+                        ToWorker::Rings { rings, drop } => {
+                            let handles = channel.take_rings(&rings)?;
+                            self.change_rings(handles, &drop);
+                        }
                         ToWorker::Counters => {
                             let counters = self.counters();
                             outbox.push(&FromWorker::Counters(Box::new(counters)))?;
@@ -189,6 +213,7 @@ impl WorkerIo {
                             self.queue_applied(&mut outbox)?;
                         }
                         ToWorker::CorruptTable => self.corrupt(),
+                        ToWorker::ForbiddenSyscall => self.forbidden_syscall(),
                         ToWorker::Start(_) => {
                             log::warn!("worker on cpu {}: ignoring a second start", self.cpu);
                         }
@@ -238,7 +263,7 @@ impl WorkerIo {
             match self.datapath.insert(&rule, &self.interfaces) {
                 Ok(outputs) => {
                     for output in outputs {
-                        if let Err(error) = self.sinks.open(output, &self.interfaces, &self.ring) {
+                        if let Err(error) = self.sinks.open(output, &self.ring, &mut self.handed) {
                             log::error!(
                                 "worker on cpu {}: rule {:?}: {error}",
                                 self.cpu,
@@ -257,6 +282,7 @@ impl WorkerIo {
             }
         }
         self.datapath.set_generation(generation);
+        self.forget_unused_handed();
         if unused {
             self.close_unused_outputs();
         }
@@ -265,6 +291,53 @@ impl WorkerIo {
         // keep their memory for good. Trimming walks the heap, so not for a rule or two.
         if unused || remove.len() >= TRIM_AFTER_REMOVING {
             fanout_core::heap::trim();
+        }
+    }
+
+    /// Lets the rings of the interfaces `drop` go and maps `handles`, which are served from
+    /// the next pass on. A ring that cannot be mapped is logged and left out: its frames wait
+    /// for the next worker, which the supervisor starts with every ring.
+    fn change_rings(&mut self, handles: Vec<RingHandle>, drop: &[u32]) {
+        let kept: Vec<bool> = self
+            .rx
+            .iter()
+            .map(|(ifindex, _)| !drop.contains(ifindex))
+            .collect();
+        self.waiter.keep_rings(&kept);
+        let mut index = 0;
+        self.rx.retain(|_| {
+            let keep = kept[index];
+            index += 1;
+            keep
+        });
+        for handle in handles {
+            let ifindex = handle.descriptor().ifindex;
+            match handle.map() {
+                Ok(ring) => self.rx.push((ifindex, ring)),
+                Err(error) => log::error!(
+                    "worker on cpu {}: the receive ring of interface #{ifindex}: {error}",
+                    self.cpu
+                ),
+            }
+        }
+        log::info!(
+            "worker on cpu {}: serves {} receive ring(s) now",
+            self.cpu,
+            self.rx.len()
+        );
+    }
+
+    /// Closes what was handed over for a change that did not take it: a resync hands over
+    /// everything the table needs, open or not, and a rule the worker refused takes nothing.
+    /// Whatever the next change needs comes with it.
+    fn forget_unused_handed(&mut self) {
+        if !self.handed.is_empty() {
+            log::debug!(
+                "worker on cpu {}: {} handed output(s) not needed",
+                self.cpu,
+                self.handed.len()
+            );
+            self.handed.clear();
         }
     }
 
@@ -298,10 +371,11 @@ impl WorkerIo {
         for rule in table.rules() {
             for output in &rule.outputs {
                 self.sinks
-                    .open(output, &interfaces, &self.ring)
+                    .open(output, &self.ring, &mut self.handed)
                     .map_err(ResyncError::Output)?;
             }
         }
+        self.forget_unused_handed();
         self.interfaces = interfaces;
         self.datapath.replace(table);
         self.close_unused_outputs();
@@ -328,6 +402,27 @@ impl WorkerIo {
         } else {
             log::warn!(
                 "worker on cpu {}: ignoring a table corruption request",
+                self.cpu
+            );
+        }
+    }
+
+    /// Opens a socket, which the seccomp filter forbids: the kernel kills the worker on the
+    /// spot, so that the supervisor's handling of it can be tested.
+    fn forbidden_syscall(&mut self) {
+        if cfg!(feature = "drift-test") {
+            log::warn!(
+                "worker on cpu {}: making a forbidden system call (socket) on request",
+                self.cpu
+            );
+            let opened = std::net::UdpSocket::bind((std::net::Ipv4Addr::LOCALHOST, 0));
+            log::error!(
+                "worker on cpu {}: the forbidden system call returned: {opened:?}",
+                self.cpu
+            );
+        } else {
+            log::warn!(
+                "worker on cpu {}: ignoring a forbidden system call request",
                 self.cpu
             );
         }

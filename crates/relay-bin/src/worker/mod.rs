@@ -6,19 +6,21 @@
 //! dies, so it never relays with a stale table; it receives its receive ring sockets, then its
 //! start message, builds its table, maps its rings and says `Ready`, and only then reads frames.
 
+mod channel;
 mod contention;
 mod datapath;
 mod errors;
 mod io;
+mod sandbox;
 mod sinks;
 mod wait;
 
+pub use crate::outputs::OutputError;
 pub use datapath::{Datapath, Outputs, RxChecksum, Written};
-pub use errors::OutputError;
+pub use sandbox::SandboxError;
 
 use crate::protocol::{self, FromWorker, ToWorker, WorkerStart};
 use nix::sys::signal::Signal;
-use std::io::BufReader;
 use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::net::UnixStream;
 
@@ -104,6 +106,9 @@ pub enum SetupError {
     /// An output's socket or ring could not be opened.
     #[error(transparent)]
     Output(OutputError),
+    /// The worker could not box itself in.
+    #[error(transparent)]
+    Sandbox(#[from] SandboxError),
 }
 
 /// Runs a worker until the supervisor says stop or goes away.
@@ -116,8 +121,8 @@ pub fn run(cpu: u32, supervisor: u32, rings: usize) -> Result<(), WorkerError> {
     }
     let control: OwnedFd = std::io::stdin().as_fd().try_clone_to_owned()?;
     let control = UnixStream::from(control);
-    // The rings come first, each its own message with its descriptor attached; only then the
-    // start line, so no buffered read can swallow a descriptor.
+    // The receive rings come first, each its own message with its descriptor attached; then
+    // lines, read with the descriptors of the outputs that travel beside them, up to the start.
     let mut handles = Vec::with_capacity(rings);
     for index in 0..rings {
         let handle = fanout_core::handoff::recv_ring(control.as_fd()).map_err(|source| {
@@ -129,18 +134,11 @@ pub fn run(cpu: u32, supervisor: u32, rings: usize) -> Result<(), WorkerError> {
         })?;
         handles.push(handle);
     }
-    let mut reader = BufReader::new(control.try_clone()?);
+    control.set_nonblocking(true)?;
     let mut writer = control.try_clone()?;
-    let start: WorkerStart = match protocol::receive(&mut reader)? {
-        Some(ToWorker::Start(start)) => *start,
-        Some(other) => {
-            return Err(StartError::NotStart {
-                got: format!("{other:?}"),
-            }
-            .into());
-        }
-        None => return Err(WorkerError::Orphaned(supervisor)),
-    };
+    let mut channel = channel::Channel::new(control);
+    let mut handed = sinks::Handed::default();
+    let (start, backlog) = receive_start(&mut channel, &mut handed, supervisor)?;
     if start.cpu != cpu {
         return Err(StartError::WrongCpu {
             cpu,
@@ -148,7 +146,11 @@ pub fn run(cpu: u32, supervisor: u32, rings: usize) -> Result<(), WorkerError> {
         }
         .into());
     }
-    let mut worker = match io::WorkerIo::new(&start, handles) {
+    let set_up = io::WorkerIo::new(&start, handles, handed).and_then(|worker| {
+        sandbox::enter(start.user.as_ref(), supervisor)?;
+        Ok(worker)
+    });
+    let mut worker = match set_up {
         Ok(worker) => worker,
         Err(error) => {
             // The supervisor learns of the failure from the worker's exit as well; this message
@@ -172,7 +174,50 @@ pub fn run(cpu: u32, supervisor: u32, rings: usize) -> Result<(), WorkerError> {
     // The start message and what building the table needed on the way are many times the
     // table's size: dropped, and their pages given back, before the worker settles in.
     drop(start);
-    drop(reader);
     fanout_core::heap::trim();
-    worker.serve(control)
+    worker.serve(channel, backlog)
+}
+
+/// Longest a worker waits for its start once its rings came.
+const START_WITHIN: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// Reads the outputs handed over and the start message; returns the start and whatever came
+/// after it in the same read, for the loop to serve first.
+fn receive_start(
+    channel: &mut channel::Channel,
+    handed: &mut sinks::Handed,
+    supervisor: u32,
+) -> Result<(WorkerStart, Vec<ToWorker>), WorkerError> {
+    let deadline = std::time::Instant::now() + START_WITHIN;
+    loop {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        if left.is_zero() {
+            return Err(WorkerError::Control(std::io::ErrorKind::TimedOut.into()));
+        }
+        let mut fds = [nix::poll::PollFd::new(
+            channel.stream().as_fd(),
+            nix::poll::PollFlags::POLLIN,
+        )];
+        let timeout = nix::poll::PollTimeout::try_from(left).unwrap_or(nix::poll::PollTimeout::MAX);
+        match nix::poll::poll(&mut fds, timeout) {
+            Ok(_) | Err(nix::errno::Errno::EINTR) => {}
+            Err(errno) => return Err(WorkerError::Control(errno.into())),
+        }
+        let Some(messages) = channel.read()? else {
+            return Err(WorkerError::Orphaned(supervisor));
+        };
+        let mut messages = messages.into_iter();
+        while let Some(message) = messages.next() {
+            match message {
+                ToWorker::Outputs { outputs } => channel.take_outputs(&outputs, handed)?,
+                ToWorker::Start(start) => return Ok((*start, messages.collect())),
+                other => {
+                    return Err(StartError::NotStart {
+                        got: format!("{other:?}"),
+                    }
+                    .into());
+                }
+            }
+        }
+    }
 }

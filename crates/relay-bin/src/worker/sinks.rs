@@ -7,23 +7,27 @@
 //! and it is closed; its counters live on in [`Closed`], so the worker's totals never go back.
 
 use super::datapath::{Outputs, Written};
-use super::errors::{ErrnoCounts, OutputError};
+use super::errors::ErrnoCounts;
 use crate::config::RingSection;
-use crate::rings;
+use crate::outputs::{OutputError, OutputKey, Received};
+use fanout_core::TxRing;
 use fanout_core::ring::{HeldSlot, UdpSegments};
 use fanout_core::udp_batch::{QueueError, UdpBatch};
-use fanout_core::{TxRing, TxRingBuilder};
 use relay_rules::replicate::Segments;
 use relay_rules::table::CompiledOutput;
-use relay_rules::{Datagram, FrameTemplate, Interfaces, RewriteError};
+use relay_rules::{Datagram, FrameTemplate, RewriteError};
 use smallvec::SmallVec;
-use std::net::{Ipv4Addr, SocketAddrV4, UdpSocket};
+use std::collections::HashMap;
+use std::net::SocketAddrV4;
 use std::time::{Duration, Instant};
 
 /// Datagrams queued per socket output before a `sendmmsg`.
 const SOCKET_BATCH: usize = 64;
 /// Largest UDP payload a socket output carries.
 const MAX_PAYLOAD: usize = 65_507;
+
+/// The rings and sockets the supervisor handed over that no output has taken yet.
+pub(super) type Handed = HashMap<OutputKey, Received>;
 
 /// Segmented frames open at once on one transmit ring: one per output being written in a
 /// batch; past this the oldest is closed, which costs only its further datagrams a slot each.
@@ -213,7 +217,7 @@ impl RingOut {
 
 /// A socket output's socket, shared by every output with the same interface, source, TTL and DSCP.
 struct SocketOut {
-    key: (u32, Ipv4Addr, u8, Option<u8>),
+    key: OutputKey,
     batch: UdpBatch,
     /// Refused datagrams, by errno.
     errors: ErrnoCounts,
@@ -272,35 +276,26 @@ pub(super) struct Sinks {
 }
 
 impl Sinks {
-    /// Opens what `output` needs, unless an earlier output already did.
+    /// Opens what `output` needs from what the supervisor handed over, unless an earlier
+    /// output already did.
     pub(super) fn open(
         &mut self,
         output: &CompiledOutput,
-        interfaces: &Interfaces,
         ring: &RingSection,
+        handed: &mut Handed,
     ) -> Result<(), OutputError> {
-        let ifindex = output.ifindex();
-        let name = interfaces
-            .by_index(ifindex)
-            .map(|facts| facts.name.clone())
-            .ok_or(OutputError::UnknownInterface { ifindex })?;
-        match output {
-            CompiledOutput::Ring { .. } => {
-                if let Some(out) = self.rings.iter_mut().find(|out| out.ifindex == ifindex) {
-                    out.users += 1;
-                    return Ok(());
-                }
-                let tx = TxRingBuilder::new(name.as_str())
-                    .geometry(rings::tx_geometry(ring))
-                    .qdisc_bypass(crate::kernel_features::qdisc_bypass(ring))
-                    .linear(crate::kernel_features::tx_linear(ring))
-                    .segmentation(rings::tx_segmentation(ring))
-                    .dont_fork(true)
-                    .build()
-                    .map_err(|source| OutputError::TxRing {
-                        interface: name.clone(),
-                        source,
-                    })?;
+        let key = OutputKey::of(output);
+        let ifindex = key.ifindex();
+        if let Some(users) = self.users_of(output) {
+            *users += 1;
+            return Ok(());
+        }
+        match handed.remove(&key) {
+            None => Err(OutputError::NotHanded { key }),
+            Some(Received::Ring(handle)) => {
+                let tx = handle
+                    .map()
+                    .map_err(|source| OutputError::MapRing { ifindex, source })?;
                 self.rings.push(RingOut {
                     ifindex,
                     ring: tx,
@@ -310,24 +305,9 @@ impl Sinks {
                     retry_at: None,
                     users: 1,
                 });
+                Ok(())
             }
-            CompiledOutput::Socket {
-                source, ttl, dscp, ..
-            } => {
-                let key = (ifindex, *source, *ttl, *dscp);
-                if let Some(socket) = self.sockets.iter_mut().find(|socket| socket.key == key) {
-                    socket.users += 1;
-                    return Ok(());
-                }
-                let socket =
-                    output_socket(&name, *source, *ttl, *dscp).map_err(|(call, error)| {
-                        OutputError::Socket {
-                            interface: name.clone(),
-                            from: *source,
-                            call,
-                            source: error,
-                        }
-                    })?;
+            Some(Received::Socket(socket)) => {
                 self.sockets.push(SocketOut {
                     key,
                     batch: UdpBatch::new(
@@ -338,9 +318,9 @@ impl Sinks {
                     errors: ErrnoCounts::default(),
                     users: 1,
                 });
+                Ok(())
             }
         }
-        Ok(())
     }
 
     /// Notes that an output of a rule leaving the table no longer uses its ring or socket;
@@ -354,25 +334,17 @@ impl Sinks {
 
     /// The count of rules using the ring or socket that `output` goes through, if it is open.
     fn users_of(&mut self, output: &CompiledOutput) -> Option<&mut usize> {
-        match output {
-            CompiledOutput::Ring { ifindex, .. } => self
+        match OutputKey::of(output) {
+            OutputKey::Ring { ifindex } => self
                 .rings
                 .iter_mut()
-                .find(|out| out.ifindex == *ifindex)
+                .find(|out| out.ifindex == ifindex)
                 .map(|out| &mut out.users),
-            CompiledOutput::Socket {
-                ifindex,
-                source,
-                ttl,
-                dscp,
-                ..
-            } => {
-                let key = (*ifindex, *source, *ttl, *dscp);
-                self.sockets
-                    .iter_mut()
-                    .find(|socket| socket.key == key)
-                    .map(|socket| &mut socket.users)
-            }
+            key @ OutputKey::Socket { .. } => self
+                .sockets
+                .iter_mut()
+                .find(|socket| socket.key == key)
+                .map(|socket| &mut socket.users),
         }
     }
 
@@ -421,7 +393,7 @@ impl Sinks {
             if !socket.batch.is_empty() {
                 self.socket_failures += socket.flush(&mut self.sendmmsg_calls);
             }
-            self.closed.errors_of(socket.key.0, &socket.errors);
+            self.closed.errors_of(socket.key.ifindex(), &socket.errors);
         }
         before - self.rings.len() - self.sockets.len()
     }
@@ -449,7 +421,10 @@ impl Sinks {
     /// rings and datagrams refused by the sockets.
     pub(super) fn errors(&self) -> impl Iterator<Item = (u32, &ErrnoCounts)> {
         let rings = self.rings.iter().map(|out| (out.ifindex, &out.errors));
-        let sockets = self.sockets.iter().map(|out| (out.key.0, &out.errors));
+        let sockets = self
+            .sockets
+            .iter()
+            .map(|out| (out.key.ifindex(), &out.errors));
         let closed = self
             .closed
             .errors
@@ -513,17 +488,7 @@ impl Outputs for Sinks {
         payload: &[u8],
     ) -> Written {
         // The data path hands socket outputs only; a ring output has no socket here either.
-        let CompiledOutput::Socket {
-            ifindex,
-            source,
-            ttl,
-            dscp,
-            ..
-        } = output
-        else {
-            return Written::Unopened;
-        };
-        let key = (*ifindex, *source, *ttl, *dscp);
+        let key = OutputKey::of(output);
         let Some(socket) = self.sockets.iter_mut().find(|socket| socket.key == key) else {
             return Written::Unopened;
         };
@@ -541,47 +506,4 @@ impl Outputs for Sinks {
             Err(QueueError::Full { .. }) => Written::RingFull,
         }
     }
-}
-
-/// A UDP socket sending from `source` out of interface `name` with the output's TTL and DSCP;
-/// an error names the call that failed.
-fn output_socket(
-    name: &str,
-    source: Ipv4Addr,
-    ttl: u8,
-    dscp: Option<u8>,
-) -> Result<UdpSocket, (&'static str, std::io::Error)> {
-    use nix::sys::socket::{setsockopt, sockopt};
-    fn call<T, E: Into<std::io::Error>>(
-        name: &'static str,
-        result: Result<T, E>,
-    ) -> Result<T, (&'static str, std::io::Error)> {
-        result.map_err(|error| (name, error.into()))
-    }
-    let socket = call("bind", UdpSocket::bind((source, 0)))?;
-    call(
-        "setsockopt(SO_BINDTODEVICE)",
-        setsockopt(
-            &socket,
-            sockopt::BindToDevice,
-            &std::ffi::OsString::from(name),
-        ),
-    )?;
-    call("setsockopt(IP_TTL)", socket.set_ttl(u32::from(ttl)))?;
-    call(
-        "setsockopt(IP_MULTICAST_TTL)",
-        socket.set_multicast_ttl_v4(u32::from(ttl)),
-    )?;
-    call(
-        "setsockopt(IP_MULTICAST_LOOP)",
-        socket.set_multicast_loop_v4(false),
-    )?;
-    if let Some(dscp) = dscp {
-        call(
-            "setsockopt(IP_TOS)",
-            setsockopt(&socket, sockopt::Ipv4Tos, &(i32::from(dscp) << 2)),
-        )?;
-    }
-    call("fcntl(O_NONBLOCK)", socket.set_nonblocking(true))?;
-    Ok(socket)
 }

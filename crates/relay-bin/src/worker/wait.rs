@@ -183,6 +183,17 @@ impl Waiter {
     }
 
     /// The errors of each receive ring's socket, in the order of the rings waited on.
+    /// The rings changed: of those waited on so far, only those `kept` stay, in order (new
+    /// ones follow them).
+    pub(super) fn keep_rings(&mut self, kept: &[bool]) {
+        let mut index = 0;
+        self.rings.retain(|_| {
+            let keep = kept.get(index).copied().unwrap_or(false);
+            index += 1;
+            keep
+        });
+    }
+
     pub(super) fn ring_health(&self) -> &[RingHealth] {
         &self.rings
     }

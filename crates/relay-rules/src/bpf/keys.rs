@@ -89,6 +89,33 @@ pub fn key_filter(
     keys: impl IntoIterator<Item = (Ipv4Addr, u16)>,
     sense: KeySense,
 ) -> Result<Program, KeyFilterError> {
+    key_program(
+        keys,
+        sense,
+        Verdicts {
+            keep: ACCEPT,
+            drop: REJECT,
+        },
+    )
+}
+
+/// What a key program returns for the frames it keeps and for the others: a socket filter's
+/// snap lengths, or a tc classifier's actions ([`super::consume_program`]).
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Verdicts {
+    /// Returned for the frames [`KeySense`] keeps.
+    pub(super) keep: u32,
+    /// Returned for every other frame (except those a load runs past the end of, which end
+    /// the program with 0, as every classic program does).
+    pub(super) drop: u32,
+}
+
+/// [`key_filter`], returning `verdicts`.
+pub(super) fn key_program(
+    keys: impl IntoIterator<Item = (Ipv4Addr, u16)>,
+    sense: KeySense,
+    verdicts: Verdicts,
+) -> Result<Program, KeyFilterError> {
     let mut keys: Vec<(u32, u16)> = keys
         .into_iter()
         .map(|(address, port)| (u32::from(address), port))
@@ -101,7 +128,9 @@ pub fn key_filter(
     };
     if keys.is_empty() {
         return Ok(match sense {
-            KeySense::Listed => Program::new(vec![Instruction::stmt(BPF_RET | BPF_K, REJECT)]),
+            KeySense::Listed => {
+                Program::new(vec![Instruction::stmt(BPF_RET | BPF_K, verdicts.drop)])
+            }
             KeySense::Unlisted => udp_prefilter(),
         });
     }
@@ -111,7 +140,7 @@ pub fn key_filter(
         return Err(too_many);
     }
     let mut builder = Builder::default();
-    builder.filter(&keys, sense);
+    builder.filter(&keys, sense, verdicts);
     let mut ops = builder.resolve();
     if relax(&mut ops).is_err() {
         return Err(too_many);
@@ -200,7 +229,7 @@ impl Builder {
     }
 
     /// The whole filter over sorted, distinct, non-empty `keys`.
-    fn filter(&mut self, keys: &[(u32, u16)], sense: KeySense) {
+    fn filter(&mut self, keys: &[(u32, u16)], sense: KeySense, verdicts: Verdicts) {
         let accept = self.label();
         let reject = self.label();
         let (found, missed) = match sense {
@@ -242,9 +271,9 @@ impl Builder {
         self.addresses(&groups, found, missed);
 
         self.bind(accept);
-        self.ops.push(Op::Ret(ACCEPT));
+        self.ops.push(Op::Ret(verdicts.keep));
         self.bind(reject);
-        self.ops.push(Op::Ret(REJECT));
+        self.ops.push(Op::Ret(verdicts.drop));
     }
 
     /// Binary search for A among the addresses of `groups` (each the keys of one address, in

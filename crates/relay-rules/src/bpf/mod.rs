@@ -8,7 +8,9 @@
 //!
 //! [`key_filter`] builds the socket filters that keep worker classes apart: a named class's
 //! receive rings get only the frames of its rules' (destination, port) keys, the default class's
-//! rings everything else.
+//! rings everything else. [`consume_program`] runs the same search as a tc classifier at an input
+//! interface's ingress hook, dropping the frames the relay's rules relay once its rings took
+//! them (`consume_input`).
 //!
 //! ```
 //! use relay_rules::bpf::{interp, steering_program, validate_program};
@@ -27,6 +29,7 @@
 //! ```
 
 mod check;
+mod consume;
 pub mod interp;
 mod keys;
 mod prefilter;
@@ -35,6 +38,7 @@ mod steering;
 mod test_packets;
 
 pub use check::{ProgramError, validate_program};
+pub use consume::{TC_ACT_SHOT, TC_ACT_UNSPEC, consume_program};
 pub use keys::{KEY_FILTER_MAX_KEYS, KeyFilterError, KeySense, key_filter};
 pub use prefilter::udp_prefilter;
 pub use steering::steering_program;

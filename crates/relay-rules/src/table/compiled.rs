@@ -173,10 +173,7 @@ pub(super) fn compile(
         &rule.input.interface,
         Field::Input(InputField::Interface),
     )?;
-    let mut outputs = SmallVec::with_capacity(rule.outputs.len());
-    for index in 0..rule.outputs.len() {
-        outputs.push(compile_output(rule, index, interfaces)?);
-    }
+    let outputs = compile_outputs(rule, interfaces)?;
     Ok(CompiledRule {
         id,
         name: rule.name.clone(),
@@ -185,6 +182,18 @@ pub(super) fn compile(
         outputs,
         stream: StreamOptions::of(rule),
     })
+}
+
+/// How `rule`'s outputs are sent, in its order, given `interfaces`: what [`super::RuleTable`]
+/// compiles them to, for a process that prepares the outputs' sockets without building a table
+/// (one that opens them for another process to send through).
+pub fn compile_outputs(
+    rule: &Rule,
+    interfaces: &Interfaces,
+) -> Result<SmallVec<[CompiledOutput; 1]>, TableError> {
+    (0..rule.outputs.len())
+        .map(|index| compile_output(rule, index, interfaces))
+        .collect()
 }
 
 /// What a freed id holds until an insert reuses it: no name, no outputs, no heap memory.

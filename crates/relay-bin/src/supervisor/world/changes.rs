@@ -11,10 +11,9 @@ use crate::rings;
 use crate::supervisor::checks::check_rules;
 use crate::supervisor::decide::resize;
 use crate::supervisor::inflight::PendingChange;
-use crate::supervisor::life::Then;
 use crate::supervisor::lifecycle::{interfaces_of, split_waiting};
-use crate::supervisor::restarts::RestartReason;
 use crate::supervisor::state::Change;
+use fanout_core::handoff::RingHandle;
 use relay_rules::InterfaceFacts;
 use relay_rules::Rule;
 use relay_rules::validate::Problem;
@@ -77,6 +76,8 @@ impl World {
             Command::Stats => Response::ok(Reply::Stats(self.stats_report())),
             Command::Workers => Response::ok(Reply::Workers {
                 workers: self.worker_reports(),
+                waiting: self.waiting_rules(),
+                consume: self.consume.report(),
             }),
             Command::Add { rule } => {
                 let missing: Vec<&str> = interfaces_of(&rule)
@@ -128,19 +129,29 @@ impl World {
                 return self.set_workers(&workers, class.as_deref(), reply);
             }
             #[cfg(feature = "drift-test")]
-            Command::DebugCorruptTable { cpu } => {
-                match self.slots.iter_mut().find(|slot| slot.cpu == cpu) {
-                    Some(slot) => match slot.tell(&ToWorker::CorruptTable) {
-                        Ok(()) => Response::ok(Reply::Workers {
-                            workers: Vec::new(),
-                        }),
-                        Err(error) => Response::refused(error.to_string()),
-                    },
-                    None => Response::refused(format!("no worker on cpu {cpu}")),
-                }
+            Command::DebugCorruptTable { cpu } => self.debug_request(cpu, &ToWorker::CorruptTable),
+            #[cfg(feature = "drift-test")]
+            Command::DebugForbiddenSyscall { cpu } => {
+                self.debug_request(cpu, &ToWorker::ForbiddenSyscall)
             }
         };
         respond(&reply, answer);
+    }
+
+    /// Passes a test build's debug request to the worker on `cpu`.
+    #[cfg(feature = "drift-test")]
+    fn debug_request(&mut self, cpu: u32, request: &ToWorker) -> Response {
+        match self.slots.iter_mut().find(|slot| slot.cpu == cpu) {
+            Some(slot) => match slot.tell(request) {
+                Ok(()) => Response::ok(Reply::Workers {
+                    workers: Vec::new(),
+                    waiting: Vec::new(),
+                    consume: self.consume.report(),
+                }),
+                Err(error) => Response::refused(error.to_string()),
+            },
+            None => Response::refused(format!("no worker on cpu {cpu}")),
+        }
     }
 
     /// Adds a rule that waits for the interfaces `missing` names, or removes a waiting rule,
@@ -444,6 +455,8 @@ impl World {
         for facts in self.state.set().interfaces().iter() {
             self.lifecycle.follow_known(facts);
         }
+        self.consume
+            .follow(self.state.set(), &change.add, &change.remove);
         let report = ChangeReport {
             generation,
             added: change.add.iter().map(|rule| rule.name.clone()).collect(),
@@ -457,54 +470,66 @@ impl World {
             report.added,
             report.removed
         );
-        if new_rings.is_empty() {
-            let interfaces: Vec<InterfaceFacts> =
-                self.state.set().interfaces().iter().cloned().collect();
-            for index in 0..self.slots.len() {
-                // A worker hears only of the rules it holds: its class's, its shards'.
-                let shard = self.shard_of(index);
-                let remove: Vec<String> = change
-                    .remove
-                    .iter()
-                    .filter(|name| {
-                        undo.removed_rule(name)
-                            .is_none_or(|rule| self.holds(index, rule, shard.as_ref()))
+        // A new input interface: its rings go to the workers that own its fanout members, as
+        // they serve, ahead of the rules that need them. The rings filled meanwhile.
+        let mut handed: Vec<Vec<(u32, RingHandle)>> =
+            self.slots.iter().map(|_| Vec::new()).collect();
+        for (class, member, handle) in new_rings {
+            if let Some(owner) = self.owners[class].get(member as usize).copied()
+                && let Some(rings) = handed.get_mut(owner)
+            {
+                rings.push((member, handle));
+            }
+        }
+        for (slot, rings) in self.slots.iter_mut().zip(handed) {
+            if !rings.is_empty() {
+                slot.add_rings(rings);
+            }
+        }
+        let interfaces: Vec<InterfaceFacts> =
+            self.state.set().interfaces().iter().cloned().collect();
+        for index in 0..self.slots.len() {
+            // A worker hears only of the rules it holds: its class's, its shards'.
+            let shard = self.shard_of(index);
+            let remove: Vec<String> = change
+                .remove
+                .iter()
+                .filter(|name| {
+                    undo.removed_rule(name)
+                        .is_none_or(|rule| self.holds(index, rule, shard.as_ref()))
+                })
+                .cloned()
+                .collect();
+            let add: Vec<Rule> = change
+                .add
+                .iter()
+                .filter(|rule| self.holds(index, rule, shard.as_ref()))
+                .cloned()
+                .collect();
+            let slot = &mut self.slots[index];
+            // A starting worker gets the whole table once it is ready (`decide::reports`).
+            if slot.life.is_serving()
+                && slot
+                    .hand_outputs(self.state.set().interfaces(), &self.ring, |handed| {
+                        let known = self.state.set().interfaces();
+                        handed.remove(
+                            remove.iter().filter_map(|name| undo.removed_rule(name)),
+                            known,
+                        );
+                        handed.add(add.iter(), known)
                     })
-                    .cloned()
-                    .collect();
-                let add: Vec<Rule> = change
-                    .add
-                    .iter()
-                    .filter(|rule| self.holds(index, rule, shard.as_ref()))
-                    .cloned()
-                    .collect();
-                let slot = &mut self.slots[index];
-                // A starting worker gets the whole table once it is ready (`decide::reports`).
-                if slot.life.is_serving()
-                    && slot
-                        .tell(&ToWorker::Update {
-                            generation,
-                            remove,
-                            add,
-                            interfaces: interfaces.clone(),
-                        })
-                        .is_ok()
-                    && let Some(run) = slot.life.run_mut()
-                {
-                    run.sent_generation = generation;
-                }
-            }
-        } else {
-            // A new input interface: its rings go to the workers, which take rings only when
-            // they start, so each worker is restarted in turn. The rings keep filling meanwhile.
-            for (class, member, handle) in new_rings {
-                let owner = self.owners[class].get(member as usize).copied();
-                if let Some(slot) = owner.and_then(|owner| self.slots.get_mut(owner)) {
-                    slot.rings.push((member, handle));
-                }
-            }
-            for slot in &mut self.slots {
-                slot.stop(Then::RestartNow(RestartReason::Handover));
+                    .is_ok()
+                && slot
+                    .tell(&ToWorker::Update {
+                        generation,
+                        remove,
+                        add,
+                        interfaces: interfaces.clone(),
+                    })
+                    .is_ok()
+                && let Some(run) = slot.life.run_mut()
+            {
+                run.sent_generation = generation;
             }
         }
         self.pending.push(PendingChange {

@@ -95,12 +95,11 @@ impl World {
     /// The rules whose input was `name` (index `index`), which was deleted, wait for it again:
     /// the kernel unbound their receive rings from it, and an interface created later under the
     /// name is a new one, which needs new rings, a new fanout group and new memberships. Their
-    /// workers let the dead rings go when the new ones are handed to them.
+    /// workers let the dead rings go now, and take the new ones as they serve.
     fn input_gone(&mut self, name: &str, index: u32) {
         self.inputs.drop_interface(name);
         for slot in &mut self.slots {
-            slot.rings
-                .retain(|(_, ring)| ring.descriptor().ifindex != index);
+            slot.drop_rings(index);
         }
         let rules: Vec<Rule> = self
             .state

@@ -63,6 +63,8 @@ impl World {
                         &reply,
                         Response::ok(Reply::Workers {
                             workers: self.worker_reports(),
+                            waiting: self.waiting_rules(),
+                            consume: self.consume.report(),
                         }),
                     );
                 }
@@ -218,6 +220,8 @@ impl World {
             log::info!("workers now on cpus {:?} ({elapsed} ms)", resize.cpus);
             Response::ok(Reply::Workers {
                 workers: self.worker_reports(),
+                waiting: self.waiting_rules(),
+                consume: self.consume.report(),
             })
         } else {
             log::warn!(

@@ -199,7 +199,17 @@ impl World {
     /// Sends slot `index`'s worker its whole table of `generation`, which it confirms anew.
     pub(super) fn resync(&mut self, index: usize, generation: u64) {
         let table = self.table_message(index);
+        let ToWorker::Table { rules, .. } = &table else {
+            unreachable!("table_message makes a table");
+        };
         let slot = &mut self.slots[index];
+        // Everything it needs goes over again: a resync also repairs outputs it lost.
+        let interfaces = self.state.set().interfaces();
+        if let Err(error) = slot.hand_outputs(interfaces, &self.ring, |handed| {
+            handed.reset(rules.iter(), interfaces)
+        }) {
+            log::debug!("worker on cpu {}: outputs not sent: {error}", slot.cpu);
+        }
         if let Some(run) = slot.life.run_mut() {
             run.acked_generation = 0;
             run.sent_generation = generation;
@@ -223,6 +233,7 @@ impl World {
             rules: self.slot_entries(slot),
             interfaces: self.interface_entries(),
             ring: self.ring,
+            user: self.worker_user.clone(),
         }
     }
 
