@@ -114,19 +114,15 @@ pub struct WorkerStart {
     /// `relay_rules::shard(group, port, count)` is one of `indices`.
     #[serde(default)]
     pub shard: Option<ShardEntry>,
-    /// How many workers share each rule's storm guard limits: under replicate placement the
-    /// fanout members of the worker's class (any of them may receive a rule's packets), under
-    /// shard placement 1 (only the rule's shard does).
-    #[serde(default = "one")]
-    pub guard_share: u32,
+    /// This worker's share of each rule's storm guard limits: under replicate placement the
+    /// fanout members it serves of those of its class (any of them may receive a rule's
+    /// packets), under shard placement the whole (only the rule's shard does).
+    #[serde(default)]
+    pub guard_share: relay_rules::stream::Share,
     /// The user the worker becomes before it serves; `None`: it keeps the supervisor's (which
     /// is then not root, or cannot switch users).
     #[serde(default)]
     pub user: Option<WorkerUser>,
-}
-
-fn one() -> u32 {
-    1
 }
 
 /// A user a worker runs as, resolved by the supervisor (the worker cannot read the user

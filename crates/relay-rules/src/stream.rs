@@ -36,6 +36,35 @@ impl StreamOptions {
     }
 }
 
+/// A worker's share of the rules' storm guard limits: `served` of the `of` fanout members that
+/// may receive a rule's packets. Each worker's guard allows `served / of` of each limit, so the
+/// workers together allow the whole limit when a rule's packets spread over the members.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
+pub struct Share {
+    /// Members this worker serves.
+    pub served: u32,
+    /// Members in all.
+    pub of: u32,
+}
+
+impl Share {
+    /// The whole limit: one worker serves every member.
+    pub const WHOLE: Share = Share { served: 1, of: 1 };
+
+    /// This share of `limit` (at least 1, so that a share never blocks everything).
+    pub fn of_limit(self, limit: u64) -> u64 {
+        let share = u128::from(limit) * u128::from(self.served.max(1)) / u128::from(self.of.max(1));
+        u64::try_from(share).unwrap_or(u64::MAX).max(1)
+    }
+}
+
+impl Default for Share {
+    fn default() -> Self {
+        Share::WHOLE
+    }
+}
+
 /// What the storm guard dropped.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct Limited {
@@ -56,17 +85,19 @@ pub struct StreamState {
 }
 
 impl StreamState {
-    /// State for `options` in one of `share` workers that serve the rule: each worker's guard
-    /// gets `1/share` of the limits (at least 1 datagram or byte per second).
-    pub fn new(options: StreamOptions, share: u32) -> Self {
-        let share = u64::from(share.max(1));
+    /// State for `options` in a worker whose guard gets `share` of the limits.
+    pub fn new(options: StreamOptions, share: Share) -> Self {
         StreamState {
             options,
             inspector: options
                 .inspect
                 .map(|kind| Inspector::new(kind, options.rtp_clock_hz)),
-            packets: options.max_pps.map(|pps| TokenBucket::new(pps / share)),
-            bytes: options.max_bps.map(|bps| TokenBucket::new(bps / 8 / share)),
+            packets: options
+                .max_pps
+                .map(|pps| TokenBucket::new(share.of_limit(pps))),
+            bytes: options
+                .max_bps
+                .map(|bps| TokenBucket::new(share.of_limit(bps / 8))),
             limited: Limited::default(),
         }
     }
@@ -134,8 +165,8 @@ mod tests {
 
     #[test]
     fn the_limit_is_split_over_the_workers() {
-        // 1,000/s over 4 workers: 250/s here, a burst of 25.
-        let mut state = StreamState::new(options(Some(1_000), None), 4);
+        // 1,000/s, this worker serving 1 of 4 members: 250/s here, a burst of 25.
+        let mut state = StreamState::new(options(Some(1_000), None), Share { served: 1, of: 4 });
         let passed = (0..100).filter(|_| state.admit(100, 0)).count();
         assert_eq!(passed, 25);
         assert_eq!(
@@ -145,16 +176,21 @@ mod tests {
                 bytes: 7_500
             }
         );
+        // Serving 2 of 4 members: half.
+        let mut half = StreamState::new(options(Some(1_000), None), Share { served: 2, of: 4 });
+        assert_eq!((0..100).filter(|_| half.admit(100, 0)).count(), 50);
+        assert_eq!(Share { served: 1, of: 3 }.of_limit(1), 1, "never 0");
+        assert_eq!(Share { served: 7, of: 7 }.of_limit(u64::MAX), u64::MAX);
     }
 
     #[test]
     fn either_limit_drops() {
         // 8,000 bit/s is 1,000 bytes/s, a burst of 100 bytes: one datagram of 60 bytes.
-        let mut state = StreamState::new(options(Some(1_000_000), Some(8_000)), 1);
+        let mut state = StreamState::new(options(Some(1_000_000), Some(8_000)), Share::WHOLE);
         assert!(state.admit(60, 0));
         assert!(!state.admit(60, 0));
         assert_eq!(state.limited().packets, 1);
-        let mut free = StreamState::new(options(None, None), 1);
+        let mut free = StreamState::new(options(None, None), Share::WHOLE);
         assert!((0..10_000).all(|_| free.admit(1500, 0)));
     }
 }

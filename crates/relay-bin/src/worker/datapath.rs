@@ -3,7 +3,7 @@
 
 use crate::counters::{RuleCount, StreamCount, WorkerCounters};
 use relay_rules::replicate::may_segment;
-use relay_rules::stream::StreamState;
+use relay_rules::stream::{Share, StreamState};
 use relay_rules::table::Insertion;
 use relay_rules::table::{CompiledOutput, RuleTable, TableError};
 use relay_rules::wire::{self, DropReason, VlanTag};
@@ -72,8 +72,8 @@ pub struct Datapath {
     rules: Vec<RuleCounters>,
     /// Per rule id: the inspection and storm guard state of a rule that has stream options.
     streams: Vec<Option<Box<StreamState>>>,
-    /// How many workers share each rule's storm guard limits (see `StreamState::new`).
-    guard_share: u32,
+    /// This worker's share of each rule's storm guard limits.
+    guard_share: Share,
     received: u64,
     forwarded: u64,
     no_rule: u64,
@@ -94,7 +94,7 @@ impl Datapath {
             table,
             rules,
             streams: Vec::new(),
-            guard_share: 1,
+            guard_share: Share::WHOLE,
             received: 0,
             forwarded: 0,
             no_rule: 0,
@@ -110,10 +110,10 @@ impl Datapath {
         datapath
     }
 
-    /// Splits each rule's storm guard limits over `share` workers from now on (the guards
+    /// Gives this worker `share` of each rule's storm guard limits from now on (the guards
     /// start anew).
-    pub fn set_guard_share(&mut self, share: u32) {
-        self.guard_share = share.max(1);
+    pub fn set_guard_share(&mut self, share: Share) {
+        self.guard_share = share;
         self.streams = self.fresh_streams(|_| None);
     }
 
