@@ -150,10 +150,13 @@ pub(super) fn config_text(workers: usize) -> String {
         // Steering keeps each flow on one worker, always (no rollover to another when its ring
         // fills up), which the inspected MPEG-TS stream needs to be counted exactly.
         writeln!(text, "workers = {workers}\nfanout = \"steer\"\n")?;
-        // Small rings: the demo's streams are slow, and at most two workers have one each. Room
-        // for three seconds of the MPEG-TS stream, so a worker that a busy machine leaves
-        // waiting drops nothing (a drop would show in its health line).
-        text.push_str("[ring]\nblock_size = 262144\nblock_count = 16\n");
+        // Small rings (4 MiB): the demo's streams are slow, and at most two workers have one
+        // each. At a trickle the kernel hands blocks over by their timer, so a ring holds
+        // block_count x retire_timeout_ms of traffic while its worker waits for a CPU: two
+        // seconds here, so that a worker a busy machine leaves waiting drops nothing (a drop
+        // would show in the MPEG-TS stream's health line). The 32 ms this may add to a packet's
+        // way does not matter to the demo.
+        text.push_str("[ring]\nblock_size = 65536\nblock_count = 64\nretire_timeout_ms = 32\n");
         for stream in STREAMS.iter().chain([&PROBE, &VIDEO]) {
             let inspect = if stream.rule == VIDEO.rule {
                 "inspect = \"mpegts\"\n"
