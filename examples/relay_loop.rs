@@ -167,6 +167,7 @@ impl Relay {
                 destination: *from.ip(),
                 port: from.port(),
                 source: None,
+                vlan: None,
             },
             outputs: vec![Output {
                 interface: output.into(),

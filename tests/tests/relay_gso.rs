@@ -232,6 +232,7 @@ fn tagged_datagrams(ring: &mut RxRing, want: usize) -> Vec<Datagram> {
                 got.push(Datagram {
                     payload: datagram.payload.to_vec(),
                     ttl: Some(datagram.ttl),
+                    tos: None,
                     from: None,
                 });
             }

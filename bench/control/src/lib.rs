@@ -25,6 +25,7 @@ pub fn extra_rule(i: u32, per_group: u32) -> relay_rules::Rule {
             destination: *input.ip(),
             port: input.port(),
             source: None,
+            vlan: None,
         },
         outputs: vec![relay_rules::Output {
             interface: "rout0".into(),

@@ -183,14 +183,15 @@ pub enum CtlCommand {
     List,
     /// Add a rule, given compactly or as TOML.
     ///
-    /// Compact form: NAME INPUT OUTPUT..., where INPUT is IFACE:ADDRESS:PORT[@SOURCE] and each
+    /// Compact form: NAME INPUT OUTPUT..., where INPUT is IFACE:ADDRESS:PORT[@SOURCE][,vlan=N]
+    /// (vlan: only frames tagged with that VLAN; without it, only untagged frames) and each
     /// OUTPUT is IFACE:ADDRESS:PORT[,ttl=N][,source=ADDRESS][,dscp=N][,vlan=N]. Example:
     /// `fanout-relay ctl add cam1 eth0:239.1.1.1:5000 eth1:239.2.2.2:6000,ttl=8`; with
     /// `--inspect rtp+mpegts --max-pps 20000` it also counts the stream's health and limits it.
     Add {
         /// Rule name.
         name: Option<String>,
-        /// What it matches: IFACE:ADDRESS:PORT[@SOURCE].
+        /// What it matches: IFACE:ADDRESS:PORT[@SOURCE][,vlan=N].
         input: Option<String>,
         /// Where it sends: IFACE:ADDRESS:PORT[,ttl=N][,source=A][,dscp=N][,vlan=N].
         outputs: Vec<String>,
@@ -204,7 +205,7 @@ pub enum CtlCommand {
         #[arg(long, value_name = "FILE", conflicts_with_all = ["name", "input", "outputs"])]
         toml: Option<PathBuf>,
     },
-    /// Remove a rule by name, or by its match key with --key IFACE:ADDRESS:PORT[@SOURCE].
+    /// Remove a rule by name, or by its match key with --key IFACE:ADDRESS:PORT[@SOURCE][,vlan=N].
     Remove {
         /// Rule name.
         #[arg(required_unless_present = "key", conflicts_with = "key")]

@@ -4,7 +4,7 @@
 //! [relay]
 //! workers = "all"          # or a count of workers (2): the first N online CPUs get one
 //! # cpus = "1,4-5"         # or instead of workers: exactly these CPUs get one
-//! fanout = "cpu"           # cpu | hash | lb | qm | rollover
+//! fanout = "cpu"           # cpu | hash | lb | qm | rollover | rnd | steer
 //! metrics = "127.0.0.1:9469" # optional: serve Prometheus metrics on GET /metrics
 //! rps = "off"              # or "auto": turn RPS on for single-queue inputs while running
 //! user = "relay"            # the workers' user; nobody by default when run as root
@@ -14,7 +14,7 @@
 //! version = "v3"           # v3 (throughput) | v2 (latency: frames handed over one by one)
 //! block_size = 262144
 //! block_count = 64
-//! frame_size = 2048
+//! # frame_size = 2048     # default: each ring sized for its interface's MTU
 //! retire_timeout_ms = 2
 //! tx_frames = 4096
 //! busy_poll_us = 0         # low latency (v2 only): spin on the ring this long before sleeping
@@ -32,6 +32,10 @@
 //! [[class]]               # optional: CPUs with workers of their own, for the rules naming them
 //! name = "video"
 //! cpus = "0-1"             # the other CPUs of relay.workers serve rules that name no class
+//!
+//! [[interface_group]]      # optional: a rule's input on "uplinks" is one rule per member
+//! name = "uplinks"
+//! interfaces = ["eth3", "eth4"]
 //!
 //! [[rule]]
 //! name = "camera-1"
@@ -59,6 +63,7 @@ use std::path::{Path, PathBuf};
 mod autoscale;
 mod class;
 mod error;
+mod groups;
 mod pieces;
 mod ring;
 pub use autoscale::AutoscaleSection;
@@ -68,6 +73,7 @@ pub use class::{
 pub use error::{
     AutoscaleError, ConfigError, CpuListError, ParseError, RingFieldError, WorkersError,
 };
+pub use groups::{InterfaceGroup, check_groups};
 pub use ring::{MAX_BUSY_POLL_US, RingSection, RingVersionSetting, SEGMENTED_SLOT_BYTES};
 
 /// Files from this size on are parsed piece by piece: a whole parse needs about 40 times the
@@ -90,6 +96,13 @@ pub struct ConfigFile {
     /// Worker classes: named sets of CPUs whose workers serve only the rules that name them.
     #[serde(default, rename = "class", skip_serializing_if = "Vec::is_empty")]
     pub classes: Vec<ClassEntry>,
+    /// Named sets of input interfaces, which a rule's input may name (see [`InterfaceGroup`]).
+    #[serde(
+        default,
+        rename = "interface_group",
+        skip_serializing_if = "Vec::is_empty"
+    )]
+    pub interface_groups: Vec<InterfaceGroup>,
     /// Forwarding rules, in the order written.
     #[serde(default, rename = "rule")]
     pub rules: Vec<Rule>,
@@ -331,6 +344,8 @@ pub enum FanoutSetting {
     Qm,
     /// Fill one worker's ring, then the next.
     Rollover,
+    /// A random worker for each packet (the kernel's `PACKET_FANOUT_RND`).
+    Rnd,
     /// A classic BPF program computes each packet's rule shard from its group and port
     /// (`relay_rules::shard`), so a packet always reaches the worker that holds its rule.
     Steer,
@@ -393,9 +408,10 @@ impl ConfigFile {
         Ok(config)
     }
 
-    /// The rules, in the order written.
+    /// The rules, in the order written, a rule on an `[[interface_group]]` as one rule per
+    /// member (`RULE.MEMBER`).
     pub fn to_rules(&self) -> Vec<Rule> {
-        self.rules.clone()
+        groups::expand(&self.rules, &self.interface_groups)
     }
 }
 

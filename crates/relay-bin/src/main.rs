@@ -42,6 +42,11 @@ fn main() -> ExitCode {
                         rule.name
                     );
                 }
+                for warning in
+                    relay_bin::rings::room::rule_set_warnings(&plan.config.ring, &plan.set)
+                {
+                    eprintln!("warning: {warning}");
+                }
                 println!(
                     "{}: ok: {} rule(s), {} interface(s), workers on cpus {:?}{classes}",
                     file.display(),

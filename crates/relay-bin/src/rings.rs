@@ -1,5 +1,7 @@
 //! The relay's use of the two libraries: interface facts, rule checking, ring sockets.
 
+pub mod room;
+
 use crate::config::{FanoutSetting, RingSection, RingVersionSetting, SEGMENTED_SLOT_BYTES};
 use crate::protocol::ShardEntry;
 use fanout_core::handoff::RingHandle;
@@ -94,8 +96,9 @@ pub fn table(set: &RuleSet, generation: u64, shards: Option<&ShardSet>) -> RuleT
 /// count is that of the rule's class.
 pub fn in_shard(rule: &Rule, shard: Option<&ShardEntry>) -> bool {
     shard.is_none_or(|shard| {
+        let input = &rule.input;
         let theirs =
-            relay_rules::shard::shard(rule.input.destination, rule.input.port, shard.count);
+            relay_rules::shard::shard_vlan(input.destination, input.port, input.vlan, shard.count);
         shard.indices.contains(&theirs)
     })
 }
@@ -111,7 +114,7 @@ pub fn udp_prefilter() -> BpfProgram {
 /// The relay-rules key filter in the kernel's form: the IPv4 UDP frames of `keys` only
 /// ([`KeySense::Listed`]), or every frame the pre-filter takes but those ([`KeySense::Unlisted`]).
 pub fn key_filter(
-    keys: Vec<(Ipv4Addr, u16)>,
+    keys: Vec<(Ipv4Addr, u16, Option<u16>)>,
     sense: KeySense,
 ) -> Result<BpfProgram, KeyFilterError> {
     let count = keys.len();
@@ -121,29 +124,44 @@ pub fn key_filter(
         .map_err(|source| KeyFilterError::Kernel { count, source })
 }
 
-/// The receive ring geometry of the configuration.
-pub fn rx_geometry(ring: &RingSection) -> Geometry {
-    Geometry::new(ring.block_size, ring.block_count, ring.frame_size)
+/// The receive ring geometry of the configuration on an input of `mtu` (see [`room`]).
+pub fn rx_geometry(ring: &RingSection, mtu: u32) -> Geometry {
+    Geometry::new(
+        ring.block_size,
+        ring.block_count,
+        room::frame_size(ring, mtu),
+    )
 }
 
-/// The transmit ring geometry of the configuration: `tx_frames` slots of `frame_size` bytes in
-/// blocks of (at least) one page; with segmented frames (see [`tx_segmentation`]) as many
-/// slots of [`SEGMENTED_SLOT_BYTES`] as fit in the same memory, and at least 64.
-pub fn tx_geometry(ring: &RingSection) -> Geometry {
+/// The transmit ring geometry of the configuration on an output of `mtu`: `tx_frames` slots of
+/// the frame size (configured, or for the MTU: see [`room`]) in blocks of whole pages; with
+/// segmented frames (see [`tx_segmentation`]) as many slots of [`SEGMENTED_SLOT_BYTES`] as fit
+/// in the same memory, and at least 64. A segmented frame stays within 15,872 bytes whatever
+/// the MTU (see the worker's sinks), so on a jumbo MTU a full-size datagram fills one alone.
+pub fn tx_geometry(ring: &RingSection, mtu: u32) -> Geometry {
+    let slot = room::frame_size(ring, mtu);
     let (frame_size, frames) = if tx_segmentation(ring) {
-        let bytes = u64::from(ring.tx_frames) * u64::from(ring.frame_size);
+        let bytes = u64::from(ring.tx_frames) * u64::from(slot);
         let slots = (bytes / u64::from(SEGMENTED_SLOT_BYTES)).max(64);
         (
             SEGMENTED_SLOT_BYTES,
             u32::try_from(slots).unwrap_or(u32::MAX),
         )
     } else {
-        (ring.frame_size, ring.tx_frames)
+        (slot, ring.tx_frames)
     };
-    let page = 4096u32.max(frame_size);
-    let per_block = (page / frame_size).max(1);
+    // A block is a whole number of pages; a slot that does not divide a page or a run of
+    // pages evenly (9,088 bytes for a 9000 MTU) gets blocks of eight, which waste a few
+    // percent instead of a third of every block.
+    let page = 4096;
+    let block = if page % frame_size == 0 || frame_size % page == 0 {
+        frame_size.max(page)
+    } else {
+        frame_size.saturating_mul(8).next_multiple_of(page)
+    };
+    let per_block = (block / frame_size).max(1);
     let blocks = frames.div_ceil(per_block).max(1);
-    Geometry::new(per_block * frame_size, blocks, frame_size)
+    Geometry::new(block, blocks, frame_size)
 }
 
 /// Whether transmit rings carry segmented frames: `tx_gso` with `tx_linear` (a segmented frame
@@ -192,6 +210,7 @@ pub fn open_fanout_members(
         FanoutSetting::Lb => (FanoutMode::Lb, rollover),
         FanoutSetting::Qm => (FanoutMode::Qm, rollover),
         FanoutSetting::Rollover => (FanoutMode::Rollover, FanoutFlags::NONE),
+        FanoutSetting::Rnd => (FanoutMode::Rnd, rollover),
         // No rollover: a packet must reach the worker holding its rule or be dropped there.
         FanoutSetting::Steer => (FanoutMode::Cbpf, FanoutFlags::NONE),
     };
@@ -205,6 +224,8 @@ pub fn open_fanout_members(
         RingVersionSetting::V3 => RingVersion::V3,
         RingVersionSetting::V2 => RingVersion::V2,
     };
+    // Read once for the rings opened now; one missing fails below, naming the interface.
+    let mtu = InterfaceInfo::lookup(interface).map_or(1500, |info| info.mtu);
     let mut group = group;
     let mut handles = Vec::with_capacity(count);
     for member in 0..count {
@@ -223,7 +244,7 @@ pub fn open_fanout_members(
         let rx = RxRingBuilder::new(interface)
             .filter(filter.clone())
             .version(version)
-            .geometry(rx_geometry(ring))
+            .geometry(rx_geometry(ring, mtu))
             .retire_timeout(RetireTimeout::Millis(ring.retire_timeout_ms.max(1)))
             .ignore_outgoing(true)
             .populate(false)
@@ -243,4 +264,41 @@ pub fn open_fanout_members(
         group,
         rings: handles,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn transmit_slots_follow_the_mtu_in_blocks_of_whole_pages() {
+        // Without segmentation, so that no kernel feature is asked for.
+        let ring = RingSection {
+            tx_gso: false,
+            ..RingSection::default()
+        };
+        let standard = tx_geometry(&ring, 1500);
+        assert_eq!(
+            (standard.block_size(), standard.frame_size()),
+            (4096, 2048),
+            "as before MTUs were followed"
+        );
+        assert_eq!(standard.frame_count(), u64::from(ring.tx_frames));
+        let jumbo = tx_geometry(&ring, 9000);
+        assert_eq!(jumbo.frame_size(), 9088);
+        assert_eq!(jumbo.block_size() % 4096, 0);
+        assert_eq!(jumbo.frames_per_block(), 8);
+        assert!(jumbo.frame_count() >= u64::from(ring.tx_frames));
+        let set = RingSection {
+            frame_size: Some(2048),
+            ..ring
+        };
+        assert_eq!(
+            tx_geometry(&set, 9000).frame_size(),
+            2048,
+            "a set size wins"
+        );
+        assert_eq!(rx_geometry(&set, 9000).frame_size(), 2048);
+        assert_eq!(rx_geometry(&ring, 9000).frame_size(), 9088);
+    }
 }

@@ -73,6 +73,7 @@ fn rule_set(count: usize) -> RuleSet {
                     destination,
                     port,
                     source: None,
+                    vlan: None,
                 },
                 outputs: vec![Output {
                     interface: "eth1".to_owned(),

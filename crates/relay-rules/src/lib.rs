@@ -43,7 +43,10 @@
 //! ].into_iter().collect();
 //! let rule = Rule {
 //!     name: "camera".into(),
-//!     input: Input { interface: "in0".into(), destination: Ipv4Addr::new(239, 1, 1, 1), port: 5000, source: None },
+//!     input: Input {
+//!         interface: "in0".into(), destination: Ipv4Addr::new(239, 1, 1, 1), port: 5000,
+//!         source: None, vlan: None,
+//!     },
 //!     outputs: vec![Output {
 //!         interface: "out0".into(), destination: Ipv4Addr::new(239, 2, 2, 2), port: 6000,
 //!         ttl: Ttl::Fixed(8), source: None, dscp: None, vlan: None,

@@ -82,6 +82,15 @@ pub struct Input {
         serde(default, skip_serializing_if = "Option::is_none")
     )]
     pub source: Option<Ipv4Addr>,
+    /// 802.1Q VLAN id (1..=4094): only frames tagged with it match (the tag in the frame, or
+    /// offloaded into the receive ring's frame header). `None` matches only untagged frames
+    /// (and priority-tagged ones, VLAN id 0). Frames with two tags (802.1ad, Q-in-Q) match no
+    /// rule: the data path counts and drops them (`DropReason::DoubleTagged`).
+    #[cfg_attr(
+        feature = "serde",
+        serde(default, skip_serializing_if = "Option::is_none")
+    )]
+    pub vlan: Option<u16>,
 }
 
 /// One destination of a rule.
@@ -142,6 +151,8 @@ pub struct RuleKey {
     pub port: u16,
     /// Source address of a source-specific rule.
     pub source: Option<Ipv4Addr>,
+    /// VLAN id of the frames matched; `None` for untagged frames.
+    pub vlan: Option<u16>,
 }
 
 impl Input {
@@ -152,6 +163,7 @@ impl Input {
             destination: self.destination,
             port: self.port,
             source: self.source,
+            vlan: self.vlan,
         }
     }
 }
@@ -159,6 +171,9 @@ impl Input {
 impl fmt::Display for RuleKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{}:{}:{}", self.interface, self.destination, self.port)?;
+        if let Some(vlan) = self.vlan {
+            write!(f, " vlan {vlan}")?;
+        }
         if let Some(source) = self.source {
             write!(f, " from {source}")?;
         }

@@ -16,6 +16,8 @@ pub const PORT_MULTIPLIER: u32 = 0x9E37_79B1;
 pub const MIX_MULTIPLIER_1: u32 = 0x85EB_CA6B;
 /// Second multiplier of the finalizer (MurmurHash3's `fmix32`).
 pub const MIX_MULTIPLIER_2: u32 = 0xC2B2_AE35;
+/// Multiplier that spreads the VLAN id over all 32 bits (xxHash32's fourth prime, odd).
+pub const VLAN_MULTIPLIER: u32 = 0x27D4_EB2F;
 
 /// The shard (`0..n`) that owns rules for destination `group` and UDP port `port` among `n`
 /// shards.
@@ -57,12 +59,51 @@ pub fn shard(group: Ipv4Addr, port: u16, n: u32) -> u32 {
     shard_hash(group, port) % n
 }
 
+/// The shard (`0..n`) that owns rules for `group`, `port` and VLAN `vlan` (`None`: untagged)
+/// among `n` shards: [`shard`] with the VLAN id mixed in before the finalizer,
+///
+/// ```text
+/// h = g ^ (port * 0x9E37_79B1) ^ (vid * 0x27D4_EB2F)
+/// ```
+///
+/// `vid` being the VLAN id (its low 12 bits) or 0 for `None`, so an untagged key has the shard
+/// [`shard`] gives it, and two VLANs' streams of one group and port spread like two groups'.
+///
+/// ```
+/// use relay_rules::shard::{shard, shard_vlan};
+/// use std::net::Ipv4Addr;
+///
+/// let group = Ipv4Addr::new(239, 1, 2, 3);
+/// assert_eq!(shard_vlan(group, 5000, None, 4), shard(group, 5000, 4));
+/// assert!(shard_vlan(group, 5000, Some(100), 4) < 4);
+/// ```
+pub fn shard_vlan(group: Ipv4Addr, port: u16, vlan: Option<u16>, n: u32) -> u32 {
+    if n == 0 {
+        return 0;
+    }
+    shard_hash_vlan(group, port, vlan) % n
+}
+
+/// The 32-bit hash [`shard_vlan`] reduces modulo `n`.
+pub fn shard_hash_vlan(group: Ipv4Addr, port: u16, vlan: Option<u16>) -> u32 {
+    let vid = u32::from(vlan.unwrap_or(0) & 0x0fff);
+    finalize(
+        u32::from(group)
+            ^ u32::from(port).wrapping_mul(PORT_MULTIPLIER)
+            ^ vid.wrapping_mul(VLAN_MULTIPLIER),
+    )
+}
+
 /// The 32-bit hash [`shard`] reduces modulo `n`: everything but the last step.
 ///
 /// Exposed so that callers that move rules between worker counts (2 → 3 workers) can compute
 /// the hash once and reduce it for each count.
 pub fn shard_hash(group: Ipv4Addr, port: u16) -> u32 {
-    let mut h = u32::from(group) ^ u32::from(port).wrapping_mul(PORT_MULTIPLIER);
+    shard_hash_vlan(group, port, None)
+}
+
+/// MurmurHash3's 32-bit finalizer, the last five steps of [`shard`]'s specification.
+fn finalize(mut h: u32) -> u32 {
     h ^= h >> 16;
     h = h.wrapping_mul(MIX_MULTIPLIER_1);
     h ^= h >> 13;
@@ -135,9 +176,14 @@ impl ShardSet {
         self.owned.binary_search(&index).is_ok()
     }
 
-    /// Whether the rule for (`group`, `port`) belongs here.
+    /// Whether the rule for (`group`, `port`) of untagged frames belongs here.
     pub fn holds(&self, group: Ipv4Addr, port: u16) -> bool {
-        self.owns(shard(group, port, self.count))
+        self.holds_vlan(group, port, None)
+    }
+
+    /// Whether the rule for (`group`, `port`) of VLAN `vlan` belongs here ([`shard_vlan`]).
+    pub fn holds_vlan(&self, group: Ipv4Addr, port: u16, vlan: Option<u16>) -> bool {
+        self.owns(shard_vlan(group, port, vlan, self.count))
     }
 }
 

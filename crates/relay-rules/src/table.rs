@@ -49,12 +49,14 @@ use std::collections::HashMap;
 use std::collections::hash_map::Entry;
 use std::net::Ipv4Addr;
 
-/// Where packets with one (interface, destination, port) look for their rule.
+/// Where packets with one (interface, VLAN, destination, port) look for their rule.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 struct SlotKey {
     ifindex: u32,
     destination: u32,
     port: u16,
+    /// The VLAN id, 0 for untagged frames (0 is never a rule's VLAN).
+    vlan: u16,
 }
 
 /// The ids of the rules of one [`SlotKey`].
@@ -104,6 +106,7 @@ fn slot_key(rule: &CompiledRule) -> SlotKey {
         ifindex: rule.ifindex,
         destination: u32::from(rule.key.destination),
         port: rule.key.port,
+        vlan: rule.key.vlan.unwrap_or(0),
     }
 }
 
@@ -146,7 +149,8 @@ impl RuleTable {
     }
 
     /// Compiles only the rules of `set` that belong to shard `shard` of `shards`, that is whose
-    /// input satisfies `shard(destination, port, shards) == shard` ([`crate::shard::shard`]):
+    /// input satisfies `shard_vlan(destination, port, vlan, shards) == shard`
+    /// ([`crate::shard::shard_vlan`]):
     /// the table of one worker under `shard` placement. `shards == 0` puts every rule in
     /// shard 0, as the shard function does. [`RuleTable::insert`] keeps to the same shard.
     pub fn build_shard(set: &RuleSet, generation: u64, shard_index: u32, shards: u32) -> Self {
@@ -157,10 +161,9 @@ impl RuleTable {
     /// serves several fanout members under `shard` placement. [`RuleTable::insert`] keeps to
     /// the same shards.
     pub fn build_shards(set: &RuleSet, generation: u64, shards: &ShardSet) -> Self {
-        let mine = set
-            .rules()
-            .iter()
-            .filter(|rule| shards.holds(rule.input.destination, rule.input.port));
+        let mine = set.rules().iter().filter(|rule| {
+            shards.holds_vlan(rule.input.destination, rule.input.port, rule.input.vlan)
+        });
         Self::compile(set, generation, mine, Some(shards.clone()))
     }
 
@@ -243,9 +246,8 @@ impl RuleTable {
         Ok(id)
     }
 
-    /// The rule for a datagram that arrived on interface `ifindex` for `destination:port`
-    /// from `source`: the source-specific rule for `source` if there is one, else the
-    /// any-source rule, else `None`.
+    /// The rule for an untagged datagram to `destination:port` from `source` on `ifindex`:
+    /// a source-specific rule for `source` if there is one, else the any-source rule.
     #[inline]
     pub fn lookup(
         &self,
@@ -254,10 +256,25 @@ impl RuleTable {
         port: u16,
         source: Ipv4Addr,
     ) -> Option<&CompiledRule> {
+        self.lookup_vlan(ifindex, None, destination, port, source)
+    }
+
+    /// [`RuleTable::lookup`] for a datagram of VLAN `vlan` (`None`: untagged): only rules whose
+    /// input names that VLAN (or, for `None`, none) match.
+    #[inline]
+    pub fn lookup_vlan(
+        &self,
+        ifindex: u32,
+        vlan: Option<u16>,
+        destination: Ipv4Addr,
+        port: u16,
+        source: Ipv4Addr,
+    ) -> Option<&CompiledRule> {
         let key = SlotKey {
             ifindex,
             destination: u32::from(destination),
             port,
+            vlan: vlan.unwrap_or(0),
         };
         let slot = self.slots.get(&key)?;
         let index = slot
@@ -270,11 +287,13 @@ impl RuleTable {
     }
 
     /// The rule for `datagram`, parsed from a frame that arrived on interface `ifindex`: the
-    /// same as [`RuleTable::lookup`] with the datagram's destination, port and source.
+    /// same as [`RuleTable::lookup_vlan`] with the datagram's VLAN ([`crate::wire::vlan_key`]),
+    /// destination, port and source; `None` for a double-tagged frame.
     #[inline]
     pub fn lookup_datagram(&self, ifindex: u32, datagram: &Datagram<'_>) -> Option<&CompiledRule> {
-        self.lookup(
+        self.lookup_vlan(
             ifindex,
+            crate::wire::vlan_key(datagram).ok()?,
             datagram.destination,
             datagram.destination_port,
             datagram.source,

@@ -75,13 +75,17 @@ pub(crate) fn endpoint(input: &Input) -> (&str, Ipv4Addr, u16) {
     (input.interface.as_str(), input.destination, input.port)
 }
 
-/// A rule's match key as a tuple: (interface, destination, port, source).
-pub(crate) fn match_key(input: &Input) -> (&str, Ipv4Addr, u16, Option<Ipv4Addr>) {
+/// A rule's match key as a tuple: (interface, destination, port, source, VLAN).
+pub(crate) type MatchKey<'a> = (&'a str, Ipv4Addr, u16, Option<Ipv4Addr>, Option<u16>);
+
+/// A rule's match key as a tuple: (interface, destination, port, source, VLAN).
+pub(crate) fn match_key(input: &Input) -> MatchKey<'_> {
     (
         input.interface.as_str(),
         input.destination,
         input.port,
         input.source,
+        input.vlan,
     )
 }
 
@@ -212,6 +216,11 @@ fn check_input(input: &Input, interfaces: &Interfaces, report: &mut impl FnMut(F
         && (source.is_unspecified() || source.is_broadcast() || source.is_multicast())
     {
         report(at(InputField::Source), Problem::SourceNotUnicast(source));
+    }
+    if let Some(vlan) = input.vlan
+        && !(1..=4094).contains(&vlan)
+    {
+        report(at(InputField::Vlan), Problem::VlanOutOfRange(vlan));
     }
 }
 

@@ -1,15 +1,20 @@
 //! The shard function and the steering program agree, bit for bit, on random packets.
 //!
 //! Each proptest case draws a worker count `n` and a seed, then checks a batch of
-//! [`KEYS_PER_CASE`] random (group, port) keys, each in a random IPv4/UDP header (IHL 5..=15
-//! with random option bytes, random flags with a zero fragment offset, random payload length,
-//! received or outgoing skb). With proptest's default 256 cases that is 1,048,576 keys; set
-//! `PROPTEST_CASES` to check more (or fewer).
+//! [`KEYS_PER_CASE`] random (group, port, VLAN) keys, each in a random IPv4/UDP header (IHL
+//! 5..=15 with random option bytes, random flags with a zero fragment offset, random payload
+//! length, received or outgoing skb, untagged or with a random tag in metadata). With proptest's
+//! default 256 cases that is 1,048,576 keys; set `PROPTEST_CASES` to check more (or fewer).
+//!
+//! For each key the data path's view is checked too: the plain pre-filter keeps the packet, and
+//! the frame, parsed with the tag as the ring reports it, has the VLAN key
+//! ([`relay_rules::wire::vlan_key`]) whose shard the program computed.
 
 use proptest::prelude::*;
-use relay_rules::bpf::interp::{Interpreter, Skb};
-use relay_rules::bpf::{Program, steering_program};
-use relay_rules::shard::shard;
+use relay_rules::bpf::interp::{Interpreter, Skb, VlanTag};
+use relay_rules::bpf::{Program, steering_program, udp_prefilter};
+use relay_rules::shard::{shard, shard_vlan};
+use relay_rules::wire;
 use std::net::Ipv4Addr;
 
 /// Keys checked per proptest case: 256 default cases × 4096 = 1,048,576 keys.
@@ -80,14 +85,60 @@ impl PacketBuilder {
 
 /// Runs `program` on `packet`, as a received or (with an Ethernet header) an outgoing skb.
 fn steer(interpreter: &Interpreter<'_>, packet: &[u8], outgoing: bool, protocol: u16) -> u32 {
+    steer_tagged(interpreter, packet, outgoing, protocol, None)
+}
+
+/// [`steer`] for a packet whose VLAN tag (if any) the kernel moved into metadata.
+fn steer_tagged(
+    interpreter: &Interpreter<'_>,
+    packet: &[u8],
+    outgoing: bool,
+    protocol: u16,
+    vlan: Option<VlanTag>,
+) -> u32 {
     let skb = if outgoing {
         Skb::outgoing(&ETHERNET, packet, protocol)
     } else {
         Skb::received(packet, protocol)
     };
     interpreter
-        .run(&skb)
+        .run(&Skb { vlan, ..skb })
         .expect("the steering program needs no unmodelled ancillary load")
+}
+
+/// A tag or none: a third untagged, the rest with any TCI (priority bits, DEI and id 0..=4095,
+/// id 0 being a priority tag) and either TPID.
+fn random_tag(rng: &mut SplitMix) -> Option<VlanTag> {
+    match rng.below(3) {
+        0 => None,
+        _ => Some(VlanTag {
+            tpid: if rng.below(4) == 0 { 0x88a8 } else { 0x8100 },
+            tci: rng.next() as u16,
+        }),
+    }
+}
+
+/// `packet` as a frame the parser accepts: an Ethernet header before it, no more-fragments
+/// flag (the steering program steers first fragments too; the parser counts them), its UDP
+/// length set and its IPv4 header checksum computed.
+fn parseable_frame(packet: &[u8]) -> Vec<u8> {
+    let mut frame = ETHERNET.to_vec();
+    frame.extend_from_slice(packet);
+    let ip = &mut frame[14..];
+    let ihl = usize::from(ip[0] & 0x0f) * 4;
+    let udp_len = (ip.len() - ihl) as u16;
+    ip[6] &= 0xc0;
+    ip[ihl + 4..ihl + 6].copy_from_slice(&udp_len.to_be_bytes());
+    ip[10..12].copy_from_slice(&[0, 0]);
+    let mut sum: u32 = ip[..ihl]
+        .chunks(2)
+        .map(|word| u32::from(u16::from_be_bytes([word[0], word[1]])))
+        .sum();
+    while sum > 0xffff {
+        sum = (sum & 0xffff) + (sum >> 16);
+    }
+    ip[10..12].copy_from_slice(&(!(sum as u16)).to_be_bytes());
+    frame
 }
 
 /// Worker counts: mostly small, as deployed, sometimes any non-zero `u32`.
@@ -110,6 +161,8 @@ proptest! {
     fn program_and_function_agree(n in worker_count(), seed in any::<u64>()) {
         let program = program_for(n);
         let interpreter = Interpreter::new(&program).expect("validated above");
+        let prefilter_program = udp_prefilter();
+        let prefilter = Interpreter::new(&prefilter_program).expect("a fixed valid program");
         let mut rng = SplitMix(seed);
         let mut builder = PacketBuilder { bytes: Vec::with_capacity(128) };
         for _ in 0..KEYS_PER_CASE {
@@ -117,9 +170,20 @@ proptest! {
             let port = rng.next() as u16;
             let len = builder.write(&mut rng, group, port, 17, 0);
             let outgoing = rng.below(2) == 1;
-            let got = steer(&interpreter, &builder.bytes[..len], outgoing, 0x0800);
-            let expected = shard(group, port, n);
-            prop_assert_eq!(got, expected, "group {} port {} n {} packet {:02x?}", group, port, n, &builder.bytes[..len]);
+            let tag = random_tag(&mut rng);
+            let packet = &builder.bytes[..len];
+            let got = steer_tagged(&interpreter, packet, outgoing, 0x0800, tag);
+            let vlan = tag.map(|tag| tag.tci & 0x0fff).filter(|&vid| vid != 0);
+            let expected = shard_vlan(group, port, vlan, n);
+            prop_assert_eq!(got, expected, "group {} port {} vlan {:?} n {} packet {:02x?}", group, port, tag, n, packet);
+            let skb = Skb { vlan: tag, ..Skb::received(packet, 0x0800) };
+            prop_assert_eq!(prefilter.run(&skb), Ok(u32::MAX), "the pre-filter keeps it");
+            // The frame as a worker reads it: the tag offloaded into the ring's frame header.
+            let frame = parseable_frame(packet);
+            let offloaded = tag.map(|tag| wire::VlanTag { tpid: tag.tpid, tci: tag.tci });
+            let datagram = wire::parse(&frame, offloaded).expect("a valid frame");
+            prop_assert_eq!(wire::vlan_key(&datagram), Ok(vlan));
+            prop_assert_eq!(shard_vlan(datagram.destination, datagram.destination_port, vlan, n), got);
         }
     }
 

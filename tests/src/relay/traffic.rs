@@ -139,11 +139,14 @@ pub struct Datagram {
     pub payload: Vec<u8>,
     /// The IPv4 TTL it arrived with, when known.
     pub ttl: Option<u8>,
+    /// The IPv4 type of service byte (DSCP and ECN) it arrived with, when known.
+    pub tos: Option<u8>,
     /// The sender's address and port, when known.
     pub from: Option<SocketAddrV4>,
 }
 
-/// A UDP socket in a namespace that receives datagrams with their TTL (`IP_RECVTTL`).
+/// A UDP socket in a namespace that receives datagrams with their TTL and TOS (`IP_RECVTTL`,
+/// `IP_RECVTOS`).
 #[derive(Debug)]
 pub struct UdpReceiver {
     socket: UdpSocket,
@@ -177,6 +180,7 @@ impl UdpReceiver {
 
     fn ready(socket: UdpSocket, label: String) -> UdpReceiver {
         setsockopt(&socket, sockopt::Ipv4RecvTtl, &true).expect("IP_RECVTTL on a UDP socket");
+        setsockopt(&socket, sockopt::IpRecvTos, &true).expect("IP_RECVTOS on a UDP socket");
         // Room for a burst: a relay worker that restarts sends what queued in its ring at once,
         // faster than this test thread reads, and the default buffer holds only a few hundred
         // datagrams. Forced past rmem_max, as root.
@@ -200,23 +204,25 @@ impl UdpReceiver {
 
     fn next(&self) -> Option<Datagram> {
         let mut buf = vec![0u8; 65_536];
-        let mut cmsg = nix::cmsg_space!(libc::c_int);
+        let mut cmsg = nix::cmsg_space!(libc::c_int, libc::c_int);
         let mut iov = [IoSliceMut::new(&mut buf)];
-        let (len, ttl, from) = match recvmsg::<SockaddrIn>(
+        let (len, ttl, tos, from) = match recvmsg::<SockaddrIn>(
             self.socket.as_raw_fd(),
             &mut iov,
             Some(&mut cmsg),
             MsgFlags::empty(),
         ) {
             Ok(msg) => {
-                let ttl = msg.cmsgs().ok().and_then(|mut cmsgs| {
-                    cmsgs.find_map(|c| match c {
-                        ControlMessageOwned::Ipv4Ttl(ttl) => u8::try_from(ttl).ok(),
-                        _ => None,
-                    })
-                });
+                let (mut ttl, mut tos) = (None, None);
+                for c in msg.cmsgs().into_iter().flatten() {
+                    match c {
+                        ControlMessageOwned::Ipv4Ttl(value) => ttl = u8::try_from(value).ok(),
+                        ControlMessageOwned::Ipv4Tos(value) => tos = Some(value),
+                        _ => {}
+                    }
+                }
                 let from = msg.address.map(|a| SocketAddrV4::new(a.ip(), a.port()));
-                (msg.bytes, ttl, from)
+                (msg.bytes, ttl, tos, from)
             }
             Err(Errno::EAGAIN | Errno::EINTR) => return None,
             Err(e) => panic!("{}: recvmsg: {e}", self.label),
@@ -224,6 +230,7 @@ impl UdpReceiver {
         Some(Datagram {
             payload: buf[..len].to_vec(),
             ttl,
+            tos,
             from,
         })
     }
@@ -327,6 +334,7 @@ fn udp_in_frame(frame: &[u8], destination: SocketAddrV4) -> Option<Datagram> {
     Some(Datagram {
         payload: udp[8..].to_vec(),
         ttl: Some(ip[8]),
+        tos: Some(ip[1]),
         from: Some(SocketAddrV4::new(src, u16::from_be_bytes([udp[0], udp[1]]))),
     })
 }
@@ -438,6 +446,7 @@ mod tests {
         Datagram {
             payload: bytes,
             ttl: None,
+            tos: None,
             from: None,
         }
     }

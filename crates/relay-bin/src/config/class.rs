@@ -158,14 +158,15 @@ pub fn check_rule_classes<'a>(
 /// key), and a source-specific rule takes precedence over an any-source rule of its key only
 /// where both are in one table: so a key belongs to one class.
 pub fn check_shared_keys<'a>(rules: impl IntoIterator<Item = &'a Rule>) -> Vec<String> {
-    let mut first: std::collections::HashMap<(&str, std::net::Ipv4Addr, u16), &Rule> =
-        std::collections::HashMap::new();
+    type Key<'a> = (&'a str, std::net::Ipv4Addr, u16, Option<u16>);
+    let mut first: std::collections::HashMap<Key<'_>, &Rule> = std::collections::HashMap::new();
     let mut problems = Vec::new();
     for rule in rules {
         let key = (
             rule.input.interface.as_str(),
             rule.input.destination,
             rule.input.port,
+            rule.input.vlan,
         );
         match first.get(&key) {
             Some(other) if other.class != rule.class => {
@@ -184,15 +185,16 @@ pub fn check_shared_keys<'a>(rules: impl IntoIterator<Item = &'a Rule>) -> Vec<S
 pub fn shared_key_problem(rule: &Rule, other: &Rule) -> String {
     let class = |rule: &Rule| rule.class.clone().unwrap_or_else(|| "default".into());
     format!(
-        "rule {:?}: class {}: rule {:?} of class {} has its input {}:{}:{}; a key belongs to \
-         one class (its frames reach one class's workers)",
+        "rule {:?}: class {}: rule {:?} of class {} has its input {}; a key belongs to one \
+         class (its frames reach one class's workers)",
         rule.name,
         class(rule),
         other.name,
         class(other),
-        rule.input.interface,
-        rule.input.destination,
-        rule.input.port
+        relay_rules::RuleKey {
+            source: None,
+            ..rule.input.key()
+        }
     )
 }
 
@@ -216,6 +218,7 @@ mod tests {
                 destination: [239, 1, 1, 1].into(),
                 port: 5000,
                 source: source.map(Into::into),
+                vlan: None,
             },
             outputs: Vec::new(),
             class: class.map(Into::into),
@@ -301,6 +304,7 @@ mod tests {
                 destination: [239, 1, 1, 1].into(),
                 port: 5000,
                 source: None,
+                vlan: None,
             },
             outputs: Vec::new(),
             class: class.map(Into::into),

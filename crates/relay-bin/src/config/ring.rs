@@ -28,8 +28,11 @@ pub struct RingSection {
     pub block_size: u32,
     /// Receive blocks per ring.
     pub block_count: u32,
-    /// Bytes per frame slot (V2 receive and transmit rings; a multiple of 16).
-    pub frame_size: u32,
+    /// Bytes per frame slot (V2 receive and transmit rings; a multiple of 16). `None` (the
+    /// default) sizes each ring for its interface's MTU when it is opened: 2,048 bytes up to an
+    /// MTU of 1,964, more above (`crate::rings::room`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub frame_size: Option<u32>,
     /// Milliseconds after which the kernel hands over a V3 block that is not full.
     pub retire_timeout_ms: u32,
     /// Frame slots of each transmit ring (with `tx_gso`, the same memory in slots of
@@ -91,7 +94,7 @@ struct RingFields {
     version: RingVersionSetting,
     block_size: u32,
     block_count: u32,
-    frame_size: u32,
+    frame_size: Option<u32>,
     retire_timeout_ms: u32,
     tx_frames: u32,
     busy_poll_us: u32,
@@ -153,7 +156,7 @@ impl Default for RingSection {
             // worker is off its CPU: 64 blocks give 128 ms, 8 blocks only 16 ms.
             block_size: 1 << 18,
             block_count: 64,
-            frame_size: 2048,
+            frame_size: None,
             retire_timeout_ms: 2,
             tx_frames: 4096,
             busy_poll_us: 0,

@@ -118,6 +118,9 @@ pub struct KeyEntry {
     /// Source, for a source-specific rule.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub source: Option<Ipv4Addr>,
+    /// VLAN id, for a rule of tagged frames.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vlan: Option<u16>,
 }
 
 /// An answer as sent on the wire.

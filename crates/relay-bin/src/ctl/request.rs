@@ -94,18 +94,44 @@ fn rule_from_toml(path: &Path) -> Result<Rule, RequestError> {
     }
 }
 
-/// `IFACE:DESTINATION:PORT[@SOURCE]`.
+/// `IFACE:DESTINATION:PORT[@SOURCE][,vlan=N]`.
 pub fn parse_input(text: &str) -> Result<Input, ArgError> {
-    let (main, source) = match text.split_once('@') {
+    let mut parts = text.split(',');
+    let key = parts.next().unwrap_or_default();
+    let (main, source) = match key.split_once('@') {
         Some((main, source)) => (main, Some(parse_addr(source, "source")?)),
-        None => (text, None),
+        None => (key, None),
     };
     let (interface, destination, port) = parse_endpoint(main)?;
+    let mut vlan = None;
+    for option in parts {
+        match option.split_once('=') {
+            Some(("vlan", value)) => {
+                vlan = Some(value.parse().map_err(|_| ArgError::OutOfRange {
+                    option: option.to_owned(),
+                    key: "vlan",
+                    min: 1,
+                    max: 4094,
+                })?);
+            }
+            Some(_) => {
+                return Err(ArgError::UnknownOption {
+                    option: option.to_owned(),
+                });
+            }
+            None => {
+                return Err(ArgError::NotKeyValue {
+                    option: option.to_owned(),
+                });
+            }
+        }
+    }
     Ok(Input {
         interface,
         destination,
         port,
         source,
+        vlan,
     })
 }
 
@@ -152,7 +178,7 @@ pub fn parse_output(text: &str) -> Result<Output, ArgError> {
     Ok(output)
 }
 
-/// `IFACE:DESTINATION:PORT[@SOURCE]`, as a rule's match key.
+/// `IFACE:DESTINATION:PORT[@SOURCE][,vlan=N]`, as a rule's match key.
 fn parse_key(text: &str) -> Result<KeyEntry, ArgError> {
     let input = parse_input(text)?;
     Ok(KeyEntry {
@@ -160,6 +186,7 @@ fn parse_key(text: &str) -> Result<KeyEntry, ArgError> {
         destination: input.destination,
         port: input.port,
         source: input.source,
+        vlan: input.vlan,
     })
 }
 
@@ -241,6 +268,27 @@ mod tests {
         assert_eq!(input.interface, "eth0");
         assert_eq!(input.port, 5000);
         assert_eq!(input.source, Some(Ipv4Addr::new(192, 0, 2, 10)));
+        assert_eq!(input.vlan, None);
+        let tagged = parse_input("eth0:239.1.1.1:5000@192.0.2.10,vlan=100").expect("valid");
+        assert_eq!(
+            (tagged.source, tagged.vlan),
+            (Some(Ipv4Addr::new(192, 0, 2, 10)), Some(100))
+        );
+        assert_eq!(
+            parse_input("eth0:239.1.1.1:5000,vlan=4096").map(|input| input.vlan),
+            Ok(Some(4096)),
+            "the range is validation's to refuse, naming the field"
+        );
+        assert!(matches!(
+            parse_input("eth0:239.1.1.1:5000,vlan=x"),
+            Err(ArgError::OutOfRange { key: "vlan", .. })
+        ));
+        assert_eq!(
+            parse_input("eth0:239.1.1.1:5000,ttl=3"),
+            Err(ArgError::UnknownOption {
+                option: "ttl=3".into()
+            })
+        );
         let output = parse_output("eth1:239.2.2.2:6000,ttl=4,dscp=46,source=10.0.0.1")
             .expect("valid output");
         assert_eq!(output.ttl, relay_rules::Ttl::Fixed(4));

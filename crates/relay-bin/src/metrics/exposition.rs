@@ -554,6 +554,7 @@ mod tests {
                 destination: [239, 1, 1, 1].into(),
                 port: 5000,
                 source: None,
+                vlan: None,
             },
             outputs: Vec::new(),
             class: None,

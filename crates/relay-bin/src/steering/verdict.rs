@@ -9,7 +9,7 @@
 //! - that CPU is the one taking the RX queue's interrupt, unless RPS re-steers the queue to a CPU
 //!   of its mask chosen by flow hash; a virtual device (veth) has no interrupt, so it is the CPU
 //!   of the sender;
-//! - `hash`, `lb` and `rollover` ignore the CPU; `qm` uses the RX queue number instead.
+//! - `hash`, `lb`, `rnd` and `rollover` ignore the CPU; `qm` uses the RX queue number instead.
 
 use crate::config::FanoutSetting;
 use fanout_core::CpuSet;
@@ -102,7 +102,7 @@ pub fn verdict(report: &SteeringReport, workers: &[u32], fanout: FanoutSetting) 
                 workers_reached: Some(workers.to_vec()),
             }
         }
-        FanoutSetting::Lb => {
+        FanoutSetting::Lb | FanoutSetting::Rnd => {
             let mut notes = vec![
                 "packets of one flow are spread too, so they may leave in another order than \
                  they arrived"
@@ -111,7 +111,11 @@ pub fn verdict(report: &SteeringReport, workers: &[u32], fanout: FanoutSetting) 
             notes.extend(single_cpu_note(report, &processing));
             Verdict {
                 level: Level::Good,
-                summary: format!("fanout lb deals packets round robin over all {n} workers"),
+                summary: if fanout == FanoutSetting::Lb {
+                    format!("fanout lb deals packets round robin over all {n} workers")
+                } else {
+                    format!("fanout rnd gives each packet to one of all {n} workers at random")
+                },
                 advice: Vec::new(),
                 notes,
                 workers_reached: Some(workers.to_vec()),

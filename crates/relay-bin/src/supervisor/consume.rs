@@ -13,7 +13,9 @@
 //! fails, the error is logged at error level), so a frame is never dropped for a key no rule
 //! relays any more; the host's stack then merely does the work it did without the setting.
 //! A source-specific rule's key is not consumed: datagrams from other sources to it may be
-//! wanted by the host.
+//! wanted by the host. Nor is a VLAN rule's: the program drops only untagged frames (a tagged
+//! one belongs to a VLAN interface the relay may not own), and the rule's untagged twin, if
+//! any, is another rule.
 
 use crate::control::proto::ConsumeFilter;
 use crate::ingress::{Tc, TcError};
@@ -144,7 +146,10 @@ impl Consume {
         // Removed first: a rule changed in place is removed and added under one name.
         touched.extend(removed.iter().filter_map(|name| self.keys.remove(name)));
         for rule in added {
-            if rule.input.source.is_some() || set.get(&rule.name).is_none() {
+            if rule.input.source.is_some()
+                || rule.input.vlan.is_some()
+                || set.get(&rule.name).is_none()
+            {
                 continue;
             }
             let key = (rule.input.destination, rule.input.port);

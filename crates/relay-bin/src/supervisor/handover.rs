@@ -143,14 +143,14 @@ pub(crate) fn open(
     ring: &RingSection,
 ) -> Result<Opened, OutputError> {
     let ifindex = key.ifindex();
-    let name = interfaces
+    let (name, mtu) = interfaces
         .by_index(ifindex)
-        .map(|facts| facts.name.clone())
+        .map(|facts| (facts.name.clone(), facts.mtu))
         .ok_or(OutputError::UnknownInterface { ifindex })?;
     match key {
         OutputKey::Ring { .. } => {
             let handle = TxRingBuilder::new(name.as_str())
-                .geometry(rings::tx_geometry(ring))
+                .geometry(rings::tx_geometry(ring, mtu))
                 .qdisc_bypass(crate::kernel_features::qdisc_bypass(ring))
                 .linear(crate::kernel_features::tx_linear(ring))
                 .segmentation(rings::tx_segmentation(ring))
@@ -257,6 +257,7 @@ mod tests {
                 destination: Ipv4Addr::new(239, 1, 1, 1),
                 port,
                 source: None,
+                vlan: None,
             },
             outputs: outputs
                 .iter()

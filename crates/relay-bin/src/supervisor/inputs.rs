@@ -21,8 +21,11 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::{Ipv4Addr, UdpSocket};
 use std::os::fd::AsFd;
 
-/// A (destination, port) key, as the class filters match it.
+/// A (destination, port) key: where a unicast input's socket is bound.
 pub(super) type Key = (Ipv4Addr, u16);
+
+/// A (destination, port, VLAN) key, as the class filters match it.
+pub(super) type ClassKey = (Ipv4Addr, u16, Option<u16>);
 
 /// Why what a rule's input needs could not be held.
 #[derive(Debug, thiserror::Error)]
@@ -98,7 +101,7 @@ pub(super) struct Inputs {
     refs: HashMap<Want, u32>,
     /// With named classes: the keys of each class's rules per input interface, with how many
     /// rules have each, from which the groups' filters are made.
-    keys: BTreeMap<(String, usize), BTreeMap<Key, u32>>,
+    keys: BTreeMap<(String, usize), BTreeMap<ClassKey, u32>>,
 }
 
 /// One class's fanout group on one interface.
@@ -124,7 +127,7 @@ enum Want {
 struct RuleInput {
     interface: String,
     class: usize,
-    key: Key,
+    key: ClassKey,
     want: Want,
 }
 
@@ -170,7 +173,7 @@ impl Inputs {
     /// What `rule` needs, or `None` if `set` has no facts for its input interface.
     fn input_of(&self, set: &RuleSet, rule: &relay_rules::Rule) -> Option<RuleInput> {
         let facts = set.interfaces().get(&rule.input.interface)?;
-        let key = (rule.input.destination, rule.input.port);
+        let key = (rule.input.destination, rule.input.port, rule.input.vlan);
         let want = if rule.input.destination.is_multicast() {
             Want::Group(Membership {
                 ifindex: facts.index,
@@ -178,7 +181,7 @@ impl Inputs {
                 source: rule.input.source,
             })
         } else {
-            Want::Sink(key)
+            Want::Sink((rule.input.destination, rule.input.port))
         };
         Some(RuleInput {
             interface: facts.name.clone(),
@@ -313,7 +316,7 @@ impl Inputs {
     /// The keys that decide what class `class`'s rings on `interface` take: a named class's
     /// own keys (`Listed`); for the default class, every named class's keys (`Unlisted`).
     /// Validation keeps each key in one class, so no default rule has one of those.
-    fn filter_keys(&self, class: usize, interface: &str) -> (Vec<Key>, KeySense) {
+    fn filter_keys(&self, class: usize, interface: &str) -> (Vec<ClassKey>, KeySense) {
         let keys_of = |class: usize| {
             self.keys
                 .get(&(interface.to_owned(), class))
@@ -370,7 +373,7 @@ impl Inputs {
 
     /// How many rules of class `class` have `key` on `interface` (counted only with named
     /// classes).
-    pub(super) fn key_count(&self, interface: &str, class: usize, key: Key) -> u32 {
+    pub(super) fn key_count(&self, interface: &str, class: usize, key: ClassKey) -> u32 {
         self.keys
             .get(&(interface.to_owned(), class))
             .and_then(|keys| keys.get(&key))
@@ -570,7 +573,7 @@ mod tests {
         RuleInput {
             interface: "in0".into(),
             class,
-            key: (group, port),
+            key: (group, port, None),
             want: Want::Group(Membership {
                 ifindex: 1,
                 group,
@@ -588,7 +591,7 @@ mod tests {
             names,
             vec![1, 1, 1],
         );
-        let key = |port| (Ipv4Addr::new(239, 1, 1, 1), port);
+        let key = |port| (Ipv4Addr::new(239, 1, 1, 1), port, None);
         assert!(inputs.count_key(&input(1, 5000)), "a new video key");
         assert!(!inputs.count_key(&input(1, 5000)), "a second rule of it");
         assert!(inputs.count_key(&input(2, 5001)));

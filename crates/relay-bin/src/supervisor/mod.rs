@@ -128,6 +128,9 @@ pub fn run(plan: Plan, options: &RunOptions) -> Result<RunSummary, RunError> {
         );
     }
     crate::kernel_features::warn_fallbacks(&plan.config.ring, plan.config.relay.fanout);
+    for warning in crate::rings::room::rule_set_warnings(&plan.config.ring, &plan.set) {
+        log::warn!("{warning}");
+    }
     if plan.config.ring.busy_poll_us > 0 {
         warn_shared_spinning_cpus(&plan.worker_cpus());
     }

@@ -165,6 +165,10 @@ impl Plan {
             .collect();
         let names: Vec<String> = classes.iter().map(|(name, _)| name.clone()).collect();
         let mut problems = crate::config::check_rule_classes(set.rules(), &names, !pool.is_empty());
+        problems.extend(crate::config::check_groups(
+            &config.interface_groups,
+            |name| rings::interface_facts(name).is_some(),
+        ));
         if !names.is_empty() {
             problems.extend(crate::config::check_shared_keys(set.rules()));
         }

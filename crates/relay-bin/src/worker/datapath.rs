@@ -175,8 +175,16 @@ impl Datapath {
             datagram.udp_checksum = 0;
         }
         let segmentable = may_segment(&datagram, checksum == RxChecksum::Verified);
-        let Some(rule) = self.table.lookup(
+        let vlan = match wire::vlan_key(&datagram) {
+            Ok(vlan) => vlan,
+            Err(reason) => {
+                self.malformed[reason.index()] += 1;
+                return;
+            }
+        };
+        let Some(rule) = self.table.lookup_vlan(
             ifindex,
+            vlan,
             datagram.destination,
             datagram.destination_port,
             datagram.source,
@@ -215,6 +223,15 @@ impl Datapath {
                 Written::TtlExpired => self.ttl_expired += 1,
             }
         }
+    }
+
+    /// Counts a frame the receive ring truncated (`tp_snaplen < tp_len`): received, and dropped
+    /// under [`DropReason::RingTruncated`] without being parsed, since a rewrite of its start
+    /// would relay a datagram cut short.
+    #[inline]
+    pub fn truncated(&mut self) {
+        self.received += 1;
+        self.malformed[DropReason::RingTruncated.index()] += 1;
     }
 
     /// Removes the rule called `name`, if there is one.
@@ -396,6 +413,7 @@ mod tests {
                 destination: Ipv4Addr::new(239, 1, 1, 1),
                 port: 5000,
                 source: None,
+                vlan: None,
             },
             outputs: vec![
                 output("out0", Ipv4Addr::new(239, 2, 2, 2), 6000),
@@ -532,6 +550,44 @@ mod tests {
             // Queued 3, then one of them refused by the kernel.
             (2, 1, 2, 2, 1)
         );
+    }
+
+    #[test]
+    fn rules_match_by_vlan_and_double_tags_are_dropped() {
+        let mut tagged = rule();
+        tagged.name = "v100".into();
+        tagged.input.vlan = Some(100);
+        let set = RuleSet::new(vec![rule(), tagged], interfaces(), Limits::default())
+            .expect("one key per VLAN");
+        let mut datapath = Datapath::new(RuleTable::build(&set, 1));
+        let mut outputs = Scripted {
+            ring: Written::Queued,
+            socket: Written::Queued,
+        };
+        let tag = |vid: u16| VlanTag {
+            tpid: 0x8100,
+            tci: 0x2000 | vid,
+        };
+        let untagged = frame();
+        // The same frame with an 802.1Q tag of VLAN 100 in it.
+        let mut in_frame = untagged[..12].to_vec();
+        in_frame.extend_from_slice(&[0x81, 0x00, 0x00, 100]);
+        in_frame.extend_from_slice(&untagged[12..]);
+        let mut handle = |frame: &[u8], offloaded| {
+            datapath.handle(2, frame, offloaded, RxChecksum::Verified, 0, &mut outputs);
+        };
+        handle(&untagged, None);
+        handle(&untagged, Some(tag(0))); // priority-tagged: untagged
+        handle(&untagged, Some(tag(100)));
+        handle(&in_frame, None);
+        handle(&untagged, Some(tag(200)));
+        handle(&in_frame, Some(tag(7)));
+        let counters = datapath.counters(0);
+        assert_eq!(counters.rules["cam"].packets, 2);
+        assert_eq!(counters.rules["v100"].packets, 2);
+        assert_eq!(counters.no_rule, 1, "VLAN 200 has no rule");
+        assert_eq!(counters.malformed.get("double_tagged"), Some(&1));
+        assert_eq!(counters.received, 6);
     }
 
     #[test]

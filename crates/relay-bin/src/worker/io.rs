@@ -454,6 +454,10 @@ impl WorkerIo {
                 turn += block.len();
                 *unsent += block.len();
                 for frame in block.frames() {
+                    if frame.is_truncated() {
+                        datapath.truncated();
+                        continue;
+                    }
                     let vlan = frame.vlan_tci().map(|tci| VlanTag {
                         tpid: frame.vlan_tpid().unwrap_or(0x8100),
                         tci,

@@ -313,7 +313,8 @@ impl Sinks {
                     batch: UdpBatch::new(
                         socket,
                         SOCKET_BATCH,
-                        MAX_PAYLOAD.min(ring.frame_size as usize * 32),
+                        ring.frame_size
+                            .map_or(MAX_PAYLOAD, |size| MAX_PAYLOAD.min(size as usize * 32)),
                     ),
                     errors: ErrnoCounts::default(),
                     users: 1,

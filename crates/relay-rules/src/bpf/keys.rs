@@ -1,4 +1,5 @@
-//! Socket filters that split UDP traffic between worker classes by (destination, port) key.
+//! Socket filters that split UDP traffic between worker classes by (destination, port, VLAN)
+//! key.
 //!
 //! A worker class owns some rules. Each receive ring of a named class gets a
 //! [`KeySense::Listed`] filter over the keys its rules use, and the default class's rings get a
@@ -8,18 +9,23 @@
 //! Frames that carry no key a rule could use (still-tagged frames, later fragments, bad IPv4
 //! headers) go to the default class only, which parses and counts them as it always has.
 //!
-//! Cost per packet: after a fixed prologue (13 instructions at most) that checks the frame and
+//! The VLAN is part of the key, as it is of a rule's: the port and the VLAN id of the tag in
+//! metadata (0 for an untagged or priority-tagged frame) are compared as one word,
+//! `port | vid << 16`, so a tagged frame never matches an untagged key nor one of another VLAN.
+//!
+//! Cost per packet: after a fixed prologue (22 instructions at most) that checks the frame and
 //! loads the key, the program is a binary search over the sorted keys, first over the distinct
-//! addresses, then over the ports of the address found: for `m` distinct addresses and `p` ports
-//! of the matching address, about `⌈log₂ m⌉ + ⌈log₂ p⌉ + 3` comparisons, plus at most one
+//! addresses, then over the (port, VLAN) words of the address found: for `m` distinct addresses
+//! and `p` such words of the matching address, about `⌈log₂ m⌉ + ⌈log₂ p⌉ + 3` comparisons, plus at most one
 //! `ja` or copied `ret` per branch too far for the 8-bit offset of a conditional jump. The program
 //! takes about two instructions per key that shares its address with others and four per key
 //! with an address of its own, so [`KEY_FILTER_MAX_KEYS`] keys always fit in `BPF_MAXINSNS`.
 
 use super::{
-    BPF_ABS, BPF_B, BPF_H, BPF_IND, BPF_JA, BPF_JEQ, BPF_JGE, BPF_JGT, BPF_JMP, BPF_JSET, BPF_K,
-    BPF_LD, BPF_LDX, BPF_MAXINSNS, BPF_MISC, BPF_MSH, BPF_RET, BPF_TAX, BPF_TXA, BPF_W,
-    Instruction, Program, SKF_AD_OFF, SKF_AD_PROTOCOL, SKF_NET_OFF, udp_prefilter,
+    BPF_ABS, BPF_ALU, BPF_AND, BPF_B, BPF_H, BPF_IND, BPF_JA, BPF_JEQ, BPF_JGE, BPF_JGT, BPF_JMP,
+    BPF_JSET, BPF_K, BPF_LD, BPF_LDX, BPF_LSH, BPF_MAXINSNS, BPF_MEM, BPF_MISC, BPF_MSH, BPF_OR,
+    BPF_RET, BPF_ST, BPF_TAX, BPF_TXA, BPF_W, BPF_X, Instruction, Program, SKF_AD_OFF,
+    SKF_AD_PROTOCOL, SKF_AD_VLAN_TAG, SKF_AD_VLAN_TAG_PRESENT, SKF_NET_OFF, udp_prefilter,
 };
 use std::net::Ipv4Addr;
 use thiserror::Error;
@@ -37,10 +43,53 @@ const MAX_OFFSET: usize = u8::MAX as usize;
 /// Number of distinct keys that always fit in one filter, whatever they are.
 ///
 /// The worst case is every key with an address of its own, about four instructions per key:
-/// 1000 such keys take 4053 instructions of the kernel's 4096 (1010 is the most that fit). Sets that share addresses
+/// 1000 such keys take 4062 instructions of the kernel's 4096 (1008 is the most that fit). Sets that share addresses
 /// fit far more keys (up to about 2000 on one address): [`key_filter`] only refuses a set whose
 /// program is actually too long.
 pub const KEY_FILTER_MAX_KEYS: usize = 1000;
+
+/// A key a class filter matches: a rule's destination, UDP port and VLAN (`None`: untagged).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct FilterKey {
+    /// Destination address.
+    pub destination: Ipv4Addr,
+    /// UDP destination port.
+    pub port: u16,
+    /// VLAN id (1..=4094), `None` for untagged frames.
+    pub vlan: Option<u16>,
+}
+
+impl FilterKey {
+    /// The key as the filter compares it: (address, `port | vid << 16`).
+    fn words(self) -> (u32, u32) {
+        let vid = u32::from(self.vlan.unwrap_or(0) & 0x0fff);
+        (
+            u32::from(self.destination),
+            u32::from(self.port) | vid << 16,
+        )
+    }
+}
+
+impl From<(Ipv4Addr, u16)> for FilterKey {
+    /// The key of untagged frames to `destination:port`.
+    fn from((destination, port): (Ipv4Addr, u16)) -> Self {
+        FilterKey {
+            destination,
+            port,
+            vlan: None,
+        }
+    }
+}
+
+impl From<(Ipv4Addr, u16, Option<u16>)> for FilterKey {
+    fn from((destination, port, vlan): (Ipv4Addr, u16, Option<u16>)) -> Self {
+        FilterKey {
+            destination,
+            port,
+            vlan,
+        }
+    }
+}
 
 /// Which frames a key filter keeps.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -70,7 +119,8 @@ pub enum KeyFilterError {
 }
 
 /// A classic BPF socket filter (for `SO_ATTACH_FILTER`) that keeps or drops IPv4 UDP frames by
-/// their (destination address, UDP destination port) key, as `sense` says.
+/// their (destination address, UDP destination port, VLAN) key, as `sense` says; a key given
+/// as `(Ipv4Addr, u16)` is one of untagged frames.
 ///
 /// Keys may come in any order and repeat. The filter reads the packet as
 /// [`super::steering_program`] does: the EtherType from `SKF_AD_PROTOCOL`, every packet byte
@@ -85,8 +135,8 @@ pub enum KeyFilterError {
 ///
 /// Returns [`KeyFilterError::TooManyKeys`] when the program would not fit in `BPF_MAXINSNS`;
 /// that never happens for [`KEY_FILTER_MAX_KEYS`] keys or fewer.
-pub fn key_filter(
-    keys: impl IntoIterator<Item = (Ipv4Addr, u16)>,
+pub fn key_filter<K: Into<FilterKey>>(
+    keys: impl IntoIterator<Item = K>,
     sense: KeySense,
 ) -> Result<Program, KeyFilterError> {
     key_program(
@@ -111,15 +161,12 @@ pub(super) struct Verdicts {
 }
 
 /// [`key_filter`], returning `verdicts`.
-pub(super) fn key_program(
-    keys: impl IntoIterator<Item = (Ipv4Addr, u16)>,
+pub(super) fn key_program<K: Into<FilterKey>>(
+    keys: impl IntoIterator<Item = K>,
     sense: KeySense,
     verdicts: Verdicts,
 ) -> Result<Program, KeyFilterError> {
-    let mut keys: Vec<(u32, u16)> = keys
-        .into_iter()
-        .map(|(address, port)| (u32::from(address), port))
-        .collect();
+    let mut keys: Vec<(u32, u32)> = keys.into_iter().map(|key| key.into().words()).collect();
     keys.sort_unstable();
     keys.dedup();
     let too_many = KeyFilterError::TooManyKeys {
@@ -229,7 +276,7 @@ impl Builder {
     }
 
     /// The whole filter over sorted, distinct, non-empty `keys`.
-    fn filter(&mut self, keys: &[(u32, u16)], sense: KeySense, verdicts: Verdicts) {
+    fn filter(&mut self, keys: &[(u32, u32)], sense: KeySense, verdicts: Verdicts) {
         let accept = self.label();
         let reject = self.label();
         let (found, missed) = match sense {
@@ -261,13 +308,29 @@ impl Builder {
         // Fragment offset 0: a first fragment carries the UDP header, a later one does not.
         self.stmt(BPF_LD | BPF_H | BPF_ABS, SKF_NET_OFF + 6);
         self.jump(BPF_JSET, 0x1fff, To::At(keyless), To::Next);
-        // X = destination port (after the IP options), A = destination address.
+        // M[0] = destination port (after the IP options).
         self.stmt(BPF_LDX | BPF_B | BPF_MSH, SKF_NET_OFF);
         self.stmt(BPF_LD | BPF_H | BPF_IND, SKF_NET_OFF + 2);
+        self.stmt(BPF_ST, 0);
+        // X = VLAN id << 16, or 0 (the A the test leaves) for an untagged frame.
+        self.stmt(
+            BPF_LD | BPF_W | BPF_ABS,
+            SKF_AD_OFF + SKF_AD_VLAN_TAG_PRESENT,
+        );
+        let untagged = self.label();
+        self.jump(BPF_JEQ, 0, To::At(untagged), To::Next);
+        self.stmt(BPF_LD | BPF_W | BPF_ABS, SKF_AD_OFF + SKF_AD_VLAN_TAG);
+        self.stmt(BPF_ALU | BPF_AND | BPF_K, 0x0fff);
+        self.stmt(BPF_ALU | BPF_LSH | BPF_K, 16);
+        self.bind(untagged);
+        self.stmt(BPF_MISC | BPF_TAX, 0);
+        // X = port | VLAN id << 16, A = destination address.
+        self.stmt(BPF_LD | BPF_MEM, 0);
+        self.stmt(BPF_ALU | BPF_OR | BPF_X, 0);
         self.stmt(BPF_MISC | BPF_TAX, 0);
         self.stmt(BPF_LD | BPF_W | BPF_ABS, SKF_NET_OFF + 16);
 
-        let groups: Vec<&[(u32, u16)]> = keys.chunk_by(|a, b| a.0 == b.0).collect();
+        let groups: Vec<&[(u32, u32)]> = keys.chunk_by(|a, b| a.0 == b.0).collect();
         self.addresses(&groups, found, missed);
 
         self.bind(accept);
@@ -278,7 +341,7 @@ impl Builder {
 
     /// Binary search for A among the addresses of `groups` (each the keys of one address, in
     /// address order); X holds the port.
-    fn addresses(&mut self, groups: &[&[(u32, u16)]], found: Label, missed: Label) {
+    fn addresses(&mut self, groups: &[&[(u32, u32)]], found: Label, missed: Label) {
         match groups {
             [] => self.ops.push(Op::Goto(missed)),
             [group] => {
@@ -302,16 +365,16 @@ impl Builder {
         }
     }
 
-    /// Binary search for A among the ports of `keys` (one address, in port order).
-    fn ports(&mut self, keys: &[(u32, u16)], found: Label, missed: Label) {
+    /// Binary search for A among the (port, VLAN) words of `keys` (one address, in order).
+    fn ports(&mut self, keys: &[(u32, u32)], found: Label, missed: Label) {
         match keys {
             [] => self.ops.push(Op::Goto(missed)),
-            [(_, port)] => self.jump(BPF_JEQ, u32::from(*port), To::At(found), To::At(missed)),
+            [(_, port)] => self.jump(BPF_JEQ, *port, To::At(found), To::At(missed)),
             _ => {
                 let (left, right) = keys.split_at(keys.len() / 2);
                 let pivot = right.first().map_or(0, |key| key.1);
                 let higher = self.label();
-                self.jump(BPF_JGE, u32::from(pivot), To::At(higher), To::Next);
+                self.jump(BPF_JGE, pivot, To::At(higher), To::Next);
                 self.ports(left, found, missed);
                 self.bind(higher);
                 self.ports(right, found, missed);

@@ -39,7 +39,7 @@ mod test_packets;
 
 pub use check::{ProgramError, validate_program};
 pub use consume::{TC_ACT_SHOT, TC_ACT_UNSPEC, consume_program};
-pub use keys::{KEY_FILTER_MAX_KEYS, KeyFilterError, KeySense, key_filter};
+pub use keys::{FilterKey, KEY_FILTER_MAX_KEYS, KeyFilterError, KeySense, key_filter};
 pub use prefilter::udp_prefilter;
 pub use steering::steering_program;
 

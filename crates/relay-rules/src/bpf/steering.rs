@@ -1,15 +1,16 @@
-//! The fanout steering program: [`crate::shard::shard`] computed by the kernel from packet bytes.
+//! The fanout steering program: [`crate::shard::shard_vlan`] computed by the kernel from packet
+//! bytes and the VLAN tag.
 
 use super::*;
-use crate::shard::{MIX_MULTIPLIER_1, MIX_MULTIPLIER_2, PORT_MULTIPLIER};
+use crate::shard::{MIX_MULTIPLIER_1, MIX_MULTIPLIER_2, PORT_MULTIPLIER, VLAN_MULTIPLIER};
 
 /// EtherType of IPv4, as the `SKF_AD_PROTOCOL` ancillary load returns it (host order).
 const ETH_P_IP: u32 = 0x0800;
 /// IP protocol number of UDP.
 const IPPROTO_UDP: u32 = 17;
 
-/// Emits the classic BPF program that returns `shard(destination, destination port, n)` for an
-/// IPv4/UDP packet, for a PACKET_FANOUT_CBPF group of `n` members.
+/// Emits the classic BPF program that returns `shard_vlan(destination, destination port, vlan,
+/// n)` for an IPv4/UDP packet, for a PACKET_FANOUT_CBPF group of `n` members.
 ///
 /// How the program reads the packet, and why:
 /// - At fanout time a received skb's data starts at the network header (the MAC header was
@@ -18,7 +19,9 @@ const IPPROTO_UDP: u32 = 17;
 ///   absolute offset.
 /// - The kernel has moved a VLAN tag into metadata before the fanout hook runs, so the
 ///   EtherType is checked with the `SKF_AD_PROTOCOL` ancillary load, which returns
-///   `ntohs(skb->protocol)`: 0x0800 for IPv4 whether or not the frame was tagged.
+///   `ntohs(skb->protocol)`: 0x0800 for IPv4 whether or not the frame was tagged. The VLAN
+///   id comes from the tag in metadata (`SKF_AD_VLAN_TAG_PRESENT`, `SKF_AD_VLAN_TAG`, low 12
+///   bits; none or id 0 counts as untagged), as [`crate::wire::vlan_key`] reads it.
 /// - The first header byte must be 0x45..=0x4f (version 4, IHL 5..=15), the protocol 17 (UDP) and
 ///   the fragment offset 0. The header length comes from `ldxb 4*([net]&0xf)`, and the UDP
 ///   destination port from a half-word load at `X + SKF_NET_OFF + 2`, so IP options are skipped.
@@ -30,7 +33,7 @@ const IPPROTO_UDP: u32 = 17;
 /// packets too short for the loads (the kernel ends the program with 0 when a load is out of
 /// bounds). The worker there counts them as it would anywhere.
 ///
-/// `n == 0` gives a program that always returns 0, matching `shard(_, _, 0) == 0`. For `n ≥ 1`
+/// `n == 0` gives a program that always returns 0, matching `shard_vlan(_, _, _, 0) == 0`. For `n ≥ 1`
 /// the result is already below `n`; the kernel's own `% members` then leaves it unchanged when
 /// the group has exactly `n` members.
 pub fn steering_program(n: u32) -> Program {
@@ -51,11 +54,24 @@ pub fn steering_program(n: u32) -> Program {
     // Fragment offset 0 (flags ignored: a first fragment carries the UDP header).
     emitter.stmt(BPF_LD | BPF_H | BPF_ABS, SKF_NET_OFF + 6);
     emitter.if_set(0x1fff);
-    // X = IP header length; A = destination port * PORT_MULTIPLIER.
+    // X = IP header length; M[0] = destination port * PORT_MULTIPLIER.
     emitter.stmt(BPF_LDX | BPF_B | BPF_MSH, SKF_NET_OFF);
     emitter.stmt(BPF_LD | BPF_H | BPF_IND, SKF_NET_OFF + 2);
     emitter.stmt(BPF_ALU | BPF_MUL | BPF_K, PORT_MULTIPLIER);
-    // A = destination address ^ (port * PORT_MULTIPLIER).
+    emitter.stmt(BPF_ST, 0);
+    // A = VLAN id * VLAN_MULTIPLIER, or 0 (the A the test leaves) for an untagged frame.
+    emitter.stmt(
+        BPF_LD | BPF_W | BPF_ABS,
+        SKF_AD_OFF + SKF_AD_VLAN_TAG_PRESENT,
+    );
+    emitter.raw(Instruction::jump(BPF_JMP | BPF_JEQ | BPF_K, 0, 3, 0));
+    emitter.stmt(BPF_LD | BPF_W | BPF_ABS, SKF_AD_OFF + SKF_AD_VLAN_TAG);
+    emitter.stmt(BPF_ALU | BPF_AND | BPF_K, 0x0fff);
+    emitter.stmt(BPF_ALU | BPF_MUL | BPF_K, VLAN_MULTIPLIER);
+    // A = destination address ^ (port * PORT_MULTIPLIER) ^ (VLAN id * VLAN_MULTIPLIER).
+    emitter.stmt(BPF_MISC | BPF_TAX, 0);
+    emitter.stmt(BPF_LD | BPF_MEM, 0);
+    emitter.stmt(BPF_ALU | BPF_XOR | BPF_X, 0);
     emitter.stmt(BPF_MISC | BPF_TAX, 0);
     emitter.stmt(BPF_LD | BPF_W | BPF_ABS, SKF_NET_OFF + 16);
     emitter.stmt(BPF_ALU | BPF_XOR | BPF_X, 0);
@@ -81,6 +97,11 @@ struct Emitter {
 impl Emitter {
     fn stmt(&mut self, code: u16, k: u32) {
         self.instructions.push(Instruction::stmt(code, k));
+    }
+
+    /// An instruction whose jumps (if any) stay within the program as written.
+    fn raw(&mut self, instruction: Instruction) {
+        self.instructions.push(instruction);
     }
 
     /// Continue when `A == k`, else return 0.
@@ -163,6 +184,35 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn a_tag_in_metadata_steers_by_its_vlan_id() {
+        use crate::bpf::interp::VlanTag;
+        use crate::shard::shard_vlan;
+        let group = Ipv4Addr::new(239, 1, 1, 4);
+        let packet = udp_packet(group, 5000, 0);
+        let program = steering_program(64);
+        let tagged = |tci| Skb {
+            vlan: Some(VlanTag { tpid: 0x8100, tci }),
+            ..Skb::received(&packet, 0x0800)
+        };
+        for (tci, vlan) in [
+            (100, Some(100)),
+            (0xe000 | 4094, Some(4094)),
+            (0x6000, None),
+        ] {
+            assert_eq!(
+                run(&program, &tagged(tci)),
+                Ok(shard_vlan(group, 5000, vlan, 64)),
+                "TCI {tci:#06x}"
+            );
+        }
+        // VLAN 100 and untagged differ here, so the test above can tell them apart.
+        assert_ne!(
+            shard_vlan(group, 5000, Some(100), 64),
+            shard_vlan(group, 5000, None, 64)
+        );
     }
 
     #[test]

@@ -6,7 +6,7 @@ use super::error::TableError;
 use super::{RuleId, RuleTable, compiled, rule_checksum};
 use crate::interface::Interfaces;
 use crate::rule::Rule;
-use crate::shard::shard;
+use crate::shard::shard_vlan;
 
 /// What [`RuleTable::insert`] did with a rule it accepted.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -47,7 +47,8 @@ impl RuleTable {
         interfaces: &Interfaces,
     ) -> Result<Insertion, TableError> {
         if let Some(shards) = &self.shard {
-            let theirs = shard(rule.input.destination, rule.input.port, shards.count());
+            let input = &rule.input;
+            let theirs = shard_vlan(input.destination, input.port, input.vlan, shards.count());
             if !shards.owns(theirs) {
                 return Ok(Insertion::OtherShard(theirs));
             }

@@ -13,8 +13,10 @@
 //! bytes, optional values as a 0 byte or a 1 byte then the value):
 //! version byte 1, name, input interface, input destination (4 bytes), input port (2), input
 //! source (optional 4), output count (u32), then for each output in order: interface,
-//! destination (4), port (2), ttl (1: the fixed TTL, 0 for `decrement`), source (optional 4), dscp (optional 1), vlan (optional 2);
-//! then, only if the rule has any stream option, a 0x5a byte, inspect (optional 1: its
+//! destination (4), port (2), ttl (1: the fixed TTL, 0 for `decrement`), source (optional 4),
+//! dscp (optional 1), vlan (optional 2); then, only for an input with a VLAN, the byte 2 and the
+//! VLAN (2), so that the checksum of a rule without one is what it was before inputs had VLANs;
+//! last, only if the rule has any stream option, a 0x5a byte, inspect (optional 1: its
 //! declaration index), rtp_clock_hz (optional 4), max_pps (optional 8), max_bps (optional 8).
 
 use crate::rule::{Rule, Ttl};
@@ -90,6 +92,10 @@ pub fn rule_checksum(rule: &Rule) -> u64 {
         h.option(output.dscp, |h, dscp| h.bytes(&[dscp]));
         h.option(output.vlan, |h, vlan| h.bytes(&vlan.to_be_bytes()));
     }
+    if let Some(vlan) = rule.input.vlan {
+        h.bytes(&[2]);
+        h.bytes(&vlan.to_be_bytes());
+    }
     let stream = (rule.inspect, rule.rtp_clock_hz, rule.max_pps, rule.max_bps);
     if stream != (None, None, None, None) {
         h.bytes(&[STREAM_OPTIONS]);
@@ -124,6 +130,7 @@ mod tests {
                 destination: Ipv4Addr::new(239, 1, 1, 1),
                 port,
                 source: None,
+                vlan: None,
             },
             outputs: vec![Output {
                 interface: "eth1".into(),

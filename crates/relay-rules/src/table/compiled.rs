@@ -206,6 +206,7 @@ pub(super) fn vacant(id: RuleId) -> CompiledRule {
             destination: Ipv4Addr::UNSPECIFIED,
             port: 0,
             source: None,
+            vlan: None,
         },
         ifindex: 0,
         outputs: SmallVec::new(),

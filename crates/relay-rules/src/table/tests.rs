@@ -199,6 +199,7 @@ fn many_rules(count: u32) -> Vec<Rule> {
                 destination: Ipv4Addr::from(base + i / 4),
                 port: 5000 + (i % 4) as u16,
                 source: None,
+                vlan: None,
             },
             outputs: vec![output("eth1", (base + i).to_be_bytes(), 6000)],
             class: None,

@@ -56,6 +56,7 @@ fn rule() -> impl Strategy<Value = Rule> {
                     destination,
                     port,
                     source: source.map(Ipv4Addr::from),
+                    vlan: None,
                 },
                 outputs,
                 class: None,

@@ -39,6 +39,8 @@ pub enum InputField {
     Port,
     /// `input.source`.
     Source,
+    /// `input.vlan`.
+    Vlan,
 }
 
 /// A field of [`crate::Output`].
@@ -70,6 +72,7 @@ impl fmt::Display for Field {
                     InputField::Destination => "destination",
                     InputField::Port => "port",
                     InputField::Source => "source",
+                    InputField::Vlan => "vlan",
                 };
                 write!(f, "input.{name}")
             }
@@ -113,7 +116,7 @@ pub enum Problem {
     DuplicateKey {
         /// The rule that has the key already.
         other: String,
-        /// The key, as `interface:destination:port[ from source]`.
+        /// The key, as `interface:destination:port[ vlan id][ from source]`.
         key: String,
     },
     /// The interface is not among the facts the set was checked against.

@@ -26,8 +26,8 @@ pub(super) type Seq = u64;
 
 /// Interface (interned), destination, port.
 type Endpoint = (u32, Ipv4Addr, u16);
-/// Interface (interned), destination, port, source.
-type Key = (u32, Ipv4Addr, u16, Option<Ipv4Addr>);
+/// Interface (interned), destination, port, source, VLAN.
+type Key = (u32, Ipv4Addr, u16, Option<Ipv4Addr>, Option<u16>);
 
 /// Names, keys and endpoints of a valid set's rules, each pointing at its rules.
 #[derive(Debug, Clone, Default)]
@@ -229,6 +229,7 @@ impl Index {
             rule.input.destination,
             rule.input.port,
             rule.input.source,
+            rule.input.vlan,
         );
         self.keys.insert(key, seq);
         let at = (input, rule.input.destination, rule.input.port);
@@ -283,9 +284,15 @@ impl Index {
 
     fn key(
         &self,
-        (interface, destination, port, source): (&str, Ipv4Addr, u16, Option<Ipv4Addr>),
+        (interface, destination, port, source, vlan): super::MatchKey<'_>,
     ) -> Option<Key> {
-        Some((*self.interned.get(interface)?, destination, port, source))
+        Some((
+            *self.interned.get(interface)?,
+            destination,
+            port,
+            source,
+            vlan,
+        ))
     }
 }
 
@@ -324,8 +331,12 @@ impl Index {
             assert_eq!(&name(seq), rule);
             lines.push(format!("name {rule}"));
         }
-        for ((i, d, p, s), seq) in &self.keys {
-            lines.push(format!("key {}:{d}:{p}:{s:?} {}", interface(*i), name(seq)));
+        for ((i, d, p, s, v), seq) in &self.keys {
+            lines.push(format!(
+                "key {}:{d}:{p}:{s:?}:{v:?} {}",
+                interface(*i),
+                name(seq)
+            ));
         }
         for (what, map) in [("receiver", &self.receivers), ("sender", &self.senders)] {
             for ((i, d, p), seqs) in map {

@@ -51,6 +51,7 @@ pub(crate) fn rule(name: &str) -> Rule {
             destination: Ipv4Addr::new(239, 1, 1, 1),
             port: 5000,
             source: None,
+            vlan: None,
         },
         outputs: vec![output("eth1", [239, 2, 2, 2], 6000)],
         class: None,
@@ -372,6 +373,7 @@ fn outputs_must_not_feed_any_input() {
         destination: Ipv4Addr::new(239, 2, 2, 2),
         port: 6000,
         source: Some(Ipv4Addr::new(192, 168, 0, 1)),
+        vlan: None,
     };
     b.outputs[0] = output("eth0", [239, 5, 5, 5], 5000);
     let (name, field, problem) = only_error(&[rule("a"), b]);

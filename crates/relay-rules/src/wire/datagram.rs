@@ -368,7 +368,14 @@ mod tests {
         udp_len[38..40].copy_from_slice(&7u16.to_be_bytes());
         check(&udp_len, None, DropReason::UdpBadLength);
 
-        let all: HashSet<DropReason> = DropReason::ALL.into_iter().collect();
+        // The ring's truncation is seen where the ring is read, and two tags are refused by
+        // the VLAN key, not by the parser.
+        let all: HashSet<DropReason> = DropReason::ALL
+            .into_iter()
+            .filter(|reason| {
+                ![DropReason::RingTruncated, DropReason::DoubleTagged].contains(reason)
+            })
+            .collect();
         assert_eq!(
             seen, all,
             "a DropReason without a malformed frame in this test"

@@ -21,12 +21,14 @@ mod datagram;
 mod ethernet;
 mod ipv4;
 mod udp;
+mod vlan_key;
 
 pub use checksum::{adjust, fold, pseudo_header_sum, sum};
 pub use datagram::{Datagram, parse};
 pub use ethernet::{EtherType, EthernetFrame, VlanHeader};
 pub use ipv4::{Ipv4Packet, PROTOCOL_UDP};
 pub use udp::UdpPacket;
+pub use vlan_key::vlan_key;
 
 /// The TPID of an 802.1Q tag.
 pub const TPID_8021Q: u16 = 0x8100;
@@ -107,11 +109,20 @@ pub enum DropReason {
     /// The UDP length field is below 8 or differs from the IPv4 payload length.
     #[error("UDP length inconsistent with the IPv4 total length")]
     UdpBadLength,
+    /// The receive ring had no room for the whole frame and kept only its start (the capture
+    /// length is below the frame's length: `tp_snaplen < tp_len`). The parser never sees the
+    /// frame's length on the wire; the code that reads the ring counts this reason.
+    #[error("frame longer than the receive ring's room (truncated by the kernel)")]
+    RingTruncated,
+    /// Two VLAN tags (802.1ad, Q-in-Q): no rule matches a frame by two tags, so the relay drops
+    /// it rather than relay it as if it were of its outer or inner VLAN alone ([`vlan_key`]).
+    #[error("two VLAN tags (802.1ad): no rule matches double-tagged frames")]
+    DoubleTagged,
 }
 
 impl DropReason {
     /// Every reason, in [`DropReason::index`] order, for building counter arrays and labels.
-    pub const ALL: [DropReason; 14] = [
+    pub const ALL: [DropReason; 16] = [
         DropReason::EthernetTruncated,
         DropReason::VlanTruncated,
         DropReason::TooManyVlanTags,
@@ -126,6 +137,8 @@ impl DropReason {
         DropReason::NotUdp,
         DropReason::UdpTruncated,
         DropReason::UdpBadLength,
+        DropReason::RingTruncated,
+        DropReason::DoubleTagged,
     ];
 
     /// How many reasons there are: the length of a per-reason counter array.
@@ -159,6 +172,8 @@ impl DropReason {
             DropReason::NotUdp => "not_udp",
             DropReason::UdpTruncated => "udp_truncated",
             DropReason::UdpBadLength => "udp_bad_length",
+            DropReason::RingTruncated => "ring_truncated",
+            DropReason::DoubleTagged => "double_tagged",
         }
     }
 }
@@ -172,7 +187,7 @@ mod tests {
         for (i, reason) in DropReason::ALL.iter().enumerate() {
             assert_eq!(reason.index(), i, "{reason:?}");
         }
-        assert_eq!(DropReason::COUNT, 14);
+        assert_eq!(DropReason::COUNT, 16);
     }
 
     #[test]

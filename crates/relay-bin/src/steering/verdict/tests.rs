@@ -223,8 +223,8 @@ fn a_queue_without_rps_or_irq_next_to_one_with_rps_is_a_warning() {
 }
 
 #[test]
-fn hash_and_lb_spread_whatever_the_queues() {
-    for fanout in [FanoutSetting::Hash, FanoutSetting::Lb] {
+fn hash_lb_and_rnd_spread_whatever_the_queues() {
+    for fanout in [FanoutSetting::Hash, FanoutSetting::Lb, FanoutSetting::Rnd] {
         let v = verdict(&report(&[""]), &[0, 1], fanout);
         assert_eq!(v.level, Level::Good, "{fanout:?}: {v:?}");
         assert_eq!(v.workers_reached, Some(vec![0, 1]));

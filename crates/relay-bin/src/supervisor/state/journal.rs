@@ -305,6 +305,7 @@ mod tests {
                 destination: "239.1.1.1".parse().expect("an address"),
                 port,
                 source: None,
+                vlan: None,
             },
             outputs: vec![Output {
                 interface: "out0".into(),

@@ -14,6 +14,7 @@ fn rule(name: &str, port: u16) -> Rule {
             destination: Ipv4Addr::new(239, 1, 1, 1),
             port,
             source: None,
+            vlan: None,
         },
         outputs: vec![Output {
             interface: "out0".into(),

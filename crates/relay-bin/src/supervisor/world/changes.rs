@@ -263,6 +263,12 @@ impl World {
             .and_then(|text| {
                 let config = ConfigFile::parse(&text)
                     .map_err(|error| format!("{}: {error}", path.display()))?;
+                let problems = crate::config::check_groups(&config.interface_groups, |name| {
+                    rings::interface_facts(name).is_some()
+                });
+                if !problems.is_empty() {
+                    return Err(format!("{}: {}", path.display(), problems.join("; ")));
+                }
                 // Rules on interfaces that do not exist wait for them, as at start.
                 let (rules, waiting) = split_waiting(config.to_rules(), |name| {
                     rings::interface_facts(name).is_some()
@@ -541,16 +547,17 @@ impl World {
         true
     }
 
-    /// Why `change` would put one (interface, group, port) key in two classes, if it would:
+    /// Why `change` would put one (interface, group, port, VLAN) key in two classes, if it would:
     /// checked against the class key counts, so in time proportional to the change.
     fn shared_key(&self, change: &Change) -> Option<String> {
         if self.inputs.class_count() == 1 {
             return None;
         }
-        fn key_of(rule: &Rule) -> (&str, crate::supervisor::inputs::Key) {
+        fn key_of(rule: &Rule) -> (&str, crate::supervisor::inputs::ClassKey) {
+            let input = &rule.input;
             (
-                rule.input.interface.as_str(),
-                (rule.input.destination, rule.input.port),
+                input.interface.as_str(),
+                (input.destination, input.port, input.vlan),
             )
         }
         let removed: Vec<&Rule> = change
@@ -558,7 +565,7 @@ impl World {
             .iter()
             .filter_map(|name| self.state.set().get(name))
             .collect();
-        let mut added: HashMap<(&str, crate::supervisor::inputs::Key), &Rule> = HashMap::new();
+        let mut added: HashMap<(&str, crate::supervisor::inputs::ClassKey), &Rule> = HashMap::new();
         for rule in &change.add {
             let key = key_of(rule);
             if let Some(other) = added.get(&key)
@@ -662,16 +669,20 @@ impl World {
                         && rule.input.destination == key.destination
                         && rule.input.port == key.port
                         && rule.input.source == key.source
+                        && rule.input.vlan == key.vlan
                 })
                 .map(|rule| rule.name.clone())
                 .ok_or_else(|| {
-                    Refusal::NoMatch(format!(
-                        "{}:{}:{}{}",
-                        key.interface,
-                        key.destination,
-                        key.port,
-                        key.source.map(|s| format!(" from {s}")).unwrap_or_default()
-                    ))
+                    Refusal::NoMatch(
+                        relay_rules::RuleKey {
+                            interface: key.interface,
+                            destination: key.destination,
+                            port: key.port,
+                            source: key.source,
+                            vlan: key.vlan,
+                        }
+                        .to_string(),
+                    )
                 }),
             _ => Err(Refusal::NameOrKey),
         }

@@ -225,6 +225,52 @@ fn frames_without_a_key() {
     }
 }
 
+/// `skb` with the VLAN tag `tci` in metadata.
+fn tagged<'a>(network: &'a [u8], tci: u16) -> Skb<'a> {
+    Skb {
+        vlan: Some(crate::bpf::interp::VlanTag { tpid: 0x8100, tci }),
+        ..Skb::received(network, 0x0800)
+    }
+}
+
+#[test]
+fn a_key_matches_only_its_vlan() {
+    let group = Ipv4Addr::new(239, 1, 2, 3);
+    let keys = [
+        FilterKey::from((group, 5000, Some(100))),
+        FilterKey::from((group, 5001)),
+    ];
+    let packet = |port| udp_packet((group, port), 0);
+    for sense in [KeySense::Listed, KeySense::Unlisted] {
+        let program = key_filter(keys, sense).expect("fits");
+        assert_eq!(validate_program(&program), Ok(()));
+        let interpreter = Interpreter::new(&program).expect("valid");
+        let (member, other) = match sense {
+            KeySense::Listed => (ACCEPT, REJECT),
+            KeySense::Unlisted => (REJECT, ACCEPT),
+        };
+        // (what, port, the tag's TCI or none, a member?)
+        let cases = [
+            ("VLAN 100", 5000, Some(100), true),
+            ("VLAN 100 with priority 5", 5000, Some(0xa000 | 100), true),
+            ("untagged, VLAN 100's port", 5000, None, false),
+            ("VLAN 101", 5000, Some(101), false),
+            ("untagged key, untagged", 5001, None, true),
+            ("untagged key, priority tag", 5001, Some(0xe000), true),
+            ("untagged key, VLAN 100", 5001, Some(100), false),
+        ];
+        for (what, port, tci, is_member) in cases {
+            let network = packet(port);
+            let skb = match tci {
+                Some(tci) => tagged(&network, tci),
+                None => Skb::received(&network, 0x0800),
+            };
+            let want = if is_member { member } else { other };
+            assert_eq!(interpreter.run(&skb), Ok(want), "{sense:?}: {what}");
+        }
+    }
+}
+
 #[test]
 fn the_limit_fits_and_more_does_not() {
     for keys in [
@@ -306,7 +352,7 @@ fn size_is_linear_and_search_depth_logarithmic() {
             ("distinct addresses", distinct_addresses(n), n, 1),
             ("one address", one_address(n), 1, n),
         ] {
-            for (sense, prologue) in [(KeySense::Listed, 13), (KeySense::Unlisted, 15)] {
+            for (sense, prologue) in [(KeySense::Listed, 22), (KeySense::Unlisted, 24)] {
                 let program = filter(&keys, sense);
                 let depth = longest_path(&program);
                 let is = |code: u16| move |insn: &&Instruction| insn.code == code;
@@ -327,7 +373,7 @@ fn size_is_linear_and_search_depth_logarithmic() {
                 // The prologue, a comparison per level, the leaf equalities and txa, the return;
                 // a ja or copied ret may follow each comparison.
                 let levels = ceil_log2(addresses) + ceil_log2(ports);
-                assert!(depth <= 13 + 2 * (levels + 3) + 1, "{depth} for {n} keys");
+                assert!(depth <= 22 + 2 * (levels + 3) + 1, "{depth} for {n} keys");
             }
         }
     }
@@ -463,6 +509,48 @@ proptest! {
         );
     }
 
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(128))]
+
+    #[test]
+    fn tagged_frames_match_by_port_and_vlan(
+        keys in prop::collection::vec(
+            (0xEF00_0000u32..0xEF00_0004, 5000u16..5004, prop::option::of(1u16..6)),
+            1..40,
+        ),
+        probes in prop::collection::vec(
+            (0xEF00_0000u32..0xEF00_0004, 5000u16..5004, prop::option::of(any::<u16>())),
+            1..40,
+        ),
+    ) {
+        let keys: Vec<FilterKey> = keys
+            .into_iter()
+            .map(|(address, port, vlan)| FilterKey::from((Ipv4Addr::from(address), port, vlan)))
+            .collect();
+        let set: BTreeSet<FilterKey> = keys.iter().copied().collect();
+        for sense in [KeySense::Listed, KeySense::Unlisted] {
+            let program = key_filter(keys.iter().copied(), sense).expect("fits");
+            let interpreter = Interpreter::new(&program).expect("valid");
+            for &(address, port, tci) in &probes {
+                let network = udp_packet((Ipv4Addr::from(address), port), 0);
+                let skb = match tci {
+                    Some(tci) => tagged(&network, tci),
+                    None => Skb::received(&network, 0x0800),
+                };
+                // The key as the data path forms it (crate::wire::vlan_key).
+                let vlan = tci.map(|tci| tci & 0x0fff).filter(|&vid| vid != 0);
+                let probe = FilterKey::from((Ipv4Addr::from(address), port, vlan));
+                let member = set.contains(&probe);
+                let want = match (sense, member) {
+                    (KeySense::Listed, true) | (KeySense::Unlisted, false) => ACCEPT,
+                    _ => REJECT,
+                };
+                prop_assert_eq!(interpreter.run(&skb), Ok(want), "{:?} {:?}", sense, probe);
+            }
+        }
+    }
 }
 
 proptest! {

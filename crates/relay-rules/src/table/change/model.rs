@@ -4,6 +4,7 @@
 
 use super::*;
 use crate::rule::{Input, Limits};
+use crate::shard::shard;
 use crate::table::checksum_of;
 use crate::validate::RuleSet;
 use crate::validate::tests::{interfaces, output};
@@ -46,6 +47,7 @@ fn pool_rule(name: usize, key: usize, kind: u8) -> Rule {
             destination,
             port,
             source,
+            vlan: None,
         },
         outputs: vec![out],
         class: None,

@@ -2,6 +2,7 @@
 
 use super::*;
 use crate::rule::{Limits, Output};
+use crate::shard::shard;
 use crate::table::checksum_of;
 use crate::validate::tests::{interfaces, output, rule};
 use crate::validate::{Field, InputField, OutputField, RuleSet};
