@@ -57,7 +57,7 @@ use fanout_core::ring::RetireTimeout;
 use fanout_core::socket::LinkMembership;
 use fanout_core::{Frame, InterfaceInfo, RxRingBuilder, TxRing, TxRingBuilder};
 use relay_rules::replicate::multicast_mac;
-use relay_rules::{CompiledOutput, DropReason, Input, InterfaceFacts, Limits, Output, Rule};
+use relay_rules::{CompiledOutput, DropReason, Input, InterfaceFacts, Limits, Output, Rule, Ttl};
 use relay_rules::{RuleCounters, RuleSet, RuleTable, VlanTag, wire};
 
 const USAGE: &str = "usage: relay_loop IN_IFACE GROUP:PORT OUT_IFACE GROUP:PORT [SECONDS]";
@@ -173,12 +173,16 @@ impl Relay {
                 interface: output.into(),
                 destination: *to.ip(),
                 port: to.port(),
-                ttl: 16,
+                ttl: Ttl::Fixed(16),
                 source: None, // the first IPv4 address of `output`
                 dscp: None,
                 vlan: None,
             }],
             class: None,
+            inspect: None,
+            rtp_clock_hz: None,
+            max_pps: None,
+            max_bps: None,
         };
         let interfaces = [in_facts, out_facts].into_iter().collect();
         let set = RuleSet::new(vec![rule], interfaces, Limits::default())?;

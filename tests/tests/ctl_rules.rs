@@ -71,7 +71,14 @@ fn added_rules_relay_removed_rules_stop_and_list_and_stats_show_it() {
             rule.outputs[0].port,
             rule.outputs[0].ttl
         ),
-        ("239.1.1.2".into(), 5001, 1, "239.2.2.3".into(), 6001, 9)
+        (
+            "239.1.1.2".into(),
+            5001,
+            1,
+            "239.2.2.3".into(),
+            6001,
+            relay_rules::Ttl::Fixed(9)
+        )
     );
     for worker in ctl.workers() {
         assert_eq!(

@@ -196,6 +196,12 @@ fn the_demo_relays_every_packet_and_leaves_nothing_behind() {
     );
     // The relay's own summary reached the demo: its workers saw the streams.
     assert!(run.stdout.contains("relay workers ("), "{all}");
+    // The MPEG-TS stream through the inspected rule arrived whole: no continuity error.
+    assert!(
+        run.stdout
+            .contains("  video: ts cc 0 sync 0 tei 0 pids 4\n"),
+        "{all}"
+    );
 
     assert_eq!(namespaces_of(pid), Vec::<String>::new(), "{all}");
     assert_eq!(
@@ -258,4 +264,39 @@ fn ctrl_c_ends_the_demo_and_removes_everything() {
         Vec::<u32>::new(),
         "a relay outlived the demo"
     );
+}
+
+#[test]
+fn the_impaired_demo_shows_the_continuity_errors_of_its_drops() {
+    let test = "the_impaired_demo_shows_the_continuity_errors_of_its_drops";
+    if !privileged(test) {
+        return;
+    }
+    let Some(binary) = demo_binary(test) else {
+        return;
+    };
+    let mut command = demo_command(&binary, "100", "500");
+    command.arg("--impair");
+    let child = command.spawn().expect("start the demo");
+    let pid = child.id();
+    let run = finish(child, None);
+    let all = format!("stdout:\n{}\nstderr:\n{}", run.stdout, run.stderr);
+    assert!(
+        run.status.success(),
+        "the demo failed ({}):\n{all}",
+        run.status
+    );
+    // 1000 datagrams, one in 100 dropped: 10 losses, each breaking the continuity of the
+    // stream's four PIDs once.
+    assert!(
+        run.stdout
+            .contains("(990 datagrams of MPEG-TS sent, 10 dropped on the way)"),
+        "{all}"
+    );
+    assert!(
+        run.stdout
+            .contains("  video: ts cc 40 sync 0 tei 0 pids 4\n"),
+        "{all}"
+    );
+    assert_eq!(namespaces_of(pid), Vec::<String>::new(), "{all}");
 }

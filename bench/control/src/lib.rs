@@ -37,6 +37,10 @@ pub fn extra_rule(i: u32, per_group: u32) -> relay_rules::Rule {
             vlan: None,
         }],
         class: None,
+        inspect: None,
+        rtp_clock_hz: None,
+        max_pps: None,
+        max_bps: None,
     }
 }
 

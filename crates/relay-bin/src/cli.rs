@@ -9,8 +9,11 @@ use crate::config::{
     CpuList, CpuListError, FanoutSetting, RpsSetting, WorkersError, WorkersSetting,
 };
 use clap::{Args, Parser, Subcommand};
+
+mod stream;
 use std::net::SocketAddr;
 use std::path::PathBuf;
+pub use stream::StreamArgs;
 
 /// Relay UDP multicast at line rate, rewriting groups and ports.
 ///
@@ -183,7 +186,8 @@ pub enum CtlCommand {
     /// Compact form: NAME INPUT OUTPUT..., where INPUT is IFACE:ADDRESS:PORT[@SOURCE][,vlan=N]
     /// (vlan: only frames tagged with that VLAN; without it, only untagged frames) and each
     /// OUTPUT is IFACE:ADDRESS:PORT[,ttl=N][,source=ADDRESS][,dscp=N][,vlan=N]. Example:
-    /// `fanout-relay ctl add cam1 eth0:239.1.1.1:5000 eth1:239.2.2.2:6000,ttl=8`
+    /// `fanout-relay ctl add cam1 eth0:239.1.1.1:5000 eth1:239.2.2.2:6000,ttl=8`; with
+    /// `--inspect rtp+mpegts --max-pps 20000` it also counts the stream's health and limits it.
     Add {
         /// Rule name.
         name: Option<String>,
@@ -194,6 +198,9 @@ pub enum CtlCommand {
         /// The worker class that serves it (a `[[class]]` of the configuration).
         #[arg(long, value_name = "NAME", conflicts_with = "toml")]
         class: Option<String>,
+        /// Stream inspection and storm guard.
+        #[command(flatten)]
+        stream: StreamArgs,
         /// Read one [[rule]] table from this TOML file instead (`-` for standard input).
         #[arg(long, value_name = "FILE", conflicts_with_all = ["name", "input", "outputs"])]
         toml: Option<PathBuf>,
@@ -266,6 +273,10 @@ pub struct DemoArgs {
     /// Packets per second per stream.
     #[arg(long, default_value_t = 500, value_parser = clap::value_parser!(u32).range(1..))]
     pub rate: u32,
+    /// Drop one datagram in 100 of the MPEG-TS stream on the way, to see the relay count the
+    /// continuity errors.
+    #[arg(long)]
+    pub impair: bool,
 }
 
 /// Checks a worker set here, and passes the text on as the relay parses it.

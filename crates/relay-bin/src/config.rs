@@ -459,10 +459,44 @@ mod tests {
         let rules = config.to_rules();
         assert_eq!(rules.len(), 1);
         assert_eq!(rules[0].input.source, Some(Ipv4Addr::new(192, 0, 2, 10)));
-        assert_eq!(rules[0].outputs[0].ttl, 4);
+        assert_eq!(rules[0].outputs[0].ttl, relay_rules::Ttl::Fixed(4));
         assert_eq!(rules[0].outputs[0].dscp, Some(46));
         assert_eq!(rules[0].outputs[1].ttl, Output::DEFAULT_TTL);
         assert_eq!(rules[0].outputs[1].destination, Ipv4Addr::new(10, 0, 0, 2));
+    }
+
+    #[test]
+    fn stream_options_and_a_decrementing_ttl_round_trip() {
+        let text = r#"
+            [[rule]]
+            name = "cam"
+            inspect = "rtp+mpegts"
+            rtp_clock_hz = 27000000
+            max_pps = 20000
+            max_bps = 50000000
+            input = { interface = "in0", destination = "239.1.1.1", port = 5000 }
+            outputs = [ { interface = "out0", destination = "239.2.2.2", port = 6000, ttl = "decrement" } ]
+        "#;
+        let rules = ConfigFile::parse(text).expect("valid").to_rules();
+        let rule = &rules[0];
+        assert_eq!(rule.inspect, Some(relay_rules::inspect::Inspect::RtpMpegTs));
+        assert_eq!(
+            (rule.rtp_clock_hz, rule.max_pps, rule.max_bps),
+            (Some(27_000_000), Some(20_000), Some(50_000_000))
+        );
+        assert_eq!(rule.outputs[0].ttl, relay_rules::Ttl::Decrement);
+        let saved = ConfigFile::parse(text).expect("valid").to_toml();
+        assert!(saved.contains("ttl = \"decrement\""), "{saved}");
+        assert_eq!(ConfigFile::parse(&saved).expect("saved").to_rules(), rules);
+        for wrong in [r#"ttl = "down""#, "ttl = 256", "ttl = -1"] {
+            let text = text.replace(r#"ttl = "decrement""#, wrong);
+            assert!(ConfigFile::parse(&text).is_err(), "{wrong} is refused");
+        }
+        let text = text.replace(r#""rtp+mpegts""#, r#""h264""#);
+        assert!(
+            ConfigFile::parse(&text).is_err(),
+            "an unknown inspection is refused"
+        );
     }
 
     #[test]

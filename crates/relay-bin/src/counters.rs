@@ -10,6 +10,9 @@ use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
 
+mod stream;
+pub use stream::{PidErrors, StreamCount};
+
 /// One worker's counters since it started.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
 pub struct WorkerCounters {
@@ -35,6 +38,10 @@ pub struct WorkerCounters {
     /// (opening it failed when its rule was added; the worker's log says why).
     #[serde(default)]
     pub unopened: u64,
+    /// Output datagrams dropped because their output decrements the TTL (`ttl = "decrement"`)
+    /// and they arrived with a TTL of 1 or 0: the end of a loop between relays.
+    #[serde(default)]
+    pub ttl_expired: u64,
     /// Datagrams the kernel refused on a socket output (`sendmmsg`); also counted by errno in
     /// `output_errors`.
     pub socket_errors: u64,
@@ -100,12 +107,26 @@ pub fn errors(counts: &ErrorCounts) -> impl Iterator<Item = (&str, &str, u64)> {
 }
 
 /// Packets and bytes of one rule.
-#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
 pub struct RuleCount {
-    /// Packets matched.
+    /// Packets matched and forwarded.
     pub packets: u64,
-    /// Bytes of UDP payload matched.
+    /// Bytes of UDP payload matched and forwarded.
     pub bytes: u64,
+    /// Inspection and storm guard counters of a rule that has stream options.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stream: Option<StreamCount>,
+}
+
+impl RuleCount {
+    /// Adds another count of the same rule into this one.
+    pub fn add(&mut self, other: &RuleCount) {
+        self.packets += other.packets;
+        self.bytes += other.bytes;
+        if let Some(stream) = &other.stream {
+            self.stream.get_or_insert_default().add(stream);
+        }
+    }
 }
 
 impl WorkerCounters {
@@ -141,6 +162,7 @@ impl WorkerCounters {
         self.tx_full += other.tx_full;
         self.too_big += other.too_big;
         self.unopened += other.unopened;
+        self.ttl_expired += other.ttl_expired;
         self.socket_errors += other.socket_errors;
         self.kernel_drops += other.kernel_drops;
         self.freezes += other.freezes;
@@ -154,9 +176,7 @@ impl WorkerCounters {
             add_error(&mut self.output_errors, interface, errno, count);
         }
         for (rule, count) in &other.rules {
-            let total = self.rules.entry(rule.clone()).or_default();
-            total.packets += count.packets;
-            total.bytes += count.bytes;
+            self.rules.entry(rule.clone()).or_default().add(count);
         }
     }
 }
@@ -171,14 +191,13 @@ pub fn update_keeping_rules(
     kept: &mut WorkerCounters,
 ) {
     for (name, count) in &current.rules {
-        let forgotten = latest
-            .rules
-            .get(name)
-            .is_none_or(|now| now.packets < count.packets || now.bytes < count.bytes);
+        let forgotten = latest.rules.get(name).is_none_or(|now| {
+            now.packets < count.packets
+                || now.bytes < count.bytes
+                || StreamCount::went_back(now.stream.as_ref(), count.stream.as_ref())
+        });
         if forgotten {
-            let total = kept.rules.entry(name.clone()).or_default();
-            total.packets += count.packets;
-            total.bytes += count.bytes;
+            kept.rules.entry(name.clone()).or_default().add(count);
         }
     }
     *current = latest;
@@ -273,6 +292,7 @@ mod tests {
             RuleCount {
                 packets: 4,
                 bytes: 40,
+                stream: None,
             },
         );
         add_error(&mut one.interface_errors, "eth0", "ENETDOWN", 2);
@@ -298,7 +318,8 @@ mod tests {
             total.rules["a"],
             RuleCount {
                 packets: 8,
-                bytes: 80
+                bytes: 80,
+                stream: None,
             }
         );
         let text = summary(&[(0, one.clone(), 1), (1, one, 0)]);
@@ -319,6 +340,7 @@ mod tests {
                         RuleCount {
                             packets,
                             bytes: 10 * packets,
+                            stream: None,
                         },
                     )
                 })

@@ -130,9 +130,10 @@ pub fn render(reply: &Reply) -> String {
                         .as_ref()
                         .map(|class| format!(" class {class}"))
                         .unwrap_or_default();
+                    let stream = crate::cli::StreamArgs::describe(rule);
                     writeln!(
                         out,
-                        "{:<24} {}:{}:{}{source}{class}",
+                        "{:<24} {}:{}:{}{source}{class}{stream}",
                         rule.name, input.interface, input.destination, input.port
                     )?;
                     for output in &rule.outputs {

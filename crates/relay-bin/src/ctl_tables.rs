@@ -22,6 +22,9 @@ pub fn stats(stats: &StatsReport) -> String {
                 rule.rates.packets_per_second,
                 si(rule.rates.bits_per_second)
             )?;
+            if let Some(line) = rule.stream.as_ref().and_then(|s| s.health_line()) {
+                writeln!(out, "  {line}")?;
+            }
         }
         writeln!(
             out,
@@ -240,6 +243,68 @@ mod tests {
         assert_eq!(imbalance(&[0.0, 0.0]), None);
         assert_eq!(si(1_500_000.0), "1.50M");
         assert_eq!(si(999.0), "999");
+    }
+
+    #[test]
+    fn a_rule_with_stream_options_has_its_health_line_under_it() {
+        use crate::control::proto::{Rates, RuleStats};
+        use crate::counters::{PidErrors, StreamCount};
+        use relay_rules::inspect::{mpegts::TsCounters, rtp::RtpCounters};
+        let mut report = StatsReport::default();
+        let rates = Rates {
+            packets_per_second: 1000.0,
+            bits_per_second: 10_528_000.0,
+        };
+        report.rules.insert(
+            "cam1".into(),
+            RuleStats {
+                packets: 119_990,
+                bytes: 159_106_740,
+                rates: rates.clone(),
+                stream: Some(StreamCount {
+                    rtp: Some(RtpCounters {
+                        packets: 119_990,
+                        lost: 10,
+                        reordered: 2,
+                        jitter: 8,
+                        clock_hz: 90_000,
+                        ..RtpCounters::default()
+                    }),
+                    ts: Some(TsCounters {
+                        packets: 839_930,
+                        cc_errors: 40,
+                        pids: 4,
+                        ..TsCounters::default()
+                    }),
+                    ts_pids: vec![PidErrors {
+                        pid: 0,
+                        cc_errors: 10,
+                    }],
+                    ..StreamCount::default()
+                }),
+            },
+        );
+        report.rules.insert(
+            "plain".into(),
+            RuleStats {
+                packets: 5,
+                bytes: 50,
+                rates,
+                stream: None,
+            },
+        );
+        let table = stats(&report);
+        let lines: Vec<&str> = table.lines().collect();
+        assert!(lines[1].starts_with("cam1 "), "{table}");
+        assert_eq!(
+            lines[2],
+            "  rtp lost 10 reordered 2 dup 0 ssrc 0 jitter 88 us, ts cc 40 sync 0 tei 0 pids 4",
+            "{table}"
+        );
+        assert!(
+            lines[3].starts_with("plain "),
+            "no line under a plain rule:\n{table}"
+        );
     }
 
     #[test]

@@ -114,6 +114,11 @@ pub struct WorkerStart {
     /// `relay_rules::shard(group, port, count)` is one of `indices`.
     #[serde(default)]
     pub shard: Option<ShardEntry>,
+    /// This worker's share of each rule's storm guard limits: under replicate placement the
+    /// fanout members it serves of those of its class (any of them may receive a rule's
+    /// packets), under shard placement the whole (only the rule's shard does).
+    #[serde(default)]
+    pub guard_share: relay_rules::stream::Share,
     /// The user the worker becomes before it serves; `None`: it keeps the supervisor's (which
     /// is then not root, or cannot switch users).
     #[serde(default)]
@@ -381,6 +386,7 @@ mod tests {
                 RuleCount {
                     packets: rule,
                     bytes: 100 * rule,
+                    stream: None,
                 },
             );
         }

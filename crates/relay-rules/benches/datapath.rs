@@ -24,7 +24,7 @@ use relay_rules::replicate::multicast_mac;
 use relay_rules::wire::{self, EtherType, EthernetFrame, Ipv4Packet, PROTOCOL_UDP, UdpPacket};
 use relay_rules::{
     CompiledOutput, CompiledRule, FrameTemplate, Input, InterfaceFacts, Interfaces, Limits, Output,
-    Rule, RuleSet, RuleTable,
+    Rule, RuleSet, RuleTable, Ttl,
 };
 
 #[global_allocator]
@@ -79,12 +79,16 @@ fn rule_set(count: usize) -> RuleSet {
                     interface: "eth1".to_owned(),
                     destination: Ipv4Addr::from(0xef80_0000 + index),
                     port: 6000,
-                    ttl: 16,
+                    ttl: Ttl::Fixed(16),
                     source: None,
                     dscp: None,
                     vlan: None,
                 }],
                 class: None,
+                inspect: None,
+                rtp_clock_hz: None,
+                max_pps: None,
+                max_bps: None,
             }
         })
         .collect();

@@ -28,9 +28,12 @@
 //!   updated incrementally; several datagrams of one output in one frame for the kernel to
 //!   split again ([`replicate::segments`]).
 //! - [`counters`]: per-rule counters for a single writer.
+//! - [`inspect`], [`guard`], [`stream`]: what a rule may ask of its stream beyond forwarding
+//!   it: RTP and MPEG-TS health counted in fixed-size state, a token bucket that bounds its
+//!   rate, and the per-rule state a worker keeps for both.
 //!
 //! ```
-//! use relay_rules::{wire, Input, InterfaceFacts, Interfaces, Limits, Output, Rule, RuleSet, RuleTable};
+//! use relay_rules::{wire, Input, InterfaceFacts, Interfaces, Limits, Output, Rule, RuleSet, RuleTable, Ttl};
 //! use std::net::Ipv4Addr;
 //!
 //! let interfaces: Interfaces = [
@@ -46,9 +49,13 @@
 //!     },
 //!     outputs: vec![Output {
 //!         interface: "out0".into(), destination: Ipv4Addr::new(239, 2, 2, 2), port: 6000,
-//!         ttl: 8, source: None, dscp: None, vlan: None,
+//!         ttl: Ttl::Fixed(8), source: None, dscp: None, vlan: None,
 //!     }],
 //!     class: None,
+//!     inspect: None,
+//!     rtp_clock_hz: None,
+//!     max_pps: None,
+//!     max_bps: None,
 //! };
 //! let set = RuleSet::new(vec![rule], interfaces, Limits::default()).expect("a valid rule");
 //! let table = RuleTable::build(&set, 1);
@@ -76,12 +83,15 @@
 
 pub mod bpf;
 pub mod counters;
+pub mod guard;
+pub mod inspect;
 pub mod interface;
 pub mod replicate;
 #[cfg(feature = "fanout-core")]
 pub mod ring_frames;
 pub mod rule;
 pub mod shard;
+pub mod stream;
 pub mod table;
 pub mod validate;
 pub mod wire;
@@ -89,7 +99,7 @@ pub mod wire;
 pub use counters::RuleCounters;
 pub use interface::{InterfaceFacts, Interfaces};
 pub use replicate::{FrameTemplate, RewriteError, TemplateSpec};
-pub use rule::{Input, Limits, Output, Rule, RuleKey};
+pub use rule::{Input, Limits, Output, Rule, RuleKey, Ttl};
 pub use table::{CompiledOutput, CompiledRule, RuleId, RuleTable};
 pub use table::{Insertion, TableError};
 pub use validate::{RuleSet, ValidationError, ValidationErrors};

@@ -11,7 +11,7 @@
 //! ```
 //! use std::net::Ipv4Addr;
 //! use relay_rules::replicate::{FrameTemplate, TemplateSpec, multicast_mac};
-//! use relay_rules::wire;
+//! use relay_rules::{wire, Ttl};
 //!
 //! let group = Ipv4Addr::new(239, 10, 0, 1);
 //! let template = FrameTemplate::new(&TemplateSpec {
@@ -22,7 +22,7 @@
 //!     destination: group,
 //!     source_port: None,
 //!     destination_port: 5004,
-//!     ttl: 8,
+//!     ttl: Ttl::Fixed(8),
 //!     dscp: None,
 //!     mtu: 1500,
 //! });
@@ -46,6 +46,8 @@
 //! ```
 
 use std::net::Ipv4Addr;
+
+use crate::rule::Ttl;
 
 use crate::wire::checksum::addr_sum;
 use crate::wire::{
@@ -81,8 +83,8 @@ pub struct TemplateSpec {
     pub source_port: Option<u16>,
     /// UDP destination port.
     pub destination_port: u16,
-    /// IPv4 time to live of the output.
-    pub ttl: u8,
+    /// IPv4 time to live of the output: fixed, or the incoming one less one.
+    pub ttl: Ttl,
     /// DiffServ code point (0..=63) to write; `None` keeps the incoming DSCP.
     pub dscp: Option<u8>,
     /// Largest IP packet (header included) the output interface carries.
@@ -135,6 +137,13 @@ pub enum RewriteError {
         /// Length of the buffer given.
         available: usize,
     },
+    /// The output decrements the TTL and the datagram arrived with 1 or 0: a router would
+    /// drop it, and so does the relay, so that a loop between relays dies out.
+    #[error("the datagram arrived with TTL {ttl}, which this output would decrement to 0")]
+    TtlExpired {
+        /// The TTL it arrived with.
+        ttl: u8,
+    },
 }
 
 impl FrameTemplate {
@@ -167,7 +176,11 @@ impl FrameTemplate {
         ip.set_version_and_header_len(IPV4_HEADER_LEN);
         ip.set_tos(spec.dscp.map_or(0, |dscp| (dscp & 0x3f) << 2));
         ip.set_flags_and_offset(false, false, 0);
-        ip.set_ttl(spec.ttl);
+        // A decremented TTL is written per datagram, and summed into the checksum then.
+        ip.set_ttl(match spec.ttl {
+            Ttl::Fixed(ttl) => ttl,
+            Ttl::Decrement => 0,
+        });
         ip.set_protocol(PROTOCOL_UDP);
         ip.set_src_addr(spec.source);
         ip.set_dst_addr(spec.destination);
@@ -195,6 +208,13 @@ impl FrameTemplate {
     /// The spec this template was built from.
     pub fn spec(&self) -> &TemplateSpec {
         &self.spec
+    }
+
+    /// Whether the output's TTL is the incoming one less one, which differs per datagram (so
+    /// its datagrams cannot share a segmented frame's one header).
+    #[inline]
+    pub fn decrements_ttl(&self) -> bool {
+        self.spec.ttl == Ttl::Decrement
     }
 
     /// Length of the headers written before the payload: Ethernet (+ VLAN tag), IPv4 (20), UDP (8).
@@ -258,6 +278,15 @@ impl FrameTemplate {
         ip.set_total_len(total_len);
         ip.set_ident(ip_id);
         let mut ip_sum = self.ip_partial + u64::from(total_len) + u64::from(ip_id);
+        if self.spec.ttl == Ttl::Decrement {
+            let ttl = input.ttl.saturating_sub(1);
+            if ttl == 0 {
+                return Err(RewriteError::TtlExpired { ttl: input.ttl });
+            }
+            ip.set_ttl(ttl);
+            // The TTL is the high byte of the header's fifth word (the protocol is the low).
+            ip_sum += u64::from(ttl) << 8;
+        }
         if self.spec.dscp.is_none() {
             let tos = input.tos & 0xfc;
             ip.set_tos(tos);

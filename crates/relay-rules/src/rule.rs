@@ -4,8 +4,12 @@
 //! out). [`crate::validate`] checks a set of them against the interfaces it will run on, and
 //! [`crate::table`] compiles the checked set into the table the data path looks packets up in.
 
+use crate::inspect::Inspect;
+
+mod ttl;
 use std::fmt;
 use std::net::Ipv4Addr;
+pub use ttl::{BadTtl, Ttl};
 
 /// A forwarding rule: frames matching `input` are re-sent to every one of `outputs`.
 ///
@@ -30,6 +34,33 @@ pub struct Rule {
         serde(default, skip_serializing_if = "Option::is_none")
     )]
     pub class: Option<String>,
+    /// Stream inspection ([`crate::inspect`]): the payload of every datagram matched is read
+    /// as RTP, MPEG-TS or MPEG-TS in RTP and its health counted; `None` reads nothing.
+    #[cfg_attr(
+        feature = "serde",
+        serde(default, skip_serializing_if = "Option::is_none")
+    )]
+    pub inspect: Option<Inspect>,
+    /// The RTP clock rate, in Hz, that the jitter of an inspected RTP stream is measured at;
+    /// `None` for [`crate::inspect::DEFAULT_RTP_CLOCK_HZ`].
+    #[cfg_attr(
+        feature = "serde",
+        serde(default, skip_serializing_if = "Option::is_none")
+    )]
+    pub rtp_clock_hz: Option<u32>,
+    /// Storm guard: the most datagrams per second the rule forwards, over all the workers that
+    /// serve it ([`crate::guard`]); the excess is dropped and counted. `None`: no limit.
+    #[cfg_attr(
+        feature = "serde",
+        serde(default, skip_serializing_if = "Option::is_none")
+    )]
+    pub max_pps: Option<u64>,
+    /// Storm guard: the most UDP payload bits per second the rule forwards, like `max_pps`.
+    #[cfg_attr(
+        feature = "serde",
+        serde(default, skip_serializing_if = "Option::is_none")
+    )]
+    pub max_bps: Option<u64>,
 }
 
 /// What a rule matches: UDP datagrams arriving on an interface for an address and port.
@@ -73,10 +104,12 @@ pub struct Output {
     pub destination: Ipv4Addr,
     /// UDP destination port, never 0.
     pub port: u16,
-    /// IP time to live of the rewritten datagram, never 0; [`Output::DEFAULT_TTL`] where a
-    /// file or message leaves it out (and always written, so a saved rule says what it does).
+    /// IP time to live of the rewritten datagram: a number, never 0, or the incoming TTL less
+    /// one ([`Ttl::Decrement`], multicast outputs on Ethernet interfaces only);
+    /// [`Output::DEFAULT_TTL`] where a file or message leaves it out (and always written, so a
+    /// saved rule says what it does).
     #[cfg_attr(feature = "serde", serde(default = "Output::default_ttl"))]
-    pub ttl: u8,
+    pub ttl: Ttl,
     /// Source address; `None` takes the output interface's first IPv4 address.
     #[cfg_attr(
         feature = "serde",
@@ -99,10 +132,10 @@ pub struct Output {
 
 impl Output {
     /// The TTL of an output that does not set one: enough to cross a campus, not the world.
-    pub const DEFAULT_TTL: u8 = 16;
+    pub const DEFAULT_TTL: Ttl = Ttl::Fixed(16);
 
     #[cfg(feature = "serde")]
-    fn default_ttl() -> u8 {
+    fn default_ttl() -> Ttl {
         Output::DEFAULT_TTL
     }
 }

@@ -20,7 +20,7 @@ pub use error::{Field, InputField, OutputField, Problem, ValidationError, Valida
 pub use set::{AppliedChange, RuleSet};
 
 use crate::interface::{InterfaceFacts, Interfaces};
-use crate::rule::{Input, Limits, Output, Rule};
+use crate::rule::{Input, Limits, Output, Rule, Ttl};
 use ahash::AHashMap;
 use std::collections::hash_map::Entry;
 use std::net::Ipv4Addr;
@@ -130,6 +130,7 @@ fn check_rule<'a>(
         );
     }
     check_input(input, interfaces, &mut report);
+    stream::check(rule, &mut report);
     if rule.outputs.is_empty() {
         report(Field::Outputs, Problem::NoOutputs);
     } else if rule.outputs.len() > limits.max_outputs {
@@ -241,8 +242,11 @@ fn check_output(
     if output.port == 0 {
         report(OutputField::Port, Problem::PortZero);
     }
-    if output.ttl == 0 {
+    if output.ttl == Ttl::Fixed(0) {
         report(OutputField::Ttl, Problem::TtlZero);
+    }
+    if output.ttl == Ttl::Decrement && facts.is_some_and(|facts| !is_ring_output(output, facts)) {
+        report(OutputField::Ttl, Problem::DecrementOnSocketOutput);
     }
     if let Some(dscp) = output.dscp.filter(|&dscp| dscp > 63) {
         report(OutputField::Dscp, Problem::DscpOutOfRange(dscp));
@@ -281,6 +285,8 @@ fn check_output(
 pub(crate) fn is_ring_output(output: &Output, facts: &InterfaceFacts) -> bool {
     output.destination.is_multicast() && facts.has_ethernet()
 }
+
+mod stream;
 
 /// Fixtures shared with the table's tests.
 #[cfg(test)]

@@ -164,7 +164,7 @@ fn template_spec() -> impl Strategy<Value = TemplateSpec> {
                 destination: Ipv4Addr::from(dst),
                 source_port: sport,
                 destination_port: dport,
-                ttl,
+                ttl: relay_rules::Ttl::Fixed(ttl),
                 dscp,
                 mtu,
             },
@@ -280,7 +280,7 @@ proptest! {
         prop_assert_eq!(output.source, spec.source);
         prop_assert_eq!(output.source_port, spec.source_port.unwrap_or(input.source_port));
         prop_assert_eq!(output.payload, &input.payload[..]);
-        prop_assert_eq!(output.ttl, spec.ttl);
+        prop_assert_eq!(relay_rules::Ttl::Fixed(output.ttl), spec.ttl);
         prop_assert_eq!(output.ip_id, ip_id);
         prop_assert_eq!(output.tos >> 2, spec.dscp.unwrap_or(input.tos >> 2));
         prop_assert_eq!(output.tos & 0x03, 0);

@@ -530,7 +530,7 @@ mod tests {
             destination: group,
             source_port: None,
             destination_port: 6000,
-            ttl: 7,
+            ttl: relay_rules::Ttl::Fixed(7),
             dscp: None,
             mtu: 9000,
         });

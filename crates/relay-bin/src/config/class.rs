@@ -222,6 +222,10 @@ mod tests {
             },
             outputs: Vec::new(),
             class: class.map(Into::into),
+            inspect: None,
+            rtp_clock_hz: None,
+            max_pps: None,
+            max_bps: None,
         };
         let same = [
             rule("a", Some("video"), None),
@@ -304,6 +308,10 @@ mod tests {
             },
             outputs: Vec::new(),
             class: class.map(Into::into),
+            inspect: None,
+            rtp_clock_hz: None,
+            max_pps: None,
+            max_bps: None,
         };
         let rules = [
             rule("a", Some("video")),

@@ -115,12 +115,16 @@ mod tests {
                 interface: "out0".into(),
                 destination: Ipv4Addr::new(239, 2, 2, 2),
                 port: 6000,
-                ttl: 8,
+                ttl: relay_rules::Ttl::Fixed(8),
                 source: None,
                 dscp: None,
                 vlan: None,
             }],
             class: None,
+            inspect: None,
+            rtp_clock_hz: None,
+            max_pps: None,
+            max_bps: None,
         }
     }
 

@@ -289,6 +289,10 @@ pub struct RuleStats {
     pub bytes: u64,
     /// Rates over the last interval.
     pub rates: Rates,
+    /// Inspection and storm guard counters, summed over the workers, for a rule that has
+    /// stream options.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stream: Option<crate::counters::StreamCount>,
 }
 
 /// One worker's counters.

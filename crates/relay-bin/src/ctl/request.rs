@@ -34,19 +34,28 @@ pub(super) fn command(command: &CtlCommand) -> Result<Command, RequestError> {
             input,
             outputs,
             class,
+            stream,
             toml,
         } => Command::Add {
             rule: match (toml, name, input) {
                 (Some(path), None, None) if outputs.is_empty() => rule_from_toml(path)?,
-                (None, Some(name), Some(input)) if !outputs.is_empty() => Rule {
-                    name: name.clone(),
-                    input: parse_input(input)?,
-                    outputs: outputs
-                        .iter()
-                        .map(|o| parse_output(o))
-                        .collect::<Result<_, _>>()?,
-                    class: class.clone(),
-                },
+                (None, Some(name), Some(input)) if !outputs.is_empty() => {
+                    let mut rule = Rule {
+                        name: name.clone(),
+                        input: parse_input(input)?,
+                        outputs: outputs
+                            .iter()
+                            .map(|o| parse_output(o))
+                            .collect::<Result<_, _>>()?,
+                        class: class.clone(),
+                        inspect: None,
+                        rtp_clock_hz: None,
+                        max_pps: None,
+                        max_bps: None,
+                    };
+                    stream.apply(&mut rule);
+                    rule
+                }
                 _ => return Err(RequestError::AddForm),
             },
         },
@@ -152,6 +161,7 @@ pub fn parse_output(text: &str) -> Result<Output, ArgError> {
             max,
         };
         match key {
+            // A number, or `decrement` (the incoming TTL less one).
             "ttl" => output.ttl = value.parse().map_err(|_| out_of_range("ttl", 1, 255))?,
             "dscp" => output.dscp = Some(value.parse().map_err(|_| out_of_range("dscp", 0, 63))?),
             "vlan" => {
@@ -209,6 +219,50 @@ mod tests {
     use super::*;
 
     #[test]
+    fn compact_add_takes_the_stream_options() {
+        use clap::Parser as _;
+        let args = [
+            "fanout-relay",
+            "ctl",
+            "add",
+            "cam",
+            "eth0:239.1.1.1:5000",
+            "eth1:239.2.2.2:6000,ttl=decrement",
+            "--inspect",
+            "rtp+mpegts",
+            "--rtp-clock-hz",
+            "27000000",
+            "--max-pps",
+            "5000",
+            "--max-bps",
+            "8000000",
+        ];
+        let cli = crate::cli::Cli::try_parse_from(args).expect("valid arguments");
+        let crate::cli::Command::Ctl(ctl) = cli.command else {
+            panic!("not ctl: {cli:?}");
+        };
+        let Ok(Command::Add { rule }) = command(&ctl.command) else {
+            panic!("not an add");
+        };
+        assert_eq!(rule.inspect, Some(relay_rules::inspect::Inspect::RtpMpegTs));
+        assert_eq!(
+            (rule.rtp_clock_hz, rule.max_pps, rule.max_bps),
+            (Some(27_000_000), Some(5000), Some(8_000_000))
+        );
+        assert_eq!(rule.outputs[0].ttl, relay_rules::Ttl::Decrement);
+        assert_eq!(
+            crate::cli::StreamArgs::describe(&rule),
+            " inspect rtp+mpegts rtp_clock_hz 27000000 max_pps 5000 max_bps 8000000"
+        );
+        let mut wrong = args.to_vec();
+        wrong[7] = "h264";
+        assert!(
+            crate::cli::Cli::try_parse_from(wrong).is_err(),
+            "an unknown inspection"
+        );
+    }
+
+    #[test]
     fn compact_rules_parse() {
         let input = parse_input("eth0:239.1.1.1:5000@192.0.2.10").expect("valid input");
         assert_eq!(input.interface, "eth0");
@@ -237,7 +291,9 @@ mod tests {
         );
         let output = parse_output("eth1:239.2.2.2:6000,ttl=4,dscp=46,source=10.0.0.1")
             .expect("valid output");
-        assert_eq!(output.ttl, 4);
+        assert_eq!(output.ttl, relay_rules::Ttl::Fixed(4));
+        let decrement = parse_output("eth1:239.2.2.2:6000,ttl=decrement").expect("valid");
+        assert_eq!(decrement.ttl, relay_rules::Ttl::Decrement);
         assert_eq!(output.dscp, Some(46));
         assert_eq!(output.source, Some(Ipv4Addr::new(10, 0, 0, 1)));
         assert_eq!(

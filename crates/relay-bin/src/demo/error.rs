@@ -43,6 +43,9 @@ pub enum DemoError {
     /// Ctrl-C (or SIGTERM) ended the demo early; everything was removed.
     #[error("interrupted; everything the demo made has been removed")]
     Interrupted,
+    /// The relay's stream health counters of the MPEG-TS stream are not what was sent.
+    #[error("the stream health counters are wrong: {0}")]
+    Health(String),
     /// Packets were lost, duplicated or damaged.
     #[error("not every packet arrived intact: {0}")]
     Incomplete(#[source] Shortfall),

@@ -15,6 +15,7 @@
 //! it). Namespaces left by a demo that was killed outright are removed by the next one.
 
 mod error;
+mod health;
 mod relay;
 mod report;
 mod signals;
@@ -164,6 +165,10 @@ fn relay_through(
         }
         outcome
     });
+    let health = match &outcome {
+        Ok(()) => Some(stream_health(args, &sender, config.path())?),
+        Err(_) => None,
+    };
 
     if relay.check_running().is_ok() {
         println!("\nstopping the relay (SIGTERM)");
@@ -207,6 +212,10 @@ fn relay_through(
         );
     }
     outcome?;
+    if let Some(health) = health {
+        println!("\n{}", health.as_ref().unwrap_or_else(|text| text));
+        health.map_err(DemoError::Health)?;
+    }
     match report::verdict(&seen, args.packets) {
         Ok(line) => {
             println!("{line}");
@@ -214,6 +223,30 @@ fn relay_through(
         }
         Err(shortfall) => Err(DemoError::Incomplete(shortfall)),
     }
+}
+
+/// Sends the MPEG-TS stream through the inspected rule and returns its health report, `Err`
+/// when the counters are not what the datagrams dropped make them.
+fn stream_health(
+    args: &DemoArgs,
+    sender: &std::net::UdpSocket,
+    config: &std::path::Path,
+) -> Result<Result<String, String>, DemoError> {
+    println!(
+        "\nsending {} datagrams of a synthetic MPEG-TS stream (4 PIDs) through rule \"{}\" \
+         (inspect = \"mpegts\"){}",
+        health::DATAGRAMS,
+        world::VIDEO.rule,
+        if args.impair {
+            format!(", dropping one in {} on the way", health::IMPAIR_EVERY)
+        } else {
+            String::new()
+        }
+    );
+    let (sent, dropped) = health::send(sender, args.rate, args.impair)?;
+    let socket = crate::config::RelaySection::default().control_socket_for(config);
+    let stream = health::counted(&socket, sent)?;
+    Ok(health::report(&stream, sent, dropped))
 }
 
 /// Prints live counters once a second until every packet has arrived, the receivers have been

@@ -178,6 +178,7 @@ mod tests {
                 RuleCount {
                     packets: *packets,
                     bytes: packets * 200,
+                    stream: None,
                 },
             );
         }

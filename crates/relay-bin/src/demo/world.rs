@@ -118,6 +118,17 @@ pub(super) const PROBE: StreamSpec = StreamSpec {
     }],
 };
 
+/// A synthetic MPEG-TS stream (module `health`) through a rule with `inspect = "mpegts"`,
+/// whose health the relay counts.
+pub(super) const VIDEO: StreamSpec = StreamSpec {
+    rule: "video",
+    input: group(239, 1, 1, 20, 5020),
+    legs: &[Leg {
+        receiver: 0,
+        to: group(239, 20, 20, 20, 7020),
+    }],
+};
+
 /// TTL of the relayed packets.
 const OUTPUT_TTL: u8 = 4;
 
@@ -136,13 +147,25 @@ pub(super) fn config_text(workers: usize) -> String {
          [relay]\n",
     );
     crate::text::append(&mut text, |text| {
-        writeln!(text, "workers = {workers}\nfanout = \"cpu\"\n")?;
-        // Small rings: the demo's streams are slow, and a machine with many CPUs stays light.
-        text.push_str("[ring]\nblock_size = 262144\nblock_count = 4\n");
-        for stream in STREAMS.iter().chain([&PROBE]) {
+        // Steering keeps each flow on one worker, always (no rollover to another when its ring
+        // fills up), which the inspected MPEG-TS stream needs to be counted exactly.
+        writeln!(text, "workers = {workers}\nfanout = \"steer\"\n")?;
+        // Small rings (4 MiB): the demo's streams are slow, and at most two workers have one
+        // each. At a trickle the kernel hands blocks over by their timer, so a ring holds
+        // block_count x retire_timeout_ms of traffic while its worker waits for a CPU: two
+        // seconds here, so that a worker a busy machine leaves waiting drops nothing (a drop
+        // would show in the MPEG-TS stream's health line). The 32 ms this may add to a packet's
+        // way does not matter to the demo.
+        text.push_str("[ring]\nblock_size = 65536\nblock_count = 64\nretire_timeout_ms = 32\n");
+        for stream in STREAMS.iter().chain([&PROBE, &VIDEO]) {
+            let inspect = if stream.rule == VIDEO.rule {
+                "inspect = \"mpegts\"\n"
+            } else {
+                ""
+            };
             writeln!(
                 text,
-                "\n[[rule]]\nname = \"{}\"\ninput = {{ interface = \"{RELAY_IN_IF}\", destination = \"{}\", port = {} }}\noutputs = [",
+                "\n[[rule]]\nname = \"{}\"\n{inspect}input = {{ interface = \"{RELAY_IN_IF}\", destination = \"{}\", port = {} }}\noutputs = [",
                 stream.rule,
                 stream.input.ip(),
                 stream.input.port()
@@ -295,9 +318,12 @@ mod tests {
     fn the_configuration_says_what_the_receivers_expect() {
         let config = ConfigFile::parse(&config_text(2)).expect("the demo's config parses");
         let rules = config.to_rules();
-        assert_eq!(rules.len(), STREAMS.len() + 1);
-        for (rule, stream) in rules.iter().zip(STREAMS.iter().chain([&PROBE])) {
+        assert_eq!(rules.len(), STREAMS.len() + 2);
+        for (rule, stream) in rules.iter().zip(STREAMS.iter().chain([&PROBE, &VIDEO])) {
             assert_eq!(rule.name, stream.rule);
+            let inspect =
+                (stream.rule == VIDEO.rule).then_some(relay_rules::inspect::Inspect::MpegTs);
+            assert_eq!(rule.inspect, inspect, "only the video rule inspects");
             assert_eq!(rule.input.interface, RELAY_IN_IF);
             assert_eq!(rule.input.destination, *stream.input.ip());
             assert_eq!(rule.input.port, stream.input.port());
@@ -306,7 +332,7 @@ mod tests {
                 assert_eq!(output.interface, RECEIVERS[leg.receiver].relay_if);
                 assert_eq!(output.destination, *leg.to.ip());
                 assert_eq!(output.port, leg.to.port());
-                assert_eq!(output.ttl, OUTPUT_TTL);
+                assert_eq!(output.ttl, relay_rules::Ttl::Fixed(OUTPUT_TTL));
             }
         }
         assert_eq!(

@@ -12,7 +12,11 @@
 //! | `fanout_relay_interface_up` | gauge | interface |
 //! | `fanout_relay_interface_{downs,removals}_total` | counter | interface |
 //! | `fanout_relay_rule_packets_total`, `fanout_relay_rule_bytes_total` | counter | rule |
-//! | `fanout_relay_worker_{received,forwarded,no_rule,not_udp,tx_full,too_big,unopened,socket_errors,tx_wrong_format,tx_segmented,tx_segmented_datagrams,kernel_drops,freezes,drift_repairs}_total` | counter | cpu |
+//! | `fanout_relay_rtp_{packets,invalid,lost,reordered,duplicated,ssrc_changes,restarts}_total`, `fanout_relay_rtp_jitter_microseconds` (gauge) | counter | rule (rules with `inspect` of RTP) |
+//! | `fanout_relay_ts_{packets,cc_errors,sync_errors,tei_packets,pid_overflow}_total`, `fanout_relay_ts_pids` (gauge) | counter | rule (rules with `inspect` of MPEG-TS) |
+//! | `fanout_relay_ts_pid_cc_errors_total` | counter | rule, pid |
+//! | `fanout_relay_rule_limited_{packets,bytes}_total` | counter | rule (rules with stream options) |
+//! | `fanout_relay_worker_{received,forwarded,no_rule,not_udp,tx_full,too_big,unopened,ttl_expired,socket_errors,tx_wrong_format,tx_segmented,tx_segmented_datagrams,kernel_drops,freezes,drift_repairs}_total` | counter | cpu |
 //! | `fanout_relay_worker_restarts_total` | counter | cpu, reason |
 //! | `fanout_relay_worker_malformed_total` | counter | cpu, reason |
 //! | `fanout_relay_interface_errors_total` | counter | cpu, interface, errno |
@@ -31,6 +35,8 @@
 //! The interface counters are the kernel's (`/proc/net/dev` of the relay's namespace) for every
 //! interface a rule names, so a dashboard can set what reached an input against what the
 //! workers received.
+
+mod streams;
 
 use super::netdev::InterfaceCounters;
 use crate::control::proto::{StatsReport, WorkerReport};
@@ -165,6 +171,7 @@ pub fn render(snapshot: &Snapshot) -> String {
         "UDP payload bytes of the packets the rule matched.",
         by_rule(|stats| stats.bytes),
     );
+    streams::streams(&mut out, rules);
     let features = fanout_core::Features::get();
     out.family(
         "fanout_relay_kernel_feature",
@@ -197,7 +204,7 @@ type InterfaceCounterOf = fn(&InterfaceCounters) -> u64;
 fn workers(out: &mut Exposition, snapshot: &Snapshot) {
     let workers = &snapshot.stats.workers;
     let cpu = |cpu: u32| labels(&[("cpu", &cpu.to_string())]);
-    let counters: [(&str, &str, CounterOf); 13] = [
+    let counters: [(&str, &str, CounterOf); 14] = [
         (
             "received",
             "Frames the worker took off its receive rings.",
@@ -233,6 +240,12 @@ fn workers(out: &mut Exposition, snapshot: &Snapshot) {
             "Output frames dropped because their output's transmit ring or socket could not be \
              opened (the worker's log says why).",
             |c| c.unopened,
+        ),
+        (
+            "ttl_expired",
+            "Output datagrams dropped because their output decrements the TTL and they arrived \
+             with a TTL of 1 or 0 (a loop between relays dying out).",
+            |c| c.ttl_expired,
         ),
         (
             "socket_errors",
@@ -545,6 +558,10 @@ mod tests {
             },
             outputs: Vec::new(),
             class: None,
+            inspect: None,
+            rtp_clock_hz: None,
+            max_pps: None,
+            max_bps: None,
         });
         snapshot.interfaces.push(InterfaceCounters {
             name: "in0".into(),

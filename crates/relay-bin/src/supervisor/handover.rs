@@ -272,6 +272,10 @@ mod tests {
                 })
                 .collect(),
             class: None,
+            inspect: None,
+            rtp_clock_hz: None,
+            max_pps: None,
+            max_bps: None,
         }
     }
 

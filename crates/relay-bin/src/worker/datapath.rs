@@ -1,8 +1,9 @@
 //! What a worker does with one frame, apart from the rings: parse, look up, write every output,
 //! count. Kept free of I/O behind [`Outputs`] so it is tested on plain bytes.
 
-use crate::counters::{RuleCount, WorkerCounters};
+use crate::counters::{RuleCount, StreamCount, WorkerCounters};
 use relay_rules::replicate::may_segment;
+use relay_rules::stream::{Share, StreamState};
 use relay_rules::table::Insertion;
 use relay_rules::table::{CompiledOutput, RuleTable, TableError};
 use relay_rules::wire::{self, DropReason, VlanTag};
@@ -26,6 +27,8 @@ pub enum Written {
     /// The output's transmit ring or socket is not open: opening it failed when its rule was
     /// added, and the worker logged why (`unopened`).
     Unopened,
+    /// The output decrements the TTL and the datagram arrived with 1 or 0 (`ttl_expired`).
+    TtlExpired,
 }
 
 /// What the kernel said of a received frame's UDP checksum.
@@ -67,6 +70,10 @@ pub trait Outputs {
 pub struct Datapath {
     table: RuleTable,
     rules: Vec<RuleCounters>,
+    /// Per rule id: the inspection and storm guard state of a rule that has stream options.
+    streams: Vec<Option<Box<StreamState>>>,
+    /// This worker's share of each rule's storm guard limits.
+    guard_share: Share,
     received: u64,
     forwarded: u64,
     no_rule: u64,
@@ -74,6 +81,7 @@ pub struct Datapath {
     tx_full: u64,
     too_big: u64,
     unopened: u64,
+    ttl_expired: u64,
     socket_errors: u64,
     ip_id: u16,
 }
@@ -82,9 +90,11 @@ impl Datapath {
     /// A data path serving `table`, counters at zero.
     pub fn new(table: RuleTable) -> Self {
         let rules = vec![RuleCounters::default(); table.id_capacity()];
-        Datapath {
+        let mut datapath = Datapath {
             table,
             rules,
+            streams: Vec::new(),
+            guard_share: Share::WHOLE,
             received: 0,
             forwarded: 0,
             no_rule: 0,
@@ -92,9 +102,38 @@ impl Datapath {
             tx_full: 0,
             too_big: 0,
             unopened: 0,
+            ttl_expired: 0,
             socket_errors: 0,
             ip_id: 0,
+        };
+        datapath.streams = datapath.fresh_streams(|_| None);
+        datapath
+    }
+
+    /// Gives this worker `share` of each rule's storm guard limits from now on (the guards
+    /// start anew).
+    pub fn set_guard_share(&mut self, share: Share) {
+        self.guard_share = share;
+        self.streams = self.fresh_streams(|_| None);
+    }
+
+    /// Stream states for the rules of the table that have stream options: `kept` gives the
+    /// state a rule had before (by name), used if its options did not change.
+    fn fresh_streams(
+        &self,
+        mut kept: impl FnMut(&str) -> Option<Box<StreamState>>,
+    ) -> Vec<Option<Box<StreamState>>> {
+        let mut streams: Vec<Option<Box<StreamState>>> = Vec::new();
+        streams.resize_with(self.table.id_capacity(), || None);
+        for rule in self.table.rules() {
+            if let Some(options) = rule.stream {
+                let state = kept(&rule.name)
+                    .filter(|state| state.options() == options)
+                    .unwrap_or_else(|| Box::new(StreamState::new(options, self.guard_share)));
+                streams[rule.id.index()] = Some(state);
+            }
         }
+        streams
     }
 
     /// Frames handed to [`Datapath::handle`] so far.
@@ -153,12 +192,23 @@ impl Datapath {
             self.no_rule += 1;
             return;
         };
-        self.rules[rule.id.index()].record(datagram.payload.len(), now_ns);
+        let id = rule.id.index();
+        if rule.stream.is_some()
+            && let Some(stream) = self.streams.get_mut(id).and_then(Option::as_deref_mut)
+        {
+            stream.inspect(datagram.payload, now_ns);
+            if !stream.admit(datagram.payload.len(), now_ns) {
+                return;
+            }
+        }
+        self.rules[id].record(datagram.payload.len(), now_ns);
         for output in &rule.outputs {
             let written = match output {
                 CompiledOutput::Ring { ifindex, template } => {
                     self.ip_id = self.ip_id.wrapping_add(1);
                     let ip_id = self.ip_id;
+                    // Datagrams of a segmented frame share its header, and so its TTL.
+                    let segmentable = segmentable && !template.decrements_ttl();
                     outputs.write_datagram(*ifindex, template, &datagram, ip_id, segmentable)
                 }
                 CompiledOutput::Socket { destination, .. } => {
@@ -170,6 +220,7 @@ impl Datapath {
                 Written::RingFull => self.tx_full += 1,
                 Written::TooBig => self.too_big += 1,
                 Written::Unopened => self.unopened += 1,
+                Written::TtlExpired => self.ttl_expired += 1,
             }
         }
     }
@@ -203,6 +254,12 @@ impl Datapath {
                     self.rules.resize(capacity, RuleCounters::default());
                 }
                 self.rules[id.index()] = RuleCounters::default();
+                if self.streams.len() < capacity {
+                    self.streams.resize_with(capacity, || None);
+                }
+                let stream = self.table.get(id).and_then(|rule| rule.stream);
+                self.streams[id.index()] =
+                    stream.map(|options| Box::new(StreamState::new(options, self.guard_share)));
                 Ok(self
                     .table
                     .get(id)
@@ -231,7 +288,14 @@ impl Datapath {
                 rules[rule.id.index()] = self.rules[index];
             }
         }
+        let mut old_streams: HashMap<String, Box<StreamState>> = HashMap::new();
+        for rule in self.table.rules() {
+            if let Some(state) = self.streams.get_mut(rule.id.index()).and_then(Option::take) {
+                old_streams.insert(rule.name.clone(), state);
+            }
+        }
         self.table = table;
+        self.streams = self.fresh_streams(|name| old_streams.remove(name));
         self.rules = rules;
     }
 
@@ -252,18 +316,25 @@ impl Datapath {
             tx_full: self.tx_full,
             too_big: self.too_big,
             unopened: self.unopened,
+            ttl_expired: self.ttl_expired,
             socket_errors: self.socket_errors,
             ..WorkerCounters::default()
         };
         counters.set_refused(&self.malformed);
         for rule in self.table.rules() {
             let count = &self.rules[rule.id.index()];
-            if count.packets > 0 {
+            let stream = self
+                .streams
+                .get(rule.id.index())
+                .and_then(Option::as_deref)
+                .map(StreamCount::of);
+            if count.packets > 0 || stream.is_some() {
                 counters.rules.insert(
                     rule.name.clone(),
                     RuleCount {
                         packets: count.packets,
                         bytes: count.bytes,
+                        stream,
                     },
                 );
             }
@@ -330,7 +401,7 @@ mod tests {
             interface: interface.into(),
             destination,
             port,
-            ttl: 8,
+            ttl: relay_rules::Ttl::Fixed(8),
             source: None,
             dscp: None,
             vlan: None,
@@ -349,7 +420,87 @@ mod tests {
                 output("tun0", Ipv4Addr::new(10, 9, 9, 9), 7000),
             ],
             class: None,
+            inspect: None,
+            rtp_clock_hz: None,
+            max_pps: None,
+            max_bps: None,
         }
+    }
+
+    /// A frame from 192.0.2.10 to 239.1.1.1:5000 carrying `payload`.
+    fn frame_with(payload: &[u8]) -> Vec<u8> {
+        let mut frame = frame();
+        frame.truncate(42);
+        frame.extend_from_slice(payload);
+        let ip_len = u16::try_from(frame.len() - 14).expect("a test frame fits");
+        frame[16..18].copy_from_slice(&ip_len.to_be_bytes());
+        frame[38..40].copy_from_slice(&(ip_len - 20).to_be_bytes());
+        // No UDP checksum: IPv4 allows it, and the test does not rewrite the payload.
+        frame[40..42].copy_from_slice(&[0, 0]);
+        wire::Ipv4Packet::new_unchecked(&mut frame[14..]).fill_checksum();
+        frame
+    }
+
+    #[test]
+    fn an_inspected_rule_counts_its_stream_and_its_guard_drops_the_excess() {
+        use relay_rules::inspect::{Inspect, synth::TsSynth};
+        let mut inspected = rule();
+        inspected.inspect = Some(Inspect::MpegTs);
+        // A burst of 1/10 s: 10 datagrams, then almost no credit in the 30 us of the test.
+        inspected.max_pps = Some(100);
+        let set = RuleSet::new(vec![inspected], interfaces(), Limits::default()).expect("valid");
+        let mut datapath = Datapath::new(RuleTable::build(&set, 1));
+        let mut outputs = Scripted {
+            ring: Written::Queued,
+            socket: Written::Queued,
+        };
+        let mut synth = TsSynth::new(false);
+        let mut payload = [0u8; TsSynth::MAX_DATAGRAM];
+        for i in 0..30u64 {
+            let len = synth.write(&mut payload, 0);
+            if i == 12 {
+                continue; // lost on the way
+            }
+            let frame = frame_with(&payload[..len]);
+            datapath.handle(
+                2,
+                &frame,
+                None,
+                RxChecksum::Verified,
+                i * 1_000,
+                &mut outputs,
+            );
+        }
+        let counters = datapath.counters(0);
+        let cam = &counters.rules["cam"];
+        assert_eq!(cam.packets, 10, "the burst");
+        let stream = cam.stream.as_ref().expect("stream counters");
+        assert_eq!(stream.limited_packets, 19);
+        assert_eq!(stream.limited_bytes, 19 * 7 * 188);
+        let ts = stream.ts.expect("MPEG-TS counters");
+        assert_eq!(
+            (ts.packets, ts.cc_errors, ts.pids),
+            (29 * 7, 4, 4),
+            "inspected before the guard"
+        );
+        assert_eq!(
+            stream.cc_errors_by_pid().into_values().collect::<Vec<_>>(),
+            [1; 4]
+        );
+        assert_eq!(stream.rtp, None);
+        assert_eq!(counters.forwarded, 20, "10 datagrams to two outputs");
+
+        // A rule without options has no stream counters, and keeps its counters when the
+        // table is replaced, as an inspected rule keeps its state.
+        let mut plain = self::datapath();
+        plain.handle(2, &frame(), None, RxChecksum::Verified, 0, &mut outputs);
+        assert_eq!(plain.counters(0).rules["cam"].stream, None);
+        datapath.replace(RuleTable::build(&set, 2));
+        let kept = datapath.counters(0);
+        assert_eq!(
+            kept.rules["cam"].stream.as_ref().map(|s| s.limited_packets),
+            Some(19)
+        );
     }
 
     /// A frame from 192.0.2.10 to 239.1.1.1:5000 carrying `hello`.

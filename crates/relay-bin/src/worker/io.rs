@@ -113,7 +113,11 @@ impl WorkerIo {
             shard,
             interfaces,
             rx,
-            datapath: Datapath::new(table),
+            datapath: {
+                let mut datapath = Datapath::new(table);
+                datapath.set_guard_share(start.guard_share);
+                datapath
+            },
             sinks,
             handed: Handed::default(),
             waiter: Waiter::new(start.ring.busy_poll_us, start.cpu),

@@ -102,6 +102,7 @@ impl RingOut {
                 Some(Err(
                     RewriteError::ExceedsMtu { .. } | RewriteError::BufferTooSmall { .. },
                 )) => Written::TooBig,
+                Some(Err(RewriteError::TtlExpired { .. })) => Written::TtlExpired,
                 Some(Ok((slot, len))) => {
                     let segments = template.segments(input, len);
                     self.open.push(OpenFrame {
@@ -127,6 +128,7 @@ impl RingOut {
             Err(RewriteError::ExceedsMtu { .. } | RewriteError::BufferTooSmall { .. }) => {
                 Written::TooBig
             }
+            Err(RewriteError::TtlExpired { .. }) => Written::TtlExpired,
         }
     }
 

@@ -18,7 +18,7 @@
 //! ```
 //! use std::net::Ipv4Addr;
 //! use relay_rules::replicate::{FrameTemplate, TemplateSpec, multicast_mac};
-//! use relay_rules::wire;
+//! use relay_rules::{wire, Ttl};
 //!
 //! let group = Ipv4Addr::new(239, 10, 0, 1);
 //! let template = FrameTemplate::new(&TemplateSpec {
@@ -29,7 +29,7 @@
 //!     destination: group,
 //!     source_port: None,
 //!     destination_port: 5004,
-//!     ttl: 8,
+//!     ttl: Ttl::Fixed(8),
 //!     dscp: None,
 //!     mtu: 1500,
 //! });

@@ -34,7 +34,7 @@ fn tagged() -> TemplateSpec {
         destination: GROUP,
         source_port: Some(6000),
         destination_port: 6004,
-        ttl: 16,
+        ttl: Ttl::Fixed(16),
         dscp: Some(34),
         mtu: 1500,
     }
@@ -227,4 +227,42 @@ fn output_of_a_short_payload_parses() {
     assert_eq!(out.len(), 42);
     let output: Result<_, DropReason> = wire::parse(&out, None);
     assert!(output.unwrap().payload.is_empty());
+}
+
+#[test]
+fn a_decrementing_output_writes_the_incoming_ttl_less_one_with_a_valid_checksum() {
+    let spec = TemplateSpec {
+        ttl: Ttl::Decrement,
+        ..keeping()
+    };
+    assert!(FrameTemplate::new(&spec).decrements_ttl());
+    assert!(!FrameTemplate::new(&keeping()).decrements_ttl());
+    // The captured frame arrives with TTL 4.
+    let out = write(&spec, &hex(CAPTURED), 0x0102).expect("TTL 4 passes");
+    let fixed_at_3 = write(
+        &TemplateSpec {
+            ttl: Ttl::Fixed(3),
+            ..keeping()
+        },
+        &hex(CAPTURED),
+        0x0102,
+    )
+    .expect("a fixed TTL");
+    assert_eq!(
+        out, fixed_at_3,
+        "the same bytes as a fixed TTL of 3, checksum included"
+    );
+    let parsed = wire::parse(&out, None).expect("the output parses, its checksum checked");
+    assert_eq!(parsed.ttl, 3);
+
+    for ttl in [1, 0] {
+        let mut frame = hex(CAPTURED);
+        frame[22] = ttl;
+        Ipv4Packet::new_unchecked(&mut frame[14..]).fill_checksum();
+        assert_eq!(
+            write(&spec, &frame, 1),
+            Err(RewriteError::TtlExpired { ttl }),
+            "TTL {ttl} dies here"
+        );
+    }
 }

@@ -13,15 +13,20 @@
 //! bytes, optional values as a 0 byte or a 1 byte then the value):
 //! version byte 1, name, input interface, input destination (4 bytes), input port (2), input
 //! source (optional 4), output count (u32), then for each output in order: interface,
-//! destination (4), port (2), ttl (1), source (optional 4), dscp (optional 1), vlan (optional 2);
-//! last, only for an input with a VLAN, the byte 2 and the VLAN (2), so that the checksum of a
-//! rule without one is what it was before inputs had VLANs.
+//! destination (4), port (2), ttl (1: the fixed TTL, 0 for `decrement`), source (optional 4),
+//! dscp (optional 1), vlan (optional 2); then, only for an input with a VLAN, the byte 2 and the
+//! VLAN (2), so that the checksum of a rule without one is what it was before inputs had VLANs;
+//! last, only if the rule has any stream option, a 0x5a byte, inspect (optional 1: its
+//! declaration index), rtp_clock_hz (optional 4), max_pps (optional 8), max_bps (optional 8).
 
-use crate::rule::Rule;
+use crate::rule::{Rule, Ttl};
 use std::net::Ipv4Addr;
 
 const FNV_OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
 const FNV_PRIME: u64 = 0x0000_0100_0000_01b3;
+/// Marks the stream options, encoded after the outputs only when a rule has any, so that the
+/// checksum of a rule without them is what it always was.
+const STREAM_OPTIONS: u8 = 0x5a;
 /// Version of the canonical encoding: bump it when the encoding changes.
 const ENCODING_VERSION: u8 = 1;
 
@@ -78,7 +83,11 @@ pub fn rule_checksum(rule: &Rule) -> u64 {
         h.str(&output.interface);
         h.address(output.destination);
         h.bytes(&output.port.to_be_bytes());
-        h.bytes(&[output.ttl]);
+        // `decrement` as 0, which no fixed TTL is: rules without it keep their checksums.
+        h.bytes(&[match output.ttl {
+            Ttl::Fixed(ttl) => ttl,
+            Ttl::Decrement => 0,
+        }]);
         h.option(output.source, Fnv::address);
         h.option(output.dscp, |h, dscp| h.bytes(&[dscp]));
         h.option(output.vlan, |h, vlan| h.bytes(&vlan.to_be_bytes()));
@@ -86,6 +95,14 @@ pub fn rule_checksum(rule: &Rule) -> u64 {
     if let Some(vlan) = rule.input.vlan {
         h.bytes(&[2]);
         h.bytes(&vlan.to_be_bytes());
+    }
+    let stream = (rule.inspect, rule.rtp_clock_hz, rule.max_pps, rule.max_bps);
+    if stream != (None, None, None, None) {
+        h.bytes(&[STREAM_OPTIONS]);
+        h.option(rule.inspect, |h, kind| h.bytes(&[kind as u8]));
+        h.option(rule.rtp_clock_hz, |h, hz| h.bytes(&hz.to_be_bytes()));
+        h.option(rule.max_pps, |h, pps| h.bytes(&pps.to_be_bytes()));
+        h.option(rule.max_bps, |h, bps| h.bytes(&bps.to_be_bytes()));
     }
     finalize(h.0)
 }
@@ -119,12 +136,16 @@ mod tests {
                 interface: "eth1".into(),
                 destination: Ipv4Addr::new(239, 2, 2, 2),
                 port: 6000,
-                ttl: 16,
+                ttl: Ttl::Fixed(16),
                 source: None,
                 dscp: None,
                 vlan: None,
             }],
             class: None,
+            inspect: None,
+            rtp_clock_hz: None,
+            max_pps: None,
+            max_bps: None,
         }
     }
 
@@ -155,8 +176,17 @@ mod tests {
         assert_eq!(checksum_of([&a, &b]), checksum_of([&b, &a]));
         assert_ne!(checksum_of([&a, &b]), checksum_of([&a]));
         assert_eq!(checksum_of(std::iter::empty()), 0);
+        let mut inspected = b.clone();
+        inspected.inspect = Some(crate::inspect::Inspect::MpegTs);
+        let mut limited = b.clone();
+        limited.max_pps = Some(5000);
+        let sums = [&b, &inspected, &limited].map(rule_checksum);
+        assert!(
+            sums[0] != sums[1] && sums[1] != sums[2] && sums[0] != sums[2],
+            "stream options count"
+        );
         let mut changed = b.clone();
-        changed.outputs[0].ttl = 17;
+        changed.outputs[0].ttl = Ttl::Fixed(17);
         assert_ne!(checksum_of([&a, &b]), checksum_of([&a, &changed]));
         let mut tagged = b.clone();
         tagged.outputs[0].vlan = Some(0);

@@ -4,7 +4,8 @@
 use super::error::TableError;
 use crate::interface::{InterfaceFacts, Interfaces};
 use crate::replicate::{FrameTemplate, TemplateSpec, multicast_mac};
-use crate::rule::{Rule, RuleKey};
+use crate::rule::{Output, Rule, RuleKey, Ttl};
+use crate::stream::StreamOptions;
 use crate::validate::{Field, InputField, OutputField, is_ring_output};
 use smallvec::SmallVec;
 use std::net::{Ipv4Addr, SocketAddrV4};
@@ -26,6 +27,12 @@ impl RuleId {
     }
 }
 
+/// [`Output::DEFAULT_TTL`] as a number.
+const DEFAULT_FIXED_TTL: u8 = match Output::DEFAULT_TTL {
+    Ttl::Fixed(ttl) => ttl,
+    Ttl::Decrement => 16,
+};
+
 /// A rule compiled for the data path.
 #[derive(Debug, Clone)]
 pub struct CompiledRule {
@@ -39,6 +46,9 @@ pub struct CompiledRule {
     pub ifindex: u32,
     /// The outputs, in the rule's order. Most rules have one, kept inline.
     pub outputs: SmallVec<[CompiledOutput; 1]>,
+    /// Inspection and storm guard; `None` for the rules that ask for neither, which the data
+    /// path then forwards without looking further.
+    pub stream: Option<StreamOptions>,
 }
 
 /// How one output is sent.
@@ -138,7 +148,12 @@ fn compile_output(
             ifindex: facts.index,
             source,
             destination: SocketAddrV4::new(output.destination, output.port),
-            ttl: output.ttl,
+            // A socket's TTL is set once; validation refuses `decrement` on a socket output,
+            // so the default stands in only for a rule that skipped validation.
+            ttl: match output.ttl {
+                Ttl::Fixed(ttl) => ttl,
+                Ttl::Decrement => DEFAULT_FIXED_TTL,
+            },
             dscp: output.dscp,
         },
     })
@@ -165,6 +180,7 @@ pub(super) fn compile(
         key: rule.input.key(),
         ifindex: input.index,
         outputs,
+        stream: StreamOptions::of(rule),
     })
 }
 
@@ -194,5 +210,6 @@ pub(super) fn vacant(id: RuleId) -> CompiledRule {
         },
         ifindex: 0,
         outputs: SmallVec::new(),
+        stream: None,
     }
 }

@@ -3,7 +3,7 @@
 use super::*;
 use crate::interface::Interfaces;
 use crate::replicate::multicast_mac;
-use crate::rule::{Input, Limits, Output};
+use crate::rule::{Input, Limits, Output, Ttl};
 use crate::shard::shard;
 use crate::validate::tests::{interfaces, output, rule};
 use std::net::SocketAddrV4;
@@ -119,7 +119,7 @@ fn outputs_compile_to_ring_or_socket() {
     assert_eq!((spec.destination_port, spec.source_port), (6000, None));
     assert_eq!(
         (spec.vlan, spec.dscp, spec.ttl, spec.mtu),
-        (Some(7), Some(34), 16, 1500)
+        (Some(7), Some(34), Ttl::Fixed(16), 1500)
     );
 
     let expect_socket =
@@ -203,6 +203,10 @@ fn many_rules(count: u32) -> Vec<Rule> {
             },
             outputs: vec![output("eth1", (base + i).to_be_bytes(), 6000)],
             class: None,
+            inspect: None,
+            rtp_clock_hz: None,
+            max_pps: None,
+            max_bps: None,
         })
         .collect()
 }

@@ -37,7 +37,7 @@ fn rule() -> impl Strategy<Value = Rule> {
             interface,
             destination,
             port,
-            ttl,
+            ttl: Ttl::Fixed(ttl),
             source: None,
             dscp: None,
             vlan: None,
@@ -60,6 +60,10 @@ fn rule() -> impl Strategy<Value = Rule> {
                 },
                 outputs,
                 class: None,
+                inspect: None,
+                rtp_clock_hz: None,
+                max_pps: None,
+                max_bps: None,
             },
         )
 }

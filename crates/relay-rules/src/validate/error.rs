@@ -20,6 +20,12 @@ pub enum Field {
         /// The field of that output.
         field: OutputField,
     },
+    /// `rtp_clock_hz`.
+    RtpClockHz,
+    /// `max_pps`.
+    MaxPps,
+    /// `max_bps`.
+    MaxBps,
 }
 
 /// A field of [`crate::Input`].
@@ -83,6 +89,9 @@ impl fmt::Display for Field {
                 };
                 write!(f, "outputs[{index}].{name}")
             }
+            Field::RtpClockHz => f.write_str("rtp_clock_hz"),
+            Field::MaxPps => f.write_str("max_pps"),
+            Field::MaxBps => f.write_str("max_bps"),
         }
     }
 }
@@ -151,6 +160,11 @@ pub enum Problem {
         "a VLAN tag needs a multicast destination on an Ethernet interface; this output is sent through a socket"
     )]
     VlanOnSocketOutput,
+    /// A socket output's TTL is set on the socket, once, not per datagram.
+    #[error(
+        "\"decrement\" needs a multicast destination on an Ethernet interface; this output is sent through a socket, whose TTL is fixed"
+    )]
+    DecrementOnSocketOutput,
     /// The relay can only send from addresses the output interface has.
     #[error("{address} is not an address of {interface}")]
     SourceNotLocal {
@@ -184,6 +198,15 @@ pub enum Problem {
     /// rather than ignored, so that a mistyped name is noticed.
     #[error("there is no rule with this name to remove")]
     NoSuchRule,
+    /// A storm guard limit of 0 would drop every packet.
+    #[error("a limit of 0 would drop every packet; leave it out for no limit")]
+    LimitZero,
+    /// Jitter is measured in ticks of the RTP clock, which must run.
+    #[error("an RTP clock of 0 Hz cannot measure jitter")]
+    ClockZero,
+    /// The clock rate is read only from RTP timestamps.
+    #[error("a clock rate needs `inspect` to be \"rtp\" or \"rtp+mpegts\"")]
+    ClockWithoutRtp,
     /// A rule without outputs would drop what it matches.
     #[error("the rule has no output")]
     NoOutputs,

@@ -35,7 +35,7 @@ pub(crate) fn output(interface: &str, destination: [u8; 4], port: u16) -> Output
         interface: interface.to_owned(),
         destination: destination.into(),
         port,
-        ttl: 16,
+        ttl: Ttl::Fixed(16),
         source: None,
         dscp: None,
         vlan: None,
@@ -55,6 +55,10 @@ pub(crate) fn rule(name: &str) -> Rule {
         },
         outputs: vec![output("eth1", [239, 2, 2, 2], 6000)],
         class: None,
+        inspect: None,
+        rtp_clock_hz: None,
+        max_pps: None,
+        max_bps: None,
     }
 }
 
@@ -99,7 +103,7 @@ fn a_valid_rule_passes() {
 fn error_message_names_rule_field_and_problem() {
     let mut r = rule("cam1");
     r.outputs.push(Output {
-        ttl: 0,
+        ttl: Ttl::Fixed(0),
         ..output("eth1", [239, 2, 2, 3], 6000)
     });
     let errors = validate(&[r], &interfaces(), &Limits::default()).expect_err("TTL 0");
@@ -225,7 +229,7 @@ fn output_checks() {
         (out(0, O::Port), Problem::PortZero)
     );
     assert_eq!(
-        refused(|r| r.outputs[0].ttl = 0),
+        refused(|r| r.outputs[0].ttl = Ttl::Fixed(0)),
         (out(0, O::Ttl), Problem::TtlZero)
     );
     assert_eq!(
@@ -247,6 +251,21 @@ fn output_checks() {
     assert_eq!(
         refused(unicast_tagged),
         (out(0, O::Vlan), Problem::VlanOnSocketOutput)
+    );
+    let unicast_decrement = |r: &mut Rule| {
+        r.outputs[0].destination = Ipv4Addr::new(10, 1, 0, 9);
+        r.outputs[0].ttl = Ttl::Decrement;
+    };
+    assert_eq!(
+        refused(unicast_decrement),
+        (out(0, O::Ttl), Problem::DecrementOnSocketOutput)
+    );
+    let mut decrementing = rule("r");
+    decrementing.outputs[0].ttl = Ttl::Decrement;
+    assert_eq!(
+        validate(&[decrementing], &interfaces(), &Limits::default()),
+        Ok(()),
+        "a multicast output on Ethernet may decrement"
     );
     let tun_tagged = |r: &mut Rule| {
         r.outputs[0].interface = "wg0".into();
@@ -377,7 +396,7 @@ fn outputs_must_not_feed_any_input() {
 fn every_problem_is_reported_at_once() {
     let mut r = rule("bad name");
     r.input.port = 0;
-    r.outputs[0].ttl = 0;
+    r.outputs[0].ttl = Ttl::Fixed(0);
     r.outputs[0].dscp = Some(99);
     let errors = validate(&[r, rule("")], &interfaces(), &Limits::default()).expect_err("many");
     let fields: Vec<String> = errors

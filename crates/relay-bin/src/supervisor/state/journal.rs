@@ -311,12 +311,16 @@ mod tests {
                 interface: "out0".into(),
                 destination: "239.2.2.2".parse().expect("an address"),
                 port,
-                ttl: 4,
+                ttl: relay_rules::Ttl::Fixed(4),
                 source: None,
                 dscp: None,
                 vlan: None,
             }],
             class: None,
+            inspect: None,
+            rtp_clock_hz: None,
+            max_pps: None,
+            max_bps: None,
         }
     }
 

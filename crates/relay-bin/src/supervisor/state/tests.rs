@@ -20,12 +20,16 @@ fn rule(name: &str, port: u16) -> Rule {
             interface: "out0".into(),
             destination: Ipv4Addr::new(239, 2, 2, 2),
             port,
-            ttl: 4,
+            ttl: relay_rules::Ttl::Fixed(4),
             source: None,
             dscp: None,
             vlan: None,
         }],
         class: None,
+        inspect: None,
+        rtp_clock_hz: None,
+        max_pps: None,
+        max_bps: None,
     }
 }
 
@@ -137,7 +141,7 @@ fn changes_go_to_the_journal_and_come_back_with_the_snapshot() {
 fn the_difference_touches_only_what_changed() {
     let old = vec![rule("a", 1), rule("b", 2), rule("c", 3)];
     let mut changed = rule("b", 2);
-    changed.outputs[0].ttl = 9;
+    changed.outputs[0].ttl = relay_rules::Ttl::Fixed(9);
     let new = vec![rule("a", 1), changed.clone(), rule("d", 4)];
     let change = Change::between(&old, &new);
     assert_eq!(change.remove, vec!["b".to_owned(), "c".to_owned()]);

@@ -11,6 +11,40 @@ impl World {
     pub(super) fn sample_rates(&mut self) {
         let counters = self.slots.iter().map(|slot| slot.counters()).collect();
         self.rates.sample(Instant::now(), counters);
+        self.log_limited_rules();
+    }
+
+    /// Says, once per counter interval, which rules' storm guards dropped datagrams in it.
+    fn log_limited_rules(&self) {
+        let (Some((then, before)), Some((now, after))) = (&self.rates.previous, &self.rates.latest)
+        else {
+            return;
+        };
+        let (before, after) = (limited_by_rule(before), limited_by_rule(after));
+        let seconds = now.duration_since(*then).as_secs_f64();
+        for (name, total) in after {
+            let dropped = total.saturating_sub(before.get(name).copied().unwrap_or(0));
+            if dropped == 0 {
+                continue;
+            }
+            let limits = self
+                .state
+                .set()
+                .rules()
+                .iter()
+                .find(|rule| rule.name == name)
+                .map(|rule| match (rule.max_pps, rule.max_bps) {
+                    (Some(pps), Some(bps)) => format!("max_pps {pps}, max_bps {bps}"),
+                    (Some(pps), None) => format!("max_pps {pps}"),
+                    (None, Some(bps)) => format!("max_bps {bps}"),
+                    (None, None) => "no limit now".to_owned(),
+                })
+                .unwrap_or_else(|| "removed".to_owned());
+            log::warn!(
+                "rule {name:?} is limited ({limits}): its storm guard dropped {dropped} \
+                 datagram(s) in the last {seconds:.1} s"
+            );
+        }
     }
 
     /// Counters per rule and per worker, with rates over the last interval and each worker's
@@ -41,6 +75,9 @@ impl World {
                 let entry = rules.entry(name.clone()).or_default();
                 entry.packets += count.packets;
                 entry.bytes += count.bytes;
+                if let Some(stream) = &count.stream {
+                    entry.stream.get_or_insert_default().add(stream);
+                }
             }
         }
         for rule in self.state.set().rules() {
@@ -136,4 +173,17 @@ impl World {
             })
             .collect()
     }
+}
+
+/// The storm guards' dropped datagrams in `sample`, by rule, summed over workers.
+fn limited_by_rule(sample: &[WorkerCounters]) -> BTreeMap<&str, u64> {
+    let mut totals = BTreeMap::new();
+    for counters in sample {
+        for (name, count) in &counters.rules {
+            if let Some(stream) = &count.stream {
+                *totals.entry(name.as_str()).or_default() += stream.limited_packets;
+            }
+        }
+    }
+    totals
 }

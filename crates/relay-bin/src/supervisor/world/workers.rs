@@ -9,6 +9,7 @@ use crate::rings;
 use crate::supervisor::decide::reports::{Sent, TableReport, TableVerdict, judge_table};
 use crate::supervisor::restarts::RestartReason;
 use relay_rules::Rule;
+use relay_rules::stream::Share;
 use std::time::Instant;
 
 impl World {
@@ -226,6 +227,13 @@ impl World {
             cpu: self.slots[slot].cpu,
             generation: self.state.generation(),
             shard: self.shard_of(slot),
+            guard_share: match self.placement {
+                PlacementSetting::Shard => Share::WHOLE,
+                PlacementSetting::Replicate => Share {
+                    served: u32::try_from(self.slots[slot].members().len()).unwrap_or(u32::MAX),
+                    of: self.inputs.members(self.slots[slot].class),
+                },
+            },
             rules: self.slot_entries(slot),
             interfaces: self.interface_entries(),
             ring: self.ring,

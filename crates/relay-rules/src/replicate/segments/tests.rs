@@ -4,6 +4,7 @@
 
 use super::*;
 use crate::replicate::{TemplateSpec, multicast_mac};
+use crate::rule::Ttl;
 use crate::wire::{self, pseudo_header_sum, sum};
 use proptest::prelude::*;
 use std::net::Ipv4Addr;
@@ -21,7 +22,7 @@ fn spec(vlan: Option<u16>, source_port: Option<u16>, dscp: Option<u8>) -> Templa
         destination: GROUP,
         source_port,
         destination_port: 6004,
-        ttl: 16,
+        ttl: Ttl::Fixed(16),
         dscp,
         mtu: 9000,
     }

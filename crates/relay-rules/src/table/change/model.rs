@@ -51,6 +51,10 @@ fn pool_rule(name: usize, key: usize, kind: u8) -> Rule {
         },
         outputs: vec![out],
         class: None,
+        inspect: None,
+        rtp_clock_hz: None,
+        max_pps: None,
+        max_bps: None,
     }
 }
 
