@@ -497,3 +497,64 @@ fn a_rule_added_for_a_missing_interface_waits_for_it() {
         "only third, whose gone0 does not exist, waits"
     );
 }
+
+/// The input appears down (moved into the relay's namespace, which takes an interface down):
+/// the kernel refuses a fanout group on it, so the rule goes on waiting, quietly, and starts
+/// when the interface comes up. A relay that started the rule on the interface's appearance
+/// would be refused and, not trying again, never relay.
+#[test]
+fn input_appearing_down_starts_when_up() {
+    if !ready("input_appearing_down_starts_when_up") {
+        return;
+    }
+    let topo = quiet_topology("ifc_down");
+    let dir = Workdir::new("ifc_down");
+    let config = relay_section(&dir, "workers = \"0-1\"\nfanout = \"cpu\"")
+        + &rule("cam", "239.1.1.1", 5000, "239.2.2.2", 6000).replace("rin0", LATE_IF);
+    let relay = RelayProcess::start(&topo.relay, &config, &["--metrics", METRICS]);
+    let ctl = Ctl::new(&dir);
+    let stream = Stream::start(&topo, TAG, PPS);
+
+    // Made in the sender's namespace and moved: the pair dies with either namespace.
+    topo.sender.ip(&[
+        "link", "add", LATE_PEER, "type", "veth", "peer", "name", LATE_IF,
+    ]);
+    topo.sender.ip(&["link", "set", LATE_PEER, "up"]);
+    topo.sender
+        .ip(&["link", "set", LATE_IF, "netns", topo.relay.name()]);
+    send_through(&topo, LATE_PEER, Some(Topology::SENDER_IF));
+    relay.wait_for_log(
+        "the interface's appearance",
+        scaled(Duration::from_secs(5)),
+        |line| line.contains("interface late0 appeared"),
+    );
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(stream.arrived(), 0, "relayed from an input that is down");
+    assert_eq!(metric(&topo, "fanout_relay_rules_waiting", None), Some(1.0));
+    let listed = ctl.ok(&["list"]);
+    assert!(
+        listed.contains("cam") && listed.contains("waiting"),
+        "ctl list does not show the rule:\n{listed}"
+    );
+
+    let from = stream.next_seq();
+    let at = Instant::now();
+    topo.relay.ip(&["link", "set", LATE_IF, "up"]);
+    let Some(started) = stream.wait_from(from, at, scaled(Duration::from_secs(5))) else {
+        panic!(
+            "nothing relayed within 5 s of {LATE_IF} coming up; log:\n{}",
+            relay.log()
+        );
+    };
+    println!("{LATE_IF} up: relaying started after {started:?}");
+    assert!(
+        started < scaled(RESUME),
+        "relaying started {started:?} after {LATE_IF} came up"
+    );
+    let log = relay.log();
+    assert!(
+        !log.contains("go on waiting: refused"),
+        "the relay tried the rule on the down interface:\n{log}"
+    );
+    assert_eq!(metric(&topo, "fanout_relay_rules_waiting", None), Some(0.0));
+}
