@@ -533,7 +533,7 @@ fn input_appearing_down_starts_when_up() {
     assert_eq!(metric(&topo, "fanout_relay_rules_waiting", None), Some(1.0));
     let listed = ctl.ok(&["list"]);
     assert!(
-        listed.contains("cam") && listed.contains("waiting"),
+        listed.contains("cam") && listed.contains("waiting for interface(s) late0"),
         "ctl list does not show the rule:\n{listed}"
     );
 

@@ -182,7 +182,8 @@ impl World {
 }
 
 impl World {
-    /// The waiting rules with their missing interfaces, for `ctl list`.
+    /// The waiting rules with the interfaces they wait for, for `ctl list`: the missing ones,
+    /// and the input while it exists but is down (see [`World::activate_waiting`]).
     pub(super) fn waiting_rules(&self) -> Vec<crate::control::proto::WaitingRule> {
         self.state
             .waiting()
@@ -194,7 +195,10 @@ impl World {
                         self.lifecycle
                             .interfaces()
                             .get(*name)
-                            .is_none_or(|followed| followed.index.is_none())
+                            .is_none_or(|followed| {
+                                followed.index.is_none()
+                                    || (*name == rule.input.interface && !followed.running)
+                            })
                     })
                     .map(str::to_owned)
                     .collect(),
