@@ -111,6 +111,28 @@ pub fn unchecked(test: &str, what: &str) {
     let _ = writeln!(std::io::stderr(), "unchecked in {test}: {what}");
 }
 
+/// How many times slower than the development host this machine runs the tests:
+/// `FANOUT_RELAY_TEST_SLOWDOWN` (a whole number, at least 1), which `scripts/test-kernel` sets
+/// when it boots a kernel under plain emulation, where everything takes 10 to 50 times longer;
+/// 1 when unset, so an ordinary run checks the bounds as written.
+///
+/// Only deadlines and CPU shares that measure the machine's speed are scaled by it, never
+/// what a test counts (frames, drops, restarts).
+pub fn slowdown() -> u32 {
+    match std::env::var("FANOUT_RELAY_TEST_SLOWDOWN") {
+        Err(_) => 1,
+        Ok(value) => match value.parse::<u32>() {
+            Ok(factor) if factor >= 1 => factor,
+            _ => panic!("FANOUT_RELAY_TEST_SLOWDOWN={value:?}: not a whole number of at least 1"),
+        },
+    }
+}
+
+/// `deadline` stretched by [`slowdown`].
+pub fn scaled(deadline: std::time::Duration) -> std::time::Duration {
+    deadline * slowdown()
+}
+
 /// The online CPUs in ascending order (`/sys/devices/system/cpu/online`): the CPUs the relay
 /// gives workers, which are not those of this process's affinity (`available_parallelism`).
 ///

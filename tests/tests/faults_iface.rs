@@ -9,13 +9,14 @@ use std::time::{Duration, Instant};
 use fanout_relay_tests::ctl::{Ctl, Workdir, config_path, relay_section, rule};
 use fanout_relay_tests::obs::{Metrics, scrape};
 use fanout_relay_tests::relay::{Capture, RelayProcess, Stream, payload, quiet_topology};
-use fanout_relay_tests::{Topology, privileged, skip, veth_pair};
+use fanout_relay_tests::{Topology, privileged, scaled, skip, veth_pair};
 
 /// Datagrams per second of the stream.
 const PPS: u32 = 5000;
 /// Where the relay serves its metrics, inside its own namespace.
 const METRICS: &str = "127.0.0.1:9471";
-/// Longest time from the interface's creation to the first datagram sent after it arriving.
+/// Longest time from the interface's creation to the first datagram sent after it arriving
+/// (stretched by [`fanout_relay_tests::slowdown`] on a slow machine, as every wait below).
 const RESUME: Duration = Duration::from_secs(1);
 /// The tag of the test's stream.
 const TAG: u8 = 3;
@@ -54,7 +55,7 @@ fn relaying(topo: &Topology, dir: &Workdir, config: &str) -> (RelayProcess, Ctl,
     let from = stream.next_seq();
     assert!(
         stream
-            .wait_from(from, Instant::now(), Duration::from_secs(5))
+            .wait_from(from, Instant::now(), scaled(Duration::from_secs(5)))
             .is_some(),
         "nothing relayed before the fault; log:\n{}",
         relay.log()
@@ -121,7 +122,7 @@ fn input_absent_at_start_then_created() {
         .add_addr(LATE_PEER, &format!("{}/24", Topology::SENDER_ADDR));
     topo.sender
         .ip(&["route", "replace", "224.0.0.0/4", "dev", LATE_PEER]);
-    let Some(resumed) = stream.wait_from(from, at, Duration::from_secs(5)) else {
+    let Some(resumed) = stream.wait_from(from, at, scaled(Duration::from_secs(5))) else {
         panic!(
             "nothing relayed within 5 s of {LATE_IF}'s creation; log:\n{}",
             relay.log()
@@ -129,7 +130,7 @@ fn input_absent_at_start_then_created() {
     };
     println!("{LATE_IF} created: relaying started after {resumed:?}");
     assert!(
-        resumed < RESUME,
+        resumed < scaled(RESUME),
         "relaying started {resumed:?} after {LATE_IF} was created"
     );
 
@@ -187,9 +188,11 @@ fn input_deleted_and_recreated() {
     let (relay, ctl, stream, _) = relaying(&topo, &dir, &config);
 
     topo.relay.ip(&["link", "del", LATE_IF]);
-    relay.wait_for_log("the rule to wait again", Duration::from_secs(5), |line| {
-        line.contains(r#"rule(s) ["cam"] wait for interface late0 again"#)
-    });
+    relay.wait_for_log(
+        "the rule to wait again",
+        scaled(Duration::from_secs(5)),
+        |line| line.contains(r#"rule(s) ["cam"] wait for interface late0 again"#),
+    );
     let listed = ctl.ok(&["list"]);
     assert!(
         listed.contains("cam") && listed.contains("waiting for interface(s) late0"),
@@ -212,7 +215,7 @@ fn input_deleted_and_recreated() {
     let _again = veth_pair(&topo.sender, LATE_PEER, &topo.relay, LATE_IF);
     // The sender's end went with the pair, and its address with it.
     send_through(&topo, LATE_PEER, None);
-    let Some(resumed) = stream.wait_from(from, at, Duration::from_secs(5)) else {
+    let Some(resumed) = stream.wait_from(from, at, scaled(Duration::from_secs(5))) else {
         panic!(
             "nothing relayed within 5 s of {LATE_IF}'s creation anew; log:\n{}",
             relay.log()
@@ -225,7 +228,7 @@ fn input_deleted_and_recreated() {
         "the new rings go to the running workers: none restarts"
     );
     assert!(
-        resumed < RESUME,
+        resumed < scaled(RESUME),
         "relaying resumed {resumed:?} after {LATE_IF} was created anew"
     );
     assert_eq!(metric(&topo, "fanout_relay_rules_waiting", None), Some(0.0));
@@ -256,9 +259,11 @@ fn output_deleted_and_recreated() {
 
     let out = Topology::RELAY_OUT_IF;
     topo.relay.ip(&["link", "del", out]);
-    relay.wait_for_log("the deletion to be seen", Duration::from_secs(5), |line| {
-        line.contains("interface rout0 (index") && line.contains("was deleted")
-    });
+    relay.wait_for_log(
+        "the deletion to be seen",
+        scaled(Duration::from_secs(5)),
+        |line| line.contains("interface rout0 (index") && line.contains("was deleted"),
+    );
     assert_eq!(
         metric(&topo, "fanout_relay_interface_up", Some(out)),
         Some(0.0)
@@ -288,7 +293,7 @@ fn output_deleted_and_recreated() {
         &format!("{}/24", Topology::RECEIVER_ADDR),
     );
     let seen = Capture::open(&topo.receiver, Topology::RECEIVER_IF, "239.2.2.2:6000")
-        .collect(50, Duration::from_secs(5))
+        .collect(50, scaled(Duration::from_secs(5)))
         .finish();
     let resumed = at.elapsed();
     assert!(
@@ -299,7 +304,7 @@ fn output_deleted_and_recreated() {
     );
     println!("{out} created anew: 50 datagrams sent on it within {resumed:?}");
     assert!(
-        resumed < RESUME,
+        resumed < scaled(RESUME),
         "relaying on {out} resumed {resumed:?} after it was created anew"
     );
     assert_eq!(
@@ -338,15 +343,17 @@ fn mtu_lowered_below_a_frame_and_raised_back() {
     let out = Topology::RELAY_OUT_IF;
     topo.relay
         .ip(&["link", "set", out, "mtu", &LOW.to_string()]);
-    relay.wait_for_log("the new MTU to be taken", Duration::from_secs(5), |line| {
-        line.contains("interface rout0: facts changed; generation")
-    });
-    let lowered = ctl.wait_settled(Duration::from_secs(5));
+    relay.wait_for_log(
+        "the new MTU to be taken",
+        scaled(Duration::from_secs(5)),
+        |line| line.contains("interface rout0: facts changed; generation"),
+    );
+    let lowered = ctl.wait_settled(scaled(Duration::from_secs(5)));
     assert!(lowered > settled, "no new generation for the MTU");
     let small_from = stream.next_seq();
     assert!(
         stream
-            .wait_from(small_from, Instant::now(), Duration::from_secs(2))
+            .wait_from(small_from, Instant::now(), scaled(Duration::from_secs(2)))
             .is_some(),
         "datagrams that fit the lowered MTU stopped too; log:\n{}",
         relay.log()
@@ -381,7 +388,7 @@ fn mtu_lowered_below_a_frame_and_raised_back() {
     let resumed = big.saturating_duration_since(at);
     println!("MTU back to 1500: big datagrams relayed again after {resumed:?}");
     assert!(
-        resumed < RESUME,
+        resumed < scaled(RESUME),
         "big datagrams resumed {resumed:?} after the MTU's return"
     );
     for worker in ctl.workers() {
@@ -473,7 +480,7 @@ fn a_rule_added_for_a_missing_interface_waits_for_it() {
     let at = Instant::now();
     let _late = veth_pair(&topo.sender, LATE_PEER, &topo.relay, LATE_IF);
     send_through(&topo, LATE_PEER, Some(Topology::SENDER_IF));
-    let Some(started) = stream.wait_from(from, at, Duration::from_secs(5)) else {
+    let Some(started) = stream.wait_from(from, at, scaled(Duration::from_secs(5))) else {
         panic!(
             "nothing relayed within 5 s of {LATE_IF}'s creation; log:\n{}",
             relay.log()
@@ -481,7 +488,7 @@ fn a_rule_added_for_a_missing_interface_waits_for_it() {
     };
     println!("{LATE_IF} created: the rule added while it was missing relayed after {started:?}");
     assert!(
-        started < RESUME,
+        started < scaled(RESUME),
         "relaying started {started:?} after {LATE_IF} was created"
     );
     assert_eq!(
@@ -489,4 +496,65 @@ fn a_rule_added_for_a_missing_interface_waits_for_it() {
         Some(1.0),
         "only third, whose gone0 does not exist, waits"
     );
+}
+
+/// The input appears down (moved into the relay's namespace, which takes an interface down):
+/// the kernel refuses a fanout group on it, so the rule goes on waiting, quietly, and starts
+/// when the interface comes up. A relay that started the rule on the interface's appearance
+/// would be refused and, not trying again, never relay.
+#[test]
+fn input_appearing_down_starts_when_up() {
+    if !ready("input_appearing_down_starts_when_up") {
+        return;
+    }
+    let topo = quiet_topology("ifc_down");
+    let dir = Workdir::new("ifc_down");
+    let config = relay_section(&dir, "workers = \"0-1\"\nfanout = \"cpu\"")
+        + &rule("cam", "239.1.1.1", 5000, "239.2.2.2", 6000).replace("rin0", LATE_IF);
+    let relay = RelayProcess::start(&topo.relay, &config, &["--metrics", METRICS]);
+    let ctl = Ctl::new(&dir);
+    let stream = Stream::start(&topo, TAG, PPS);
+
+    // Made in the sender's namespace and moved: the pair dies with either namespace.
+    topo.sender.ip(&[
+        "link", "add", LATE_PEER, "type", "veth", "peer", "name", LATE_IF,
+    ]);
+    topo.sender.ip(&["link", "set", LATE_PEER, "up"]);
+    topo.sender
+        .ip(&["link", "set", LATE_IF, "netns", topo.relay.name()]);
+    send_through(&topo, LATE_PEER, Some(Topology::SENDER_IF));
+    relay.wait_for_log(
+        "the interface's appearance",
+        scaled(Duration::from_secs(5)),
+        |line| line.contains("interface late0 appeared"),
+    );
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(stream.arrived(), 0, "relayed from an input that is down");
+    assert_eq!(metric(&topo, "fanout_relay_rules_waiting", None), Some(1.0));
+    let listed = ctl.ok(&["list"]);
+    assert!(
+        listed.contains("cam") && listed.contains("waiting for interface(s) late0"),
+        "ctl list does not show the rule:\n{listed}"
+    );
+
+    let from = stream.next_seq();
+    let at = Instant::now();
+    topo.relay.ip(&["link", "set", LATE_IF, "up"]);
+    let Some(started) = stream.wait_from(from, at, scaled(Duration::from_secs(5))) else {
+        panic!(
+            "nothing relayed within 5 s of {LATE_IF} coming up; log:\n{}",
+            relay.log()
+        );
+    };
+    println!("{LATE_IF} up: relaying started after {started:?}");
+    assert!(
+        started < scaled(RESUME),
+        "relaying started {started:?} after {LATE_IF} came up"
+    );
+    let log = relay.log();
+    assert!(
+        !log.contains("go on waiting: refused"),
+        "the relay tried the rule on the down interface:\n{log}"
+    );
+    assert_eq!(metric(&topo, "fanout_relay_rules_waiting", None), Some(0.0));
 }

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use fanout_relay_tests::ctl::{Ctl, Workdir, json_u64, relay_section, rule};
 use fanout_relay_tests::obs::{Metrics, promtool_check, scrape};
 use fanout_relay_tests::relay::{RelayProcess, Stream, quiet_topology};
-use fanout_relay_tests::{Topology, privileged, process_cpu_ticks, skip};
+use fanout_relay_tests::{Topology, privileged, process_cpu_ticks, scaled, skip, slowdown};
 
 /// Datagrams per second of the stream.
 const PPS: u32 = 5000;
@@ -19,7 +19,8 @@ const PPS: u32 = 5000;
 const METRICS: &str = "127.0.0.1:9469";
 /// How long a CPU reading lasts.
 const MEASURE: Duration = Duration::from_secs(2);
-/// Most CPU a worker may use while a link is down (the bound).
+/// Most CPU a worker may use while a link is down (the bound), on the development
+/// host; see [`down_cpu`].
 const DOWN_CPU: f64 = 0.05;
 /// Most CPU a worker may use relaying [`PPS`] after the link is back: far above what a debug
 /// build needs for it, far below the whole CPU that a worker spinning on a latched error uses.
@@ -63,6 +64,15 @@ fn worker_cpu_over(
         .into_iter()
         .map(|(cpu, pid, ticks)| (cpu, (cpu_ticks(pid) - ticks) as f64 / hz / elapsed))
         .collect()
+}
+
+/// [`DOWN_CPU`] times [`slowdown`], at most [`UP_CPU`]. While an output is down (or the input
+/// flaps) the workers still receive the stream, which under plain emulation costs 10 to 50
+/// times the CPU (measured on Debian 12's 6.1 there: 20 to 27 % with `rout0` down, 37 to 44 %
+/// relaying), so the host's bound would fail on speed alone; what the test is after, that no
+/// worker spins (a whole CPU), still shows under the stretched bound.
+fn down_cpu() -> f64 {
+    (DOWN_CPU * f64::from(slowdown())).min(UP_CPU)
 }
 
 fn assert_cpu_below(what: &str, used: &[(u32, f64)], bound: f64) {
@@ -226,9 +236,9 @@ fn down_and_up(tag: &str, ifname: &str, key: &str) {
         "{ifname} back: workers used {} relaying {PPS}/s",
         percent(&after)
     );
-    assert_cpu_below(&format!("while {ifname} was down"), &down, DOWN_CPU);
+    assert_cpu_below(&format!("while {ifname} was down"), &down, down_cpu());
     assert!(
-        resumed < RESUME,
+        resumed < scaled(RESUME),
         "relaying resumed {resumed:?} after {ifname} came back"
     );
     assert_cpu_below(&format!("after {ifname} came back"), &after, UP_CPU);
@@ -300,9 +310,9 @@ fn twenty_input_flaps_in_ten_seconds() {
     );
     // Half of the window the link was down and the other half the workers relayed: both
     // together stay under the bound for the link being down.
-    assert_cpu_below(&format!("while {ifname} flapped"), &flapping, DOWN_CPU);
+    assert_cpu_below(&format!("while {ifname} flapped"), &flapping, down_cpu());
     assert!(
-        resumed < RESUME,
+        resumed < scaled(RESUME),
         "relaying resumed {resumed:?} after the last flap"
     );
     assert_cpu_below(&format!("after {ifname} flapped"), &after, UP_CPU);

@@ -91,8 +91,13 @@ fn relay_on_its_own_input(name: &str, env: &[(&str, &str)]) -> String {
 
     // The relay did send on its input interface (else the counters below prove nothing).
     if let Err(problem) = check_stream(&echoed, 1, 0..N) {
+        // Where they were lost: the link's drop counters at both ends, and the kernel's
+        // per-CPU backlog drops (second column), which a veth's receive side counts in.
         panic!(
-            "frames sent back out of rin0: {problem}\nrelay log:\n{}",
+            "frames sent back out of rin0: {problem}\n{}\n{}\n/proc/net/softnet_stat:\n{}\nrelay log:\n{}",
+            topo.sender.ip(&["-s", "link", "show", Topology::SENDER_IF]),
+            topo.relay.ip(&["-s", "link", "show", "rin0"]),
+            std::fs::read_to_string("/proc/net/softnet_stat").unwrap_or_default(),
             exit.log
         );
     }

@@ -261,6 +261,13 @@ impl Capture {
             Ok::<_, fanout_core::SocketError>(socket)
         });
         let socket = socket.unwrap_or_else(|e| panic!("capture on {ifname}: {e}"));
+        // Room for a burst, as for `UdpReceiver`: the capture sees both directions of a link,
+        // and a slow machine (the tests under emulation) reads more slowly than the relay
+        // sends; with the default buffer the socket dropped up to 160 of 500 frames there
+        // that the link had delivered.
+        if setsockopt(&socket, sockopt::RcvBufForce, &RECEIVE_BUFFER).is_err() {
+            let _ = setsockopt(&socket, sockopt::RcvBuf, &RECEIVE_BUFFER);
+        }
         let label = format!("capture of {destination} on {ifname} in {}", ns.name());
         Capture {
             socket,

@@ -33,7 +33,11 @@ impl World {
                          returns (down {downs} time(s) since the relay started)"
                     );
                 }
-                Transition::Up { name } => log::info!("interface {name} is up again"),
+                Transition::Up { name } => {
+                    log::info!("interface {name} is up again");
+                    // A rule whose input appeared down waited for this.
+                    self.activate_waiting();
+                }
                 Transition::Appeared { name, index } => {
                     log::info!("interface {name} appeared (index {index})");
                     self.refresh(&name);
@@ -145,12 +149,21 @@ impl World {
         }
     }
 
-    /// Moves the waiting rules whose interfaces all exist now into the running set, as one
-    /// change; a rule the change refuses (invalid against the interface's facts) goes on
-    /// waiting, and the log says why.
+    /// Moves the waiting rules whose interfaces all exist now, and whose input runs, into the
+    /// running set, as one change; a rule the change refuses (invalid against the interface's
+    /// facts) goes on waiting, and the log says why.
+    ///
+    /// An input that exists but is down is waited for too: the kernel refuses a fanout join
+    /// on an interface that is not up (`EINVAL`), and an interface is created down, so a rule
+    /// started the moment its input appears would be refused whenever the relay sees the
+    /// creation before the interface is set up. It starts on the interface's `Up` instead.
     pub(super) fn activate_waiting(&mut self) {
+        let followed = self.lifecycle.interfaces();
         let ready = self.state.take_waiting(|rule| {
-            interfaces_of(rule).all(|name| rings::interface_facts(name).is_some())
+            let input_runs = followed
+                .get(rule.input.interface.as_str())
+                .is_none_or(|input| input.running);
+            input_runs && interfaces_of(rule).all(|name| rings::interface_facts(name).is_some())
         });
         if ready.is_empty() {
             return;
@@ -169,7 +182,8 @@ impl World {
 }
 
 impl World {
-    /// The waiting rules with their missing interfaces, for `ctl list`.
+    /// The waiting rules with the interfaces they wait for, for `ctl list`: the missing ones,
+    /// and the input while it exists but is down (see [`World::activate_waiting`]).
     pub(super) fn waiting_rules(&self) -> Vec<crate::control::proto::WaitingRule> {
         self.state
             .waiting()
@@ -181,7 +195,10 @@ impl World {
                         self.lifecycle
                             .interfaces()
                             .get(*name)
-                            .is_none_or(|followed| followed.index.is_none())
+                            .is_none_or(|followed| {
+                                followed.index.is_none()
+                                    || (*name == rule.input.interface && !followed.running)
+                            })
                     })
                     .map(str::to_owned)
                     .collect(),
