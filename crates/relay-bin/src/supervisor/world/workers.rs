@@ -199,10 +199,7 @@ impl World {
 
     /// Sends slot `index`'s worker its whole table of `generation`, which it confirms anew.
     pub(super) fn resync(&mut self, index: usize, generation: u64) {
-        let table = self.table_message(index);
-        let ToWorker::Table { rules, .. } = &table else {
-            unreachable!("table_message makes a table");
-        };
+        let rules = self.slot_entries(index);
         let slot = &mut self.slots[index];
         // Everything it needs goes over again: a resync also repairs outputs it lost.
         let interfaces = self.state.set().interfaces();
@@ -217,6 +214,11 @@ impl World {
         }
         // A worker that cannot be told is going away (`tell` kills a stuck one); its
         // successor starts with the whole table anyway.
+        let table = ToWorker::Table {
+            generation: self.state.generation(),
+            rules,
+            interfaces: interfaces.iter().cloned().collect(),
+        };
         if let Err(error) = slot.tell(&table) {
             log::debug!("worker on cpu {}: table not sent: {error}", slot.cpu);
         }
@@ -238,14 +240,6 @@ impl World {
             interfaces: self.interface_entries(),
             ring: self.ring,
             user: self.worker_user.clone(),
-        }
-    }
-
-    fn table_message(&self, slot: usize) -> ToWorker {
-        ToWorker::Table {
-            generation: self.state.generation(),
-            rules: self.slot_entries(slot),
-            interfaces: self.interface_entries(),
         }
     }
 
