@@ -20,6 +20,10 @@ pub(super) enum Transition {
     Down { name: String },
     /// It runs again.
     Up { name: String },
+    /// It was set administratively up (`IFF_UP`) and does not run yet: a fanout group may be
+    /// joined on it already, and frames may flow before the kernel reports it running (it does
+    /// so from its link watch, up to a second later).
+    Raised { name: String },
     /// Its MTU, hardware address or IPv4 addresses changed: the facts must be read again.
     Facts { name: String },
 }
@@ -31,6 +35,8 @@ pub(super) struct Followed {
     pub(super) index: Option<u32>,
     /// Whether it runs (`IFF_RUNNING`).
     pub(super) running: bool,
+    /// Whether it is administratively up (`IFF_UP`): the kernel takes a fanout join on it.
+    pub(super) admin_up: bool,
     /// Times it went down.
     pub(super) downs: u64,
     /// Times it was deleted (or renamed away).
@@ -60,6 +66,7 @@ impl Lifecycle {
             .or_insert_with(|| Followed {
                 index,
                 running: index.is_some(),
+                admin_up: index.is_some(),
                 ..Followed::default()
             });
     }
@@ -73,6 +80,7 @@ impl Lifecycle {
             .or_insert_with(|| Followed {
                 index: Some(facts.index),
                 running: true,
+                admin_up: true,
                 mtu: Some(facts.mtu),
                 mac: facts.mac,
                 ..Followed::default()
@@ -119,6 +127,7 @@ impl Lifecycle {
                     *followed = Followed {
                         index: Some(facts.index),
                         running: facts.running,
+                        admin_up: facts.up,
                         mtu: facts.mtu,
                         mac: facts.mac,
                         ..followed.clone()
@@ -134,6 +143,14 @@ impl Lifecycle {
                         });
                     }
                     return out;
+                }
+                if followed.admin_up != facts.up {
+                    followed.admin_up = facts.up;
+                    if facts.up && !facts.running {
+                        out.push(Transition::Raised {
+                            name: facts.name.clone(),
+                        });
+                    }
                 }
                 if followed.running != facts.running {
                     followed.running = facts.running;
@@ -181,6 +198,7 @@ impl Lifecycle {
         if let Some(followed) = self.interfaces.get_mut(name) {
             followed.index = None;
             followed.running = false;
+            followed.admin_up = false;
             followed.removals += 1;
             out.push(Transition::Gone {
                 name: name.to_owned(),
@@ -233,6 +251,41 @@ mod tests {
             mtu: Some(mtu),
             mac: Some([2, 0, 0, 0, 0, 1]),
         })
+    }
+
+    #[test]
+    fn an_interface_created_down_is_raised_before_it_runs() {
+        let mut lifecycle = Lifecycle::default();
+        lifecycle.follow("late0", None);
+        let created = |up, running| {
+            LinkEvent::Link(LinkFacts {
+                index: 9,
+                name: "late0".into(),
+                up,
+                running,
+                mtu: Some(1500),
+                mac: Some([2, 0, 0, 0, 0, 9]),
+            })
+        };
+        let appeared = lifecycle.observe(&created(false, false));
+        assert!(appeared.contains(&Transition::Appeared {
+            name: "late0".into(),
+            index: 9
+        }));
+        assert!(!lifecycle.interfaces()["late0"].admin_up);
+        assert_eq!(
+            lifecycle.observe(&created(true, false)),
+            vec![Transition::Raised {
+                name: "late0".into()
+            }]
+        );
+        assert!(lifecycle.interfaces()["late0"].admin_up);
+        assert_eq!(
+            lifecycle.observe(&created(true, true)),
+            vec![Transition::Up {
+                name: "late0".into()
+            }]
+        );
     }
 
     #[test]

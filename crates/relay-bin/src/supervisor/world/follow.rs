@@ -38,6 +38,10 @@ impl World {
                     // A rule whose input appeared down waited for this.
                     self.activate_waiting();
                 }
+                Transition::Raised { name } => {
+                    log::debug!("interface {name} was set up; it does not run yet");
+                    self.activate_waiting();
+                }
                 Transition::Appeared { name, index } => {
                     log::info!("interface {name} appeared (index {index})");
                     self.refresh(&name);
@@ -149,21 +153,23 @@ impl World {
         }
     }
 
-    /// Moves the waiting rules whose interfaces all exist now, and whose input runs, into the
+    /// Moves the waiting rules whose interfaces all exist now, and whose input is up, into the
     /// running set, as one change; a rule the change refuses (invalid against the interface's
     /// facts) goes on waiting, and the log says why.
     ///
-    /// An input that exists but is down is waited for too: the kernel refuses a fanout join
-    /// on an interface that is not up (`EINVAL`), and an interface is created down, so a rule
-    /// started the moment its input appears would be refused whenever the relay sees the
-    /// creation before the interface is set up. It starts on the interface's `Up` instead.
+    /// An input that exists but is administratively down is waited for too: the kernel
+    /// refuses a fanout join on an interface that is not up (`EINVAL`), and an interface is
+    /// created down, so a rule started the moment its input appears would be refused whenever
+    /// the relay sees the creation before the interface is set up. It starts when the
+    /// interface is set up (`IFF_UP`), not when the kernel reports it running: frames flow as
+    /// soon as the carrier is on, and the kernel's link watch may report that a second later.
     pub(super) fn activate_waiting(&mut self) {
         let followed = self.lifecycle.interfaces();
         let ready = self.state.take_waiting(|rule| {
-            let input_runs = followed
+            let input_up = followed
                 .get(rule.input.interface.as_str())
-                .is_none_or(|input| input.running);
-            input_runs && interfaces_of(rule).all(|name| rings::interface_facts(name).is_some())
+                .is_none_or(|input| input.admin_up);
+            input_up && interfaces_of(rule).all(|name| rings::interface_facts(name).is_some())
         });
         if ready.is_empty() {
             return;
@@ -197,7 +203,7 @@ impl World {
                             .get(*name)
                             .is_none_or(|followed| {
                                 followed.index.is_none()
-                                    || (*name == rule.input.interface && !followed.running)
+                                    || (*name == rule.input.interface && !followed.admin_up)
                             })
                     })
                     .map(str::to_owned)
