@@ -158,6 +158,32 @@ impl Ctl {
         &self.socket
     }
 
+    /// Sends a drift-test build's debug `command` (`debug_corrupt_table`,
+    /// `debug_forbidden_syscall`) for the worker on `cpu`; `None` when this build does not
+    /// have it.
+    pub fn debug(&self, command: &str, cpu: u32) -> Option<()> {
+        use std::io::{BufRead as _, BufReader, Write as _};
+        let mut stream = std::os::unix::net::UnixStream::connect(&self.socket)
+            .expect("connect to the control socket");
+        stream
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .expect("SO_RCVTIMEO");
+        writeln!(
+            stream,
+            "{{\"version\":1,\"command\":\"{command}\",\"cpu\":{cpu}}}"
+        )
+        .expect("send the request");
+        let mut answer = String::new();
+        BufReader::new(stream)
+            .read_line(&mut answer)
+            .expect("an answer");
+        if answer.contains("unknown variant") {
+            return None;
+        }
+        assert!(answer.starts_with("{\"ok\":true"), "{command}: {answer}");
+        Some(())
+    }
+
     /// Runs `fanout-relay ctl --socket <socket> <args>` and returns what it did.
     pub fn run(&self, args: &[&str]) -> CtlOutput {
         let mut cmd = Command::new(relay_binary());

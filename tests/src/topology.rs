@@ -33,6 +33,24 @@ pub struct Topology {
 }
 
 impl Topology {
+    /// Gives the sender's address and its multicast route to `peer`, another link's end in
+    /// the sender's namespace, taking the address from `from` when it still has it.
+    pub fn send_through(&self, peer: &str, from: Option<&str>) {
+        if let Some(from) = from {
+            self.sender.ip(&[
+                "addr",
+                "del",
+                &format!("{}/24", Topology::SENDER_ADDR),
+                "dev",
+                from,
+            ]);
+        }
+        self.sender
+            .add_addr(peer, &format!("{}/24", Topology::SENDER_ADDR));
+        self.sender
+            .ip(&["route", "replace", "224.0.0.0/4", "dev", peer]);
+    }
+
     /// Sender's interface.
     pub const SENDER_IF: &str = "snd0";
     /// Sender's (unroutable) source address.

@@ -2,8 +2,6 @@
 //! rules added at run time included, and serves them; a worker whose table drifted (forced with
 //! the `drift-test` build's debug command) is found out by its checksum and resynced.
 
-use std::io::{BufRead as _, BufReader, Write as _};
-use std::os::unix::net::UnixStream;
 use std::time::Duration;
 
 use fanout_relay_tests::ctl::{Ctl, Workdir, relay_section, rule, signal};
@@ -106,31 +104,6 @@ fn a_killed_worker_comes_back_with_the_current_generation() {
     assert_eq!(exit.summary.rule_packets("late"), u64::from(N));
 }
 
-/// Sends the drift-test build's debug request; `None` when this build does not have it.
-fn corrupt_table(ctl: &Ctl, cpu: u32) -> Option<()> {
-    let mut stream = UnixStream::connect(ctl.socket()).expect("connect to the control socket");
-    stream
-        .set_read_timeout(Some(Duration::from_secs(10)))
-        .expect("SO_RCVTIMEO");
-    writeln!(
-        stream,
-        "{{\"version\":1,\"command\":\"debug_corrupt_table\",\"cpu\":{cpu}}}"
-    )
-    .expect("send the request");
-    let mut answer = String::new();
-    BufReader::new(stream)
-        .read_line(&mut answer)
-        .expect("an answer");
-    if answer.contains("unknown variant") {
-        return None;
-    }
-    assert!(
-        answer.starts_with("{\"ok\":true"),
-        "debug_corrupt_table: {answer}"
-    );
-    Some(())
-}
-
 #[test]
 fn a_drifted_table_is_found_and_repaired() {
     if !privileged("a_drifted_table_is_found_and_repaired") {
@@ -148,7 +121,7 @@ fn a_drifted_table_is_found_and_repaired() {
     let generation = ctl.wait_settled(Duration::from_secs(10));
     let victim = ctl.workers()[0].cpu;
 
-    if corrupt_table(&ctl, victim).is_none() {
+    if ctl.debug("debug_corrupt_table", victim).is_none() {
         skip(
             "a_drifted_table_is_found_and_repaired",
             "the relay binary was built without `--features drift-test`",

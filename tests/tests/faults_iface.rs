@@ -156,24 +156,6 @@ fn input_absent_at_start_then_created() {
     }
 }
 
-/// Gives the sender's address and its multicast route to `peer`, the input pair's end in the
-/// sender's namespace, taking the address from `from` when it still has it.
-fn send_through(topo: &Topology, peer: &str, from: Option<&str>) {
-    if let Some(from) = from {
-        topo.sender.ip(&[
-            "addr",
-            "del",
-            &format!("{}/24", Topology::SENDER_ADDR),
-            "dev",
-            from,
-        ]);
-    }
-    topo.sender
-        .add_addr(peer, &format!("{}/24", Topology::SENDER_ADDR));
-    topo.sender
-        .ip(&["route", "replace", "224.0.0.0/4", "dev", peer]);
-}
-
 #[test]
 fn input_deleted_and_recreated() {
     if !ready("input_deleted_and_recreated") {
@@ -182,7 +164,7 @@ fn input_deleted_and_recreated() {
     let topo = quiet_topology("ifc_again");
     let dir = Workdir::new("ifc_again");
     let _first = veth_pair(&topo.sender, LATE_PEER, &topo.relay, LATE_IF);
-    send_through(&topo, LATE_PEER, Some(Topology::SENDER_IF));
+    topo.send_through(LATE_PEER, Some(Topology::SENDER_IF));
     let config = relay_section(&dir, "workers = \"0-1\"\nfanout = \"cpu\"")
         + &rule("cam", "239.1.1.1", 5000, "239.2.2.2", 6000).replace("rin0", LATE_IF);
     let (relay, ctl, stream, _) = relaying(&topo, &dir, &config);
@@ -214,7 +196,7 @@ fn input_deleted_and_recreated() {
     let at = Instant::now();
     let _again = veth_pair(&topo.sender, LATE_PEER, &topo.relay, LATE_IF);
     // The sender's end went with the pair, and its address with it.
-    send_through(&topo, LATE_PEER, None);
+    topo.send_through(LATE_PEER, None);
     let Some(resumed) = stream.wait_from(from, at, scaled(Duration::from_secs(5))) else {
         panic!(
             "nothing relayed within 5 s of {LATE_IF}'s creation anew; log:\n{}",
@@ -479,7 +461,7 @@ fn a_rule_added_for_a_missing_interface_waits_for_it() {
     let from = stream.next_seq();
     let at = Instant::now();
     let _late = veth_pair(&topo.sender, LATE_PEER, &topo.relay, LATE_IF);
-    send_through(&topo, LATE_PEER, Some(Topology::SENDER_IF));
+    topo.send_through(LATE_PEER, Some(Topology::SENDER_IF));
     let Some(started) = stream.wait_from(from, at, scaled(Duration::from_secs(5))) else {
         panic!(
             "nothing relayed within 5 s of {LATE_IF}'s creation; log:\n{}",
@@ -522,7 +504,7 @@ fn input_appearing_down_starts_when_up() {
     topo.sender.ip(&["link", "set", LATE_PEER, "up"]);
     topo.sender
         .ip(&["link", "set", LATE_IF, "netns", topo.relay.name()]);
-    send_through(&topo, LATE_PEER, Some(Topology::SENDER_IF));
+    topo.send_through(LATE_PEER, Some(Topology::SENDER_IF));
     relay.wait_for_log(
         "the interface's appearance",
         scaled(Duration::from_secs(5)),

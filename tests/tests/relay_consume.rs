@@ -355,19 +355,7 @@ fn the_filter_follows_an_input_deleted_and_created_anew() {
     let topo = topology("consume_ifc");
     let dir = Workdir::new("consume_ifc");
     let route = |topo: &Topology, from: Option<&str>| {
-        if let Some(from) = from {
-            topo.sender.ip(&[
-                "addr",
-                "del",
-                &format!("{}/24", Topology::SENDER_ADDR),
-                "dev",
-                from,
-            ]);
-        }
-        topo.sender
-            .add_addr(LATE_PEER, &format!("{}/24", Topology::SENDER_ADDR));
-        topo.sender
-            .ip(&["route", "replace", "224.0.0.0/4", "dev", LATE_PEER]);
+        topo.send_through(LATE_PEER, from);
         topo.relay.add_addr(LATE_IF, "198.51.101.1/24");
         topo.relay
             .sysctl(&format!("net.ipv4.conf.{LATE_IF}.rp_filter"), "0");

@@ -3,8 +3,6 @@
 //! (their transmit rings and sockets come from the supervisor); a worker that makes a system
 //! call outside its filter is killed by the kernel, counted, and replaced.
 
-use std::io::{BufRead, BufReader, Write};
-use std::os::unix::net::UnixStream;
 use std::time::Duration;
 
 use fanout_relay_tests::ctl::{Ctl, Workdir, relay_section, rule};
@@ -100,32 +98,6 @@ fn workers_run_as_nobody_without_capabilities_under_seccomp() {
     assert_eq!(exit.summary.rule_packets("unicast"), 200);
 }
 
-/// Sends the test build's request to make the worker on `cpu` call what its filter forbids;
-/// `None` when the build does not have it.
-fn forbidden_syscall(ctl: &Ctl, cpu: u32) -> Option<()> {
-    let mut stream = UnixStream::connect(ctl.socket()).expect("connect to the control socket");
-    stream
-        .set_read_timeout(Some(Duration::from_secs(10)))
-        .expect("SO_RCVTIMEO");
-    writeln!(
-        stream,
-        "{{\"version\":1,\"command\":\"debug_forbidden_syscall\",\"cpu\":{cpu}}}"
-    )
-    .expect("send the request");
-    let mut answer = String::new();
-    BufReader::new(stream)
-        .read_line(&mut answer)
-        .expect("an answer");
-    if answer.contains("unknown variant") {
-        return None;
-    }
-    assert!(
-        answer.starts_with("{\"ok\":true"),
-        "debug_forbidden_syscall: {answer}"
-    );
-    Some(())
-}
-
 #[test]
 fn a_forbidden_system_call_kills_the_worker_which_is_counted_and_replaced() {
     let test = "a_forbidden_system_call_kills_the_worker_which_is_counted_and_replaced";
@@ -141,7 +113,7 @@ fn a_forbidden_system_call_kills_the_worker_which_is_counted_and_replaced() {
     let workers = ctl.workers();
     let victim = workers[0].cpu;
     let old_pid = workers[0].pid.expect("a ready worker has a pid");
-    if forbidden_syscall(&ctl, victim).is_none() {
+    if ctl.debug("debug_forbidden_syscall", victim).is_none() {
         skip(
             test,
             "the relay binary was built without `--features drift-test`",
