@@ -188,10 +188,13 @@ pub enum CtlCommand {
     /// OUTPUT is IFACE:ADDRESS:PORT[,ttl=N][,source=ADDRESS][,dscp=N][,vlan=N]. Example:
     /// `fanout-relay ctl add cam1 eth0:239.1.1.1:5000 eth1:239.2.2.2:6000,ttl=8`; with
     /// `--inspect rtp+mpegts --max-pps 20000` it also counts the stream's health and limits it.
+    /// An input on several interfaces, `eth0+eth1:239.1.1.1:5000`, or on an `[[interface_group]]`
+    /// of the configuration, by its name, adds one rule per interface, `NAME.IFACE`, which
+    /// `ctl remove NAME` removes together.
     Add {
         /// Rule name.
         name: Option<String>,
-        /// What it matches: IFACE:ADDRESS:PORT[@SOURCE][,vlan=N].
+        /// What it matches: IFACE[+IFACE...]:ADDRESS:PORT[@SOURCE][,vlan=N].
         input: Option<String>,
         /// Where it sends: IFACE:ADDRESS:PORT[,ttl=N][,source=A][,dscp=N][,vlan=N].
         outputs: Vec<String>,

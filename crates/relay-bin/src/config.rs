@@ -34,7 +34,7 @@
 //! cpus = "0-1"             # the other CPUs of relay.workers serve rules that name no class
 //!
 //! [[interface_group]]      # optional: a rule's input on "uplinks" is one rule per member
-//! name = "uplinks"
+//! name = "uplinks"         # (or in place: input = { interface = ["eth3", "eth4"], ... })
 //! interfaces = ["eth3", "eth4"]
 //!
 //! [[rule]]
@@ -64,6 +64,7 @@ mod autoscale;
 mod class;
 mod error;
 mod groups;
+mod inline;
 mod pieces;
 mod ring;
 pub use autoscale::AutoscaleSection;
@@ -73,7 +74,7 @@ pub use class::{
 pub use error::{
     AutoscaleError, ConfigError, CpuListError, ParseError, RingFieldError, WorkersError,
 };
-pub use groups::{InterfaceGroup, check_groups};
+pub use groups::{InterfaceGroup, check_groups, inline_group_name, is_member_of, member_rules};
 pub use ring::{MAX_BUSY_POLL_US, RingSection, RingVersionSetting, SEGMENTED_SLOT_BYTES};
 
 /// Files from this size on are parsed piece by piece: a whole parse needs about 40 times the
@@ -399,11 +400,14 @@ impl ConfigFile {
     /// piece-by-piece reading whatever the text's size. Both readings must give the same
     /// result for every text, which tests and the fuzz targets check through this.
     pub fn parse_by(text: &str, in_pieces: bool) -> Result<Self, ParseError> {
+        let (text, inline_groups) = inline::lift(text);
+        let text = text.as_ref();
         let mut config: ConfigFile = if in_pieces && let Some(config) = pieces::parse(text) {
             config
         } else {
             toml::from_str(text).map_err(|error| ParseError::toml(error, text))?
         };
+        config.interface_groups.extend(inline_groups);
         config.relay.settle_cpus()?;
         Ok(config)
     }
@@ -535,6 +539,38 @@ mod tests {
                 .workers,
             WorkersSetting::Cpus(vec![0])
         );
+    }
+
+    #[test]
+    fn an_inline_interface_list_is_one_rule_per_member_in_both_readings() {
+        let text = r#"
+            [[rule]]
+            name = "cam"
+            input = { interface = ["in0", "in1"], destination = "239.1.1.1", port = 5000 }
+            outputs = [ { interface = "out0", destination = "239.2.2.2", port = 6000 } ]
+        "#;
+        for in_pieces in [false, true] {
+            let config = ConfigFile::parse_by(text, in_pieces).expect("valid");
+            let rules = config.to_rules();
+            let names: Vec<(&str, &str)> = rules
+                .iter()
+                .map(|rule| (rule.name.as_str(), rule.input.interface.as_str()))
+                .collect();
+            assert_eq!(names, [("cam.in0", "in0"), ("cam.in1", "in1")]);
+            let saved = config.to_toml();
+            let again = ConfigFile::parse(&saved).expect("saved text parses");
+            assert_eq!(again.to_rules(), rules, "{saved}");
+        }
+        let twice = text.replace(r#"["in0", "in1"]"#, r#"["in0", "in0"]"#);
+        let config = ConfigFile::parse(&twice).expect("parses");
+        let problems = check_groups(&config.interface_groups, |name| name.starts_with("in"));
+        assert_eq!(
+            problems,
+            [r#"rule "cam": input.interface: "in0" is listed twice"#]
+        );
+        let error = ConfigFile::parse(&text.replace("port = 5000", "port = 70000"))
+            .expect_err("port out of range");
+        assert_eq!(error.line(), Some(4), "{error}");
     }
 
     #[test]

@@ -16,7 +16,8 @@
 //! member's frames are counted apart (`ctl stats`, the metrics), a member that does not exist
 //! yet waits on its own while the others relay, and everything downstream (validation, tables,
 //! fanout groups, joins, the state file) sees ordinary rules. [`expand`] makes them when the
-//! file is read; `ctl add` and `ctl remove` work on the members' rules by their names.
+//! file is read. A rule may also list its interfaces in place, `input.interface = ["eth0",
+//! "eth1"]`, which is a group of that rule's own (module `inline`).
 
 use relay_rules::Rule;
 use serde::{Deserialize, Serialize};
@@ -46,26 +47,61 @@ pub(super) fn expand(rules: &[Rule], groups: &[InterfaceGroup]) -> Vec<Rule> {
     for rule in rules {
         match by_name.get(rule.input.interface.as_str()) {
             None => expanded.push(rule.clone()),
-            Some(group) => expanded.extend(group.interfaces.iter().map(|member| {
-                let mut one = rule.clone();
-                one.name = format!("{}.{member}", rule.name);
-                one.input.interface = member.clone();
-                one
-            })),
+            Some(group) => expanded.extend(member_rules(rule, &group.interfaces)),
         }
     }
     expanded
 }
 
+/// The rules `rule` stands for on each of `members`: named `RULE.MEMBER`, matching on that
+/// member, in member order.
+pub fn member_rules<'a>(rule: &'a Rule, members: &'a [String]) -> impl Iterator<Item = Rule> + 'a {
+    members.iter().map(move |member| {
+        let mut one = rule.clone();
+        one.name = member_name(&rule.name, member);
+        one.input.interface = member.clone();
+        one
+    })
+}
+
+/// The name of the rule that `rule`, on a group, stands for on its member `member`.
+fn member_name(rule: &str, member: &str) -> String {
+    format!("{rule}.{member}")
+}
+
+/// Whether `member` is one of the rules that a rule named `rule` on a group stands for: its
+/// name is `rule.INTERFACE`, with its own input interface.
+pub fn is_member_of(member: &Rule, rule: &str) -> bool {
+    member
+        .name
+        .strip_prefix(rule)
+        .and_then(|rest| rest.strip_prefix('.'))
+        .is_some_and(|interface| interface == member.input.interface)
+}
+
+/// The name of the group made for rule `rule`, whose input lists its interfaces in place: it
+/// starts with `:`, which no interface name can contain, so it never meets an interface.
+pub fn inline_group_name(rule: &str) -> String {
+    format!(":{rule}")
+}
+
+/// The rule whose list made the group `name`, if it is such a group.
+pub(super) fn inline_rule_of(name: &str) -> Option<&str> {
+    name.strip_prefix(':')
+}
+
 /// Every problem of `groups`, each naming the group: a name that is empty, taken twice or also
-/// an interface's (`is_interface`), no member, a member twice, or a member that is itself a
-/// group.
+/// an interface's (`is_interface`), no member, an empty member name, a member twice, or a
+/// member that is itself a group.
 pub fn check_groups(groups: &[InterfaceGroup], is_interface: impl Fn(&str) -> bool) -> Vec<String> {
     let names: BTreeSet<&str> = groups.iter().map(|group| group.name.as_str()).collect();
     let mut seen = BTreeSet::new();
     let mut problems = Vec::new();
     for group in groups {
-        let at = format!("interface_group {:?}", group.name);
+        let at = match inline_rule_of(&group.name) {
+            Some(rule) => format!("rule {rule:?}: input.interface"),
+            None => format!("interface_group {:?}", group.name),
+        };
         if group.name.is_empty() {
             problems.push(format!("{at}: the name is empty"));
         }
@@ -82,6 +118,9 @@ pub fn check_groups(groups: &[InterfaceGroup], is_interface: impl Fn(&str) -> bo
         }
         let mut members = BTreeSet::new();
         for member in &group.interfaces {
+            if member.is_empty() {
+                problems.push(format!("{at}: an interface name is empty"));
+            }
             if !members.insert(member.as_str()) {
                 problems.push(format!("{at}: {member:?} is listed twice"));
             }

@@ -52,10 +52,16 @@ pub struct Request {
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(tag = "command", rename_all = "snake_case", deny_unknown_fields)]
 pub enum Command {
-    /// Add one rule.
+    /// Add one rule; or, when its input names an `[[interface_group]]` of the running
+    /// configuration or `interfaces` lists several, the rules it stands for, one per input
+    /// interface (`RULE.INTERFACE`), as the configuration file would.
     Add {
         /// The rule, as in a configuration file.
         rule: Rule,
+        /// The input interfaces of a rule on several, listed in place; `rule.input.interface`
+        /// is then empty. Empty for a rule on one interface or on a named group.
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        interfaces: Vec<String>,
     },
     /// Remove one rule, by name or by match key.
     Remove {
@@ -352,7 +358,7 @@ pub struct WorkerReport {
 /// The fields a request of `command` may have besides `version` and `command`.
 fn fields(command: &Command) -> &'static [&'static str] {
     match command {
-        Command::Add { .. } => &["rule"],
+        Command::Add { .. } => &["rule", "interfaces"],
         Command::Remove { .. } => &["name", "key"],
         Command::Save { .. } => &["path"],
         Command::SetWorkers { .. } => &["workers", "class"],

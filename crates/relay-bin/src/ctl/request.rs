@@ -36,13 +36,15 @@ pub(super) fn command(command: &CtlCommand) -> Result<Command, RequestError> {
             class,
             stream,
             toml,
-        } => Command::Add {
-            rule: match (toml, name, input) {
+        } => {
+            let (rule, interfaces) = match (toml, name, input) {
                 (Some(path), None, None) if outputs.is_empty() => rule_from_toml(path)?,
                 (None, Some(name), Some(input)) if !outputs.is_empty() => {
+                    let mut input = parse_input(input)?;
+                    let interfaces = listed_interfaces(&mut input);
                     let mut rule = Rule {
                         name: name.clone(),
-                        input: parse_input(input)?,
+                        input,
                         outputs: outputs
                             .iter()
                             .map(|o| parse_output(o))
@@ -54,12 +56,25 @@ pub(super) fn command(command: &CtlCommand) -> Result<Command, RequestError> {
                         max_bps: None,
                     };
                     stream.apply(&mut rule);
-                    rule
+                    (rule, interfaces)
                 }
                 _ => return Err(RequestError::AddForm),
-            },
-        },
+            };
+            Command::Add { rule, interfaces }
+        }
     })
+}
+
+/// The interfaces of a compact input on several, `eth0+eth1:...`, taken out of `input` (whose
+/// interface is then empty, as the request wants it); none for an input on one interface.
+fn listed_interfaces(input: &mut Input) -> Vec<String> {
+    if !input.interface.contains('+') {
+        return Vec::new();
+    }
+    std::mem::take(&mut input.interface)
+        .split('+')
+        .map(str::to_owned)
+        .collect()
 }
 
 /// `path` resolved against the working directory: the relay writes it, from its own.
@@ -70,8 +85,9 @@ fn absolute(path: &Path) -> Result<PathBuf, RequestError> {
     })
 }
 
-/// Reads one `[[rule]]` from a TOML file (`-`: standard input).
-fn rule_from_toml(path: &Path) -> Result<Rule, RequestError> {
+/// Reads one `[[rule]]` from a TOML file (`-`: standard input), with the interfaces of its
+/// input when it lists several in place or names a group the file has.
+fn rule_from_toml(path: &Path) -> Result<(Rule, Vec<String>), RequestError> {
     let text = if path == Path::new("-") {
         std::io::read_to_string(std::io::stdin())
     } else {
@@ -86,7 +102,20 @@ fn rule_from_toml(path: &Path) -> Result<Rule, RequestError> {
         source,
     })?;
     match <[Rule; 1]>::try_from(file.rules) {
-        Ok([rule]) => Ok(rule),
+        Ok([mut rule]) => {
+            let group = file
+                .interface_groups
+                .into_iter()
+                .find(|group| group.name == rule.input.interface);
+            let interfaces = match group {
+                Some(group) => {
+                    rule.input.interface.clear();
+                    group.interfaces
+                }
+                None => Vec::new(),
+            };
+            Ok((rule, interfaces))
+        }
         Err(rules) => Err(RequestError::RuleCount {
             path: path.to_owned(),
             found: rules.len(),
@@ -241,7 +270,7 @@ mod tests {
         let crate::cli::Command::Ctl(ctl) = cli.command else {
             panic!("not ctl: {cli:?}");
         };
-        let Ok(Command::Add { rule }) = command(&ctl.command) else {
+        let Ok(Command::Add { rule, .. }) = command(&ctl.command) else {
             panic!("not an add");
         };
         assert_eq!(rule.inspect, Some(relay_rules::inspect::Inspect::RtpMpegTs));
@@ -260,6 +289,16 @@ mod tests {
             crate::cli::Cli::try_parse_from(wrong).is_err(),
             "an unknown inspection"
         );
+    }
+
+    #[test]
+    fn a_compact_input_on_several_interfaces_lists_them_apart() {
+        let mut input = parse_input("eth0+eth1:239.1.1.1:5000,vlan=7").expect("valid");
+        assert_eq!(listed_interfaces(&mut input), ["eth0", "eth1"]);
+        assert_eq!((input.interface.as_str(), input.vlan), ("", Some(7)));
+        let mut input = parse_input("eth0:239.1.1.1:5000").expect("valid");
+        assert!(listed_interfaces(&mut input).is_empty());
+        assert_eq!(input.interface, "eth0");
     }
 
     #[test]

@@ -184,6 +184,18 @@ impl RuleState {
             .collect()
     }
 
+    /// The `[[interface_group]]`s of the configuration it runs (a reload's, after one), which
+    /// `ctl add` expands a rule on a group by.
+    pub(crate) fn interface_groups(&self) -> &[crate::config::InterfaceGroup] {
+        &self.config.interface_groups
+    }
+
+    /// Makes `groups` the groups of [`RuleState::interface_groups`] (a reload's), in memory:
+    /// the caller writes the state.
+    pub(crate) fn replace_interface_groups(&mut self, groups: Vec<crate::config::InterfaceGroup>) {
+        self.config.interface_groups = groups;
+    }
+
     /// Makes `rules` the waiting ones (a reload's), in memory: the caller writes the state.
     pub(crate) fn replace_waiting(&mut self, rules: Vec<Rule>) {
         self.waiting.clear();

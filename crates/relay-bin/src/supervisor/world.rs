@@ -23,6 +23,7 @@
 mod autoscale;
 mod changes;
 mod follow;
+mod members;
 mod reports;
 mod resize;
 mod watchdog;

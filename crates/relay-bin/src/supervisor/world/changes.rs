@@ -1,6 +1,7 @@
 //! Control commands, and changes to the rule set applied to every worker with acknowledgement.
 
 use super::World;
+use super::members::StandsFor;
 use crate::config::ConfigFile;
 use crate::control::proto::{ChangeReport, Command, KeyEntry, Reply, Response};
 use crate::control::{Pending, respond};
@@ -79,7 +80,15 @@ impl World {
                 waiting: self.waiting_rules(),
                 consume: self.consume.report(),
             }),
-            Command::Add { rule } => {
+            Command::Add { rule, interfaces } => {
+                let rule = match self.stands_for(rule, interfaces) {
+                    Ok(StandsFor::Itself(rule)) => rule,
+                    Ok(StandsFor::Members(rules)) => return self.add_members(rules, reply),
+                    Err(refusal) => {
+                        respond(&reply, Response::refused(refusal));
+                        return;
+                    }
+                };
                 let missing: Vec<&str> = interfaces_of(&rule)
                     .filter(|name| rings::interface_facts(name).is_none())
                     .collect();
@@ -113,6 +122,10 @@ impl World {
                 self.change_waiting(change, "", reply);
                 return;
             }
+            Command::Remove {
+                name: Some(name),
+                key: None,
+            } if self.stands_for_members(&name) => return self.remove_members(&name, reply),
             Command::Remove { name, key } => match self.resolve(name, key) {
                 Ok(name) => {
                     let change = Change {
@@ -157,8 +170,13 @@ impl World {
     /// Adds a rule that waits for the interfaces `missing` names, or removes a waiting rule,
     /// as `change` says: no worker holds waiting rules, so the change is answered once it is in
     /// the state file.
-    fn change_waiting(&mut self, change: Change, missing: &str, reply: Sender<Response>) {
-        if let Some(rule) = change.add.first() {
+    pub(super) fn change_waiting(
+        &mut self,
+        change: Change,
+        missing: &str,
+        reply: Sender<Response>,
+    ) {
+        for rule in &change.add {
             let refusal = if self.state.set().get(&rule.name).is_some()
                 || self.state.waiting().contains_key(&rule.name)
             {
@@ -282,9 +300,9 @@ impl World {
                     );
                 }
                 let waiting: Vec<Rule> = waiting.into_iter().map(|(rule, _)| rule).collect();
-                Ok((text, rules, waiting))
+                Ok((text, rules, waiting, config.interface_groups))
             });
-        let (text, rules, waiting) = match loaded {
+        let (text, rules, waiting, groups) = match loaded {
             Ok(loaded) => loaded,
             Err(error) => return refuse_reload(reply, &error),
         };
@@ -328,6 +346,7 @@ impl World {
             );
         }
         self.state.replace_waiting(waiting);
+        self.state.replace_interface_groups(groups);
         // The state file now grew from this text (the waiting rules with it): a restart with
         // this file keeps the changes made at run time after it.
         if let Err(error) = self.state.adopt_config_text(&text) {
@@ -340,12 +359,32 @@ impl World {
                 path.display()
             );
         }
-        let generation = self.state.generation();
-        match report_rx.try_recv() {
+        let fallback = ChangeReport {
+            generation: self.state.generation(),
+            added,
+            removed,
+            ..ChangeReport::default()
+        };
+        self.forward_answer(&report_rx, reply, fallback, |report| {
+            report.runtime_only = runtime_only;
+        });
+    }
+
+    /// Passes the answer to a change applied with `answer` as its reply on to `reply`, once it
+    /// comes (now, or when the workers confirm), amended by `edit`; `fallback` is the report of
+    /// a change that was answered neither (nothing for the workers to confirm).
+    pub(super) fn forward_answer(
+        &mut self,
+        answer: &mpsc::Receiver<Response>,
+        reply: Option<Sender<Response>>,
+        fallback: ChangeReport,
+        edit: impl FnOnce(&mut ChangeReport),
+    ) {
+        match answer.try_recv() {
             // Answered at once: no worker had to confirm.
             Ok(mut response) => {
                 if let Some(Reply::Changed(report)) = &mut response.result {
-                    report.runtime_only = runtime_only;
+                    edit(report);
                 }
                 if let Some(reply) = reply {
                     respond(&reply, response);
@@ -355,25 +394,17 @@ impl World {
             Err(_) => match self
                 .pending
                 .iter_mut()
-                .find(|pending| pending.report.generation == generation)
+                .find(|pending| pending.report.generation == fallback.generation)
             {
                 Some(pending) => {
-                    pending.report.runtime_only = runtime_only;
+                    edit(&mut pending.report);
                     pending.reply = reply;
                 }
                 None => {
+                    let mut report = fallback;
+                    edit(&mut report);
                     if let Some(reply) = reply {
-                        respond(
-                            &reply,
-                            Response::ok(Reply::Changed(ChangeReport {
-                                generation,
-                                added,
-                                removed,
-                                runtime_only,
-                                unconfirmed: Vec::new(),
-                                waiting: Vec::new(),
-                            })),
-                        );
+                        respond(&reply, Response::ok(Reply::Changed(report)));
                     }
                 }
             },
@@ -383,7 +414,7 @@ impl World {
     /// Validates `change` as a whole, makes it the running set, tells the workers, and answers
     /// once they confirmed; says whether it was applied. A refused change leaves everything as
     /// it was.
-    fn apply(&mut self, change: Change, reply: Option<Sender<Response>>) -> bool {
+    pub(super) fn apply(&mut self, change: Change, reply: Option<Sender<Response>>) -> bool {
         self.apply_as(change, reply, true)
     }
 
