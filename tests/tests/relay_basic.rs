@@ -1,7 +1,7 @@
 //! The relay end to end on one rule: every datagram arrives rewritten, byte for byte, with the
 //! configured TTL; a source-specific rule relays its source only.
 
-use std::net::{Ipv4Addr, SocketAddrV4};
+use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
 use fanout_relay_tests::relay::{
@@ -56,11 +56,11 @@ fn one_rule_relays_every_datagram_byte_exact_with_its_ttl() {
         .filter(|&t| t != Some(7))
         .collect();
     assert!(ttls.is_empty(), "TTLs other than 7 arrived: {ttls:?}");
-    let relay_out: Ipv4Addr = Topology::RELAY_OUT_ADDR.parse().expect("a literal address");
-    let foreign: Vec<Option<SocketAddrV4>> = got
+    let relay_out: IpAddr = Topology::RELAY_OUT_ADDR.parse().expect("a literal address");
+    let foreign: Vec<Option<SocketAddr>> = got
         .iter()
         .map(|d| d.from)
-        .filter(|from| from.map(|a| *a.ip()) != Some(relay_out))
+        .filter(|from| from.map(|a| a.ip()) != Some(relay_out))
         .collect();
     assert!(
         foreign.is_empty(),

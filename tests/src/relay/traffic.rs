@@ -3,7 +3,7 @@
 
 use std::collections::BTreeMap;
 use std::io::IoSliceMut;
-use std::net::{Ipv4Addr, SocketAddrV4, UdpSocket};
+use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, UdpSocket};
 use std::ops::Range;
 use std::os::fd::AsRawFd as _;
 use std::sync::Arc;
@@ -13,7 +13,9 @@ use std::time::{Duration, Instant};
 
 use fanout_core::{PacketSocket, Protocol, VnetHeader};
 use nix::errno::Errno;
-use nix::sys::socket::{ControlMessageOwned, MsgFlags, SockaddrIn, recvmsg, setsockopt, sockopt};
+use nix::sys::socket::{
+    ControlMessageOwned, MsgFlags, SockaddrLike as _, SockaddrStorage, recvmsg, setsockopt, sockopt,
+};
 
 use crate::Netns;
 
@@ -48,6 +50,17 @@ fn addr(text: &str) -> SocketAddrV4 {
         .unwrap_or_else(|e| panic!("{text:?} is not an IPv4 address and port: {e}"))
 }
 
+fn any_addr(text: &str) -> SocketAddr {
+    text.parse()
+        .unwrap_or_else(|e| panic!("{text:?} is not an address and port: {e}"))
+}
+
+/// The index of interface `ifname` in `ns`.
+fn ifindex(ns: &Netns, ifname: &str) -> u32 {
+    ns.run(|| nix::net::if_::if_nametoindex(ifname))
+        .unwrap_or_else(|e| panic!("no interface {ifname} in {}: {e}", ns.name()))
+}
+
 fn ip(text: &str) -> Ipv4Addr {
     text.parse()
         .unwrap_or_else(|e| panic!("{text:?} is not an IPv4 address: {e}"))
@@ -76,6 +89,28 @@ impl UdpSender {
         UdpSender { socket }
     }
 
+    /// An IPv6 socket in `ns` bound to `source` (an address of the namespace), sending with
+    /// hop limit `hops` (unicast and multicast); a `tclass` sets the traffic class of
+    /// everything it sends. Multicast leaves by the kernel's `ff00::/8` route of the namespace's
+    /// interface, so the namespace should have one that is up besides `lo`.
+    pub fn new_v6(ns: &Netns, source: &str, hops: u32, tclass: Option<u8>) -> UdpSender {
+        let source: Ipv6Addr = source
+            .parse()
+            .unwrap_or_else(|e| panic!("{source:?} is not an IPv6 address: {e}"));
+        let socket = ns.run(|| UdpSocket::bind((source, 0)));
+        let socket = socket.unwrap_or_else(|e| panic!("bind [{source}]:0 in {}: {e}", ns.name()));
+        let hops = i32::try_from(hops).expect("a hop limit");
+        setsockopt(&socket, sockopt::Ipv6Ttl, &hops).expect("IPV6_UNICAST_HOPS");
+        setsockopt(&socket, sockopt::Ipv6MulticastHops, &hops).expect("IPV6_MULTICAST_HOPS");
+        socket
+            .set_multicast_loop_v6(false)
+            .expect("IPV6_MULTICAST_LOOP on a UDP socket");
+        if let Some(tclass) = tclass {
+            setsockopt(&socket, sockopt::Ipv6TClass, &i32::from(tclass)).expect("IPV6_TCLASS");
+        }
+        UdpSender { socket }
+    }
+
     /// The socket, e.g. to `connect` it.
     pub fn socket(&self) -> &UdpSocket {
         &self.socket
@@ -98,7 +133,7 @@ impl UdpSender {
         seqs: Range<u32>,
         pps: u32,
     ) -> Result<(), (u32, std::io::Error)> {
-        let destination = addr(destination);
+        let destination = any_addr(destination);
         let start = Instant::now();
         for (i, seq) in seqs.enumerate() {
             let due = start + Duration::from_secs_f64(i as f64 / f64::from(pps.max(1)));
@@ -137,12 +172,13 @@ impl UdpSender {
 pub struct Datagram {
     /// The UDP payload.
     pub payload: Vec<u8>,
-    /// The IPv4 TTL it arrived with, when known.
+    /// The IPv4 TTL or IPv6 hop limit it arrived with, when known.
     pub ttl: Option<u8>,
-    /// The IPv4 type of service byte (DSCP and ECN) it arrived with, when known.
+    /// The IPv4 type of service byte or IPv6 traffic class (DSCP and ECN) it arrived with, when
+    /// known.
     pub tos: Option<u8>,
     /// The sender's address and port, when known.
-    pub from: Option<SocketAddrV4>,
+    pub from: Option<SocketAddr>,
 }
 
 /// A UDP socket in a namespace that receives datagrams with their TTL and TOS (`IP_RECVTTL`,
@@ -170,17 +206,41 @@ impl UdpReceiver {
         Self::ready(socket, format!("receiver of {group} in {}", ns.name()))
     }
 
-    /// A socket in `ns` bound to the unicast `address` (`"203.0.113.2:7000"`).
+    /// An IPv6 socket in `ns` bound to `group` (`"[ff3e::8000:2]:6000"`) and joined to it on
+    /// `ifname`.
+    pub fn join_v6(ns: &Netns, group: &str, ifname: &str) -> UdpReceiver {
+        let group = any_addr(group);
+        let SocketAddr::V6(group) = group else {
+            panic!("{group} is not an IPv6 group");
+        };
+        let index = ifindex(ns, ifname);
+        let socket = ns.run(|| {
+            let socket = UdpSocket::bind(group)?;
+            socket.join_multicast_v6(group.ip(), index)?;
+            Ok::<_, std::io::Error>(socket)
+        });
+        let socket = socket.unwrap_or_else(|e| panic!("join {group} on {ifname}: {e}"));
+        Self::ready(socket, format!("receiver of {group} in {}", ns.name()))
+    }
+
+    /// A socket in `ns` bound to the unicast `address` (`"203.0.113.2:7000"`,
+    /// `"[2001:db8:3::2]:7000"`).
     pub fn bind(ns: &Netns, address: &str) -> UdpReceiver {
-        let address = addr(address);
+        let address = any_addr(address);
         let socket = ns.run(|| UdpSocket::bind(address));
         let socket = socket.unwrap_or_else(|e| panic!("bind {address} in {}: {e}", ns.name()));
         Self::ready(socket, format!("receiver on {address} in {}", ns.name()))
     }
 
     fn ready(socket: UdpSocket, label: String) -> UdpReceiver {
-        setsockopt(&socket, sockopt::Ipv4RecvTtl, &true).expect("IP_RECVTTL on a UDP socket");
-        setsockopt(&socket, sockopt::IpRecvTos, &true).expect("IP_RECVTOS on a UDP socket");
+        let local = socket.local_addr().expect("a bound socket's address");
+        if local.is_ipv4() {
+            setsockopt(&socket, sockopt::Ipv4RecvTtl, &true).expect("IP_RECVTTL on a UDP socket");
+            setsockopt(&socket, sockopt::IpRecvTos, &true).expect("IP_RECVTOS on a UDP socket");
+        } else {
+            setsockopt(&socket, sockopt::Ipv6RecvHopLimit, &true).expect("IPV6_RECVHOPLIMIT");
+            setsockopt(&socket, sockopt::Ipv6RecvTClass, &true).expect("IPV6_RECVTCLASS");
+        }
         // Room for a burst: a relay worker that restarts sends what queued in its ring at once,
         // faster than this test thread reads, and the default buffer holds only a few hundred
         // datagrams. Forced past rmem_max, as root.
@@ -206,7 +266,7 @@ impl UdpReceiver {
         let mut buf = vec![0u8; 65_536];
         let mut cmsg = nix::cmsg_space!(libc::c_int, libc::c_int);
         let mut iov = [IoSliceMut::new(&mut buf)];
-        let (len, ttl, tos, from) = match recvmsg::<SockaddrIn>(
+        let (len, ttl, tos, from) = match recvmsg::<SockaddrStorage>(
             self.socket.as_raw_fd(),
             &mut iov,
             Some(&mut cmsg),
@@ -216,12 +276,24 @@ impl UdpReceiver {
                 let (mut ttl, mut tos) = (None, None);
                 for c in msg.cmsgs().into_iter().flatten() {
                     match c {
-                        ControlMessageOwned::Ipv4Ttl(value) => ttl = u8::try_from(value).ok(),
+                        ControlMessageOwned::Ipv4Ttl(value)
+                        | ControlMessageOwned::Ipv6HopLimit(value) => {
+                            ttl = u8::try_from(value).ok();
+                        }
                         ControlMessageOwned::Ipv4Tos(value) => tos = Some(value),
+                        ControlMessageOwned::Ipv6TClass(value) => tos = u8::try_from(value).ok(),
                         _ => {}
                     }
                 }
-                let from = msg.address.map(|a| SocketAddrV4::new(a.ip(), a.port()));
+                let from = msg.address.and_then(|a| match a.family() {
+                    Some(nix::sys::socket::AddressFamily::Inet) => a
+                        .as_sockaddr_in()
+                        .map(|a| SocketAddr::from(SocketAddrV4::from(*a))),
+                    Some(nix::sys::socket::AddressFamily::Inet6) => a
+                        .as_sockaddr_in6()
+                        .map(|a| SocketAddr::from(std::net::SocketAddrV6::from(*a))),
+                    _ => None,
+                });
                 (msg.bytes, ttl, tos, from)
             }
             Err(Errno::EAGAIN | Errno::EINTR) => return None,
@@ -342,7 +414,10 @@ fn udp_in_frame(frame: &[u8], destination: SocketAddrV4) -> Option<Datagram> {
         payload: udp[8..].to_vec(),
         ttl: Some(ip[8]),
         tos: Some(ip[1]),
-        from: Some(SocketAddrV4::new(src, u16::from_be_bytes([udp[0], udp[1]]))),
+        from: Some(SocketAddr::from(SocketAddrV4::new(
+            src,
+            u16::from_be_bytes([udp[0], udp[1]]),
+        ))),
     })
 }
 
@@ -497,7 +572,7 @@ mod tests {
         let got = udp_in_frame(&frame, addr("239.2.2.2:6000")).expect("the frame matches");
         assert_eq!(got.payload, body);
         assert_eq!(got.ttl, Some(7));
-        assert_eq!(got.from, Some(addr("10.0.0.1:5000")));
+        assert_eq!(got.from, Some(any_addr("10.0.0.1:5000")));
         assert_eq!(udp_in_frame(&frame, addr("239.2.2.2:6001")), None);
     }
 
