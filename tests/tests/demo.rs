@@ -14,7 +14,8 @@ use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::mpsc;
 use std::time::Duration;
 
-/// Far more than the demo needs (a few seconds), so that only a hang fails on time.
+/// Far more than the demo needs (a few seconds), so that only a hang fails on time (stretched
+/// by the slowdown of an emulated kernel).
 const DEMO_TIMEOUT: Duration = Duration::from_secs(90);
 
 /// The `fanout-relay` binary next to this test executable, or `None` (after a skip) if it
@@ -99,7 +100,10 @@ fn finish(mut child: Child, lines: Option<mpsc::Sender<String>>) -> Finished {
         let _ = done_tx.send(());
         status
     });
-    if done.recv_timeout(DEMO_TIMEOUT).is_err() {
+    if done
+        .recv_timeout(fanout_relay_tests::scaled(DEMO_TIMEOUT))
+        .is_err()
+    {
         if let Ok(pid) = i32::try_from(pid) {
             let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
         }
@@ -141,9 +145,16 @@ fn final_rows(stdout: &str) -> Vec<(String, String, [u64; 4])> {
         .collect()
 }
 
-fn demo_command(binary: &Path, packets: &str, rate: &str) -> Command {
+/// The demo with `packets` per stream at `rate` per second; under a slowdown (an emulated
+/// kernel) the rate is divided by it, at least 20 per second, and the start may take as much
+/// longer: what is tested is that every packet arrives, not how fast.
+fn demo_command(binary: &Path, packets: &str, rate: u32) -> Command {
+    let slowdown = fanout_relay_tests::slowdown();
+    let rate = (rate / slowdown).max(20).to_string();
+    let start_timeout = (10 * slowdown).to_string();
     let mut cmd = Command::new(binary);
-    cmd.args(["demo", "--packets", packets, "--rate", rate])
+    cmd.args(["demo", "--packets", packets, "--rate", &rate])
+        .args(["--start-timeout", &start_timeout])
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
@@ -159,7 +170,7 @@ fn the_demo_relays_every_packet_and_leaves_nothing_behind() {
     let Some(binary) = demo_binary(test) else {
         return;
     };
-    let child = demo_command(&binary, "200", "400")
+    let child = demo_command(&binary, "200", 400)
         .spawn()
         .expect("start the demo");
     let pid = child.id();
@@ -226,7 +237,7 @@ fn ctrl_c_ends_the_demo_and_removes_everything() {
         return;
     };
     // 40 s of traffic: only the interrupt can end it in time.
-    let child = demo_command(&binary, "20000", "500")
+    let child = demo_command(&binary, "20000", 500)
         .spawn()
         .expect("start the demo");
     let pid = child.id();
@@ -234,7 +245,7 @@ fn ctrl_c_ends_the_demo_and_removes_everything() {
     let interrupter = std::thread::spawn(move || {
         // Interrupt once traffic flows, so the relay, sockets and threads all exist.
         let started = std::time::Instant::now();
-        while started.elapsed() < DEMO_TIMEOUT {
+        while started.elapsed() < fanout_relay_tests::scaled(DEMO_TIMEOUT) {
             match lines.recv_timeout(Duration::from_secs(1)) {
                 Ok(line) if line.contains("1s ") => break,
                 Ok(_) | Err(mpsc::RecvTimeoutError::Timeout) => {}
@@ -275,7 +286,7 @@ fn the_impaired_demo_shows_the_continuity_errors_of_its_drops() {
     let Some(binary) = demo_binary(test) else {
         return;
     };
-    let mut command = demo_command(&binary, "100", "500");
+    let mut command = demo_command(&binary, "100", 500);
     command.arg("--impair");
     let child = command.spawn().expect("start the demo");
     let pid = child.id();

@@ -280,6 +280,10 @@ pub struct DemoArgs {
     /// continuity errors.
     #[arg(long)]
     pub impair: bool,
+    /// How long the relay may take to start, and then to relay a first probe, in seconds
+    /// (raise it on a slow or emulated machine).
+    #[arg(long, default_value_t = 10, value_name = "SECONDS", value_parser = clap::value_parser!(u64).range(1..))]
+    pub start_timeout: u64,
 }
 
 /// Checks a worker set here, and passes the text on as the relay parses it.

@@ -37,8 +37,6 @@ use std::time::{Duration, Instant};
 use traffic::Tally;
 use world::{PROBE, STREAMS, TempConfig, World};
 
-/// How long the relay may take to say it relays, and then to relay the first probe.
-const START_TIMEOUT: Duration = Duration::from_secs(10);
 /// After the last packet is sent, how long receivers may go without a new packet.
 const QUIET_TIMEOUT: Duration = Duration::from_millis(1500);
 
@@ -115,17 +113,19 @@ fn relay_through(
 
     let rule_names = STREAMS.iter().chain([&PROBE]).map(|s| s.rule.to_owned());
     let mut relay = Relay::start(&world.relay, exe, config.path(), rule_names)?;
-    if !relay.wait_ready(START_TIMEOUT, interrupted)? {
+    // How long the relay may take to say it relays, and then to relay the first probe.
+    let start_timeout = Duration::from_secs(args.start_timeout);
+    if !relay.wait_ready(start_timeout, interrupted)? {
         return Err(DemoError::Interrupted);
     }
-    let Some(took) = traffic::probe(&sender, &probe_rx, START_TIMEOUT, || {
+    let Some(took) = traffic::probe(&sender, &probe_rx, start_timeout, || {
         interrupted() || relay.check_running().is_err()
     }) else {
         relay.check_running()?;
         return Err(if interrupted() {
             DemoError::Interrupted
         } else {
-            DemoError::NoProbe(START_TIMEOUT)
+            DemoError::NoProbe(start_timeout)
         });
     };
     drop(probe_rx);
