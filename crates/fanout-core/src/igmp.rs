@@ -146,6 +146,9 @@ impl Family {
 }
 
 /// A join or leave refused, by these checks or by the kernel.
+///
+/// Variants hold the membership boxed, which keeps the error as small as the IPv4-only one was
+/// for callers that carry it inside their own errors.
 #[derive(Debug, thiserror::Error)]
 pub enum IgmpError {
     /// The group is not a multicast address.
@@ -166,20 +169,20 @@ pub enum IgmpError {
     #[error("{membership} is already joined")]
     AlreadyJoined {
         /// The membership asked for again.
-        membership: IpMembership,
+        membership: Box<IpMembership>,
     },
     /// No interface has the index (checked before IPv6 joins; an IPv4 join on a missing
     /// interface is refused by the kernel with `ENODEV`).
     #[error("{membership}: no interface has index {} in this network namespace", membership.ifindex)]
     NoInterface {
         /// The membership asked for.
-        membership: IpMembership,
+        membership: Box<IpMembership>,
     },
     /// The interface has no IPv6, so no MLD report would leave it.
     #[error("{membership}: interface {interface} has no IPv6 ({state})")]
     NoIpv6 {
         /// The membership asked for.
-        membership: IpMembership,
+        membership: Box<IpMembership>,
         /// The interface's name.
         interface: String,
         /// Why it has none.
@@ -189,9 +192,9 @@ pub enum IgmpError {
     #[error("{membership}: {source}")]
     Interface {
         /// The membership asked for.
-        membership: IpMembership,
+        membership: Box<IpMembership>,
         /// What failed.
-        source: IfaceError,
+        source: Box<IfaceError>,
     },
     /// A socket to hold memberships could not be opened.
     #[error("socket({domain}, SOCK_DGRAM) for multicast memberships: {source}")]
@@ -207,7 +210,7 @@ pub enum IgmpError {
         /// The option: MCAST_JOIN_GROUP, MCAST_LEAVE_SOURCE_GROUP, ...
         option: &'static str,
         /// What was being joined or left.
-        membership: IpMembership,
+        membership: Box<IpMembership>,
         /// The errno.
         source: io::Error,
     },
@@ -289,7 +292,9 @@ impl Memberships {
             });
         }
         if self.contains(membership) {
-            return Err(IgmpError::AlreadyJoined { membership });
+            return Err(IgmpError::AlreadyJoined {
+                membership: Box::new(membership),
+            });
         }
         match Family::of(membership)? {
             Family::V4(v4) => self.v4.join(v4),
@@ -313,21 +318,32 @@ impl Memberships {
 
 /// Refuses an IPv6 join on an interface that is missing or has no IPv6.
 fn check_ipv6(membership: IpMembership) -> Result<(), IgmpError> {
+    let membership_box = || Box::new(membership);
     let interface = match iface::name_of(membership.ifindex) {
         Ok(name) => name,
         Err(IfaceError::IndexNotFound { .. }) => {
-            return Err(IgmpError::NoInterface { membership });
+            return Err(IgmpError::NoInterface {
+                membership: membership_box(),
+            });
         }
-        Err(source) => return Err(IgmpError::Interface { membership, source }),
+        Err(source) => {
+            return Err(IgmpError::Interface {
+                membership: membership_box(),
+                source: Box::new(source),
+            });
+        }
     };
     match iface::ipv6_state(&interface) {
         Ok(Ipv6State::Enabled) => Ok(()),
         Ok(state) => Err(IgmpError::NoIpv6 {
-            membership,
+            membership: membership_box(),
             interface,
             state,
         }),
-        Err(source) => Err(IgmpError::Interface { membership, source }),
+        Err(source) => Err(IgmpError::Interface {
+            membership: membership_box(),
+            source: Box::new(source),
+        }),
     }
 }
 

@@ -117,7 +117,7 @@ pub(super) fn setsockopt_membership<A: Address>(
     };
     result.map_err(|errno| IgmpError::Setsockopt {
         option: name,
-        membership: membership.to_ip(),
+        membership: Box::new(membership.to_ip()),
         source: io::Error::from(errno),
     })
 }
