@@ -26,6 +26,26 @@
 //! IPv6 is disabled and then sends no report, so the switch would never forward the group.
 //!
 //! The only unsafe code, the `setsockopt` calls, is in the submodule `sockopt`.
+//!
+//! ```no_run
+//! use std::net::{Ipv4Addr, Ipv6Addr};
+//! use fanout_core::iface;
+//! use fanout_core::igmp::{Membership, Membership6, Memberships};
+//!
+//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let ifindex = iface::index_of("eth0")?;
+//! let mut joined = Memberships::new();
+//! // Any source of 239.1.1.1, reported with IGMP.
+//! joined.join(Membership { ifindex, group: Ipv4Addr::new(239, 1, 1, 1), source: None })?;
+//! // 2001:db8::5's stream to ff3e::1234 only (SSM), reported with MLDv2.
+//! joined.join(Membership6 {
+//!     ifindex,
+//!     group: "ff3e::1234".parse::<Ipv6Addr>()?,
+//!     source: Some("2001:db8::5".parse()?),
+//! })?;
+//! // Both show in /proc/net/igmp and /proc/net/igmp6 until left, or until `joined` is dropped.
+//! # Ok(()) }
+//! ```
 
 mod pool;
 mod sockopt;
