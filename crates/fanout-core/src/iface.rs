@@ -1,4 +1,5 @@
-//! Interface facts: index ↔ name, link type and MAC, MTU, IPv4 addresses, flags.
+//! Interface facts: index ↔ name, link type and MAC, MTU, IPv4 addresses, flags, whether IPv6
+//! is on.
 //!
 //! A relay must know, before it opens a ring, whether an interface exists, whether it carries
 //! Ethernet headers (ring output) or not (socket output), its MTU and the source addresses it
@@ -7,10 +8,13 @@
 //! `getifaddrs(3)` (a netlink dump from a socket the call opens) and `SIOCGIFMTU` on a socket the
 //! call opens. sysfs (`/sys/class/net`) is avoided because it shows the namespace of whoever
 //! mounted it; [`operstate_in`] is the one exception and takes the sysfs root explicitly.
+//! [`ipv6_state`] reads `/proc/sys/net/ipv6`, which answers for the reading thread's namespace.
 
 mod ioctl;
+mod ipv6;
 
 pub(crate) use ioctl::{IfName, IfSocket};
+pub use ipv6::{Ipv6State, ipv6_state};
 
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};

@@ -6,8 +6,9 @@
 //! interface's traffic over worker threads or processes, classic BPF filters and steering
 //! programs, ring statistics, and hand-off of a ring between processes. Around them: CPU pinning
 //! ([`cpu`]), interface facts ([`iface`]), the RSS, RPS and IRQ facts that decide which CPU a
-//! packet lands on ([`steering`]), IGMP memberships by interface index ([`igmp`]) and UDP sends
-//! batched with `sendmmsg` ([`udp_batch`]). What the running kernel offers of all this is probed
+//! packet lands on ([`steering`]), IGMP and MLD memberships by interface index, IPv4 and IPv6
+//! groups in one set ([`igmp`]) and UDP sends to IPv4 and IPv6 destinations batched with
+//! `sendmmsg` ([`udp_batch`]). What the running kernel offers of all this is probed
 //! once per process, not read off its release ([`features`]); where a feature is missing the
 //! builders fall back. It knows nothing of rules.
 //!

@@ -4,7 +4,8 @@
 //! the kernel must resolve, or an interface without Ethernet headers), the payload goes through an
 //! ordinary UDP socket. [`UdpBatch`] keeps that off the per-packet syscall path: payloads are
 //! copied into buffers allocated once, and [`UdpBatch::flush`] hands the whole batch to the
-//! kernel in one call.
+//! kernel in one call. IPv6 destinations go through [`UdpBatch6`], on a socket
+//! [`ipv6_socket`] opens with the output's source, hop limit and traffic class.
 //!
 //! # Safety
 //!
@@ -16,6 +17,10 @@
     unsafe_code,
     reason = "sendmmsg(2), which std and nix's safe API do not offer allocation-free"
 )]
+
+mod v6;
+
+pub use v6::{Ipv6SocketError, Ipv6SocketOptions, UdpBatch6, ipv6_socket};
 
 use std::io;
 use std::net::{SocketAddrV4, UdpSocket};
