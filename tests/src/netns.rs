@@ -89,6 +89,27 @@ impl Netns {
             .unwrap_or_else(|e| panic!("{e}"));
     }
 
+    /// Waits (at most three seconds, stretched by [`crate::slowdown`]) until `ifname` is
+    /// running: a veth's peer coming up is seen by the kernel's link watch up to a second later,
+    /// and until then the interface drops what it is given to send.
+    pub fn wait_running(&self, ifname: &str) {
+        let deadline = std::time::Instant::now() + crate::scaled(std::time::Duration::from_secs(3));
+        self.run(|| {
+            while std::time::Instant::now() < deadline {
+                let info = fanout_core::InterfaceInfo::lookup(ifname)
+                    .unwrap_or_else(|e| panic!("{ifname} in the namespace: {e}"));
+                if info.flags.running {
+                    return;
+                }
+                std::thread::sleep(std::time::Duration::from_millis(10));
+            }
+            panic!(
+                "{ifname} is not running after {:?}",
+                crate::scaled(std::time::Duration::from_secs(3))
+            );
+        });
+    }
+
     /// Brings an interface up.
     pub fn link_up(&self, ifname: &str) {
         self.inner.link_up(ifname).unwrap_or_else(|e| panic!("{e}"));

@@ -2,14 +2,12 @@
 //! over a veth pair: the datagrams arrive in order, from the bound source, with the hop limit
 //! and traffic class asked for, to a unicast and a multicast destination.
 
-mod netns;
-
 use std::net::{Ipv6Addr, SocketAddr, SocketAddrV6, UdpSocket};
 use std::time::{Duration, Instant};
 
 use fanout_core::udp_batch::{Ipv6SocketOptions, UdpBatch6, ipv6_socket};
 use fanout_core::{PacketSocket, Protocol};
-use netns::Netns;
+use fanout_relay_tests::{Netns, privileged};
 
 const SENDER_IF: &str = "u6a";
 const RECEIVER_IF: &str = "u6b";
@@ -47,12 +45,11 @@ fn udp_of(frame: &[u8]) -> Option<Seen> {
 
 #[test]
 fn a_batch_reaches_an_ipv6_receiver_with_its_hop_limit_and_class() {
-    let Some(sender_ns) = Netns::new("fcu6s") else {
+    if !privileged("a_batch_reaches_an_ipv6_receiver_with_its_hop_limit_and_class") {
         return;
-    };
-    let Some(receiver_ns) = Netns::new("fcu6r") else {
-        return;
-    };
+    }
+    let sender_ns = Netns::new("fcu6s");
+    let receiver_ns = Netns::new("fcu6r");
     sender_ns.ip(&[
         "link",
         "add",
