@@ -220,24 +220,42 @@ fn parse_key(text: &str) -> Result<KeyEntry, ArgError> {
 }
 
 fn parse_endpoint(text: &str) -> Result<(String, Ipv4Addr, u16), ArgError> {
-    let mut parts = text.splitn(3, ':');
-    match (parts.next(), parts.next(), parts.next()) {
-        (Some(interface), Some(address), Some(port)) if !interface.is_empty() => Ok((
-            interface.to_owned(),
-            parse_addr(address, "address")?,
-            port.parse().map_err(|_| ArgError::Port {
-                text: text.to_owned(),
-                port: port.to_owned(),
-            })?,
-        )),
-        _ => Err(ArgError::Endpoint {
+    let Some((interface, address, port)) = split_endpoint(text) else {
+        return Err(ArgError::Endpoint {
             text: text.to_owned(),
-        }),
-    }
+        });
+    };
+    Ok((
+        interface.to_owned(),
+        parse_addr(address, "address")?,
+        port.parse().map_err(|_| ArgError::Port {
+            text: text.to_owned(),
+            port: port.to_owned(),
+        })?,
+    ))
 }
 
+/// `IFACE:ADDRESS:PORT` in its three parts; an IPv6 address is written in brackets
+/// (`eth0:[ff3e::8000:1]:5000`), as in a URL, since its own colons would make it ambiguous.
+fn split_endpoint(text: &str) -> Option<(&str, &str, &str)> {
+    let (interface, rest) = text.split_once(':')?;
+    let (address, port) = match rest.strip_prefix('[') {
+        Some(bracketed) => {
+            let (address, after) = bracketed.split_once(']')?;
+            (address, after.strip_prefix(':')?)
+        }
+        None => rest.split_once(':')?,
+    };
+    (!interface.is_empty()).then_some((interface, address, port))
+}
+
+/// An address, IPv6 in brackets or not (`@[2001:db8::10]` or `source=2001:db8::10`).
 fn parse_addr(text: &str, what: &'static str) -> Result<Ipv4Addr, ArgError> {
-    text.parse().map_err(|_| ArgError::Address {
+    let bare = text
+        .strip_prefix('[')
+        .and_then(|inner| inner.strip_suffix(']'))
+        .unwrap_or(text);
+    bare.parse().map_err(|_| ArgError::Address {
         text: text.to_owned(),
         what,
     })
@@ -299,6 +317,26 @@ mod tests {
         let mut input = parse_input("eth0:239.1.1.1:5000").expect("valid");
         assert!(listed_interfaces(&mut input).is_empty());
         assert_eq!(input.interface, "eth0");
+    }
+
+    #[test]
+    fn endpoints_split_with_bracketed_ipv6_addresses() {
+        assert_eq!(
+            split_endpoint("eth0:239.1.1.1:5000"),
+            Some(("eth0", "239.1.1.1", "5000"))
+        );
+        assert_eq!(
+            split_endpoint("eth0:[ff3e::8000:1]:5000"),
+            Some(("eth0", "ff3e::8000:1", "5000"))
+        );
+        for wrong in [
+            "eth0:[ff3e::1]5000",
+            "eth0:[ff3e::1:5000",
+            ":1.2.3.4:5",
+            "eth0:5000",
+        ] {
+            assert_eq!(split_endpoint(wrong), None, "{wrong}");
+        }
     }
 
     #[test]
