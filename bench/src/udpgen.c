@@ -6,6 +6,10 @@
  *   u64 sequence number, u64 send time (CLOCK_MONOTONIC, ns), u32 magic  (little endian)
  * and is padded to --size bytes of UDP payload.
  *
+ * --dst is GROUP:PORT for IPv4 and [GROUP]:PORT for IPv6 (or a unicast address in either form);
+ * --src, of the same family, is the local address sent from: its interface is the multicast
+ * output interface (IP_MULTICAST_IF, or IPV6_MULTICAST_IF with that interface's index).
+ *
  * It stops after --count datagrams or --duration seconds, whichever comes first, and prints one
  * line of key=value figures on stdout: sent, seconds, pps, errors (datagrams the kernel refused).
  *
@@ -16,6 +20,8 @@
 #include <arpa/inet.h>
 #include <errno.h>
 #include <getopt.h>
+#include <ifaddrs.h>
+#include <net/if.h>
 #include <netinet/in.h>
 #include <sched.h>
 #include <stdint.h>
@@ -42,9 +48,9 @@ static uint64_t now_ns(void)
 static void usage(void)
 {
 	fprintf(stderr,
-		"usage: udpgen --dst GROUP:PORT [--src ADDR] [--size BYTES] [--count N]\n"
+		"usage: udpgen --dst GROUP:PORT|[GROUP6]:PORT [--src ADDR] [--size BYTES] [--count N]\n"
 		"              [--duration SECONDS] [--rate PPS] [--batch N] [--flows N]\n"
-		"              [--cpu K] [--ttl T]\n");
+		"              [--cpu K] [--ttl T (IPv6: the hop limit)]\n");
 	exit(2);
 }
 
@@ -61,6 +67,110 @@ static void die(const char *what)
 {
 	perror(what);
 	exit(1);
+}
+
+/* Index of the interface that holds IPv6 address `address`, 0 if none does. */
+static unsigned interface_of(const struct in6_addr *address)
+{
+	struct ifaddrs *list, *entry;
+	unsigned index = 0;
+	if (getifaddrs(&list) != 0)
+		die("getifaddrs");
+	for (entry = list; entry && !index; entry = entry->ifa_next) {
+		if (!entry->ifa_addr || entry->ifa_addr->sa_family != AF_INET6)
+			continue;
+		const struct sockaddr_in6 *own = (const struct sockaddr_in6 *)entry->ifa_addr;
+		if (memcmp(&own->sin6_addr, address, sizeof *address) == 0)
+			index = if_nametoindex(entry->ifa_name);
+	}
+	freeifaddrs(list);
+	return index;
+}
+
+/*
+ * Parses GROUP:PORT (IPv4) or [GROUP]:PORT (IPv6) into `to`; returns its length, 0 if malformed.
+ */
+static socklen_t parse_destination(const char *text, struct sockaddr_storage *to)
+{
+	char host[INET6_ADDRSTRLEN];
+	const char *end, *port;
+	if (text[0] == '[') {
+		end = strchr(text, ']');
+		if (!end || end[1] != ':')
+			return 0;
+		text++;
+		port = end + 2;
+	} else {
+		end = strrchr(text, ':');
+		if (!end)
+			return 0;
+		port = end + 1;
+	}
+	if ((size_t)(end - text) >= sizeof host)
+		return 0;
+	memcpy(host, text, (size_t)(end - text));
+	host[end - text] = 0;
+	uint16_t number = htons((uint16_t)atoi(port));
+	memset(to, 0, sizeof *to);
+	struct sockaddr_in *v4 = (struct sockaddr_in *)to;
+	struct sockaddr_in6 *v6 = (struct sockaddr_in6 *)to;
+	if (inet_pton(AF_INET, host, &v4->sin_addr) == 1) {
+		v4->sin_family = AF_INET;
+		v4->sin_port = number;
+		return sizeof *v4;
+	}
+	if (inet_pton(AF_INET6, host, &v6->sin6_addr) == 1) {
+		v6->sin6_family = AF_INET6;
+		v6->sin6_port = number;
+		return sizeof *v6;
+	}
+	return 0;
+}
+
+/* Sets the hop limit, multicast loop off and the source of one IPv6 socket. */
+static void setup_ipv6(int fd, long hops, const char *src)
+{
+	int value = (int)hops;
+	if (setsockopt(fd, IPPROTO_IPV6, IPV6_MULTICAST_HOPS, &value, sizeof value) != 0)
+		die("IPV6_MULTICAST_HOPS");
+	if (setsockopt(fd, IPPROTO_IPV6, IPV6_UNICAST_HOPS, &value, sizeof value) != 0)
+		die("IPV6_UNICAST_HOPS");
+	value = 0;
+	setsockopt(fd, IPPROTO_IPV6, IPV6_MULTICAST_LOOP, &value, sizeof value);
+	if (!src)
+		return;
+	struct sockaddr_in6 local = {.sin6_family = AF_INET6};
+	if (inet_pton(AF_INET6, src, &local.sin6_addr) != 1)
+		usage();
+	unsigned index = interface_of(&local.sin6_addr);
+	if (index == 0) {
+		fprintf(stderr, "udpgen: no interface holds %s\n", src);
+		exit(1);
+	}
+	if (setsockopt(fd, IPPROTO_IPV6, IPV6_MULTICAST_IF, &index, sizeof index) != 0)
+		die("IPV6_MULTICAST_IF");
+	if (bind(fd, (struct sockaddr *)&local, sizeof local) != 0)
+		die("bind");
+}
+
+/* Sets the TTL, multicast loop off and the source of one IPv4 socket. */
+static void setup_ipv4(int fd, long ttl, const char *src)
+{
+	int value = (int)ttl;
+	if (setsockopt(fd, IPPROTO_IP, IP_MULTICAST_TTL, &value, sizeof value) != 0)
+		die("IP_MULTICAST_TTL");
+	value = 0;
+	setsockopt(fd, IPPROTO_IP, IP_MULTICAST_LOOP, &value, sizeof value);
+	if (!src)
+		return;
+	struct in_addr source;
+	if (inet_pton(AF_INET, src, &source) != 1)
+		usage();
+	if (setsockopt(fd, IPPROTO_IP, IP_MULTICAST_IF, &source, sizeof source) != 0)
+		die("IP_MULTICAST_IF");
+	struct sockaddr_in local = {.sin_family = AF_INET, .sin_addr = source};
+	if (bind(fd, (struct sockaddr *)&local, sizeof local) != 0)
+		die("bind");
 }
 
 int main(int argc, char **argv)
@@ -97,14 +207,9 @@ int main(int argc, char **argv)
 	    flows > MAX_FLOWS || duration <= 0 || rate < 0)
 		usage();
 
-	char host[64];
-	const char *colon = strrchr(dst, ':');
-	if (!colon || (size_t)(colon - dst) >= sizeof host)
-		usage();
-	memcpy(host, dst, (size_t)(colon - dst));
-	host[colon - dst] = 0;
-	struct sockaddr_in to = {.sin_family = AF_INET, .sin_port = htons((uint16_t)atoi(colon + 1))};
-	if (inet_pton(AF_INET, host, &to.sin_addr) != 1)
+	struct sockaddr_storage to;
+	socklen_t to_length = parse_destination(dst, &to);
+	if (to_length == 0)
 		usage();
 
 	if (cpu >= 0) {
@@ -118,27 +223,16 @@ int main(int argc, char **argv)
 	/* One socket per flow: distinct source ports, so hash fanout has flows to spread. */
 	int fds[MAX_FLOWS];
 	for (long f = 0; f < flows; f++) {
-		int fd = socket(AF_INET, SOCK_DGRAM, 0);
+		int fd = socket(to.ss_family, SOCK_DGRAM, 0);
 		if (fd < 0)
 			die("socket");
-		int value = (int)ttl;
-		if (setsockopt(fd, IPPROTO_IP, IP_MULTICAST_TTL, &value, sizeof value) != 0)
-			die("IP_MULTICAST_TTL");
-		value = 0;
-		setsockopt(fd, IPPROTO_IP, IP_MULTICAST_LOOP, &value, sizeof value);
-		value = 4 << 20;
+		if (to.ss_family == AF_INET6)
+			setup_ipv6(fd, ttl, src);
+		else
+			setup_ipv4(fd, ttl, src);
+		int value = 4 << 20;
 		setsockopt(fd, SOL_SOCKET, SO_SNDBUFFORCE, &value, sizeof value);
-		if (src) {
-			struct in_addr source;
-			if (inet_pton(AF_INET, src, &source) != 1)
-				usage();
-			if (setsockopt(fd, IPPROTO_IP, IP_MULTICAST_IF, &source, sizeof source) != 0)
-				die("IP_MULTICAST_IF");
-			struct sockaddr_in local = {.sin_family = AF_INET, .sin_addr = source};
-			if (bind(fd, (struct sockaddr *)&local, sizeof local) != 0)
-				die("bind");
-		}
-		if (connect(fd, (struct sockaddr *)&to, sizeof to) != 0)
+		if (connect(fd, (struct sockaddr *)&to, to_length) != 0)
 			die("connect");
 		fds[f] = fd;
 	}

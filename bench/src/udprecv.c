@@ -3,8 +3,11 @@
  * latency: the kernel's receive timestamp (SO_TIMESTAMPNS) minus the send time in the payload.
  *
  * It joins --group on every --join interface (one socket; copies arriving over several
- * interfaces all count), signals readiness by creating --ready FILE, and stops --idle-ms after
- * the last datagram (once one has arrived) or after --max-seconds. It prints one line of
+ * interfaces all count): an IPv4 group with IP_ADD_MEMBERSHIP, an IPv6 one (its family is read
+ * from the address) with IPV6_JOIN_GROUP. Without --group it listens on --bind ADDR (a unicast
+ * address of either family) or, without that, on every IPv4 address. It signals readiness by
+ * creating --ready FILE, and stops --idle-ms after the last datagram (once one has arrived) or
+ * after --max-seconds. It prints one line of
  * key=value figures on stdout: received, foreign (datagrams without udpgen's header), and with
  * --latency the 50th, 99th and 99.9th percentile and the maximum in microseconds.
  *
@@ -57,7 +60,8 @@ static void die(const char *what)
 
 static void usage(void)
 {
-	fprintf(stderr, "usage: udprecv --port P [--group G --join IF ...] [--latency] [--idle-ms MS]\n"
+	fprintf(stderr, "usage: udprecv --port P [--group G --join IF ... | --bind ADDR] [--latency]\n"
+			"               [--idle-ms MS]"
 			"               [--max-seconds S] [--warmup-ms MS] [--ready FILE] [--cpu K]\n");
 	exit(2);
 }
@@ -78,7 +82,7 @@ static double percentile_us(const int64_t *sorted, size_t n, double p)
 
 int main(int argc, char **argv)
 {
-	const char *group = NULL, *ready = NULL;
+	const char *group = NULL, *ready = NULL, *bind_to = NULL;
 	const char *joins[MAX_JOINS];
 	int njoins = 0, latency = 0, port = 0;
 	long idle_ms = 500, warmup_ms = 0, cpu = -1;
@@ -88,7 +92,8 @@ int main(int argc, char **argv)
 		{"join", required_argument, NULL, 'j'},   {"latency", no_argument, NULL, 'l'},
 		{"idle-ms", required_argument, NULL, 'i'}, {"max-seconds", required_argument, NULL, 'm'},
 		{"warmup-ms", required_argument, NULL, 'w'}, {"ready", required_argument, NULL, 'r'},
-		{"cpu", required_argument, NULL, 'c'},    {NULL, 0, NULL, 0},
+		{"cpu", required_argument, NULL, 'c'},    {"bind", required_argument, NULL, 'b'},
+		{NULL, 0, NULL, 0},
 	};
 	int opt;
 	while ((opt = getopt_long(argc, argv, "", options, NULL)) != -1) {
@@ -106,10 +111,11 @@ int main(int argc, char **argv)
 		case 'w': warmup_ms = atol(optarg); break;
 		case 'r': ready = optarg; break;
 		case 'c': cpu = atol(optarg); break;
+		case 'b': bind_to = optarg; break;
 		default: usage();
 		}
 	}
-	if (port <= 0 || port > 65535 || (njoins > 0 && !group))
+	if (port <= 0 || port > 65535 || (njoins > 0 && !group) || (group && bind_to))
 		usage();
 	if (cpu >= 0) {
 		cpu_set_t set;
@@ -119,25 +125,60 @@ int main(int argc, char **argv)
 			die("sched_setaffinity");
 	}
 
-	int fd = socket(AF_INET, SOCK_DGRAM, 0);
+	/* The family is the group's, or the bound address's; IPv4 when neither is given. */
+	const char *address = group ? group : bind_to;
+	struct sockaddr_storage local;
+	socklen_t local_length;
+	memset(&local, 0, sizeof local);
+	struct sockaddr_in *local4 = (struct sockaddr_in *)&local;
+	struct sockaddr_in6 *local6 = (struct sockaddr_in6 *)&local;
+	struct in_addr group4;
+	struct in6_addr group6;
+	int family;
+	if (address && inet_pton(AF_INET6, address, &group6) == 1) {
+		family = AF_INET6;
+		local6->sin6_family = AF_INET6;
+		local6->sin6_port = htons((uint16_t)port);
+		local6->sin6_addr = bind_to ? group6 : in6addr_any;
+		local_length = sizeof *local6;
+	} else if (!address || inet_pton(AF_INET, address, &group4) == 1) {
+		family = AF_INET;
+		local4->sin_family = AF_INET;
+		local4->sin_port = htons((uint16_t)port);
+		local4->sin_addr.s_addr = bind_to ? group4.s_addr : htonl(INADDR_ANY);
+		local_length = sizeof *local4;
+	} else {
+		usage();
+	}
+
+	int fd = socket(family, SOCK_DGRAM, 0);
 	if (fd < 0)
 		die("socket");
 	int one = 1;
 	setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
+	if (family == AF_INET6 && setsockopt(fd, IPPROTO_IPV6, IPV6_V6ONLY, &one, sizeof one) != 0)
+		die("IPV6_V6ONLY");
 	int rcvbuf = 32 << 20;
 	if (setsockopt(fd, SOL_SOCKET, SO_RCVBUFFORCE, &rcvbuf, sizeof rcvbuf) != 0)
 		setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &rcvbuf, sizeof rcvbuf);
 	if (latency && setsockopt(fd, SOL_SOCKET, SO_TIMESTAMPNS, &one, sizeof one) != 0)
 		die("SO_TIMESTAMPNS");
-	struct sockaddr_in local = {.sin_family = AF_INET, .sin_port = htons((uint16_t)port)};
-	if (bind(fd, (struct sockaddr *)&local, sizeof local) != 0)
+	if (bind(fd, (struct sockaddr *)&local, local_length) != 0)
 		die("bind");
 	for (int i = 0; i < njoins; i++) {
-		struct ip_mreqn request = {.imr_ifindex = (int)if_nametoindex(joins[i])};
-		if (request.imr_ifindex == 0 || inet_pton(AF_INET, group, &request.imr_multiaddr) != 1)
+		int index = (int)if_nametoindex(joins[i]);
+		if (index == 0)
 			usage();
-		if (setsockopt(fd, IPPROTO_IP, IP_ADD_MEMBERSHIP, &request, sizeof request) != 0)
-			die("IP_ADD_MEMBERSHIP");
+		if (family == AF_INET6) {
+			struct ipv6_mreq request = {.ipv6mr_multiaddr = group6,
+						    .ipv6mr_interface = (unsigned)index};
+			if (setsockopt(fd, IPPROTO_IPV6, IPV6_JOIN_GROUP, &request, sizeof request) != 0)
+				die("IPV6_JOIN_GROUP");
+		} else {
+			struct ip_mreqn request = {.imr_multiaddr = group4, .imr_ifindex = index};
+			if (setsockopt(fd, IPPROTO_IP, IP_ADD_MEMBERSHIP, &request, sizeof request) != 0)
+				die("IP_ADD_MEMBERSHIP");
+		}
 	}
 	struct timeval tick = {0, 100000};
 	setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tick, sizeof tick);
