@@ -111,8 +111,9 @@ fn a_thousand_rules_added_and_removed_leave_nothing_behind() {
                 ctl.ok(&["reload"]);
                 ctl.wait_settled(Duration::from_secs(20));
                 assert_eq!(ctl.rule_names(), ["cam"]);
-                // The workers give back what the table and the sockets held at their next turn.
-                std::thread::sleep(Duration::from_secs(1));
+                // The workers give back what the table and the sockets held at their next turn
+                // (a second here; longer on an emulated kernel's slow CPUs).
+                std::thread::sleep(fanout_relay_tests::scaled(Duration::from_secs(1)));
                 (during, footprint(&relay, &ctl))
             })
             .collect();

@@ -22,7 +22,8 @@ const METRICS: &str = "127.0.0.1:9469";
 const IDLE: usize = 1000;
 /// Scrapes timed with and without the other clients.
 const SCRAPES: usize = 5;
-/// The most the other clients may add to a scrape.
+/// The most the other clients may add to a scrape (stretched by the slowdown of an emulated
+/// kernel, where every thread of the relay runs ten times slower).
 const SLACK: Duration = Duration::from_millis(100);
 /// Longest the slow clients keep going (one byte a second each).
 const SLOW_FOR: u32 = 60;
@@ -122,7 +123,7 @@ fn idle_and_slow_clients_do_not_delay_a_scrape() {
     let worst = loaded.iter().max().expect("scrapes");
     eprintln!("scrape alone: at most {alone:?}; with {IDLE} idle and 2 slow clients: {loaded:?}");
     assert!(
-        *worst <= alone + SLACK,
+        *worst <= alone + fanout_relay_tests::scaled(SLACK),
         "a scrape took {worst:?} with {IDLE} idle and 2 slow clients, {alone:?} without"
     );
     relay.stop();
