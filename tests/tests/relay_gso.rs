@@ -92,7 +92,7 @@ fn check_bursts<const OUTPUTS: usize>(
                 .send_to(&payload(seq), "239.1.1.1:5000")
                 .unwrap_or_else(|e| panic!("send datagram {seq}: {e}"));
         }
-        std::thread::sleep(PAUSE);
+        std::thread::sleep(fanout_relay_tests::scaled(PAUSE));
     }
     let got = received();
     let exit = relay.stop();

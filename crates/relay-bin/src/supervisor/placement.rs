@@ -66,9 +66,17 @@ fn move_threads(threads: &[u32], allowed: &CpuSet, workers: &[u32]) -> Option<Cp
         &spare
     };
     for &tid in threads {
-        if let Err(error) = cpu::set_thread_affinity(tid, target) {
-            log::warn!("cannot move supervisor thread {tid} off the workers' CPUs: {error}");
-            return None;
+        match cpu::set_thread_affinity(tid, target) {
+            // The thread ended since the list was read: nothing to move.
+            Err(cpu::CpuError::Syscall {
+                errno: nix::errno::Errno::ESRCH,
+                ..
+            })
+            | Ok(()) => {}
+            Err(error) => {
+                log::warn!("cannot move supervisor thread {tid} off the workers' CPUs: {error}");
+                return None;
+            }
         }
     }
     (!spare.is_empty()).then_some(spare)
