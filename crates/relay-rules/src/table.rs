@@ -298,7 +298,9 @@ impl RuleTable {
 
     /// [`RuleTable::lookup`] for a datagram of VLAN `vlan` (`None`: untagged): only rules whose
     /// input names that VLAN (or, for `None`, none) match.
-    #[inline]
+    // Always inlined, as it was while it took IPv4 addresses only: the worker's loop calls it
+    // per frame.
+    #[inline(always)]
     pub fn lookup_vlan(
         &self,
         ifindex: u32,

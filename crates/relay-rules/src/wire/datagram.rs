@@ -97,7 +97,9 @@ impl Datagram<'_> {
 /// assert_eq!(wire::parse(&frame[..40], None).unwrap_err(), DropReason::Ipv4PacketTruncated);
 /// # Ok::<(), DropReason>(())
 /// ```
-#[inline]
+// Always inlined, as it was before the IPv6 half existed: the worker's loop reads a few fields
+// of the result, and a call would write the whole Datagram through memory.
+#[inline(always)]
 pub fn parse(frame: &[u8], offloaded_vlan: Option<VlanTag>) -> Result<Datagram<'_>, DropReason> {
     let ethernet = EthernetFrame::new_checked(frame)?;
     let mut ethertype = ethernet.ethertype();
@@ -161,6 +163,7 @@ pub fn parse(frame: &[u8], offloaded_vlan: Option<VlanTag>) -> Result<Datagram<'
 
 /// The IPv6 half of [`parse`], from the fixed header on. Out of line so that the IPv4 path
 /// stays as it was.
+#[cold]
 #[inline(never)]
 fn parse_ipv6(rest: &[u8], vlans: [Option<VlanTag>; 2]) -> Result<Datagram<'_>, DropReason> {
     // The version first, as for IPv4: the more useful count for what is not IPv6 at all.
