@@ -164,14 +164,14 @@ impl Relay {
             name: "example".into(),
             input: Input {
                 interface: input.into(),
-                destination: *from.ip(),
+                destination: (*from.ip()).into(),
                 port: from.port(),
                 source: None,
                 vlan: None,
             },
             outputs: vec![Output {
                 interface: output.into(),
-                destination: *to.ip(),
+                destination: (*to.ip()).into(),
                 port: to.port(),
                 ttl: Ttl::Fixed(16),
                 source: None, // the first IPv4 address of `output`
@@ -273,11 +273,13 @@ fn endpoint(text: &str) -> Result<SocketAddrV4, String> {
 fn facts(name: &str) -> Result<InterfaceFacts, fanout_core::IfaceError> {
     let info = InterfaceInfo::lookup(name)?;
     let ipv4 = info.ipv4.iter().map(|prefix| prefix.addr).collect();
+    let ipv6 = info.ipv6.clone();
     Ok(InterfaceFacts {
         name: info.name,
         index: info.index,
         mac: info.mac,
         mtu: info.mtu,
         ipv4,
+        ipv6,
     })
 }

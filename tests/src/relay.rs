@@ -44,7 +44,7 @@ use crate::{Netns, Topology};
 ///
 /// IPv6 is turned off in all three namespaces, which silences router solicitations, duplicate
 /// address detection and MLD reports: the relay counts every frame it receives (an IPv6 frame as
-/// `not_ipv4` under `malformed`), so exact counter checks need links without them.
+/// `not_ip` under `malformed`), so exact counter checks need links without them.
 pub fn quiet_topology(tag: &str) -> Topology {
     let topo = Topology::new(tag);
     for ns in [&topo.sender, &topo.relay, &topo.receiver] {

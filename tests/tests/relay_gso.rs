@@ -221,7 +221,7 @@ fn tagged_datagrams(ring: &mut RxRing, want: usize) -> Vec<Datagram> {
                 let Ok(datagram) = wire::parse(frame.data(), None) else {
                     continue;
                 };
-                if (datagram.destination, datagram.destination_port) != (GROUP, 6000) {
+                if (datagram.destination, datagram.destination_port) != (GROUP.into(), 6000) {
                     continue;
                 }
                 assert_eq!(

@@ -16,7 +16,7 @@ mod ipv6;
 pub(crate) use ioctl::{IfName, IfSocket};
 pub use ipv6::{Ipv6State, ipv6_state};
 
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 use std::path::{Path, PathBuf};
 
 use nix::errno::Errno;
@@ -130,6 +130,9 @@ pub struct InterfaceInfo {
     /// IPv4 addresses with prefix lengths, in the kernel's order (the primary address first).
     /// Includes addresses carrying a label (`eth0:1`).
     pub ipv4: Vec<Ipv4Prefix>,
+    /// IPv6 addresses, the global ones (in the kernel's order) before the link-local ones, so
+    /// that the first is the better default source.
+    pub ipv6: Vec<Ipv6Addr>,
     /// Up, running, multicast, promiscuous.
     pub flags: LinkFlags,
 }
@@ -249,6 +252,13 @@ fn collect(only: Option<&str>) -> Result<Vec<InterfaceInfo>, IfaceError> {
                 Some(Ipv4Prefix { addr, prefix_len })
             })
             .collect();
+        let mut ipv6: Vec<Ipv6Addr> = addrs
+            .iter()
+            .filter(|a| a.interface_name == *name)
+            .filter_map(|a| Some(a.address.as_ref()?.as_sockaddr_in6()?.ip()))
+            .collect();
+        // Stable: the kernel's order within each kind stays.
+        ipv6.sort_by_key(|addr| addr.is_unicast_link_local());
         out.push(InterfaceInfo {
             index,
             name: name.clone(),
@@ -256,6 +266,7 @@ fn collect(only: Option<&str>) -> Result<Vec<InterfaceInfo>, IfaceError> {
             mac: (link_type == ARPHRD_ETHER).then_some(hwaddr),
             mtu,
             ipv4,
+            ipv6,
             flags: link.flags.into(),
         });
     }

@@ -9,7 +9,8 @@
 //!
 //! # Safety
 //!
-//! `sendmmsg` reads `mmsghdr` / `iovec` / `sockaddr_in` arrays through raw pointers. The module
+//! `sendmmsg` reads `mmsghdr` / `iovec` / `sockaddr_in` (or `sockaddr_in6`) arrays through raw
+//! pointers. The module
 //! builds those arrays immediately before the call, from buffers it owns and does not touch
 //! until the call returns, so every pointer is valid and unaliased for the call's duration.
 
@@ -23,7 +24,7 @@ mod v6;
 pub use v6::{Ipv6SocketError, Ipv6SocketOptions, UdpBatch6, ipv6_socket};
 
 use std::io;
-use std::net::{SocketAddrV4, UdpSocket};
+use std::net::{SocketAddr, UdpSocket};
 use std::os::fd::AsRawFd;
 
 /// Why a datagram was not queued.
@@ -56,6 +57,22 @@ pub struct Flushed {
     pub error: Option<i32>,
 }
 
+/// A destination as `sendmmsg` reads it: an IPv4 or IPv6 socket address, whichever the
+/// socket's family takes (an AF_INET socket sends to IPv4 destinations only, an AF_INET6 one
+/// to IPv6 ones and, unless `IPV6_V6ONLY`, to IPv4-mapped ones).
+#[repr(C)]
+#[derive(Clone, Copy)]
+union Name {
+    v4: libc::sockaddr_in,
+    v6: libc::sockaddr_in6,
+}
+
+impl std::fmt::Debug for Name {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Name")
+    }
+}
+
 /// A socket with a batch of queued datagrams.
 #[derive(Debug)]
 pub struct UdpBatch {
@@ -63,7 +80,7 @@ pub struct UdpBatch {
     slot_size: usize,
     payloads: Vec<u8>,
     lens: Vec<usize>,
-    destinations: Vec<libc::sockaddr_in>,
+    destinations: Vec<(Name, libc::socklen_t)>,
     iovecs: Vec<libc::iovec>,
     headers: Vec<libc::mmsghdr>,
 }
@@ -103,8 +120,13 @@ impl UdpBatch {
         self.lens.is_empty()
     }
 
-    /// Queues a copy of `payload` for `destination`.
-    pub fn push(&mut self, destination: SocketAddrV4, payload: &[u8]) -> Result<(), QueueError> {
+    /// Queues a copy of `payload` for `destination` (IPv4 or IPv6, of the socket's family).
+    pub fn push(
+        &mut self,
+        destination: impl Into<SocketAddr>,
+        payload: &[u8],
+    ) -> Result<(), QueueError> {
+        let destination = destination.into();
         let capacity = self.lens.capacity();
         let index = self.lens.len();
         if index == capacity {
@@ -119,13 +141,34 @@ impl UdpBatch {
         let start = index * self.slot_size;
         self.payloads[start..start + payload.len()].copy_from_slice(payload);
         self.lens.push(payload.len());
-        self.destinations.push(libc::sockaddr_in {
-            sin_family: libc::AF_INET as libc::sa_family_t,
-            sin_port: destination.port().to_be(),
-            sin_addr: libc::in_addr {
-                s_addr: u32::from(*destination.ip()).to_be(),
-            },
-            sin_zero: [0; 8],
+        self.destinations.push(match destination {
+            SocketAddr::V4(destination) => (
+                Name {
+                    v4: libc::sockaddr_in {
+                        sin_family: libc::AF_INET as libc::sa_family_t,
+                        sin_port: destination.port().to_be(),
+                        sin_addr: libc::in_addr {
+                            s_addr: u32::from(*destination.ip()).to_be(),
+                        },
+                        sin_zero: [0; 8],
+                    },
+                },
+                size_of::<libc::sockaddr_in>() as libc::socklen_t,
+            ),
+            SocketAddr::V6(destination) => (
+                Name {
+                    v6: libc::sockaddr_in6 {
+                        sin6_family: libc::AF_INET6 as libc::sa_family_t,
+                        sin6_port: destination.port().to_be(),
+                        sin6_flowinfo: destination.flowinfo().to_be(),
+                        sin6_addr: libc::in6_addr {
+                            s6_addr: destination.ip().octets(),
+                        },
+                        sin6_scope_id: destination.scope_id(),
+                    },
+                },
+                size_of::<libc::sockaddr_in6>() as libc::socklen_t,
+            ),
         });
         Ok(())
     }
@@ -153,8 +196,9 @@ impl UdpBatch {
         for index in 0..count {
             // SAFETY: mmsghdr is plain old data for which all-zero bytes are a valid value.
             let mut header: libc::mmsghdr = unsafe { std::mem::zeroed() };
-            header.msg_hdr.msg_name = (&raw mut self.destinations[index]).cast();
-            header.msg_hdr.msg_namelen = size_of::<libc::sockaddr_in>() as libc::socklen_t;
+            let (name, name_len) = &mut self.destinations[index];
+            header.msg_hdr.msg_name = (&raw mut *name).cast();
+            header.msg_hdr.msg_namelen = *name_len;
             header.msg_hdr.msg_iov = &raw mut self.iovecs[index];
             header.msg_hdr.msg_iovlen = 1;
             self.headers.push(header);
@@ -197,8 +241,32 @@ impl UdpBatch {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::net::{Ipv4Addr, SocketAddr};
+    use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4};
     use std::time::Duration;
+
+    #[test]
+    fn sends_to_ipv6_destinations() {
+        let Ok(receiver) = UdpSocket::bind((Ipv6Addr::LOCALHOST, 0)) else {
+            eprintln!("skipped: no IPv6 loopback in this network namespace");
+            return;
+        };
+        receiver
+            .set_read_timeout(Some(Duration::from_secs(2)))
+            .expect("read timeout");
+        let to = receiver.local_addr().expect("local address");
+        assert!(to.is_ipv6());
+        let sender = UdpSocket::bind((Ipv6Addr::LOCALHOST, 0)).expect("bind on ::1");
+        let mut batch = UdpBatch::new(sender, 2, 16);
+        batch.push(to, b"six").expect("queued");
+        batch.push(to, b"again").expect("queued");
+        let outcome = batch.flush();
+        assert_eq!((outcome.sent, outcome.failed), (2, 0));
+        let mut buf = [0u8; 32];
+        let len = receiver.recv(&mut buf).expect("datagram arrives");
+        assert_eq!(&buf[..len], b"six");
+        let len = receiver.recv(&mut buf).expect("datagram arrives");
+        assert_eq!(&buf[..len], b"again");
+    }
 
     #[test]
     fn sends_a_batch_in_order_and_reports_refusals() {

@@ -18,7 +18,7 @@ use relay_rules::{
     CompiledOutput, Datagram, FrameTemplate, InterfaceFacts, Interfaces, Limits, RuleSet, RuleTable,
 };
 use std::hint::black_box;
-use std::net::{Ipv4Addr, SocketAddrV4};
+use std::net::{Ipv4Addr, SocketAddr};
 use std::time::Duration;
 
 /// Frames per timed batch; times are reported per frame.
@@ -52,7 +52,7 @@ impl Outputs for Scratch {
         }
     }
 
-    fn queue(&mut self, _: &CompiledOutput, _: SocketAddrV4, _: &[u8]) -> Written {
+    fn queue(&mut self, _: &CompiledOutput, _: SocketAddr, _: &[u8]) -> Written {
         Written::Unopened
     }
 }
@@ -64,6 +64,7 @@ fn interfaces() -> Interfaces {
         mac: Some([2, 0, 0, 0, 0, last]),
         mtu: 1500,
         ipv4: vec![address],
+        ipv6: Vec::new(),
     };
     [
         facts("eth0", ETH0, 2, Ipv4Addr::new(10, 0, 0, 1)),

@@ -462,7 +462,10 @@ mod tests {
         assert_eq!(config.ring.block_size, RingSection::default().block_size);
         let rules = config.to_rules();
         assert_eq!(rules.len(), 1);
-        assert_eq!(rules[0].input.source, Some(Ipv4Addr::new(192, 0, 2, 10)));
+        assert_eq!(
+            rules[0].input.source,
+            Some(Ipv4Addr::new(192, 0, 2, 10).into())
+        );
         assert_eq!(rules[0].outputs[0].ttl, relay_rules::Ttl::Fixed(4));
         assert_eq!(rules[0].outputs[0].dscp, Some(46));
         assert_eq!(rules[0].outputs[1].ttl, Output::DEFAULT_TTL);

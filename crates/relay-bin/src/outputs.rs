@@ -10,7 +10,7 @@
 use fanout_core::{HandoffError, RingVersion, TxDescriptor, TxRingHandle};
 use relay_rules::CompiledOutput;
 use serde::{Deserialize, Serialize};
-use std::net::{Ipv4Addr, UdpSocket};
+use std::net::{IpAddr, UdpSocket};
 use std::os::fd::OwnedFd;
 
 /// What an output sends through: outputs with equal keys share it.
@@ -26,8 +26,8 @@ pub enum OutputKey {
     Socket {
         /// The interface's index.
         ifindex: u32,
-        /// The address it is bound to.
-        source: Ipv4Addr,
+        /// The address it is bound to (IPv4 or IPv6: the socket's family).
+        source: IpAddr,
         /// Its unicast and multicast TTL.
         ttl: u8,
         /// Its DSCP; `None` leaves the default.
@@ -86,7 +86,7 @@ pub enum OutputError {
         /// The output interface.
         interface: String,
         /// The address it sends from.
-        from: Ipv4Addr,
+        from: IpAddr,
         /// The call that failed: `bind`, `setsockopt(SO_BINDTODEVICE)`, ...
         call: &'static str,
         /// What it returned.

@@ -14,7 +14,6 @@ use fanout_core::{
 use relay_rules::bpf::KeySense;
 use relay_rules::shard::ShardSet;
 use relay_rules::{InterfaceFacts, Interfaces, Limits, Rule, RuleSet, RuleTable};
-use std::net::Ipv4Addr;
 
 /// Why a class's key filter could not be made (its rings then take every UDP frame).
 #[derive(Debug, thiserror::Error)]
@@ -75,6 +74,7 @@ pub fn interface_facts(name: &str) -> Option<InterfaceFacts> {
         mac: info.mac,
         mtu: info.mtu,
         ipv4: info.ipv4.iter().map(|prefix| prefix.addr).collect(),
+        ipv6: info.ipv6,
     })
 }
 
@@ -114,7 +114,7 @@ pub fn udp_prefilter() -> BpfProgram {
 /// The relay-rules key filter in the kernel's form: the IPv4 UDP frames of `keys` only
 /// ([`KeySense::Listed`]), or every frame the pre-filter takes but those ([`KeySense::Unlisted`]).
 pub fn key_filter(
-    keys: Vec<(Ipv4Addr, u16, Option<u16>)>,
+    keys: Vec<(std::net::IpAddr, u16, Option<u16>)>,
     sense: KeySense,
 ) -> Result<BpfProgram, KeyFilterError> {
     let count = keys.len();

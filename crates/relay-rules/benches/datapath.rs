@@ -45,6 +45,7 @@ fn interfaces() -> Interfaces {
         mac: Some([2, 0, 0, 0, 0, last]),
         mtu: 1500,
         ipv4: vec![address],
+        ipv6: Vec::new(),
     };
     [
         facts("eth0", ETH0, 2, Ipv4Addr::new(10, 0, 0, 1)),
@@ -70,14 +71,14 @@ fn rule_set(count: usize) -> RuleSet {
                 name: format!("rule-{i}"),
                 input: Input {
                     interface: "eth0".to_owned(),
-                    destination,
+                    destination: destination.into(),
                     port,
                     source: None,
                     vlan: None,
                 },
                 outputs: vec![Output {
                     interface: "eth1".to_owned(),
-                    destination: Ipv4Addr::from(0xef80_0000 + index),
+                    destination: Ipv4Addr::from(0xef80_0000 + index).into(),
                     port: 6000,
                     ttl: Ttl::Fixed(16),
                     source: None,

@@ -4,7 +4,7 @@
 //! `fanout-core`; tests write the facts by hand) says which interfaces exist and what they are.
 
 use ahash::AHashMap;
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 /// What the rules need to know about one interface.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -19,11 +19,36 @@ pub struct InterfaceFacts {
     pub mac: Option<[u8; 6]>,
     /// MTU in bytes: the largest IP packet the interface sends.
     pub mtu: u32,
-    /// IPv4 addresses of the interface, the first being the default source of outputs.
+    /// IPv4 addresses of the interface, the first being the default source of IPv4 outputs.
     pub ipv4: Vec<Ipv4Addr>,
+    /// IPv6 addresses of the interface, the first being the default source of IPv6 outputs
+    /// (the caller lists a global address before a link-local one). Left out of a file or
+    /// message, it is empty.
+    #[cfg_attr(
+        feature = "serde",
+        serde(default, skip_serializing_if = "Vec::is_empty")
+    )]
+    pub ipv6: Vec<Ipv6Addr>,
 }
 
 impl InterfaceFacts {
+    /// Whether `address` is one of the interface's own, of either family.
+    pub fn has_address(&self, address: IpAddr) -> bool {
+        match address {
+            IpAddr::V4(address) => self.ipv4.contains(&address),
+            IpAddr::V6(address) => self.ipv6.contains(&address),
+        }
+    }
+
+    /// The default source of an output to `destination`: the interface's first address of
+    /// the destination's family.
+    pub fn first_address(&self, destination: IpAddr) -> Option<IpAddr> {
+        match destination {
+            IpAddr::V4(_) => self.ipv4.first().copied().map(IpAddr::V4),
+            IpAddr::V6(_) => self.ipv6.first().copied().map(IpAddr::V6),
+        }
+    }
+
     /// Whether frames on this interface carry Ethernet headers the relay can write itself.
     pub fn has_ethernet(&self) -> bool {
         self.mac.is_some()

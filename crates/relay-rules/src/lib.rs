@@ -16,17 +16,20 @@
 //!  worker whose shard holds its rule
 //! ```
 //!
-//! - [`wire`]: checked views of Ethernet, 802.1Q/802.1ad, IPv4 and UDP, and [`wire::parse`],
-//!   which refuses a frame with a [`DropReason`] a worker can count.
+//! - [`wire`]: checked views of Ethernet, 802.1Q/802.1ad, IPv4, IPv6 (and the extension
+//!   headers before UDP) and UDP, and [`wire::parse`], which refuses a frame with a
+//!   [`DropReason`] a worker can count.
 //! - [`rule`], [`interface`], [`validate`]: the rule model, the interface facts it is checked
 //!   against, and a [`RuleSet`] that can only exist validated.
 //! - [`table`]: the compiled [`RuleTable`], one hash probe per lookup, with a generation and an
 //!   order-independent checksum for drift detection.
 //! - [`shard`] and [`bpf`]: the shard function and the classic BPF program that computes it in
 //!   the kernel (`PACKET_FANOUT_CBPF`), with a checker and an interpreter that prove they agree.
-//! - [`replicate`]: output frames written from precomputed header templates, the UDP checksum
-//!   updated incrementally; several datagrams of one output in one frame for the kernel to
-//!   split again ([`replicate::segments`]).
+//! - [`replicate`]: output frames written from precomputed header templates, IPv4 or IPv6 (an
+//!   output may be of the other family than its input), the UDP checksum updated incrementally
+//!   (computed only for an IPv6 output of an IPv4 datagram that came without one); several
+//!   datagrams of one output in one frame for the kernel to split again
+//!   ([`replicate::segments`]).
 //! - [`counters`]: per-rule counters for a single writer.
 //! - [`inspect`], [`guard`], [`stream`]: what a rule may ask of its stream beyond forwarding
 //!   it: RTP and MPEG-TS health counted in fixed-size state, a token bucket that bounds its
@@ -37,18 +40,18 @@
 //! use std::net::Ipv4Addr;
 //!
 //! let interfaces: Interfaces = [
-//!     InterfaceFacts { name: "in0".into(), index: 2, mac: Some([2, 0, 0, 0, 0, 1]), mtu: 1500, ipv4: vec![] },
+//!     InterfaceFacts { name: "in0".into(), index: 2, mac: Some([2, 0, 0, 0, 0, 1]), mtu: 1500, ipv4: vec![], ipv6: vec![] },
 //!     InterfaceFacts { name: "out0".into(), index: 3, mac: Some([2, 0, 0, 0, 0, 2]), mtu: 1500,
-//!                      ipv4: vec![Ipv4Addr::new(10, 1, 1, 1)] },
+//!                      ipv4: vec![Ipv4Addr::new(10, 1, 1, 1)], ipv6: vec![] },
 //! ].into_iter().collect();
 //! let rule = Rule {
 //!     name: "camera".into(),
 //!     input: Input {
-//!         interface: "in0".into(), destination: Ipv4Addr::new(239, 1, 1, 1), port: 5000,
+//!         interface: "in0".into(), destination: Ipv4Addr::new(239, 1, 1, 1).into(), port: 5000,
 //!         source: None, vlan: None,
 //!     },
 //!     outputs: vec![Output {
-//!         interface: "out0".into(), destination: Ipv4Addr::new(239, 2, 2, 2), port: 6000,
+//!         interface: "out0".into(), destination: Ipv4Addr::new(239, 2, 2, 2).into(), port: 6000,
 //!         ttl: Ttl::Fixed(8), source: None, dscp: None, vlan: None,
 //!     }],
 //!     class: None,
@@ -75,7 +78,7 @@
 //! let mut slot = [0u8; 2048];
 //! let len = template.write(&datagram, 1, &mut slot).expect("fits the MTU");
 //! let out = wire::parse(&slot[..len], None).expect("the output parses");
-//! assert_eq!((out.destination, out.destination_port), (Ipv4Addr::new(239, 2, 2, 2), 6000));
+//! assert_eq!((out.destination, out.destination_port), (Ipv4Addr::new(239, 2, 2, 2).into(), 6000));
 //! assert_eq!(out.payload, b"hello");
 //! ```
 
@@ -93,6 +96,8 @@ pub mod rule;
 pub mod shard;
 pub mod stream;
 pub mod table;
+#[cfg(test)]
+pub(crate) mod test_frames;
 pub mod validate;
 pub mod wire;
 

@@ -1,12 +1,28 @@
 //! Writing output frames from precomputed header templates.
 //!
 //! Every output of a rule gets a [`FrameTemplate`] when the rule table is built: the Ethernet
-//! header (and 802.1Q tag), the IPv4 header and the UDP ports, already in wire order, plus the
-//! parts of both checksums that never change. Per packet, [`FrameTemplate::write`] copies the
-//! header and the payload into the caller's buffer (a TX ring slot) and patches what depends on
-//! the packet: IPv4 total length, identification, (TOS), header checksum, UDP length and
-//! checksum. The payload is copied once and never summed: the UDP checksum is updated from the
-//! incoming one (RFC 1624).
+//! header (and 802.1Q tag), the IPv4 or IPv6 header and the UDP ports, already in wire order,
+//! plus the parts of the checksums that never change. Per packet, [`FrameTemplate::write`]
+//! copies the header and the payload into the caller's buffer (a TX ring slot) and patches what
+//! depends on the packet: IPv4 total length, identification, (TOS), header checksum, or IPv6
+//! payload length, (hop limit, traffic class); then UDP length and checksum.
+//!
+//! # What the UDP checksum costs
+//!
+//! The output's family may differ from the input's (an IPv4 input relayed to an IPv6 output,
+//! or the reverse): the pseudo-header changes only in its address words, so one incremental
+//! update serves every case where the input carried a checksum.
+//!
+//! | input | output | UDP checksum | cost per datagram |
+//! |---|---|---|---|
+//! | IPv4 with checksum | IPv4 | updated (RFC 1624) | a few additions |
+//! | IPv4 without checksum (0) | IPv4 | none (0), as it came | nothing |
+//! | IPv4 with checksum | IPv6 | updated | a few additions (16 more address words) |
+//! | IPv4 without checksum (0) | IPv6 | computed: mandatory over IPv6 | one pass over the payload |
+//! | IPv6 (always has one) | IPv6 or IPv4 | updated | a few additions |
+//!
+//! So the payload is copied once and summed only when an IPv4 sender left the checksum out and
+//! the output is IPv6. An updated checksum stays as right or as wrong as it arrived.
 //!
 //! ```
 //! use std::net::Ipv4Addr;
@@ -18,8 +34,8 @@
 //!     src_mac: [0x02, 0, 0, 0, 0, 0x01],
 //!     dst_mac: multicast_mac(group),
 //!     vlan: None,
-//!     source: Ipv4Addr::new(10, 1, 0, 1),
-//!     destination: group,
+//!     source: Ipv4Addr::new(10, 1, 0, 1).into(),
+//!     destination: group.into(),
 //!     source_port: None,
 //!     destination_port: 5004,
 //!     ttl: Ttl::Fixed(8),
@@ -39,29 +55,47 @@
 //! let mut slot = [0u8; 2048];
 //! let len = template.write(&input, 7, &mut slot)?;
 //! let output = wire::parse(&slot[..len], None)?;
-//! assert_eq!((output.destination, output.destination_port), (group, 5004));
+//! assert_eq!((output.destination, output.destination_port), (group.into(), 5004));
 //! assert_eq!(output.source_port, 1234);
 //! assert_eq!(output.payload, b"hi");
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr};
 
 use crate::rule::Ttl;
 
-use crate::wire::checksum::addr_sum;
+use crate::wire::checksum::{addr_sum, ip_sum};
 use crate::wire::{
     Datagram, EtherType, EthernetFrame, Ipv4Packet, PROTOCOL_UDP, UdpPacket, VlanHeader, adjust,
     fold, sum,
 };
 
-/// The Ethernet destination of an IPv4 multicast group (RFC 1112 section 6.4): 01:00:5e followed
-/// by the low 23 bits of the group.
+/// The Ethernet destination of a multicast group: for IPv4 (RFC 1112 section 6.4) 01:00:5e
+/// followed by the low 23 bits of the group, for IPv6 (RFC 2464 section 7) 33:33 followed by
+/// the group's last 32 bits.
 ///
-/// 32 groups share each MAC, so receivers still filter on the IP destination.
-pub fn multicast_mac(group: Ipv4Addr) -> [u8; 6] {
-    let o = group.octets();
-    [0x01, 0x00, 0x5e, o[1] & 0x7f, o[2], o[3]]
+/// Several groups share each MAC, so receivers still filter on the IP destination.
+///
+/// ```
+/// use relay_rules::replicate::multicast_mac;
+/// use std::net::{Ipv4Addr, Ipv6Addr};
+///
+/// assert_eq!(multicast_mac(Ipv4Addr::new(239, 129, 2, 3)), [0x01, 0, 0x5e, 0x01, 2, 3]);
+/// let group: Ipv6Addr = "ff3e::8000:1".parse().unwrap();
+/// assert_eq!(multicast_mac(group), [0x33, 0x33, 0x80, 0, 0, 1]);
+/// ```
+pub fn multicast_mac(group: impl Into<IpAddr>) -> [u8; 6] {
+    match group.into() {
+        IpAddr::V4(group) => {
+            let o = group.octets();
+            [0x01, 0x00, 0x5e, o[1] & 0x7f, o[2], o[3]]
+        }
+        IpAddr::V6(group) => {
+            let o = group.octets();
+            [0x33, 0x33, o[12], o[13], o[14], o[15]]
+        }
+    }
 }
 
 /// What an output frame looks like, as the rule table derives it from a rule's output and the
@@ -75,17 +109,20 @@ pub struct TemplateSpec {
     /// 802.1Q VLAN id to tag the output with (1..=4094, checked by rule validation; only the low
     /// 12 bits are written), or `None` for an untagged frame.
     pub vlan: Option<u16>,
-    /// IPv4 source address of the output.
-    pub source: Ipv4Addr,
-    /// IPv4 destination address of the output.
-    pub destination: Ipv4Addr,
+    /// Source address of the output, of the destination's family (rule validation checks it;
+    /// a template given one of the other family writes the destination family's unspecified
+    /// address instead).
+    pub source: IpAddr,
+    /// Destination address of the output: its family is the output frame's.
+    pub destination: IpAddr,
     /// UDP source port; `None` keeps the incoming source port, so receivers see the sender's.
     pub source_port: Option<u16>,
     /// UDP destination port.
     pub destination_port: u16,
-    /// IPv4 time to live of the output: fixed, or the incoming one less one.
+    /// IPv4 time to live or IPv6 hop limit of the output: fixed, or the incoming one less one.
     pub ttl: Ttl,
-    /// DiffServ code point (0..=63) to write; `None` keeps the incoming DSCP.
+    /// DiffServ code point (0..=63) to write into the TOS or traffic class; `None` keeps the
+    /// incoming DSCP.
     pub dscp: Option<u8>,
     /// Largest IP packet (header included) the output interface carries.
     pub mtu: u32,
@@ -94,9 +131,10 @@ pub struct TemplateSpec {
 /// Length of an 802.1Q tag (TPID and TCI).
 const VLAN_TAG_LEN: usize = 4;
 const IPV4_HEADER_LEN: usize = 20;
+const IPV6_HEADER_LEN: usize = 40;
 const UDP_HEADER_LEN: usize = 8;
-/// Largest header a template writes: Ethernet, one VLAN tag, IPv4 without options, UDP.
-const MAX_HEADER_LEN: usize = 14 + VLAN_TAG_LEN + IPV4_HEADER_LEN + UDP_HEADER_LEN;
+/// Largest header a template writes: Ethernet, one VLAN tag, IPv6, UDP.
+const MAX_HEADER_LEN: usize = 14 + VLAN_TAG_LEN + IPV6_HEADER_LEN + UDP_HEADER_LEN;
 
 /// The precomputed output headers of one rule output.
 ///
@@ -107,8 +145,10 @@ pub struct FrameTemplate {
     spec: TemplateSpec,
     header: [u8; MAX_HEADER_LEN],
     header_len: usize,
-    /// Offset of the IPv4 header (after Ethernet and an optional tag).
+    /// Offset of the IP header (after Ethernet and an optional tag).
     ip_offset: usize,
+    /// Whether the output is IPv6 (else IPv4).
+    ipv6: bool,
     /// One's complement sum of the IPv4 header with total length, ID and checksum zero (and the
     /// TOS zero when the incoming DSCP is kept).
     ip_partial: u64,
@@ -120,7 +160,8 @@ pub struct FrameTemplate {
 /// Why an output frame could not be written.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum RewriteError {
-    /// The IP packet would be larger than the output's MTU (or than IPv4 allows). The relay
+    /// The IP packet would be larger than the output's MTU (or than IPv4, or IPv6 without a
+    /// jumbogram, allows). The relay
     /// does not fragment: counted and dropped.
     #[error("IP packet of {packet} bytes exceeds the output MTU of {mtu}")]
     ExceedsMtu {
@@ -151,24 +192,37 @@ impl FrameTemplate {
     ///
     /// The IPv4 header has no options, DF clear (the relay never fragments and refuses what does
     /// not fit, so DF would change nothing on the first hop and only stop routers further on),
-    /// protocol UDP, and the TTL, addresses and TOS of the spec.
+    /// protocol UDP, and the TTL, addresses and TOS of the spec. The IPv6 header has flow label
+    /// 0, next header UDP (no extension headers), and the hop limit, addresses and traffic
+    /// class of the spec.
     pub fn new(spec: &TemplateSpec) -> FrameTemplate {
         let mut header = [0u8; MAX_HEADER_LEN];
         let mut ethernet = EthernetFrame::new_unchecked(&mut header[..]);
         ethernet.set_dst_addr(spec.dst_mac);
         ethernet.set_src_addr(spec.src_mac);
+        let ethertype = match spec.destination {
+            IpAddr::V4(_) => EtherType::IPV4,
+            IpAddr::V6(_) => EtherType::IPV6,
+        };
         let ip_offset = match spec.vlan {
             Some(vid) => {
                 ethernet.set_ethertype(EtherType::VLAN);
                 let mut tag = VlanHeader::new_unchecked(ethernet.payload_mut());
                 tag.set_tci(vid & 0x0fff);
-                tag.set_ethertype(EtherType::IPV4);
+                tag.set_ethertype(ethertype);
                 EthernetFrame::<&[u8]>::HEADER_LEN + VLAN_TAG_LEN
             }
             None => {
-                ethernet.set_ethertype(EtherType::IPV4);
+                ethernet.set_ethertype(ethertype);
                 EthernetFrame::<&[u8]>::HEADER_LEN
             }
+        };
+        let (source, destination) = match (spec.source, spec.destination) {
+            (IpAddr::V4(source), IpAddr::V4(destination)) => (source, destination),
+            (_, IpAddr::V6(destination)) => {
+                return ipv6::new(spec, header, ip_offset, destination);
+            }
+            (IpAddr::V6(_), IpAddr::V4(destination)) => (Ipv4Addr::UNSPECIFIED, destination),
         };
         let header_len = ip_offset + IPV4_HEADER_LEN + UDP_HEADER_LEN;
 
@@ -182,16 +236,16 @@ impl FrameTemplate {
             Ttl::Decrement => 0,
         });
         ip.set_protocol(PROTOCOL_UDP);
-        ip.set_src_addr(spec.source);
-        ip.set_dst_addr(spec.destination);
+        ip.set_src_addr(source);
+        ip.set_dst_addr(destination);
         let ip_partial = sum(&header[ip_offset..ip_offset + IPV4_HEADER_LEN]);
 
         let udp_offset = ip_offset + IPV4_HEADER_LEN;
         let mut udp = UdpPacket::new_unchecked(&mut header[udp_offset..header_len]);
         udp.set_src_port(spec.source_port.unwrap_or(0));
         udp.set_dst_port(spec.destination_port);
-        let udp_added = addr_sum(spec.source)
-            + addr_sum(spec.destination)
+        let udp_added = addr_sum(source)
+            + addr_sum(destination)
             + u64::from(spec.destination_port)
             + spec.source_port.map_or(0, u64::from);
 
@@ -200,6 +254,7 @@ impl FrameTemplate {
             header,
             header_len,
             ip_offset,
+            ipv6: false,
             ip_partial,
             udp_added,
         }
@@ -217,7 +272,14 @@ impl FrameTemplate {
         self.spec.ttl == Ttl::Decrement
     }
 
-    /// Length of the headers written before the payload: Ethernet (+ VLAN tag), IPv4 (20), UDP (8).
+    /// Whether the output frames are IPv6 (else IPv4).
+    #[inline]
+    pub fn is_ipv6(&self) -> bool {
+        self.ipv6
+    }
+
+    /// Length of the headers written before the payload: Ethernet (+ VLAN tag), IPv4 (20) or
+    /// IPv6 (40), UDP (8).
     pub fn header_len(&self) -> usize {
         self.header_len
     }
@@ -231,17 +293,20 @@ impl FrameTemplate {
     /// Writes the whole output frame for `input` into `out` and returns its length.
     ///
     /// `ip_id` is the IPv4 identification to use (a per-worker counter: the relay originates
-    /// these packets). `input` must come from [`crate::wire::parse`], whose checks this relies on.
+    /// these packets; unused for an IPv6 output). `input`, of either family, must come from
+    /// [`crate::wire::parse`], whose checks this relies on.
     ///
     /// The UDP checksum: when the incoming one is non-zero it is updated incrementally for the
     /// changed addresses and ports (RFC 1624 eqn. 3); the UDP length, and so the pseudo-header
     /// length, is unchanged because the payload is. A correct checksum stays correct and a
     /// corrupt one stays corrupt, so receivers still catch damage done before the relay. When it
-    /// is zero (the sender computed none, legal in IPv4) the output carries none either:
-    /// computing one would cost a pass over the payload on every output.
+    /// is zero (the sender computed none, legal in IPv4) an IPv4 output carries none either
+    /// (computing one would cost a pass over the payload on every output), and an IPv6 output,
+    /// where it is mandatory, gets one computed over the payload (see the [module docs](self)).
     ///
-    /// With [`TemplateSpec::dscp`] `None` the incoming DSCP is kept and ECN is cleared: the relay
-    /// ends the sender's transport path, so its ECN capability does not carry over.
+    /// With [`TemplateSpec::dscp`] `None` the incoming DSCP is kept and ECN is cleared, in either
+    /// family: the relay ends the sender's transport path, so its ECN capability does not carry
+    /// over.
     #[inline]
     pub fn write(
         &self,
@@ -249,6 +314,9 @@ impl FrameTemplate {
         ip_id: u16,
         out: &mut [u8],
     ) -> Result<usize, RewriteError> {
+        if self.ipv6 {
+            return self.write_ipv6(input, out);
+        }
         let payload_len = input.payload.len();
         let packet = IPV4_HEADER_LEN + UDP_HEADER_LEN + payload_len;
         if packet > self.spec.mtu as usize || packet > usize::from(u16::MAX) {
@@ -312,9 +380,8 @@ impl FrameTemplate {
         }
         // The words the output replaces: both addresses, the destination port, and the source
         // port when it is rewritten (a kept one is in both sums and cancels out, so it is left out).
-        let mut removed = addr_sum(input.source)
-            + addr_sum(input.destination)
-            + u64::from(input.destination_port);
+        let mut removed =
+            ip_sum(input.source) + ip_sum(input.destination) + u64::from(input.destination_port);
         if self.spec.source_port.is_some() {
             removed += u64::from(input.source_port);
         }
@@ -326,8 +393,12 @@ impl FrameTemplate {
     }
 }
 
+mod ipv6;
 pub mod segments;
 pub use segments::{MAX_SEGMENTS, Segments, Split, may_segment};
 
 #[cfg(test)]
 mod tests;
+
+#[cfg(test)]
+mod ipv6_tests;

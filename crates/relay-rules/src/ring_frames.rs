@@ -66,6 +66,7 @@ impl From<&InterfaceInfo> for InterfaceFacts {
             mac: info.mac,
             mtu: info.mtu,
             ipv4: info.ipv4.iter().map(|prefix| prefix.addr).collect(),
+            ipv6: info.ipv6.clone(),
         }
     }
 }
@@ -119,6 +120,7 @@ mod tests {
                     prefix_len: 32,
                 },
             ],
+            ipv6: vec!["2001:db8::1".parse().unwrap(), "fe80::1".parse().unwrap()],
             flags: LinkFlags::default(),
         };
         let facts = InterfaceFacts::from(&info);
@@ -130,6 +132,7 @@ mod tests {
                 mac: Some([2, 0, 0, 0, 0, 1]),
                 mtu: 9000,
                 ipv4: vec![Ipv4Addr::new(10, 0, 0, 1), Ipv4Addr::new(10, 0, 1, 1)],
+                ipv6: vec!["2001:db8::1".parse().unwrap(), "fe80::1".parse().unwrap()],
             }
         );
     }

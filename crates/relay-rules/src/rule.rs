@@ -8,7 +8,7 @@ use crate::inspect::Inspect;
 
 mod ttl;
 use std::fmt;
-use std::net::Ipv4Addr;
+use std::net::IpAddr;
 pub use ttl::{BadTtl, Ttl};
 
 /// A forwarding rule: frames matching `input` are re-sent to every one of `outputs`.
@@ -64,6 +64,10 @@ pub struct Rule {
 }
 
 /// What a rule matches: UDP datagrams arriving on an interface for an address and port.
+///
+/// The addresses are IPv4 or IPv6; a rule's destination and source are of one family
+/// (validation refuses a mix), and a file or message writes them as text either way, so files
+/// written when the relay knew only IPv4 read unchanged.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 #[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
 #[cfg_attr(feature = "serde", serde(deny_unknown_fields))]
@@ -71,8 +75,8 @@ pub struct Input {
     /// Name of the interface the frames arrive on.
     pub interface: String,
     /// Destination address: a multicast group, or a unicast address of `interface`
-    /// (unicast to multicast).
-    pub destination: Ipv4Addr,
+    /// (unicast to multicast), IPv4 or IPv6.
+    pub destination: IpAddr,
     /// UDP destination port, never 0.
     pub port: u16,
     /// For source-specific multicast: only datagrams from this source match. A source-specific
@@ -81,7 +85,7 @@ pub struct Input {
         feature = "serde",
         serde(default, skip_serializing_if = "Option::is_none")
     )]
-    pub source: Option<Ipv4Addr>,
+    pub source: Option<IpAddr>,
     /// 802.1Q VLAN id (1..=4094): only frames tagged with it match (the tag in the frame, or
     /// offloaded into the receive ring's frame header). `None` matches only untagged frames
     /// (and priority-tagged ones, VLAN id 0). Frames with two tags (802.1ad, Q-in-Q) match no
@@ -94,29 +98,36 @@ pub struct Input {
 }
 
 /// One destination of a rule.
+///
+/// Its addresses are of one family, which may differ from the input's: an IPv4 input relayed
+/// to an IPv6 output (or the reverse) is translated, headers and UDP checksum rewritten for the
+/// output's family.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 #[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
 #[cfg_attr(feature = "serde", serde(deny_unknown_fields))]
 pub struct Output {
     /// Name of the interface the rewritten datagram leaves on.
     pub interface: String,
-    /// Destination address: a multicast group, or a unicast receiver (head-end replication).
-    pub destination: Ipv4Addr,
+    /// Destination address: a multicast group, or a unicast receiver (head-end replication),
+    /// IPv4 or IPv6.
+    pub destination: IpAddr,
     /// UDP destination port, never 0.
     pub port: u16,
-    /// IP time to live of the rewritten datagram: a number, never 0, or the incoming TTL less
-    /// one ([`Ttl::Decrement`], multicast outputs on Ethernet interfaces only);
+    /// IPv4 time to live or IPv6 hop limit of the rewritten datagram: a number, never 0, or the
+    /// incoming TTL (or hop limit) less one ([`Ttl::Decrement`], multicast outputs on Ethernet interfaces only);
     /// [`Output::DEFAULT_TTL`] where a file or message leaves it out (and always written, so a
     /// saved rule says what it does).
     #[cfg_attr(feature = "serde", serde(default = "Output::default_ttl"))]
     pub ttl: Ttl,
-    /// Source address; `None` takes the output interface's first IPv4 address.
+    /// Source address, of the destination's family; `None` takes the output interface's first
+    /// address of that family (for IPv6 its first global address, else its link-local one).
     #[cfg_attr(
         feature = "serde",
         serde(default, skip_serializing_if = "Option::is_none")
     )]
-    pub source: Option<Ipv4Addr>,
-    /// DiffServ code point (0..=63) to write; `None` keeps the incoming one.
+    pub source: Option<IpAddr>,
+    /// DiffServ code point (0..=63) to write, into the IPv4 TOS or the IPv6 traffic class;
+    /// `None` keeps the incoming one (across families too: DSCP means the same in both).
     #[cfg_attr(
         feature = "serde",
         serde(default, skip_serializing_if = "Option::is_none")
@@ -146,11 +157,11 @@ pub struct RuleKey {
     /// Input interface name.
     pub interface: String,
     /// Destination address.
-    pub destination: Ipv4Addr,
+    pub destination: IpAddr,
     /// UDP destination port.
     pub port: u16,
     /// Source address of a source-specific rule.
-    pub source: Option<Ipv4Addr>,
+    pub source: Option<IpAddr>,
     /// VLAN id of the frames matched; `None` for untagged frames.
     pub vlan: Option<u16>,
 }
@@ -170,7 +181,15 @@ impl Input {
 
 impl fmt::Display for RuleKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}:{}:{}", self.interface, self.destination, self.port)?;
+        match self.destination {
+            IpAddr::V4(destination) => {
+                write!(f, "{}:{}:{}", self.interface, destination, self.port)?
+            }
+            // Brackets keep the port apart from the address's own colons.
+            IpAddr::V6(destination) => {
+                write!(f, "{}:[{}]:{}", self.interface, destination, self.port)?
+            }
+        }
         if let Some(vlan) = self.vlan {
             write!(f, " vlan {vlan}")?;
         }

@@ -7,7 +7,7 @@
 //! so the function is restricted to what classic BPF can compute: 32-bit wrapping add, multiply,
 //! xor, shifts and modulo by a constant.
 
-use std::net::Ipv4Addr;
+use std::net::IpAddr;
 
 /// Multiplier that spreads the port over all 32 bits before it is mixed with the group
 /// (2^32 / φ rounded to odd, the Fibonacci hashing constant).
@@ -22,8 +22,9 @@ pub const VLAN_MULTIPLIER: u32 = 0x27D4_EB2F;
 /// The shard (`0..n`) that owns rules for destination `group` and UDP port `port` among `n`
 /// shards.
 ///
-/// Specified exactly, on `u32` with wrapping arithmetic, `g` being the address read as a
-/// big-endian number (`u32::from(group)`, so 239.1.2.3 is `0xEF01_0203`):
+/// Specified exactly, on `u32` with wrapping arithmetic, `g` being the address word
+/// ([`address_word`]): an IPv4 address read as a big-endian number (`u32::from(group)`, so
+/// 239.1.2.3 is `0xEF01_0203`), an IPv6 address as the xor of its four big-endian words:
 ///
 /// ```text
 /// h = g ^ (port * 0x9E37_79B1)
@@ -52,7 +53,7 @@ pub const VLAN_MULTIPLIER: u32 = 0x27D4_EB2F;
 /// assert_eq!(shard(group, 5000, 1), 0);
 /// assert_eq!(shard(group, 5000, 0), 0);
 /// ```
-pub fn shard(group: Ipv4Addr, port: u16, n: u32) -> u32 {
+pub fn shard(group: impl Into<IpAddr>, port: u16, n: u32) -> u32 {
     if n == 0 {
         return 0;
     }
@@ -77,7 +78,7 @@ pub fn shard(group: Ipv4Addr, port: u16, n: u32) -> u32 {
 /// assert_eq!(shard_vlan(group, 5000, None, 4), shard(group, 5000, 4));
 /// assert!(shard_vlan(group, 5000, Some(100), 4) < 4);
 /// ```
-pub fn shard_vlan(group: Ipv4Addr, port: u16, vlan: Option<u16>, n: u32) -> u32 {
+pub fn shard_vlan(group: impl Into<IpAddr>, port: u16, vlan: Option<u16>, n: u32) -> u32 {
     if n == 0 {
         return 0;
     }
@@ -85,10 +86,10 @@ pub fn shard_vlan(group: Ipv4Addr, port: u16, vlan: Option<u16>, n: u32) -> u32 
 }
 
 /// The 32-bit hash [`shard_vlan`] reduces modulo `n`.
-pub fn shard_hash_vlan(group: Ipv4Addr, port: u16, vlan: Option<u16>) -> u32 {
+pub fn shard_hash_vlan(group: impl Into<IpAddr>, port: u16, vlan: Option<u16>) -> u32 {
     let vid = u32::from(vlan.unwrap_or(0) & 0x0fff);
     finalize(
-        u32::from(group)
+        address_word(group.into())
             ^ u32::from(port).wrapping_mul(PORT_MULTIPLIER)
             ^ vid.wrapping_mul(VLAN_MULTIPLIER),
     )
@@ -98,8 +99,31 @@ pub fn shard_hash_vlan(group: Ipv4Addr, port: u16, vlan: Option<u16>) -> u32 {
 ///
 /// Exposed so that callers that move rules between worker counts (2 → 3 workers) can compute
 /// the hash once and reduce it for each count.
-pub fn shard_hash(group: Ipv4Addr, port: u16) -> u32 {
+pub fn shard_hash(group: impl Into<IpAddr>, port: u16) -> u32 {
     shard_hash_vlan(group, port, None)
+}
+
+/// The 32-bit word an address enters the shard hash as: an IPv4 address itself, an IPv6
+/// address folded by xor of its four big-endian 32-bit words (what the steering program
+/// computes from four word loads).
+///
+/// ```
+/// use relay_rules::shard::address_word;
+/// use std::net::IpAddr;
+///
+/// let v6: IpAddr = "ff3e::8000:1".parse().unwrap();
+/// assert_eq!(address_word(v6), 0xff3e_0000 ^ 0x8000_0001);
+/// assert_eq!(address_word("239.1.2.3".parse().unwrap()), 0xef01_0203);
+/// ```
+#[inline]
+pub fn address_word(address: IpAddr) -> u32 {
+    match address {
+        IpAddr::V4(address) => u32::from(address),
+        IpAddr::V6(address) => {
+            let bits = u128::from(address);
+            (bits >> 96) as u32 ^ (bits >> 64) as u32 ^ (bits >> 32) as u32 ^ bits as u32
+        }
+    }
 }
 
 /// MurmurHash3's 32-bit finalizer, the last five steps of [`shard`]'s specification.
@@ -177,12 +201,12 @@ impl ShardSet {
     }
 
     /// Whether the rule for (`group`, `port`) of untagged frames belongs here.
-    pub fn holds(&self, group: Ipv4Addr, port: u16) -> bool {
+    pub fn holds(&self, group: impl Into<IpAddr>, port: u16) -> bool {
         self.holds_vlan(group, port, None)
     }
 
     /// Whether the rule for (`group`, `port`) of VLAN `vlan` belongs here ([`shard_vlan`]).
-    pub fn holds_vlan(&self, group: Ipv4Addr, port: u16, vlan: Option<u16>) -> bool {
+    pub fn holds_vlan(&self, group: impl Into<IpAddr>, port: u16, vlan: Option<u16>) -> bool {
         self.owns(shard_vlan(group, port, vlan, self.count))
     }
 }
@@ -190,6 +214,7 @@ impl ShardSet {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::net::Ipv4Addr;
 
     /// Counts per shard of `keys`, which must all be below `n`.
     fn histogram(keys: impl Iterator<Item = (Ipv4Addr, u16)>, n: u32) -> Vec<u32> {

@@ -47,28 +47,65 @@ use crate::wire::Datagram;
 use smallvec::SmallVec;
 use std::collections::HashMap;
 use std::collections::hash_map::Entry;
-use std::net::Ipv4Addr;
+use std::net::IpAddr;
 
 /// Where packets with one (interface, VLAN, destination, port) look for their rule.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+///
+/// One map serves both families: an address is keyed as 128 bits ([`addr_key`]), and the
+/// family as a bit of its own, so that an IPv6 datagram to the IPv4-mapped form of an IPv4
+/// rule's group (`::ffff:a.b.c.d`, which no IPv6 rule can name) does not match that rule.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct SlotKey {
-    ifindex: u32,
-    destination: u32,
-    port: u16,
-    /// The VLAN id, 0 for untagged frames (0 is never a rule's VLAN).
-    vlan: u16,
+    destination: u128,
+    /// The interface index, the port, the family and the VLAN id (0 for untagged frames,
+    /// which is never a rule's VLAN) as one word:
+    /// `ifindex << 32 | port << 16 | ipv6 << 15 | vlan` (a VLAN id has 12 bits).
+    rest: u64,
+}
+
+impl SlotKey {
+    #[inline]
+    fn new(ifindex: u32, destination: IpAddr, port: u16, vlan: u16) -> Self {
+        SlotKey {
+            destination: addr_key(destination),
+            rest: u64::from(ifindex) << 32
+                | u64::from(port) << 16
+                | u64::from(destination.is_ipv6()) << 15
+                | u64::from(vlan & 0x0fff),
+        }
+    }
+}
+
+impl std::hash::Hash for SlotKey {
+    /// Two words, not four fields: the hasher's cost is per write.
+    #[inline]
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        state.write_u128(self.destination);
+        state.write_u64(self.rest);
+    }
+}
+
+/// An address as 128 bits: IPv6 as it is, IPv4 in its IPv4-mapped form.
+#[inline]
+fn addr_key(address: IpAddr) -> u128 {
+    match address {
+        IpAddr::V4(v4) => 0xffff_0000_0000 | u128::from(u32::from(v4)),
+        IpAddr::V6(v6) => u128::from(v6),
+    }
 }
 
 /// The ids of the rules of one [`SlotKey`].
 #[derive(Debug, Clone, Default)]
 struct Slot {
     any_source: Option<u32>,
-    by_source: SmallVec<[(Ipv4Addr, u32); 1]>,
+    /// Sources as [`addr_key`]s.
+    by_source: SmallVec<[(u128, u32); 1]>,
 }
 
 impl Slot {
     /// The id of the rule for exactly `source` (`None`: the any-source rule).
-    fn get(&self, source: Option<Ipv4Addr>) -> Option<u32> {
+    fn get(&self, source: Option<IpAddr>) -> Option<u32> {
+        let source = source.map(addr_key);
         match source {
             None => self.any_source,
             Some(source) => self
@@ -80,16 +117,16 @@ impl Slot {
     }
 
     /// Makes `id` the rule for `source`, which must have none.
-    fn set(&mut self, source: Option<Ipv4Addr>, id: u32) {
+    fn set(&mut self, source: Option<IpAddr>, id: u32) {
         match source {
             None => self.any_source = Some(id),
-            Some(source) => self.by_source.push((source, id)),
+            Some(source) => self.by_source.push((addr_key(source), id)),
         }
     }
 
     /// Forgets the rule for `source`.
-    fn clear(&mut self, source: Option<Ipv4Addr>) {
-        match source {
+    fn clear(&mut self, source: Option<IpAddr>) {
+        match source.map(addr_key) {
             None => self.any_source = None,
             Some(source) => self.by_source.retain(|(from, _)| *from != source),
         }
@@ -102,12 +139,12 @@ impl Slot {
 
 /// The slot a compiled rule lives in.
 fn slot_key(rule: &CompiledRule) -> SlotKey {
-    SlotKey {
-        ifindex: rule.ifindex,
-        destination: u32::from(rule.key.destination),
-        port: rule.key.port,
-        vlan: rule.key.vlan.unwrap_or(0),
-    }
+    SlotKey::new(
+        rule.ifindex,
+        rule.key.destination,
+        rule.key.port,
+        rule.key.vlan.unwrap_or(0),
+    )
 }
 
 /// Fixed seeds: the map's contents come from configuration, not from packets, and lookups of
@@ -252,31 +289,29 @@ impl RuleTable {
     pub fn lookup(
         &self,
         ifindex: u32,
-        destination: Ipv4Addr,
+        destination: impl Into<IpAddr>,
         port: u16,
-        source: Ipv4Addr,
+        source: impl Into<IpAddr>,
     ) -> Option<&CompiledRule> {
         self.lookup_vlan(ifindex, None, destination, port, source)
     }
 
     /// [`RuleTable::lookup`] for a datagram of VLAN `vlan` (`None`: untagged): only rules whose
     /// input names that VLAN (or, for `None`, none) match.
-    #[inline]
+    // Always inlined, as it was while it took IPv4 addresses only: the worker's loop calls it
+    // per frame.
+    #[inline(always)]
     pub fn lookup_vlan(
         &self,
         ifindex: u32,
         vlan: Option<u16>,
-        destination: Ipv4Addr,
+        destination: impl Into<IpAddr>,
         port: u16,
-        source: Ipv4Addr,
+        source: impl Into<IpAddr>,
     ) -> Option<&CompiledRule> {
-        let key = SlotKey {
-            ifindex,
-            destination: u32::from(destination),
-            port,
-            vlan: vlan.unwrap_or(0),
-        };
+        let key = SlotKey::new(ifindex, destination.into(), port, vlan.unwrap_or(0));
         let slot = self.slots.get(&key)?;
+        let source = addr_key(source.into());
         let index = slot
             .by_source
             .iter()

@@ -12,6 +12,7 @@
 //! who receives on this endpoint). That finds exactly what [`validate`] on the whole new set
 //! finds, in the same order, at a cost that does not grow with the set.
 
+mod address;
 mod error;
 mod index;
 mod set;
@@ -23,7 +24,7 @@ use crate::interface::{InterfaceFacts, Interfaces};
 use crate::rule::{Input, Limits, Output, Rule, Ttl};
 use ahash::AHashMap;
 use std::collections::hash_map::Entry;
-use std::net::Ipv4Addr;
+use std::net::IpAddr;
 
 /// Longest rule name accepted.
 pub const MAX_NAME_LEN: usize = 64;
@@ -44,7 +45,7 @@ pub fn validate(
     let mut errors = Vec::new();
     let mut names: AHashMap<&str, usize> = AHashMap::with_capacity(rules.len());
     let mut keys = AHashMap::with_capacity(rules.len());
-    let mut inputs: AHashMap<(&str, Ipv4Addr, u16), &str> = AHashMap::with_capacity(rules.len());
+    let mut inputs: AHashMap<(&str, IpAddr, u16), &str> = AHashMap::with_capacity(rules.len());
     for rule in rules {
         inputs
             .entry(endpoint(&rule.input))
@@ -71,12 +72,12 @@ pub fn validate(
 }
 
 /// Where a rule receives: (interface, destination, port). An output that sends there loops.
-pub(crate) fn endpoint(input: &Input) -> (&str, Ipv4Addr, u16) {
+pub(crate) fn endpoint(input: &Input) -> (&str, IpAddr, u16) {
     (input.interface.as_str(), input.destination, input.port)
 }
 
 /// A rule's match key as a tuple: (interface, destination, port, source, VLAN).
-pub(crate) type MatchKey<'a> = (&'a str, Ipv4Addr, u16, Option<Ipv4Addr>, Option<u16>);
+pub(crate) type MatchKey<'a> = (&'a str, IpAddr, u16, Option<IpAddr>, Option<u16>);
 
 /// A rule's match key as a tuple: (interface, destination, port, source, VLAN).
 pub(crate) fn match_key(input: &Input) -> MatchKey<'_> {
@@ -103,7 +104,7 @@ struct Claims<'a> {
 fn check_rule<'a>(
     rule: &'a Rule,
     claims: &Claims<'a>,
-    receiver: &dyn Fn((&'a str, Ipv4Addr, u16)) -> Option<&'a str>,
+    receiver: &dyn Fn((&'a str, IpAddr, u16)) -> Option<&'a str>,
     interfaces: &Interfaces,
     limits: &Limits,
     errors: &mut Vec<ValidationError>,
@@ -175,19 +176,6 @@ fn check_name(name: &str, report: &mut impl FnMut(Field, Problem)) {
     }
 }
 
-/// Problems of an address that is neither sendable to nor receivable on, or `None`.
-fn unusable_address(address: Ipv4Addr) -> Option<Problem> {
-    if address.is_unspecified() {
-        Some(Problem::Unspecified)
-    } else if address.is_broadcast() {
-        Some(Problem::Broadcast)
-    } else if address.is_multicast() && address.octets()[..3] == [224, 0, 0] {
-        Some(Problem::LinkLocalGroup(address))
-    } else {
-        None
-    }
-}
-
 fn check_input(input: &Input, interfaces: &Interfaces, report: &mut impl FnMut(Field, Problem)) {
     let at = Field::Input;
     let facts = interfaces.get(&input.interface);
@@ -197,11 +185,11 @@ fn check_input(input: &Input, interfaces: &Interfaces, report: &mut impl FnMut(F
             Problem::UnknownInterface(input.interface.clone()),
         );
     }
-    if let Some(problem) = unusable_address(input.destination) {
+    if let Some(problem) = address::unusable(input.destination) {
         report(at(InputField::Destination), problem);
     } else if let Some(facts) = facts
         && !input.destination.is_multicast()
-        && !facts.ipv4.contains(&input.destination)
+        && !facts.has_address(input.destination)
     {
         let problem = Problem::NotMulticastOrLocal {
             address: input.destination,
@@ -212,10 +200,16 @@ fn check_input(input: &Input, interfaces: &Interfaces, report: &mut impl FnMut(F
     if input.port == 0 {
         report(at(InputField::Port), Problem::PortZero);
     }
-    if let Some(source) = input.source
-        && (source.is_unspecified() || source.is_broadcast() || source.is_multicast())
-    {
-        report(at(InputField::Source), Problem::SourceNotUnicast(source));
+    if let Some(source) = input.source {
+        if !address::is_unicast_source(source) {
+            report(at(InputField::Source), Problem::SourceNotUnicast(source));
+        } else if !address::same_family(source, input.destination) {
+            let problem = Problem::MixedFamilies {
+                destination: input.destination,
+                source_addr: source,
+            };
+            report(at(InputField::Source), problem);
+        }
     }
     if let Some(vlan) = input.vlan
         && !(1..=4094).contains(&vlan)
@@ -236,7 +230,7 @@ fn check_output(
             Problem::UnknownInterface(output.interface.clone()),
         );
     }
-    if let Some(problem) = unusable_address(output.destination) {
+    if let Some(problem) = address::unusable(output.destination) {
         report(OutputField::Destination, problem);
     }
     if output.port == 0 {
@@ -260,18 +254,30 @@ fn check_output(
     }
     if let Some(facts) = facts {
         match output.source {
-            Some(source) if !facts.ipv4.contains(&source) => {
+            Some(source) if !address::same_family(source, output.destination) => {
+                let problem = Problem::MixedFamilies {
+                    destination: output.destination,
+                    source_addr: source,
+                };
+                report(OutputField::Source, problem);
+            }
+            Some(source) if !facts.has_address(source) => {
                 let problem = Problem::SourceNotLocal {
                     address: source,
                     interface: facts.name.clone(),
                 };
                 report(OutputField::Source, problem);
             }
-            None if facts.ipv4.is_empty() => {
+            None if facts.first_address(output.destination).is_none() => {
                 report(
                     OutputField::Source,
                     Problem::NoSourceAddress {
                         interface: facts.name.clone(),
+                        family: if output.destination.is_ipv6() {
+                            "IPv6"
+                        } else {
+                            "IPv4"
+                        },
                     },
                 );
             }

@@ -4,7 +4,7 @@
 //! for frames the parser has never seen as literals; the checksums the outputs are compared
 //! with come from a plain full computation written here, independent of the crate.
 
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr};
 
 use proptest::prelude::*;
 use relay_rules::replicate::{FrameTemplate, RewriteError, TemplateSpec};
@@ -160,8 +160,8 @@ fn template_spec() -> impl Strategy<Value = TemplateSpec> {
                 src_mac,
                 dst_mac,
                 vlan,
-                source: Ipv4Addr::from(src),
-                destination: Ipv4Addr::from(dst),
+                source: Ipv4Addr::from(src).into(),
+                destination: Ipv4Addr::from(dst).into(),
                 source_port: sport,
                 destination_port: dport,
                 ttl: relay_rules::Ttl::Fixed(ttl),
@@ -185,13 +185,17 @@ fn full_checksum(parts: &[&[u8]]) -> u16 {
 }
 
 /// The UDP checksum a sender computing it in full would put on `udp` (checksum field ignored).
-fn full_udp_checksum(source: Ipv4Addr, destination: Ipv4Addr, udp: &[u8]) -> u16 {
+fn full_udp_checksum(source: IpAddr, destination: IpAddr, udp: &[u8]) -> u16 {
+    let octets = |address: IpAddr| match address {
+        IpAddr::V4(address) => address.octets().to_vec(),
+        IpAddr::V6(address) => address.octets().to_vec(),
+    };
     let mut header = udp[..8].to_vec();
     header[6..8].fill(0);
     let len = (udp.len() as u16).to_be_bytes();
     let pseudo = [
-        &source.octets()[..],
-        &destination.octets()[..],
+        &octets(source)[..],
+        &octets(destination)[..],
         &[0, PROTOCOL_UDP],
         &len[..],
     ]

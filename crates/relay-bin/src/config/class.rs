@@ -158,7 +158,7 @@ pub fn check_rule_classes<'a>(
 /// key), and a source-specific rule takes precedence over an any-source rule of its key only
 /// where both are in one table: so a key belongs to one class.
 pub fn check_shared_keys<'a>(rules: impl IntoIterator<Item = &'a Rule>) -> Vec<String> {
-    type Key<'a> = (&'a str, std::net::Ipv4Addr, u16, Option<u16>);
+    type Key<'a> = (&'a str, std::net::IpAddr, u16, Option<u16>);
     let mut first: std::collections::HashMap<Key<'_>, &Rule> = std::collections::HashMap::new();
     let mut problems = Vec::new();
     for rule in rules {

@@ -145,14 +145,14 @@ mod tests {
             name: name.into(),
             input: Input {
                 interface: interface.into(),
-                destination: Ipv4Addr::new(239, 1, 1, 1),
+                destination: Ipv4Addr::new(239, 1, 1, 1).into(),
                 port: 5000,
                 source: None,
                 vlan: None,
             },
             outputs: vec![Output {
                 interface: "out0".into(),
-                destination: Ipv4Addr::new(239, 2, 2, 2),
+                destination: Ipv4Addr::new(239, 2, 2, 2).into(),
                 port: 6000,
                 ttl: relay_rules::Ttl::Fixed(8),
                 source: None,

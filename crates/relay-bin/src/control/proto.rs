@@ -30,7 +30,7 @@
 use relay_rules::Rule;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
-use std::net::Ipv4Addr;
+use std::net::IpAddr;
 use std::path::Path;
 
 /// The protocol version this build speaks.
@@ -118,12 +118,12 @@ pub struct KeyEntry {
     /// Input interface.
     pub interface: String,
     /// Destination address.
-    pub destination: Ipv4Addr,
+    pub destination: IpAddr,
     /// UDP port.
     pub port: u16,
     /// Source, for a source-specific rule.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub source: Option<Ipv4Addr>,
+    pub source: Option<IpAddr>,
     /// VLAN id, for a rule of tagged frames.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub vlan: Option<u16>,

@@ -157,9 +157,9 @@ pub fn parse_input(text: &str) -> Result<Input, ArgError> {
     }
     Ok(Input {
         interface,
-        destination,
+        destination: destination.into(),
         port,
-        source,
+        source: source.map(Into::into),
         vlan,
     })
 }
@@ -170,7 +170,7 @@ pub fn parse_output(text: &str) -> Result<Output, ArgError> {
     let (interface, destination, port) = parse_endpoint(parts.next().unwrap_or_default())?;
     let mut output = Output {
         interface,
-        destination,
+        destination: destination.into(),
         port,
         ttl: Output::DEFAULT_TTL,
         source: None,
@@ -196,7 +196,7 @@ pub fn parse_output(text: &str) -> Result<Output, ArgError> {
             "vlan" => {
                 output.vlan = Some(value.parse().map_err(|_| out_of_range("vlan", 1, 4094))?);
             }
-            "source" => output.source = Some(parse_addr(value, "source")?),
+            "source" => output.source = Some(parse_addr(value, "source")?.into()),
             _ => {
                 return Err(ArgError::UnknownOption {
                     option: option.to_owned(),
@@ -344,12 +344,12 @@ mod tests {
         let input = parse_input("eth0:239.1.1.1:5000@192.0.2.10").expect("valid input");
         assert_eq!(input.interface, "eth0");
         assert_eq!(input.port, 5000);
-        assert_eq!(input.source, Some(Ipv4Addr::new(192, 0, 2, 10)));
+        assert_eq!(input.source, Some(Ipv4Addr::new(192, 0, 2, 10).into()));
         assert_eq!(input.vlan, None);
         let tagged = parse_input("eth0:239.1.1.1:5000@192.0.2.10,vlan=100").expect("valid");
         assert_eq!(
             (tagged.source, tagged.vlan),
-            (Some(Ipv4Addr::new(192, 0, 2, 10)), Some(100))
+            (Some(Ipv4Addr::new(192, 0, 2, 10).into()), Some(100))
         );
         assert_eq!(
             parse_input("eth0:239.1.1.1:5000,vlan=4096").map(|input| input.vlan),
@@ -372,7 +372,7 @@ mod tests {
         let decrement = parse_output("eth1:239.2.2.2:6000,ttl=decrement").expect("valid");
         assert_eq!(decrement.ttl, relay_rules::Ttl::Decrement);
         assert_eq!(output.dscp, Some(46));
-        assert_eq!(output.source, Some(Ipv4Addr::new(10, 0, 0, 1)));
+        assert_eq!(output.source, Some(Ipv4Addr::new(10, 0, 0, 1).into()));
         assert_eq!(
             parse_output("eth1:239.2.2.2:6000,color=red"),
             Err(ArgError::UnknownOption {

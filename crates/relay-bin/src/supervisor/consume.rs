@@ -22,9 +22,9 @@ use crate::ingress::{Tc, TcError};
 use relay_rules::RuleSet;
 use relay_rules::bpf::consume_program;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::net::Ipv4Addr;
+use std::net::IpAddr;
 
-type Key = (Ipv4Addr, u16);
+type Key = (IpAddr, u16);
 
 /// The ingress filters of the input interfaces.
 #[derive(Debug)]
@@ -284,7 +284,7 @@ mod tests {
 
     #[test]
     fn keys_are_counted_per_interface_and_rule() {
-        let key = |port| (Ipv4Addr::new(239, 1, 1, 1), port);
+        let key = |port| (IpAddr::from(std::net::Ipv4Addr::new(239, 1, 1, 1)), port);
         let mut keys = ConsumedKeys::default();
         keys.add("a", "in0", key(5000));
         keys.add("b", "in0", key(5000));

@@ -17,7 +17,7 @@ use relay_rules::table::compile_outputs;
 use relay_rules::{Interfaces, Rule};
 use std::collections::HashMap;
 use std::io;
-use std::net::{Ipv4Addr, UdpSocket};
+use std::net::{IpAddr, UdpSocket};
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::net::UnixStream;
 
@@ -190,7 +190,7 @@ pub(crate) fn open(
 /// an error names the call that failed.
 fn output_socket(
     name: &str,
-    source: Ipv4Addr,
+    source: IpAddr,
     ttl: u8,
     dscp: Option<u8>,
 ) -> Result<UdpSocket, (&'static str, io::Error)> {
@@ -210,6 +210,29 @@ fn output_socket(
             &std::ffi::OsString::from(name),
         ),
     )?;
+    if source.is_ipv6() {
+        let hops = i32::from(ttl);
+        call(
+            "setsockopt(IPV6_UNICAST_HOPS)",
+            setsockopt(&socket, sockopt::Ipv6Ttl, &hops),
+        )?;
+        call(
+            "setsockopt(IPV6_MULTICAST_HOPS)",
+            setsockopt(&socket, sockopt::Ipv6MulticastHops, &hops),
+        )?;
+        call(
+            "setsockopt(IPV6_MULTICAST_LOOP)",
+            socket.set_multicast_loop_v6(false),
+        )?;
+        if let Some(dscp) = dscp {
+            call(
+                "setsockopt(IPV6_TCLASS)",
+                setsockopt(&socket, sockopt::Ipv6TClass, &(i32::from(dscp) << 2)),
+            )?;
+        }
+        call("fcntl(O_NONBLOCK)", socket.set_nonblocking(true))?;
+        return Ok(socket);
+    }
     call("setsockopt(IP_TTL)", socket.set_ttl(u32::from(ttl)))?;
     call(
         "setsockopt(IP_MULTICAST_TTL)",
@@ -245,6 +268,7 @@ mod tests {
                 mac: Some([2, 0, 0, 0, 0, index as u8]),
                 mtu: 1500,
                 ipv4: vec![Ipv4Addr::new(10, 0, index as u8, 1)],
+                ipv6: Vec::new(),
             })
             .collect()
     }
@@ -254,7 +278,7 @@ mod tests {
             name: name.to_owned(),
             input: Input {
                 interface: "in0".to_owned(),
-                destination: Ipv4Addr::new(239, 1, 1, 1),
+                destination: Ipv4Addr::new(239, 1, 1, 1).into(),
                 port,
                 source: None,
                 vlan: None,
@@ -263,7 +287,7 @@ mod tests {
                 .iter()
                 .map(|interface| Output {
                     interface: (*interface).to_owned(),
-                    destination: Ipv4Addr::new(239, 2, 2, 2),
+                    destination: Ipv4Addr::new(239, 2, 2, 2).into(),
                     port,
                     ttl: Output::DEFAULT_TTL,
                     source: None,

@@ -18,14 +18,14 @@ use fanout_core::{BpfError, HandoffError};
 use relay_rules::RuleSet;
 use relay_rules::bpf::KeySense;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::net::{Ipv4Addr, UdpSocket};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, UdpSocket};
 use std::os::fd::AsFd;
 
 /// A (destination, port) key: where a unicast input's socket is bound.
 pub(super) type Key = (Ipv4Addr, u16);
 
 /// A (destination, port, VLAN) key, as the class filters match it.
-pub(super) type ClassKey = (Ipv4Addr, u16, Option<u16>);
+pub(super) type ClassKey = (IpAddr, u16, Option<u16>);
 
 /// Why what a rule's input needs could not be held.
 #[derive(Debug, thiserror::Error)]
@@ -120,6 +120,14 @@ enum Want {
     Group(Membership),
     /// A socket bound to a unicast input's address and port.
     Sink(Key),
+    /// An IPv6 input: neither joined (MLD) nor bound yet; held as nothing, with a log line,
+    /// so that such a rule runs where its frames reach the interface anyway.
+    Ipv6 {
+        /// The input's destination.
+        destination: Ipv6Addr,
+        /// The input's port.
+        port: u16,
+    },
 }
 
 /// Where one rule's input comes from, and what it holds open.
@@ -174,14 +182,20 @@ impl Inputs {
     fn input_of(&self, set: &RuleSet, rule: &relay_rules::Rule) -> Option<RuleInput> {
         let facts = set.interfaces().get(&rule.input.interface)?;
         let key = (rule.input.destination, rule.input.port, rule.input.vlan);
-        let want = if rule.input.destination.is_multicast() {
-            Want::Group(Membership {
+        let want = match rule.input.destination {
+            IpAddr::V4(group) if group.is_multicast() => Want::Group(Membership {
                 ifindex: facts.index,
-                group: rule.input.destination,
-                source: rule.input.source,
-            })
-        } else {
-            Want::Sink((rule.input.destination, rule.input.port))
+                group,
+                source: match rule.input.source {
+                    Some(IpAddr::V4(source)) => Some(source),
+                    _ => None,
+                },
+            }),
+            IpAddr::V4(address) => Want::Sink((address, rule.input.port)),
+            IpAddr::V6(destination) => Want::Ipv6 {
+                destination,
+                port: rule.input.port,
+            },
         };
         Some(RuleInput {
             interface: facts.name.clone(),
@@ -411,6 +425,12 @@ impl Inputs {
                 self.sinks.insert(key, socket);
                 Ok(())
             }
+            Want::Ipv6 { destination, port } => {
+                log::info!(
+                    "IPv6 input [{destination}]:{port} on {interface}: no MLD join or unicast                      socket is made for it yet; its frames are relayed where they reach the                      interface"
+                );
+                Ok(())
+            }
         }
     }
 
@@ -434,6 +454,7 @@ impl Inputs {
             Want::Sink(key) => {
                 self.sinks.remove(&key);
             }
+            Want::Ipv6 { .. } => {}
         }
     }
 
@@ -573,7 +594,7 @@ mod tests {
         RuleInput {
             interface: "in0".into(),
             class,
-            key: (group, port, None),
+            key: (group.into(), port, None),
             want: Want::Group(Membership {
                 ifindex: 1,
                 group,
@@ -591,7 +612,7 @@ mod tests {
             names,
             vec![1, 1, 1],
         );
-        let key = |port| (Ipv4Addr::new(239, 1, 1, 1), port, None);
+        let key = |port| (IpAddr::from(Ipv4Addr::new(239, 1, 1, 1)), port, None);
         assert!(inputs.count_key(&input(1, 5000)), "a new video key");
         assert!(!inputs.count_key(&input(1, 5000)), "a second rule of it");
         assert!(inputs.count_key(&input(2, 5001)));

@@ -314,6 +314,7 @@ mod tests {
             mac: Some([2, 0, 0, 0, 0, 1]),
             mtu: 1500,
             ipv4: Vec::new(),
+            ipv6: Vec::new(),
         });
         assert_eq!(known.observe(&link(5, "out0", true, 1500)), vec![]);
         assert_eq!(

@@ -582,6 +582,7 @@ mod tests {
                     mac: None,
                     mtu: 1500,
                     ipv4: Vec::new(),
+                    ipv6: Vec::new(),
                 })
                 .collect(),
         };

@@ -9,7 +9,7 @@ use relay_rules::table::{CompiledOutput, RuleTable, TableError};
 use relay_rules::wire::{self, DropReason, VlanTag};
 use relay_rules::{Datagram, FrameTemplate, Interfaces, Rule, RuleCounters};
 use std::collections::HashMap;
-use std::net::SocketAddrV4;
+use std::net::SocketAddr;
 
 /// What became of a datagram handed to [`Outputs::write_datagram`] or [`Outputs::queue`]. Each
 /// outcome but `Queued` is a datagram dropped before it reached the kernel, counted under its
@@ -60,7 +60,7 @@ pub trait Outputs {
     fn queue(
         &mut self,
         output: &CompiledOutput,
-        destination: SocketAddrV4,
+        destination: SocketAddr,
         payload: &[u8],
     ) -> Written;
 }
@@ -367,7 +367,7 @@ mod tests {
             self.ring
         }
 
-        fn queue(&mut self, _: &CompiledOutput, _: SocketAddrV4, _: &[u8]) -> Written {
+        fn queue(&mut self, _: &CompiledOutput, _: SocketAddr, _: &[u8]) -> Written {
             self.socket
         }
     }
@@ -379,6 +379,7 @@ mod tests {
             mac,
             mtu: 1500,
             ipv4: ipv4.to_vec(),
+            ipv6: Vec::new(),
         };
         [
             facts("in0", 2, Some([2, 0, 0, 0, 0, 1]), &[]),
@@ -410,14 +411,14 @@ mod tests {
             name: "cam".into(),
             input: Input {
                 interface: "in0".into(),
-                destination: Ipv4Addr::new(239, 1, 1, 1),
+                destination: Ipv4Addr::new(239, 1, 1, 1).into(),
                 port: 5000,
                 source: None,
                 vlan: None,
             },
             outputs: vec![
-                output("out0", Ipv4Addr::new(239, 2, 2, 2), 6000),
-                output("tun0", Ipv4Addr::new(10, 9, 9, 9), 7000),
+                output("out0", Ipv4Addr::new(239, 2, 2, 2).into(), 6000),
+                output("tun0", Ipv4Addr::new(10, 9, 9, 9).into(), 7000),
             ],
             class: None,
             inspect: None,

@@ -18,7 +18,7 @@ use relay_rules::table::CompiledOutput;
 use relay_rules::{Datagram, FrameTemplate, RewriteError};
 use smallvec::SmallVec;
 use std::collections::HashMap;
-use std::net::SocketAddrV4;
+use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 /// Datagrams queued per socket output before a `sendmmsg`.
@@ -485,7 +485,7 @@ impl Outputs for Sinks {
     fn queue(
         &mut self,
         output: &CompiledOutput,
-        destination: SocketAddrV4,
+        destination: SocketAddr,
         payload: &[u8],
     ) -> Written {
         // The data path hands socket outputs only; a ring output has no socket here either.

@@ -16,10 +16,9 @@
 
 use super::keys::{Verdicts, key_program};
 use super::{
-    BPF_ABS, BPF_JEQ, BPF_JMP, BPF_K, BPF_LD, BPF_MAXINSNS, BPF_RET, BPF_W, Instruction,
+    BPF_ABS, BPF_JEQ, BPF_JMP, BPF_K, BPF_LD, BPF_MAXINSNS, BPF_RET, BPF_W, FilterKey, Instruction,
     KEY_FILTER_MAX_KEYS, KeyFilterError, KeySense, Program, SKF_AD_OFF, SKF_AD_VLAN_TAG_PRESENT,
 };
-use std::net::Ipv4Addr;
 
 /// `TC_ACT_SHOT`: drop the frame.
 pub const TC_ACT_SHOT: u32 = 2;
@@ -37,10 +36,10 @@ pub const TC_ACT_UNSPEC: u32 = u32::MAX;
 ///
 /// Returns [`KeyFilterError::TooManyKeys`] when the program would not fit in `BPF_MAXINSNS`;
 /// that never happens for [`KEY_FILTER_MAX_KEYS`] keys or fewer.
-pub fn consume_program(
-    keys: impl IntoIterator<Item = (Ipv4Addr, u16)>,
+pub fn consume_program<K: Into<FilterKey>>(
+    keys: impl IntoIterator<Item = K>,
 ) -> Result<Program, KeyFilterError> {
-    let keys: Vec<(Ipv4Addr, u16)> = keys.into_iter().collect();
+    let keys: Vec<FilterKey> = keys.into_iter().map(Into::into).collect();
     let too_many = KeyFilterError::TooManyKeys {
         keys: keys.len(),
         limit: KEY_FILTER_MAX_KEYS,
@@ -52,6 +51,7 @@ pub fn consume_program(
             keep: TC_ACT_SHOT,
             drop: TC_ACT_UNSPEC,
         },
+        false,
     )?;
     let mut instructions = vec![
         Instruction::stmt(
@@ -74,6 +74,7 @@ mod tests {
     use crate::bpf::interp::{Interpreter, Skb, VlanTag};
     use crate::bpf::test_packets::udp_packet;
     use crate::bpf::validate_program;
+    use std::net::Ipv4Addr;
 
     fn run(program: &Program, skb: &Skb<'_>) -> u32 {
         Interpreter::new(program)
@@ -133,7 +134,7 @@ mod tests {
 
     #[test]
     fn no_keys_drop_nothing() {
-        let program = consume_program([]).expect("no keys fit");
+        let program = consume_program(Vec::<FilterKey>::new()).expect("no keys fit");
         let packet = udp_packet(Ipv4Addr::new(239, 1, 1, 1), 5000, 0);
         assert_eq!(
             run(&program, &Skb::received(&packet, 0x0800)),

@@ -19,15 +19,23 @@
 //! and `p` such words of the matching address, about `⌈log₂ m⌉ + ⌈log₂ p⌉ + 3` comparisons, plus at most one
 //! `ja` or copied `ret` per branch too far for the 8-bit offset of a conditional jump. The program
 //! takes about two instructions per key that shares its address with others and four per key
-//! with an address of its own, so [`KEY_FILTER_MAX_KEYS`] keys always fit in `BPF_MAXINSNS`.
+//! with an address of its own, so [`KEY_FILTER_MAX_KEYS`] IPv4 keys always fit in
+//! `BPF_MAXINSNS`.
+//!
+//! IPv6 keys are searched the same way, word by word: the four words of the destination, then
+//! the (port, VLAN) word, after a fixed IPv6 prologue that walks the extension headers
+//! ([`crate::wire::MAX_EXTENSION_HEADERS`] at most, as the parser) to find the port. An IPv6
+//! key with an address of its own takes about ten instructions, so about 350 such keys fit.
 
+use super::ipv6::{DESTINATION, ETH_P_IPV6, walk};
 use super::{
     BPF_ABS, BPF_ALU, BPF_AND, BPF_B, BPF_H, BPF_IND, BPF_JA, BPF_JEQ, BPF_JGE, BPF_JGT, BPF_JMP,
     BPF_JSET, BPF_K, BPF_LD, BPF_LDX, BPF_LSH, BPF_MAXINSNS, BPF_MEM, BPF_MISC, BPF_MSH, BPF_OR,
     BPF_RET, BPF_ST, BPF_TAX, BPF_TXA, BPF_W, BPF_X, Instruction, Program, SKF_AD_OFF,
-    SKF_AD_PROTOCOL, SKF_AD_VLAN_TAG, SKF_AD_VLAN_TAG_PRESENT, SKF_NET_OFF, udp_prefilter,
+    SKF_AD_PROTOCOL, SKF_AD_VLAN_TAG, SKF_AD_VLAN_TAG_PRESENT, SKF_NET_OFF, ip_prefilter,
 };
-use std::net::Ipv4Addr;
+use crate::wire::NEXT_HEADER_FRAGMENT;
+use std::net::{IpAddr, Ipv4Addr};
 use thiserror::Error;
 
 const ETH_P_IP: u32 = 0x0800;
@@ -51,38 +59,49 @@ pub const KEY_FILTER_MAX_KEYS: usize = 1000;
 /// A key a class filter matches: a rule's destination, UDP port and VLAN (`None`: untagged).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct FilterKey {
-    /// Destination address.
-    pub destination: Ipv4Addr,
+    /// Destination address, IPv4 or IPv6.
+    pub destination: IpAddr,
     /// UDP destination port.
     pub port: u16,
     /// VLAN id (1..=4094), `None` for untagged frames.
     pub vlan: Option<u16>,
 }
 
+/// A key as an IPv4 filter compares it: (address, `port | vid << 16`).
+type Words4 = (u32, u32);
+/// A key as an IPv6 filter compares it: the address's four words, then `port | vid << 16`.
+type Words6 = [u32; 5];
+
 impl FilterKey {
-    /// The key as the filter compares it: (address, `port | vid << 16`).
-    fn words(self) -> (u32, u32) {
+    /// The (port, VLAN) word.
+    fn port_word(self) -> u32 {
         let vid = u32::from(self.vlan.unwrap_or(0) & 0x0fff);
-        (
-            u32::from(self.destination),
-            u32::from(self.port) | vid << 16,
-        )
+        u32::from(self.port) | vid << 16
     }
 }
 
 impl From<(Ipv4Addr, u16)> for FilterKey {
     /// The key of untagged frames to `destination:port`.
     fn from((destination, port): (Ipv4Addr, u16)) -> Self {
-        FilterKey {
-            destination,
-            port,
-            vlan: None,
-        }
+        FilterKey::from((IpAddr::V4(destination), port, None))
     }
 }
 
 impl From<(Ipv4Addr, u16, Option<u16>)> for FilterKey {
     fn from((destination, port, vlan): (Ipv4Addr, u16, Option<u16>)) -> Self {
+        FilterKey::from((IpAddr::V4(destination), port, vlan))
+    }
+}
+
+impl From<(IpAddr, u16)> for FilterKey {
+    /// The key of untagged frames to `destination:port`.
+    fn from((destination, port): (IpAddr, u16)) -> Self {
+        FilterKey::from((destination, port, None))
+    }
+}
+
+impl From<(IpAddr, u16, Option<u16>)> for FilterKey {
+    fn from((destination, port, vlan): (IpAddr, u16, Option<u16>)) -> Self {
         FilterKey {
             destination,
             port,
@@ -94,11 +113,11 @@ impl From<(Ipv4Addr, u16, Option<u16>)> for FilterKey {
 /// Which frames a key filter keeps.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum KeySense {
-    /// Only IPv4 UDP frames (whole datagrams and first fragments) whose key is in the set: the
-    /// filter of a named worker class. Everything else is dropped.
+    /// Only UDP frames (IPv4 whole datagrams and first fragments, IPv6 datagrams) whose key is
+    /// in the set: the filter of a named worker class. Everything else is dropped.
     Listed,
-    /// Everything [`udp_prefilter`] keeps, except IPv4 UDP frames whose key is in the set: the
-    /// filter of the default worker class.
+    /// Everything [`ip_prefilter`] keeps, except UDP frames whose key is in the set: the filter
+    /// of the default worker class.
     Unlisted,
 }
 
@@ -135,9 +154,26 @@ pub enum KeyFilterError {
 ///
 /// Returns [`KeyFilterError::TooManyKeys`] when the program would not fit in `BPF_MAXINSNS`;
 /// that never happens for [`KEY_FILTER_MAX_KEYS`] keys or fewer.
+///
+/// IPv6 frames: [`KeySense::Listed`] keeps those whose key is listed; [`KeySense::Unlisted`]
+/// keeps what [`ip_prefilter`] keeps when some key is IPv6 (and rejects IPv6 otherwise, as
+/// [`super::udp_prefilter`] does); [`key_filter_with`] says it outright.
 pub fn key_filter<K: Into<FilterKey>>(
     keys: impl IntoIterator<Item = K>,
     sense: KeySense,
+) -> Result<Program, KeyFilterError> {
+    let keys: Vec<FilterKey> = keys.into_iter().map(Into::into).collect();
+    let ipv6 = keys.iter().any(|key| key.destination.is_ipv6());
+    key_filter_with(keys, sense, ipv6)
+}
+
+/// [`key_filter`], saying whether the relay has IPv6 rules (`ipv6_rules`): a
+/// [`KeySense::Unlisted`] filter then keeps the IPv6 frames [`ip_prefilter`] keeps (less the
+/// listed keys), as the default class needs when it holds IPv6 rules the set does not list.
+pub fn key_filter_with<K: Into<FilterKey>>(
+    keys: impl IntoIterator<Item = K>,
+    sense: KeySense,
+    ipv6_rules: bool,
 ) -> Result<Program, KeyFilterError> {
     key_program(
         keys,
@@ -146,6 +182,7 @@ pub fn key_filter<K: Into<FilterKey>>(
             keep: ACCEPT,
             drop: REJECT,
         },
+        ipv6_rules,
     )
 }
 
@@ -165,29 +202,54 @@ pub(super) fn key_program<K: Into<FilterKey>>(
     keys: impl IntoIterator<Item = K>,
     sense: KeySense,
     verdicts: Verdicts,
+    ipv6_rules: bool,
 ) -> Result<Program, KeyFilterError> {
-    let mut keys: Vec<(u32, u32)> = keys.into_iter().map(|key| key.into().words()).collect();
-    keys.sort_unstable();
-    keys.dedup();
+    let mut keys4: Vec<Words4> = Vec::new();
+    let mut keys6: Vec<Words6> = Vec::new();
+    for key in keys {
+        let key: FilterKey = key.into();
+        match key.destination {
+            IpAddr::V4(address) => keys4.push((u32::from(address), key.port_word())),
+            IpAddr::V6(address) => {
+                let w = address.segments().map(u32::from);
+                keys6.push([
+                    w[0] << 16 | w[1],
+                    w[2] << 16 | w[3],
+                    w[4] << 16 | w[5],
+                    w[6] << 16 | w[7],
+                    key.port_word(),
+                ]);
+            }
+        }
+    }
+    keys4.sort_unstable();
+    keys4.dedup();
+    keys6.sort_unstable();
+    keys6.dedup();
+    let count = keys4.len() + keys6.len();
     let too_many = KeyFilterError::TooManyKeys {
-        keys: keys.len(),
+        keys: count,
         limit: KEY_FILTER_MAX_KEYS,
     };
-    if keys.is_empty() {
+    let ipv6_traffic = match sense {
+        KeySense::Listed => !keys6.is_empty(),
+        KeySense::Unlisted => ipv6_rules || !keys6.is_empty(),
+    };
+    if count == 0 {
         return Ok(match sense {
             KeySense::Listed => {
                 Program::new(vec![Instruction::stmt(BPF_RET | BPF_K, verdicts.drop)])
             }
-            KeySense::Unlisted => udp_prefilter(),
+            KeySense::Unlisted => ip_prefilter(ipv6_traffic),
         });
     }
     // Two instructions per key is the least the search takes (all keys on one address); do not
     // build what cannot fit.
-    if keys.len() > BPF_MAXINSNS / 2 {
+    if count > BPF_MAXINSNS / 2 {
         return Err(too_many);
     }
     let mut builder = Builder::default();
-    builder.filter(&keys, sense, verdicts);
+    builder.filter(&keys4, &keys6, ipv6_traffic, sense, verdicts);
     let mut ops = builder.resolve();
     if relax(&mut ops).is_err() {
         return Err(too_many);
@@ -275,8 +337,16 @@ impl Builder {
         self.bind(next);
     }
 
-    /// The whole filter over sorted, distinct, non-empty `keys`.
-    fn filter(&mut self, keys: &[(u32, u32)], sense: KeySense, verdicts: Verdicts) {
+    /// The whole filter over sorted, distinct `keys` (of which one family may be empty), with
+    /// an IPv6 part when `ipv6` (IPv6 frames are otherwise rejected).
+    fn filter(
+        &mut self,
+        keys: &[Words4],
+        keys6: &[Words6],
+        ipv6: bool,
+        sense: KeySense,
+        verdicts: Verdicts,
+    ) {
         let accept = self.label();
         let reject = self.label();
         let (found, missed) = match sense {
@@ -286,15 +356,23 @@ impl Builder {
         // Frames udp_prefilter keeps that carry no key: the default class counts them.
         let keyless = missed;
 
+        let ipv6_part = self.label();
+        let not_ipv4 = if ipv6 { ipv6_part } else { reject };
         // EtherType after VLAN untagging; a tag left in the frame hides what follows it.
         self.stmt(BPF_LD | BPF_W | BPF_ABS, SKF_AD_OFF + SKF_AD_PROTOCOL);
         match sense {
+            KeySense::Listed if ipv6 => self.jump(BPF_JEQ, ETH_P_IP, To::Next, To::At(ipv6_part)),
             KeySense::Listed => self.jump(BPF_JEQ, ETH_P_IP, To::Next, To::At(reject)),
             KeySense::Unlisted => {
                 let ipv4 = self.label();
                 self.jump(BPF_JEQ, ETH_P_IP, To::At(ipv4), To::Next);
                 self.jump(BPF_JEQ, ETH_P_8021Q, To::At(accept), To::Next);
-                self.jump(BPF_JEQ, ETH_P_8021AD, To::At(accept), To::At(reject));
+                if ipv6 {
+                    self.jump(BPF_JEQ, ETH_P_8021AD, To::At(accept), To::Next);
+                    self.jump(BPF_JEQ, ETH_P_IPV6, To::At(not_ipv4), To::At(reject));
+                } else {
+                    self.jump(BPF_JEQ, ETH_P_8021AD, To::At(accept), To::At(reject));
+                }
                 self.bind(ipv4);
             }
         }
@@ -333,10 +411,96 @@ impl Builder {
         let groups: Vec<&[(u32, u32)]> = keys.chunk_by(|a, b| a.0 == b.0).collect();
         self.addresses(&groups, found, missed);
 
+        if ipv6 {
+            self.bind(ipv6_part);
+            self.ipv6(keys6, found, missed, reject);
+        }
+
         self.bind(accept);
         self.ops.push(Op::Ret(verdicts.keep));
         self.bind(reject);
         self.ops.push(Op::Ret(verdicts.drop));
+    }
+
+    /// The IPv6 part: version 6, the extension-header walk, then the search over `keys` word by
+    /// word. A fragment header is keyless (`missed`, as an IPv4 later fragment is); anything
+    /// else that is not UDP is rejected.
+    fn ipv6(&mut self, keys: &[Words6], found: Label, missed: Label, reject: Label) {
+        self.stmt(BPF_LD | BPF_B | BPF_ABS, SKF_NET_OFF);
+        self.stmt(BPF_ALU | BPF_AND | BPF_K, 0xf0);
+        self.jump(BPF_JEQ, 0x60, To::Next, To::At(reject));
+        for instruction in walk() {
+            self.ops.push(Op::Stmt(instruction));
+        }
+        let udp = self.label();
+        self.jump(BPF_JEQ, IPPROTO_UDP, To::At(udp), To::Next);
+        self.jump(
+            BPF_JEQ,
+            u32::from(NEXT_HEADER_FRAGMENT),
+            To::At(missed),
+            To::At(reject),
+        );
+        self.bind(udp);
+        // M[0] = port | VLAN id << 16.
+        self.stmt(BPF_LD | BPF_H | BPF_IND, SKF_NET_OFF + 2);
+        self.stmt(BPF_ST, 0);
+        self.stmt(
+            BPF_LD | BPF_W | BPF_ABS,
+            SKF_AD_OFF + SKF_AD_VLAN_TAG_PRESENT,
+        );
+        let untagged = self.label();
+        self.jump(BPF_JEQ, 0, To::At(untagged), To::Next);
+        self.stmt(BPF_LD | BPF_W | BPF_ABS, SKF_AD_OFF + SKF_AD_VLAN_TAG);
+        self.stmt(BPF_ALU | BPF_AND | BPF_K, 0x0fff);
+        self.stmt(BPF_ALU | BPF_LSH | BPF_K, 16);
+        self.bind(untagged);
+        self.stmt(BPF_MISC | BPF_TAX, 0);
+        self.stmt(BPF_LD | BPF_MEM, 0);
+        self.stmt(BPF_ALU | BPF_OR | BPF_X, 0);
+        self.stmt(BPF_ST, 0);
+        self.stmt(BPF_LD | BPF_W | BPF_ABS, SKF_NET_OFF + DESTINATION);
+        self.words(keys, 0, found, missed);
+    }
+
+    /// Search for A, word `depth` of the IPv6 key, among the sorted `keys`; a match loads the
+    /// next word (the next address word, or the (port, VLAN) word from M[0]) and goes on.
+    fn words(&mut self, keys: &[Words6], depth: usize, found: Label, missed: Label) {
+        if depth == 4 {
+            let ports: Vec<Words4> = keys.iter().map(|key| (0, key[4])).collect();
+            self.ports(&ports, found, missed);
+            return;
+        }
+        let groups: Vec<&[Words6]> = keys.chunk_by(|a, b| a[depth] == b[depth]).collect();
+        self.word_groups(&groups, depth, found, missed);
+    }
+
+    fn word_groups(&mut self, groups: &[&[Words6]], depth: usize, found: Label, missed: Label) {
+        match groups {
+            [] => self.ops.push(Op::Goto(missed)),
+            [group] => {
+                let word = group.first().map_or(0, |key| key[depth]);
+                self.jump(BPF_JEQ, word, To::Next, To::At(missed));
+                if depth < 3 {
+                    let at = DESTINATION + 4 * (depth as u32 + 1);
+                    self.stmt(BPF_LD | BPF_W | BPF_ABS, SKF_NET_OFF + at);
+                } else {
+                    self.stmt(BPF_LD | BPF_MEM, 0);
+                }
+                self.words(group, depth + 1, found, missed);
+            }
+            _ => {
+                let (left, right) = groups.split_at(groups.len() / 2);
+                let pivot = right
+                    .first()
+                    .and_then(|group| group.first())
+                    .map_or(0, |key| key[depth]);
+                let higher = self.label();
+                self.jump(BPF_JGE, pivot, To::At(higher), To::Next);
+                self.word_groups(left, depth, found, missed);
+                self.bind(higher);
+                self.word_groups(right, depth, found, missed);
+            }
+        }
     }
 
     /// Binary search for A among the addresses of `groups` (each the keys of one address, in

@@ -24,13 +24,14 @@
 //! packet[16..20].copy_from_slice(&[239, 1, 2, 3]);
 //! packet[22..24].copy_from_slice(&5000u16.to_be_bytes());
 //! let skb = interp::Skb::received(&packet, 0x0800);
-//! let expected = relay_rules::shard::shard([239, 1, 2, 3].into(), 5000, 4);
+//! let expected = relay_rules::shard::shard(std::net::Ipv4Addr::new(239, 1, 2, 3), 5000, 4);
 //! assert_eq!(interp::run(&program, &skb), Ok(expected));
 //! ```
 
 mod check;
 mod consume;
 pub mod interp;
+mod ipv6;
 mod keys;
 mod prefilter;
 mod steering;
@@ -39,8 +40,10 @@ mod test_packets;
 
 pub use check::{ProgramError, validate_program};
 pub use consume::{TC_ACT_SHOT, TC_ACT_UNSPEC, consume_program};
-pub use keys::{FilterKey, KEY_FILTER_MAX_KEYS, KeyFilterError, KeySense, key_filter};
-pub use prefilter::udp_prefilter;
+pub use keys::{
+    FilterKey, KEY_FILTER_MAX_KEYS, KeyFilterError, KeySense, key_filter, key_filter_with,
+};
+pub use prefilter::{ip_prefilter, udp_prefilter};
 pub use steering::steering_program;
 
 // Instruction classes (`BPF_CLASS(code)`), as in `linux/bpf_common.h`.

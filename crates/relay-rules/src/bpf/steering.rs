@@ -1,6 +1,7 @@
 //! The fanout steering program: [`crate::shard::shard_vlan`] computed by the kernel from packet
 //! bytes and the VLAN tag.
 
+use super::ipv6::{DESTINATION, ETH_P_IPV6, walk};
 use super::*;
 use crate::shard::{MIX_MULTIPLIER_1, MIX_MULTIPLIER_2, PORT_MULTIPLIER, VLAN_MULTIPLIER};
 
@@ -10,7 +11,7 @@ const ETH_P_IP: u32 = 0x0800;
 const IPPROTO_UDP: u32 = 17;
 
 /// Emits the classic BPF program that returns `shard_vlan(destination, destination port, vlan,
-/// n)` for an IPv4/UDP packet, for a PACKET_FANOUT_CBPF group of `n` members.
+/// n)` for a UDP packet over IPv4 or IPv6, for a PACKET_FANOUT_CBPF group of `n` members.
 ///
 /// How the program reads the packet, and why:
 /// - At fanout time a received skb's data starts at the network header (the MAC header was
@@ -26,10 +27,16 @@ const IPPROTO_UDP: u32 = 17;
 ///   the fragment offset 0. The header length comes from `ldxb 4*([net]&0xf)`, and the UDP
 ///   destination port from a half-word load at `X + SKF_NET_OFF + 2`, so IP options are skipped.
 /// - The destination address is the word at `SKF_NET_OFF + 16`.
+/// - IPv6 (EtherType 0x86dd, version nibble 6): the destination address is the xor of the four
+///   words at `SKF_NET_OFF + 24..40` ([`crate::shard::address_word`]); the program walks at most
+///   [`crate::wire::MAX_EXTENSION_HEADERS`] hop-by-hop, routing and destination options headers,
+///   as the parser does, and reads the port from the UDP header after them.
 ///
-/// Everything else returns 0, so it reaches member 0: non-IPv4 frames, frames with a second
+/// Everything else returns 0, so it reaches member 0: frames of other EtherTypes, frames with a second
 /// (inner) VLAN tag still in them, non-UDP packets, non-first fragments (they carry no UDP
-/// header; first fragments do and are steered like whole datagrams), bad version/IHL, and
+/// header; first fragments do and are steered like whole datagrams), IPv6 frames with a
+/// fragment header or more extension headers than the parser walks (all of which the parser
+/// refuses), bad version/IHL, and
 /// packets too short for the loads (the kernel ends the program with 0 when a load is out of
 /// bounds). The worker there counts them as it would anywhere.
 ///
@@ -41,9 +48,10 @@ pub fn steering_program(n: u32) -> Program {
         return Program::new(vec![Instruction::stmt(BPF_RET | BPF_K, 0)]);
     }
     let mut emitter = Emitter::default();
-    // EtherType after VLAN untagging.
+    // EtherType after VLAN untagging; not IPv4 goes to the IPv6 part after the IPv4 one.
     emitter.stmt(BPF_LD | BPF_W | BPF_ABS, SKF_AD_OFF + SKF_AD_PROTOCOL);
-    emitter.unless_eq(ETH_P_IP);
+    let to_ipv6 = emitter.instructions.len();
+    emitter.raw(Instruction::jump(BPF_JMP | BPF_JEQ | BPF_K, ETH_P_IP, 0, 0));
     // Version 4 and IHL 5..=15: the first byte is 0x45..=0x4f.
     emitter.stmt(BPF_LD | BPF_B | BPF_ABS, SKF_NET_OFF);
     emitter.if_gt(0x4f);
@@ -76,6 +84,52 @@ pub fn steering_program(n: u32) -> Program {
     emitter.stmt(BPF_LD | BPF_W | BPF_ABS, SKF_NET_OFF + 16);
     emitter.stmt(BPF_ALU | BPF_XOR | BPF_X, 0);
     // The finalizer, step by step as `shard_hash` documents it.
+    emitter.xor_shift_right(16);
+    emitter.stmt(BPF_ALU | BPF_MUL | BPF_K, MIX_MULTIPLIER_1);
+    emitter.xor_shift_right(13);
+    emitter.stmt(BPF_ALU | BPF_MUL | BPF_K, MIX_MULTIPLIER_2);
+    emitter.xor_shift_right(16);
+    emitter.stmt(BPF_ALU | BPF_MOD | BPF_K, n);
+    emitter.stmt(BPF_RET | BPF_A, 0);
+
+    let ipv6 = emitter.instructions.len();
+    emitter.instructions[to_ipv6].jf = u8::try_from(ipv6 - to_ipv6 - 1)
+        .expect("the IPv4 part is far shorter than a 255-instruction jump");
+    emitter.unless_eq(ETH_P_IPV6);
+    // Version 6.
+    emitter.stmt(BPF_LD | BPF_B | BPF_ABS, SKF_NET_OFF);
+    emitter.stmt(BPF_ALU | BPF_AND | BPF_K, 0xf0);
+    emitter.unless_eq(0x60);
+    // X = offset of the header after the extension headers, A = its type: UDP.
+    for instruction in walk() {
+        emitter.raw(instruction);
+    }
+    emitter.unless_eq(IPPROTO_UDP);
+    // M[0] = destination port * PORT_MULTIPLIER.
+    emitter.stmt(BPF_LD | BPF_H | BPF_IND, SKF_NET_OFF + 2);
+    emitter.stmt(BPF_ALU | BPF_MUL | BPF_K, PORT_MULTIPLIER);
+    emitter.stmt(BPF_ST, 0);
+    // A = VLAN id * VLAN_MULTIPLIER, or 0, as for IPv4.
+    emitter.stmt(
+        BPF_LD | BPF_W | BPF_ABS,
+        SKF_AD_OFF + SKF_AD_VLAN_TAG_PRESENT,
+    );
+    emitter.raw(Instruction::jump(BPF_JMP | BPF_JEQ | BPF_K, 0, 3, 0));
+    emitter.stmt(BPF_LD | BPF_W | BPF_ABS, SKF_AD_OFF + SKF_AD_VLAN_TAG);
+    emitter.stmt(BPF_ALU | BPF_AND | BPF_K, 0x0fff);
+    emitter.stmt(BPF_ALU | BPF_MUL | BPF_K, VLAN_MULTIPLIER);
+    emitter.stmt(BPF_MISC | BPF_TAX, 0);
+    emitter.stmt(BPF_LD | BPF_MEM, 0);
+    emitter.stmt(BPF_ALU | BPF_XOR | BPF_X, 0);
+    // A ^= each of the destination's four words.
+    for word in 0..4 {
+        emitter.stmt(BPF_MISC | BPF_TAX, 0);
+        emitter.stmt(
+            BPF_LD | BPF_W | BPF_ABS,
+            SKF_NET_OFF + DESTINATION + 4 * word,
+        );
+        emitter.stmt(BPF_ALU | BPF_XOR | BPF_X, 0);
+    }
     emitter.xor_shift_right(16);
     emitter.stmt(BPF_ALU | BPF_MUL | BPF_K, MIX_MULTIPLIER_1);
     emitter.xor_shift_right(13);
@@ -213,6 +267,54 @@ mod tests {
             shard_vlan(group, 5000, Some(100), 64),
             shard_vlan(group, 5000, None, 64)
         );
+    }
+
+    #[test]
+    fn ipv6_agrees_with_the_function_through_extension_headers() {
+        use crate::shard::shard_vlan;
+        use crate::test_frames::{Extension, Ipv6Udp, ipv6_packet};
+        let e = |kind, len| Extension { kind, len };
+        let group: std::net::Ipv6Addr = "ff3e::8000:7".parse().unwrap();
+        for n in [1u32, 3, 8] {
+            let program = steering_program(n);
+            for extensions in [
+                &[][..],
+                &[e(0, 8)],
+                &[e(0, 16), e(43, 8), e(60, 24), e(60, 8)],
+            ] {
+                for port in [1u16, 5004, 65535] {
+                    let packet = ipv6_packet(&Ipv6Udp {
+                        destination: group,
+                        destination_port: port,
+                        extensions,
+                        ..Default::default()
+                    });
+                    let got = run(&program, &Skb::received(&packet, 0x86dd));
+                    assert_eq!(
+                        got,
+                        Ok(shard_vlan(group, port, None, n)),
+                        "n {n} port {port}"
+                    );
+                }
+            }
+        }
+        // Frames the parser refuses go to member 0.
+        let program = steering_program(64);
+        let port = (1u16..)
+            .find(|&p| shard_vlan(group, p, None, 64) != 0)
+            .expect("some port maps elsewhere");
+        for extensions in [&[e(44, 8)][..], &[e(60, 8); 5]] {
+            let packet = ipv6_packet(&Ipv6Udp {
+                destination: group,
+                destination_port: port,
+                extensions,
+                ..Default::default()
+            });
+            assert_eq!(run(&program, &Skb::received(&packet, 0x86dd)), Ok(0));
+        }
+        let mut version = ipv6_packet(&Ipv6Udp::default());
+        version[0] = 0x40;
+        assert_eq!(run(&program, &Skb::received(&version, 0x86dd)), Ok(0));
     }
 
     #[test]

@@ -25,8 +25,8 @@
 //!     src_mac: [0x02, 0, 0, 0, 0, 0x01],
 //!     dst_mac: multicast_mac(group),
 //!     vlan: None,
-//!     source: Ipv4Addr::new(10, 1, 0, 1),
-//!     destination: group,
+//!     source: Ipv4Addr::new(10, 1, 0, 1).into(),
+//!     destination: group.into(),
 //!     source_port: None,
 //!     destination_port: 5004,
 //!     ttl: Ttl::Fixed(8),
@@ -52,9 +52,9 @@
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 
-use super::{FrameTemplate, IPV4_HEADER_LEN, UDP_HEADER_LEN};
-use crate::wire::checksum::addr_sum;
-use crate::wire::{Datagram, Ipv4Packet, PROTOCOL_UDP, UdpPacket, fold};
+use super::{FrameTemplate, IPV4_HEADER_LEN, IPV6_HEADER_LEN, UDP_HEADER_LEN};
+use crate::wire::checksum::{addr_sum, addr6_sum};
+use crate::wire::{Datagram, Ipv4Packet, Ipv6Packet, PROTOCOL_UDP, UdpPacket, fold};
 
 /// Most datagrams in one segmented frame: the kernel's `UDP_MAX_SEGMENTS`, 64 in older
 /// releases (later raised), so a frame of 64 is taken by every kernel that segments.
@@ -83,6 +83,8 @@ pub struct Split {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Segments {
     ip_offset: usize,
+    /// Whether the frame is IPv6 (else IPv4).
+    ipv6: bool,
     segment_size: usize,
     count: u16,
     len: usize,
@@ -99,6 +101,7 @@ impl FrameTemplate {
     pub fn segments(&self, first: &Datagram<'_>, frame_len: usize) -> Segments {
         Segments {
             ip_offset: self.ip_offset,
+            ipv6: self.ipv6,
             segment_size: first.payload.len(),
             count: 1,
             len: frame_len,
@@ -165,12 +168,17 @@ impl Segments {
     /// or `None` when it holds one datagram: then it is the plain frame as written, to be sent
     /// as it is.
     ///
-    /// IPv4 total length and UDP length cover every datagram, the IPv4 header checksum is
-    /// computed for them, and the UDP checksum field gets the folded pseudo-header sum, which
-    /// the splitter adjusts to each datagram's length and completes over its payload.
+    /// IPv4 total length (or IPv6 payload length) and UDP length cover every datagram, the
+    /// IPv4 header checksum is computed for them, and the UDP checksum field gets the folded
+    /// pseudo-header sum (of the family's pseudo-header), which the splitter adjusts to each
+    /// datagram's length and completes over its payload. The kernel splits IPv6 frames as it
+    /// does IPv4 ones (`VIRTIO_NET_HDR_GSO_UDP_L4` is family-neutral).
     pub fn finish(&self, out: &mut [u8]) -> Option<Split> {
         if self.count < 2 {
             return None;
+        }
+        if self.ipv6 {
+            return Some(self.finish_ipv6(out));
         }
         let udp_offset = self.ip_offset + IPV4_HEADER_LEN;
         // Both fit in u16: `append_segment` keeps the IPv4 packet within 64 KiB.
@@ -191,6 +199,29 @@ impl Segments {
             udp_offset: udp_offset as u16,
             segment_size: self.segment_size as u16,
         })
+    }
+}
+
+impl Segments {
+    /// [`Segments::finish`] for an IPv6 frame of two datagrams or more.
+    fn finish_ipv6(&self, out: &mut [u8]) -> Split {
+        let udp_offset = self.ip_offset + IPV6_HEADER_LEN;
+        // Fits in u16: `append_segment` keeps the whole IP packet within 64 KiB.
+        let udp_len = (self.len - udp_offset) as u16;
+        let mut ip = Ipv6Packet::new_unchecked(&mut out[self.ip_offset..udp_offset]);
+        ip.set_payload_len(udp_len);
+        let (source, destination) = (ip.src_addr(), ip.dst_addr());
+        let mut udp = UdpPacket::new_unchecked(&mut out[udp_offset..udp_offset + UDP_HEADER_LEN]);
+        udp.set_len(udp_len);
+        let pseudo = addr6_sum(source)
+            + addr6_sum(destination)
+            + u64::from(PROTOCOL_UDP)
+            + u64::from(udp_len);
+        udp.set_checksum(fold(pseudo));
+        Split {
+            udp_offset: udp_offset as u16,
+            segment_size: self.segment_size as u16,
+        }
     }
 }
 

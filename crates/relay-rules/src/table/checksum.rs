@@ -11,7 +11,8 @@
 //!
 //! Canonical encoding of a rule (integers big-endian, strings as a u32 length then UTF-8
 //! bytes, optional values as a 0 byte or a 1 byte then the value):
-//! version byte 1, name, input interface, input destination (4 bytes), input port (2), input
+//! version byte 1, name, input interface, input destination (4 bytes; every address is 4 bytes
+//! for IPv4 and 16 for IPv6, so IPv4 rules keep their checksums), input port (2), input
 //! source (optional 4), output count (u32), then for each output in order: interface,
 //! destination (4), port (2), ttl (1: the fixed TTL, 0 for `decrement`), source (optional 4),
 //! dscp (optional 1), vlan (optional 2); then, only for an input with a VLAN, the byte 2 and the
@@ -20,7 +21,7 @@
 //! declaration index), rtp_clock_hz (optional 4), max_pps (optional 8), max_bps (optional 8).
 
 use crate::rule::{Rule, Ttl};
-use std::net::Ipv4Addr;
+use std::net::IpAddr;
 
 const FNV_OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
 const FNV_PRIME: u64 = 0x0000_0100_0000_01b3;
@@ -46,8 +47,11 @@ impl Fnv {
         self.bytes(s.as_bytes());
     }
 
-    fn address(&mut self, address: Ipv4Addr) {
-        self.bytes(&address.octets());
+    fn address(&mut self, address: IpAddr) {
+        match address {
+            IpAddr::V4(address) => self.bytes(&address.octets()),
+            IpAddr::V6(address) => self.bytes(&address.octets()),
+        }
     }
 
     fn option<T>(&mut self, value: Option<T>, write: impl FnOnce(&mut Self, T)) {
@@ -121,20 +125,21 @@ pub fn checksum_of<'a>(rules: impl IntoIterator<Item = &'a Rule>) -> u64 {
 mod tests {
     use super::*;
     use crate::rule::{Input, Output};
+    use std::net::Ipv4Addr;
 
     fn rule(name: &str, port: u16) -> Rule {
         Rule {
             name: name.into(),
             input: Input {
                 interface: "eth0".into(),
-                destination: Ipv4Addr::new(239, 1, 1, 1),
+                destination: Ipv4Addr::new(239, 1, 1, 1).into(),
                 port,
                 source: None,
                 vlan: None,
             },
             outputs: vec![Output {
                 interface: "eth1".into(),
-                destination: Ipv4Addr::new(239, 2, 2, 2),
+                destination: Ipv4Addr::new(239, 2, 2, 2).into(),
                 port: 6000,
                 ttl: Ttl::Fixed(16),
                 source: None,

@@ -8,7 +8,7 @@ use crate::rule::{Output, Rule, RuleKey, Ttl};
 use crate::stream::StreamOptions;
 use crate::validate::{Field, InputField, OutputField, is_ring_output};
 use smallvec::SmallVec;
-use std::net::{Ipv4Addr, SocketAddrV4};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 
 /// Index of a rule in one [`super::RuleTable`], below [`super::RuleTable::id_capacity`], for
 /// indexing per-rule counter arrays without hashing.
@@ -67,11 +67,11 @@ pub enum CompiledOutput {
     Socket {
         /// Kernel index of the output interface.
         ifindex: u32,
-        /// Address the socket is bound to.
-        source: Ipv4Addr,
-        /// Where the payload is sent.
-        destination: SocketAddrV4,
-        /// IP time to live to set on the socket.
+        /// Address the socket is bound to, of the destination's family.
+        source: IpAddr,
+        /// Where the payload is sent: an IPv4 or IPv6 address and port.
+        destination: SocketAddr,
+        /// IP time to live (IPv6 unicast hop limit) to set on the socket.
         ttl: u8,
         /// DSCP to set on the socket; `None` leaves the socket's default.
         dscp: Option<u8>,
@@ -118,7 +118,10 @@ fn compile_output(
         &output.interface,
         at(OutputField::Interface),
     )?;
-    let Some(source) = output.source.or_else(|| facts.ipv4.first().copied()) else {
+    let Some(source) = output
+        .source
+        .or_else(|| facts.first_address(output.destination))
+    else {
         return Err(TableError::NoSourceAddress {
             rule: rule.name.clone(),
             field: at(OutputField::Source),
@@ -147,7 +150,7 @@ fn compile_output(
         _ => CompiledOutput::Socket {
             ifindex: facts.index,
             source,
-            destination: SocketAddrV4::new(output.destination, output.port),
+            destination: SocketAddr::new(output.destination, output.port),
             // A socket's TTL is set once; validation refuses `decrement` on a socket output,
             // so the default stands in only for a rule that skipped validation.
             ttl: match output.ttl {
@@ -203,7 +206,7 @@ pub(super) fn vacant(id: RuleId) -> CompiledRule {
         name: String::new(),
         key: RuleKey {
             interface: String::new(),
-            destination: Ipv4Addr::UNSPECIFIED,
+            destination: IpAddr::V4(Ipv4Addr::UNSPECIFIED),
             port: 0,
             source: None,
             vlan: None,

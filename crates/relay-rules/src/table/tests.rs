@@ -6,7 +6,7 @@ use crate::replicate::multicast_mac;
 use crate::rule::{Input, Limits, Output, Ttl};
 use crate::shard::shard;
 use crate::validate::tests::{interfaces, output, rule};
-use std::net::SocketAddrV4;
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
 
 const ETH0: u32 = 2;
 const GROUP: Ipv4Addr = Ipv4Addr::new(239, 1, 1, 1);
@@ -18,7 +18,7 @@ fn set(rules: Vec<Rule>) -> RuleSet {
 
 fn with_source(name: &str, source: Ipv4Addr) -> Rule {
     let mut r = rule(name);
-    r.input.source = Some(source);
+    r.input.source = Some(source.into());
     r.outputs[0].port = 6001;
     r
 }
@@ -50,8 +50,8 @@ fn lookup_prefers_the_source_specific_rule() {
     // A parsed datagram finds the same rule.
     let datagram = Datagram {
         vlans: [None, None],
-        source: SENDER,
-        destination: GROUP,
+        source: SENDER.into(),
+        destination: GROUP.into(),
         source_port: 4000,
         destination_port: 5000,
         ttl: 4,
@@ -92,7 +92,7 @@ fn outputs_compile_to_ring_or_socket() {
         output("eth1", [10, 1, 0, 99], 6001),
         output("wg0", [239, 9, 9, 9], 6002),
         Output {
-            source: Some(Ipv4Addr::new(10, 0, 0, 2)),
+            source: Some(Ipv4Addr::new(10, 0, 0, 2).into()),
             ..output("eth0", [239, 3, 3, 3], 6003)
         },
     ];
@@ -138,7 +138,7 @@ fn outputs_compile_to_ring_or_socket() {
                     (
                         ifindex,
                         source.into(),
-                        SocketAddrV4::new(destination.into(), port)
+                        SocketAddr::from(SocketAddrV4::new(destination.into(), port))
                     )
                 );
                 assert_eq!((*ttl, *dscp), (16, None));
@@ -196,7 +196,7 @@ fn many_rules(count: u32) -> Vec<Rule> {
             name: format!("rule-{i}"),
             input: Input {
                 interface: "eth0".into(),
-                destination: Ipv4Addr::from(base + i / 4),
+                destination: Ipv4Addr::from(base + i / 4).into(),
                 port: 5000 + (i % 4) as u16,
                 source: None,
                 vlan: None,
@@ -278,4 +278,42 @@ fn builds_and_finds_100k_rules() {
         let found = table.lookup(ETH0, rule.input.destination, rule.input.port, SENDER);
         assert_eq!(found.map(|r| r.name.as_str()), Some(rule.name.as_str()));
     }
+}
+
+#[test]
+fn ipv6_keys_beside_ipv4_ones_with_source_specific_rules() {
+    use std::net::{IpAddr, Ipv6Addr};
+    let group: Ipv6Addr = "ff3e::8000:1".parse().unwrap();
+    let sender: Ipv6Addr = "2001:db8::7".parse().unwrap();
+    let mut any6 = rule("any6");
+    any6.input.destination = group.into();
+    let mut ssm6 = with_source("ssm6", Ipv4Addr::UNSPECIFIED);
+    ssm6.input.destination = group.into();
+    ssm6.input.source = Some(sender.into());
+    // The IPv4-mapped form of GROUP is never a key of the IPv4 rule's.
+    let table = RuleTable::build(&set(vec![rule("any4"), any6, ssm6]), 1);
+    let name = |destination: IpAddr, source: IpAddr| {
+        table
+            .lookup(ETH0, destination, 5000, source)
+            .map(|r| r.name.as_str())
+    };
+    assert_eq!(name(group.into(), sender.into()), Some("ssm6"));
+    assert_eq!(
+        name(
+            group.into(),
+            "2001:db8::8".parse::<Ipv6Addr>().unwrap().into()
+        ),
+        Some("any6")
+    );
+    assert_eq!(name(GROUP.into(), SENDER.into()), Some("any4"));
+    assert_eq!(name(GROUP.to_ipv6_mapped().into(), SENDER.into()), None);
+    assert_eq!(
+        name(
+            "ff3e::8000:2".parse::<Ipv6Addr>().unwrap().into(),
+            sender.into()
+        ),
+        None
+    );
+    // An IPv4 source never matches an IPv6 rule's source, even one whose mapped form would.
+    assert_eq!(name(group.into(), SENDER.into()), Some("any6"));
 }

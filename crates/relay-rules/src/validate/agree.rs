@@ -5,6 +5,7 @@
 use super::tests::interfaces;
 use super::*;
 use proptest::prelude::*;
+use std::net::{Ipv4Addr, Ipv6Addr};
 
 const NAMES: [&str; 7] = ["a", "b", "c", "d", "e", "f", "bad name"];
 const INTERFACES: [&str; 5] = ["eth0", "eth1", "wg0", "bare", "nope"];
@@ -15,17 +16,30 @@ const ADDRESSES: [[u8; 4]; 5] = [
     [10, 9, 9, 9],
     [224, 0, 0, 5],
 ];
+/// IPv6 addresses: a group, a local address of eth0, a link-local group, an IPv4-mapped one.
+const ADDRESSES6: [[u16; 8]; 4] = [
+    [0xff3e, 0, 0, 0, 0, 0, 0x8000, 1],
+    [0x2001, 0xdb8, 0, 0, 0, 0, 0, 1],
+    [0xff02, 0, 0, 0, 0, 0, 0, 1],
+    [0, 0, 0, 0, 0, 0xffff, 0xef01, 0x0101],
+];
 const PORTS: [u16; 3] = [5000, 5001, 0];
 const SOURCES: [Option<[u8; 4]>; 3] = [None, Some([192, 0, 2, 1]), Some([192, 0, 2, 2])];
 
-fn endpoint_parts() -> impl Strategy<Value = (String, Ipv4Addr, u16)> {
+fn endpoint_parts() -> impl Strategy<Value = (String, IpAddr, u16)> {
     // Mostly valid parts, so that sets grow and changes collide with them.
+    let v4 = |octets: [u8; 4]| IpAddr::from(Ipv4Addr::from(octets));
+    let v6 = |words: [u16; 8]| IpAddr::from(Ipv6Addr::from(words));
     (
         prop::sample::select(&INTERFACES[..3]).prop_union(prop::sample::select(&INTERFACES[..])),
-        prop::sample::select(&ADDRESSES[..2]).prop_union(prop::sample::select(&ADDRESSES[..])),
+        prop::sample::select(&ADDRESSES[..2])
+            .prop_map(v4)
+            .prop_union(prop::sample::select(&ADDRESSES[..]).prop_map(v4))
+            .boxed()
+            .prop_union(prop::sample::select(&ADDRESSES6[..]).prop_map(v6).boxed()),
         prop::sample::select(&PORTS[..2]).prop_union(prop::sample::select(&PORTS[..])),
     )
-        .prop_map(|(interface, address, port)| (interface.to_owned(), address.into(), port))
+        .prop_map(|(interface, address, port)| (interface.to_owned(), address, port))
 }
 
 fn rule() -> impl Strategy<Value = Rule> {
@@ -55,7 +69,7 @@ fn rule() -> impl Strategy<Value = Rule> {
                     interface,
                     destination,
                     port,
-                    source: source.map(Ipv4Addr::from),
+                    source: source.map(|octets| Ipv4Addr::from(octets).into()),
                     vlan: None,
                 },
                 outputs,

@@ -1,7 +1,7 @@
 //! What validation refuses, and where: the rule, the field, and the problem.
 
 use std::fmt;
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv6Addr};
 use thiserror::Error;
 
 /// A field of a rule, as an operator would point at it in a config file.
@@ -126,22 +126,45 @@ pub enum Problem {
     #[error("{address} is neither a multicast group nor an address of {interface}")]
     NotMulticastOrLocal {
         /// The address refused.
-        address: Ipv4Addr,
+        address: IpAddr,
         /// The input interface.
         interface: String,
     },
     /// Groups in 224.0.0.0/24 (IGMP, OSPF, mDNS, ...) are link-local and never forwarded.
     #[error("{0} is in 224.0.0.0/24, whose groups are link-local and never forwarded")]
-    LinkLocalGroup(Ipv4Addr),
+    LinkLocalGroup(IpAddr),
+    /// IPv6 groups of scope 1 (interface-local) and 2 (link-local) are never forwarded, and
+    /// scopes 0 and 15 are reserved.
+    #[error(
+        "{address} has multicast scope {scope:x}, which is never forwarded or reserved; scopes 3 to e are relayed"
+    )]
+    MulticastScope {
+        /// The group refused.
+        address: Ipv6Addr,
+        /// Its scope nibble.
+        scope: u8,
+    },
+    /// An IPv4-mapped IPv6 address (`::ffff:a.b.c.d`) never appears on the wire; the IPv4
+    /// address itself is what a rule names.
+    #[error("{0} is an IPv4-mapped address; write the IPv4 address itself")]
+    Ipv4Mapped(Ipv6Addr),
+    /// A rule's input destination and source, or an output's, are of different families.
+    #[error("source {source_addr} and destination {destination} are not of one IP family")]
+    MixedFamilies {
+        /// The destination of the input or output.
+        destination: IpAddr,
+        /// Its source.
+        source_addr: IpAddr,
+    },
     /// The limited broadcast address is neither a group nor a host.
     #[error("255.255.255.255 is the broadcast address")]
     Broadcast,
-    /// 0.0.0.0 names no host.
-    #[error("0.0.0.0 is the unspecified address")]
+    /// 0.0.0.0 (or `::`) names no host.
+    #[error("the unspecified address (0.0.0.0 or ::) names no host")]
     Unspecified,
     /// A source-specific input needs the sender's unicast address.
     #[error("{0} is not a unicast source address")]
-    SourceNotUnicast(Ipv4Addr),
+    SourceNotUnicast(IpAddr),
     /// UDP port 0 is reserved and cannot be sent to.
     #[error("port 0 is not a usable UDP port")]
     PortZero,
@@ -169,15 +192,17 @@ pub enum Problem {
     #[error("{address} is not an address of {interface}")]
     SourceNotLocal {
         /// The address refused.
-        address: Ipv4Addr,
+        address: IpAddr,
         /// The output interface.
         interface: String,
     },
     /// Without a source, the output takes the interface's first address, and there is none.
-    #[error("{interface} has no IPv4 address to send from; give the output a source")]
+    #[error("{interface} has no {family} address to send from; give the output a source")]
     NoSourceAddress {
         /// The output interface.
         interface: String,
+        /// The family of the output's destination: "IPv4" or "IPv6".
+        family: &'static str,
     },
     /// The output is some rule's input: the relay would receive its own packet and send it
     /// again, forever.
@@ -190,7 +215,7 @@ pub enum Problem {
         /// The output interface.
         interface: String,
         /// The output destination.
-        destination: Ipv4Addr,
+        destination: IpAddr,
         /// The output port.
         port: u16,
     },

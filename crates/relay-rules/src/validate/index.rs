@@ -18,16 +18,16 @@ use ahash::{AHashMap, AHashSet};
 use smallvec::SmallVec;
 use std::collections::BTreeSet;
 use std::collections::hash_map::Entry;
-use std::net::Ipv4Addr;
+use std::net::IpAddr;
 
 /// A rule's number in the indexes, given in the order rules joined the set: ascending along
 /// the set's rules, and unlike a position it does not move when an earlier rule is removed.
 pub(super) type Seq = u64;
 
 /// Interface (interned), destination, port.
-type Endpoint = (u32, Ipv4Addr, u16);
+type Endpoint = (u32, IpAddr, u16);
 /// Interface (interned), destination, port, source, VLAN.
-type Key = (u32, Ipv4Addr, u16, Option<Ipv4Addr>, Option<u16>);
+type Key = (u32, IpAddr, u16, Option<IpAddr>, Option<u16>);
 
 /// Names, keys and endpoints of a valid set's rules, each pointing at its rules.
 #[derive(Debug, Clone, Default)]
@@ -114,7 +114,7 @@ impl Index {
                 .or_insert(rule.name.as_str());
         }
         // The first rule of the new set receiving there: the set's rules come before the added.
-        let receiver = |at: (&'r str, Ipv4Addr, u16)| {
+        let receiver = |at: (&'r str, IpAddr, u16)| {
             self.endpoint(at)
                 .and_then(|at| self.receivers.get(&at))
                 .and_then(|seqs| seqs.iter().copied().find(staying))
@@ -278,7 +278,7 @@ impl Index {
         id
     }
 
-    fn endpoint(&self, (interface, destination, port): (&str, Ipv4Addr, u16)) -> Option<Endpoint> {
+    fn endpoint(&self, (interface, destination, port): (&str, IpAddr, u16)) -> Option<Endpoint> {
         Some((*self.interned.get(interface)?, destination, port))
     }
 

@@ -1,6 +1,7 @@
 //! Tests of rule validation: one refusal per test, and the set's change operations.
 
 use super::*;
+use std::net::{IpAddr, Ipv4Addr};
 
 pub(crate) fn interfaces() -> Interfaces {
     let facts = |name: &str, index, mac: Option<[u8; 6]>, ipv4: &[Ipv4Addr]| InterfaceFacts {
@@ -9,6 +10,7 @@ pub(crate) fn interfaces() -> Interfaces {
         mac,
         mtu: 1500,
         ipv4: ipv4.to_vec(),
+        ipv6: Vec::new(),
     };
     [
         facts(
@@ -48,7 +50,7 @@ pub(crate) fn rule(name: &str) -> Rule {
         name: name.to_owned(),
         input: Input {
             interface: "eth0".to_owned(),
-            destination: Ipv4Addr::new(239, 1, 1, 1),
+            destination: Ipv4Addr::new(239, 1, 1, 1).into(),
             port: 5000,
             source: None,
             vlan: None,
@@ -86,14 +88,14 @@ const fn out(index: usize, field: OutputField) -> Field {
 #[test]
 fn a_valid_rule_passes() {
     let mut r = rule("cam-1.main_feed");
-    r.input.source = Some(Ipv4Addr::new(192, 168, 1, 50));
+    r.input.source = Some(Ipv4Addr::new(192, 168, 1, 50).into());
     r.outputs.push(Output {
         vlan: Some(100),
         dscp: Some(46),
         ..output("eth1", [239, 3, 3, 3], 6000)
     });
     r.outputs.push(Output {
-        source: Some(Ipv4Addr::new(10, 2, 0, 1)),
+        source: Some(Ipv4Addr::new(10, 2, 0, 1).into()),
         ..output("wg0", [10, 9, 9, 9], 7000)
     });
     assert_eq!(validate(&[r], &interfaces(), &Limits::default()), Ok(()));
@@ -148,18 +150,18 @@ fn input_checks() {
             Problem::UnknownInterface("eth9".into())
         )
     );
-    let foreign = refused(|r| r.input.destination = Ipv4Addr::new(10, 1, 0, 1));
+    let foreign = refused(|r| r.input.destination = Ipv4Addr::new(10, 1, 0, 1).into());
     assert_eq!(
         foreign,
         (
             Field::Input(InputField::Destination),
             Problem::NotMulticastOrLocal {
-                address: Ipv4Addr::new(10, 1, 0, 1),
+                address: Ipv4Addr::new(10, 1, 0, 1).into(),
                 interface: "eth0".into()
             }
         )
     );
-    let local = |r: &mut Rule| r.input.destination = Ipv4Addr::new(10, 0, 0, 2);
+    let local = |r: &mut Rule| r.input.destination = Ipv4Addr::new(10, 0, 0, 2).into();
     let mut r = rule("r");
     local(&mut r);
     assert_eq!(
@@ -168,24 +170,24 @@ fn input_checks() {
         "unicast to multicast"
     );
     let dest = Field::Input(InputField::Destination);
-    let link_local = Ipv4Addr::new(224, 0, 0, 251);
+    let link_local: IpAddr = Ipv4Addr::new(224, 0, 0, 251).into();
     assert_eq!(
         refused(|r| r.input.destination = link_local),
         (dest, Problem::LinkLocalGroup(link_local))
     );
     assert_eq!(
-        refused(|r| r.input.destination = Ipv4Addr::BROADCAST),
+        refused(|r| r.input.destination = Ipv4Addr::BROADCAST.into()),
         (dest, Problem::Broadcast)
     );
     assert_eq!(
-        refused(|r| r.input.destination = Ipv4Addr::UNSPECIFIED),
+        refused(|r| r.input.destination = Ipv4Addr::UNSPECIFIED.into()),
         (dest, Problem::Unspecified)
     );
     assert_eq!(
         refused(|r| r.input.port = 0),
         (Field::Input(InputField::Port), Problem::PortZero)
     );
-    let group_source = Ipv4Addr::new(239, 0, 0, 1);
+    let group_source: IpAddr = Ipv4Addr::new(239, 0, 0, 1).into();
     assert_eq!(
         refused(|r| r.input.source = Some(group_source)),
         (
@@ -195,7 +197,7 @@ fn input_checks() {
     );
     // 224.0.1.0 is the first routable group.
     let mut r = rule("r");
-    r.input.destination = Ipv4Addr::new(224, 0, 1, 0);
+    r.input.destination = Ipv4Addr::new(224, 0, 1, 0).into();
     assert_eq!(validate(&[r], &interfaces(), &Limits::default()), Ok(()));
 }
 
@@ -210,18 +212,18 @@ fn output_checks() {
             Problem::UnknownInterface("eth9".into())
         )
     );
-    let link_local = Ipv4Addr::new(224, 0, 0, 1);
+    let link_local: IpAddr = Ipv4Addr::new(224, 0, 0, 1).into();
     let dest = out(0, O::Destination);
     assert_eq!(
         refused(|r| r.outputs[0].destination = link_local),
         (dest, Problem::LinkLocalGroup(link_local))
     );
     assert_eq!(
-        refused(|r| r.outputs[0].destination = Ipv4Addr::BROADCAST),
+        refused(|r| r.outputs[0].destination = Ipv4Addr::BROADCAST.into()),
         (dest, Problem::Broadcast)
     );
     assert_eq!(
-        refused(|r| r.outputs[0].destination = Ipv4Addr::UNSPECIFIED),
+        refused(|r| r.outputs[0].destination = Ipv4Addr::UNSPECIFIED.into()),
         (dest, Problem::Unspecified)
     );
     assert_eq!(
@@ -245,7 +247,7 @@ fn output_checks() {
         (out(0, O::Vlan), Problem::VlanOutOfRange(4095))
     );
     let unicast_tagged = |r: &mut Rule| {
-        r.outputs[0].destination = Ipv4Addr::new(10, 1, 0, 9);
+        r.outputs[0].destination = Ipv4Addr::new(10, 1, 0, 9).into();
         r.outputs[0].vlan = Some(10);
     };
     assert_eq!(
@@ -253,7 +255,7 @@ fn output_checks() {
         (out(0, O::Vlan), Problem::VlanOnSocketOutput)
     );
     let unicast_decrement = |r: &mut Rule| {
-        r.outputs[0].destination = Ipv4Addr::new(10, 1, 0, 9);
+        r.outputs[0].destination = Ipv4Addr::new(10, 1, 0, 9).into();
         r.outputs[0].ttl = Ttl::Decrement;
     };
     assert_eq!(
@@ -275,7 +277,7 @@ fn output_checks() {
         refused(tun_tagged),
         (out(0, O::Vlan), Problem::VlanOnSocketOutput)
     );
-    let foreign = Ipv4Addr::new(10, 0, 0, 1);
+    let foreign = Ipv4Addr::new(10, 0, 0, 1).into();
     assert_eq!(
         refused(|r| r.outputs[0].source = Some(foreign)),
         (
@@ -291,7 +293,8 @@ fn output_checks() {
         (
             out(0, O::Source),
             Problem::NoSourceAddress {
-                interface: "bare".into()
+                interface: "bare".into(),
+                family: "IPv4",
             }
         )
     );
@@ -338,7 +341,7 @@ fn names_and_keys_are_unique() {
 
     // The same group and port with a source is another key, and so is another interface.
     let mut ssm = rule("ssm");
-    ssm.input.source = Some(Ipv4Addr::new(192, 168, 0, 1));
+    ssm.input.source = Some(Ipv4Addr::new(192, 168, 0, 1).into());
     let mut other_if = rule("other-if");
     other_if.input.interface = "eth1".into();
     other_if.outputs[0].interface = "eth0".into();
@@ -362,7 +365,7 @@ fn outputs_must_not_feed_any_input() {
         Problem::LoopsBack {
             rule: "r".into(),
             interface: "eth0".into(),
-            destination: Ipv4Addr::new(239, 1, 1, 1),
+            destination: Ipv4Addr::new(239, 1, 1, 1).into(),
             port: 5000
         }
     );
@@ -370,9 +373,9 @@ fn outputs_must_not_feed_any_input() {
     let mut b = rule("b");
     b.input = Input {
         interface: "eth1".into(),
-        destination: Ipv4Addr::new(239, 2, 2, 2),
+        destination: Ipv4Addr::new(239, 2, 2, 2).into(),
         port: 6000,
-        source: Some(Ipv4Addr::new(192, 168, 0, 1)),
+        source: Some(Ipv4Addr::new(192, 168, 0, 1).into()),
         vlan: None,
     };
     b.outputs[0] = output("eth0", [239, 5, 5, 5], 5000);
@@ -512,4 +515,54 @@ fn new_interface_facts_are_checked_again() {
         .expect_err("eth1 lost its address");
     assert_eq!(errors.errors()[0].field, out(0, OutputField::Source));
     assert!(RuleSet::empty(interfaces(), Limits::default()).is_empty());
+}
+
+#[test]
+fn ipv6_families_scopes_and_sources() {
+    use OutputField as O;
+    let v6 = |text: &str| -> IpAddr { text.parse().unwrap() };
+    let group = v6("ff3e::8000:1");
+    // An IPv6 input with an IPv4 output is a translation, and valid.
+    let mut r = rule("r");
+    r.input.destination = group;
+    assert_eq!(validate(&[r], &interfaces(), &Limits::default()), Ok(()));
+    assert_eq!(
+        refused(|r| {
+            r.input.destination = group;
+            r.input.source = Some(Ipv4Addr::new(192, 0, 2, 1).into());
+        }),
+        (
+            Field::Input(InputField::Source),
+            Problem::MixedFamilies {
+                destination: group,
+                source_addr: Ipv4Addr::new(192, 0, 2, 1).into(),
+            }
+        )
+    );
+    assert!(matches!(
+        refused(|r| r.input.destination = v6("ff02::1:3")),
+        (_, Problem::MulticastScope { scope: 2, .. })
+    ));
+    assert!(matches!(
+        refused(|r| r.input.destination = v6("2001:db8::99")),
+        (_, Problem::NotMulticastOrLocal { .. })
+    ));
+    // An IPv6 output needs an IPv6 source: the test interfaces have none.
+    assert_eq!(
+        refused(|r| r.outputs[0].destination = group),
+        (
+            out(0, O::Source),
+            Problem::NoSourceAddress {
+                interface: "eth1".into(),
+                family: "IPv6",
+            }
+        )
+    );
+    assert!(matches!(
+        refused(|r| {
+            r.outputs[0].destination = group;
+            r.outputs[0].source = Some(Ipv4Addr::new(10, 1, 0, 1).into());
+        }),
+        (_, Problem::MixedFamilies { .. })
+    ));
 }

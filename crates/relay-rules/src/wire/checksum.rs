@@ -4,7 +4,7 @@
 //! the end: adding 16-bit words into 64 bits cannot overflow for any IPv4 packet, so the hot loop
 //! has no carry handling.
 
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 /// The one's complement sum of `data` as big-endian 16-bit words, unfolded.
 ///
@@ -33,15 +33,20 @@ pub fn fold(mut acc: u64) -> u16 {
     acc as u16
 }
 
-/// The unfolded sum of the UDP/TCP pseudo-header for IPv4 (RFC 768): addresses, protocol and the
-/// transport length.
+/// The unfolded sum of the UDP/TCP pseudo-header (RFC 768 for IPv4, RFC 8200 section 8.1 for
+/// IPv6): addresses, protocol (next header) and the transport length.
+///
+/// IPv6's pseudo-header holds the length in 32 bits and the next header in the low byte of a
+/// 32-bit word, but for lengths below 64 KiB both sum to the same words as IPv4's, so one
+/// function serves both families (and a pseudo-header may even mix them, which the relay's
+/// checksum updates across families rely on: only the address words differ).
 pub fn pseudo_header_sum(
-    source: Ipv4Addr,
-    destination: Ipv4Addr,
+    source: impl Into<IpAddr>,
+    destination: impl Into<IpAddr>,
     protocol: u8,
     length: u16,
 ) -> u64 {
-    addr_sum(source) + addr_sum(destination) + u64::from(protocol) + u64::from(length)
+    ip_sum(source.into()) + ip_sum(destination.into()) + u64::from(protocol) + u64::from(length)
 }
 
 /// Updates `checksum` after 16-bit words summing to `removed` were replaced by words summing to
@@ -73,6 +78,21 @@ pub fn adjust(checksum: u16, removed: u64, added: u64) -> u16 {
 pub(crate) fn addr_sum(addr: Ipv4Addr) -> u64 {
     let o = addr.octets();
     u64::from(u16::from_be_bytes([o[0], o[1]])) + u64::from(u16::from_be_bytes([o[2], o[3]]))
+}
+
+/// The sum of an IPv6 address's eight 16-bit words.
+#[inline]
+pub(crate) fn addr6_sum(addr: Ipv6Addr) -> u64 {
+    addr.segments().iter().map(|&word| u64::from(word)).sum()
+}
+
+/// The sum of an address's 16-bit words, of either family.
+#[inline]
+pub(crate) fn ip_sum(addr: IpAddr) -> u64 {
+    match addr {
+        IpAddr::V4(addr) => addr_sum(addr),
+        IpAddr::V6(addr) => addr6_sum(addr),
+    }
 }
 
 #[cfg(test)]
@@ -109,6 +129,13 @@ mod tests {
             20,
         );
         assert_eq!(sum, 0x0a00 + 0x0001 + 0xef01 + 0x0203 + 17 + 20);
+        let v6 = pseudo_header_sum(
+            "2001:db8::1".parse::<Ipv6Addr>().unwrap(),
+            "ff3e::1:2".parse::<Ipv6Addr>().unwrap(),
+            17,
+            20,
+        );
+        assert_eq!(v6, 0x2001 + 0x0db8 + 1 + 0xff3e + 1 + 2 + 17 + 20);
     }
 
     /// RFC 1624 section 4: eqn. 3 keeps 0xffff where eqn. 2 (RFC 1141) would give 0x0000.

@@ -12,6 +12,8 @@ pub struct EtherType(pub u16);
 impl EtherType {
     /// IPv4.
     pub const IPV4: EtherType = EtherType(0x0800);
+    /// IPv6.
+    pub const IPV6: EtherType = EtherType(0x86dd);
     /// An 802.1Q VLAN tag (customer tag).
     pub const VLAN: EtherType = EtherType(0x8100);
     /// An 802.1ad VLAN tag (service tag, the outer tag of Q-in-Q).

@@ -1,5 +1,5 @@
 //! Bounds-checked views of the frames the relay receives and writes: Ethernet II, up to two VLAN
-//! tags, IPv4 and UDP.
+//! tags, IPv4 or IPv6 (with the extension headers that may precede UDP), and UDP.
 //!
 //! Each layer is a view in the style of smoltcp's wire types: a newtype over any buffer
 //! (`T: AsRef<[u8]>`) with `new_unchecked`, `check_len` (after which no accessor panics) and
@@ -20,6 +20,7 @@ pub(crate) mod checksum;
 mod datagram;
 mod ethernet;
 mod ipv4;
+mod ipv6;
 mod udp;
 mod vlan_key;
 
@@ -27,6 +28,10 @@ pub use checksum::{adjust, fold, pseudo_header_sum, sum};
 pub use datagram::{Datagram, parse};
 pub use ethernet::{EtherType, EthernetFrame, VlanHeader};
 pub use ipv4::{Ipv4Packet, PROTOCOL_UDP};
+pub use ipv6::{
+    Ipv6Packet, MAX_EXTENSION_HEADERS, NEXT_HEADER_DESTINATION_OPTIONS, NEXT_HEADER_FRAGMENT,
+    NEXT_HEADER_HOP_BY_HOP, NEXT_HEADER_ROUTING, udp_offset as ipv6_udp_offset,
+};
 pub use udp::UdpPacket;
 pub use vlan_key::vlan_key;
 
@@ -75,9 +80,9 @@ pub enum DropReason {
     /// More than two VLAN tags, counting a tag offloaded into the ring's frame header.
     #[error("more than two VLAN tags")]
     TooManyVlanTags,
-    /// The ethertype after the VLAN tags is not IPv4 (0x0800).
-    #[error("ethertype is not IPv4")]
-    NotIpv4,
+    /// The ethertype after the VLAN tags is neither IPv4 (0x0800) nor IPv6 (0x86dd).
+    #[error("ethertype is neither IPv4 nor IPv6")]
+    NotIp,
     /// Fewer bytes than the IPv4 header needs (20, or the header length the IHL announces).
     #[error("frame ends inside the IPv4 header")]
     Ipv4Truncated,
@@ -100,14 +105,14 @@ pub enum DropReason {
     /// only, and reassembly would need state and memory per flow.
     #[error("IPv4 fragment")]
     Ipv4Fragment,
-    /// The IPv4 protocol is not UDP (17).
+    /// The IPv4 protocol, or the IPv6 header after the extension headers, is not UDP (17).
     #[error("IP protocol is not UDP")]
     NotUdp,
-    /// The IPv4 payload is shorter than a UDP header (8 bytes).
-    #[error("IPv4 payload shorter than a UDP header")]
+    /// The IP payload is shorter than a UDP header (8 bytes).
+    #[error("IP payload shorter than a UDP header")]
     UdpTruncated,
-    /// The UDP length field is below 8 or differs from the IPv4 payload length.
-    #[error("UDP length inconsistent with the IPv4 total length")]
+    /// The UDP length field is below 8 or differs from the IP payload length.
+    #[error("UDP length inconsistent with the IP payload length")]
     UdpBadLength,
     /// The receive ring had no room for the whole frame and kept only its start (the capture
     /// length is below the frame's length: `tp_snaplen < tp_len`). The parser never sees the
@@ -118,15 +123,43 @@ pub enum DropReason {
     /// it rather than relay it as if it were of its outer or inner VLAN alone ([`vlan_key`]).
     #[error("two VLAN tags (802.1ad): no rule matches double-tagged frames")]
     DoubleTagged,
+    /// Fewer bytes than the IPv6 fixed header (40).
+    #[error("frame ends inside the IPv6 header")]
+    Ipv6Truncated,
+    /// The ethertype said IPv6 but the version nibble is not 6.
+    #[error("IP version is not 6")]
+    Ipv6BadVersion,
+    /// The IPv6 payload length is larger than what was captured.
+    #[error("IPv6 payload length larger than the captured frame")]
+    Ipv6PacketTruncated,
+    /// The IPv6 payload length is 0: a jumbogram (RFC 2675, the length in a hop-by-hop
+    /// option) or an empty packet; neither is a datagram the relay forwards.
+    #[error("IPv6 payload length 0 (jumbogram)")]
+    Ipv6Jumbogram,
+    /// An IPv6 extension header (hop-by-hop, routing, destination options) runs past the
+    /// payload.
+    #[error("IPv6 extension header runs past the payload")]
+    Ipv6ExtensionHeaderTruncated,
+    /// More IPv6 extension headers before UDP than the relay walks
+    /// ([`MAX_EXTENSION_HEADERS`]).
+    #[error("more IPv6 extension headers than the relay walks")]
+    Ipv6TooManyExtensionHeaders,
+    /// An IPv6 fragment header: fragments are dropped, as IPv4's are.
+    #[error("IPv6 fragment")]
+    Ipv6Fragment,
+    /// UDP over IPv6 with checksum 0, which RFC 8200 (section 8.1) forbids and receivers
+    /// discard.
+    #[error("UDP over IPv6 without a checksum")]
+    Ipv6UdpChecksumZero,
 }
 
 impl DropReason {
     /// Every reason, in [`DropReason::index`] order, for building counter arrays and labels.
-    pub const ALL: [DropReason; 16] = [
+    pub const ALL: [DropReason; 24] = [
         DropReason::EthernetTruncated,
         DropReason::VlanTruncated,
         DropReason::TooManyVlanTags,
-        DropReason::NotIpv4,
+        DropReason::NotIp,
         DropReason::Ipv4Truncated,
         DropReason::Ipv4BadVersion,
         DropReason::Ipv4BadIhl,
@@ -139,6 +172,14 @@ impl DropReason {
         DropReason::UdpBadLength,
         DropReason::RingTruncated,
         DropReason::DoubleTagged,
+        DropReason::Ipv6Truncated,
+        DropReason::Ipv6BadVersion,
+        DropReason::Ipv6PacketTruncated,
+        DropReason::Ipv6Jumbogram,
+        DropReason::Ipv6ExtensionHeaderTruncated,
+        DropReason::Ipv6TooManyExtensionHeaders,
+        DropReason::Ipv6Fragment,
+        DropReason::Ipv6UdpChecksumZero,
     ];
 
     /// How many reasons there are: the length of a per-reason counter array.
@@ -149,10 +190,10 @@ impl DropReason {
         self as usize
     }
 
-    /// Whether the frame is simply not IPv4 UDP (ARP, IPv6, TCP, ...): traffic a UDP relay does
-    /// not serve, as opposed to a malformed frame.
+    /// Whether the frame is simply not UDP over IP (ARP, TCP, ICMPv6, ...): traffic a UDP relay
+    /// does not serve, as opposed to a malformed frame.
     pub const fn is_foreign(self) -> bool {
-        matches!(self, DropReason::NotIpv4 | DropReason::NotUdp)
+        matches!(self, DropReason::NotIp | DropReason::NotUdp)
     }
 
     /// A stable snake_case label for metrics (`reason="ipv4_fragment"`).
@@ -161,7 +202,7 @@ impl DropReason {
             DropReason::EthernetTruncated => "ethernet_truncated",
             DropReason::VlanTruncated => "vlan_truncated",
             DropReason::TooManyVlanTags => "too_many_vlan_tags",
-            DropReason::NotIpv4 => "not_ipv4",
+            DropReason::NotIp => "not_ip",
             DropReason::Ipv4Truncated => "ipv4_truncated",
             DropReason::Ipv4BadVersion => "ipv4_bad_version",
             DropReason::Ipv4BadIhl => "ipv4_bad_ihl",
@@ -174,6 +215,14 @@ impl DropReason {
             DropReason::UdpBadLength => "udp_bad_length",
             DropReason::RingTruncated => "ring_truncated",
             DropReason::DoubleTagged => "double_tagged",
+            DropReason::Ipv6Truncated => "ipv6_truncated",
+            DropReason::Ipv6BadVersion => "ipv6_bad_version",
+            DropReason::Ipv6PacketTruncated => "ipv6_packet_truncated",
+            DropReason::Ipv6Jumbogram => "ipv6_jumbogram",
+            DropReason::Ipv6ExtensionHeaderTruncated => "ipv6_extension_header_truncated",
+            DropReason::Ipv6TooManyExtensionHeaders => "ipv6_too_many_extension_headers",
+            DropReason::Ipv6Fragment => "ipv6_fragment",
+            DropReason::Ipv6UdpChecksumZero => "ipv6_udp_checksum_zero",
         }
     }
 }
@@ -187,7 +236,7 @@ mod tests {
         for (i, reason) in DropReason::ALL.iter().enumerate() {
             assert_eq!(reason.index(), i, "{reason:?}");
         }
-        assert_eq!(DropReason::COUNT, 16);
+        assert_eq!(DropReason::COUNT, 24);
     }
 
     #[test]

@@ -1,5 +1,7 @@
 //! UDP headers (RFC 768).
 
+use std::net::IpAddr;
+#[cfg(test)]
 use std::net::Ipv4Addr;
 
 use super::DropReason;
@@ -91,9 +93,14 @@ impl<T: AsRef<[u8]>> UdpPacket<T> {
     }
 
     /// Whether the checksum verifies over the pseudo-header, header and payload; a zero checksum
-    /// (none computed) verifies. A full pass over the payload: tests and diagnostics only, the
-    /// data path never pays for it.
-    pub fn verify_checksum(&self, source: Ipv4Addr, destination: Ipv4Addr) -> bool {
+    /// (none computed) verifies (over IPv6, where 0 is not allowed, [`super::parse`] refuses it
+    /// first). The addresses are the pseudo-header's, of either family. A full pass over the
+    /// payload: tests and diagnostics only, the data path never pays for it.
+    pub fn verify_checksum(
+        &self,
+        source: impl Into<IpAddr>,
+        destination: impl Into<IpAddr>,
+    ) -> bool {
         if self.checksum() == 0 {
             return true;
         }
@@ -133,8 +140,9 @@ impl<T: AsRef<[u8]> + AsMut<[u8]>> UdpPacket<T> {
     }
 
     /// Computes the checksum over the pseudo-header, header and payload (a full pass) and stores
-    /// it, writing 0xffff for a computed 0 because 0 means "no checksum".
-    pub fn fill_checksum(&mut self, source: Ipv4Addr, destination: Ipv4Addr) {
+    /// it, writing 0xffff for a computed 0 because 0 means "no checksum". The addresses are the
+    /// pseudo-header's, of either family.
+    pub fn fill_checksum(&mut self, source: impl Into<IpAddr>, destination: impl Into<IpAddr>) {
         self.set_checksum(0);
         let pseudo = checksum::pseudo_header_sum(source, destination, PROTOCOL_UDP, self.len());
         let sum = pseudo + checksum::sum(self.buffer.as_ref());

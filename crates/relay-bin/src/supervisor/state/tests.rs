@@ -11,14 +11,14 @@ fn rule(name: &str, port: u16) -> Rule {
         name: name.into(),
         input: Input {
             interface: "in0".into(),
-            destination: Ipv4Addr::new(239, 1, 1, 1),
+            destination: Ipv4Addr::new(239, 1, 1, 1).into(),
             port,
             source: None,
             vlan: None,
         },
         outputs: vec![Output {
             interface: "out0".into(),
-            destination: Ipv4Addr::new(239, 2, 2, 2),
+            destination: Ipv4Addr::new(239, 2, 2, 2).into(),
             port,
             ttl: relay_rules::Ttl::Fixed(4),
             source: None,
@@ -43,6 +43,7 @@ fn facts() -> Interfaces {
             mac: Some([2, 0, 0, 0, 0, index as u8]),
             mtu: 1500,
             ipv4: vec![Ipv4Addr::new(10, 0, 0, index as u8)],
+            ipv6: Vec::new(),
         })
         .collect()
 }

@@ -254,7 +254,9 @@ impl World {
             | Problem::SourceNotLocal {
                 interface: name, ..
             }
-            | Problem::NoSourceAddress { interface: name } => missing.contains(&name.as_str()),
+            | Problem::NoSourceAddress {
+                interface: name, ..
+            } => missing.contains(&name.as_str()),
             _ => false,
         };
         let problems: Vec<_> = errors

@@ -1,5 +1,6 @@
 use super::*;
 use crate::bpf::interp::{Interpreter, Skb};
+use crate::bpf::udp_prefilter;
 use crate::bpf::validate_program;
 use proptest::prelude::*;
 use std::collections::BTreeSet;
@@ -571,4 +572,105 @@ proptest! {
             prop_assert_eq!(validate_program(&program), Ok(()));
         }
     }
+}
+
+/// IPv6 keys, mixed with IPv4 ones: every listed key and its neighbours (one bit off in each
+/// address word, another port, another VLAN), through extension headers, against the set.
+#[test]
+fn ipv6_keys_match_exactly_in_both_senses() {
+    use crate::test_frames::{Extension, Ipv6Udp, ipv6_packet};
+    use std::net::{IpAddr, Ipv6Addr};
+    let groups: Vec<Ipv6Addr> = [
+        "ff3e::8000:1",
+        "ff3e::8000:2",
+        "ff3e:0:0:1::8000:1",
+        "ff05::7",
+    ]
+    .iter()
+    .map(|text| text.parse().unwrap())
+    .collect();
+    let mut keys: Vec<FilterKey> = Vec::new();
+    for (i, group) in groups.iter().enumerate() {
+        keys.push(FilterKey::from((IpAddr::V6(*group), 5000 + i as u16, None)));
+        keys.push(FilterKey::from((IpAddr::V6(*group), 6000, Some(100))));
+    }
+    keys.push(FilterKey::from((Ipv4Addr::new(239, 1, 1, 1), 5000)));
+    let listed = key_filter(keys.iter().copied(), KeySense::Listed).expect("fits");
+    let unlisted = key_filter(keys.iter().copied(), KeySense::Unlisted).expect("fits");
+    validate_program(&listed).expect("the kernel's checks pass");
+    validate_program(&unlisted).expect("the kernel's checks pass");
+    let set: BTreeSet<FilterKey> = keys.iter().copied().collect();
+
+    let mut probes: Vec<FilterKey> = keys.clone();
+    for key in &keys {
+        let IpAddr::V6(address) = key.destination else {
+            continue;
+        };
+        for bit in [0u32, 31, 32, 63, 64, 95, 96, 127] {
+            let flipped = Ipv6Addr::from(u128::from(address) ^ (1u128 << bit));
+            probes.push(FilterKey {
+                destination: flipped.into(),
+                ..*key
+            });
+        }
+        probes.push(FilterKey {
+            port: key.port + 1,
+            ..*key
+        });
+        probes.push(FilterKey {
+            vlan: Some(7),
+            ..*key
+        });
+        probes.push(FilterKey { vlan: None, ..*key });
+    }
+    let e = |kind, len| Extension { kind, len };
+    for probe in probes {
+        let IpAddr::V6(destination) = probe.destination else {
+            continue;
+        };
+        for extensions in [&[][..], &[e(0, 8), e(60, 16)]] {
+            let packet = ipv6_packet(&Ipv6Udp {
+                destination,
+                destination_port: probe.port,
+                extensions,
+                ..Default::default()
+            });
+            let skb = Skb {
+                vlan: probe.vlan.map(|vid| crate::bpf::interp::VlanTag {
+                    tpid: 0x8100,
+                    tci: vid,
+                }),
+                ..Skb::received(&packet, 0x86dd)
+            };
+            let run = |program: &Program| Interpreter::new(program).unwrap().run(&skb).unwrap();
+            let member = set.contains(&probe);
+            assert_eq!(run(&listed) == ACCEPT, member, "listed {probe:?}");
+            assert_eq!(run(&unlisted) == ACCEPT, !member, "unlisted {probe:?}");
+        }
+    }
+    // IPv4 keys still match as before, and a fragment is keyless: the default class keeps it.
+    let v4 = udp_packet((Ipv4Addr::new(239, 1, 1, 1), 5000), 0);
+    assert_eq!(verdict(&listed, &v4, 0x0800), ACCEPT);
+    let fragment = ipv6_packet(&Ipv6Udp {
+        extensions: &[e(44, 8)],
+        ..Default::default()
+    });
+    assert_eq!(verdict(&listed, &fragment, 0x86dd), REJECT);
+    assert_eq!(verdict(&unlisted, &fragment, 0x86dd), ACCEPT);
+    // Without IPv6 rules, the default class keeps IPv6 out, as the pre-filter does.
+    let only_v4 = key_filter([(Ipv4Addr::new(239, 1, 1, 1), 5000)], KeySense::Unlisted).unwrap();
+    assert_eq!(
+        verdict(&only_v4, &ipv6_packet(&Ipv6Udp::default()), 0x86dd),
+        REJECT
+    );
+    let with_rules = key_filter_with(
+        [(Ipv4Addr::new(239, 1, 1, 1), 5000)],
+        KeySense::Unlisted,
+        true,
+    )
+    .unwrap();
+    assert_eq!(
+        verdict(&with_rules, &ipv6_packet(&Ipv6Udp::default()), 0x86dd),
+        ACCEPT
+    );
 }

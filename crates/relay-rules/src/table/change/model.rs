@@ -10,7 +10,7 @@ use crate::validate::RuleSet;
 use crate::validate::tests::{interfaces, output};
 use proptest::prelude::*;
 use std::collections::HashMap;
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr};
 
 const NAMES: usize = 6;
 const INPUTS: [&str; 2] = ["eth0", "wg0"];
@@ -44,9 +44,9 @@ fn pool_rule(name: usize, key: usize, kind: u8) -> Rule {
         name: format!("n{name}"),
         input: Input {
             interface: interface.into(),
-            destination,
+            destination: destination.into(),
             port,
-            source,
+            source: source.map(IpAddr::from),
             vlan: None,
         },
         outputs: vec![out],

@@ -24,7 +24,7 @@ fn on_port(name: &str, port: u16) -> Rule {
 
 fn from(name: &str, source: Ipv4Addr) -> Rule {
     let mut r = rule(name);
-    r.input.source = Some(source);
+    r.input.source = Some(source.into());
     r
 }
 
@@ -63,7 +63,7 @@ fn insert_compiles_as_build_does() {
         output("eth1", [10, 1, 0, 99], 6001),
         output("wg0", [239, 9, 9, 9], 6002),
         Output {
-            source: Some(Ipv4Addr::new(10, 0, 0, 2)),
+            source: Some(Ipv4Addr::new(10, 0, 0, 2).into()),
             ..output("eth0", [239, 3, 3, 3], 6003)
         },
     ];
