@@ -104,21 +104,23 @@ pub fn in_shard(rule: &Rule, shard: Option<&ShardEntry>) -> bool {
 }
 
 /// The relay-rules pre-filter in the kernel's form: only IPv4 UDP (and still-tagged) frames
-/// reach the rings.
-pub fn udp_prefilter() -> BpfProgram {
-    relay_rules::bpf::udp_prefilter()
+/// reach the rings, and IPv6 UDP ones too when the interface has IPv6 rules (`ipv6`).
+pub fn prefilter(ipv6: bool) -> BpfProgram {
+    relay_rules::bpf::ip_prefilter(ipv6)
         .to_kernel()
-        .expect("the UDP pre-filter is a fixed program of 9 instructions")
+        .expect("the pre-filter is a fixed program within the kernel's limits")
 }
 
-/// The relay-rules key filter in the kernel's form: the IPv4 UDP frames of `keys` only
-/// ([`KeySense::Listed`]), or every frame the pre-filter takes but those ([`KeySense::Unlisted`]).
+/// The relay-rules key filter in the kernel's form: the UDP frames of `keys` only
+/// ([`KeySense::Listed`]), or every frame the pre-filter takes but those ([`KeySense::Unlisted`]);
+/// `ipv6`: the interface has IPv6 rules, whose frames an unlisted filter then takes too.
 pub fn key_filter(
     keys: Vec<(std::net::IpAddr, u16, Option<u16>)>,
     sense: KeySense,
+    ipv6: bool,
 ) -> Result<BpfProgram, KeyFilterError> {
     let count = keys.len();
-    let program = relay_rules::bpf::key_filter(keys, sense)?;
+    let program = relay_rules::bpf::key_filter_with(keys, sense, ipv6)?;
     program
         .to_kernel()
         .map_err(|source| KeyFilterError::Kernel { count, source })

@@ -6,7 +6,7 @@ use crate::cli::{CtlCommand, WorkersAction};
 use crate::config::ConfigFile;
 use crate::control::proto::{Command, KeyEntry};
 use relay_rules::{Input, Output, Rule};
-use std::net::Ipv4Addr;
+use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 
 /// The request `command` makes.
@@ -157,9 +157,9 @@ pub fn parse_input(text: &str) -> Result<Input, ArgError> {
     }
     Ok(Input {
         interface,
-        destination: destination.into(),
+        destination,
         port,
-        source: source.map(Into::into),
+        source,
         vlan,
     })
 }
@@ -170,7 +170,7 @@ pub fn parse_output(text: &str) -> Result<Output, ArgError> {
     let (interface, destination, port) = parse_endpoint(parts.next().unwrap_or_default())?;
     let mut output = Output {
         interface,
-        destination: destination.into(),
+        destination,
         port,
         ttl: Output::DEFAULT_TTL,
         source: None,
@@ -196,7 +196,7 @@ pub fn parse_output(text: &str) -> Result<Output, ArgError> {
             "vlan" => {
                 output.vlan = Some(value.parse().map_err(|_| out_of_range("vlan", 1, 4094))?);
             }
-            "source" => output.source = Some(parse_addr(value, "source")?.into()),
+            "source" => output.source = Some(parse_addr(value, "source")?),
             _ => {
                 return Err(ArgError::UnknownOption {
                     option: option.to_owned(),
@@ -219,7 +219,7 @@ fn parse_key(text: &str) -> Result<KeyEntry, ArgError> {
     })
 }
 
-fn parse_endpoint(text: &str) -> Result<(String, Ipv4Addr, u16), ArgError> {
+fn parse_endpoint(text: &str) -> Result<(String, IpAddr, u16), ArgError> {
     let Some((interface, address, port)) = split_endpoint(text) else {
         return Err(ArgError::Endpoint {
             text: text.to_owned(),
@@ -250,7 +250,7 @@ fn split_endpoint(text: &str) -> Option<(&str, &str, &str)> {
 }
 
 /// An address, IPv6 in brackets or not (`@[2001:db8::10]` or `source=2001:db8::10`).
-fn parse_addr(text: &str, what: &'static str) -> Result<Ipv4Addr, ArgError> {
+fn parse_addr(text: &str, what: &'static str) -> Result<IpAddr, ArgError> {
     let bare = text
         .strip_prefix('[')
         .and_then(|inner| inner.strip_suffix(']'))
@@ -264,6 +264,7 @@ fn parse_addr(text: &str, what: &'static str) -> Result<Ipv4Addr, ArgError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::net::Ipv4Addr;
 
     #[test]
     fn compact_add_takes_the_stream_options() {
@@ -317,6 +318,27 @@ mod tests {
         let mut input = parse_input("eth0:239.1.1.1:5000").expect("valid");
         assert!(listed_interfaces(&mut input).is_empty());
         assert_eq!(input.interface, "eth0");
+    }
+
+    #[test]
+    fn compact_ipv6_rules_parse() {
+        let input = parse_input("eth0:[ff3e::8000:1]:5000@[2001:db8::10]").expect("valid");
+        assert_eq!(
+            input.destination,
+            "ff3e::8000:1".parse::<IpAddr>().expect("literal")
+        );
+        assert_eq!(input.source, Some("2001:db8::10".parse().expect("literal")));
+        let output =
+            parse_output("eth1:[ff3e::8000:2]:6000,source=2001:db8::1,ttl=3").expect("valid");
+        assert_eq!(
+            output.destination,
+            "ff3e::8000:2".parse::<IpAddr>().expect("literal")
+        );
+        assert_eq!(output.source, Some("2001:db8::1".parse().expect("literal")));
+        assert!(
+            parse_input("eth0:ff3e::8000:1:5000").is_err(),
+            "unbracketed"
+        );
     }
 
     #[test]

@@ -13,16 +13,16 @@ use crate::rings;
 use fanout_core::FanoutGroupId;
 use fanout_core::bpf::{self, BpfProgram};
 use fanout_core::handoff::RingHandle;
-use fanout_core::igmp::{IgmpError, Membership, Memberships};
+use fanout_core::igmp::{IgmpError, IpMembership, Memberships};
 use fanout_core::{BpfError, HandoffError};
 use relay_rules::RuleSet;
 use relay_rules::bpf::KeySense;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, UdpSocket};
+use std::net::{IpAddr, UdpSocket};
 use std::os::fd::AsFd;
 
 /// A (destination, port) key: where a unicast input's socket is bound.
-pub(super) type Key = (Ipv4Addr, u16);
+pub(super) type Key = (IpAddr, u16);
 
 /// A (destination, port, VLAN) key, as the class filters match it.
 pub(super) type ClassKey = (IpAddr, u16, Option<u16>);
@@ -35,27 +35,27 @@ pub enum InputError {
     #[error("joining {group} on {interface}: {source}")]
     Join {
         /// The multicast group.
-        group: Ipv4Addr,
+        group: IpAddr,
         /// The input interface.
         interface: String,
         /// The refused join.
         source: IgmpError,
     },
     /// A unicast input's address and port could not be bound.
-    #[error("binding unicast input {address}:{port}: {source}")]
+    #[error("binding unicast input {}: {source}", std::net::SocketAddr::from((*.address, *.port)))]
     Bind {
         /// The input's address.
-        address: Ipv4Addr,
+        address: IpAddr,
         /// The input's port.
         port: u16,
         /// The errno of `bind`.
         source: std::io::Error,
     },
     /// A unicast input's socket could not be given its drop-everything filter.
-    #[error("binding unicast input {address}:{port}: {source}")]
+    #[error("filtering unicast input {}: {source}", std::net::SocketAddr::from((*.address, *.port)))]
     SinkFilter {
         /// The input's address.
-        address: Ipv4Addr,
+        address: IpAddr,
         /// The input's port.
         port: u16,
         /// The refused filter.
@@ -102,6 +102,9 @@ pub(super) struct Inputs {
     /// With named classes: the keys of each class's rules per input interface, with how many
     /// rules have each, from which the groups' filters are made.
     keys: BTreeMap<(String, usize), BTreeMap<ClassKey, u32>>,
+    /// How many rules have an IPv6 input, per input interface: the rings of an interface with
+    /// none keep IPv6 out in their filter, as the pre-filter always did.
+    ipv6_inputs: BTreeMap<String, u32>,
 }
 
 /// One class's fanout group on one interface.
@@ -116,18 +119,10 @@ struct Group {
 /// What one rule's input needs held open.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 enum Want {
-    /// A multicast group joined on the input interface.
-    Group(Membership),
+    /// A multicast group joined on the input interface (IGMP for IPv4, MLD for IPv6).
+    Group(IpMembership),
     /// A socket bound to a unicast input's address and port.
     Sink(Key),
-    /// An IPv6 input: neither joined (MLD) nor bound yet; held as nothing, with a log line,
-    /// so that such a rule runs where its frames reach the interface anyway.
-    Ipv6 {
-        /// The input's destination.
-        destination: Ipv6Addr,
-        /// The input's port.
-        port: u16,
-    },
 }
 
 /// Where one rule's input comes from, and what it holds open.
@@ -162,6 +157,7 @@ impl Inputs {
             wants: HashMap::new(),
             refs: HashMap::new(),
             keys: BTreeMap::new(),
+            ipv6_inputs: BTreeMap::new(),
         }
     }
 
@@ -182,20 +178,14 @@ impl Inputs {
     fn input_of(&self, set: &RuleSet, rule: &relay_rules::Rule) -> Option<RuleInput> {
         let facts = set.interfaces().get(&rule.input.interface)?;
         let key = (rule.input.destination, rule.input.port, rule.input.vlan);
-        let want = match rule.input.destination {
-            IpAddr::V4(group) if group.is_multicast() => Want::Group(Membership {
+        let want = if rule.input.destination.is_multicast() {
+            Want::Group(IpMembership {
                 ifindex: facts.index,
-                group,
-                source: match rule.input.source {
-                    Some(IpAddr::V4(source)) => Some(source),
-                    _ => None,
-                },
-            }),
-            IpAddr::V4(address) => Want::Sink((address, rule.input.port)),
-            IpAddr::V6(destination) => Want::Ipv6 {
-                destination,
-                port: rule.input.port,
-            },
+                group: rule.input.destination,
+                source: rule.input.source,
+            })
+        } else {
+            Want::Sink((rule.input.destination, rule.input.port))
         };
         Some(RuleInput {
             interface: facts.name.clone(),
@@ -225,7 +215,8 @@ impl Inputs {
         let mut touched = BTreeSet::new();
         // Keys first, so that rings opened below start with filters that take them.
         for (_, input) in &inputs {
-            if self.count_key(input) {
+            let new_key = self.count_key(input);
+            if self.count_ipv6(input) || new_key {
                 touched.insert(input.interface.clone());
             }
         }
@@ -260,6 +251,7 @@ impl Inputs {
             }
             for (_, input) in &inputs {
                 self.uncount_key(input);
+                self.uncount_ipv6(input);
             }
             return Err(error);
         }
@@ -277,7 +269,8 @@ impl Inputs {
             if self.forget(input.want) {
                 self.release(input.want, &input.interface);
             }
-            if self.uncount_key(&input) {
+            let gone_key = self.uncount_key(&input);
+            if self.uncount_ipv6(&input) || gone_key {
                 touched.insert(input.interface.clone());
             }
         }
@@ -286,6 +279,35 @@ impl Inputs {
             self.refilter(&interface);
         }
         Ok(new_rings)
+    }
+
+    /// Counts `input` among its interface's IPv6 inputs if it is one; true when it is the
+    /// interface's first, whose rings must now take IPv6.
+    fn count_ipv6(&mut self, input: &RuleInput) -> bool {
+        if !input.key.0.is_ipv6() {
+            return false;
+        }
+        let count = self.ipv6_inputs.entry(input.interface.clone()).or_insert(0);
+        *count += 1;
+        *count == 1
+    }
+
+    /// Takes back [`Inputs::count_ipv6`]; true when the interface has no IPv6 input any more.
+    fn uncount_ipv6(&mut self, input: &RuleInput) -> bool {
+        if !input.key.0.is_ipv6() {
+            return false;
+        }
+        match self.ipv6_inputs.get_mut(&input.interface) {
+            Some(count) if *count > 1 => {
+                *count -= 1;
+                false
+            }
+            Some(_) => {
+                self.ipv6_inputs.remove(&input.interface);
+                true
+            }
+            None => false,
+        }
     }
 
     /// Counts `input`'s key for its class; true when the class had no rule with it. Without
@@ -347,11 +369,12 @@ impl Inputs {
 
     /// The socket filter of class `class`'s rings on `interface`, from the keys counted now.
     fn filter(&self, class: usize, interface: &str) -> BpfProgram {
+        let ipv6 = self.ipv6_inputs.contains_key(interface);
         if self.classes.len() == 1 {
-            return rings::udp_prefilter();
+            return rings::prefilter(ipv6);
         }
         let (keys, sense) = self.filter_keys(class, interface);
-        match rings::key_filter(keys, sense) {
+        match rings::key_filter(keys, sense, ipv6) {
             Ok(program) => program,
             Err(error) => {
                 // Still correct (a worker drops what its class has no rule for), only not
@@ -360,7 +383,7 @@ impl Inputs {
                     "class {} on {interface}: {error}; its rings take every UDP frame instead",
                     self.class_name(class)
                 );
-                rings::udp_prefilter()
+                rings::prefilter(ipv6)
             }
         }
     }
@@ -425,12 +448,6 @@ impl Inputs {
                 self.sinks.insert(key, socket);
                 Ok(())
             }
-            Want::Ipv6 { destination, port } => {
-                log::info!(
-                    "IPv6 input [{destination}]:{port} on {interface}: no MLD join or unicast                      socket is made for it yet; its frames are relayed where they reach the                      interface"
-                );
-                Ok(())
-            }
         }
     }
 
@@ -454,7 +471,6 @@ impl Inputs {
             Want::Sink(key) => {
                 self.sinks.remove(&key);
             }
-            Want::Ipv6 { .. } => {}
         }
     }
 
@@ -569,7 +585,7 @@ pub(super) fn initial_members(fanout: FanoutSetting, cpus: &[u32], online: usize
 /// A socket bound to a unicast input's address and port that takes nothing: with it the kernel
 /// finds a listener and does not answer the datagrams the relay takes with ICMP port-unreachable;
 /// its filter drops every datagram before it is queued.
-fn unicast_sink((address, port): (Ipv4Addr, u16)) -> Result<UdpSocket, InputError> {
+fn unicast_sink((address, port): Key) -> Result<UdpSocket, InputError> {
     let socket = UdpSocket::bind((address, port)).map_err(|source| InputError::Bind {
         address,
         port,
@@ -588,19 +604,43 @@ fn unicast_sink((address, port): (Ipv4Addr, u16)) -> Result<UdpSocket, InputErro
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::net::Ipv4Addr;
 
     fn input(class: usize, port: u16) -> RuleInput {
-        let group = Ipv4Addr::new(239, 1, 1, 1);
+        let group = IpAddr::from(Ipv4Addr::new(239, 1, 1, 1));
         RuleInput {
             interface: "in0".into(),
             class,
-            key: (group.into(), port, None),
-            want: Want::Group(Membership {
+            key: (group, port, None),
+            want: Want::Group(IpMembership {
                 ifindex: 1,
                 group,
                 source: None,
             }),
         }
+    }
+
+    #[test]
+    fn an_interface_takes_ipv6_from_its_first_ipv6_input_to_its_last() {
+        let mut inputs = Inputs::new(
+            FanoutSetting::default(),
+            RingSection::default(),
+            vec![None],
+            vec![1],
+        );
+        let group: IpAddr = "ff3e::8000:1".parse().expect("literal");
+        let six = |port| RuleInput {
+            key: (group, port, None),
+            ..input(0, port)
+        };
+        assert!(!inputs.count_ipv6(&input(0, 5000)), "an IPv4 input");
+        assert!(inputs.count_ipv6(&six(5000)), "the first IPv6 input");
+        assert!(!inputs.count_ipv6(&six(5001)), "a second one");
+        assert!(inputs.ipv6_inputs.contains_key("in0"));
+        assert!(!inputs.uncount_ipv6(&six(5000)));
+        assert!(inputs.uncount_ipv6(&six(5001)), "the last one went");
+        assert!(!inputs.ipv6_inputs.contains_key("in0"));
+        assert!(!inputs.uncount_ipv6(&input(0, 5000)));
     }
 
     #[test]
