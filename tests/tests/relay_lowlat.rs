@@ -109,9 +109,11 @@ fn the_low_latency_mode_relays_every_datagram_by_spinning() {
             ),
         );
     } else {
+        // Most, on this machine; on an emulated kernel's slow CPUs, a share as much smaller.
+        let most = u64::from(N) / 2 / u64::from(fanout_relay_tests::slowdown());
         assert!(
-            spin_hits >= u64::from(N) / 2,
-            "only {spin_hits} of {N} frames were found by spinning:\n{log}"
+            spin_hits >= most,
+            "only {spin_hits} of {N} frames were found by spinning (at least {most} expected):\n{log}"
         );
     }
     // The workers' CPUs are not isolated on a test machine: the relay says what that costs.
