@@ -132,7 +132,7 @@ fn a_flood_is_cut_to_max_pps_and_another_rule_is_untouched() {
     relay.wait_for_log(
         "the storm guard's log line",
         Duration::from_secs(5),
-        |line| line.contains("rule \"flood\" is limited (max_pps 5000)"),
+        |line| line.contains(&format!("rule \"flood\" is limited (max_pps {limit})")),
     );
     drop(relay);
 }
