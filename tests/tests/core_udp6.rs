@@ -5,7 +5,7 @@
 use std::net::{Ipv6Addr, SocketAddr, SocketAddrV6, UdpSocket};
 use std::time::{Duration, Instant};
 
-use fanout_core::udp_batch::{Ipv6SocketOptions, UdpBatch6, ipv6_socket};
+use fanout_core::udp_batch::{Ipv6SocketOptions, UdpBatch, ipv6_socket};
 use fanout_core::{PacketSocket, Protocol};
 use fanout_relay_tests::{Netns, privileged};
 
@@ -104,7 +104,7 @@ fn a_batch_reaches_an_ipv6_receiver_with_its_hop_limit_and_class() {
             SOURCE,
             "bound to the source"
         );
-        let mut batch = UdpBatch6::new(socket, usize::from(COUNT) + 1, 64);
+        let mut batch = UdpBatch::new(socket, usize::from(COUNT) + 1, 64);
         for n in 0..COUNT {
             batch.push(to, &[n; 20]).expect("room");
         }

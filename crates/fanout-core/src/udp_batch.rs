@@ -4,8 +4,8 @@
 //! the kernel must resolve, or an interface without Ethernet headers), the payload goes through an
 //! ordinary UDP socket. [`UdpBatch`] keeps that off the per-packet syscall path: payloads are
 //! copied into buffers allocated once, and [`UdpBatch::flush`] hands the whole batch to the
-//! kernel in one call. IPv6 destinations go through [`UdpBatch6`], on a socket
-//! [`ipv6_socket`] opens with the output's source, hop limit and traffic class.
+//! kernel in one call, to IPv4 or IPv6 destinations; [`ipv6_socket`] opens an IPv6 output's
+//! socket with its source, hop limit and traffic class.
 //!
 //! # Safety
 //!
@@ -21,7 +21,7 @@
 
 mod v6;
 
-pub use v6::{Ipv6SocketError, Ipv6SocketOptions, UdpBatch6, ipv6_socket};
+pub use v6::{Ipv6SocketError, Ipv6SocketOptions, ipv6_socket};
 
 use std::io;
 use std::net::{SocketAddr, UdpSocket};

@@ -201,6 +201,19 @@ fn output_socket(
     ) -> Result<T, (&'static str, io::Error)> {
         result.map_err(|error| (name, error.into()))
     }
+    let source = match source {
+        IpAddr::V6(source) => {
+            let options = fanout_core::udp_batch::Ipv6SocketOptions {
+                interface: name.to_owned(),
+                source,
+                hop_limit: ttl,
+                traffic_class: dscp.map(|dscp| dscp << 2),
+            };
+            return fanout_core::udp_batch::ipv6_socket(&options)
+                .map_err(|error| (error.call, error.errno));
+        }
+        IpAddr::V4(source) => source,
+    };
     let socket = call("bind", UdpSocket::bind((source, 0)))?;
     call(
         "setsockopt(SO_BINDTODEVICE)",
@@ -210,29 +223,6 @@ fn output_socket(
             &std::ffi::OsString::from(name),
         ),
     )?;
-    if source.is_ipv6() {
-        let hops = i32::from(ttl);
-        call(
-            "setsockopt(IPV6_UNICAST_HOPS)",
-            setsockopt(&socket, sockopt::Ipv6Ttl, &hops),
-        )?;
-        call(
-            "setsockopt(IPV6_MULTICAST_HOPS)",
-            setsockopt(&socket, sockopt::Ipv6MulticastHops, &hops),
-        )?;
-        call(
-            "setsockopt(IPV6_MULTICAST_LOOP)",
-            socket.set_multicast_loop_v6(false),
-        )?;
-        if let Some(dscp) = dscp {
-            call(
-                "setsockopt(IPV6_TCLASS)",
-                setsockopt(&socket, sockopt::Ipv6TClass, &(i32::from(dscp) << 2)),
-            )?;
-        }
-        call("fcntl(O_NONBLOCK)", socket.set_nonblocking(true))?;
-        return Ok(socket);
-    }
     call("setsockopt(IP_TTL)", socket.set_ttl(u32::from(ttl)))?;
     call(
         "setsockopt(IP_MULTICAST_TTL)",
