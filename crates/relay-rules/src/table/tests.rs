@@ -50,8 +50,9 @@ fn lookup_prefers_the_source_specific_rule() {
     // A parsed datagram finds the same rule.
     let datagram = Datagram {
         vlans: [None, None],
-        source: SENDER.into(),
-        destination: GROUP.into(),
+        source: Datagram::address_bits(SENDER.into()),
+        destination: Datagram::address_bits(GROUP.into()),
+        ipv6: false,
         source_port: 4000,
         destination_port: 5000,
         ttl: 4,

@@ -45,8 +45,9 @@ mod tests {
     fn datagram(vlans: [Option<VlanTag>; 2]) -> Datagram<'static> {
         Datagram {
             vlans,
-            source: [10, 0, 0, 1].into(),
-            destination: [239, 1, 1, 1].into(),
+            source: Datagram::address_bits([10, 0, 0, 1].into()),
+            destination: Datagram::address_bits([239, 1, 1, 1].into()),
+            ipv6: false,
             source_port: 1,
             destination_port: 5000,
             ttl: 1,
