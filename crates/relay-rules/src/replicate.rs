@@ -380,8 +380,8 @@ impl FrameTemplate {
         }
         // The words the output replaces: both addresses, the destination port, and the source
         // port when it is rewritten (a kept one is in both sums and cancels out, so it is left out).
-        let mut removed = bits_sum(input.source, input.ipv6)
-            + bits_sum(input.destination, input.ipv6)
+        let mut removed = bits_sum(input.source.0, input.ipv6)
+            + bits_sum(input.destination.0, input.ipv6)
             + u64::from(input.destination_port);
         if self.spec.source_port.is_some() {
             removed += u64::from(input.source_port);

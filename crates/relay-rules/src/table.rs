@@ -348,12 +348,12 @@ impl RuleTable {
     ) -> Option<&CompiledRule> {
         let key = SlotKey::of_bits(
             ifindex,
-            datagram.destination,
+            datagram.destination.0,
             datagram.ipv6,
             datagram.destination_port,
             vlan.unwrap_or(0),
         );
-        self.lookup_bits(key, datagram.source)
+        self.lookup_bits(key, datagram.source.0)
     }
 
     /// The rule in the slot `key` for the source `source` (as [`addr_key`] gives it).

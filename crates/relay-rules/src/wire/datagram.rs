@@ -11,6 +11,41 @@ use super::{DropReason, VlanTag};
 /// The high bits of an IPv4-mapped IPv6 address (RFC 4291 section 2.5.5.2).
 const MAPPED: u128 = 0xffff_0000_0000;
 
+/// An IP address as a [`Datagram`] holds it: 128 bits, an IPv6 address as it is, an IPv4
+/// address in its IPv4-mapped form (`::ffff:a.b.c.d`), so that the low 32 bits are the IPv4
+/// address. The family is not in the bits ([`Datagram::ipv6`] holds it): an IPv4 address and
+/// its IPv4-mapped IPv6 form convert to equal `IpBits`.
+///
+/// ```
+/// use relay_rules::wire::IpBits;
+/// use std::net::Ipv4Addr;
+///
+/// assert_eq!(IpBits::from(Ipv4Addr::new(239, 1, 2, 3)), IpBits(0xffff_ef01_0203));
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct IpBits(pub u128);
+
+impl From<IpAddr> for IpBits {
+    #[inline]
+    fn from(address: IpAddr) -> Self {
+        IpBits(Datagram::address_bits(address))
+    }
+}
+
+impl From<Ipv4Addr> for IpBits {
+    #[inline]
+    fn from(address: Ipv4Addr) -> Self {
+        IpBits(MAPPED | u128::from(address.to_bits()))
+    }
+}
+
+impl From<Ipv6Addr> for IpBits {
+    #[inline]
+    fn from(address: Ipv6Addr) -> Self {
+        IpBits(address.to_bits())
+    }
+}
+
 /// Everything the relay needs from one received UDP frame over IPv4 or IPv6, borrowed from the
 /// frame.
 ///
@@ -18,7 +53,7 @@ const MAPPED: u128 = 0xffff_0000_0000;
 /// lookup, [`crate::replicate::FrameTemplate::write`]) trusts its fields without re-checking.
 /// The fields are plain values so that a rule lookup reads them without going through views.
 ///
-/// The addresses are integers ([`Datagram::address_bits`]) with the family beside them, not
+/// The addresses are integers ([`IpBits`]) with the family beside them, not
 /// [`IpAddr`]s: an `IpAddr` is a tag byte and 16 bytes aligned to 1, which the compiler built
 /// piece by piece in memory and read back with wider loads (which the processor cannot
 /// forward from the narrower stores), and a match on its tag at every use. As integers an IPv4
@@ -30,12 +65,12 @@ pub struct Datagram<'a> {
     /// VLAN tags, outer first: an offloaded tag from the ring's frame header, then the tags in the
     /// frame. Unused slots are `None`, and a `None` is never followed by a `Some`.
     pub vlans: [Option<VlanTag>; 2],
-    /// IP source address as [`Datagram::address_bits`] gives it. Both addresses are of the
+    /// IP source address. Both addresses are of the
     /// family [`Datagram::ipv6`] says.
-    pub source: u128,
-    /// IP destination address as [`Datagram::address_bits`] gives it: the group (or local
+    pub source: IpBits,
+    /// IP destination address: the group (or local
     /// unicast address) rules match on.
-    pub destination: u128,
+    pub destination: IpBits,
     /// Whether the frame was IPv6 (else IPv4). Kept apart from the addresses because an IPv6
     /// frame may carry an IPv4-mapped address, which is not the IPv4 address it maps.
     pub ipv6: bool,
@@ -58,9 +93,9 @@ pub struct Datagram<'a> {
 }
 
 impl Datagram<'_> {
-    /// An address as the 128-bit integer a [`Datagram`] holds: an IPv6 address as it is, an
-    /// IPv4 address in its IPv4-mapped form (`::ffff:a.b.c.d`), so that the low 32 bits are the
-    /// IPv4 address.
+    /// An address as the 128-bit integer a [`Datagram`] holds ([`IpBits`]): an IPv6 address
+    /// as it is, an IPv4 address in its IPv4-mapped form (`::ffff:a.b.c.d`), so that the low
+    /// 32 bits are the IPv4 address.
     ///
     /// ```
     /// use relay_rules::Datagram;
@@ -97,13 +132,13 @@ impl Datagram<'_> {
     /// The IP source address.
     #[inline]
     pub fn source_addr(&self) -> IpAddr {
-        Datagram::address_of(self.source, self.ipv6)
+        Datagram::address_of(self.source.0, self.ipv6)
     }
 
     /// The IP destination address.
     #[inline]
     pub fn destination_addr(&self) -> IpAddr {
-        Datagram::address_of(self.destination, self.ipv6)
+        Datagram::address_of(self.destination.0, self.ipv6)
     }
 
     /// The VLAN id of the outer tag, if the frame had any tag.
@@ -207,8 +242,8 @@ pub fn parse(frame: &[u8], offloaded_vlan: Option<VlanTag>) -> Result<Datagram<'
 
     Ok(Datagram {
         vlans,
-        source: MAPPED | u128::from(ip.src_addr().to_bits()),
-        destination: MAPPED | u128::from(ip.dst_addr().to_bits()),
+        source: IpBits::from(ip.src_addr()),
+        destination: IpBits::from(ip.dst_addr()),
         ipv6: false,
         source_port: udp.src_port(),
         destination_port: udp.dst_port(),
@@ -250,8 +285,8 @@ fn parse_ipv6(rest: &[u8], vlans: [Option<VlanTag>; 2]) -> Result<Datagram<'_>, 
     }
     Ok(Datagram {
         vlans,
-        source: source.to_bits(),
-        destination: destination.to_bits(),
+        source: IpBits::from(source),
+        destination: IpBits::from(destination),
         ipv6: true,
         source_port: udp.src_port(),
         destination_port: udp.dst_port(),
