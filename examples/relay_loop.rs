@@ -214,10 +214,9 @@ impl Relay {
         if frame.status() & TP_STATUS_CSUMNOTREADY != 0 {
             datagram.udp_checksum = 0; // a partial sum cannot be updated: send none
         }
-        let (destination, port) = (datagram.destination, datagram.destination_port);
         let Some(rule) = self
             .table
-            .lookup(self.in_index, destination, port, datagram.source)
+            .lookup_datagram_vlan(self.in_index, None, &datagram)
         else {
             counts.no_rule += 1;
             return;

@@ -180,12 +180,7 @@ impl Batch {
 
 fn parse_lookup<'t>(table: &'t RuleTable, frame: &[u8]) -> Option<&'t CompiledRule> {
     let datagram = wire::parse(frame, None).ok()?;
-    table.lookup(
-        ETH0,
-        datagram.destination,
-        datagram.destination_port,
-        datagram.source,
-    )
+    table.lookup_datagram_vlan(ETH0, None, &datagram)
 }
 
 /// Parse, lookup and writing every ring output of the rule (one here) into `out`; returns the
@@ -194,12 +189,7 @@ fn forward(table: &RuleTable, frame: &[u8], ip_id: u16, out: &mut [u8]) -> usize
     let Ok(datagram) = wire::parse(frame, None) else {
         return 0;
     };
-    let Some(rule) = table.lookup(
-        ETH0,
-        datagram.destination,
-        datagram.destination_port,
-        datagram.source,
-    ) else {
+    let Some(rule) = table.lookup_datagram_vlan(ETH0, None, &datagram) else {
         return 0;
     };
     let mut written = 0;

@@ -71,14 +71,12 @@
 //! frame.extend_from_slice(b"hello");
 //!
 //! let datagram = wire::parse(&frame, None).expect("a well-formed frame");
-//! let rule = table
-//!     .lookup(2, datagram.destination, datagram.destination_port, datagram.source)
-//!     .expect("the rule matches");
+//! let rule = table.lookup_datagram(2, &datagram).expect("the rule matches");
 //! let relay_rules::CompiledOutput::Ring { template, .. } = &rule.outputs[0] else { unreachable!() };
 //! let mut slot = [0u8; 2048];
 //! let len = template.write(&datagram, 1, &mut slot).expect("fits the MTU");
 //! let out = wire::parse(&slot[..len], None).expect("the output parses");
-//! assert_eq!((out.destination, out.destination_port), (Ipv4Addr::new(239, 2, 2, 2).into(), 6000));
+//! assert_eq!((out.destination_addr(), out.destination_port), (Ipv4Addr::new(239, 2, 2, 2).into(), 6000));
 //! assert_eq!(out.payload, b"hello");
 //! ```
 

@@ -55,7 +55,7 @@
 //! let mut slot = [0u8; 2048];
 //! let len = template.write(&input, 7, &mut slot)?;
 //! let output = wire::parse(&slot[..len], None)?;
-//! assert_eq!((output.destination, output.destination_port), (group.into(), 5004));
+//! assert_eq!((output.destination_addr(), output.destination_port), (group.into(), 5004));
 //! assert_eq!(output.source_port, 1234);
 //! assert_eq!(output.payload, b"hi");
 //! # Ok::<(), Box<dyn std::error::Error>>(())
@@ -65,7 +65,7 @@ use std::net::{IpAddr, Ipv4Addr};
 
 use crate::rule::Ttl;
 
-use crate::wire::checksum::{addr_sum, ip_sum};
+use crate::wire::checksum::{addr_sum, bits_sum};
 use crate::wire::{
     Datagram, EtherType, EthernetFrame, Ipv4Packet, PROTOCOL_UDP, UdpPacket, VlanHeader, adjust,
     fold, sum,
@@ -380,8 +380,9 @@ impl FrameTemplate {
         }
         // The words the output replaces: both addresses, the destination port, and the source
         // port when it is rewritten (a kept one is in both sums and cancels out, so it is left out).
-        let mut removed =
-            ip_sum(input.source) + ip_sum(input.destination) + u64::from(input.destination_port);
+        let mut removed = bits_sum(input.source.0, input.ipv6)
+            + bits_sum(input.destination.0, input.ipv6)
+            + u64::from(input.destination_port);
         if self.spec.source_port.is_some() {
             removed += u64::from(input.source_port);
         }

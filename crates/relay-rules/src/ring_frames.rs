@@ -15,7 +15,7 @@
 //! while let Some(block) = ring.next_block() {
 //!     for frame in block.frames() {
 //!         match ring_frames::parse(&frame) {
-//!             Ok(datagram) => println!("{}:{} on {}", datagram.destination,
+//!             Ok(datagram) => println!("{}:{} on {}", datagram.destination_addr(),
 //!                                      datagram.destination_port, facts.name),
 //!             Err(reason) => println!("dropped: {reason:?}"),
 //!         }

@@ -66,11 +66,23 @@ struct SlotKey {
 impl SlotKey {
     #[inline]
     fn new(ifindex: u32, destination: IpAddr, port: u16, vlan: u16) -> Self {
+        SlotKey::of_bits(
+            ifindex,
+            addr_key(destination),
+            destination.is_ipv6(),
+            port,
+            vlan,
+        )
+    }
+
+    /// The key of an address already as [`addr_key`] gives it (as a [`Datagram`] holds it).
+    #[inline(always)]
+    fn of_bits(ifindex: u32, destination: u128, ipv6: bool, port: u16, vlan: u16) -> Self {
         SlotKey {
-            destination: addr_key(destination),
+            destination,
             rest: u64::from(ifindex) << 32
                 | u64::from(port) << 16
-                | u64::from(destination.is_ipv6()) << 15
+                | u64::from(ipv6) << 15
                 | u64::from(vlan & 0x0fff),
         }
     }
@@ -85,13 +97,11 @@ impl std::hash::Hash for SlotKey {
     }
 }
 
-/// An address as 128 bits: IPv6 as it is, IPv4 in its IPv4-mapped form.
+/// An address as 128 bits: IPv6 as it is, IPv4 in its IPv4-mapped form (as a [`Datagram`]
+/// holds it).
 #[inline]
 fn addr_key(address: IpAddr) -> u128 {
-    match address {
-        IpAddr::V4(v4) => 0xffff_0000_0000 | u128::from(u32::from(v4)),
-        IpAddr::V6(v6) => u128::from(v6),
-    }
+    Datagram::address_bits(address)
 }
 
 /// The ids of the rules of one [`SlotKey`].
@@ -309,16 +319,11 @@ impl RuleTable {
         port: u16,
         source: impl Into<IpAddr>,
     ) -> Option<&CompiledRule> {
-        let key = SlotKey::new(ifindex, destination.into(), port, vlan.unwrap_or(0));
-        let slot = self.slots.get(&key)?;
-        let source = addr_key(source.into());
-        let index = slot
-            .by_source
-            .iter()
-            .find(|(from, _)| *from == source)
-            .map(|&(_, index)| index)
-            .or(slot.any_source)?;
-        self.rules.get(index as usize)
+        let destination = destination.into();
+        self.lookup_bits(
+            SlotKey::new(ifindex, destination, port, vlan.unwrap_or(0)),
+            addr_key(source.into()),
+        )
     }
 
     /// The rule for `datagram`, parsed from a frame that arrived on interface `ifindex`: the
@@ -326,13 +331,42 @@ impl RuleTable {
     /// destination, port and source; `None` for a double-tagged frame.
     #[inline]
     pub fn lookup_datagram(&self, ifindex: u32, datagram: &Datagram<'_>) -> Option<&CompiledRule> {
-        self.lookup_vlan(
+        let vlan = crate::wire::vlan_key(datagram).ok()?;
+        self.lookup_datagram_vlan(ifindex, vlan, datagram)
+    }
+
+    /// [`RuleTable::lookup_datagram`] with the VLAN already taken from the datagram by
+    /// [`crate::wire::vlan_key`] (the data path counts a double-tagged frame itself). The
+    /// worker's loop calls it per frame: always inlined, and its addresses stay the integers
+    /// the datagram holds.
+    #[inline(always)]
+    pub fn lookup_datagram_vlan(
+        &self,
+        ifindex: u32,
+        vlan: Option<u16>,
+        datagram: &Datagram<'_>,
+    ) -> Option<&CompiledRule> {
+        let key = SlotKey::of_bits(
             ifindex,
-            crate::wire::vlan_key(datagram).ok()?,
-            datagram.destination,
+            datagram.destination.0,
+            datagram.ipv6,
             datagram.destination_port,
-            datagram.source,
-        )
+            vlan.unwrap_or(0),
+        );
+        self.lookup_bits(key, datagram.source.0)
+    }
+
+    /// The rule in the slot `key` for the source `source` (as [`addr_key`] gives it).
+    #[inline(always)]
+    fn lookup_bits(&self, key: SlotKey, source: u128) -> Option<&CompiledRule> {
+        let slot = self.slots.get(&key)?;
+        let index = slot
+            .by_source
+            .iter()
+            .find(|(from, _)| *from == source)
+            .map(|&(_, index)| index)
+            .or(slot.any_source)?;
+        self.rules.get(index as usize)
     }
 
     /// The rule with id `id`, `None` if the id is free or out of range.

@@ -183,7 +183,7 @@ proptest! {
             let offloaded = tag.map(|tag| wire::VlanTag { tpid: tag.tpid, tci: tag.tci });
             let datagram = wire::parse(&frame, offloaded).expect("a valid frame");
             prop_assert_eq!(wire::vlan_key(&datagram), Ok(vlan));
-            prop_assert_eq!(shard_vlan(datagram.destination, datagram.destination_port, vlan, n), got);
+            prop_assert_eq!(shard_vlan(datagram.destination_addr(), datagram.destination_port, vlan, n), got);
         }
     }
 

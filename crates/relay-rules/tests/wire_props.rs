@@ -246,8 +246,8 @@ proptest! {
         let datagram = wire::parse(&frame, input.offloaded).expect("a built frame is valid");
         let vlans: Vec<VlanTag> = input.offloaded.iter().chain(&input.tags).copied().collect();
         prop_assert_eq!(datagram.vlans, [vlans.first().copied(), vlans.get(1).copied()]);
-        prop_assert_eq!(datagram.source, input.source);
-        prop_assert_eq!(datagram.destination, input.destination);
+        prop_assert_eq!(datagram.source_addr(), input.source);
+        prop_assert_eq!(datagram.destination_addr(), input.destination);
         prop_assert_eq!(datagram.source_port, input.source_port);
         prop_assert_eq!(datagram.destination_port, input.destination_port);
         prop_assert_eq!(datagram.ttl, input.ttl);
@@ -279,9 +279,9 @@ proptest! {
         let out = &out[..len];
 
         let output = wire::parse(out, None).expect("an output frame is valid (its IPv4 checksum verifies)");
-        prop_assert_eq!(output.destination, spec.destination);
+        prop_assert_eq!(output.destination_addr(), spec.destination);
         prop_assert_eq!(output.destination_port, spec.destination_port);
-        prop_assert_eq!(output.source, spec.source);
+        prop_assert_eq!(output.source_addr(), spec.source);
         prop_assert_eq!(output.source_port, spec.source_port.unwrap_or(input.source_port));
         prop_assert_eq!(output.payload, &input.payload[..]);
         prop_assert_eq!(relay_rules::Ttl::Fixed(output.ttl), spec.ttl);

@@ -182,13 +182,7 @@ impl Datapath {
                 return;
             }
         };
-        let Some(rule) = self.table.lookup_vlan(
-            ifindex,
-            vlan,
-            datagram.destination,
-            datagram.destination_port,
-            datagram.source,
-        ) else {
+        let Some(rule) = self.table.lookup_datagram_vlan(ifindex, vlan, &datagram) else {
             self.no_rule += 1;
             return;
         };

@@ -117,8 +117,8 @@ fn ipv4_to_ipv6_updates_or_computes_the_checksum() {
         );
         let out = relay(&spec, &input);
         let parsed = wire::parse(&out, None).expect("the output parses");
-        assert_eq!(parsed.destination, v6(GROUP6));
-        assert_eq!(parsed.source, v6(SOURCE6));
+        assert_eq!(parsed.destination_addr(), v6(GROUP6));
+        assert_eq!(parsed.source_addr(), v6(SOURCE6));
         assert_eq!((parsed.ttl, parsed.tos), (5, 10 << 2));
         assert_eq!(parsed.payload, b"from four, to six");
         assert_ne!(parsed.udp_checksum, 0);
@@ -156,7 +156,7 @@ fn ipv6_to_ipv4_with_a_verified_checksum() {
     let out = relay(&spec, &input);
     let parsed = wire::parse(&out, None).expect("the output parses, header checksum included");
     assert_eq!(
-        (parsed.destination, parsed.source),
+        (parsed.destination_addr(), parsed.source_addr()),
         (group.into(), source.into())
     );
     assert_eq!((parsed.ttl, parsed.tos, parsed.ip_id), (2, 0x28, 0x1234));

@@ -113,8 +113,8 @@ fn deconstruct_output() {
             None
         ]
     );
-    assert_eq!(output.source, Ipv4Addr::new(10, 1, 0, 1));
-    assert_eq!(output.destination, GROUP);
+    assert_eq!(output.source_addr(), Ipv4Addr::new(10, 1, 0, 1));
+    assert_eq!(output.destination_addr(), GROUP);
     assert_eq!(output.source_port, 6000);
     assert_eq!(output.destination_port, 6004);
     assert_eq!(output.ttl, 16);
@@ -125,7 +125,7 @@ fn deconstruct_output() {
     assert!(
         UdpPacket::new_checked(&out[38..])
             .unwrap()
-            .verify_checksum(output.source, output.destination)
+            .verify_checksum(output.source_addr(), output.destination_addr())
     );
 }
 
@@ -166,7 +166,7 @@ fn computed_zero_is_sent_as_ffff() {
     assert!(
         UdpPacket::new_checked(&out[38..])
             .unwrap()
-            .verify_checksum(output.source, output.destination)
+            .verify_checksum(output.source_addr(), output.destination_addr())
     );
 }
 

@@ -6,6 +6,7 @@ use crate::replicate::multicast_mac;
 use crate::rule::{Input, Limits, Output, Ttl};
 use crate::shard::shard;
 use crate::validate::tests::{interfaces, output, rule};
+use crate::wire::IpBits;
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
 
 const ETH0: u32 = 2;
@@ -50,8 +51,9 @@ fn lookup_prefers_the_source_specific_rule() {
     // A parsed datagram finds the same rule.
     let datagram = Datagram {
         vlans: [None, None],
-        source: SENDER.into(),
-        destination: GROUP.into(),
+        source: IpBits::from(SENDER),
+        destination: IpBits::from(GROUP),
+        ipv6: false,
         source_port: 4000,
         destination_port: 5000,
         ttl: 4,

@@ -86,6 +86,20 @@ pub(crate) fn addr6_sum(addr: Ipv6Addr) -> u64 {
     addr.segments().iter().map(|&word| u64::from(word)).sum()
 }
 
+/// The sum of the 16-bit words of an address as a [`super::Datagram`] holds it: the low 32
+/// bits for IPv4 (no match on an `IpAddr`, and the IPv4-mapped prefix is not summed), all 128
+/// for IPv6.
+#[inline]
+pub(crate) fn bits_sum(bits: u128, ipv6: bool) -> u64 {
+    let low = bits as u64;
+    let words = |x: u64| (x & 0xffff) + (x >> 16 & 0xffff) + (x >> 32 & 0xffff) + (x >> 48);
+    if ipv6 {
+        words(low) + words((bits >> 64) as u64)
+    } else {
+        (low & 0xffff) + (low >> 16 & 0xffff)
+    }
+}
+
 /// The sum of an address's 16-bit words, of either family.
 #[inline]
 pub(crate) fn ip_sum(addr: IpAddr) -> u64 {
@@ -136,6 +150,27 @@ mod tests {
             20,
         );
         assert_eq!(v6, 0x2001 + 0x0db8 + 1 + 0xff3e + 1 + 2 + 17 + 20);
+    }
+
+    #[test]
+    fn bits_sum_matches_the_address_sums() {
+        use super::super::Datagram;
+        let v4 = Ipv4Addr::new(239, 1, 0xfe, 0xff);
+        assert_eq!(
+            bits_sum(Datagram::address_bits(v4.into()), false),
+            addr_sum(v4)
+        );
+        let v6 = "2001:db8:ffff::8000:fe01".parse::<Ipv6Addr>().unwrap();
+        assert_eq!(
+            bits_sum(Datagram::address_bits(v6.into()), true),
+            addr6_sum(v6)
+        );
+        // An IPv4-mapped address over IPv6 sums its 0xffff word too.
+        let mapped = v4.to_ipv6_mapped();
+        assert_eq!(
+            bits_sum(Datagram::address_bits(mapped.into()), true),
+            addr6_sum(mapped)
+        );
     }
 
     /// RFC 1624 section 4: eqn. 3 keeps 0xffff where eqn. 2 (RFC 1141) would give 0x0000.

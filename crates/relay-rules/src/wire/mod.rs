@@ -25,7 +25,7 @@ mod udp;
 mod vlan_key;
 
 pub use checksum::{adjust, fold, pseudo_header_sum, sum};
-pub use datagram::{Datagram, parse};
+pub use datagram::{Datagram, IpBits, parse};
 pub use ethernet::{EtherType, EthernetFrame, VlanHeader};
 pub use ipv4::{Ipv4Packet, PROTOCOL_UDP};
 pub use ipv6::{

@@ -40,13 +40,14 @@ pub fn vlan_key(datagram: &Datagram<'_>) -> Result<Option<u16>, DropReason> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::wire::VlanTag;
+    use crate::wire::{IpBits, VlanTag};
 
     fn datagram(vlans: [Option<VlanTag>; 2]) -> Datagram<'static> {
         Datagram {
             vlans,
-            source: [10, 0, 0, 1].into(),
-            destination: [239, 1, 1, 1].into(),
+            source: IpBits::from(std::net::Ipv4Addr::new(10, 0, 0, 1)),
+            destination: IpBits::from(std::net::Ipv4Addr::new(239, 1, 1, 1)),
+            ipv6: false,
             source_port: 1,
             destination_port: 5000,
             ttl: 1,

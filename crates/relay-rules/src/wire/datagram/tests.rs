@@ -46,8 +46,8 @@ fn captured_frame_every_field() {
     let datagram = parse(&frame, None).unwrap();
     assert_eq!(datagram.vlans, [None, None]);
     assert_eq!(datagram.outer_vid(), None);
-    assert_eq!(datagram.source, Ipv4Addr::new(192, 0, 2, 1));
-    assert_eq!(datagram.destination, Ipv4Addr::new(239, 1, 2, 3));
+    assert_eq!(datagram.source_addr(), Ipv4Addr::new(192, 0, 2, 1));
+    assert_eq!(datagram.destination_addr(), Ipv4Addr::new(239, 1, 2, 3));
     assert_eq!(datagram.source_port, 40000);
     assert_eq!(datagram.destination_port, 5004);
     assert_eq!(datagram.ttl, 4);
@@ -58,7 +58,7 @@ fn captured_frame_every_field() {
     assert_eq!(datagram.udp_len(), 31);
     // The captured checksum is the sender's own, so it must verify.
     let udp = UdpPacket::new_checked(&frame[34..]).unwrap();
-    assert!(udp.verify_checksum(datagram.source, datagram.destination));
+    assert!(udp.verify_checksum(datagram.source_addr(), datagram.destination_addr()));
 }
 
 #[test]
@@ -117,7 +117,7 @@ fn vlan_tags_in_frame() {
             })
         ]
     );
-    assert_eq!(datagram.destination, Ipv4Addr::new(239, 1, 2, 3));
+    assert_eq!(datagram.destination_addr(), Ipv4Addr::new(239, 1, 2, 3));
 }
 
 #[test]
@@ -319,8 +319,8 @@ fn ipv6_every_field_through_extension_headers_and_tags() {
         let datagram = parse(&frame, None).unwrap();
         assert!(datagram.is_ipv6());
         assert_eq!(datagram.outer_vid(), vlan);
-        assert_eq!(datagram.source, spec.source);
-        assert_eq!(datagram.destination, spec.destination);
+        assert_eq!(datagram.source_addr(), spec.source);
+        assert_eq!(datagram.destination_addr(), spec.destination);
         assert_eq!(datagram.source_port, 40000);
         assert_eq!(datagram.destination_port, 5006);
         assert_eq!(datagram.ttl, 3);
@@ -342,7 +342,7 @@ fn ipv6_every_field_through_extension_headers_and_tags() {
     assert_eq!(datagram.vlans[0], Some(tag));
     assert_eq!(datagram.vlans[1].map(VlanTag::vid), Some(20));
     assert_eq!(
-        datagram.destination,
+        datagram.destination_addr(),
         "ff3e::8000:5".parse::<Ipv6Addr>().unwrap()
     );
 }
