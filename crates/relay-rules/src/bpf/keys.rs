@@ -124,7 +124,7 @@ pub enum KeySense {
 /// Why no key filter was built.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Error)]
 pub enum KeyFilterError {
-    /// The program would exceed `BPF_MAXINSNS`; the caller can fall back to [`udp_prefilter`].
+    /// The program would exceed `BPF_MAXINSNS`; the caller can fall back to [`super::ip_prefilter`].
     #[error(
         "a filter over {keys} distinct keys would exceed BPF_MAXINSNS ({BPF_MAXINSNS} \
          instructions); {limit} keys always fit"
@@ -147,7 +147,7 @@ pub enum KeyFilterError {
 /// EtherType is IPv4, its first byte 0x45..=0x4f, its protocol UDP and its fragment offset 0.
 ///
 /// With [`KeySense::Listed`] an empty set keeps nothing. With [`KeySense::Unlisted`] an empty set
-/// gives [`udp_prefilter`] itself. Otherwise one difference from it remains: an IPv4 UDP frame
+/// gives [`super::udp_prefilter`] itself. Otherwise one difference from it remains: an IPv4 UDP frame
 /// too short to hold its destination address or port is dropped, because a classic program ends
 /// with 0 when a load runs past the packet and cannot portably test the length beforehand
 /// (where the packet data starts depends on the socket).
