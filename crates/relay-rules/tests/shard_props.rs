@@ -9,13 +9,18 @@
 //! For each key the data path's view is checked too: the plain pre-filter keeps the packet, and
 //! the frame, parsed with the tag as the ring reports it, has the VLAN key
 //! ([`relay_rules::wire::vlan_key`]) whose shard the program computed.
+//!
+//! IPv6 keys are checked the same way, in IPv6/UDP packets with up to
+//! [`MAX_EXTENSION_HEADERS`] random hop-by-hop, routing and destination options headers before
+//! UDP; a packet with one header more goes to worker 0 in the program and is refused by the
+//! parser.
 
 use proptest::prelude::*;
 use relay_rules::bpf::interp::{Interpreter, Skb, VlanTag};
-use relay_rules::bpf::{Program, steering_program, udp_prefilter};
+use relay_rules::bpf::{Program, ip_prefilter, steering_program, udp_prefilter};
 use relay_rules::shard::{shard, shard_vlan};
-use relay_rules::wire;
-use std::net::Ipv4Addr;
+use relay_rules::wire::{self, MAX_EXTENSION_HEADERS};
+use std::net::{Ipv4Addr, Ipv6Addr};
 
 /// Keys checked per proptest case: 256 default cases × 4096 = 1,048,576 keys.
 const KEYS_PER_CASE: usize = 4096;
@@ -81,6 +86,54 @@ impl PacketBuilder {
         p[udp + 2..udp + 4].copy_from_slice(&port.to_be_bytes());
         len
     }
+}
+
+/// Writes an IPv6/UDP packet for `[group]:port` with `headers` random extension headers (a
+/// hop-by-hop one first, if any, then routing and destination options ones, each 8 to 32
+/// bytes of random options) and a random payload, into `bytes`; returns the packet's length.
+fn write_ipv6(
+    bytes: &mut Vec<u8>,
+    rng: &mut SplitMix,
+    group: Ipv6Addr,
+    port: u16,
+    headers: usize,
+) -> usize {
+    bytes.clear();
+    bytes.resize(40, 0);
+    bytes[0] = 0x60;
+    bytes[7] = rng.next() as u8; // hop limit
+    bytes[8..24].copy_from_slice(&rng.next().to_be_bytes().repeat(2));
+    bytes[24..40].copy_from_slice(&group.octets());
+    let mut next_at = 6;
+    for index in 0..headers {
+        let kind = if index == 0 && rng.below(2) == 0 {
+            0
+        } else if rng.below(2) == 0 {
+            43
+        } else {
+            60
+        };
+        bytes[next_at] = kind;
+        let at = bytes.len();
+        let units = rng.below(4) as usize;
+        for _ in 0..=units {
+            bytes.extend_from_slice(&rng.next().to_le_bytes());
+        }
+        bytes[at + 1] = units as u8;
+        next_at = at;
+    }
+    bytes[next_at] = 17;
+    let udp = bytes.len();
+    let payload = 1 + rng.below(32) as usize;
+    bytes.resize(udp + 8 + payload, 0);
+    bytes[udp..udp + 2].copy_from_slice(&(rng.next() as u16).to_be_bytes());
+    bytes[udp + 2..udp + 4].copy_from_slice(&port.to_be_bytes());
+    bytes[udp + 4..udp + 6].copy_from_slice(&((8 + payload) as u16).to_be_bytes());
+    // Any non-zero checksum: UDP over IPv6 must carry one, and the parser does not verify it.
+    bytes[udp + 6..udp + 8].copy_from_slice(&(rng.next() as u16 | 1).to_be_bytes());
+    let len = bytes.len();
+    bytes[4..6].copy_from_slice(&((len - 40) as u16).to_be_bytes());
+    len
 }
 
 /// Runs `program` on `packet`, as a received or (with an Ethernet header) an outgoing skb.
@@ -184,6 +237,47 @@ proptest! {
             let datagram = wire::parse(&frame, offloaded).expect("a valid frame");
             prop_assert_eq!(wire::vlan_key(&datagram), Ok(vlan));
             prop_assert_eq!(shard_vlan(datagram.destination_addr(), datagram.destination_port, vlan, n), got);
+        }
+    }
+
+    #[test]
+    fn program_and_function_agree_on_ipv6_keys(n in worker_count(), seed in any::<u64>()) {
+        let program = program_for(n);
+        let interpreter = Interpreter::new(&program).expect("validated above");
+        let prefilter_program = ip_prefilter(true);
+        let prefilter = Interpreter::new(&prefilter_program).expect("a fixed valid program");
+        let mut rng = SplitMix(seed);
+        let mut bytes = Vec::with_capacity(256);
+        let mut frame = Vec::with_capacity(256);
+        for _ in 0..KEYS_PER_CASE / 8 {
+            let group = Ipv6Addr::from(u128::from(rng.next()) << 64 | u128::from(rng.next()));
+            let port = rng.next() as u16;
+            let headers = rng.below(MAX_EXTENSION_HEADERS as u64 + 1) as usize;
+            let len = write_ipv6(&mut bytes, &mut rng, group, port, headers);
+            let outgoing = rng.below(2) == 1;
+            let tag = random_tag(&mut rng);
+            let packet = &bytes[..len];
+            let got = steer_tagged(&interpreter, packet, outgoing, 0x86dd, tag);
+            let vlan = tag.map(|tag| tag.tci & 0x0fff).filter(|&vid| vid != 0);
+            prop_assert_eq!(got, shard_vlan(group, port, vlan, n), "[{}]:{} {} headers, vlan {:?}, n {}, packet {:02x?}", group, port, headers, tag, n, packet);
+            let skb = Skb { vlan: tag, ..Skb::received(packet, 0x86dd) };
+            prop_assert_eq!(prefilter.run(&skb), Ok(u32::MAX), "the pre-filter keeps it");
+            frame.clear();
+            frame.extend_from_slice(&ETHERNET[..12]);
+            frame.extend_from_slice(&[0x86, 0xdd]);
+            frame.extend_from_slice(packet);
+            let offloaded = tag.map(|tag| wire::VlanTag { tpid: tag.tpid, tci: tag.tci });
+            let datagram = wire::parse(&frame, offloaded).expect("a valid frame");
+            prop_assert_eq!(datagram.destination_addr(), std::net::IpAddr::V6(group));
+            prop_assert_eq!(wire::vlan_key(&datagram), Ok(vlan));
+            prop_assert_eq!(shard_vlan(datagram.destination_addr(), datagram.destination_port, vlan, n), got);
+
+            // One header more than the walk follows: worker 0, and the parser refuses it.
+            let len = write_ipv6(&mut bytes, &mut rng, group, port, MAX_EXTENSION_HEADERS + 1);
+            prop_assert_eq!(steer(&interpreter, &bytes[..len], false, 0x86dd), 0);
+            frame.truncate(14);
+            frame.extend_from_slice(&bytes[..len]);
+            prop_assert!(wire::parse(&frame, None).is_err());
         }
     }
 

@@ -217,6 +217,36 @@ proptest! {
         let _ = wire::parse(&bytes, offloaded);
     }
 
+    /// Bytes after an IPv6 Ethernet header, with a version 6 first nibble and, where the next
+    /// headers are, extension header types the walk follows: every path of the IPv6 parser,
+    /// extension headers of any length (running past the packet, or past its end), fragments and
+    /// truncated UDP included.
+    #[test]
+    fn parse_never_panics_on_arbitrary_ipv6_packets(
+        mut packet in prop::collection::vec(any::<u8>(), 0..160),
+        chain in prop::collection::vec(prop_oneof![Just(0u8), Just(43), Just(44), Just(60), Just(17), any::<u8>()], 0..6),
+        offloaded in prop::option::of(vlan_tag()),
+    ) {
+        if let Some(first) = packet.first_mut() {
+            *first = 0x60 | (*first & 0x0f);
+        }
+        if let (Some(&kind), Some(next)) = (chain.first(), packet.get_mut(6)) {
+            *next = kind;
+        }
+        // The later types go where the headers would be if each were eight bytes long.
+        for (index, &kind) in chain.iter().enumerate().skip(1) {
+            if let Some(next) = packet.get_mut(40 + 8 * (index - 1)) {
+                *next = kind;
+            }
+        }
+        let mut frame = vec![0x33, 0x33, 0, 0, 0, 1, 2, 0, 0, 0, 0, 1, 0x86, 0xdd];
+        frame.extend_from_slice(&packet);
+        if let Ok(datagram) = wire::parse(&frame, offloaded) {
+            prop_assert_eq!(datagram.udp_len(), 8 + datagram.payload.len());
+            prop_assert!(datagram.destination_addr().is_ipv6());
+        }
+    }
+
     /// Random bytes rarely get past the Ethernet type; a valid frame with a few bytes changed
     /// and its end cut reaches every later check.
     #[test]
