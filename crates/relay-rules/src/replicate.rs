@@ -290,6 +290,28 @@ impl FrameTemplate {
         self.header_len + payload_len
     }
 
+    /// Copies the template's headers and `payload` into the front of `out` and returns the
+    /// headers there, for the caller to patch; refused when `out` cannot hold the frame.
+    #[inline(always)]
+    fn copy_frame<'o>(
+        &self,
+        payload: &[u8],
+        out: &'o mut [u8],
+    ) -> Result<&'o mut [u8], RewriteError> {
+        let frame_len = self.header_len + payload.len();
+        let available = out.len();
+        let Some(out) = out.get_mut(..frame_len) else {
+            return Err(RewriteError::BufferTooSmall {
+                needed: frame_len,
+                available,
+            });
+        };
+        let (headers, rest) = out.split_at_mut(self.header_len);
+        headers.copy_from_slice(&self.header[..self.header_len]);
+        rest.copy_from_slice(payload);
+        Ok(headers)
+    }
+
     /// Writes the whole output frame for `input` into `out` and returns its length.
     ///
     /// `ip_id` is the IPv4 identification to use (a per-worker counter: the relay originates
@@ -325,17 +347,7 @@ impl FrameTemplate {
                 mtu: self.spec.mtu,
             });
         }
-        let frame_len = self.header_len + payload_len;
-        let available = out.len();
-        let Some(out) = out.get_mut(..frame_len) else {
-            return Err(RewriteError::BufferTooSmall {
-                needed: frame_len,
-                available,
-            });
-        };
-        let (headers, payload) = out.split_at_mut(self.header_len);
-        headers.copy_from_slice(&self.header[..self.header_len]);
-        payload.copy_from_slice(input.payload);
+        let headers = self.copy_frame(input.payload, out)?;
 
         // Both fit in u16: checked against u16::MAX above.
         let total_len = packet as u16;
@@ -369,7 +381,7 @@ impl FrameTemplate {
             udp.set_src_port(input.source_port);
         }
         udp.set_checksum(self.udp_checksum(input));
-        Ok(frame_len)
+        Ok(self.header_len + payload_len)
     }
 
     /// The output's UDP checksum, from the incoming one (see [`FrameTemplate::write`]).

@@ -80,17 +80,7 @@ impl FrameTemplate {
                 hop_limit => Some(hop_limit),
             },
         };
-        let frame_len = self.header_len + payload_len;
-        let available = out.len();
-        let Some(out) = out.get_mut(..frame_len) else {
-            return Err(RewriteError::BufferTooSmall {
-                needed: frame_len,
-                available,
-            });
-        };
-        let (headers, payload) = out.split_at_mut(self.header_len);
-        headers.copy_from_slice(&self.header[..self.header_len]);
-        payload.copy_from_slice(input.payload);
+        let headers = self.copy_frame(input.payload, out)?;
 
         // Fits in u16: checked above.
         let udp_len = udp_len as u16;
@@ -113,7 +103,7 @@ impl FrameTemplate {
             0 => {
                 let (source, destination) = (self.spec.source, self.spec.destination);
                 let pseudo = pseudo_header_sum(source, destination, PROTOCOL_UDP, udp_len);
-                let whole = pseudo + sum(udp.into_inner()) + sum(payload);
+                let whole = pseudo + sum(udp.into_inner()) + sum(input.payload);
                 match !fold(whole) {
                     0 => 0xffff,
                     other => other,
@@ -123,6 +113,6 @@ impl FrameTemplate {
         };
         let udp_at = self.ip_offset + IPV6_HEADER_LEN;
         UdpPacket::new_unchecked(&mut headers[udp_at..]).set_checksum(checksum);
-        Ok(frame_len)
+        Ok(self.header_len + payload_len)
     }
 }
